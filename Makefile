@@ -1,0 +1,54 @@
+# Busbar: `make run` starts a node with embedded defaults; `make test` runs every test.
+# Everything these targets need is installed by them (cargo, pip into .venv).
+
+CARGO   ?= cargo
+PYTHON  ?= python3
+VENV    ?= .venv
+ARGS    ?=
+
+.PHONY: run build test test-rust test-python lint fmt codegen check-codegen examples clean
+
+## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
+run:
+	$(CARGO) build --release -p busbar
+	./target/release/busbar serve $(ARGS)
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Every test: codegen up to date, Rust unit and end-to-end tests, examples, Python e2e tests.
+test: check-codegen test-rust test-python
+
+test-rust:
+	$(CARGO) build -p busbar
+	$(CARGO) test --workspace --all-targets
+
+$(VENV)/.installed: tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
+	touch $@
+
+test-python: $(VENV)/.installed
+	$(CARGO) build -p busbar
+	$(CARGO) build -p busbar-client --examples
+	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/pytest -q tests/python
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate crates/busbar-proto/src/generated from proto/.
+codegen:
+	$(CARGO) run -q -p codegen
+
+## Fails when the checked-in generated code differs from what proto/ produces.
+check-codegen: codegen
+	git diff --exit-code -- crates/busbar-proto/src/generated
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

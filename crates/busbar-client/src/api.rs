@@ -1,0 +1,248 @@
+//! Typed calls: node, identities and tokens, resources and grants.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use busbar_proto::v1 as pb;
+use futures::{Stream, StreamExt};
+use std::time::Duration;
+
+pub use pb::{Grant, Identity, NodeEvent, NodeStatus, Resource, ResourceKind, Right, TokenInfo};
+
+/// Streams of server messages, with errors in the client's error model.
+pub type BoxStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T>> + Send>>;
+
+pub(crate) fn error_stream<T: Send + 'static>(stream: tonic::Streaming<T>) -> BoxStream<T> {
+    Box::pin(stream.map(|item| item.map_err(Error::from)))
+}
+
+impl Client {
+    pub async fn status(&self) -> Result<NodeStatus> {
+        Ok(self
+            .node_client()
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Node events: READY first, SHUTTING_DOWN with its grace period when the
+    /// node is stopping.
+    pub async fn node_events(&self) -> Result<BoxStream<NodeEvent>> {
+        let stream = self
+            .node_client()
+            .events(pb::NodeEventsRequest {})
+            .await?
+            .into_inner();
+        Ok(error_stream(stream))
+    }
+
+    pub async fn whoami(&self) -> Result<Identity> {
+        Ok(self
+            .auth_client()
+            .who_am_i(pb::WhoAmIRequest {})
+            .await?
+            .into_inner())
+    }
+
+    pub async fn create_user(&self, name: &str, password: &str, admin: bool) -> Result<Identity> {
+        let request = pb::CreateUserRequest {
+            name: name.into(),
+            password: password.into(),
+            admin,
+        };
+        Ok(self.auth_client().create_user(request).await?.into_inner())
+    }
+
+    /// Sets `name`'s password (an empty name means the caller).
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<()> {
+        let request = pb::SetPasswordRequest {
+            name: name.into(),
+            password: password.into(),
+        };
+        self.auth_client().set_password(request).await?;
+        Ok(())
+    }
+
+    /// Registers a key identity from its Ed25519 public key (standard base64).
+    pub async fn register_key(
+        &self,
+        name: &str,
+        public_key_base64: &str,
+        admin: bool,
+    ) -> Result<Identity> {
+        let request = pb::RegisterKeyRequest {
+            name: name.into(),
+            public_key: public_key_base64.into(),
+            admin,
+        };
+        Ok(self.auth_client().register_key(request).await?.into_inner())
+    }
+
+    pub async fn identities(&self) -> Result<Vec<Identity>> {
+        Ok(self
+            .auth_client()
+            .list_identities(pb::ListIdentitiesRequest {})
+            .await?
+            .into_inner()
+            .identities)
+    }
+
+    pub async fn revoke_identity(&self, name: &str) -> Result<()> {
+        self.auth_client()
+            .revoke_identity(pb::RevokeIdentityRequest { name: name.into() })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates an API token for the caller; returns its secret (shown once) and info.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(String, TokenInfo)> {
+        let request = pb::CreateTokenRequest {
+            name: name.into(),
+            ttl_seconds: ttl.map_or(0, |ttl| ttl.as_secs().max(1) as i64),
+            identity: String::new(),
+        };
+        let response = self.auth_client().create_token(request).await?.into_inner();
+        Ok((response.token, response.info.unwrap_or_default()))
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        Ok(self
+            .auth_client()
+            .list_tokens(pb::ListTokensRequest::default())
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> Result<()> {
+        let request = pb::RevokeTokenRequest {
+            name: name.into(),
+            identity: String::new(),
+        };
+        self.auth_client().revoke_token(request).await?;
+        Ok(())
+    }
+
+    pub async fn add_group_member(&self, group: &str, identity: &str) -> Result<()> {
+        let request = pb::GroupMemberRequest {
+            group: group.into(),
+            identity: identity.into(),
+        };
+        self.auth_client().add_group_member(request).await?;
+        Ok(())
+    }
+
+    pub async fn remove_group_member(&self, group: &str, identity: &str) -> Result<()> {
+        let request = pb::GroupMemberRequest {
+            group: group.into(),
+            identity: identity.into(),
+        };
+        self.auth_client().remove_group_member(request).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Resource> {
+        Ok(self
+            .resources_client()
+            .get(pb::GetResourceRequest { path: path.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Children of a folder (or everything below it with `recursive`).
+    pub async fn ls(&self, path: &str, recursive: bool) -> Result<Vec<Resource>> {
+        let request = pb::ListResourcesRequest {
+            path: path.into(),
+            recursive,
+        };
+        Ok(self
+            .resources_client()
+            .list(request)
+            .await?
+            .into_inner()
+            .resources)
+    }
+
+    /// Creates a resource of `kind`; with `parents`, missing folders too.
+    pub async fn create(&self, path: &str, kind: ResourceKind, parents: bool) -> Result<Resource> {
+        let request = pb::CreateResourceRequest {
+            path: path.into(),
+            kind: kind as i32,
+            parents,
+        };
+        Ok(self.resources_client().create(request).await?.into_inner())
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Resource> {
+        self.create(path, ResourceKind::Folder, parents).await
+    }
+
+    /// Deletes a resource; a non-empty folder needs `recursive`. Returns how many were deleted.
+    pub async fn rm(&self, path: &str, recursive: bool) -> Result<u64> {
+        let request = pb::DeleteResourceRequest {
+            path: path.into(),
+            recursive,
+        };
+        Ok(self
+            .resources_client()
+            .delete(request)
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
+    pub async fn mv(&self, from: &str, to: &str) -> Result<Resource> {
+        let request = pb::MoveResourceRequest {
+            from: from.into(),
+            to: to.into(),
+        };
+        Ok(self.resources_client().r#move(request).await?.into_inner())
+    }
+
+    /// Grants `right` on `path` to an identity name or `group:<name>`.
+    pub async fn grant(&self, path: &str, principal: &str, right: Right) -> Result<Vec<Grant>> {
+        let request = pb::GrantRequest {
+            path: path.into(),
+            principal: principal.into(),
+            right: right as i32,
+        };
+        Ok(self
+            .resources_client()
+            .grant(request)
+            .await?
+            .into_inner()
+            .grants)
+    }
+
+    /// Removes the grant set on `path` for `principal`.
+    pub async fn revoke(&self, path: &str, principal: &str) -> Result<Vec<Grant>> {
+        let request = pb::GrantRequest {
+            path: path.into(),
+            principal: principal.into(),
+            right: 0,
+        };
+        Ok(self
+            .resources_client()
+            .revoke(request)
+            .await?
+            .into_inner()
+            .grants)
+    }
+
+    /// Grants set on `path`; with `effective`, also those inherited from its ancestors.
+    pub async fn grants(&self, path: &str, effective: bool) -> Result<Vec<Grant>> {
+        let request = pb::ListGrantsRequest {
+            path: path.into(),
+            effective,
+        };
+        Ok(self
+            .resources_client()
+            .list_grants(request)
+            .await?
+            .into_inner()
+            .grants)
+    }
+}

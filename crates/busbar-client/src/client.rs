@@ -1,0 +1,569 @@
+//! The async client. A [`Client`] is a cheap-to-clone handle: tonic's channel
+//! task owns the HTTP/2 connection (and reconnects), and a session task in the
+//! same runtime renews the session before it expires. Authentication happens
+//! once per connection; calls carry the session token.
+
+use crate::config::{ClientConfig, CredentialConfig};
+use crate::error::{Error, ErrorCode, Result};
+use base64::Engine;
+use busbar_proto::v1 as pb;
+use ed25519_dalek::Signer;
+use pb::{
+    auth_client::AuthClient, node_client::NodeClient, resources_client::ResourcesClient,
+    rooms_client::RoomsClient, wires_client::WiresClient,
+};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+/// How to log in.
+#[derive(Clone)]
+pub enum Credential {
+    Password {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    Key {
+        name: String,
+        key: ed25519_dalek::SigningKey,
+    },
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Password { user, .. } => write!(f, "Password({user})"),
+            Credential::Token(_) => write!(f, "Token(..)"),
+            Credential::Key { name, .. } => write!(f, "Key({name})"),
+        }
+    }
+}
+
+impl Credential {
+    /// A credential from a client config's `credential` section.
+    pub fn from_config(config: &CredentialConfig) -> Result<Credential> {
+        Ok(match config {
+            CredentialConfig::Password { user, password } => Credential::Password {
+                user: user.clone(),
+                password: password.clone(),
+            },
+            CredentialConfig::Token { token } => Credential::Token(token.clone()),
+            CredentialConfig::Key { name, private_key } => {
+                let seed = base64::engine::general_purpose::STANDARD
+                    .decode(private_key.trim())
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| {
+                        Error::invalid_argument(
+                            "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
+                        )
+                    })?;
+                Credential::Key {
+                    name: name.clone(),
+                    key: ed25519_dalek::SigningKey::from_bytes(&seed),
+                }
+            }
+        })
+    }
+}
+
+/// Everything needed to connect, on one builder.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    address: String,
+    server_name: Option<String>,
+    ca_pem: Option<String>,
+    fingerprint: Option<String>,
+    credential: Option<Credential>,
+    timeout: Option<Duration>,
+    connect_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `address`: `https://host:port` (TLS; give a CA or a
+    /// fingerprint) or `http://host:port` (plaintext, for `--insecure` nodes).
+    pub fn new(address: impl Into<String>) -> ConnectOptions {
+        ConnectOptions {
+            address: address.into(),
+            server_name: None,
+            ca_pem: None,
+            fingerprint: None,
+            credential: None,
+            timeout: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Options from a client config (such as `admin.json`).
+    pub fn from_config(config: &ClientConfig) -> Result<ConnectOptions> {
+        let mut options = ConnectOptions::new(config.address.clone());
+        options.server_name = config.server_name.clone();
+        options.ca_pem = config.ca_pem.clone();
+        options.fingerprint = config.server_fingerprint_sha256.clone();
+        options.credential = config
+            .credential
+            .as_ref()
+            .map(Credential::from_config)
+            .transpose()?;
+        Ok(options)
+    }
+
+    /// Trust servers whose certificate this CA (PEM) signed.
+    pub fn ca_pem(mut self, pem: impl Into<String>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Accept only the server certificate with this SHA-256 (hex).
+    pub fn pin_fingerprint(mut self, sha256_hex: impl Into<String>) -> Self {
+        self.fingerprint = Some(sha256_hex.into());
+        self
+    }
+
+    /// Name to verify the certificate against (default: the address's host).
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    pub fn password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.credential = Some(Credential::Password {
+            user: user.into(),
+            password: password.into(),
+        });
+        self
+    }
+
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credential = Some(Credential::Token(token.into()));
+        self
+    }
+
+    pub fn key(mut self, name: impl Into<String>, key: ed25519_dalek::SigningKey) -> Self {
+        self.credential = Some(Credential::Key {
+            name: name.into(),
+            key,
+        });
+        self
+    }
+
+    /// Default deadline of every call (none by default); see [`Client::with_timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// How long to wait for the TCP, TLS and HTTP/2 handshakes (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub async fn connect(self) -> Result<Client> {
+        Client::connect(self).await
+    }
+}
+
+#[derive(Clone)]
+struct SessionToken {
+    header: MetadataValue<tonic::metadata::Ascii>,
+    expires_ms: i64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) channel: Channel,
+    credential: Option<Credential>,
+    session: RwLock<Option<SessionToken>>,
+    identity: RwLock<Option<pb::Identity>>,
+    pub(crate) address: String,
+    pub(crate) descriptors: crate::dynamic::DescriptorCache,
+}
+
+/// Adds the session token and the deadline to every outgoing call.
+#[derive(Clone)]
+pub struct CallContext {
+    inner: Arc<Inner>,
+    timeout: Option<Duration>,
+    trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for CallContext {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        self.decorate(request.metadata_mut());
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        Ok(request)
+    }
+}
+
+impl CallContext {
+    /// Adds the session token to a call's metadata.
+    pub(crate) fn decorate(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        let session = self.inner.session.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(session) = session.as_ref() {
+            metadata.insert("authorization", session.header.clone());
+        }
+        if let Some(trace_id) = &self.trace_id {
+            metadata.insert(busbar_proto::TRACE_ID_METADATA_KEY, trace_id.clone());
+        }
+    }
+}
+
+type Intercepted = InterceptedService<Channel, CallContext>;
+
+/// A connection to a Busbar node. Clone it freely: clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.inner.address)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Explains the usual reasons a first call fails at the transport level.
+fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
+    if !matches!(
+        error.code(),
+        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Unimplemented
+    ) {
+        return error;
+    }
+    let text = error.message().to_lowercase();
+    let hint = if tls
+        && (text.contains("certificate")
+            || text.contains("fingerprint")
+            || text.contains("unknownissuer"))
+    {
+        "the server's certificate is not trusted: use the CA and fingerprint from the node's admin.json"
+    } else if tls
+        && (text.contains("corrupt message")
+            || text.contains("invalidcontenttype")
+            || text.contains("record overflow")
+            || text.contains("tls"))
+    {
+        "TLS handshake failed: the server may be plaintext (started with --insecure); connect with http://"
+    } else if !tls
+        && (text.contains("h2 protocol error")
+            || text.contains("connection reset")
+            || text.contains("broken pipe")
+            || text.contains("connection closed")
+            || text.contains("frame")
+            || text.contains("unexpected end")
+            || text.contains("handshake"))
+    {
+        "the server closed the plaintext HTTP/2 connection: it probably requires TLS (the default); connect with https:// and the CA from its admin.json"
+    } else if text.contains("connection refused") {
+        "nothing listens there: is `busbar serve` running, and is the address right?"
+    } else {
+        return Error::new(
+            error.code(),
+            format!("cannot reach {address}: {}", error.message()),
+        );
+    };
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("cannot reach {address}: {hint} ({})", error.message()),
+    )
+}
+
+impl Client {
+    /// Connects and, when the options hold a credential, logs in.
+    pub async fn connect(options: ConnectOptions) -> Result<Client> {
+        let address = options.address.trim_end_matches('/').to_string();
+        let uri: http::Uri = address.parse().map_err(|_| {
+            Error::invalid_argument(format!(
+                "bad address {address:?}: use https://host:port or http://host:port"
+            ))
+        })?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(Error::invalid_argument(format!(
+                    "bad address {address:?}: use https://host:port or http://host:port"
+                )));
+            }
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::invalid_argument(format!("bad address {address:?}: no host")))?;
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let plain_uri = format!("http://{}", uri.authority().expect("has host"));
+        let endpoint = Endpoint::from_shared(plain_uri)
+            .map_err(|e| Error::invalid_argument(format!("bad address {address:?}: {e}")))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = if tls {
+            let config = crate::tls::client_config(
+                options.ca_pem.as_deref(),
+                options.fingerprint.as_deref(),
+            )?;
+            let server_name = options.server_name.clone().unwrap_or_else(|| host.clone());
+            let server_name = rustls::pki_types::ServerName::try_from(server_name.clone())
+                .map_err(|_| Error::invalid_argument(format!("bad server name {server_name:?}")))?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let target = (host.clone(), port);
+            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+                let (connector, server_name, target) =
+                    (connector.clone(), server_name.clone(), target.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(target).await?;
+                    tcp.set_nodelay(true)?;
+                    let stream = connector.connect(server_name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+        } else {
+            endpoint.connect_lazy()
+        };
+        let inner = Arc::new(Inner {
+            channel,
+            credential: options.credential,
+            session: RwLock::new(None),
+            identity: RwLock::new(None),
+            address: address.clone(),
+            descriptors: Default::default(),
+        });
+        let client = Client {
+            inner,
+            timeout: options.timeout,
+            trace_id: None,
+        };
+        if client.inner.credential.is_some() {
+            client
+                .login()
+                .await
+                .map_err(|e| connect_hint(e, &address, tls))?;
+            tokio::spawn(keep_session(Arc::downgrade(&client.inner)));
+        } else {
+            client
+                .status()
+                .await
+                .map_err(|e| connect_hint(e, &address, tls))?;
+        }
+        Ok(client)
+    }
+
+    /// Connects with a client config file such as `admin.json`.
+    pub async fn from_config_file(path: impl AsRef<std::path::Path>) -> Result<Client> {
+        let config = ClientConfig::from_file(path)?;
+        ConnectOptions::from_config(&config)?.connect().await
+    }
+
+    /// A handle whose calls have `timeout` as their deadline; the server stops
+    /// working on a call whose deadline passed and the call fails with TIMEOUT.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout: Some(timeout),
+            ..self.clone()
+        }
+    }
+
+    /// A handle whose calls carry `trace_id` (1 to 64 visible ASCII
+    /// characters) in `x-trace-id`; the server logs it with the call. Without
+    /// one, the server generates a trace id per call.
+    pub fn with_trace_id(&self, trace_id: &str) -> Result<Client> {
+        let valid = !trace_id.is_empty()
+            && trace_id.len() <= 64
+            && trace_id.bytes().all(|b| b.is_ascii_graphic());
+        let value = MetadataValue::try_from(trace_id)
+            .ok()
+            .filter(|_| valid)
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "bad trace id {trace_id:?}: use 1 to 64 visible ASCII characters"
+                ))
+            })?;
+        Ok(Client {
+            trace_id: Some(value),
+            ..self.clone()
+        })
+    }
+
+    /// The address this client dials.
+    pub fn address(&self) -> &str {
+        &self.inner.address
+    }
+
+    /// The logged-in identity, as of the last login or refresh.
+    pub fn identity(&self) -> Option<pb::Identity> {
+        self.inner
+            .identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn context(&self) -> CallContext {
+        CallContext {
+            inner: self.inner.clone(),
+            timeout: self.timeout,
+            trace_id: self.trace_id.clone(),
+        }
+    }
+
+    pub(crate) fn auth_client(&self) -> AuthClient<Intercepted> {
+        AuthClient::with_interceptor(self.inner.channel.clone(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+    pub(crate) fn node_client(&self) -> NodeClient<Intercepted> {
+        NodeClient::with_interceptor(self.inner.channel.clone(), self.context())
+    }
+    pub(crate) fn resources_client(&self) -> ResourcesClient<Intercepted> {
+        ResourcesClient::with_interceptor(self.inner.channel.clone(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+    pub(crate) fn rooms_client(&self) -> RoomsClient<Intercepted> {
+        RoomsClient::with_interceptor(self.inner.channel.clone(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+    pub(crate) fn wires_client(&self) -> WiresClient<Intercepted> {
+        WiresClient::with_interceptor(self.inner.channel.clone(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    fn store_session(&self, session: pb::Session) -> Result<()> {
+        let header =
+            MetadataValue::try_from(format!("Bearer {}", session.token)).map_err(|_| {
+                Error::new(
+                    ErrorCode::Internal,
+                    "the server sent an unusable session token",
+                )
+            })?;
+        *self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(SessionToken {
+            header,
+            expires_ms: session.expires_ms,
+        });
+        *self
+            .inner
+            .identity
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = session.identity;
+        Ok(())
+    }
+
+    /// Logs in again with the connection's credential.
+    pub async fn login(&self) -> Result<()> {
+        let credential = self.inner.credential.clone().ok_or_else(|| {
+            Error::invalid_argument("this client has no credential to log in with")
+        })?;
+        let mut auth = AuthClient::new(self.inner.channel.clone());
+        let credential = match credential {
+            Credential::Password { user, password } => {
+                pb::login_request::Credential::Password(pb::PasswordCredential { user, password })
+            }
+            Credential::Token(token) => pb::login_request::Credential::Token(token),
+            Credential::Key { name, key } => {
+                let challenge = auth
+                    .challenge(pb::ChallengeRequest { name: name.clone() })
+                    .await?
+                    .into_inner();
+                let signature = key.sign(&challenge.nonce).to_bytes().to_vec();
+                pb::login_request::Credential::Key(pb::KeyCredential {
+                    name,
+                    nonce: challenge.nonce,
+                    signature: signature.into(),
+                })
+            }
+        };
+        let mut request = tonic::Request::new(pb::LoginRequest {
+            credential: Some(credential),
+        });
+        if let Some(timeout) = self.timeout {
+            request.set_timeout(timeout);
+        }
+        let session = auth.login(request).await?.into_inner();
+        self.store_session(session)
+    }
+
+    /// Renews the session now (the client also does this on its own).
+    pub async fn refresh(&self) -> Result<()> {
+        let session = self
+            .auth_client()
+            .refresh(pb::RefreshRequest {})
+            .await?
+            .into_inner();
+        self.store_session(session)
+    }
+
+    fn session_expires_ms(&self) -> Option<i64> {
+        self.inner
+            .session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.expires_ms)
+    }
+}
+
+/// Renews the session at two thirds of its life; if renewal fails (e.g. the
+/// node restarted with new keys), logs in again, backing off up to 30 s.
+/// Ends when the last `Client` handle is dropped.
+async fn keep_session(inner: Weak<Inner>) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let wait = {
+            let Some(inner) = inner.upgrade() else { return };
+            let client = Client {
+                inner,
+                timeout: None,
+                trace_id: None,
+            };
+            let remaining = client.session_expires_ms().unwrap_or(0) - now_ms();
+            Duration::from_millis((remaining.max(0) as u64) / 3 * 2).max(Duration::from_millis(500))
+        };
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let client = Client {
+            inner,
+            timeout: Some(Duration::from_secs(30)),
+            trace_id: None,
+        };
+        let renewed = match client.refresh().await {
+            Ok(()) => Ok(()),
+            Err(_) => client.login().await,
+        };
+        match renewed {
+            Ok(()) => backoff = Duration::from_secs(1),
+            Err(error) => {
+                tracing::warn!(%error, "renewing the busbar session failed; retrying");
+                drop(client);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Errors with the server's stable codes.
+
+use busbar_proto::ERROR_CODE_METADATA_KEY;
+pub use busbar_proto::v1::ErrorCode;
+use std::fmt;
+
+/// A failed Busbar operation: a stable [`ErrorCode`], the message (which says
+/// what to do) and the server's trace id when the failure came from a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    trace_id: Option<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Error {
+        Error {
+            code,
+            message: message.into(),
+            trace_id: None,
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The trace id of the failed call, to find it in the server's log.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    pub(crate) fn invalid_argument(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::InvalidArgument, message)
+    }
+
+    pub(crate) fn unavailable(message: impl Into<String>) -> Error {
+        Error::new(ErrorCode::Unavailable, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code.as_str_name(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The stable code for a gRPC status that carries none (errors raised by the
+/// gRPC layer itself, or by a non-busbar server).
+fn code_for(code: tonic::Code) -> ErrorCode {
+    use tonic::Code;
+    match code {
+        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => ErrorCode::Internal,
+        Code::Cancelled => ErrorCode::Cancelled,
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
+        Code::DeadlineExceeded => ErrorCode::Timeout,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::AlreadyExists => ErrorCode::AlreadyExists,
+        Code::PermissionDenied => ErrorCode::PermissionDenied,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+        Code::Aborted => ErrorCode::Conflict,
+        Code::Unimplemented => ErrorCode::Unimplemented,
+        Code::Unavailable => ErrorCode::Unavailable,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+    }
+}
+
+/// The message of an error and every error that caused it.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Error {
+        let metadata = status.metadata();
+        let code = metadata
+            .get(ERROR_CODE_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ErrorCode::from_str_name)
+            .unwrap_or_else(|| {
+                // tonic reports the client side of a passed deadline as CANCELLED.
+                let timed_out = std::error::Error::source(&status)
+                    .is_some_and(|source| source.downcast_ref::<tonic::TimeoutExpired>().is_some())
+                    || status.message() == "Timeout expired";
+                if timed_out {
+                    ErrorCode::Timeout
+                } else {
+                    code_for(status.code())
+                }
+            });
+        let trace_id = metadata
+            .get(busbar_proto::TRACE_ID_METADATA_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut message = status.message().to_string();
+        if let Some(source) = std::error::Error::source(&status) {
+            let cause = chain(source);
+            message = if message.is_empty() {
+                cause
+            } else {
+                format!("{message}: {cause}")
+            };
+        }
+        if code == ErrorCode::Timeout && status.code() == tonic::Code::Cancelled {
+            message = "the call's deadline passed before it finished; raise the timeout or retry"
+                .to_string();
+        }
+        if status.code() == tonic::Code::Unimplemented && message.is_empty() {
+            message = "the server does not know this method".to_string();
+        }
+        Error {
+            code,
+            message,
+            trace_id,
+        }
+    }
+}

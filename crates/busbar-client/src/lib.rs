@@ -1,0 +1,38 @@
+//! The Rust client for Busbar.
+//!
+//! The async [`Client`] is the real one; [`blocking::Client`] wraps it with a
+//! runtime of its own and the same method names.
+//!
+//! ```no_run
+//! # async fn demo() -> busbar_client::Result<()> {
+//! use busbar_client::Client;
+//! let client = Client::from_config_file("busbar-data/admin.json").await?;
+//! println!("{:?}", client.status().await?);
+//! let reply = client.call("busbar.v1.Node/Status", serde_json::json!({})).await?;
+//! println!("{reply}");
+//! # Ok(()) }
+//! ```
+
+mod api;
+pub mod blocking;
+mod client;
+mod config;
+mod dynamic;
+mod error;
+mod json;
+mod rooms;
+mod tls;
+mod wires;
+
+pub use api::{
+    BoxStream, Grant, Identity, NodeEvent, NodeStatus, Resource, ResourceKind, Right, TokenInfo,
+};
+pub use client::{Client, ConnectOptions, Credential};
+pub use config::{ClientConfig, CredentialConfig};
+pub use dynamic::{DynamicCall, MethodKind};
+pub use error::{Error, ErrorCode, Result};
+pub use rooms::{RoomEvent, RoomEventKind, RoomMembership};
+pub use wires::PublishSummary;
+
+/// The generated protocol types, for fields this API does not wrap.
+pub use busbar_proto::v1 as proto;

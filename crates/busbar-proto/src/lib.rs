@@ -1,0 +1,20 @@
+//! Busbar's gRPC contract, generated from `proto/busbar/v1/*.proto` by
+//! `cargo run -p codegen`. Nothing in this crate is written by hand except
+//! this file.
+
+/// Messages, service clients and service servers of package `busbar.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    include!("generated/busbar.v1.rs");
+}
+
+/// Encoded `FileDescriptorSet` of every busbar file and its imports, served
+/// through gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!("generated/busbar_descriptor.bin");
+
+/// Trailing-metadata key that carries the stable [`v1::ErrorCode`] name of a failure.
+pub const ERROR_CODE_METADATA_KEY: &str = "busbar-error-code";
+
+/// Request-metadata key carrying the trace id; the server generates one when absent
+/// and echoes it in the response headers.
+pub const TRACE_ID_METADATA_KEY: &str = "x-trace-id";

@@ -1,0 +1,223 @@
+//! Rights: who may do what on which resource. Grants are set on a resource
+//! for an identity or a group and inherited by everything below it; the owner
+//! of a resource holds admin on it. Lookups are cached per node; any change
+//! to identities, groups, grants or the tree clears every node's cache through
+//! the `Bus`.
+
+use crate::auth::Principal;
+use crate::bus::{Bus, BusMessage, Overflow, SubscribeOptions};
+use crate::error::{Error, Result};
+use crate::paths;
+use crate::store::{ResourceRecord, Right, Store};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const INVALIDATE_SUBJECT: &str = "_busbar.access.invalidate";
+/// Entries per cache before it is cleared wholesale.
+const MAX_CACHED: usize = 65_536;
+
+/// What the node knows about a caller beyond its session.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity_id: String,
+    pub name: String,
+    pub groups: Arc<[String]>,
+}
+
+#[derive(Default)]
+struct Caches {
+    callers: HashMap<(String, Option<String>), Caller>,
+    resources: HashMap<String, Option<ResourceRecord>>,
+    rights: HashMap<(String, String), Option<Right>>,
+}
+
+pub struct AccessControl {
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    generation: AtomicU64,
+    caches: Mutex<Caches>,
+}
+
+impl AccessControl {
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<AccessControl> {
+        let access = Arc::new(AccessControl {
+            store,
+            bus: bus.clone(),
+            generation: AtomicU64::new(0),
+            caches: Mutex::new(Caches::default()),
+        });
+        // Changes made through other nodes clear this node's cache too.
+        let mut invalidations = bus.subscribe(
+            INVALIDATE_SUBJECT,
+            SubscribeOptions {
+                capacity: 64,
+                overflow: Overflow::Backpressure {
+                    stall: std::time::Duration::from_secs(60),
+                },
+                tag: None,
+            },
+        );
+        let weak = Arc::downgrade(&access);
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = invalidations.next().await {
+                match weak.upgrade() {
+                    Some(access) => access.clear_local(),
+                    None => break,
+                }
+            }
+        });
+        access
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn clear_local(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        *self.caches() = Caches::default();
+    }
+
+    /// Call after any change to identities, tokens, groups, grants or the tree.
+    pub async fn invalidate(&self) {
+        self.clear_local();
+        let message = BusMessage {
+            payload: Bytes::new(),
+            last: false,
+        };
+        self.bus.publish(INVALIDATE_SUBJECT, message, None).await;
+    }
+
+    /// Stores `value` unless the caches were cleared since `generation` was read.
+    fn remember(&self, generation: u64, insert: impl FnOnce(&mut Caches)) {
+        let mut caches = self.caches();
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if caches.rights.len() + caches.resources.len() + caches.callers.len() > MAX_CACHED {
+                *caches = Caches::default();
+            }
+            insert(&mut caches);
+        }
+    }
+
+    /// Checks that the session's identity (and API token) are still live.
+    pub async fn caller(&self, principal: &Principal) -> Result<Caller> {
+        let key = (principal.identity_id.clone(), principal.token_id.clone());
+        if let Some(caller) = self.caches().callers.get(&key) {
+            return Ok(caller.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let identity = self.store.identity_by_id(&principal.identity_id).await?;
+        let identity = match identity {
+            Some(identity) if !identity.revoked => identity,
+            _ => {
+                return Err(Error::unauthenticated(format!(
+                    "identity {} has been revoked or removed; ask an admin for a new one",
+                    principal.name
+                )));
+            }
+        };
+        if let Some(token_id) = &principal.token_id {
+            match self.store.token_by_id(token_id).await? {
+                Some(token) if !token.revoked => {}
+                _ => {
+                    return Err(Error::unauthenticated(
+                        "the API token this session came from has been revoked; create a new one (busbar token create)",
+                    ));
+                }
+            }
+        }
+        let groups = self.store.groups_of(&identity.name).await?;
+        let caller = Caller {
+            identity_id: identity.id,
+            name: identity.name,
+            groups: groups.into(),
+        };
+        self.remember(generation, |c| {
+            c.callers.insert(key, caller.clone());
+        });
+        Ok(caller)
+    }
+
+    /// The resource at a normalised path, cached.
+    pub async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>> {
+        if let Some(found) = self.caches().resources.get(path) {
+            return Ok(found.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let found = self.store.resource(path).await?;
+        self.remember(generation, |c| {
+            c.resources.insert(path.to_string(), found.clone());
+        });
+        Ok(found)
+    }
+
+    /// The strongest right `caller` holds on `path`, from grants on the path
+    /// and its ancestors and from owning any of them.
+    pub async fn right(&self, caller: &Caller, path: &str) -> Result<Option<Right>> {
+        let key = (caller.name.clone(), path.to_string());
+        if let Some(right) = self.caches().rights.get(&key) {
+            return Ok(*right);
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let lineage = paths::lineage(path);
+        let mut best: Option<Right> = None;
+        for ancestor in &lineage {
+            if let Some(resource) = self.resource(ancestor).await?
+                && resource.owner == caller.name
+            {
+                best = Some(Right::Admin);
+                break;
+            }
+        }
+        if best != Some(Right::Admin) {
+            for grant in self.store.grants_on(&lineage).await? {
+                let applies = grant.principal == caller.name
+                    || grant
+                        .principal
+                        .strip_prefix("group:")
+                        .is_some_and(|group| caller.groups.iter().any(|g| g == group));
+                if applies {
+                    best = best.max(Some(grant.right));
+                }
+            }
+        }
+        self.remember(generation, |c| {
+            c.rights.insert(key, best);
+        });
+        Ok(best)
+    }
+
+    /// Fails with PERMISSION_DENIED naming the resource and the missing right.
+    pub async fn require(&self, caller: &Caller, path: &str, needed: Right) -> Result<()> {
+        match self.right(caller, path).await? {
+            Some(held) if held >= needed => Ok(()),
+            _ => Err(Error::permission_denied(format!(
+                "{} lacks {} on {path}; ask an admin of {path} to grant it (busbar grant {path} {} {})",
+                caller.name,
+                needed.name(),
+                caller.name,
+                needed.name()
+            ))),
+        }
+    }
+
+    /// Whether `caller` holds admin on "/".
+    pub async fn is_root_admin(&self, caller: &Caller) -> Result<bool> {
+        Ok(self.right(caller, "/").await? == Some(Right::Admin))
+    }
+
+    /// Requires `needed` on `path`, then returns the resource there, which must exist.
+    pub async fn require_resource(
+        &self,
+        caller: &Caller,
+        path: &str,
+        needed: Right,
+    ) -> Result<ResourceRecord> {
+        self.require(caller, path, needed).await?;
+        self.resource(path)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("{path} does not exist")))
+    }
+}

@@ -1,0 +1,238 @@
+//! Server configuration. Sources, strongest first: command-line flags,
+//! `BUSBAR_*` environment variables, the TOML file given with
+//! `--config-file`, built-in defaults. Every value is checked at start and a
+//! bad one stops the server with a message naming it.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings as they come from one source: everything optional. The TOML file
+/// uses these names (unknown names are an error).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Data directory (default `./busbar-data`).
+    pub data: Option<PathBuf>,
+    /// Address to serve gRPC on (default `127.0.0.1:7070`; port 0 picks a free port).
+    pub listen: Option<String>,
+    /// Extra names and addresses for the server certificate.
+    pub hostnames: Option<Vec<String>>,
+    /// Serve plaintext instead of TLS.
+    pub insecure: Option<bool>,
+    /// Seconds the node keeps serving after announcing shutdown (default 5).
+    pub grace_seconds: Option<f64>,
+    /// Address of the Prometheus `/metrics` listener, or "off" (default `127.0.0.1:7071`).
+    pub metrics_listen: Option<String>,
+    /// Lifetime of a session token in seconds (default 900).
+    pub session_ttl_seconds: Option<f64>,
+    /// Events queued per room member before it is cut as a slow consumer (default 1024).
+    pub room_queue: Option<usize>,
+    /// Chunks queued per wire subscriber (default 64).
+    pub wire_queue: Option<usize>,
+    /// Seconds a publisher waits for a full wire subscriber before cutting it (default 10).
+    pub wire_stall_seconds: Option<f64>,
+    /// Largest accepted message in bytes (default 16 MiB).
+    pub max_message_bytes: Option<usize>,
+}
+
+impl Settings {
+    /// Reads a TOML file of [`Settings`].
+    pub fn from_file(path: &std::path::Path) -> Result<Settings> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid_argument(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            Error::invalid_argument(format!("bad config file {}: {e}", path.display()))
+        })
+    }
+
+    /// `self` where set, otherwise `weaker`.
+    pub fn or(self, weaker: Settings) -> Settings {
+        Settings {
+            data: self.data.or(weaker.data),
+            listen: self.listen.or(weaker.listen),
+            hostnames: self.hostnames.or(weaker.hostnames),
+            insecure: self.insecure.or(weaker.insecure),
+            grace_seconds: self.grace_seconds.or(weaker.grace_seconds),
+            metrics_listen: self.metrics_listen.or(weaker.metrics_listen),
+            session_ttl_seconds: self.session_ttl_seconds.or(weaker.session_ttl_seconds),
+            room_queue: self.room_queue.or(weaker.room_queue),
+            wire_queue: self.wire_queue.or(weaker.wire_queue),
+            wire_stall_seconds: self.wire_stall_seconds.or(weaker.wire_stall_seconds),
+            max_message_bytes: self.max_message_bytes.or(weaker.max_message_bytes),
+        }
+    }
+}
+
+/// Checked, complete configuration of one node.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub hostnames: Vec<String>,
+    pub insecure: bool,
+    pub grace_period: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub session_ttl: Duration,
+    pub room_queue: usize,
+    pub wire_queue: usize,
+    pub wire_stall: Duration,
+    pub max_message_bytes: usize,
+}
+
+fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
+    let value = value.unwrap_or(default);
+    if !value.is_finite() || value < min || value > max {
+        return Err(Error::invalid_argument(format!(
+            "bad {name}: {value}; use a number of seconds from {min} to {max}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn count(
+    name: &str,
+    value: Option<usize>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize> {
+    let value = value.unwrap_or(default);
+    if value < min || value > max {
+        return Err(Error::invalid_argument(format!(
+            "bad {name}: {value}; use {min} to {max}"
+        )));
+    }
+    Ok(value)
+}
+
+fn address(name: &str, value: &str) -> Result<SocketAddr> {
+    value.parse().map_err(|_| {
+        Error::invalid_argument(format!(
+            "bad {name}: {value:?}; use IP:PORT such as 127.0.0.1:7070 or [::1]:7070"
+        ))
+    })
+}
+
+impl ServerConfig {
+    pub fn from_settings(settings: Settings) -> Result<ServerConfig> {
+        let listen = address(
+            "listen",
+            settings.listen.as_deref().unwrap_or("127.0.0.1:7070"),
+        )?;
+        let metrics_listen = match settings
+            .metrics_listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:7071")
+        {
+            "off" | "" => None,
+            value => Some(address("metrics_listen", value)?),
+        };
+        let hostnames = settings.hostnames.unwrap_or_default();
+        for host in &hostnames {
+            let valid = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+            if !valid {
+                return Err(Error::invalid_argument(format!(
+                    "bad hostname {host:?}: use a DNS name or an IP address"
+                )));
+            }
+        }
+        Ok(ServerConfig {
+            data_dir: settings
+                .data
+                .unwrap_or_else(|| PathBuf::from("busbar-data")),
+            listen,
+            hostnames,
+            insecure: settings.insecure.unwrap_or(false),
+            grace_period: seconds("grace_seconds", settings.grace_seconds, 5.0, 0.0, 3600.0)?,
+            metrics_listen,
+            session_ttl: seconds(
+                "session_ttl_seconds",
+                settings.session_ttl_seconds,
+                900.0,
+                10.0,
+                86_400.0,
+            )?,
+            room_queue: count("room_queue", settings.room_queue, 1024, 1, 1 << 20)?,
+            wire_queue: count("wire_queue", settings.wire_queue, 64, 1, 1 << 16)?,
+            wire_stall: seconds(
+                "wire_stall_seconds",
+                settings.wire_stall_seconds,
+                10.0,
+                0.01,
+                3600.0,
+            )?,
+            max_message_bytes: count(
+                "max_message_bytes",
+                settings.max_message_bytes,
+                16 << 20,
+                1024,
+                1 << 30,
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_precedence() {
+        let flags = Settings {
+            listen: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        };
+        let file: Settings =
+            toml::from_str("listen = \"127.0.0.1:8000\"\ngrace_seconds = 2\n").unwrap();
+        let config = ServerConfig::from_settings(flags.or(file)).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.grace_period, Duration::from_secs(2));
+        assert_eq!(config.room_queue, 1024);
+        assert!(!config.insecure);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let bad = |s: Settings| ServerConfig::from_settings(s).unwrap_err().message;
+        assert!(
+            bad(Settings {
+                listen: Some("nowhere".into()),
+                ..Default::default()
+            })
+            .contains("listen")
+        );
+        assert!(
+            bad(Settings {
+                grace_seconds: Some(-1.0),
+                ..Default::default()
+            })
+            .contains("grace_seconds")
+        );
+        assert!(
+            bad(Settings {
+                room_queue: Some(0),
+                ..Default::default()
+            })
+            .contains("room_queue")
+        );
+        assert!(
+            bad(Settings {
+                hostnames: Some(vec!["a b".into()]),
+                ..Default::default()
+            })
+            .contains("hostname")
+        );
+        assert!(
+            toml::from_str::<Settings>("lisen = 1").is_err(),
+            "unknown keys are rejected"
+        );
+    }
+}

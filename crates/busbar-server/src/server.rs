@@ -1,0 +1,304 @@
+//! Assembles a node from its configuration and serves it until shutdown.
+
+use crate::access::AccessControl;
+use crate::auth::Authenticator;
+use crate::bootstrap;
+use crate::bus::{Bus, LocalBus};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::layer::CallLayer;
+use crate::metrics::{KindLabels, Metrics};
+use crate::node::{Lifecycle, Node};
+use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
+use crate::services::{rooms::RoomsService, wires::WiresService};
+use crate::store::{SqliteStore, Store, now_ms};
+use crate::tls;
+use busbar_proto::v1::{
+    auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
+    rooms_server::RoomsServer, wires_server::WiresServer,
+};
+use futures::StreamExt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// How clients reach a started node.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The address clients dial, e.g. `https://127.0.0.1:7070`.
+    pub address: String,
+    pub bound: SocketAddr,
+    pub admin_config: PathBuf,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A TCP connection counted in the `busbar_connections` gauge while open.
+struct CountedStream {
+    inner: TcpStream,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for CountedStream {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+impl Connected for CountedStream {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl AsyncRead for CountedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::unavailable(format!("{what}: {e}"))
+}
+
+/// Runs a node until `shutdown` resolves, then announces SHUTTING_DOWN, keeps
+/// serving for the grace period, ends open streams and returns. `on_started`
+/// is called once the node accepts connections.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Started),
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::invalid_argument(format!(
+            "cannot create data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let metrics = Arc::new(Metrics::default());
+    let drops = metrics.slow_consumer_drops.clone();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new().with_slow_consumer_hook(Arc::new(
+        move |subject: &str| {
+            let kind = if subject.starts_with("wire.") {
+                "wire"
+            } else {
+                "room"
+            };
+            drops.get_or_create(&KindLabels { kind }).inc();
+        },
+    )));
+    let access = AccessControl::new(store.clone(), bus.clone());
+    let auth = Arc::new(Authenticator::new(store.clone(), config.session_ttl).await?);
+    let tls_material = if config.insecure {
+        tracing::warn!(
+            "serving PLAINTEXT (--insecure): credentials and data cross the network unencrypted"
+        );
+        None
+    } else {
+        Some(tls::ensure(&config.data_dir, &config.hostnames)?)
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(io_error(format!("cannot listen on {}", config.listen)))?;
+    let bound = listener
+        .local_addr()
+        .map_err(io_error("listener address".into()))?;
+    let address = bootstrap::dial_address(bound, tls_material.is_some());
+    let admin_config = bootstrap::ensure_admin(
+        &config.data_dir,
+        store.as_ref(),
+        &auth,
+        &address,
+        tls_material.as_ref(),
+    )
+    .await?;
+    let metrics_listener = crate::metrics::bind(config.metrics_listen)
+        .await
+        .map_err(io_error(format!(
+            "cannot listen for metrics on {:?} (use --metrics-listen off to disable)",
+            config.metrics_listen
+        )))?;
+    let metrics_bound = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics.clone().serve(listener));
+    }
+
+    let (lifecycle, _) = tokio::sync::watch::channel(Lifecycle::Serving);
+    let node = Arc::new(Node {
+        store,
+        bus,
+        access: access.clone(),
+        auth: auth.clone(),
+        metrics: metrics.clone(),
+        node_id: uuid::Uuid::new_v4().to_string(),
+        started: Instant::now(),
+        started_ms: now_ms(),
+        tls: tls_material.is_some(),
+        lifecycle,
+        members: Default::default(),
+        config: config.clone(),
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Health answers for the whole node ("") and for each busbar service by name.
+    const SERVICES: [&str; 5] = [
+        "busbar.v1.Auth",
+        "busbar.v1.Node",
+        "busbar.v1.Resources",
+        "busbar.v1.Rooms",
+        "busbar.v1.Wires",
+    ];
+    for service in SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(busbar_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(busbar_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
+
+    let limit = config.max_message_bytes;
+    macro_rules! limited {
+        ($server:ident, $service:expr) => {
+            $server::new($service)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit)
+        };
+    }
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(1024));
+    if let Some(material) = &tls_material {
+        let identity = tonic::transport::Identity::from_pem(&material.cert_pem, &material.key_pem);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
+    }
+    let router = builder
+        .layer(CallLayer {
+            auth,
+            access,
+            metrics: metrics.clone(),
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(limited!(AuthServer, AuthService { node: node.clone() }))
+        .add_service(limited!(
+            NodeServer,
+            NodeService {
+                node: node.clone(),
+                listeners: Default::default()
+            }
+        ))
+        .add_service(limited!(
+            ResourcesServer,
+            ResourcesService { node: node.clone() }
+        ))
+        .add_service(limited!(RoomsServer, RoomsService { node: node.clone() }))
+        .add_service(limited!(WiresServer, WiresService { node: node.clone() }));
+
+    let counted = metrics.clone();
+    let incoming =
+        tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
+            let metrics = counted.clone();
+            async move {
+                let stream = accepted.ok()?;
+                let _ = stream.set_nodelay(true);
+                metrics.connections.inc();
+                Some(Ok::<_, std::io::Error>(CountedStream {
+                    inner: stream,
+                    metrics,
+                }))
+            }
+        });
+
+    on_started(&Started {
+        address,
+        bound,
+        admin_config,
+        metrics: metrics_bound,
+    });
+    tracing::info!(%bound, node_id = %node.node_id, "serving");
+
+    let grace = config.grace_period;
+    let stopping = node.clone();
+    let graceful = async move {
+        shutdown.await;
+        tracing::info!(
+            ?grace,
+            "shutting down: announcing and serving out the grace period"
+        );
+        stopping.begin_shutdown();
+        for service in std::iter::once("").chain(SERVICES) {
+            health_reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        tokio::time::sleep(grace).await;
+        stopping.stop();
+    };
+    let served = router.serve_with_incoming_shutdown(incoming, graceful);
+    // Connections that do not close within a few seconds of the stop are dropped.
+    let mut lifecycle = node.lifecycle();
+    let hard_stop = async move {
+        let _ = lifecycle
+            .wait_for(|state| *state == Lifecycle::Stopped)
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    };
+    tokio::select! {
+        result = served => result.map_err(|e| Error::internal(format!("server failed: {e}")))?,
+        _ = hard_stop => tracing::warn!("connections still open 3 s after stop; closing them"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

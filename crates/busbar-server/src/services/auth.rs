@@ -1,0 +1,318 @@
+//! `busbar.v1.Auth`: login, sessions, identities, API tokens, groups.
+
+use super::{Reply, reply};
+use crate::access::Caller;
+use crate::error::{Error, Result};
+use crate::node::{Node, caller};
+use crate::paths::validate_identity_name;
+use crate::store::{IdentityKind, IdentityRecord, TokenRecord};
+use base64::Engine;
+use busbar_proto::v1::{self as pb, auth_server::Auth, login_request::Credential};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Request;
+
+pub struct AuthService {
+    pub node: Arc<Node>,
+}
+
+impl AuthService {
+    async fn identity_pb(&self, record: IdentityRecord) -> Result<pb::Identity> {
+        let groups = self.node.store.groups_of(&record.name).await?;
+        let as_caller = Caller {
+            identity_id: record.id.clone(),
+            name: record.name.clone(),
+            groups: groups.clone().into(),
+        };
+        let admin = self.node.access.is_root_admin(&as_caller).await?;
+        Ok(pb::Identity {
+            id: record.id,
+            home: format!("/home/{}", record.name),
+            name: record.name,
+            kind: match record.kind {
+                IdentityKind::User => pb::IdentityKind::User,
+                IdentityKind::Key => pb::IdentityKind::Key,
+            } as i32,
+            admin,
+            created_ms: record.created_ms,
+            revoked: record.revoked,
+            groups,
+            public_key: record
+                .public_key
+                .map(|key| base64::engine::general_purpose::STANDARD.encode(key))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn session_pb(
+        &self,
+        (record, token, expires_ms): (IdentityRecord, String, i64),
+    ) -> Result<pb::Session> {
+        Ok(pb::Session {
+            token,
+            expires_ms,
+            identity: Some(self.identity_pb(record).await?),
+        })
+    }
+
+    async fn require_root_admin(&self, caller: &Caller, what: &str) -> Result<()> {
+        if self.node.access.is_root_admin(caller).await? {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "{} lacks admin on /, which {what} needs; ask an admin",
+                caller.name
+            )))
+        }
+    }
+
+    async fn identity_named(&self, name: &str) -> Result<IdentityRecord> {
+        self.node
+            .store
+            .identity_by_name(name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no identity named {name}")))
+    }
+
+    /// The identity a token call is about: the caller, or (for admins of "/") the named one.
+    async fn token_owner(&self, caller: &Caller, named: &str) -> Result<IdentityRecord> {
+        if named.is_empty() || named == caller.name {
+            return self.identity_named(&caller.name).await;
+        }
+        self.require_root_admin(caller, "managing another identity's tokens")
+            .await?;
+        self.identity_named(named).await
+    }
+}
+
+fn token_pb(record: TokenRecord, identity: &str) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: record.id,
+        name: record.name,
+        identity: identity.to_string(),
+        created_ms: record.created_ms,
+        expires_ms: record.expires_ms,
+        revoked: record.revoked,
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn challenge(
+        &self,
+        request: Request<pb::ChallengeRequest>,
+    ) -> Reply<pb::ChallengeResponse> {
+        let name = request.into_inner().name;
+        validate_identity_name(&name)?;
+        let (nonce, expires_ms) = self.node.auth.challenge(&name);
+        reply(pb::ChallengeResponse {
+            nonce: nonce.into(),
+            expires_ms,
+        })
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::Session> {
+        let auth = &self.node.auth;
+        let outcome = match request.into_inner().credential {
+            Some(Credential::Password(p)) => auth.login_password(&p.user, &p.password).await?,
+            Some(Credential::Token(token)) => auth.login_token(&token).await?,
+            Some(Credential::Key(k)) => auth.login_key(&k.name, &k.nonce, &k.signature).await?,
+            None => {
+                return Err(Error::invalid_argument(
+                    "login needs a credential: password, token or key",
+                )
+                .into());
+            }
+        };
+        reply(self.session_pb(outcome).await?)
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::Session> {
+        let caller = caller(&request)?;
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let principal = self.node.auth.verify_session(token)?;
+        let identity = self.identity_named(&caller.name).await?;
+        let (token, expires_ms) = self.node.auth.refresh(&principal, &identity);
+        reply(self.session_pb((identity, token, expires_ms)).await?)
+    }
+
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        reply(
+            self.identity_pb(self.identity_named(&caller.name).await?)
+                .await?,
+        )
+    }
+
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "creating users").await?;
+        let r = request.into_inner();
+        let record = self
+            .node
+            .auth
+            .create_user(&r.name, &r.password, r.admin)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(self.identity_pb(record).await?)
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Reply<pb::SetPasswordResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let name = if r.name.is_empty() {
+            caller.name.clone()
+        } else {
+            r.name
+        };
+        if name != caller.name {
+            self.require_root_admin(&caller, "setting another user's password")
+                .await?;
+        }
+        self.node.auth.set_password(&name, &r.password).await?;
+        reply(pb::SetPasswordResponse {})
+    }
+
+    async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "registering key identities")
+            .await?;
+        let r = request.into_inner();
+        let record = self
+            .node
+            .auth
+            .register_key(&r.name, &r.public_key, r.admin)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(self.identity_pb(record).await?)
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Reply<pb::ListIdentitiesResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "listing identities")
+            .await?;
+        let mut identities = Vec::new();
+        for record in self.node.store.list_identities().await? {
+            identities.push(self.identity_pb(record).await?);
+        }
+        reply(pb::ListIdentitiesResponse { identities })
+    }
+
+    async fn revoke_identity(
+        &self,
+        request: Request<pb::RevokeIdentityRequest>,
+    ) -> Reply<pb::RevokeIdentityResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "revoking identities")
+            .await?;
+        let name = request.into_inner().name;
+        if name == caller.name {
+            return Err(Error::failed_precondition(
+                "you cannot revoke your own identity; ask another admin",
+            )
+            .into());
+        }
+        self.node.store.revoke_identity(&name).await?;
+        self.node.access.invalidate().await;
+        reply(pb::RevokeIdentityResponse {})
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if r.ttl_seconds < 0 {
+            return Err(Error::invalid_argument(
+                "ttl_seconds must be 0 (never expires) or positive",
+            )
+            .into());
+        }
+        let owner = self.token_owner(&caller, &r.identity).await?;
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds as u64));
+        let (token, record) = self.node.auth.create_token(&owner, &r.name, ttl).await?;
+        reply(pb::CreateTokenResponse {
+            token,
+            info: Some(token_pb(record, &owner.name)),
+        })
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Reply<pb::ListTokensResponse> {
+        let caller = caller(&request)?;
+        let owner = self
+            .token_owner(&caller, &request.get_ref().identity)
+            .await?;
+        let tokens = self.node.store.list_tokens(&owner.id).await?;
+        reply(pb::ListTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| token_pb(t, &owner.name))
+                .collect(),
+        })
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let owner = self.token_owner(&caller, &r.identity).await?;
+        self.node.store.revoke_token(&owner.id, &r.name).await?;
+        self.node.access.invalidate().await;
+        reply(pb::RevokeTokenResponse {})
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Reply<pb::GroupMemberResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "managing groups").await?;
+        let r = request.into_inner();
+        validate_identity_name(&r.group)?;
+        self.identity_named(&r.identity).await?;
+        self.node
+            .store
+            .add_group_member(&r.group, &r.identity)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(pb::GroupMemberResponse {})
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Reply<pb::GroupMemberResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "managing groups").await?;
+        let r = request.into_inner();
+        if !self
+            .node
+            .store
+            .remove_group_member(&r.group, &r.identity)
+            .await?
+        {
+            return Err(
+                Error::not_found(format!("{} is not in group {}", r.identity, r.group)).into(),
+            );
+        }
+        self.node.access.invalidate().await;
+        reply(pb::GroupMemberResponse {})
+    }
+}

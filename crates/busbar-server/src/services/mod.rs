@@ -1,0 +1,15 @@
+//! The gRPC services of `busbar.v1`, one module each.
+
+pub mod auth;
+pub mod node;
+pub mod resources;
+pub mod rooms;
+pub mod wires;
+
+use tonic::{Response, Status};
+
+pub(crate) type Reply<T> = Result<Response<T>, Status>;
+
+pub(crate) fn reply<T>(value: T) -> Reply<T> {
+    Ok(Response::new(value))
+}

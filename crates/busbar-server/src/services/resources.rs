@@ -1,0 +1,268 @@
+//! `busbar.v1.Resources`: the tree of folders and named resources, and grants.
+
+use super::{Reply, reply};
+use crate::access::Caller;
+use crate::bus::BusMessage;
+use crate::error::{Error, Result};
+use crate::node::{Node, caller};
+use crate::paths;
+use crate::store::{ResourceKind, ResourceRecord, Right};
+use busbar_proto::v1::{self as pb, resources_server::Resources};
+use prost::Message;
+use std::sync::Arc;
+use tonic::Request;
+
+pub struct ResourcesService {
+    pub node: Arc<Node>,
+}
+
+pub fn resource_pb(record: ResourceRecord) -> pb::Resource {
+    pb::Resource {
+        name: paths::name(&record.path).to_string(),
+        id: record.id,
+        path: record.path,
+        kind: record.kind as i32,
+        owner: record.owner,
+        created_ms: record.created_ms,
+    }
+}
+
+/// Bus subject of a room's events or a wire's chunks; by id, so moves do not matter.
+pub fn subject(kind: ResourceKind, id: &str) -> String {
+    format!("{}.{id}", kind.name())
+}
+
+fn right(value: i32) -> Result<Right> {
+    Right::from_i32(value).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "bad right {value}: use READ (1), WRITE (2) or ADMIN (3)"
+        ))
+    })
+}
+
+impl ResourcesService {
+    /// Deleting or moving `path` needs write on its parent or admin on it.
+    async fn require_removable(&self, caller: &Caller, path: &str) -> Result<()> {
+        let access = &self.node.access;
+        let parent = paths::parent(path).unwrap_or("/");
+        if access.right(caller, parent).await? >= Some(Right::Write)
+            || access.right(caller, path).await? == Some(Right::Admin)
+        {
+            return Ok(());
+        }
+        access.require(caller, parent, Right::Write).await
+    }
+
+    async fn validate_principal(&self, principal: &str) -> Result<()> {
+        match principal.strip_prefix("group:") {
+            Some(group) => paths::validate_identity_name(group),
+            None => {
+                paths::validate_identity_name(principal)?;
+                match self.node.store.identity_by_name(principal).await? {
+                    Some(_) => Ok(()),
+                    None => Err(Error::not_found(format!(
+                        "no identity named {principal}; grants name an identity or group:<name>"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Ends the member streams of deleted rooms and the subscriptions of deleted wires.
+    async fn announce_deleted(&self, deleted: &[ResourceRecord]) {
+        for record in deleted {
+            let payload = match record.kind {
+                ResourceKind::Room => pb::RoomEvent {
+                    kind: pb::room_event::Kind::Deleted as i32,
+                    room: record.id.clone(),
+                    path: record.path.clone(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+                .into(),
+                ResourceKind::Wire => bytes::Bytes::new(),
+                _ => continue,
+            };
+            let message = BusMessage {
+                payload,
+                last: true,
+            };
+            self.node
+                .bus
+                .publish(&subject(record.kind, &record.id), message, None)
+                .await;
+        }
+    }
+
+    async fn grants(&self, path: &str, effective: bool) -> Result<pb::GrantsResponse> {
+        let lineage = if effective {
+            paths::lineage(path)
+        } else {
+            vec![path.to_string()]
+        };
+        let grants = self.node.store.grants_on(&lineage).await?;
+        Ok(pb::GrantsResponse {
+            grants: grants
+                .into_iter()
+                .map(|g| pb::Grant {
+                    principal: g.principal,
+                    right: g.right as i32,
+                    path: g.path,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Resources for ResourcesService {
+    async fn get(&self, request: Request<pb::GetResourceRequest>) -> Reply<pb::Resource> {
+        let caller = caller(&request)?;
+        let path = paths::normalize(&request.get_ref().path)?;
+        let record = self
+            .node
+            .access
+            .require_resource(&caller, &path, Right::Read)
+            .await?;
+        reply(resource_pb(record))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListResourcesRequest>,
+    ) -> Reply<pb::ListResourcesResponse> {
+        let caller = caller(&request)?;
+        let path = paths::normalize(&request.get_ref().path)?;
+        self.node
+            .access
+            .require(&caller, &path, Right::Read)
+            .await?;
+        let records = self
+            .node
+            .store
+            .list_resources(&path, request.get_ref().recursive)
+            .await?;
+        reply(pb::ListResourcesResponse {
+            resources: records.into_iter().map(resource_pb).collect(),
+        })
+    }
+
+    async fn create(&self, request: Request<pb::CreateResourceRequest>) -> Reply<pb::Resource> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let path = paths::normalize(&r.path)?;
+        let kind = match ResourceKind::from_i32(r.kind) {
+            Some(kind @ (ResourceKind::Folder | ResourceKind::Room | ResourceKind::Wire)) => kind,
+            Some(other) => {
+                return Err(Error {
+                    code: crate::error::ErrorCode::Unimplemented,
+                    message: format!(
+                        "{} resources are not available in this version; folders, rooms and wires are",
+                        other.name()
+                    ),
+                }
+                .into());
+            }
+            None => {
+                return Err(Error::invalid_argument(format!(
+                    "bad kind {}: use FOLDER (1), ROOM (2) or WIRE (3)",
+                    r.kind
+                ))
+                .into());
+            }
+        };
+        let parent = paths::parent(&path).unwrap_or("/");
+        self.node
+            .access
+            .require(&caller, parent, Right::Write)
+            .await?;
+        let record = self
+            .node
+            .store
+            .create_resource(&path, kind, &caller.name, r.parents)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(resource_pb(record))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteResourceRequest>,
+    ) -> Reply<pb::DeleteResourceResponse> {
+        let caller = caller(&request)?;
+        let path = paths::normalize(&request.get_ref().path)?;
+        self.require_removable(&caller, &path).await?;
+        let deleted = self
+            .node
+            .store
+            .delete_resource(&path, request.get_ref().recursive)
+            .await?;
+        self.node.access.invalidate().await;
+        self.announce_deleted(&deleted).await;
+        reply(pb::DeleteResourceResponse {
+            deleted: deleted.len() as u64,
+        })
+    }
+
+    async fn r#move(&self, request: Request<pb::MoveResourceRequest>) -> Reply<pb::Resource> {
+        let caller = caller(&request)?;
+        let from = paths::normalize(&request.get_ref().from)?;
+        let to = paths::normalize(&request.get_ref().to)?;
+        self.require_removable(&caller, &from).await?;
+        self.node
+            .access
+            .require(&caller, paths::parent(&to).unwrap_or("/"), Right::Write)
+            .await?;
+        let record = self.node.store.move_resource(&from, &to).await?;
+        self.node.access.invalidate().await;
+        reply(resource_pb(record))
+    }
+
+    async fn grant(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let path = paths::normalize(&r.path)?;
+        let right = right(r.right)?;
+        self.node
+            .access
+            .require_resource(&caller, &path, Right::Admin)
+            .await?;
+        self.validate_principal(&r.principal).await?;
+        self.node
+            .store
+            .set_grant(&path, &r.principal, right)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(self.grants(&path, false).await?)
+    }
+
+    async fn revoke(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let path = paths::normalize(&r.path)?;
+        self.node
+            .access
+            .require_resource(&caller, &path, Right::Admin)
+            .await?;
+        if !self.node.store.remove_grant(&path, &r.principal).await? {
+            return Err(
+                Error::not_found(format!("{} holds no grant set on {path}", r.principal)).into(),
+            );
+        }
+        self.node.access.invalidate().await;
+        reply(self.grants(&path, false).await?)
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Reply<pb::GrantsResponse> {
+        let caller = caller(&request)?;
+        let path = paths::normalize(&request.get_ref().path)?;
+        self.node
+            .access
+            .require_resource(&caller, &path, Right::Read)
+            .await?;
+        reply(self.grants(&path, request.get_ref().effective).await?)
+    }
+}

@@ -1,0 +1,196 @@
+//! `Store`: everything durable. Nothing outside this module knows which
+//! backend runs; the embedded one is SQLite under the data directory. Every
+//! write is durable (fsynced) before the call returns, so a write acknowledged
+//! to a client survives `kill -9`.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::error::Result;
+use async_trait::async_trait;
+
+/// Rights on a resource, weakest first; a stronger right implies the weaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Right {
+    Read = 1,
+    Write = 2,
+    Admin = 3,
+}
+
+impl Right {
+    pub fn from_i32(value: i32) -> Option<Right> {
+        match value {
+            1 => Some(Right::Read),
+            2 => Some(Right::Write),
+            3 => Some(Right::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::Read => "read",
+            Right::Write => "write",
+            Right::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    User = 1,
+    Key = 2,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: IdentityKind,
+    /// argon2 PHC string (users only).
+    pub password_hash: Option<String>,
+    /// 32-byte Ed25519 public key (key identities only).
+    pub public_key: Option<Vec<u8>>,
+    pub created_ms: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: String,
+    pub identity_id: String,
+    pub name: String,
+    /// SHA-256 of the token's secret; the secret itself is never stored.
+    pub hash: Vec<u8>,
+    pub created_ms: i64,
+    /// 0: never expires.
+    pub expires_ms: i64,
+    pub revoked: bool,
+}
+
+/// Resource kinds, numbered as `busbar.v1.ResourceKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceKind {
+    Folder = 1,
+    Room = 2,
+    Wire = 3,
+    Database = 4,
+    Timeseries = 5,
+    Service = 6,
+}
+
+impl ResourceKind {
+    pub fn from_i32(value: i32) -> Option<ResourceKind> {
+        Some(match value {
+            1 => ResourceKind::Folder,
+            2 => ResourceKind::Room,
+            3 => ResourceKind::Wire,
+            4 => ResourceKind::Database,
+            5 => ResourceKind::Timeseries,
+            6 => ResourceKind::Service,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceKind::Folder => "folder",
+            ResourceKind::Room => "room",
+            ResourceKind::Wire => "wire",
+            ResourceKind::Database => "database",
+            ResourceKind::Timeseries => "timeseries",
+            ResourceKind::Service => "service",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ResourceRecord {
+    pub id: String,
+    pub path: String,
+    pub kind: ResourceKind,
+    /// Identity name of the creator; the owner holds admin on the resource.
+    pub owner: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// Path of the resource the grant is set on.
+    pub path: String,
+    /// An identity name or "group:<name>".
+    pub principal: String,
+    pub right: Right,
+}
+
+/// A new identity together with what comes with it: a home folder
+/// `/home/<name>` it owns, and optionally admin on "/".
+#[derive(Debug, Clone)]
+pub struct NewIdentity {
+    pub name: String,
+    pub kind: IdentityKind,
+    pub password_hash: Option<String>,
+    pub public_key: Option<Vec<u8>>,
+    pub admin: bool,
+}
+
+/// Durable state. Implementations make each method atomic and durable before
+/// returning; errors use the crate's error model (NOT_FOUND, ALREADY_EXISTS,
+/// FAILED_PRECONDITION with a message naming the thing).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Backend name, reported by `Node.Status`.
+    fn backend(&self) -> &'static str;
+
+    /// A named secret, created with `make` on first use and the same forever
+    /// after (e.g. the session-signing key shared by every node).
+    async fn secret(&self, name: &str, make: fn() -> Vec<u8>) -> Result<Vec<u8>>;
+
+    async fn create_identity(&self, new: NewIdentity) -> Result<IdentityRecord>;
+    async fn identity_by_name(&self, name: &str) -> Result<Option<IdentityRecord>>;
+    async fn identity_by_id(&self, id: &str) -> Result<Option<IdentityRecord>>;
+    async fn list_identities(&self) -> Result<Vec<IdentityRecord>>;
+    async fn set_password_hash(&self, name: &str, hash: &str) -> Result<()>;
+    /// Marks the identity revoked and revokes all its tokens.
+    async fn revoke_identity(&self, name: &str) -> Result<()>;
+
+    async fn add_group_member(&self, group: &str, identity: &str) -> Result<()>;
+    async fn remove_group_member(&self, group: &str, identity: &str) -> Result<bool>;
+    async fn groups_of(&self, identity: &str) -> Result<Vec<String>>;
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()>;
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>>;
+    async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
+    async fn list_tokens(&self, identity_id: &str) -> Result<Vec<TokenRecord>>;
+    async fn revoke_token(&self, identity_id: &str, name: &str) -> Result<()>;
+
+    async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>>;
+    /// Creates `path` (its parent must be a folder); with `parents`, missing
+    /// ancestors are created as folders owned by `owner`.
+    async fn create_resource(
+        &self,
+        path: &str,
+        kind: ResourceKind,
+        owner: &str,
+        parents: bool,
+    ) -> Result<ResourceRecord>;
+    async fn list_resources(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>>;
+    /// Deletes `path` (and with `recursive`, everything below it) with its
+    /// grants; returns what was deleted, deepest first.
+    async fn delete_resource(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>>;
+    /// Moves or renames `from` (and its subtree, keeping ids and grants) to `to`.
+    async fn move_resource(&self, from: &str, to: &str) -> Result<ResourceRecord>;
+
+    async fn set_grant(&self, path: &str, principal: &str, right: Right) -> Result<()>;
+    async fn remove_grant(&self, path: &str, principal: &str) -> Result<bool>;
+    /// Grants set on any of `paths`.
+    async fn grants_on(&self, paths: &[String]) -> Result<Vec<GrantRecord>>;
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

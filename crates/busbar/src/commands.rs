@@ -1,0 +1,403 @@
+//! Client commands: each connects with the client config and makes its calls.
+
+use crate::Command;
+use base64::Engine;
+use busbar_client::{
+    Client, ClientConfig, ConnectOptions, CredentialConfig, ResourceKind, Right, RoomEventKind,
+};
+use bytes::{Bytes, BytesMut};
+use clap::Subcommand;
+use futures::StreamExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Outcome = Result<(), String>;
+
+#[derive(Subcommand)]
+pub enum IdentityCommand {
+    /// Create a key-pair identity; writes a client config holding its private key.
+    New {
+        name: String,
+        /// Where to write the config [default: ./<name>.json]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Give it admin on /.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List identities.
+    List,
+    /// Revoke an identity (and its tokens); its name stays reserved.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a password user.
+    Add {
+        name: String,
+        /// The password (or BUSBAR_PASSWORD; otherwise read from stdin).
+        #[arg(long, env = "BUSBAR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a user's password (your own, or any as admin).
+    Passwd {
+        name: String,
+        #[arg(long, env = "BUSBAR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; prints only the token on stdout.
+    Create {
+        name: String,
+        /// Lifetime in seconds (default: never expires).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List your tokens.
+    List,
+    /// Revoke one of your tokens.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// Add an identity to a group.
+    Add { group: String, identity: String },
+    /// Remove an identity from a group.
+    Rm { group: String, identity: String },
+}
+
+#[derive(Subcommand)]
+pub enum RoomCommand {
+    /// Create a room.
+    Create {
+        path: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Emit an event; each ARG is a JSON value (quote strings: '"hi"').
+    Emit {
+        path: String,
+        event: String,
+        args: Vec<String>,
+    },
+    /// Join and print every event as a JSON line until interrupted.
+    Listen { path: String },
+}
+
+#[derive(Subcommand)]
+pub enum WireCommand {
+    /// Create a wire.
+    Create {
+        path: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Publish stdin into the wire, in chunks, until end of input.
+    Pub { path: String },
+    /// Write everything published into the wire to stdout.
+    Sub { path: String },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RightArg {
+    Read,
+    Write,
+    Admin,
+}
+
+const PUBLISH_CHUNK: usize = 256 * 1024;
+
+async fn connect(config: &Path, timeout: Option<f64>) -> Result<(Client, ClientConfig), String> {
+    let file = ClientConfig::from_file(config).map_err(|e| e.to_string())?;
+    let mut options = ConnectOptions::from_config(&file).map_err(|e| e.to_string())?;
+    if let Some(seconds) = timeout {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            return Err(format!(
+                "bad --timeout {seconds}: use a positive number of seconds"
+            ));
+        }
+        options = options.timeout(Duration::from_secs_f64(seconds));
+    }
+    let client = options.connect().await.map_err(|e| e.to_string())?;
+    Ok((client, file))
+}
+
+fn read_password(given: Option<String>) -> Result<String, String> {
+    if let Some(password) = given {
+        return Ok(password);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    );
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    ResourceKind::try_from(kind)
+        .map(|k| k.as_str_name())
+        .unwrap_or("UNKNOWN")
+}
+
+pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outcome {
+    let (client, file) = connect(config, timeout).await?;
+    let e = |error: busbar_client::Error| error.to_string();
+    match command {
+        Command::Serve(_) => unreachable!("handled in main"),
+        Command::Status => {
+            let status = client.status().await.map_err(e)?;
+            let me = client.identity().map(|i| i.name).unwrap_or_default();
+            print_json(&serde_json::json!({
+                "address": client.address(),
+                "identity": me,
+                "version": status.version,
+                "node_id": status.node_id,
+                "uptime_ms": status.uptime_ms,
+                "store": status.store,
+                "bus": status.bus,
+                "tls": status.tls,
+                "connections": status.connections,
+            }));
+        }
+        Command::Identity(IdentityCommand::New { name, out, admin }) => {
+            let seed = rand::random::<[u8; 32]>();
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.json")));
+            if out.exists() {
+                return Err(format!(
+                    "{} already exists; pass --out to write elsewhere",
+                    out.display()
+                ));
+            }
+            client
+                .register_key(&name, &b64.encode(key.verifying_key().as_bytes()), admin)
+                .await
+                .map_err(e)?;
+            let new_config = ClientConfig {
+                credential: Some(CredentialConfig::Key {
+                    name: name.clone(),
+                    private_key: b64.encode(seed),
+                }),
+                ..file
+            };
+            new_config.write(&out).map_err(e)?;
+            println!("{}", out.display());
+        }
+        Command::Identity(IdentityCommand::List) => {
+            for identity in client.identities().await.map_err(e)? {
+                let kind = busbar_client::proto::IdentityKind::try_from(identity.kind)
+                    .map(|k| k.as_str_name())
+                    .unwrap_or("?");
+                let flags = [(identity.admin, "admin"), (identity.revoked, "revoked")]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, name)| *name)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                println!("{:<24} {:<5} {}", identity.name, kind.to_lowercase(), flags);
+            }
+        }
+        Command::Identity(IdentityCommand::Revoke { name }) => {
+            client.revoke_identity(&name).await.map_err(e)?
+        }
+        Command::User(UserCommand::Add {
+            name,
+            password,
+            admin,
+        }) => {
+            let password = read_password(password)?;
+            client
+                .create_user(&name, &password, admin)
+                .await
+                .map_err(e)?;
+        }
+        Command::User(UserCommand::Passwd { name, password }) => {
+            let password = read_password(password)?;
+            client.set_password(&name, &password).await.map_err(e)?;
+        }
+        Command::Token(TokenCommand::Create { name, ttl }) => {
+            let (token, _) = client
+                .create_token(&name, ttl.map(Duration::from_secs))
+                .await
+                .map_err(e)?;
+            println!("{token}");
+        }
+        Command::Token(TokenCommand::List) => {
+            for token in client.tokens().await.map_err(e)? {
+                let state = if token.revoked {
+                    "revoked".to_string()
+                } else if token.expires_ms == 0 {
+                    "never expires".to_string()
+                } else {
+                    format!("expires_ms={}", token.expires_ms)
+                };
+                println!("{:<24} {state}", token.name);
+            }
+        }
+        Command::Token(TokenCommand::Revoke { name }) => {
+            client.revoke_token(&name).await.map_err(e)?
+        }
+        Command::Group(GroupCommand::Add { group, identity }) => client
+            .add_group_member(&group, &identity)
+            .await
+            .map_err(e)?,
+        Command::Group(GroupCommand::Rm { group, identity }) => client
+            .remove_group_member(&group, &identity)
+            .await
+            .map_err(e)?,
+        Command::Ls { path, recursive } => {
+            for resource in client.ls(&path, recursive).await.map_err(e)? {
+                println!(
+                    "{:<10} {}",
+                    kind_name(resource.kind).to_lowercase(),
+                    resource.path
+                );
+            }
+        }
+        Command::Mkdir { path, parents } => {
+            client.mkdir(&path, parents).await.map_err(e)?;
+        }
+        Command::Rm { path, recursive } => {
+            client.rm(&path, recursive).await.map_err(e)?;
+        }
+        Command::Mv { from, to } => {
+            client.mv(&from, &to).await.map_err(e)?;
+        }
+        Command::Grant {
+            path,
+            principal,
+            right,
+        } => {
+            let right = match right {
+                RightArg::Read => Right::Read,
+                RightArg::Write => Right::Write,
+                RightArg::Admin => Right::Admin,
+            };
+            client.grant(&path, &principal, right).await.map_err(e)?;
+        }
+        Command::Revoke { path, principal } => {
+            client.revoke(&path, &principal).await.map_err(e)?;
+        }
+        Command::Grants { path, effective } => {
+            for grant in client.grants(&path, effective).await.map_err(e)? {
+                let right = Right::try_from(grant.right)
+                    .map(|r| r.as_str_name())
+                    .unwrap_or("?");
+                println!(
+                    "{:<24} {:<6} {}",
+                    grant.principal,
+                    right.to_lowercase(),
+                    grant.path
+                );
+            }
+        }
+        Command::Room(RoomCommand::Create { path, parents }) => {
+            client
+                .create(&path, ResourceKind::Room, parents)
+                .await
+                .map_err(e)?;
+        }
+        Command::Room(RoomCommand::Emit { path, event, args }) => {
+            let mut values = Vec::with_capacity(args.len());
+            for (i, arg) in args.iter().enumerate() {
+                values.push(serde_json::from_str(arg).map_err(|error| {
+                    format!("argument {} ({arg:?}) is not JSON ({error}); quote strings like '\"text\"'", i + 1)
+                })?);
+            }
+            client.emit(&path, &event, values).await.map_err(e)?;
+        }
+        Command::Room(RoomCommand::Listen { path }) => {
+            let mut room = client.join(&path).await.map_err(e)?;
+            while let Some(event) = room.next().await {
+                let event = event.map_err(e)?;
+                let kind = match event.kind {
+                    RoomEventKind::Emit => "emit",
+                    RoomEventKind::Left => "left",
+                    RoomEventKind::Deleted => "deleted",
+                };
+                println!(
+                    "{}",
+                    serde_json::json!({"kind": kind, "event": event.event, "args": event.args, "sender": event.sender})
+                );
+            }
+        }
+        Command::Wire(WireCommand::Create { path, parents }) => {
+            client
+                .create(&path, ResourceKind::Wire, parents)
+                .await
+                .map_err(e)?;
+        }
+        Command::Wire(WireCommand::Pub { path }) => {
+            let stdin = tokio::io::stdin();
+            let chunks = futures::stream::unfold(stdin, |mut stdin| async move {
+                let mut buffer = BytesMut::with_capacity(PUBLISH_CHUNK);
+                // Fill whole chunks: fewer, larger messages move faster.
+                while buffer.len() < PUBLISH_CHUNK {
+                    match stdin.read_buf(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                (!buffer.is_empty()).then(|| (buffer.freeze(), stdin))
+            });
+            let chunks = chunks.map(|chunk: Bytes| chunk);
+            client.publish(&path, chunks).await.map_err(e)?;
+        }
+        Command::Wire(WireCommand::Sub { path }) => {
+            let mut chunks = client.subscribe(&path).await.map_err(e)?;
+            // On stderr, so the data on stdout stays exactly what was published.
+            eprintln!("busbar: subscribed to {path}");
+            let mut stdout = tokio::io::stdout();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(e)?;
+                if stdout.write_all(&chunk).await.is_err() {
+                    return Ok(()); // the reader went away: a pipe closed downstream
+                }
+                let _ = stdout.flush().await;
+            }
+        }
+        Command::Call { method, json } => {
+            let request: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|error| format!("the request is not JSON: {error}"))?;
+            let kind = client.describe(&method).await.map_err(e)?;
+            if !kind.is_client_streaming() && !kind.is_server_streaming() {
+                print_json(&client.call(&method, request).await.map_err(e)?);
+                return Ok(());
+            }
+            let mut call = client.stream(&method, Some(request)).await.map_err(e)?;
+            if kind.is_client_streaming() {
+                let mut lines = String::new();
+                tokio::io::stdin()
+                    .read_to_string(&mut lines)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (n, line) in lines.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+                    let value = serde_json::from_str(line)
+                        .map_err(|error| format!("stdin line {} is not JSON: {error}", n + 1))?;
+                    call.send(value).await.map_err(e)?;
+                }
+                call.close_send();
+            }
+            while let Some(response) = call.next().await {
+                println!("{}", response.map_err(e)?);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `busbar serve`.
+
+use busbar_server::Settings;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Data directory [default: ./busbar-data]
+    #[arg(long, env = "BUSBAR_DATA")]
+    data: Option<PathBuf>,
+    /// Address to serve on [default: 127.0.0.1:7070; port 0 picks a free one]
+    #[arg(long, env = "BUSBAR_LISTEN")]
+    listen: Option<String>,
+    /// Extra certificate names (DNS names or IPs); repeat or comma-separate.
+    #[arg(long = "hostname", env = "BUSBAR_HOSTNAMES", value_delimiter = ',')]
+    hostnames: Vec<String>,
+    /// Serve plaintext instead of TLS (logs a warning).
+    #[arg(long, env = "BUSBAR_INSECURE")]
+    insecure: bool,
+    /// Seconds to keep serving after announcing shutdown [default: 5]
+    #[arg(long = "grace", env = "BUSBAR_GRACE_SECONDS")]
+    grace_seconds: Option<f64>,
+    /// Prometheus /metrics listener, or "off" [default: 127.0.0.1:7071]
+    #[arg(long, env = "BUSBAR_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Events queued per room member before it is cut [default: 1024]
+    #[arg(long, env = "BUSBAR_ROOM_QUEUE")]
+    room_queue: Option<usize>,
+    /// Chunks queued per wire subscriber [default: 64]
+    #[arg(long, env = "BUSBAR_WIRE_QUEUE")]
+    wire_queue: Option<usize>,
+    /// Seconds a wire publisher waits on a full subscriber before cutting it [default: 10]
+    #[arg(long = "wire-stall", env = "BUSBAR_WIRE_STALL_SECONDS")]
+    wire_stall_seconds: Option<f64>,
+    /// Largest accepted message in bytes [default: 16777216]
+    #[arg(long, env = "BUSBAR_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Session lifetime in seconds [default: 900]
+    #[arg(long = "session-ttl", env = "BUSBAR_SESSION_TTL_SECONDS")]
+    session_ttl_seconds: Option<f64>,
+    /// TOML file with the same settings (flags and BUSBAR_* variables win).
+    #[arg(long, env = "BUSBAR_CONFIG_FILE")]
+    config_file: Option<PathBuf>,
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub async fn run(args: ServeArgs) -> Result<(), String> {
+    let from_flags = Settings {
+        data: args.data,
+        listen: args.listen,
+        hostnames: (!args.hostnames.is_empty()).then_some(args.hostnames),
+        insecure: args.insecure.then_some(true),
+        grace_seconds: args.grace_seconds,
+        metrics_listen: args.metrics_listen,
+        session_ttl_seconds: args.session_ttl_seconds,
+        room_queue: args.room_queue,
+        wire_queue: args.wire_queue,
+        wire_stall_seconds: args.wire_stall_seconds,
+        max_message_bytes: args.max_message_bytes,
+    };
+    let from_file = match &args.config_file {
+        Some(path) => Settings::from_file(path).map_err(|e| e.message)?,
+        None => Settings::default(),
+    };
+    let config = busbar_server::ServerConfig::from_settings(from_flags.or(from_file))
+        .map_err(|e| e.message)?;
+    let data = config.data_dir.clone();
+    busbar_server::serve(config, shutdown_signal(), |started| {
+        let tls = if started.address.starts_with("https") {
+            "TLS"
+        } else {
+            "PLAINTEXT"
+        };
+        println!(
+            "busbar {} serving on {} ({tls}, data in {})",
+            env!("CARGO_PKG_VERSION"),
+            started.address,
+            data.display()
+        );
+        println!("admin config: {}", started.admin_config.display());
+        if let Some(metrics) = started.metrics {
+            println!("metrics: http://{metrics}/metrics");
+        }
+        println!(
+            "try: busbar --config {} status",
+            started.admin_config.display()
+        );
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

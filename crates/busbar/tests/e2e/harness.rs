@@ -1,0 +1,207 @@
+//! Starts and stops real `busbar serve` processes for the tests.
+
+use busbar_client::Client;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BUSBAR: &str = env!("CARGO_BIN_EXE_busbar");
+
+pub struct Node {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    pub admin_config: PathBuf,
+    pub metrics: String,
+    listen: String,
+    extra: Vec<String>,
+}
+
+impl Node {
+    /// A node with a fresh data directory; `extra` are more `serve` flags.
+    pub fn start(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut node = Node {
+            child: None,
+            dir,
+            address: String::new(),
+            admin_config: PathBuf::new(),
+            metrics: String::new(),
+            listen: "127.0.0.1:0".into(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
+        let mut child = Command::new(BUSBAR)
+            .arg("serve")
+            .arg("--data")
+            .arg(self.dir.path().join("data"))
+            .args(["--listen", &self.listen, "--metrics-listen", "127.0.0.1:0"])
+            .args(if self.extra.iter().any(|a| a == "--grace") {
+                &[][..]
+            } else {
+                &["--grace", "0.3"][..]
+            })
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("start busbar serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("busbar serve did not start; its log:\n{}", self.log()));
+            if let Some(rest) = line.split(" serving on ").nth(1) {
+                self.address = rest.split_whitespace().next().expect("address").to_string();
+            } else if let Some(path) = line.strip_prefix("admin config: ") {
+                self.admin_config = PathBuf::from(path);
+            } else if let Some(url) = line.strip_prefix("metrics: ") {
+                self.metrics = url.to_string();
+            } else if line.starts_with("try: ") {
+                break;
+            }
+        }
+        // Restarts reuse the port, so clients' configs stay valid.
+        self.listen = self
+            .address
+            .rsplit("://")
+            .next()
+            .expect("host:port")
+            .to_string();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub async fn admin(&self) -> Client {
+        Client::from_config_file(&self.admin_config)
+            .await
+            .expect("admin connects")
+    }
+
+    pub fn admin_json(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.admin_config).unwrap()).unwrap()
+    }
+
+    /// Writes a client config like admin.json but with `credential`.
+    pub fn config_with(&self, name: &str, credential: serde_json::Value) -> PathBuf {
+        let mut config = self.admin_json();
+        config["credential"] = credential;
+        let path = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    }
+
+    /// Connects as a password user.
+    pub async fn user(&self, user: &str, password: &str) -> busbar_client::Result<Client> {
+        let config = self.config_with(
+            user,
+            serde_json::json!({"kind": "password", "user": user, "password": password}),
+        );
+        Client::from_config_file(config).await
+    }
+
+    /// `busbar --config admin.json ARGS...`
+    pub fn cli(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BUSBAR);
+        command.arg("--config").arg(&self.admin_config).args(args);
+        command
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Sends SIGTERM and returns the child to wait on.
+    pub fn terminate(&mut self) -> Child {
+        let child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child
+    }
+
+    /// Resident memory of the server process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The Prometheus text of the metrics endpoint.
+    pub fn metrics_text(&self) -> String {
+        let host = self
+            .metrics
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Asserts an error's code and that its message mentions `words`.
+#[track_caller]
+pub fn assert_error<T>(
+    result: busbar_client::Result<T>,
+    code: busbar_client::ErrorCode,
+    words: &str,
+) {
+    let Err(error) = result else {
+        panic!("expected {code:?} mentioning {words:?}, but the call succeeded")
+    };
+    assert_eq!(error.code(), code, "{error}");
+    assert!(
+        error.message().contains(words),
+        "{error:?} should mention {words:?}"
+    );
+}

@@ -1,0 +1,202 @@
+//! Durability across kill -9, graceful shutdown, deadlines, trace ids, and
+//! the dynamic call API over every streaming kind.
+
+use crate::harness::{Node, assert_error};
+use base64::Engine;
+use busbar_client::{Client, ErrorCode, ResourceKind, Right};
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn kill_9_and_restart_keeps_everything_acknowledged() {
+    let mut node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("bob", "bob-password", false)
+        .await
+        .unwrap();
+    let (token, _) = admin.create_token("ci", None).await.unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    admin
+        .register_key("robot", &b64.encode(key.verifying_key().as_bytes()), false)
+        .await
+        .unwrap();
+    let room = admin
+        .create("/shared/chat", ResourceKind::Room, true)
+        .await
+        .unwrap();
+    admin.grant("/shared", "bob", Right::Write).await.unwrap();
+    admin.add_group_member("ops", "robot").await.unwrap();
+    admin
+        .grant("/shared/chat", "group:ops", Right::Read)
+        .await
+        .unwrap();
+    drop(admin);
+
+    node.restart(); // SIGKILL, then start on the same data directory and port
+
+    let admin = node.admin().await;
+    let bob = node.user("bob", "bob-password").await.unwrap();
+    bob.mkdir("/shared/bobs", false).await.unwrap();
+    let config = node.config_with("ci", serde_json::json!({"kind": "token", "token": token}));
+    assert_eq!(
+        Client::from_config_file(config)
+            .await
+            .unwrap()
+            .whoami()
+            .await
+            .unwrap()
+            .name,
+        "admin"
+    );
+    let config = node.config_with(
+        "robot",
+        serde_json::json!({"kind": "key", "name": "robot", "private_key": b64.encode(key.to_bytes())}),
+    );
+    let robot = Client::from_config_file(config).await.unwrap();
+    assert_eq!(robot.get("/shared/chat").await.unwrap().id, room.id);
+    assert_eq!(
+        robot.whoami().await.unwrap().groups,
+        vec!["ops".to_string()]
+    );
+    let grants = admin.grants("/shared", false).await.unwrap();
+    assert!(
+        grants
+            .iter()
+            .any(|g| g.principal == "bob" && g.right == Right::Write as i32)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_is_announced_and_served_out() {
+    let mut node = Node::start(&["--grace", "1.5"]);
+    let admin = node.admin().await;
+    let mut events = admin.node_events().await.unwrap();
+    let ready = events.next().await.unwrap().unwrap();
+    assert_eq!(
+        ready.kind,
+        busbar_client::proto::node_event::Kind::Ready as i32
+    );
+
+    let started = Instant::now();
+    let mut child = node.terminate();
+    let notice = events.next().await.unwrap().unwrap();
+    assert_eq!(
+        notice.kind,
+        busbar_client::proto::node_event::Kind::ShuttingDown as i32
+    );
+    assert_eq!(notice.grace_ms, 1500);
+    // Still serving during the grace period.
+    admin.status().await.unwrap();
+    // Then open streams end and the process exits on its own.
+    while let Some(Ok(_)) = events.next().await {}
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "served out the grace period"
+    );
+}
+
+#[tokio::test]
+async fn deadlines_and_trace_ids() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    // Hashing a password takes far longer than a millisecond.
+    let result = admin
+        .with_timeout(Duration::from_millis(1))
+        .create_user("slow", "slow-password", false)
+        .await;
+    assert_eq!(result.unwrap_err().code(), ErrorCode::Timeout);
+
+    let traced = admin.with_trace_id("e2e-trace-4242").unwrap();
+    let error = traced.get("/no/such/thing").await.unwrap_err();
+    assert_eq!(error.trace_id(), Some("e2e-trace-4242"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        node.log().contains("e2e-trace-4242"),
+        "the server log names the trace id"
+    );
+    assert_error(
+        admin.with_trace_id("has space"),
+        ErrorCode::InvalidArgument,
+        "bad trace id",
+    );
+}
+
+#[tokio::test]
+async fn dynamic_calls_of_every_kind() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+
+    let status = admin
+        .call("busbar.v1.Node/Status", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["tls"], true);
+    assert_eq!(status["store"], "sqlite");
+    let created = admin
+        .call(
+            "busbar.v1.Resources/Create",
+            serde_json::json!({"path": "/home/admin/pipe", "kind": "WIRE"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created["kind"], "WIRE");
+
+    // Server streaming.
+    let mut events = admin
+        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
+
+    // Client streaming: publish into a wire that a typed subscriber reads.
+    let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut publish = admin
+        .stream(
+            "busbar.v1.Wires/Publish",
+            Some(serde_json::json!({"path": "/home/admin/pipe"})),
+        )
+        .await
+        .unwrap();
+    publish
+        .send(serde_json::json!({"data": b64.encode("hello ")}))
+        .await
+        .unwrap();
+    publish
+        .send(serde_json::json!({"data": b64.encode("wire")}))
+        .await
+        .unwrap();
+    publish.close_send();
+    let summary = publish.next().await.unwrap().unwrap();
+    assert_eq!(summary["bytes"], 10);
+    assert_eq!(subscriber.next().await.unwrap().unwrap(), "hello ");
+    assert_eq!(subscriber.next().await.unwrap().unwrap(), "wire");
+
+    // Bidirectional: the reflection service itself.
+    let mut reflection = admin
+        .stream(
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            Some(serde_json::json!({"list_services": ""})),
+        )
+        .await
+        .unwrap();
+    let listed = reflection.next().await.unwrap().unwrap().to_string();
+    assert!(listed.contains("busbar.v1.Rooms"), "{listed}");
+
+    assert_error(
+        admin
+            .call("busbar.v1.Node/Events", serde_json::json!({}))
+            .await,
+        ErrorCode::InvalidArgument,
+        "use stream()",
+    );
+    assert_error(
+        admin.stream("busbar.v1.Node/Status", None).await,
+        ErrorCode::InvalidArgument,
+        "unary",
+    );
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: each starts a real `busbar serve` process on loopback
+//! (free port, temp data dir, TLS on) and talks to it over the network.
+
+mod auth;
+mod harness;
+mod lifecycle;
+mod resources;
+mod robustness;
+mod rooms;
+mod wires;

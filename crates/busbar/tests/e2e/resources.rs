@@ -1,0 +1,164 @@
+//! The resource tree and permissions.
+
+use crate::harness::{Node, assert_error};
+use busbar_client::{ErrorCode, ResourceKind, Right};
+
+#[tokio::test]
+async fn tree_operations() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let chat = admin
+        .create("/projects/a/chat", ResourceKind::Room, true)
+        .await
+        .unwrap();
+    admin
+        .create("/projects/a/pipe", ResourceKind::Wire, false)
+        .await
+        .unwrap();
+    let paths =
+        |list: Vec<busbar_client::Resource>| list.into_iter().map(|r| r.path).collect::<Vec<_>>();
+    assert_eq!(
+        paths(admin.ls("/projects", false).await.unwrap()),
+        ["/projects/a"]
+    );
+    assert_eq!(
+        paths(admin.ls("/projects", true).await.unwrap()),
+        ["/projects/a", "/projects/a/chat", "/projects/a/pipe"]
+    );
+    assert_error(
+        admin.mkdir("/projects/a", false).await,
+        ErrorCode::AlreadyExists,
+        "already exists",
+    );
+    assert_error(
+        admin.mkdir("/x/y", false).await,
+        ErrorCode::NotFound,
+        "parent folder /x does not exist",
+    );
+    assert_error(
+        admin.rm("/projects", false).await,
+        ErrorCode::FailedPrecondition,
+        "not empty",
+    );
+
+    let moved = admin.mv("/projects/a", "/projects/b").await.unwrap();
+    assert_eq!(moved.path, "/projects/b");
+    assert_eq!(
+        admin.get("/projects/b/chat").await.unwrap().id,
+        chat.id,
+        "ids survive moves"
+    );
+    assert_error(
+        admin.get("/projects/a/chat").await,
+        ErrorCode::NotFound,
+        "does not exist",
+    );
+    assert_eq!(admin.rm("/projects", true).await.unwrap(), 4);
+    assert_error(
+        admin
+            .create("/home/admin/db", ResourceKind::Database, false)
+            .await,
+        ErrorCode::Unimplemented,
+        "not available",
+    );
+}
+
+#[tokio::test]
+async fn permissions_are_denied_and_inherited() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("bob", "bob-password", false)
+        .await
+        .unwrap();
+    admin
+        .create_user("carol", "carol-password", false)
+        .await
+        .unwrap();
+    let bob = node.user("bob", "bob-password").await.unwrap();
+    let carol = node.user("carol", "carol-password").await.unwrap();
+    admin
+        .create("/shared/team/chat", ResourceKind::Room, true)
+        .await
+        .unwrap();
+
+    // Own home: full rights; elsewhere: nothing until granted.
+    bob.mkdir("/home/bob/notes", false).await.unwrap();
+    assert_error(
+        bob.ls("/shared", false).await,
+        ErrorCode::PermissionDenied,
+        "bob lacks read on /shared",
+    );
+    assert_error(
+        bob.ls("/home/carol", false).await,
+        ErrorCode::PermissionDenied,
+        "lacks read on /home/carol",
+    );
+    // No hint whether a path exists without rights on it.
+    assert_error(
+        bob.get("/shared/nothing-here").await,
+        ErrorCode::PermissionDenied,
+        "lacks read",
+    );
+
+    // A grant on /shared is inherited by everything below it.
+    admin.grant("/shared", "bob", Right::Read).await.unwrap();
+    assert_eq!(
+        bob.get("/shared/team/chat").await.unwrap().path,
+        "/shared/team/chat"
+    );
+    assert_error(
+        bob.mkdir("/shared/team/new", false).await,
+        ErrorCode::PermissionDenied,
+        "bob lacks write on /shared/team",
+    );
+    assert_error(
+        bob.emit("/shared/team/chat", "hi", vec![]).await,
+        ErrorCode::PermissionDenied,
+        "lacks write on /shared/team/chat",
+    );
+    let effective = admin.grants("/shared/team/chat", true).await.unwrap();
+    assert!(
+        effective
+            .iter()
+            .any(|g| g.principal == "bob" && g.path == "/shared")
+    );
+
+    // Groups.
+    admin.add_group_member("team", "carol").await.unwrap();
+    admin
+        .grant("/shared/team", "group:team", Right::Write)
+        .await
+        .unwrap();
+    carol.mkdir("/shared/team/carols", false).await.unwrap();
+    assert_error(
+        carol.ls("/shared", false).await,
+        ErrorCode::PermissionDenied,
+        "carol lacks read on /shared",
+    );
+
+    // Revoking takes effect at once.
+    admin.revoke("/shared", "bob").await.unwrap();
+    assert_error(
+        bob.get("/shared/team/chat").await,
+        ErrorCode::PermissionDenied,
+        "lacks read",
+    );
+
+    // Only admins of a resource grant on it; only admins of / manage identities.
+    assert_error(
+        bob.grant("/shared", "bob", Right::Admin).await,
+        ErrorCode::PermissionDenied,
+        "lacks admin on /shared",
+    );
+    assert_error(
+        bob.create_user("eve", "eve-password", false).await,
+        ErrorCode::PermissionDenied,
+        "admin on /",
+    );
+    assert_error(
+        admin.grant("/shared", "nobody", Right::Read).await,
+        ErrorCode::NotFound,
+        "no identity named nobody",
+    );
+}

@@ -1,0 +1,245 @@
+//! Bad input gets a clear error, changes nothing, and the server stays up.
+
+use crate::harness::{BUSBAR, Node, assert_error};
+use busbar_client::ErrorCode;
+use busbar_client::proto::{self as pb, auth_client::AuthClient};
+use bytes::{Buf, BufMut};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// Sends and receives raw bytes, to put malformed protobuf on the wire.
+#[derive(Clone, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+async fn raw_call(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    method: &'static str,
+    body: Vec<u8>,
+) -> busbar_client::Error {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(body);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static(method);
+    let status = grpc
+        .unary(request, path, RawCodec)
+        .await
+        .expect_err("malformed input must fail");
+    busbar_client::Error::from(status)
+}
+
+#[tokio::test]
+async fn malformed_requests_get_clear_errors_and_the_server_stays_up() {
+    let node = Node::start(&["--insecure", "--max-message-bytes", "65536"]);
+    let admin = node.admin().await;
+    let before = admin.ls("/", true).await.unwrap();
+
+    let channel = tonic::transport::Endpoint::from_shared(node.address.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let login = pb::LoginRequest {
+        credential: Some(pb::login_request::Credential::Password(
+            pb::PasswordCredential {
+                user: "admin".into(),
+                password: node.admin_json()["credential"]["password"]
+                    .as_str()
+                    .unwrap()
+                    .into(),
+            },
+        )),
+    };
+    let token = AuthClient::new(channel.clone())
+        .login(login)
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    // Invalid UTF-8 in a string field (a path).
+    let error = raw_call(
+        &channel,
+        &token,
+        "/busbar.v1.Resources/Create",
+        vec![0x0a, 0x03, b'/', 0xff, 0xfe, 0x10, 0x01],
+    )
+    .await;
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    assert!(error.message().contains("UTF-8"), "{error}");
+    // Bytes that are no protobuf at all.
+    let error = raw_call(&channel, &token, "/busbar.v1.Resources/Get", vec![0xff; 7]).await;
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    // A method the server does not have.
+    let error = raw_call(&channel, &token, "/busbar.v1.Node/Nope", vec![]).await;
+    assert_eq!(error.code(), ErrorCode::Unimplemented, "{error}");
+    assert!(
+        error
+            .message()
+            .contains("unknown method /busbar.v1.Node/Nope"),
+        "{error}"
+    );
+
+    // Oversized message.
+    let big = serde_json::Value::String("x".repeat(100_000));
+    assert_error(
+        admin.emit("/home/admin", "big", vec![big]).await,
+        ErrorCode::ResourceExhausted,
+        "too large",
+    );
+
+    // Bad paths, names and enum values.
+    for bad in ["home/admin", "/home//admin", "/home/../etc", "/home/\u{1}"] {
+        assert_error(admin.get(bad).await, ErrorCode::InvalidArgument, "bad path");
+    }
+    assert_error(
+        admin.create_user("bad name", "long-enough", false).await,
+        ErrorCode::InvalidArgument,
+        "bad name",
+    );
+    assert_error(
+        admin.create_user("short", "pw", false).await,
+        ErrorCode::InvalidArgument,
+        "too short",
+    );
+    assert_error(
+        admin.register_key("k", "not-base64!", false).await,
+        ErrorCode::InvalidArgument,
+        "bad public key",
+    );
+    let bad_kind = admin
+        .call(
+            "busbar.v1.Resources/Create",
+            serde_json::json!({"path": "/home/admin/x", "kind": 99}),
+        )
+        .await;
+    assert_error(bad_kind, ErrorCode::InvalidArgument, "bad kind");
+
+    // The dynamic API: unknown service or method, JSON that does not fit.
+    assert_error(
+        admin.call("busbar.v1.Nope/X", serde_json::json!({})).await,
+        ErrorCode::Unimplemented,
+        "knows no service",
+    );
+    assert_error(
+        admin
+            .call("busbar.v1.Node/Nope", serde_json::json!({}))
+            .await,
+        ErrorCode::Unimplemented,
+        "has no method Nope",
+    );
+    assert_error(
+        admin
+            .call("busbar.v1.Resources/Get", serde_json::json!({"pth": "/"}))
+            .await,
+        ErrorCode::InvalidArgument,
+        "does not fit",
+    );
+    assert_error(
+        admin
+            .call("busbar.v1.Resources/Get", serde_json::json!({"path": 5}))
+            .await,
+        ErrorCode::InvalidArgument,
+        "does not fit",
+    );
+    assert_error(
+        admin.call("Status", serde_json::json!({})).await,
+        ErrorCode::InvalidArgument,
+        "bad method name",
+    );
+
+    // Nothing changed, and the node still answers.
+    assert_eq!(admin.ls("/", true).await.unwrap(), before);
+    assert!(!admin.status().await.unwrap().version.is_empty());
+}
+
+#[test]
+fn bad_configuration_stops_the_server_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = |args: &[&str]| {
+        std::process::Command::new(BUSBAR)
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--metrics-listen", "off"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for (args, words) in [
+        (&["--listen", "nowhere"][..], "bad listen"),
+        (
+            &["--room-queue", "0", "--listen", "127.0.0.1:0"][..],
+            "bad room_queue",
+        ),
+        (
+            &["--grace=-1", "--listen", "127.0.0.1:0"][..],
+            "bad grace_seconds",
+        ),
+        (
+            &["--hostname", "a b", "--listen", "127.0.0.1:0"][..],
+            "bad hostname",
+        ),
+    ] {
+        let output = serve(args);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(words), "{args:?}: {stderr}");
+    }
+    let file = dir.path().join("busbar.toml");
+    std::fs::write(&file, "lisen = \"127.0.0.1:0\"\n").unwrap();
+    let output = serve(&["--config-file", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field"));
+    assert!(
+        !data.join("meta.db").exists(),
+        "a bad configuration changes nothing on disk"
+    );
+}
+
+#[test]
+fn cli_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(BUSBAR)
+        .current_dir(dir.path())
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("busbar-data/admin.json"), "{stderr}");
+}

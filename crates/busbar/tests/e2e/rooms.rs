@@ -1,0 +1,260 @@
+//! Rooms: delivery exactly once and in order, peers-only emits, deletion,
+//! slow consumers.
+
+use crate::harness::{Node, assert_error};
+use busbar_client::{ErrorCode, ResourceKind, RoomEvent, RoomEventKind};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+const PER_EMITTER: usize = 200;
+
+/// Events from each sender, in arrival order, as (sender, seq).
+fn by_sender(events: &[(String, i64)]) -> HashMap<String, Vec<i64>> {
+    let mut map: HashMap<String, Vec<i64>> = HashMap::new();
+    for (sender, seq) in events {
+        map.entry(sender.clone()).or_default().push(*seq);
+    }
+    map
+}
+
+async fn collect(room: &mut busbar_client::RoomMembership, count: usize) -> Vec<RoomEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(30), room.next())
+            .await
+            .expect("events keep coming")
+            .expect("stream open")
+            .expect("no error");
+        events.push(event);
+    }
+    events
+}
+
+#[tokio::test]
+async fn three_members_in_two_processes_get_every_event_once_in_order() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    admin
+        .create_user("bob", "bob-password", false)
+        .await
+        .unwrap();
+    admin
+        .grant("/home/admin/chat", "bob", busbar_client::Right::Write)
+        .await
+        .unwrap();
+    let bob = node.user("bob", "bob-password").await.unwrap();
+
+    // Member 3 lives in another process: the CLI's `room listen`.
+    let mut listener = node
+        .cli(&["room", "listen", "/home/admin/chat"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut a = admin.join("/home/admin/chat").await.unwrap();
+    let mut b = bob.join("/home/admin/chat").await.unwrap();
+    // Wait until the CLI member has joined: a probe it must print.
+    let mut cli_lines = BufReader::new(listener.stdout.take().unwrap()).lines();
+    let cli_reader = std::thread::spawn(move || {
+        let mut events = Vec::new();
+        for line in cli_lines.by_ref() {
+            let value: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let done = value["kind"] == "deleted";
+            events.push(value);
+            if done {
+                break;
+            }
+        }
+        events
+    });
+    loop {
+        if admin
+            .emit("/home/admin/chat", "probe", vec![])
+            .await
+            .unwrap()
+            == 3
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Two emitters at once, each numbering its events.
+    let emit_all = |client: busbar_client::Client| async move {
+        for seq in 0..PER_EMITTER {
+            client
+                .emit("/home/admin/chat", "seq", vec![seq.into()])
+                .await
+                .unwrap();
+        }
+    };
+    tokio::join!(emit_all(admin.clone()), emit_all(bob.clone()));
+    admin.rm("/home/admin/chat", false).await.unwrap();
+
+    let expected: Vec<i64> = (0..PER_EMITTER as i64).collect();
+    for member in [&mut a, &mut b] {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), member.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            match event.kind {
+                RoomEventKind::Deleted => break,
+                _ if event.event == "seq" => {
+                    seen.push((event.sender, event.args[0].as_i64().unwrap()))
+                }
+                _ => {}
+            }
+        }
+        let sequences = by_sender(&seen);
+        assert_eq!(
+            sequences["admin"], expected,
+            "admin's events once each, in order"
+        );
+        assert_eq!(
+            sequences["bob"], expected,
+            "bob's events once each, in order"
+        );
+        assert!(
+            member.next().await.is_none(),
+            "the stream ends after deleted"
+        );
+    }
+    let cli_events = cli_reader.join().unwrap();
+    let seen: Vec<_> = cli_events
+        .iter()
+        .filter(|e| e["event"] == "seq")
+        .map(|e| {
+            (
+                e["sender"].as_str().unwrap().to_string(),
+                e["args"][0].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let sequences = by_sender(&seen);
+    assert_eq!(sequences["admin"], expected);
+    assert_eq!(sequences["bob"], expected);
+    assert_eq!(cli_events.last().unwrap()["kind"], "deleted");
+    assert!(listener.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    let mut a = admin.join("/home/admin/chat").await.unwrap();
+    let mut b = admin.join("/home/admin/chat").await.unwrap();
+    assert_eq!(a.emit_peers("to-peers", vec!["x".into()]).await.unwrap(), 1);
+    assert_eq!(a.emit("to-all", vec![]).await.unwrap(), 2);
+    let got_a = collect(&mut a, 1).await;
+    assert_eq!(
+        got_a[0].event, "to-all",
+        "the sender does not get its peers-only event"
+    );
+    let got_b = collect(&mut b, 2).await;
+    assert_eq!(got_b[0].event, "to-peers");
+    assert_eq!(got_b[0].args, vec![serde_json::json!("x")]);
+    assert_eq!(got_b[1].event, "to-all");
+
+    a.leave().await.unwrap();
+    assert_eq!(collect(&mut a, 1).await[0].kind, RoomEventKind::Left);
+    assert!(a.next().await.is_none());
+    assert_error(a.leave().await, ErrorCode::NotFound, "no member");
+    assert_eq!(
+        admin
+            .emit("/home/admin/chat", "after", vec![])
+            .await
+            .unwrap(),
+        1
+    );
+
+    assert_error(
+        admin.emit("/home/admin/chat", "", vec![]).await,
+        ErrorCode::InvalidArgument,
+        "bad event name",
+    );
+    admin
+        .create("/home/admin/pipe", ResourceKind::Wire, false)
+        .await
+        .unwrap();
+    assert_error(
+        admin.join("/home/admin/pipe").await,
+        ErrorCode::FailedPrecondition,
+        "not a room",
+    );
+}
+
+#[tokio::test]
+async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
+    let node = Node::start(&["--room-queue", "16"]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    // Separate connections, so HTTP/2 flow control on one cannot hold the other.
+    let mut slow = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let mut fast = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let fast_reader = tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Some(Ok(_)) = fast.next().await {
+            count += 1;
+        }
+        count
+    });
+
+    let before = node.rss_kib();
+    // 4,000 events of 16 KiB: 64 MiB that must not pile up for the stalled member.
+    let payload = serde_json::Value::String("x".repeat(16 * 1024));
+    for _ in 0..4_000 {
+        admin
+            .emit("/home/admin/chat", "big", vec![payload.clone()])
+            .await
+            .unwrap();
+    }
+    let after = node.rss_kib();
+    assert!(
+        after < before + 48 * 1024,
+        "server memory grew from {before} KiB to {after} KiB with a stalled member"
+    );
+
+    // The stalled member reads what was queued, then the cut.
+    let error = loop {
+        match tokio::time::timeout(Duration::from_secs(30), slow.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => break error,
+            None => panic!("the stream ended without saying why"),
+        }
+    };
+    assert_eq!(error.code(), ErrorCode::SlowConsumer, "{error}");
+    assert!(
+        error.message().contains("fell more than 16 events behind"),
+        "{error}"
+    );
+    assert!(
+        node.metrics_text()
+            .contains("busbar_slow_consumer_drops_total{kind=\"room\"} 1")
+    );
+
+    admin.rm("/home/admin/chat", false).await.unwrap();
+    assert_eq!(
+        fast_reader.await.unwrap(),
+        4_001,
+        "the member that kept up got everything"
+    );
+}
