@@ -195,8 +195,11 @@ def test_status_with_bad_token_is_unauthenticated(dynamic):
 
 def test_health_over_tls_without_credentials(channel):
     stub = health_pb2_grpc.HealthStub(channel)
-    resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=CALL_TIMEOUT_S)
-    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    # The whole node ("") and each busbar service by its full name.
+    for service in ["", "busbar.v1.Auth", "busbar.v1.Node", "busbar.v1.Resources",
+                    "busbar.v1.Rooms", "busbar.v1.Wires"]:
+        resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT_S)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 def test_plaintext_to_tls_port_fails_fast(busbar_node):

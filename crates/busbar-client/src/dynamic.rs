@@ -94,6 +94,13 @@ fn from_json(
     })
 }
 
+/// The HTTP/2 path of a method: "/package.Service/Method".
+fn grpc_path(method: &MethodDescriptor) -> Result<http::uri::PathAndQuery> {
+    let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+    http::uri::PathAndQuery::try_from(path.as_str())
+        .map_err(|_| Error::invalid_argument(format!("method {path} cannot be called over gRPC")))
+}
+
 /// Encodes and decodes `DynamicMessage`s of known descriptors.
 #[derive(Clone)]
 struct DynamicCodec {
@@ -297,12 +304,7 @@ impl Client {
             )));
         }
         let message = from_json(&descriptor.input(), request, method)?;
-        let path = http::uri::PathAndQuery::try_from(format!(
-            "/{}/{}",
-            descriptor.parent_service().full_name(),
-            descriptor.name()
-        ))
-        .map_err(|_| Error::invalid_argument(format!("bad method name {method:?}")))?;
+        let path = grpc_path(&descriptor)?;
         let codec = DynamicCodec {
             response: descriptor.output(),
         };
@@ -327,12 +329,7 @@ impl Client {
         let descriptor = self.describe(method).await?;
         let kind = kind_of(&descriptor);
         let input = descriptor.input();
-        let path = http::uri::PathAndQuery::try_from(format!(
-            "/{}/{}",
-            descriptor.parent_service().full_name(),
-            descriptor.name()
-        ))
-        .map_err(|_| Error::invalid_argument(format!("bad method name {method:?}")))?;
+        let path = grpc_path(&descriptor)?;
         let codec = DynamicCodec {
             response: descriptor.output(),
         };

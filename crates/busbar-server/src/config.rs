@@ -36,6 +36,8 @@ pub struct Settings {
     pub wire_stall_seconds: Option<f64>,
     /// Largest accepted message in bytes (default 16 MiB).
     pub max_message_bytes: Option<usize>,
+    /// Open client connections beyond which new ones are closed at once (default 16384).
+    pub max_connections: Option<usize>,
 }
 
 impl Settings {
@@ -63,6 +65,7 @@ impl Settings {
             wire_queue: self.wire_queue.or(weaker.wire_queue),
             wire_stall_seconds: self.wire_stall_seconds.or(weaker.wire_stall_seconds),
             max_message_bytes: self.max_message_bytes.or(weaker.max_message_bytes),
+            max_connections: self.max_connections.or(weaker.max_connections),
         }
     }
 }
@@ -81,6 +84,7 @@ pub struct ServerConfig {
     pub wire_queue: usize,
     pub wire_stall: Duration,
     pub max_message_bytes: usize,
+    pub max_connections: usize,
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -175,6 +179,13 @@ impl ServerConfig {
                 16 << 20,
                 1024,
                 1 << 30,
+            )?,
+            max_connections: count(
+                "max_connections",
+                settings.max_connections,
+                16_384,
+                1,
+                1 << 20,
             )?,
         })
     }

@@ -23,6 +23,8 @@ pub struct Metrics {
     registry: Registry,
     /// Open client connections (TCP, TLS or not).
     pub connections: Gauge,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused_connections: Counter,
     /// Finished calls by full method name and final gRPC code.
     pub calls: Family<CallLabels, Counter>,
     /// Events emitted into rooms.
@@ -40,6 +42,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("busbar");
         let metrics = Metrics {
             connections: Gauge::default(),
+            refused_connections: Counter::default(),
             calls: Family::default(),
             room_events: Counter::default(),
             room_deliveries: Counter::default(),
@@ -51,6 +54,11 @@ impl Default for Metrics {
             "connections",
             "Open client connections",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "refused_connections",
+            "Connections closed at accept because max_connections were open",
+            metrics.refused_connections.clone(),
         );
         registry.register(
             "calls",

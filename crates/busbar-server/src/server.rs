@@ -247,11 +247,23 @@ pub async fn serve(
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }));
 
     let counted = metrics.clone();
+    let max_connections = config.max_connections as i64;
     let incoming =
         tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
             let metrics = counted.clone();
             async move {
                 let stream = accepted.ok()?;
+                // Bounded: past the limit a new connection is closed at once, so
+                // a flood of idle connections cannot exhaust memory or descriptors.
+                if metrics.connections.get() >= max_connections {
+                    if metrics.refused_connections.inc() % 1000 == 0 {
+                        tracing::warn!(
+                            max_connections,
+                            "connection limit reached; closing new connections"
+                        );
+                    }
+                    return None;
+                }
                 let _ = stream.set_nodelay(true);
                 metrics.connections.inc();
                 Some(Ok::<_, std::io::Error>(CountedStream {

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Largest accepted message in bytes [default: 16777216]
     #[arg(long, env = "BUSBAR_MAX_MESSAGE_BYTES")]
     max_message_bytes: Option<usize>,
+    /// Open connections beyond which new ones are closed at once [default: 16384]
+    #[arg(long, env = "BUSBAR_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Session lifetime in seconds [default: 900]
     #[arg(long = "session-ttl", env = "BUSBAR_SESSION_TTL_SECONDS")]
     session_ttl_seconds: Option<f64>,
@@ -73,6 +76,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         wire_queue: args.wire_queue,
         wire_stall_seconds: args.wire_stall_seconds,
         max_message_bytes: args.max_message_bytes,
+        max_connections: args.max_connections,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

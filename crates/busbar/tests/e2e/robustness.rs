@@ -243,3 +243,35 @@ fn cli_errors_are_one_clear_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("busbar-data/admin.json"), "{stderr}");
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_refused_and_counted() {
+    let node = Node::start(&["--max-connections", "2"]);
+    let first = node.admin().await;
+    let second = node.admin().await;
+    let third = busbar_client::Client::from_config_file(&node.admin_config).await;
+    assert_eq!(third.unwrap_err().code(), ErrorCode::Unavailable);
+    let metrics = node.metrics_text();
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("busbar_refused_connections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the refusal counter is exported");
+    assert!(refused >= 1, "{metrics}");
+    // The first two keep working; once one closes, a new client gets in.
+    second.status().await.unwrap();
+    drop(first);
+    let mut admitted = None;
+    for _ in 0..50 {
+        if let Ok(client) = busbar_client::Client::from_config_file(&node.admin_config).await {
+            admitted = Some(client);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    admitted
+        .expect("a slot frees up when a client disconnects")
+        .status()
+        .await
+        .unwrap();
+}
