@@ -10,12 +10,12 @@ use crate::layer::CallLayer;
 use crate::metrics::{KindLabels, Metrics};
 use crate::node::{Lifecycle, Node};
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
-use crate::services::{rooms::RoomsService, wires::WiresService};
+use crate::services::{rooms::RoomsRouter, rooms::RoomsService, wires::WiresService};
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
-    rooms_server::RoomsServer, wires_server::WiresServer,
+    wires_server::WiresServer,
 };
 use futures::StreamExt;
 use std::future::Future;
@@ -243,7 +243,7 @@ pub async fn serve(
             ResourcesServer,
             ResourcesService { node: node.clone() }
         ))
-        .add_service(limited!(RoomsServer, RoomsService { node: node.clone() }))
+        .add_service(RoomsRouter::new(RoomsService { node: node.clone() }, limit))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }));
 
     let counted = metrics.clone();

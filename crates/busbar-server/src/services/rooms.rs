@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 use crate::node::{LocalMember, Node, caller, stopped};
 use crate::paths;
 use crate::store::{ResourceKind, ResourceRecord, Right};
-use busbar_proto::v1::{self as pb, room_event::Kind, rooms_server::Rooms};
-use futures::Stream;
+use busbar_proto::v1::{
+    self as pb, room_event::Kind, rooms_server::Rooms, rooms_server::RoomsServer,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,12 +38,16 @@ fn check_room(record: ResourceRecord) -> Result<ResourceRecord> {
     }
 }
 
+/// Room events as encoded `RoomEvent` messages: what the bus carries is sent
+/// to each member as is, with no decoding or re-encoding per member.
+pub type EncodedEvents = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
 /// A member's stream: JOINED, then the room's events, until it leaves, the
 /// room is deleted, the member overflows or the node stops.
 struct Member {
     node: Arc<Node>,
     member_id: String,
-    joined: Option<pb::RoomEvent>,
+    joined: Option<Bytes>,
     subscription: Subscription,
     leave: Arc<Notify>,
     done: bool,
@@ -53,7 +60,7 @@ impl Drop for Member {
 }
 
 impl Member {
-    async fn next(&mut self) -> Option<Result<pb::RoomEvent, Status>> {
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
         if let Some(joined) = self.joined.take() {
             return Some(Ok(joined));
         }
@@ -64,13 +71,9 @@ impl Member {
         tokio::select! {
             received = self.subscription.next() => match received {
                 Ok(Some(message)) => {
-                    let event = match pb::RoomEvent::decode(message.payload) {
-                        Ok(event) => event,
-                        Err(e) => return Some(Err(Error::internal(format!("undecodable room event: {e}")).into())),
-                    };
                     self.done = message.last;
                     self.node.metrics.room_deliveries.inc();
-                    Some(Ok(event))
+                    Some(Ok(message.payload))
                 }
                 Ok(None) => None,
                 Err(Ended::SlowConsumer) => {
@@ -83,7 +86,8 @@ impl Member {
             },
             _ = self.leave.notified() => {
                 self.done = true;
-                Some(Ok(pb::RoomEvent { kind: Kind::Left as i32, member_id: self.member_id.clone(), ..Default::default() }))
+                let left = pb::RoomEvent { kind: Kind::Left as i32, member_id: self.member_id.clone(), ..Default::default() };
+                Some(Ok(left.encode_to_vec().into()))
             }
             error = stopped(lifecycle) => {
                 self.done = true;
@@ -93,12 +97,13 @@ impl Member {
     }
 }
 
-#[tonic::async_trait]
-impl Rooms for RoomsService {
-    type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::RoomEvent, Status>> + Send>>;
-
-    async fn join(&self, request: Request<pb::JoinRequest>) -> Reply<Self::JoinStream> {
-        let caller = caller(&request)?;
+impl RoomsService {
+    /// Joins the caller to a room: its membership as a stream of encoded events.
+    async fn open_member(
+        &self,
+        request: &Request<pb::JoinRequest>,
+    ) -> Result<EncodedEvents, Status> {
+        let caller = caller(request)?;
         let path = paths::normalize(&request.get_ref().path)?;
         let room = check_room(
             self.node
@@ -134,15 +139,33 @@ impl Rooms for RoomsService {
         let member = Member {
             node: self.node.clone(),
             member_id,
-            joined: Some(joined),
+            joined: Some(joined.encode_to_vec().into()),
             subscription,
             leave,
             done: false,
         };
-        let stream = futures::stream::unfold(member, |mut member| async move {
-            member.next().await.map(|item| (item, member))
+        Ok(Box::pin(futures::stream::unfold(
+            member,
+            |mut member| async move { member.next().await.map(|item| (item, member)) },
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Rooms for RoomsService {
+    type JoinStream = Pin<Box<dyn Stream<Item = Result<pb::RoomEvent, Status>> + Send>>;
+
+    /// Used only where [`RoomsRouter`] is not mounted: it decodes each event
+    /// that the router's path sends as is.
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Reply<Self::JoinStream> {
+        let events = self.open_member(&request).await?;
+        let decoded = events.map(|item| {
+            item.and_then(|bytes| {
+                pb::RoomEvent::decode(bytes)
+                    .map_err(|e| Error::internal(format!("undecodable room event: {e}")).into())
+            })
         });
-        reply(Box::pin(stream))
+        reply(Box::pin(decoded))
     }
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Reply<pb::LeaveResponse> {
@@ -213,6 +236,133 @@ impl Rooms for RoomsService {
         self.node.metrics.room_events.inc();
         reply(pb::EmitResponse {
             delivered: delivered as u32,
+        })
+    }
+}
+
+/// Serves `busbar.v1.Rooms`: `Join` through a codec that writes each room
+/// event's bus payload (an encoded `RoomEvent`) verbatim, everything else
+/// through the generated server.
+#[derive(Clone)]
+pub struct RoomsRouter {
+    service: Arc<RoomsService>,
+    generated: RoomsServer<ArcRooms>,
+    max_message_bytes: usize,
+}
+
+/// The generated server wants an owned service; this shares one with the router.
+pub struct ArcRooms(Arc<RoomsService>);
+
+#[tonic::async_trait]
+impl Rooms for ArcRooms {
+    type JoinStream = <RoomsService as Rooms>::JoinStream;
+    async fn join(&self, request: Request<pb::JoinRequest>) -> Reply<Self::JoinStream> {
+        self.0.join(request).await
+    }
+    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Reply<pb::LeaveResponse> {
+        self.0.leave(request).await
+    }
+    async fn emit(&self, request: Request<pb::EmitRequest>) -> Reply<pb::EmitResponse> {
+        self.0.emit(request).await
+    }
+}
+
+impl RoomsRouter {
+    pub fn new(service: RoomsService, max_message_bytes: usize) -> RoomsRouter {
+        let service = Arc::new(service);
+        let generated = RoomsServer::new(ArcRooms(service.clone()))
+            .max_decoding_message_size(max_message_bytes)
+            .max_encoding_message_size(max_message_bytes);
+        RoomsRouter {
+            service,
+            generated,
+            max_message_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for RoomsRouter {
+    const NAME: &'static str = "busbar.v1.Rooms";
+}
+
+const JOIN_PATH: &str = "/busbar.v1.Rooms/Join";
+
+impl<B> tower::Service<http::Request<B>> for RoomsRouter
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != JOIN_PATH {
+            return Box::pin(self.generated.call(request));
+        }
+        let service = self.service.clone();
+        let limit = self.max_message_bytes;
+        Box::pin(async move {
+            let join = tower::service_fn(move |request: Request<pb::JoinRequest>| {
+                let service = service.clone();
+                async move {
+                    service
+                        .open_member(&request)
+                        .await
+                        .map(tonic::Response::new)
+                }
+            });
+            let mut grpc = tonic::server::Grpc::new(EncodedEventCodec)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
+            Ok(grpc.server_streaming(join, request).await)
+        })
+    }
+}
+
+/// Decodes `JoinRequest`s; encodes already-encoded `RoomEvent`s by copying them.
+#[derive(Clone, Copy, Default)]
+struct EncodedEventCodec;
+
+impl tonic::codec::Codec for EncodedEventCodec {
+    type Encode = Bytes;
+    type Decode = pb::JoinRequest;
+    type Encoder = EncodedEventCodec;
+    type Decoder = EncodedEventCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedEventCodec
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedEventCodec
+    }
+}
+
+impl tonic::codec::Encoder for EncodedEventCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for EncodedEventCodec {
+    type Item = pb::JoinRequest;
+    type Error = Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<pb::JoinRequest>, Status> {
+        pb::JoinRequest::decode(src).map(Some).map_err(|e| {
+            Status::invalid_argument(format!("failed to decode Protobuf message: {e}"))
         })
     }
 }

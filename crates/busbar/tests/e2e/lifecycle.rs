@@ -32,11 +32,20 @@ async fn kill_9_and_restart_keeps_everything_acknowledged() {
         .grant("/shared/chat", "group:ops", Right::Read)
         .await
         .unwrap();
-    drop(admin);
 
     node.restart(); // SIGKILL, then start on the same data directory and port
 
-    let admin = node.admin().await;
+    // The client from before the crash reconnects on its own; its session is still valid.
+    let mut reconnected = false;
+    for _ in 0..50 {
+        if admin.status().await.is_ok() {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reconnected, "the old client reconnects after the restart");
+    assert_eq!(admin.whoami().await.unwrap().name, "admin");
     let bob = node.user("bob", "bob-password").await.unwrap();
     bob.mkdir("/shared/bobs", false).await.unwrap();
     let config = node.config_with("ci", serde_json::json!({"kind": "token", "token": token}));
