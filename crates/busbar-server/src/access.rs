@@ -24,6 +24,14 @@ pub struct Caller {
     pub identity_id: String,
     pub name: String,
     pub groups: Arc<[String]>,
+    /// When the API token behind the session expires (epoch ms; 0: never or no token).
+    pub token_expires_ms: i64,
+}
+
+fn token_expired() -> Error {
+    Error::unauthenticated(
+        "the API token this session came from has expired; create a new one (busbar token create)",
+    )
 }
 
 #[derive(Default)]
@@ -105,6 +113,9 @@ impl AccessControl {
     pub async fn caller(&self, principal: &Principal) -> Result<Caller> {
         let key = (principal.identity_id.clone(), principal.token_id.clone());
         if let Some(caller) = self.caches().callers.get(&key) {
+            if caller.token_expires_ms != 0 && caller.token_expires_ms < crate::store::now_ms() {
+                return Err(token_expired());
+            }
             return Ok(caller.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -118,9 +129,15 @@ impl AccessControl {
                 )));
             }
         };
+        let mut token_expires_ms = 0;
         if let Some(token_id) = &principal.token_id {
             match self.store.token_by_id(token_id).await? {
-                Some(token) if !token.revoked => {}
+                Some(token)
+                    if token.expires_ms != 0 && token.expires_ms < crate::store::now_ms() =>
+                {
+                    return Err(token_expired());
+                }
+                Some(token) if !token.revoked => token_expires_ms = token.expires_ms,
                 _ => {
                     return Err(Error::unauthenticated(
                         "the API token this session came from has been revoked; create a new one (busbar token create)",
@@ -133,6 +150,7 @@ impl AccessControl {
             identity_id: identity.id,
             name: identity.name,
             groups: groups.into(),
+            token_expires_ms,
         };
         self.remember(generation, |c| {
             c.callers.insert(key, caller.clone());

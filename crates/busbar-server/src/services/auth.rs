@@ -23,6 +23,7 @@ impl AuthService {
             identity_id: record.id.clone(),
             name: record.name.clone(),
             groups: groups.clone().into(),
+            token_expires_ms: 0,
         };
         let admin = self.node.access.is_root_admin(&as_caller).await?;
         Ok(pb::Identity {

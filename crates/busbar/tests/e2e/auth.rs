@@ -115,8 +115,11 @@ async fn each_rejection_says_which_and_what_to_do() {
         .create_token("short", Some(Duration::from_secs(1)))
         .await
         .unwrap();
+    let by_short = token_login(short.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_error(token_login(short).await, unauthenticated, "expired");
+    // The session that came from it ends with it.
+    assert_error(by_short.whoami().await, unauthenticated, "expired");
 
     let key = ed25519_dalek::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
     let key_config = |name: &str, key: &ed25519_dalek::SigningKey| {
