@@ -12,6 +12,7 @@ use pb::{
     auth_client::AuthClient, node_client::NodeClient, resources_client::ResourcesClient,
     rooms_client::RoomsClient, wires_client::WiresClient,
 };
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
@@ -80,6 +81,7 @@ pub struct ConnectOptions {
     credential: Option<Credential>,
     timeout: Option<Duration>,
     connect_timeout: Duration,
+    connections: usize,
 }
 
 impl ConnectOptions {
@@ -94,6 +96,7 @@ impl ConnectOptions {
             credential: None,
             timeout: None,
             connect_timeout: Duration::from_secs(10),
+            connections: 1,
         }
     }
 
@@ -156,6 +159,14 @@ impl ConnectOptions {
         self
     }
 
+    /// How many HTTP/2 connections to spread calls over (default 1, at most
+    /// 64). One connection serialises its frames, so a client making many
+    /// concurrent calls goes faster with a few; they share one session.
+    pub fn connections(mut self, count: usize) -> Self {
+        self.connections = count;
+        self
+    }
+
     /// How long to wait for the TCP, TLS and HTTP/2 handshakes (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -174,7 +185,10 @@ struct SessionToken {
 }
 
 pub(crate) struct Inner {
-    pub(crate) channel: Channel,
+    /// One HTTP/2 connection each (each with its own task that reconnects);
+    /// calls take turns, because one connection serialises its writes.
+    channels: Vec<Channel>,
+    next_channel: AtomicUsize,
     credential: Option<Credential>,
     session: RwLock<Option<SessionToken>>,
     identity: RwLock<Option<pb::Identity>>,
@@ -224,6 +238,14 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Inner {
+    /// The next connection in turn.
+    pub(crate) fn channel(&self) -> Channel {
+        let turn = self.next_channel.fetch_add(1, Ordering::Relaxed);
+        self.channels[turn % self.channels.len()].clone()
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -291,6 +313,12 @@ fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
 impl Client {
     /// Connects and, when the options hold a credential, logs in.
     pub async fn connect(options: ConnectOptions) -> Result<Client> {
+        if !(1..=64).contains(&options.connections) {
+            return Err(Error::invalid_argument(format!(
+                "bad connections {}: use 1 to 64",
+                options.connections
+            )));
+        }
         let address = options.address.trim_end_matches('/').to_string();
         let uri: http::Uri = address.parse().map_err(|_| {
             Error::invalid_argument(format!(
@@ -322,7 +350,8 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = if tls {
+        let connections = options.connections;
+        let channels: Vec<Channel> = if tls {
             let config = crate::tls::client_config(
                 options.ca_pem.as_deref(),
                 options.fingerprint.as_deref(),
@@ -332,7 +361,7 @@ impl Client {
                 .map_err(|_| Error::invalid_argument(format!("bad server name {server_name:?}")))?;
             let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
             let target = (host.clone(), port);
-            endpoint.connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
+            let dial = tower::service_fn(move |_: http::Uri| {
                 let (connector, server_name, target) =
                     (connector.clone(), server_name.clone(), target.clone());
                 async move {
@@ -341,12 +370,16 @@ impl Client {
                     let stream = connector.connect(server_name, tcp).await?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
-            }))
+            });
+            (0..connections)
+                .map(|_| endpoint.connect_with_connector_lazy(dial.clone()))
+                .collect()
         } else {
-            endpoint.connect_lazy()
+            (0..connections).map(|_| endpoint.connect_lazy()).collect()
         };
         let inner = Arc::new(Inner {
-            channel,
+            channels,
+            next_channel: AtomicUsize::new(0),
             credential: options.credential,
             session: RwLock::new(None),
             identity: RwLock::new(None),
@@ -432,22 +465,22 @@ impl Client {
     }
 
     pub(crate) fn auth_client(&self) -> AuthClient<Intercepted> {
-        AuthClient::with_interceptor(self.inner.channel.clone(), self.context())
+        AuthClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
     pub(crate) fn node_client(&self) -> NodeClient<Intercepted> {
-        NodeClient::with_interceptor(self.inner.channel.clone(), self.context())
+        NodeClient::with_interceptor(self.inner.channel(), self.context())
     }
     pub(crate) fn resources_client(&self) -> ResourcesClient<Intercepted> {
-        ResourcesClient::with_interceptor(self.inner.channel.clone(), self.context())
+        ResourcesClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
     pub(crate) fn rooms_client(&self) -> RoomsClient<Intercepted> {
-        RoomsClient::with_interceptor(self.inner.channel.clone(), self.context())
+        RoomsClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
     pub(crate) fn wires_client(&self) -> WiresClient<Intercepted> {
-        WiresClient::with_interceptor(self.inner.channel.clone(), self.context())
+        WiresClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
 
@@ -480,7 +513,7 @@ impl Client {
         let credential = self.inner.credential.clone().ok_or_else(|| {
             Error::invalid_argument("this client has no credential to log in with")
         })?;
-        let mut auth = AuthClient::new(self.inner.channel.clone());
+        let mut auth = AuthClient::new(self.inner.channel());
         let credential = match credential {
             Credential::Password { user, password } => {
                 pb::login_request::Credential::Password(pb::PasswordCredential { user, password })

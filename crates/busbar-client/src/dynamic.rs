@@ -150,7 +150,7 @@ impl Client {
     /// Fetches the file defining `symbol`, and any files it needs that the
     /// pool lacks, from the server's reflection service.
     async fn fetch_descriptors(&self, symbol: &str) -> Result<()> {
-        let mut reflection = ServerReflectionClient::new(self.inner.channel.clone());
+        let mut reflection = ServerReflectionClient::new(self.inner.channel());
         let mut want = vec![MessageRequest::FileContainingSymbol(symbol.to_string())];
         let mut files = Vec::new();
         let mut seen = HashSet::new();
@@ -280,8 +280,8 @@ impl Client {
     }
 
     async fn grpc(&self) -> Result<tonic::client::Grpc<tonic::transport::Channel>> {
-        let mut grpc = tonic::client::Grpc::new(self.inner.channel.clone())
-            .max_decoding_message_size(usize::MAX);
+        let mut grpc =
+            tonic::client::Grpc::new(self.inner.channel()).max_decoding_message_size(usize::MAX);
         grpc.ready()
             .await
             .map_err(|e| Error::new(ErrorCode::Unavailable, crate::error::chain(&e)))?;

@@ -209,3 +209,26 @@ async fn dynamic_calls_of_every_kind() {
         "unary",
     );
 }
+
+#[tokio::test]
+async fn a_pooled_client_spreads_calls_over_its_connections() {
+    let node = Node::start(&[]);
+    let config = busbar_client::ClientConfig::from_file(&node.admin_config).unwrap();
+    let options = busbar_client::ConnectOptions::from_config(&config).unwrap();
+    assert_error(
+        options.clone().connections(0).connect().await,
+        ErrorCode::InvalidArgument,
+        "bad connections",
+    );
+    let pooled = options.connections(4).connect().await.unwrap();
+    let calls: Vec<_> = (0..16).map(|_| pooled.whoami()).collect();
+    for identity in futures::future::join_all(calls).await {
+        assert_eq!(
+            identity.unwrap().name,
+            "admin",
+            "one login serves every connection"
+        );
+    }
+    let status = pooled.status().await.unwrap();
+    assert_eq!(status.connections, 4, "four connections open on the node");
+}
