@@ -6,7 +6,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python lint fmt codegen check-codegen examples clean
+.PHONY: run build test test-rust test-python lint fmt codegen check-codegen examples clean bench
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
 run:
@@ -52,3 +52,23 @@ check-codegen: codegen
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV)
+
+$(VENV)/.bench-installed: bench/requirements.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+## Side-by-side benchmark: Busbar vs bare tonic, NATS and raw TCP on loopback, ratios
+## printed and written to bench/results/latest.{json,png}. QUICK=1: small sizes (< 2 min).
+bench: $(VENV)/.bench-installed
+	@if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) \
+	      || echo "bench: could not install nats-server; the NATS rows will be skipped"; \
+	  else \
+	    echo "bench: nats-server is missing and this is not root: install it with 'sudo apt-get install -y nats-server'; the NATS rows are skipped"; \
+	  fi; \
+	fi
+	$(CARGO) build --release -p busbar -p busbar-bench
+	./target/release/busbar-bench $(if $(QUICK),--quick,)
+	$(VENV)/bin/python bench/chart.py bench/results/latest.json bench/results/latest.png

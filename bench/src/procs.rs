@@ -61,7 +61,10 @@ fn read_lines_until(
     let stdout = child.stdout.take().ok_or("child stdout not piped")?;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+        for line in BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -110,8 +113,12 @@ impl Busbar {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
-        let mut child = spawn(command)
-            .map_err(|e| format!("cannot start {}: {e} (run `make bench`, which builds it)", binary.display()))?;
+        let mut child = spawn(command).map_err(|e| {
+            format!(
+                "cannot start {}: {e} (run `make bench`, which builds it)",
+                binary.display()
+            )
+        })?;
         let lines = read_lines_until("busbar serve", &mut child, Duration::from_secs(30), |l| {
             l.starts_with("try: ")
         });
@@ -175,7 +182,8 @@ impl Nats {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        let child = spawn(command).map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+        let child =
+            spawn(command).map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
         let guard = Guard {
             name: "nats-server",
             child: Some(child),
@@ -184,7 +192,9 @@ impl Nats {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                return Err(format!("nats-server did not listen on 127.0.0.1:{port} within 10 s").into());
+                return Err(
+                    format!("nats-server did not listen on 127.0.0.1:{port} within 10 s").into(),
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -277,5 +287,5 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
     }
-    limit.rlim_cur as u64
+    limit.rlim_cur
 }

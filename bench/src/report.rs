@@ -167,9 +167,7 @@ pub fn table(rows: &[Row]) -> String {
         } else {
             row.peers
                 .iter()
-                .map(|(name, _)| {
-                    format!("{} ({name})", fmt(row.ratio(name).unwrap_or(f64::NAN)))
-                })
+                .map(|(name, _)| format!("{} ({name})", fmt(row.ratio(name).unwrap_or(f64::NAN))))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -269,13 +267,11 @@ pub fn machine() -> Value {
                 .map(|k| k.trim().to_string())
         })
         .unwrap_or_else(|| "unknown".into());
-    let memory_kib: Option<u64> = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        });
+    let memory_kib: Option<u64> = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    });
     json!({
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu": model,

@@ -3,9 +3,7 @@
 //! kind (ECDSA P-256) that Busbar makes for itself.
 
 use crate::procs::Result;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
@@ -32,7 +30,8 @@ pub fn generate(dir: &Path) -> Result<Files> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
     params
         .distinguished_name
         .push(DnType::CommonName, "busbar-bench peer");
@@ -52,7 +51,8 @@ pub fn generate(dir: &Path) -> Result<Files> {
 
 /// A rustls server config for the certificate in `files`.
 pub fn server_config(files: &Files) -> Result<Arc<rustls::ServerConfig>> {
-    let certs = CertificateDer::pem_file_iter(&files.cert)?.collect::<std::result::Result<Vec<_>, _>>()?;
+    let certs =
+        CertificateDer::pem_file_iter(&files.cert)?.collect::<std::result::Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(&files.key)?;
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
