@@ -3,9 +3,8 @@
 //! (the send time is embedded in each payload; all clients share one clock).
 //!
 //! * Busbar: a room; each subscriber is its own `Client` connection that
-//!   `join`s it; the publisher (one more connection) runs [`EMITTERS`] emits
-//!   concurrently, so events are not ordered across emitters (per-emitter
-//!   order holds only for sequential emits).
+//!   `join`s it; the publisher (one more connection) sends every event over
+//!   one `Rooms/EmitStream` (a `RoomEmitter`), which [`EMITTERS`] tasks feed.
 //! * NATS: a subject; each subscriber its own connection; the publisher runs
 //!   the same number of publishing tasks on one connection.
 //!
@@ -326,15 +325,18 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                     }
                 })));
             }
-            let (client, path) = (publisher.clone(), room.clone());
+            // One emit stream (Rooms/EmitStream): no round trip per event,
+            // like a NATS publish; the emit tasks take turns queuing on it.
+            let emitter = Arc::new(tokio::sync::Mutex::new(publisher.emitter(&room)));
             let emit: Emit = Arc::new(move |stamp| {
-                let (client, path) = (client.clone(), path.clone());
+                let emitter = emitter.clone();
                 Box::pin(async move {
                     let args = vec![serde_json::Value::String(busbar_payload(stamp, size))];
-                    client
-                        .emit(&path, "m", args)
+                    emitter
+                        .lock()
                         .await
-                        .map(|_| ())
+                        .emit("m", args)
+                        .await
                         .map_err(|e| e.to_string())
                 })
             });

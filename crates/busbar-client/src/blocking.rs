@@ -144,6 +144,15 @@ impl Client {
         })
     }
 
+    /// An emitter for the room at `path` (see [`crate::RoomEmitter`]).
+    pub fn emitter(&self, path: &str) -> RoomEmitter {
+        let _in_runtime = self.runtime.enter();
+        RoomEmitter {
+            emitter: self.inner.emitter(path),
+            runtime: self.runtime.clone(),
+        }
+    }
+
     pub fn stream(&self, method: &str, request: Option<serde_json::Value>) -> Result<DynamicCall> {
         let call = self.runtime.block_on(self.inner.stream(method, request))?;
         Ok(DynamicCall {
@@ -192,6 +201,24 @@ impl Iterator for RoomMembership {
     type Item = Result<RoomEvent>;
     fn next(&mut self) -> Option<Result<RoomEvent>> {
         self.runtime.block_on(self.membership.next())
+    }
+}
+
+/// Emits many events over one stream, in order; see [`crate::RoomEmitter`].
+pub struct RoomEmitter {
+    emitter: crate::RoomEmitter,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+impl RoomEmitter {
+    pub fn emit(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+        self.runtime.block_on(self.emitter.emit(event, args))
+    }
+    pub fn emit_peers(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+        self.runtime.block_on(self.emitter.emit_peers(event, args))
+    }
+    pub fn finish(self) -> Result<crate::EmitStreamSummary> {
+        self.runtime.block_on(self.emitter.finish())
     }
 }
 

@@ -31,7 +31,7 @@ pub use client::{Client, ConnectOptions, Credential};
 pub use config::{ClientConfig, CredentialConfig};
 pub use dynamic::{DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
-pub use rooms::{RoomEvent, RoomEventKind, RoomMembership};
+pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
 pub use wires::PublishSummary;
 
 /// The generated protocol types, for fields this API does not wrap.

@@ -174,3 +174,103 @@ impl Stream for RoomMembership {
             .map(|item| item.map(|event| event.map(convert)))
     }
 }
+
+/// Events a [`RoomEmitter`] queues before `emit` waits for the connection.
+const EMITTER_QUEUE: usize = 256;
+
+/// What an emitter sent, once it finished.
+pub use pb::EmitStreamSummary;
+
+/// Emits many events over one stream: each `emit` queues the event and
+/// returns, events are published in the order emitted, and nothing waits for
+/// a round trip per event. The first failure (e.g. a missing right) ends the
+/// stream; the next `emit` or `finish` returns it. Dropping an emitter ends
+/// its stream too; events already queued are still published.
+pub struct RoomEmitter {
+    path: String,
+    member_id: String,
+    sender: Option<tokio::sync::mpsc::Sender<pb::EmitRequest>>,
+    task: Option<tokio::task::JoinHandle<Result<EmitStreamSummary>>>,
+}
+
+impl Client {
+    /// An emitter for the room at `path`.
+    pub fn emitter(&self, path: &str) -> RoomEmitter {
+        let (sender, receiver) = tokio::sync::mpsc::channel(EMITTER_QUEUE);
+        let mut rooms = self.rooms_client();
+        let task = tokio::spawn(async move {
+            let requests = tokio_stream::wrappers::ReceiverStream::new(receiver);
+            Ok(rooms.emit_stream(requests).await?.into_inner())
+        });
+        RoomEmitter {
+            path: path.into(),
+            member_id: String::new(),
+            sender: Some(sender),
+            task: Some(task),
+        }
+    }
+}
+
+impl RoomMembership {
+    /// An emitter that emits as this member, so `emit_peers` can skip it.
+    pub fn emitter(&self) -> RoomEmitter {
+        RoomEmitter {
+            member_id: self.member_id.clone(),
+            ..self.client.emitter(&self.path)
+        }
+    }
+}
+
+impl RoomEmitter {
+    /// Queues `event` for every member.
+    pub async fn emit(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+        self.send(event, args, false).await
+    }
+
+    /// Queues `event` for every member but this emitter's (from [`RoomMembership::emitter`]).
+    pub async fn emit_peers(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+        self.send(event, args, true).await
+    }
+
+    async fn send(
+        &mut self,
+        event: &str,
+        args: Vec<serde_json::Value>,
+        peers_only: bool,
+    ) -> Result<()> {
+        let request = pb::EmitRequest {
+            path: self.path.clone(),
+            event: event.into(),
+            args: Some(json::list_to_proto(args)),
+            member_id: self.member_id.clone(),
+            peers_only,
+        };
+        let sender = self
+            .sender
+            .as_ref()
+            .ok_or_else(|| Error::invalid_argument("this emitter has finished"))?;
+        if sender.send(request).await.is_ok() {
+            return Ok(());
+        }
+        // The stream ended early: report why.
+        match self.finish_inner().await {
+            Err(error) => Err(error),
+            Ok(_) => Err(Error::new(ErrorCode::Cancelled, "the emit stream ended")),
+        }
+    }
+
+    async fn finish_inner(&mut self) -> Result<EmitStreamSummary> {
+        self.sender = None;
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| Error::invalid_argument("this emitter has finished"))?;
+        task.await
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("emit task failed: {e}")))?
+    }
+
+    /// Ends the stream once every queued event is published; returns the totals.
+    pub async fn finish(mut self) -> Result<EmitStreamSummary> {
+        self.finish_inner().await
+    }
+}

@@ -4,7 +4,7 @@
 //! to identities, groups, grants or the tree clears every node's cache through
 //! the `Bus`.
 
-use crate::auth::Principal;
+use crate::auth::{Authenticator, Principal};
 use crate::bus::{Bus, BusMessage, Overflow, SubscribeOptions};
 use crate::error::{Error, Result};
 use crate::paths;
@@ -18,11 +18,12 @@ const INVALIDATE_SUBJECT: &str = "_busbar.access.invalidate";
 /// Entries per cache before it is cleared wholesale.
 const MAX_CACHED: usize = 65_536;
 
-/// What the node knows about a caller beyond its session.
+/// What the node knows about a caller beyond its session. Cheap to clone: it
+/// is attached to every authenticated request.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub identity_id: String,
-    pub name: String,
+    pub identity_id: Arc<str>,
+    pub name: Arc<str>,
     pub groups: Arc<[String]>,
     /// When the API token behind the session expires (epoch ms; 0: never or no token).
     pub token_expires_ms: i64,
@@ -34,11 +35,16 @@ fn token_expired() -> Error {
     )
 }
 
+/// Lookups on the hot path borrow their keys: a cache hit allocates nothing.
 #[derive(Default)]
 struct Caches {
+    /// Verified session token → its caller and the session's expiry.
+    sessions: HashMap<String, (Caller, i64)>,
     callers: HashMap<(String, Option<String>), Caller>,
-    resources: HashMap<String, Option<ResourceRecord>>,
-    rights: HashMap<(String, String), Option<Right>>,
+    resources: HashMap<String, Option<Arc<ResourceRecord>>>,
+    /// Identity name → path → right.
+    rights: HashMap<Arc<str>, HashMap<String, Option<Right>>>,
+    entries: usize,
 }
 
 pub struct AccessControl {
@@ -102,11 +108,35 @@ impl AccessControl {
     fn remember(&self, generation: u64, insert: impl FnOnce(&mut Caches)) {
         let mut caches = self.caches();
         if self.generation.load(Ordering::SeqCst) == generation {
-            if caches.rights.len() + caches.resources.len() + caches.callers.len() > MAX_CACHED {
+            if caches.entries >= MAX_CACHED {
                 *caches = Caches::default();
             }
+            caches.entries += 1;
             insert(&mut caches);
         }
+    }
+
+    /// The caller behind a session token: checked once (signature, expiry,
+    /// identity and token still live), then served from the cache until the
+    /// session expires or anything about access changes.
+    pub async fn authenticate(&self, auth: &Authenticator, token: &str) -> Result<Caller> {
+        let now = crate::store::now_ms();
+        if let Some((caller, session_expires_ms)) = self.caches().sessions.get(token)
+            && *session_expires_ms >= now
+        {
+            if caller.token_expires_ms != 0 && caller.token_expires_ms < now {
+                return Err(token_expired());
+            }
+            return Ok(caller.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let principal = auth.verify_session(token)?;
+        let caller = self.caller(&principal).await?;
+        self.remember(generation, |c| {
+            c.sessions
+                .insert(token.to_string(), (caller.clone(), principal.expires_ms));
+        });
+        Ok(caller)
     }
 
     /// Checks that the session's identity (and API token) are still live.
@@ -147,8 +177,8 @@ impl AccessControl {
         }
         let groups = self.store.groups_of(&identity.name).await?;
         let caller = Caller {
-            identity_id: identity.id,
-            name: identity.name,
+            identity_id: identity.id.into(),
+            name: identity.name.into(),
             groups: groups.into(),
             token_expires_ms,
         };
@@ -159,12 +189,12 @@ impl AccessControl {
     }
 
     /// The resource at a normalised path, cached.
-    pub async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>> {
+    pub async fn resource(&self, path: &str) -> Result<Option<Arc<ResourceRecord>>> {
         if let Some(found) = self.caches().resources.get(path) {
             return Ok(found.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let found = self.store.resource(path).await?;
+        let found = self.store.resource(path).await?.map(Arc::new);
         self.remember(generation, |c| {
             c.resources.insert(path.to_string(), found.clone());
         });
@@ -174,8 +204,12 @@ impl AccessControl {
     /// The strongest right `caller` holds on `path`, from grants on the path
     /// and its ancestors and from owning any of them.
     pub async fn right(&self, caller: &Caller, path: &str) -> Result<Option<Right>> {
-        let key = (caller.name.clone(), path.to_string());
-        if let Some(right) = self.caches().rights.get(&key) {
+        if let Some(right) = self
+            .caches()
+            .rights
+            .get(&*caller.name)
+            .and_then(|paths| paths.get(path))
+        {
             return Ok(*right);
         }
         let generation = self.generation.load(Ordering::SeqCst);
@@ -183,7 +217,7 @@ impl AccessControl {
         let mut best: Option<Right> = None;
         for ancestor in &lineage {
             if let Some(resource) = self.resource(ancestor).await?
-                && resource.owner == caller.name
+                && *resource.owner == *caller.name
             {
                 best = Some(Right::Admin);
                 break;
@@ -191,7 +225,7 @@ impl AccessControl {
         }
         if best != Some(Right::Admin) {
             for grant in self.store.grants_on(&lineage).await? {
-                let applies = grant.principal == caller.name
+                let applies = *grant.principal == *caller.name
                     || grant
                         .principal
                         .strip_prefix("group:")
@@ -202,7 +236,8 @@ impl AccessControl {
             }
         }
         self.remember(generation, |c| {
-            c.rights.insert(key, best);
+            let paths = c.rights.entry(caller.name.clone()).or_default();
+            paths.insert(path.to_string(), best);
         });
         Ok(best)
     }
@@ -232,7 +267,7 @@ impl AccessControl {
         caller: &Caller,
         path: &str,
         needed: Right,
-    ) -> Result<ResourceRecord> {
+    ) -> Result<Arc<ResourceRecord>> {
         self.require(caller, path, needed).await?;
         self.resource(path)
             .await?

@@ -37,6 +37,8 @@ pub struct Principal {
     /// Id of the API token the session came from, if any; revoking the token
     /// ends the session too.
     pub token_id: Option<String>,
+    /// When the session expires, epoch ms.
+    pub expires_ms: i64,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -210,6 +212,7 @@ impl Authenticator {
             identity_id: claims.id,
             name: claims.n,
             token_id: claims.tok,
+            expires_ms: claims.exp,
         })
     }
 

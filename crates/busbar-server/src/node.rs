@@ -27,7 +27,7 @@ pub enum Lifecycle {
 
 /// A room member on this node, so `Leave` can end its stream.
 pub struct LocalMember {
-    pub identity_id: String,
+    pub identity_id: std::sync::Arc<str>,
     pub leave: Arc<Notify>,
 }
 

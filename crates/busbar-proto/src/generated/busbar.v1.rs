@@ -3058,6 +3058,15 @@ pub struct EmitResponse {
     #[prost(uint32, tag = "1")]
     pub delivered: u32,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EmitStreamSummary {
+    /// events published
+    #[prost(uint64, tag = "1")]
+    pub events: u64,
+    /// member queues they reached on this node, summed
+    #[prost(uint64, tag = "2")]
+    pub delivered: u64,
+}
 /// Generated client implementations.
 pub mod rooms_client {
     #![allow(
@@ -3210,6 +3219,34 @@ pub mod rooms_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Rooms", "Emit"));
             self.inner.unary(req, path, codec).await
         }
+        /// Emits a stream of events, published in the order sent, with no round trip
+        /// per event: for one emitter sending many. Rights are checked per event; the
+        /// first failure ends the stream with its error. Returns when the client
+        /// ends its stream.
+        pub async fn emit_stream(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::EmitRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::EmitStreamSummary>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Rooms/EmitStream",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Rooms", "EmitStream"));
+            self.inner.client_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3243,6 +3280,17 @@ pub mod rooms_server {
             &self,
             request: tonic::Request<super::EmitRequest>,
         ) -> std::result::Result<tonic::Response<super::EmitResponse>, tonic::Status>;
+        /// Emits a stream of events, published in the order sent, with no round trip
+        /// per event: for one emitter sending many. Rights are checked per event; the
+        /// first failure ends the stream with its error. Returns when the client
+        /// ends its stream.
+        async fn emit_stream(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::EmitRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<super::EmitStreamSummary>,
+            tonic::Status,
+        >;
     }
     /// Rooms: join to receive events, emit to send them. A member receives each
     /// event exactly once while joined, in emit order per emitter. Every member
@@ -3452,6 +3500,51 @@ pub mod rooms_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Rooms/EmitStream" => {
+                    #[allow(non_camel_case_types)]
+                    struct EmitStreamSvc<T: Rooms>(pub Arc<T>);
+                    impl<
+                        T: Rooms,
+                    > tonic::server::ClientStreamingService<super::EmitRequest>
+                    for EmitStreamSvc<T> {
+                        type Response = super::EmitStreamSummary;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::EmitRequest>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Rooms>::emit_stream(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = EmitStreamSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)

@@ -20,8 +20,8 @@ impl AuthService {
     async fn identity_pb(&self, record: IdentityRecord) -> Result<pb::Identity> {
         let groups = self.node.store.groups_of(&record.name).await?;
         let as_caller = Caller {
-            identity_id: record.id.clone(),
-            name: record.name.clone(),
+            identity_id: record.id.clone().into(),
+            name: record.name.clone().into(),
             groups: groups.clone().into(),
             token_expires_ms: 0,
         };
@@ -77,7 +77,7 @@ impl AuthService {
 
     /// The identity a token call is about: the caller, or (for admins of "/") the named one.
     async fn token_owner(&self, caller: &Caller, named: &str) -> Result<IdentityRecord> {
-        if named.is_empty() || named == caller.name {
+        if named.is_empty() || named == &*caller.name {
             return self.identity_named(&caller.name).await;
         }
         self.require_root_admin(caller, "managing another identity's tokens")
@@ -170,11 +170,11 @@ impl Auth for AuthService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let name = if r.name.is_empty() {
-            caller.name.clone()
+            caller.name.to_string()
         } else {
             r.name
         };
-        if name != caller.name {
+        if *name != *caller.name {
             self.require_root_admin(&caller, "setting another user's password")
                 .await?;
         }
@@ -218,7 +218,7 @@ impl Auth for AuthService {
         self.require_root_admin(&caller, "revoking identities")
             .await?;
         let name = request.into_inner().name;
-        if name == caller.name {
+        if *name == *caller.name {
             return Err(Error::failed_precondition(
                 "you cannot revoke your own identity; ask another admin",
             )

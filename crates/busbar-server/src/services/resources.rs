@@ -124,7 +124,7 @@ impl Resources for ResourcesService {
             .access
             .require_resource(&caller, &path, Right::Read)
             .await?;
-        reply(resource_pb(record))
+        reply(resource_pb(Arc::unwrap_or_clone(record)))
     }
 
     async fn list(

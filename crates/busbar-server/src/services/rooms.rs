@@ -4,6 +4,7 @@
 
 use super::resources::subject;
 use super::{Reply, reply};
+use crate::access::Caller;
 use crate::bus::{Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
 use crate::node::{LocalMember, Node, caller, stopped};
@@ -18,7 +19,7 @@ use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use tonic::{Request, Status};
+use tonic::{Request, Status, Streaming};
 
 pub struct RoomsService {
     pub node: Arc<Node>,
@@ -26,7 +27,7 @@ pub struct RoomsService {
 
 const MAX_EVENT_NAME_BYTES: usize = 255;
 
-fn check_room(record: ResourceRecord) -> Result<ResourceRecord> {
+fn check_room(record: Arc<ResourceRecord>) -> Result<Arc<ResourceRecord>> {
     if record.kind == ResourceKind::Room {
         Ok(record)
     } else {
@@ -133,7 +134,7 @@ impl RoomsService {
             room: room.id.clone(),
             path: room.path.clone(),
             member_id: member_id.clone(),
-            sender: caller.name.clone(),
+            sender: caller.name.to_string(),
             ..Default::default()
         };
         let member = Member {
@@ -148,6 +149,56 @@ impl RoomsService {
             member,
             |mut member| async move { member.next().await.map(|item| (item, member)) },
         )))
+    }
+}
+
+impl RoomsService {
+    /// Checks and publishes one emit; returns how many member queues it reached.
+    async fn publish_emit(&self, caller: &Caller, r: pb::EmitRequest) -> Result<usize, Status> {
+        let path = paths::normalize(&r.path)?;
+        if r.event.is_empty()
+            || r.event.len() > MAX_EVENT_NAME_BYTES
+            || r.event.chars().any(char::is_control)
+        {
+            return Err(Error::invalid_argument(format!(
+                "bad event name {:?}: use 1 to {MAX_EVENT_NAME_BYTES} bytes without control characters",
+                r.event
+            ))
+            .into());
+        }
+        if r.peers_only && r.member_id.is_empty() {
+            return Err(Error::invalid_argument(
+                "peers_only needs member_id: pass the member id from your JOINED event",
+            )
+            .into());
+        }
+        let room = check_room(
+            self.node
+                .access
+                .require_resource(caller, &path, Right::Write)
+                .await?,
+        )?;
+        let event = pb::RoomEvent {
+            kind: Kind::Emit as i32,
+            room: room.id.clone(),
+            path: room.path.clone(),
+            member_id: r.member_id.clone(),
+            event: r.event,
+            args: r.args,
+            sender: caller.name.to_string(),
+        };
+        let message = crate::bus::BusMessage {
+            payload: event.encode_to_vec().into(),
+            last: false,
+        };
+        let exclude = r.peers_only.then_some(r.member_id.as_str());
+        let delivered = self
+            .node
+            .bus
+            .publish(&subject(ResourceKind::Room, &room.id), message, exclude)
+            .await;
+        self.node.metrics.room_events.inc();
+        Ok(delivered)
     }
 }
 
@@ -190,53 +241,30 @@ impl Rooms for RoomsService {
 
     async fn emit(&self, request: Request<pb::EmitRequest>) -> Reply<pb::EmitResponse> {
         let caller = caller(&request)?;
-        let r = request.into_inner();
-        let path = paths::normalize(&r.path)?;
-        if r.event.is_empty()
-            || r.event.len() > MAX_EVENT_NAME_BYTES
-            || r.event.chars().any(char::is_control)
-        {
-            return Err(Error::invalid_argument(format!(
-                "bad event name {:?}: use 1 to {MAX_EVENT_NAME_BYTES} bytes without control characters",
-                r.event
-            ))
-            .into());
-        }
-        if r.peers_only && r.member_id.is_empty() {
-            return Err(Error::invalid_argument(
-                "peers_only needs member_id: pass the member id from your JOINED event",
-            )
-            .into());
-        }
-        let room = check_room(
-            self.node
-                .access
-                .require_resource(&caller, &path, Right::Write)
-                .await?,
-        )?;
-        let event = pb::RoomEvent {
-            kind: Kind::Emit as i32,
-            room: room.id.clone(),
-            path: room.path,
-            member_id: r.member_id.clone(),
-            event: r.event,
-            args: r.args,
-            sender: caller.name,
-        };
-        let message = crate::bus::BusMessage {
-            payload: event.encode_to_vec().into(),
-            last: false,
-        };
-        let exclude = r.peers_only.then_some(r.member_id.as_str());
-        let delivered = self
-            .node
-            .bus
-            .publish(&subject(ResourceKind::Room, &room.id), message, exclude)
-            .await;
-        self.node.metrics.room_events.inc();
+        let delivered = self.publish_emit(&caller, request.into_inner()).await?;
         reply(pb::EmitResponse {
             delivered: delivered as u32,
         })
+    }
+
+    async fn emit_stream(
+        &self,
+        request: Request<Streaming<pb::EmitRequest>>,
+    ) -> Reply<pb::EmitStreamSummary> {
+        let caller = caller(&request)?;
+        let mut requests = request.into_inner();
+        let mut summary = pb::EmitStreamSummary::default();
+        let lifecycle = self.node.lifecycle();
+        loop {
+            let next = tokio::select! {
+                next = requests.message() => next?,
+                error = stopped(lifecycle.clone()) => return Err(error.into()),
+            };
+            let Some(emit) = next else { break };
+            summary.delivered += self.publish_emit(&caller, emit).await? as u64;
+            summary.events += 1;
+        }
+        reply(summary)
     }
 }
 
@@ -264,6 +292,12 @@ impl Rooms for ArcRooms {
     }
     async fn emit(&self, request: Request<pb::EmitRequest>) -> Reply<pb::EmitResponse> {
         self.0.emit(request).await
+    }
+    async fn emit_stream(
+        &self,
+        request: Request<Streaming<pb::EmitRequest>>,
+    ) -> Reply<pb::EmitStreamSummary> {
+        self.0.emit_stream(request).await
     }
 }
 

@@ -19,7 +19,7 @@ pub struct WiresService {
     pub node: Arc<Node>,
 }
 
-fn check_wire(record: ResourceRecord) -> Result<ResourceRecord> {
+fn check_wire(record: Arc<ResourceRecord>) -> Result<Arc<ResourceRecord>> {
     if record.kind == ResourceKind::Wire {
         Ok(record)
     } else {

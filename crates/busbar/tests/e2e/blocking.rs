@@ -47,6 +47,17 @@ fn blocking_client_covers_calls_rooms_and_wires_from_many_threads() {
             "thread {t}'s events in order"
         );
     }
+    let mut emitter = client.emitter("/home/admin/chat");
+    for i in 0..10 {
+        emitter.emit("streamed", vec![i.into()]).unwrap();
+    }
+    assert_eq!(emitter.finish().unwrap().events, 10);
+    let streamed: Vec<i64> = room
+        .by_ref()
+        .take(10)
+        .map(|e| e.unwrap().args[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(streamed, (0..10).collect::<Vec<_>>());
     room.leave().unwrap();
     assert_eq!(room.next().unwrap().unwrap().kind, RoomEventKind::Left);
 

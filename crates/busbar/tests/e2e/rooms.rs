@@ -258,3 +258,54 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
         "the member that kept up got everything"
     );
 }
+
+#[tokio::test]
+async fn an_emitter_streams_events_in_order_without_round_trips() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let mut me = admin.join("/home/admin/chat").await.unwrap();
+
+    let mut emitter = me.emitter();
+    for seq in 0..2_000 {
+        emitter.emit("seq", vec![seq.into()]).await.unwrap();
+    }
+    emitter.emit_peers("not-for-me", vec![]).await.unwrap();
+    let summary = emitter.finish().await.unwrap();
+    assert_eq!(summary.events, 2_001);
+    assert_eq!(summary.delivered, 2 * 2_000 + 1);
+
+    let got = collect(&mut member, 2_001).await;
+    let seqs: Vec<i64> = got[..2_000]
+        .iter()
+        .map(|e| e.args[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..2_000).collect::<Vec<_>>(), "in the order emitted");
+    assert_eq!(got[2_000].event, "not-for-me");
+    let mine = collect(&mut me, 2_000).await;
+    assert_eq!(mine.last().unwrap().args[0], 1_999);
+
+    // A missing right ends the stream; the error comes back from emit or finish.
+    admin
+        .create_user("bob", "bob-password", false)
+        .await
+        .unwrap();
+    let bob = node.user("bob", "bob-password").await.unwrap();
+    let mut denied = bob.emitter("/home/admin/chat");
+    let mut outcome = Ok(());
+    for _ in 0..1_000 {
+        outcome = denied.emit("x", vec![]).await;
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let error = match outcome {
+        Err(error) => error,
+        Ok(()) => denied.finish().await.unwrap_err(),
+    };
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+}
