@@ -6,6 +6,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::json;
 use busbar_proto::v1 as pb;
 use futures::{Stream, StreamExt};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -18,6 +19,9 @@ pub enum RoomEventKind {
     Left,
     /// The room was deleted; the stream ends.
     Deleted,
+    /// The connection dropped or the node restarted and the membership joined
+    /// again on its own; events emitted while it was away were missed.
+    Rejoined,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,35 +43,83 @@ pub struct RoomMembership {
     path: String,
     room_id: String,
     member_id: String,
+    state: MembershipState,
+}
+
+enum MembershipState {
+    Live(BoxStream<pb::RoomEvent>),
+    Rejoining(Pin<Box<dyn Future<Output = Result<Joined>> + Send>>),
+    Ended,
+}
+
+/// A confirmed join: the member's identity and its event stream.
+struct Joined {
+    path: String,
+    room_id: String,
+    member_id: String,
     events: BoxStream<pb::RoomEvent>,
+}
+
+/// A failure after which joining again can work: the node stopped or the
+/// connection broke. Errors the server chose (a slow consumer, a missing
+/// right, an unknown room) are final.
+fn worth_rejoining(error: &Error) -> bool {
+    match error.code() {
+        ErrorCode::Unavailable => true,
+        ErrorCode::Internal | ErrorCode::Cancelled => error.trace_id().is_none(),
+        _ => false,
+    }
+}
+
+/// Joins `path` and waits for the server's confirmation.
+async fn open(client: &Client, path: &str) -> Result<Joined> {
+    let stream = client
+        .rooms_client()
+        .join(pb::JoinRequest { path: path.into() })
+        .await?
+        .into_inner();
+    let mut events = crate::api::error_stream(stream);
+    match events.next().await {
+        Some(Ok(joined)) if joined.kind == pb::room_event::Kind::Joined as i32 => Ok(Joined {
+            path: joined.path,
+            room_id: joined.room,
+            member_id: joined.member_id,
+            events,
+        }),
+        Some(Err(error)) => Err(error),
+        _ => Err(Error::new(
+            ErrorCode::Internal,
+            "the server did not confirm the join",
+        )),
+    }
+}
+
+/// Joins again until it works or fails for good, backing off from 100 ms to 5 s.
+async fn rejoin(client: Client, path: String) -> Result<Joined> {
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        match open(&client, &path).await {
+            Ok(joined) => return Ok(joined),
+            Err(error) if worth_rejoining(&error) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 impl Client {
     /// Joins the room at `path`. When this returns the membership is active:
     /// every event emitted afterwards is delivered to it.
     pub async fn join(&self, path: &str) -> Result<RoomMembership> {
-        let stream = self
-            .rooms_client()
-            .join(pb::JoinRequest { path: path.into() })
-            .await?
-            .into_inner();
-        let mut events = crate::api::error_stream(stream);
-        let joined = match events.next().await {
-            Some(Ok(event)) if event.kind == pb::room_event::Kind::Joined as i32 => event,
-            Some(Err(error)) => return Err(error),
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::Internal,
-                    "the server did not confirm the join",
-                ));
-            }
-        };
+        let joined = open(self, path).await?;
         Ok(RoomMembership {
             client: self.clone(),
             path: joined.path,
-            room_id: joined.room,
+            room_id: joined.room_id,
             member_id: joined.member_id,
-            events,
+            state: MembershipState::Live(joined.events),
         })
     }
 
@@ -164,14 +216,60 @@ fn convert(event: pb::RoomEvent) -> RoomEvent {
     }
 }
 
+/// Events until the member leaves or the room is deleted. When the connection
+/// drops or the node restarts, the membership joins again by itself and
+/// yields a `Rejoined` event; a final error ends the stream after it is yielded.
 impl Stream for RoomMembership {
     type Item = Result<RoomEvent>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.events
-            .as_mut()
-            .poll_next(cx)
-            .map(|item| item.map(|event| event.map(convert)))
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                MembershipState::Live(events) => {
+                    match std::task::ready!(events.as_mut().poll_next(cx)) {
+                        Some(Ok(event)) => {
+                            let event = convert(event);
+                            if matches!(event.kind, RoomEventKind::Left | RoomEventKind::Deleted) {
+                                this.state = MembershipState::Ended;
+                            }
+                            return Poll::Ready(Some(Ok(event)));
+                        }
+                        Some(Err(error)) if !worth_rejoining(&error) => {
+                            this.state = MembershipState::Ended;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        // The connection broke (or closed without a last event).
+                        Some(Err(_)) | None => {
+                            let rejoining = rejoin(this.client.clone(), this.path.clone());
+                            this.state = MembershipState::Rejoining(Box::pin(rejoining));
+                        }
+                    }
+                }
+                MembershipState::Rejoining(rejoining) => {
+                    match std::task::ready!(rejoining.as_mut().poll(cx)) {
+                        Ok(joined) => {
+                            this.room_id = joined.room_id;
+                            this.member_id = joined.member_id;
+                            this.state = MembershipState::Live(joined.events);
+                            return Poll::Ready(Some(Ok(RoomEvent {
+                                kind: RoomEventKind::Rejoined,
+                                event: String::new(),
+                                args: Vec::new(),
+                                sender: String::new(),
+                                sender_member: String::new(),
+                                room_path: joined.path,
+                            })));
+                        }
+                        Err(error) => {
+                            this.state = MembershipState::Ended;
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                    }
+                }
+                MembershipState::Ended => return Poll::Ready(None),
+            }
+        }
     }
 }
 

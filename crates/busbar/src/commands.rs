@@ -330,6 +330,7 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                     RoomEventKind::Emit => "emit",
                     RoomEventKind::Left => "left",
                     RoomEventKind::Deleted => "deleted",
+                    RoomEventKind::Rejoined => "rejoined",
                 };
                 println!(
                     "{}",

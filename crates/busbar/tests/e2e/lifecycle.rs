@@ -232,3 +232,54 @@ async fn a_pooled_client_spreads_calls_over_its_connections() {
     let status = pooled.status().await.unwrap();
     assert_eq!(status.connections, 4, "four connections open on the node");
 }
+
+#[tokio::test]
+async fn room_memberships_rejoin_after_the_node_restarts() {
+    let mut node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let before = member.member_id().to_string();
+
+    node.restart(); // SIGKILL, then start again on the same data and port
+
+    let next = tokio::time::timeout(Duration::from_secs(30), member.next())
+        .await
+        .unwrap();
+    let rejoined = next.expect("the membership goes on").expect("no error");
+    assert_eq!(rejoined.kind, busbar_client::RoomEventKind::Rejoined);
+    assert_ne!(
+        member.member_id(),
+        before,
+        "a new membership on the new node"
+    );
+    // Events emitted from now on arrive.
+    let mut sent = false;
+    for _ in 0..50 {
+        if admin
+            .emit("/home/admin/chat", "after", vec![])
+            .await
+            .is_ok()
+        {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent);
+    let event = tokio::time::timeout(Duration::from_secs(10), member.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event, "after");
+
+    // Final errors are not retried: deleting the room ends the membership.
+    admin.rm("/home/admin/chat", false).await.unwrap();
+    let last = member.next().await.unwrap().unwrap();
+    assert_eq!(last.kind, busbar_client::RoomEventKind::Deleted);
+    assert!(member.next().await.is_none());
+}

@@ -261,7 +261,8 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
 
 #[tokio::test]
 async fn an_emitter_streams_events_in_order_without_round_trips() {
-    let node = Node::start(&[]);
+    // A queue larger than the burst: this test is about order, not slow consumers.
+    let node = Node::start(&["--room-queue", "8192"]);
     let admin = node.admin().await;
     admin
         .create("/home/admin/chat", ResourceKind::Room, false)
@@ -270,7 +271,10 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
     let mut me = admin.join("/home/admin/chat").await.unwrap();
 
+    // Members read while the events stream in.
     let mut emitter = me.emitter();
+    let member_reader = tokio::spawn(async move { collect(&mut member, 2_001).await });
+    let my_reader = tokio::spawn(async move { collect(&mut me, 2_000).await });
     for seq in 0..2_000 {
         emitter.emit("seq", vec![seq.into()]).await.unwrap();
     }
@@ -279,14 +283,14 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     assert_eq!(summary.events, 2_001);
     assert_eq!(summary.delivered, 2 * 2_000 + 1);
 
-    let got = collect(&mut member, 2_001).await;
+    let got = member_reader.await.unwrap();
     let seqs: Vec<i64> = got[..2_000]
         .iter()
         .map(|e| e.args[0].as_i64().unwrap())
         .collect();
     assert_eq!(seqs, (0..2_000).collect::<Vec<_>>(), "in the order emitted");
     assert_eq!(got[2_000].event, "not-for-me");
-    let mine = collect(&mut me, 2_000).await;
+    let mine = my_reader.await.unwrap();
     assert_eq!(mine.last().unwrap().args[0], 1_999);
 
     // A missing right ends the stream; the error comes back from emit or finish.
