@@ -88,7 +88,7 @@ pub enum RoomCommand {
         event: String,
         args: Vec<String>,
     },
-    /// Join and print every event as a JSON line until interrupted.
+    /// Join and print a "joined" line, then every event, as JSON lines until interrupted.
     Listen { path: String },
 }
 
@@ -324,6 +324,11 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
         }
         Command::Room(RoomCommand::Listen { path }) => {
             let mut room = client.join(&path).await.map_err(e)?;
+            // First line: the membership is live; every later emit reaches it.
+            println!(
+                "{}",
+                serde_json::json!({"kind": "joined", "member_id": room.member_id(), "path": room.path()})
+            );
             while let Some(event) = room.next().await {
                 let event = event.map_err(e)?;
                 let kind = match event.kind {

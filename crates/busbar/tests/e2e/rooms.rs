@@ -142,6 +142,11 @@ async fn three_members_in_two_processes_get_every_event_once_in_order() {
     let sequences = by_sender(&seen);
     assert_eq!(sequences["admin"], expected);
     assert_eq!(sequences["bob"], expected);
+    assert_eq!(
+        cli_events.first().unwrap()["kind"],
+        "joined",
+        "the joined line comes first"
+    );
     assert_eq!(cli_events.last().unwrap()["kind"], "deleted");
     assert!(listener.wait().unwrap().success());
 }
