@@ -205,3 +205,19 @@ pub fn assert_error<T>(
         "{error:?} should mention {words:?}"
     );
 }
+
+/// Retries `attempt` every 100 ms for up to 5 s (a node restarting, a slot
+/// freeing up) and returns its first success; panics naming `what` otherwise.
+pub async fn eventually<T, E, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    for _ in 0..50 {
+        if let Ok(value) = attempt().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}

@@ -1,7 +1,7 @@
 //! Durability across kill -9, graceful shutdown, deadlines, trace ids, and
 //! the dynamic call API over every streaming kind.
 
-use crate::harness::{Node, assert_error};
+use crate::harness::{Node, assert_error, eventually};
 use base64::Engine;
 use busbar_client::{Client, ErrorCode, ResourceKind, Right};
 use futures::StreamExt;
@@ -36,15 +36,7 @@ async fn kill_9_and_restart_keeps_everything_acknowledged() {
     node.restart(); // SIGKILL, then start on the same data directory and port
 
     // The client from before the crash reconnects on its own; its session is still valid.
-    let mut reconnected = false;
-    for _ in 0..50 {
-        if admin.status().await.is_ok() {
-            reconnected = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(reconnected, "the old client reconnects after the restart");
+    eventually("the old client reconnecting", || admin.status()).await;
     assert_eq!(admin.whoami().await.unwrap().name, "admin");
     let bob = node.user("bob", "bob-password").await.unwrap();
     bob.mkdir("/shared/bobs", false).await.unwrap();
@@ -257,19 +249,10 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
         "a new membership on the new node"
     );
     // Events emitted from now on arrive.
-    let mut sent = false;
-    for _ in 0..50 {
-        if admin
-            .emit("/home/admin/chat", "after", vec![])
-            .await
-            .is_ok()
-        {
-            sent = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(sent);
+    eventually("an emit after the restart", || {
+        admin.emit("/home/admin/chat", "after", vec![])
+    })
+    .await;
     let event = tokio::time::timeout(Duration::from_secs(10), member.next())
         .await
         .unwrap()

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error, changes nothing, and the server stays up.
 
-use crate::harness::{BUSBAR, Node, assert_error};
+use crate::harness::{BUSBAR, Node, assert_error, eventually};
 use busbar_client::ErrorCode;
 use busbar_client::proto::{self as pb, auth_client::AuthClient};
 use bytes::{Buf, BufMut};
@@ -261,17 +261,9 @@ async fn connections_beyond_the_limit_are_refused_and_counted() {
     // The first two keep working; once one closes, a new client gets in.
     second.status().await.unwrap();
     drop(first);
-    let mut admitted = None;
-    for _ in 0..50 {
-        if let Ok(client) = busbar_client::Client::from_config_file(&node.admin_config).await {
-            admitted = Some(client);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    admitted
-        .expect("a slot frees up when a client disconnects")
-        .status()
-        .await
-        .unwrap();
+    let admitted = eventually("a slot freeing up when a client disconnects", || {
+        busbar_client::Client::from_config_file(&node.admin_config)
+    })
+    .await;
+    admitted.status().await.unwrap();
 }
