@@ -21,6 +21,7 @@ mod dynamic;
 mod error;
 mod json;
 mod rooms;
+mod sql;
 mod tls;
 mod wires;
 
@@ -32,6 +33,7 @@ pub use config::{ClientConfig, CredentialConfig};
 pub use dynamic::{DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
+pub use sql::{ExecuteSummary, SqlColumn, SqlParam, SqlResult, Statement};
 pub use wires::PublishSummary;
 
 /// The generated protocol types, for fields this API does not wrap.

@@ -44,6 +44,8 @@ pub struct Node {
     pub tls: bool,
     pub lifecycle: watch::Sender<Lifecycle>,
     pub members: Mutex<HashMap<String, LocalMember>>,
+    /// Open SQL databases (DATABASE resources).
+    pub sql: Arc<crate::store::SqlDatabases>,
 }
 
 impl Node {

@@ -10,12 +10,14 @@ use crate::layer::CallLayer;
 use crate::metrics::{KindLabels, Metrics};
 use crate::node::{Lifecycle, Node};
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
-use crate::services::{rooms::RoomsRouter, rooms::RoomsService, wires::WiresService};
+use crate::services::{
+    rooms::RoomsRouter, rooms::RoomsService, sql::SqlService, wires::WiresService,
+};
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
-    wires_server::WiresServer,
+    sql_server::SqlServer, wires_server::WiresServer,
 };
 use futures::StreamExt;
 use std::future::Future;
@@ -175,13 +177,15 @@ pub async fn serve(
         tls: tls_material.is_some(),
         lifecycle,
         members: Default::default(),
+        sql: Arc::new(crate::store::SqlDatabases::new(&config.data_dir)),
         config: config.clone(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 5] = [
+    const SERVICES: [&str; 6] = [
         "busbar.v1.Auth",
+        "busbar.v1.Sql",
         "busbar.v1.Node",
         "busbar.v1.Resources",
         "busbar.v1.Rooms",
@@ -244,7 +248,8 @@ pub async fn serve(
             ResourcesService { node: node.clone() }
         ))
         .add_service(RoomsRouter::new(RoomsService { node: node.clone() }, limit))
-        .add_service(limited!(WiresServer, WiresService { node: node.clone() }));
+        .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
+        .add_service(limited!(SqlServer, SqlService { node: node.clone() }));
 
     let counted = metrics.clone();
     let max_connections = config.max_connections as i64;

@@ -4,6 +4,7 @@ use crate::Command;
 use base64::Engine;
 use busbar_client::{
     Client, ClientConfig, ConnectOptions, CredentialConfig, ResourceKind, Right, RoomEventKind,
+    SqlParam, Statement,
 };
 use bytes::{Bytes, BytesMut};
 use clap::Subcommand;
@@ -104,6 +105,88 @@ pub enum WireCommand {
     Pub { path: String },
     /// Write everything published into the wire to stdout.
     Sub { path: String },
+}
+
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Create a SQL database (an embedded SQLite database, durable on every write).
+    Create {
+        path: String,
+        #[arg(short, long)]
+        parents: bool,
+    },
+}
+
+/// A `--param`: NAME=VALUE is named, anything else positional; VALUE is JSON
+/// when it parses, else text.
+fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
+    let named = arg.split_once('=').filter(|(name, _)| {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    let (name, text) = match named {
+        Some((name, value)) => (Some(name.to_string()), value),
+        None => (None, arg),
+    };
+    let value = match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Null) => SqlParam::Null,
+        Ok(serde_json::Value::Bool(b)) => SqlParam::Boolean(b),
+        Ok(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => SqlParam::Integer(i),
+            None => SqlParam::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Ok(serde_json::Value::String(s)) => SqlParam::Text(s),
+        _ => SqlParam::Text(text.to_string()),
+    };
+    (name, value)
+}
+
+/// Rows as an aligned table, columns in the statement's order.
+fn print_table(columns: &[String], rows: &[serde_json::Value]) {
+    let cell = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "NULL".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|c| cell(&row[c.as_str()])).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |values: Vec<&str>| {
+        let padded: Vec<String> = values
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect();
+        println!("{}", padded.join(" | ").trim_end());
+    };
+    line(columns.iter().map(String::as_str).collect());
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-+-")
+    );
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -376,6 +459,52 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                     return Ok(()); // the reader went away: a pipe closed downstream
                 }
                 let _ = stdout.flush().await;
+            }
+        }
+        Command::Db(DbCommand::Create { path, parents }) => {
+            client
+                .create(&path, ResourceKind::Database, parents)
+                .await
+                .map_err(e)?;
+        }
+        Command::Sql {
+            database,
+            sql,
+            params,
+            json,
+            arrow,
+        } => {
+            let mut statement = Statement::new(sql);
+            for arg in &params {
+                statement = match sql_param(arg) {
+                    (Some(name), value) => statement.bind_named(name, value),
+                    (None, value) => statement.bind(value),
+                };
+            }
+            if let Some(file) = arrow {
+                let result = client.sql(&database, statement).await.map_err(e)?;
+                let Some(schema) = result.schema else {
+                    return Err("the statement returned no columns; nothing to write".into());
+                };
+                let out = std::fs::File::create(&file)
+                    .map_err(|error| format!("cannot create {}: {error}", file.display()))?;
+                let mut writer = arrow_ipc::writer::StreamWriter::try_new(out, &schema)
+                    .map_err(|e| e.to_string())?;
+                for batch in &result.batches {
+                    writer.write(batch).map_err(|e| e.to_string())?;
+                }
+                writer.finish().map_err(|e| e.to_string())?;
+                eprintln!("wrote {} rows to {}", result.summary.rows, file.display());
+                return Ok(());
+            }
+            let (rows, summary) = client.sql_json(&database, statement).await.map_err(e)?;
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+            } else if summary.columns.is_empty() {
+                println!("{} rows affected", summary.rows_affected);
+            } else {
+                let columns: Vec<String> = summary.columns.into_iter().map(|c| c.name).collect();
+                print_table(&columns, &rows);
             }
         }
         Command::Call { method, json } => {

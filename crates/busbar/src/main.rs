@@ -90,6 +90,26 @@ enum Command {
     /// Wires: create, pub (stdin to wire), sub (wire to stdout).
     #[command(subcommand)]
     Wire(commands::WireCommand),
+    /// SQL databases.
+    #[command(subcommand)]
+    Db(commands::DbCommand),
+    /// Run one SQL statement on a database; prints an aligned table.
+    Sql {
+        /// The database's path, e.g. /home/admin/shop
+        database: String,
+        /// One statement; use ?, ?NNN or :name placeholders for values.
+        sql: String,
+        /// A parameter: VALUE (positional, in order) or NAME=VALUE (named).
+        /// VALUE is JSON when it parses (42, 1.5, true, null, "text"), else text.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Print the rows as JSON (one array) instead of a table.
+        #[arg(long, conflicts_with = "arrow")]
+        json: bool,
+        /// Write the rows to FILE as an Arrow IPC stream instead of printing them.
+        #[arg(long, value_name = "FILE")]
+        arrow: Option<std::path::PathBuf>,
+    },
     /// Call any RPC by full method name with a JSON request; streaming
     /// methods print one JSON response per line (client-streaming ones read
     /// further requests from stdin, one JSON per line).

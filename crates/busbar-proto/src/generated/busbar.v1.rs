@@ -3589,6 +3589,440 @@ pub mod rooms_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+/// A parameter value. JSON form: {"integer": 1}, {"text": "x"}, {"null": true}.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SqlValue {
+    #[prost(oneof = "sql_value::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    pub kind: ::core::option::Option<sql_value::Kind>,
+}
+/// Nested message and enum types in `SqlValue`.
+pub mod sql_value {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Kind {
+        /// SQL NULL
+        #[prost(bool, tag = "1")]
+        Null(bool),
+        #[prost(int64, tag = "2")]
+        Integer(i64),
+        #[prost(double, tag = "3")]
+        Real(f64),
+        #[prost(string, tag = "4")]
+        Text(::prost::alloc::string::String),
+        #[prost(bytes, tag = "5")]
+        Blob(::prost::bytes::Bytes),
+        /// stored as 0 or 1
+        #[prost(bool, tag = "6")]
+        Boolean(bool),
+        /// epoch milliseconds, UTC; stored as that integer
+        #[prost(int64, tag = "7")]
+        TimestampMs(i64),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteRequest {
+    /// resource path of a DATABASE
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+    /// exactly one statement
+    #[prost(string, tag = "2")]
+    pub sql: ::prost::alloc::string::String,
+    /// positional: ? and ?NNN
+    #[prost(message, repeated, tag = "3")]
+    pub params: ::prost::alloc::vec::Vec<SqlValue>,
+    /// :name, @name or $name; the key may omit the prefix
+    #[prost(map = "string, message", tag = "4")]
+    pub named: ::std::collections::HashMap<::prost::alloc::string::String, SqlValue>,
+    #[prost(enumeration = "ResultFormat", tag = "5")]
+    pub format: i32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteResponse {
+    #[prost(oneof = "execute_response::Part", tags = "1, 2, 3")]
+    pub part: ::core::option::Option<execute_response::Part>,
+}
+/// Nested message and enum types in `ExecuteResponse`.
+pub mod execute_response {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Part {
+        /// The next bytes of one Arrow IPC stream (schema first, then record
+        /// batches): concatenate every piece in order and read it as a stream.
+        #[prost(bytes, tag = "1")]
+        ArrowIpc(::prost::bytes::Bytes),
+        /// A JSON array of row objects (column name to value): integers and reals
+        /// as numbers, text as strings, blobs as base64, booleans as true/false,
+        /// timestamps as RFC 3339 UTC strings.
+        #[prost(string, tag = "2")]
+        JsonRows(::prost::alloc::string::String),
+        #[prost(message, tag = "3")]
+        Summary(super::ExecuteSummary),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ExecuteSummary {
+    /// rows returned
+    #[prost(uint64, tag = "1")]
+    pub rows: u64,
+    /// rows changed by INSERT, UPDATE or DELETE
+    #[prost(uint64, tag = "2")]
+    pub rows_affected: u64,
+    #[prost(int64, tag = "3")]
+    pub last_insert_rowid: i64,
+    #[prost(message, repeated, tag = "4")]
+    pub columns: ::prost::alloc::vec::Vec<SqlColumn>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SqlColumn {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// as declared in the schema ("" for expressions)
+    #[prost(string, tag = "2")]
+    pub declared_type: ::prost::alloc::string::String,
+    /// e.g. "Int64", "Utf8", "Timestamp(ms, UTC)"
+    #[prost(string, tag = "3")]
+    pub arrow_type: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ResultFormat {
+    /// Arrow IPC stream pieces
+    Arrow = 0,
+    /// JSON arrays of row objects
+    Json = 1,
+}
+impl ResultFormat {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Arrow => "RESULT_FORMAT_ARROW",
+            Self::Json => "RESULT_FORMAT_JSON",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RESULT_FORMAT_ARROW" => Some(Self::Arrow),
+            "RESULT_FORMAT_JSON" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod sql_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// SQL databases: resources of kind DATABASE, each an embedded SQLite database
+    /// (WAL, synced before a write is acknowledged). Statements take bound
+    /// parameters, never interpolated text.
+    #[derive(Debug, Clone)]
+    pub struct SqlClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl SqlClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> SqlClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> SqlClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            SqlClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Runs one statement. Rows stream back as pieces of one Arrow IPC stream
+        /// (default) or as JSON rows; the last message is the summary. With read on
+        /// the database a caller may run statements that do not write (the engine
+        /// refuses the rest, however they are disguised); write allows any.
+        pub async fn execute(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ExecuteRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ExecuteResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Sql/Execute");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Sql", "Execute"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod sql_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with SqlServer.
+    #[async_trait]
+    pub trait Sql: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Execute method.
+        type ExecuteStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ExecuteResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Runs one statement. Rows stream back as pieces of one Arrow IPC stream
+        /// (default) or as JSON rows; the last message is the summary. With read on
+        /// the database a caller may run statements that do not write (the engine
+        /// refuses the rest, however they are disguised); write allows any.
+        async fn execute(
+            &self,
+            request: tonic::Request<super::ExecuteRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ExecuteStream>, tonic::Status>;
+    }
+    /// SQL databases: resources of kind DATABASE, each an embedded SQLite database
+    /// (WAL, synced before a write is acknowledged). Statements take bound
+    /// parameters, never interpolated text.
+    #[derive(Debug)]
+    pub struct SqlServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> SqlServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for SqlServer<T>
+    where
+        T: Sql,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/busbar.v1.Sql/Execute" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExecuteSvc<T: Sql>(pub Arc<T>);
+                    impl<
+                        T: Sql,
+                    > tonic::server::ServerStreamingService<super::ExecuteRequest>
+                    for ExecuteSvc<T> {
+                        type Response = super::ExecuteResponse;
+                        type ResponseStream = T::ExecuteStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ExecuteRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sql>::execute(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExecuteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for SqlServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "busbar.v1.Sql";
+    impl<T> tonic::server::NamedService for SqlServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WireChunk {
     /// publish: required in the first message only

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod node;
 pub mod resources;
 pub mod rooms;
+pub mod sql;
 pub mod wires;
 
 use tonic::{Response, Status};

@@ -81,6 +81,10 @@ impl ResourcesService {
                 .encode_to_vec()
                 .into(),
                 ResourceKind::Wire => bytes::Bytes::new(),
+                ResourceKind::Database => {
+                    self.node.sql.remove(&record.id);
+                    continue;
+                }
                 _ => continue,
             };
             let message = BusMessage {
@@ -152,12 +156,17 @@ impl Resources for ResourcesService {
         let r = request.into_inner();
         let path = paths::normalize(&r.path)?;
         let kind = match ResourceKind::from_i32(r.kind) {
-            Some(kind @ (ResourceKind::Folder | ResourceKind::Room | ResourceKind::Wire)) => kind,
+            Some(
+                kind @ (ResourceKind::Folder
+                | ResourceKind::Room
+                | ResourceKind::Wire
+                | ResourceKind::Database),
+            ) => kind,
             Some(other) => {
                 return Err(Error {
                     code: crate::error::ErrorCode::Unimplemented,
                     message: format!(
-                        "{} resources are not available in this version; folders, rooms and wires are",
+                        "{} resources are not available in this version; folders, rooms, wires and databases are",
                         other.name()
                     ),
                 }
@@ -165,7 +174,7 @@ impl Resources for ResourcesService {
             }
             None => {
                 return Err(Error::invalid_argument(format!(
-                    "bad kind {}: use FOLDER (1), ROOM (2) or WIRE (3)",
+                    "bad kind {}: use FOLDER (1), ROOM (2), WIRE (3) or DATABASE (4)",
                     r.kind
                 ))
                 .into());
@@ -181,6 +190,13 @@ impl Resources for ResourcesService {
             .store
             .create_resource(&path, kind, &caller.name, r.parents)
             .await?;
+        if kind == ResourceKind::Database
+            && let Err(error) = self.node.sql.create(&record.id)
+        {
+            // No resource without its file: undo the entry, report the cause.
+            let _ = self.node.store.delete_resource(&path, false).await;
+            return Err(error.into());
+        }
         self.node.access.invalidate().await;
         reply(resource_pb(record))
     }

@@ -3,7 +3,10 @@
 //! write is durable (fsynced) before the call returns, so a write acknowledged
 //! to a client survives `kill -9`.
 
+mod sql;
 mod sqlite;
+
+pub use sql::{SqlDatabases, SqlParam, SqlParams, SqlSummary};
 
 pub use sqlite::SqliteStore;
 

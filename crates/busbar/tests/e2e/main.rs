@@ -8,4 +8,5 @@ mod lifecycle;
 mod resources;
 mod robustness;
 mod rooms;
+mod sql;
 mod wires;

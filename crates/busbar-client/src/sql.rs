@@ -1,0 +1,219 @@
+//! SQL on DATABASE resources: bound parameters in, Arrow record batches (or
+//! JSON rows) out.
+
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use busbar_proto::v1::{
+    self as pb, execute_response::Part, sql_client::SqlClient, sql_value::Kind,
+};
+
+pub use pb::{ExecuteSummary, SqlColumn};
+
+/// A parameter value for a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlParam {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Boolean(bool),
+    /// Epoch milliseconds, UTC.
+    TimestampMs(i64),
+}
+
+macro_rules! param_from {
+    ($($t:ty => $variant:ident $(via $conv:expr)?),* $(,)?) => {
+        $(impl From<$t> for SqlParam {
+            fn from(value: $t) -> SqlParam {
+                SqlParam::$variant($( $conv )?(value))
+            }
+        })*
+    };
+}
+
+param_from! {
+    i64 => Integer,
+    i32 => Integer via i64::from,
+    f64 => Real,
+    String => Text,
+    &str => Text via String::from,
+    bool => Boolean,
+    Vec<u8> => Blob,
+}
+
+impl<T: Into<SqlParam>> From<Option<T>> for SqlParam {
+    fn from(value: Option<T>) -> SqlParam {
+        value.map_or(SqlParam::Null, Into::into)
+    }
+}
+
+fn to_proto(param: SqlParam) -> pb::SqlValue {
+    let kind = match param {
+        SqlParam::Null => Kind::Null(true),
+        SqlParam::Integer(i) => Kind::Integer(i),
+        SqlParam::Real(r) => Kind::Real(r),
+        SqlParam::Text(t) => Kind::Text(t),
+        SqlParam::Blob(b) => Kind::Blob(b.into()),
+        SqlParam::Boolean(b) => Kind::Boolean(b),
+        SqlParam::TimestampMs(ms) => Kind::TimestampMs(ms),
+    };
+    pb::SqlValue { kind: Some(kind) }
+}
+
+/// One SQL statement with its parameters: by position (`?`, `?NNN`) or by
+/// name (`:name`, `@name`, `$name`), not both.
+#[derive(Debug, Clone, Default)]
+pub struct Statement {
+    sql: String,
+    params: Vec<SqlParam>,
+    named: Vec<(String, SqlParam)>,
+}
+
+impl Statement {
+    pub fn new(sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Binds the next positional parameter.
+    pub fn bind(mut self, value: impl Into<SqlParam>) -> Statement {
+        self.params.push(value.into());
+        self
+    }
+
+    /// Binds a named parameter (the name may omit its `:`, `@` or `$`).
+    pub fn bind_named(mut self, name: impl Into<String>, value: impl Into<SqlParam>) -> Statement {
+        self.named.push((name.into(), value.into()));
+        self
+    }
+
+    fn request(self, database: &str, format: pb::ResultFormat) -> pb::ExecuteRequest {
+        pb::ExecuteRequest {
+            database: database.into(),
+            sql: self.sql,
+            params: self.params.into_iter().map(to_proto).collect(),
+            named: self
+                .named
+                .into_iter()
+                .map(|(name, value)| (name, to_proto(value)))
+                .collect(),
+            format: format as i32,
+        }
+    }
+}
+
+impl From<&str> for Statement {
+    fn from(sql: &str) -> Statement {
+        Statement::new(sql)
+    }
+}
+
+impl From<String> for Statement {
+    fn from(sql: String) -> Statement {
+        Statement::new(sql)
+    }
+}
+
+/// The result of a statement: its rows as Arrow record batches.
+#[derive(Debug, Clone)]
+pub struct SqlResult {
+    /// `None` for statements that return no columns (INSERT without RETURNING, DDL).
+    pub schema: Option<SchemaRef>,
+    pub batches: Vec<RecordBatch>,
+    pub summary: ExecuteSummary,
+}
+
+fn protocol(message: &str) -> Error {
+    Error::new(
+        ErrorCode::Internal,
+        format!("unexpected SQL response: {message}"),
+    )
+}
+
+impl Client {
+    fn sql_client(
+        &self,
+    ) -> SqlClient<
+        tonic::service::interceptor::InterceptedService<
+            tonic::transport::Channel,
+            crate::client::CallContext,
+        >,
+    > {
+        SqlClient::with_interceptor(self.inner.channel(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    async fn sql_request(
+        &self,
+        request: pb::ExecuteRequest,
+    ) -> Result<tonic::Streaming<pb::ExecuteResponse>> {
+        Ok(self.sql_client().execute(request).await?.into_inner())
+    }
+
+    /// Runs one statement on the database at `database`; returns its rows as
+    /// Arrow record batches. `statement` is SQL text or a [`Statement`] with
+    /// bound parameters.
+    pub async fn sql(&self, database: &str, statement: impl Into<Statement>) -> Result<SqlResult> {
+        self.collect_arrow(statement.into().request(database, pb::ResultFormat::Arrow))
+            .await
+    }
+
+    /// Runs one statement and returns its rows as JSON objects.
+    pub async fn sql_json(
+        &self,
+        database: &str,
+        statement: impl Into<Statement>,
+    ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
+        let request = statement.into().request(database, pb::ResultFormat::Json);
+        let mut responses = self.sql_request(request).await?;
+        let mut rows = Vec::new();
+        while let Some(response) = responses.message().await? {
+            match response.part {
+                Some(Part::JsonRows(text)) => match serde_json::from_str(&text) {
+                    Ok(serde_json::Value::Array(more)) => rows.extend(more),
+                    _ => return Err(protocol("rows are not a JSON array")),
+                },
+                Some(Part::Summary(summary)) => return Ok((rows, summary)),
+                _ => return Err(protocol("Arrow data in a JSON result")),
+            }
+        }
+        Err(protocol("no summary"))
+    }
+
+    async fn collect_arrow(&self, request: pb::ExecuteRequest) -> Result<SqlResult> {
+        let mut responses = self.sql_request(request).await?;
+        let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+        let mut batches = Vec::new();
+        let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
+        while let Some(response) = responses.message().await? {
+            match response.part {
+                Some(Part::ArrowIpc(bytes)) => {
+                    let mut buffer = arrow_buffer::Buffer::from(bytes.to_vec());
+                    while !buffer.is_empty() {
+                        if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
+                            batches.push(batch);
+                        }
+                    }
+                }
+                Some(Part::Summary(summary)) => {
+                    let schema = decoder.schema();
+                    if schema.is_some() {
+                        decoder.finish().map_err(arrow)?;
+                    }
+                    return Ok(SqlResult {
+                        schema,
+                        batches,
+                        summary,
+                    });
+                }
+                _ => return Err(protocol("JSON rows in an Arrow result")),
+            }
+        }
+        Err(protocol("no summary"))
+    }
+}
