@@ -138,9 +138,10 @@ impl SqlDatabases {
         Ok(self.lock().entry(id.to_string()).or_insert(conn).clone())
     }
 
-    /// Runs one statement, sending record batches to `sink` as they fill. With
-    /// `read_only`, it runs on a read-only connection: SQLite itself refuses
-    /// any write, whatever the statement's text.
+    /// Runs one statement, sending record batches to `sink` as they fill.
+    /// Statements that do not write, and every statement when `read_only`,
+    /// run on a read-only connection: SQLite itself refuses any write,
+    /// whatever the statement's text.
     pub async fn execute(
         self: &Arc<Self>,
         id: &str,
@@ -152,17 +153,21 @@ impl SqlDatabases {
         let databases = self.clone();
         let id = id.to_string();
         tokio::task::spawn_blocking(move || {
-            if read_only {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn = Connection::open_with_flags(databases.file(&id), flags)?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                conn.pragma_update(None, "query_only", true)?;
-                run(&conn, &sql, &params, &sink)
-            } else {
-                let writer = databases.writer(&id)?;
-                let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-                run(&conn, &sql, &params, &sink)
+            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let reader = Connection::open_with_flags(databases.file(&id), flags)?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            reader.pragma_update(None, "query_only", true)?;
+            // A statement that does not write runs on the read-only connection,
+            // so streaming a large result to a slow client never holds the
+            // writer; with read rights, nothing else may run at all.
+            let writes = !reader.prepare(&sql).map_err(sql_error)?.readonly();
+            if read_only || !writes {
+                return run(&reader, &sql, &params, &sink);
             }
+            drop(reader);
+            let writer = databases.writer(&id)?;
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            run(&conn, &sql, &params, &sink)
         })
         .await?
     }

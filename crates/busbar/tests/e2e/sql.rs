@@ -280,3 +280,43 @@ async fn acknowledged_writes_survive_kill_9_and_deleting_removes_the_database() 
         "does not exist",
     );
 }
+
+#[tokio::test]
+async fn a_slow_reader_does_not_hold_up_writers() {
+    let node = Node::start(&[]);
+    let admin = shop(&node).await;
+    admin.sql(DB, "CREATE TABLE n (v INTEGER)").await.unwrap();
+    admin
+        .sql(DB, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 400000) INSERT INTO n SELECT x FROM c")
+        .await
+        .unwrap();
+    // 800 MB of rows (far more than every buffer on the way), read by a
+    // caller that stops after the first
+    // message: the node's engine stalls mid-result, waiting for room.
+    let request = serde_json::json!({"database": DB, "sql": "SELECT v, printf('%2000d', v) AS padded FROM n"});
+    let mut stalled = admin
+        .stream("busbar.v1.Sql/Execute", Some(request))
+        .await
+        .unwrap();
+    futures::StreamExt::next(&mut stalled)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let write = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        admin.sql(
+            DB,
+            Statement::new("INSERT INTO items (name) VALUES (?)").bind("during the read"),
+        ),
+    )
+    .await;
+    assert!(write.expect("a stalled read must not block writes").is_ok());
+    drop(stalled); // cancelling the read frees the engine
+    let (rows, _) = admin
+        .sql_json(DB, "SELECT count(*) AS n FROM items")
+        .await
+        .unwrap();
+    assert_eq!(rows[0]["n"], 1);
+}
