@@ -56,7 +56,7 @@ async fn tree_operations() {
     assert_eq!(admin.rm("/projects", true).await.unwrap(), 4);
     assert_error(
         admin
-            .create("/home/admin/db", ResourceKind::Database, false)
+            .create("/home/admin/series", ResourceKind::Timeseries, false)
             .await,
         ErrorCode::Unimplemented,
         "not available",
