@@ -193,7 +193,7 @@ impl Client {
         while let Some(response) = responses.message().await? {
             match response.part {
                 Some(Part::ArrowIpc(bytes)) => {
-                    let mut buffer = arrow_buffer::Buffer::from(bytes.to_vec());
+                    let mut buffer = arrow_buffer::Buffer::from(bytes); // takes the bytes as they are, no copy
                     while !buffer.is_empty() {
                         if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
                             batches.push(batch);

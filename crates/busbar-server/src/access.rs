@@ -25,6 +25,8 @@ pub struct Caller {
     pub identity_id: Arc<str>,
     pub name: Arc<str>,
     pub groups: Arc<[String]>,
+    /// The API token the session came from, if any.
+    pub token_id: Option<Arc<str>>,
     /// When the API token behind the session expires (epoch ms; 0: never or no token).
     pub token_expires_ms: i64,
 }
@@ -180,6 +182,7 @@ impl AccessControl {
             identity_id: identity.id.into(),
             name: identity.name.into(),
             groups: groups.into(),
+            token_id: principal.token_id.as_deref().map(Arc::from),
             token_expires_ms,
         };
         self.remember(generation, |c| {

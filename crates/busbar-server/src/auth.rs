@@ -217,8 +217,14 @@ impl Authenticator {
     }
 
     /// Renews the caller's session for another full lifetime.
-    pub fn refresh(&self, principal: &Principal, identity: &IdentityRecord) -> (String, i64) {
-        self.issue(identity, principal.token_id.clone())
+    /// A new session for the caller of a live one, from the same API token if
+    /// it came from one (so revoking the token still ends it).
+    pub fn refresh(
+        &self,
+        caller: &crate::access::Caller,
+        identity: &IdentityRecord,
+    ) -> (String, i64) {
+        self.issue(identity, caller.token_id.as_deref().map(str::to_string))
     }
 
     pub async fn login_password(

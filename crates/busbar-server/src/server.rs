@@ -236,13 +236,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(limited!(AuthServer, AuthService { node: node.clone() }))
-        .add_service(limited!(
-            NodeServer,
-            NodeService {
-                node: node.clone(),
-                listeners: Default::default()
-            }
-        ))
+        .add_service(limited!(NodeServer, NodeService { node: node.clone() }))
         .add_service(limited!(
             ResourcesServer,
             ResourcesService { node: node.clone() }

@@ -23,6 +23,7 @@ impl AuthService {
             identity_id: record.id.clone().into(),
             name: record.name.clone().into(),
             groups: groups.clone().into(),
+            token_id: None,
             token_expires_ms: 0,
         };
         let admin = self.node.access.is_root_admin(&as_caller).await?;
@@ -130,15 +131,8 @@ impl Auth for AuthService {
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::Session> {
         let caller = caller(&request)?;
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or_default();
-        let principal = self.node.auth.verify_session(token)?;
         let identity = self.identity_named(&caller.name).await?;
-        let (token, expires_ms) = self.node.auth.refresh(&principal, &identity);
+        let (token, expires_ms) = self.node.auth.refresh(&caller, &identity);
         reply(self.session_pb((identity, token, expires_ms)).await?)
     }
 

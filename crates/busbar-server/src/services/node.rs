@@ -7,22 +7,10 @@ use busbar_proto::v1::{self as pb, node_event::Kind, node_server};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Status};
 
 pub struct NodeService {
     pub node: Arc<Node>,
-    /// Open node-event streams: one per connected client that listens.
-    pub listeners: Arc<AtomicU64>,
-}
-
-/// Decrements the listener count when a node-event stream ends.
-struct ListenerGuard(Arc<AtomicU64>);
-
-impl Drop for ListenerGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[tonic::async_trait]
@@ -44,8 +32,6 @@ impl node_server::Node for NodeService {
     type EventsStream = Pin<Box<dyn Stream<Item = Result<pb::NodeEvent, Status>> + Send>>;
 
     async fn events(&self, _request: Request<pb::NodeEventsRequest>) -> Reply<Self::EventsStream> {
-        self.listeners.fetch_add(1, Ordering::Relaxed);
-        let guard = ListenerGuard(self.listeners.clone());
         let node_id = self.node.node_id.clone();
         let event = move |kind: Kind, grace_ms: i64| pb::NodeEvent {
             kind: kind as i32,
@@ -55,31 +41,28 @@ impl node_server::Node for NodeService {
         };
         let lifecycle = self.node.lifecycle();
         // READY first, then one event per lifecycle change, ending when the node stops.
-        let stream = futures::stream::unfold(
-            (lifecycle, true, guard),
-            move |(mut lifecycle, first, guard)| {
-                let event = event.clone();
-                async move {
-                    if first {
-                        return Some((Ok(event(Kind::Ready, 0)), (lifecycle, false, guard)));
-                    }
-                    loop {
-                        lifecycle.changed().await.ok()?;
-                        let state = *lifecycle.borrow_and_update();
-                        match state {
-                            Lifecycle::ShuttingDown { grace_ms, .. } => {
-                                return Some((
-                                    Ok(event(Kind::ShuttingDown, grace_ms)),
-                                    (lifecycle, false, guard),
-                                ));
-                            }
-                            Lifecycle::Stopped => return None,
-                            Lifecycle::Serving => continue,
+        let stream = futures::stream::unfold((lifecycle, true), move |(mut lifecycle, first)| {
+            let event = event.clone();
+            async move {
+                if first {
+                    return Some((Ok(event(Kind::Ready, 0)), (lifecycle, false)));
+                }
+                loop {
+                    lifecycle.changed().await.ok()?;
+                    let state = *lifecycle.borrow_and_update();
+                    match state {
+                        Lifecycle::ShuttingDown { grace_ms, .. } => {
+                            return Some((
+                                Ok(event(Kind::ShuttingDown, grace_ms)),
+                                (lifecycle, false),
+                            ));
                         }
+                        Lifecycle::Stopped => return None,
+                        Lifecycle::Serving => continue,
                     }
                 }
-            },
-        );
+            }
+        });
         reply(Box::pin(stream))
     }
 }

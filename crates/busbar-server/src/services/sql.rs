@@ -180,10 +180,13 @@ impl Sql for SqlService {
                             .await;
                         return;
                     }
-                    let bytes = std::mem::take(writer.get_mut());
-                    bytes
-                        .chunks(MAX_PIECE)
-                        .map(|c| Part::ArrowIpc(bytes::Bytes::copy_from_slice(c)))
+                    // Pieces are slices of one buffer: no copy per piece.
+                    let bytes = bytes::Bytes::from(std::mem::take(writer.get_mut()));
+                    (0..bytes.len())
+                        .step_by(MAX_PIECE)
+                        .map(|start| {
+                            Part::ArrowIpc(bytes.slice(start..bytes.len().min(start + MAX_PIECE)))
+                        })
                         .collect()
                 };
                 for piece in pieces {
