@@ -167,12 +167,21 @@ impl Client {
     }
 
     /// Creates a resource of `kind`; with `parents`, missing folders too.
+    /// Time series need a definition: create them with [`Client::create_series`].
     pub async fn create(&self, path: &str, kind: ResourceKind, parents: bool) -> Result<Resource> {
-        let request = pb::CreateResourceRequest {
+        self.create_resource(pb::CreateResourceRequest {
             path: path.into(),
             kind: kind as i32,
             parents,
-        };
+            series: None,
+        })
+        .await
+    }
+
+    pub(crate) async fn create_resource(
+        &self,
+        request: pb::CreateResourceRequest,
+    ) -> Result<Resource> {
         Ok(self.resources_client().create(request).await?.into_inner())
     }
 

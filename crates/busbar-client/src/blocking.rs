@@ -69,6 +69,15 @@ blocking! {
     fn grants(&self, path: &str, effective: bool) -> Vec<Grant>;
     fn emit(&self, path: &str, event: &str, args: Vec<serde_json::Value>) -> u32;
     fn call(&self, method: &str, request: serde_json::Value) -> serde_json::Value;
+    fn create_procedure(&self, database: &str, name: &str, params: &[&str], body: &str, replace: bool) -> crate::Procedure;
+    fn drop_procedure(&self, database: &str, name: &str) -> ();
+    fn procedures(&self, database: &str) -> Vec<crate::Procedure>;
+    fn run_procedure(&self, database: &str, name: &str, args: crate::ProcedureArgs) -> crate::SqlResult;
+    fn create_series(&self, path: &str, spec: &crate::SeriesSpec, parents: bool) -> Resource;
+    fn describe_series(&self, path: &str) -> crate::SeriesInfo;
+    fn read_series(&self, path: &str, interval: crate::Interval) -> crate::SeriesData;
+    fn read_many_series(&self, paths: &[&str], interval: crate::Interval) -> Vec<crate::SeriesData>;
+    fn write_series(&self, path: &str, interval: crate::Interval, batches: Vec<arrow_array::RecordBatch>) -> crate::WriteSeriesResponse;
 }
 
 impl Client {

@@ -230,7 +230,7 @@ impl CallContext {
     }
 }
 
-type Intercepted = InterceptedService<Channel, CallContext>;
+pub(crate) type Intercepted = InterceptedService<Channel, CallContext>;
 
 /// A connection to a Busbar node. Clone it freely: clones share the connection.
 #[derive(Clone)]
@@ -238,6 +238,8 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// The data session data calls run in (see [`crate::Session`]).
+    pub(crate) data_session: Option<Arc<str>>,
 }
 
 impl Inner {
@@ -390,6 +392,7 @@ impl Client {
             inner,
             timeout: options.timeout,
             trace_id: None,
+            data_session: None,
         };
         if client.inner.credential.is_some() {
             client
@@ -574,6 +577,7 @@ async fn keep_session(inner: Weak<Inner>) {
                 inner,
                 timeout: None,
                 trace_id: None,
+                data_session: None,
             };
             let remaining = client.session_expires_ms().unwrap_or(0) - now_ms();
             Duration::from_millis((remaining.max(0) as u64) / 3 * 2).max(Duration::from_millis(500))
@@ -584,6 +588,7 @@ async fn keep_session(inner: Weak<Inner>) {
             inner,
             timeout: Some(Duration::from_secs(30)),
             trace_id: None,
+            data_session: None,
         };
         let renewed = match client.refresh().await {
             Ok(()) => Ok(()),

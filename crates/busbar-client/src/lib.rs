@@ -21,7 +21,9 @@ mod dynamic;
 mod error;
 mod json;
 mod rooms;
+mod sessions;
 mod sql;
+mod timeseries;
 mod tls;
 mod wires;
 
@@ -33,7 +35,14 @@ pub use config::{ClientConfig, CredentialConfig};
 pub use dynamic::{DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
-pub use sql::{ExecuteSummary, SqlColumn, SqlParam, SqlResult, Statement};
+pub use sessions::{Session, SessionEnded};
+pub use sql::{
+    ExecuteSummary, Procedure, ProcedureArgs, SqlColumn, SqlParam, SqlResult, Statement,
+};
+pub use timeseries::{
+    Curve, Interval, POINTS_SCHEMA, Resolution, SeriesChunk, SeriesData, SeriesInfo, SeriesSpec,
+    WriteSeriesResponse, flags, points,
+};
 pub use wires::PublishSummary;
 
 /// The generated protocol types, for fields this API does not wrap.

@@ -92,7 +92,12 @@ impl Statement {
         self
     }
 
-    fn request(self, database: &str, format: pb::ResultFormat) -> pb::ExecuteRequest {
+    fn request(
+        self,
+        database: &str,
+        format: pb::ResultFormat,
+        session: String,
+    ) -> pb::ExecuteRequest {
         pb::ExecuteRequest {
             database: database.into(),
             sql: self.sql,
@@ -103,9 +108,38 @@ impl Statement {
                 .map(|(name, value)| (name, to_proto(value)))
                 .collect(),
             format: format as i32,
+            session,
         }
     }
 }
+
+/// Arguments of a stored procedure: by position (in the order of its
+/// parameters) or by name, not both.
+#[derive(Debug, Clone, Default)]
+pub struct ProcedureArgs {
+    args: Vec<SqlParam>,
+    kwargs: Vec<(String, SqlParam)>,
+}
+
+impl ProcedureArgs {
+    pub fn new() -> ProcedureArgs {
+        ProcedureArgs::default()
+    }
+
+    /// Adds the next positional argument.
+    pub fn arg(mut self, value: impl Into<SqlParam>) -> ProcedureArgs {
+        self.args.push(value.into());
+        self
+    }
+
+    /// Adds an argument by parameter name.
+    pub fn kwarg(mut self, name: impl Into<String>, value: impl Into<SqlParam>) -> ProcedureArgs {
+        self.kwargs.push((name.into(), value.into()));
+        self
+    }
+}
+
+pub use pb::Procedure;
 
 impl From<&str> for Statement {
     fn from(sql: &str) -> Statement {
@@ -159,8 +193,103 @@ impl Client {
     /// Arrow record batches. `statement` is SQL text or a [`Statement`] with
     /// bound parameters.
     pub async fn sql(&self, database: &str, statement: impl Into<Statement>) -> Result<SqlResult> {
-        self.collect_arrow(statement.into().request(database, pb::ResultFormat::Arrow))
-            .await
+        let request =
+            statement
+                .into()
+                .request(database, pb::ResultFormat::Arrow, self.session_id());
+        let responses = self.sql_request(request).await?;
+        collect_arrow(responses).await
+    }
+
+    /// Creates a stored procedure: `body` holds one or more statements using
+    /// `:name` parameters from `params`, run atomically. With `replace`, an
+    /// existing procedure of that name is replaced.
+    pub async fn create_procedure(
+        &self,
+        database: &str,
+        name: &str,
+        params: &[&str],
+        body: &str,
+        replace: bool,
+    ) -> Result<Procedure> {
+        let request = pb::CreateProcedureRequest {
+            database: database.into(),
+            name: name.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            body: body.into(),
+            replace,
+        };
+        Ok(self
+            .sql_client()
+            .create_procedure(request)
+            .await?
+            .into_inner())
+    }
+
+    pub async fn drop_procedure(&self, database: &str, name: &str) -> Result<()> {
+        let request = pb::DropProcedureRequest {
+            database: database.into(),
+            name: name.into(),
+        };
+        self.sql_client().drop_procedure(request).await?;
+        Ok(())
+    }
+
+    pub async fn procedures(&self, database: &str) -> Result<Vec<Procedure>> {
+        let request = pb::ListProceduresRequest {
+            database: database.into(),
+        };
+        Ok(self
+            .sql_client()
+            .list_procedures(request)
+            .await?
+            .into_inner()
+            .procedures)
+    }
+
+    /// Runs a stored procedure; rows of its last statement come back.
+    pub async fn run_procedure(
+        &self,
+        database: &str,
+        name: &str,
+        args: ProcedureArgs,
+    ) -> Result<SqlResult> {
+        let request = self.procedure_request(database, name, args, pb::ResultFormat::Arrow);
+        let responses = self.sql_client().run_procedure(request).await?.into_inner();
+        collect_arrow(responses).await
+    }
+
+    /// Runs a stored procedure and returns the rows as JSON objects.
+    pub async fn run_procedure_json(
+        &self,
+        database: &str,
+        name: &str,
+        args: ProcedureArgs,
+    ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
+        let request = self.procedure_request(database, name, args, pb::ResultFormat::Json);
+        let responses = self.sql_client().run_procedure(request).await?.into_inner();
+        collect_json(responses).await
+    }
+
+    fn procedure_request(
+        &self,
+        database: &str,
+        name: &str,
+        args: ProcedureArgs,
+        format: pb::ResultFormat,
+    ) -> pb::RunProcedureRequest {
+        pb::RunProcedureRequest {
+            database: database.into(),
+            name: name.into(),
+            args: args.args.into_iter().map(to_proto).collect(),
+            kwargs: args
+                .kwargs
+                .into_iter()
+                .map(|(k, v)| (k, to_proto(v)))
+                .collect(),
+            format: format as i32,
+            session: self.session_id(),
+        }
     }
 
     /// Runs one statement and returns its rows as JSON objects.
@@ -169,51 +298,57 @@ impl Client {
         database: &str,
         statement: impl Into<Statement>,
     ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
-        let request = statement.into().request(database, pb::ResultFormat::Json);
-        let mut responses = self.sql_request(request).await?;
-        let mut rows = Vec::new();
-        while let Some(response) = responses.message().await? {
-            match response.part {
-                Some(Part::JsonRows(text)) => match serde_json::from_str(&text) {
-                    Ok(serde_json::Value::Array(more)) => rows.extend(more),
-                    _ => return Err(protocol("rows are not a JSON array")),
-                },
-                Some(Part::Summary(summary)) => return Ok((rows, summary)),
-                _ => return Err(protocol("Arrow data in a JSON result")),
-            }
-        }
-        Err(protocol("no summary"))
+        let request = statement
+            .into()
+            .request(database, pb::ResultFormat::Json, self.session_id());
+        collect_json(self.sql_request(request).await?).await
     }
+}
 
-    async fn collect_arrow(&self, request: pb::ExecuteRequest) -> Result<SqlResult> {
-        let mut responses = self.sql_request(request).await?;
-        let mut decoder = arrow_ipc::reader::StreamDecoder::new();
-        let mut batches = Vec::new();
-        let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
-        while let Some(response) = responses.message().await? {
-            match response.part {
-                Some(Part::ArrowIpc(bytes)) => {
-                    let mut buffer = arrow_buffer::Buffer::from(bytes); // takes the bytes as they are, no copy
-                    while !buffer.is_empty() {
-                        if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
-                            batches.push(batch);
-                        }
-                    }
-                }
-                Some(Part::Summary(summary)) => {
-                    let schema = decoder.schema();
-                    if schema.is_some() {
-                        decoder.finish().map_err(arrow)?;
-                    }
-                    return Ok(SqlResult {
-                        schema,
-                        batches,
-                        summary,
-                    });
-                }
-                _ => return Err(protocol("JSON rows in an Arrow result")),
-            }
+async fn collect_json(
+    mut responses: tonic::Streaming<pb::ExecuteResponse>,
+) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
+    let mut rows = Vec::new();
+    while let Some(response) = responses.message().await? {
+        match response.part {
+            Some(Part::JsonRows(text)) => match serde_json::from_str(&text) {
+                Ok(serde_json::Value::Array(more)) => rows.extend(more),
+                _ => return Err(protocol("rows are not a JSON array")),
+            },
+            Some(Part::Summary(summary)) => return Ok((rows, summary)),
+            _ => return Err(protocol("Arrow data in a JSON result")),
         }
-        Err(protocol("no summary"))
     }
+    Err(protocol("no summary"))
+}
+
+async fn collect_arrow(mut responses: tonic::Streaming<pb::ExecuteResponse>) -> Result<SqlResult> {
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
+    while let Some(response) = responses.message().await? {
+        match response.part {
+            Some(Part::ArrowIpc(bytes)) => {
+                let mut buffer = arrow_buffer::Buffer::from(bytes); // takes the bytes as they are, no copy
+                while !buffer.is_empty() {
+                    if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
+                        batches.push(batch);
+                    }
+                }
+            }
+            Some(Part::Summary(summary)) => {
+                let schema = decoder.schema();
+                if schema.is_some() {
+                    decoder.finish().map_err(arrow)?;
+                }
+                return Ok(SqlResult {
+                    schema,
+                    batches,
+                    summary,
+                });
+            }
+            _ => return Err(protocol("JSON rows in an Arrow result")),
+        }
+    }
+    Err(protocol("no summary"))
 }

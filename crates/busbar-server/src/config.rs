@@ -38,6 +38,10 @@ pub struct Settings {
     pub max_message_bytes: Option<usize>,
     /// Open client connections beyond which new ones are closed at once (default 16384).
     pub max_connections: Option<usize>,
+    /// Seconds a data session may sit idle before it is rolled back (default 300).
+    pub data_session_idle_seconds: Option<f64>,
+    /// Open data sessions per node beyond which Open is refused (default 1024).
+    pub max_data_sessions: Option<usize>,
 }
 
 impl Settings {
@@ -66,6 +70,10 @@ impl Settings {
             wire_stall_seconds: self.wire_stall_seconds.or(weaker.wire_stall_seconds),
             max_message_bytes: self.max_message_bytes.or(weaker.max_message_bytes),
             max_connections: self.max_connections.or(weaker.max_connections),
+            data_session_idle_seconds: self
+                .data_session_idle_seconds
+                .or(weaker.data_session_idle_seconds),
+            max_data_sessions: self.max_data_sessions.or(weaker.max_data_sessions),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct ServerConfig {
     pub wire_stall: Duration,
     pub max_message_bytes: usize,
     pub max_connections: usize,
+    pub data_session_idle: Duration,
+    pub max_data_sessions: usize,
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -186,6 +196,20 @@ impl ServerConfig {
                 16_384,
                 1,
                 1 << 20,
+            )?,
+            data_session_idle: seconds(
+                "data_session_idle_seconds",
+                settings.data_session_idle_seconds,
+                300.0,
+                1.0,
+                86_400.0,
+            )?,
+            max_data_sessions: count(
+                "max_data_sessions",
+                settings.max_data_sessions,
+                1024,
+                1,
+                1 << 16,
             )?,
         })
     }

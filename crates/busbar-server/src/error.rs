@@ -39,6 +39,9 @@ constructors! {
     failed_precondition => FailedPrecondition,
     resource_exhausted => ResourceExhausted,
     internal => Internal,
+    cancelled => Cancelled,
+    conflict => Conflict,
+    unimplemented => Unimplemented,
 }
 
 /// The gRPC status code each stable code travels as.
@@ -73,6 +76,19 @@ impl From<Error> for Status {
 
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(failure, _) = &error
+            && matches!(
+                failure.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+        {
+            return Error {
+                code: ErrorCode::Conflict,
+                message: "the data is locked by another writer (an open session holds it until \
+                          it commits or rolls back); retry"
+                    .into(),
+            };
+        }
         tracing::error!(%error, "storage failure");
         Error::internal(format!("storage failure: {error}; see the server log"))
     }

@@ -14,6 +14,7 @@ pub mod node;
 pub mod paths;
 mod server;
 pub mod services;
+pub mod sessions;
 pub mod store;
 pub mod tls;
 

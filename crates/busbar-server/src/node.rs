@@ -46,6 +46,10 @@ pub struct Node {
     pub members: Mutex<HashMap<String, LocalMember>>,
     /// Open SQL databases (DATABASE resources).
     pub sql: Arc<crate::store::SqlDatabases>,
+    /// Time series files (TIMESERIES resources).
+    pub timeseries: Arc<crate::store::TimeSeriesStore>,
+    /// Open data sessions.
+    pub sessions: Arc<crate::sessions::DataSessions>,
 }
 
 impl Node {

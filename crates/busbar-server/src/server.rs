@@ -11,13 +11,15 @@ use crate::metrics::{KindLabels, Metrics};
 use crate::node::{Lifecycle, Node};
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
 use crate::services::{
-    rooms::RoomsRouter, rooms::RoomsService, sql::SqlService, wires::WiresService,
+    rooms::RoomsRouter, rooms::RoomsService, sessions::SessionsService, sql::SqlService,
+    timeseries::TimeSeriesService, wires::WiresService,
 };
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
-    sql_server::SqlServer, wires_server::WiresServer,
+    sessions_server::SessionsServer, sql_server::SqlServer, time_series_server::TimeSeriesServer,
+    wires_server::WiresServer,
 };
 use futures::StreamExt;
 use std::future::Future;
@@ -178,14 +180,21 @@ pub async fn serve(
         lifecycle,
         members: Default::default(),
         sql: Arc::new(crate::store::SqlDatabases::new(&config.data_dir)),
+        timeseries: Arc::new(crate::store::TimeSeriesStore::new(&config.data_dir)),
+        sessions: Arc::new(crate::sessions::DataSessions::new(
+            config.data_session_idle,
+            config.max_data_sessions,
+        )),
         config: config.clone(),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 6] = [
+    const SERVICES: [&str; 8] = [
         "busbar.v1.Auth",
+        "busbar.v1.Sessions",
         "busbar.v1.Sql",
+        "busbar.v1.TimeSeries",
         "busbar.v1.Node",
         "busbar.v1.Resources",
         "busbar.v1.Rooms",
@@ -243,7 +252,32 @@ pub async fn serve(
         ))
         .add_service(RoomsRouter::new(RoomsService { node: node.clone() }, limit))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
-        .add_service(limited!(SqlServer, SqlService { node: node.clone() }));
+        .add_service(limited!(SqlServer, SqlService { node: node.clone() }))
+        .add_service(limited!(
+            SessionsServer,
+            SessionsService { node: node.clone() }
+        ))
+        .add_service(limited!(
+            TimeSeriesServer,
+            TimeSeriesService { node: node.clone() }
+        ));
+
+    // Idle data sessions are rolled back by one sweeper, a few times per timeout.
+    let sweeper = node.sessions.clone();
+    let sweep_every = (config.data_session_idle / 4).max(Duration::from_millis(250));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(sweep_every);
+        loop {
+            tick.tick().await;
+            let sessions = sweeper.clone();
+            let expired = tokio::task::spawn_blocking(move || sessions.expire())
+                .await
+                .unwrap_or(0);
+            if expired > 0 {
+                tracing::info!(expired, "rolled back idle data sessions");
+            }
+        }
+    });
 
     let counted = metrics.clone();
     let max_connections = config.max_connections as i64;

@@ -119,7 +119,7 @@ pub enum DbCommand {
 
 /// A `--param`: NAME=VALUE is named, anything else positional; VALUE is JSON
 /// when it parses, else text.
-fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
+pub fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
     let named = arg.split_once('=').filter(|(name, _)| {
         let mut chars = name.chars();
         chars
@@ -145,7 +145,7 @@ fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
 }
 
 /// Rows as an aligned table, columns in the statement's order.
-fn print_table(columns: &[String], rows: &[serde_json::Value]) {
+pub fn print_table(columns: &[String], rows: &[serde_json::Value]) {
     let cell = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "NULL".to_string(),
         serde_json::Value::String(s) => s.clone(),
@@ -507,6 +507,8 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 print_table(&columns, &rows);
             }
         }
+        Command::Ts(command) => crate::data::ts(&client, command).await?,
+        Command::Proc(command) => crate::data::proc(&client, command).await?,
         Command::Call { method, json } => {
             let request: serde_json::Value = serde_json::from_str(&json)
                 .map_err(|error| format!("the request is not JSON: {error}"))?;

@@ -1,6 +1,8 @@
 //! `busbar`: serve a node, and talk to one from the shell.
 
 mod commands;
+mod data;
+mod points_file;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -110,6 +112,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         arrow: Option<std::path::PathBuf>,
     },
+    /// Time series: create, write FILE, read, ls.
+    #[command(subcommand)]
+    Ts(data::TsCommand),
+    /// Stored procedures: create, run, list, drop.
+    #[command(subcommand)]
+    Proc(data::ProcCommand),
     /// Call any RPC by full method name with a JSON request; streaming
     /// methods print one JSON response per line (client-streaming ones read
     /// further requests from stdin, one JSON per line).

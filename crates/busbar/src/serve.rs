@@ -41,6 +41,12 @@ pub struct ServeArgs {
     /// Session lifetime in seconds [default: 900]
     #[arg(long = "session-ttl", env = "BUSBAR_SESSION_TTL_SECONDS")]
     session_ttl_seconds: Option<f64>,
+    /// Seconds an idle data session lives before it is rolled back [default: 300]
+    #[arg(long = "data-session-idle", env = "BUSBAR_DATA_SESSION_IDLE_SECONDS")]
+    data_session_idle_seconds: Option<f64>,
+    /// Open data sessions beyond which new ones are refused [default: 1024]
+    #[arg(long, env = "BUSBAR_MAX_DATA_SESSIONS")]
+    max_data_sessions: Option<usize>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -77,6 +83,8 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         wire_stall_seconds: args.wire_stall_seconds,
         max_message_bytes: args.max_message_bytes,
         max_connections: args.max_connections,
+        data_session_idle_seconds: args.data_session_idle_seconds,
+        max_data_sessions: args.max_data_sessions,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

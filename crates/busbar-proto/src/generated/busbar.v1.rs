@@ -1994,6 +1994,725 @@ pub mod node_server {
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SeriesSpec {
+    #[prost(enumeration = "Resolution", tag = "1")]
+    pub resolution: i32,
+    /// free text, e.g. "MW" or "EUR/MWh"
+    #[prost(string, tag = "2")]
+    pub unit: ::prost::alloc::string::String,
+    #[prost(enumeration = "Curve", tag = "3")]
+    pub curve: i32,
+    /// IANA name, e.g. "Europe/Oslo"; "" is UTC
+    #[prost(string, tag = "4")]
+    pub time_zone: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DescribeSeriesRequest {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// read through an open session (sees its writes)
+    #[prost(string, tag = "2")]
+    pub session: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SeriesInfo {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub spec: ::core::option::Option<SeriesSpec>,
+    #[prost(uint64, tag = "3")]
+    pub points: u64,
+    /// absent when the series is empty
+    #[prost(int64, optional, tag = "4")]
+    pub first_ms: ::core::option::Option<i64>,
+    #[prost(int64, optional, tag = "5")]
+    pub last_ms: ::core::option::Option<i64>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadSeriesRequest {
+    /// one or more TIMESERIES paths; read in this order
+    #[prost(string, repeated, tag = "1")]
+    pub paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// epoch ms UTC, inclusive; absent: from the first point
+    #[prost(int64, optional, tag = "2")]
+    pub start_ms: ::core::option::Option<i64>,
+    /// epoch ms UTC, exclusive; absent: through the last point
+    #[prost(int64, optional, tag = "3")]
+    pub end_ms: ::core::option::Option<i64>,
+    /// read through an open session (sees its writes)
+    #[prost(string, tag = "4")]
+    pub session: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReadSeriesResponse {
+    #[prost(oneof = "read_series_response::Part", tags = "1, 2")]
+    pub part: ::core::option::Option<read_series_response::Part>,
+}
+/// Nested message and enum types in `ReadSeriesResponse`.
+pub mod read_series_response {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Part {
+        /// starts the next series' stream
+        #[prost(message, tag = "1")]
+        Series(super::SeriesInfo),
+        /// the next bytes of that series' Arrow IPC stream
+        #[prost(bytes, tag = "2")]
+        ArrowIpc(::prost::bytes::Bytes),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteSeriesHeader {
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+    /// The interval to replace, epoch ms UTC. Absent start: the table's first
+    /// timestamp; absent end: one millisecond past its last. An empty table
+    /// needs both (it deletes the interval).
+    #[prost(int64, optional, tag = "2")]
+    pub start_ms: ::core::option::Option<i64>,
+    #[prost(int64, optional, tag = "3")]
+    pub end_ms: ::core::option::Option<i64>,
+    /// write inside an open session (visible at commit)
+    #[prost(string, tag = "4")]
+    pub session: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteSeriesRequest {
+    #[prost(oneof = "write_series_request::Part", tags = "1, 2")]
+    pub part: ::core::option::Option<write_series_request::Part>,
+}
+/// Nested message and enum types in `WriteSeriesRequest`.
+pub mod write_series_request {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Part {
+        /// first message, exactly once
+        #[prost(message, tag = "1")]
+        Header(super::WriteSeriesHeader),
+        /// the next bytes of one Arrow IPC stream
+        #[prost(bytes, tag = "2")]
+        ArrowIpc(::prost::bytes::Bytes),
+    }
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct WriteSeriesResponse {
+    #[prost(uint64, tag = "1")]
+    pub points_written: u64,
+    /// old points in the interval that were replaced or removed
+    #[prost(uint64, tag = "2")]
+    pub points_deleted: u64,
+    /// the interval that was replaced
+    #[prost(int64, tag = "3")]
+    pub start_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub end_ms: i64,
+}
+/// How far apart points are. BREAKPOINT: anywhere, irregular. Fixed
+/// resolutions put points on a grid; DAY and longer ones on local midnights
+/// of the series' time zone (UTC when it has none), weeks starting on Monday.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Resolution {
+    Unspecified = 0,
+    Breakpoint = 1,
+    Min1 = 2,
+    Min5 = 3,
+    Min10 = 4,
+    Min15 = 5,
+    Min30 = 6,
+    Hour = 7,
+    Day = 8,
+    Week = 9,
+    Month = 10,
+    Year = 11,
+}
+impl Resolution {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "RESOLUTION_UNSPECIFIED",
+            Self::Breakpoint => "BREAKPOINT",
+            Self::Min1 => "MIN1",
+            Self::Min5 => "MIN5",
+            Self::Min10 => "MIN10",
+            Self::Min15 => "MIN15",
+            Self::Min30 => "MIN30",
+            Self::Hour => "HOUR",
+            Self::Day => "DAY",
+            Self::Week => "WEEK",
+            Self::Month => "MONTH",
+            Self::Year => "YEAR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "RESOLUTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "BREAKPOINT" => Some(Self::Breakpoint),
+            "MIN1" => Some(Self::Min1),
+            "MIN5" => Some(Self::Min5),
+            "MIN10" => Some(Self::Min10),
+            "MIN15" => Some(Self::Min15),
+            "MIN30" => Some(Self::Min30),
+            "HOUR" => Some(Self::Hour),
+            "DAY" => Some(Self::Day),
+            "WEEK" => Some(Self::Week),
+            "MONTH" => Some(Self::Month),
+            "YEAR" => Some(Self::Year),
+            _ => None,
+        }
+    }
+}
+/// How values between points are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum Curve {
+    Unspecified = 0,
+    /// a value holds until the next point (default)
+    Staircase = 1,
+    /// values are joined by straight lines
+    PiecewiseLinear = 2,
+}
+impl Curve {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "CURVE_UNSPECIFIED",
+            Self::Staircase => "STAIRCASE",
+            Self::PiecewiseLinear => "PIECEWISE_LINEAR",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "CURVE_UNSPECIFIED" => Some(Self::Unspecified),
+            "STAIRCASE" => Some(Self::Staircase),
+            "PIECEWISE_LINEAR" => Some(Self::PiecewiseLinear),
+            _ => None,
+        }
+    }
+}
+/// Point flags, bits of the `flags` column. 0 is OK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PointFlag {
+    Ok = 0,
+    /// no value was measured; `value` is meaningless (NaN by convention)
+    Missing = 1,
+    /// a value exists but is doubtful
+    Suspect = 2,
+    /// a value exists and is known to be wrong
+    NotOk = 4,
+}
+impl PointFlag {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Missing => "MISSING",
+            Self::Suspect => "SUSPECT",
+            Self::NotOk => "NOT_OK",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "OK" => Some(Self::Ok),
+            "MISSING" => Some(Self::Missing),
+            "SUSPECT" => Some(Self::Suspect),
+            "NOT_OK" => Some(Self::NotOk),
+            _ => None,
+        }
+    }
+}
+/// Generated client implementations.
+pub mod time_series_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Time series: resources of kind TIMESERIES. A point is (utc_time, flags,
+    /// value); points travel as Arrow IPC streams whose schema is
+    /// utc_time: timestamp\[ms, tz="UTC"\], flags: uint32, value: float64
+    /// and are stored in chunks of columns, synced before a write is acknowledged.
+    #[derive(Debug, Clone)]
+    pub struct TimeSeriesClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl TimeSeriesClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> TimeSeriesClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> TimeSeriesClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            TimeSeriesClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// A series' definition and extent.
+        pub async fn describe(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DescribeSeriesRequest>,
+        ) -> std::result::Result<tonic::Response<super::SeriesInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.TimeSeries/Describe",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.TimeSeries", "Describe"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Reads the points in \[start, end) of one or more series. Each series comes
+        /// back, in request order, as a `series` header followed by the pieces of
+        /// one complete Arrow IPC stream.
+        pub async fn read(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReadSeriesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ReadSeriesResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.TimeSeries/Read",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.TimeSeries", "Read"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// Replaces the interval \[start, end) of a series with the points of an Arrow
+        /// IPC stream: the first message is the header, the rest are stream pieces.
+        /// Points in the interval that the new table lacks are deleted. Unsorted or
+        /// repeated timestamps, a wrong schema, nulls, timestamps off the series'
+        /// grid or outside the interval reject the whole write, naming the first bad
+        /// row; nothing is written then.
+        pub async fn write(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<
+                Message = super::WriteSeriesRequest,
+            >,
+        ) -> std::result::Result<
+            tonic::Response<super::WriteSeriesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.TimeSeries/Write",
+            );
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.TimeSeries", "Write"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod time_series_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with TimeSeriesServer.
+    #[async_trait]
+    pub trait TimeSeries: std::marker::Send + std::marker::Sync + 'static {
+        /// A series' definition and extent.
+        async fn describe(
+            &self,
+            request: tonic::Request<super::DescribeSeriesRequest>,
+        ) -> std::result::Result<tonic::Response<super::SeriesInfo>, tonic::Status>;
+        /// Server streaming response type for the Read method.
+        type ReadStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ReadSeriesResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Reads the points in \[start, end) of one or more series. Each series comes
+        /// back, in request order, as a `series` header followed by the pieces of
+        /// one complete Arrow IPC stream.
+        async fn read(
+            &self,
+            request: tonic::Request<super::ReadSeriesRequest>,
+        ) -> std::result::Result<tonic::Response<Self::ReadStream>, tonic::Status>;
+        /// Replaces the interval \[start, end) of a series with the points of an Arrow
+        /// IPC stream: the first message is the header, the rest are stream pieces.
+        /// Points in the interval that the new table lacks are deleted. Unsorted or
+        /// repeated timestamps, a wrong schema, nulls, timestamps off the series'
+        /// grid or outside the interval reject the whole write, naming the first bad
+        /// row; nothing is written then.
+        async fn write(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::WriteSeriesRequest>>,
+        ) -> std::result::Result<
+            tonic::Response<super::WriteSeriesResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Time series: resources of kind TIMESERIES. A point is (utc_time, flags,
+    /// value); points travel as Arrow IPC streams whose schema is
+    /// utc_time: timestamp\[ms, tz="UTC"\], flags: uint32, value: float64
+    /// and are stored in chunks of columns, synced before a write is acknowledged.
+    #[derive(Debug)]
+    pub struct TimeSeriesServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> TimeSeriesServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for TimeSeriesServer<T>
+    where
+        T: TimeSeries,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/busbar.v1.TimeSeries/Describe" => {
+                    #[allow(non_camel_case_types)]
+                    struct DescribeSvc<T: TimeSeries>(pub Arc<T>);
+                    impl<
+                        T: TimeSeries,
+                    > tonic::server::UnaryService<super::DescribeSeriesRequest>
+                    for DescribeSvc<T> {
+                        type Response = super::SeriesInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DescribeSeriesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TimeSeries>::describe(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DescribeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.TimeSeries/Read" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReadSvc<T: TimeSeries>(pub Arc<T>);
+                    impl<
+                        T: TimeSeries,
+                    > tonic::server::ServerStreamingService<super::ReadSeriesRequest>
+                    for ReadSvc<T> {
+                        type Response = super::ReadSeriesResponse;
+                        type ResponseStream = T::ReadStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReadSeriesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TimeSeries>::read(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReadSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.TimeSeries/Write" => {
+                    #[allow(non_camel_case_types)]
+                    struct WriteSvc<T: TimeSeries>(pub Arc<T>);
+                    impl<
+                        T: TimeSeries,
+                    > tonic::server::ClientStreamingService<super::WriteSeriesRequest>
+                    for WriteSvc<T> {
+                        type Response = super::WriteSeriesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::WriteSeriesRequest>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as TimeSeries>::write(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WriteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for TimeSeriesServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "busbar.v1.TimeSeries";
+    impl<T> tonic::server::NamedService for TimeSeriesServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Resource {
     /// UUID, stable across moves
     #[prost(string, tag = "1")]
@@ -2009,6 +2728,9 @@ pub struct Resource {
     pub owner: ::prost::alloc::string::String,
     #[prost(int64, tag = "6")]
     pub created_ms: i64,
+    /// TIMESERIES only
+    #[prost(message, optional, tag = "7")]
+    pub series: ::core::option::Option<SeriesSpec>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetResourceRequest {
@@ -2037,6 +2759,9 @@ pub struct CreateResourceRequest {
     /// create missing parent folders
     #[prost(bool, tag = "3")]
     pub parents: bool,
+    /// TIMESERIES only: resolution is required
+    #[prost(message, optional, tag = "4")]
+    pub series: ::core::option::Option<SeriesSpec>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteResourceRequest {
@@ -3589,6 +4314,540 @@ pub mod rooms_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct OpenSessionRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SessionInfo {
+    /// pass this in the `session` field of data calls
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    /// the session expires after this long without a call
+    #[prost(int64, tag = "2")]
+    pub idle_timeout_ms: i64,
+    /// epoch ms UTC when it will expire unless used
+    #[prost(int64, tag = "3")]
+    pub expires_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SessionRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SessionEnded {
+    /// databases and series the session had changed
+    #[prost(uint32, tag = "1")]
+    pub databases: u32,
+    #[prost(uint32, tag = "2")]
+    pub series: u32,
+}
+/// Generated client implementations.
+pub mod sessions_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Sessions: server-side workspaces for SQL and time-series writes. Calls that
+    /// name a session (the `session` field of Sql and TimeSeries requests) see the
+    /// session's own uncommitted changes; nobody else does until Commit. A session
+    /// belongs to the identity that opened it. Idle sessions expire (rolled back)
+    /// after the node's idle timeout, which KeepAlive and every call reset.
+    #[derive(Debug, Clone)]
+    pub struct SessionsClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl SessionsClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> SessionsClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> SessionsClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            SessionsClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        pub async fn open(
+            &mut self,
+            request: impl tonic::IntoRequest<super::OpenSessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Sessions/Open");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Sessions", "Open"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn keep_alive(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionInfo>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sessions/KeepAlive",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sessions", "KeepAlive"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Makes every change durable and visible, then ends the session.
+        pub async fn commit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionEnded>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sessions/Commit",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Sessions", "Commit"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Discards every change, then ends the session.
+        pub async fn rollback(
+            &mut self,
+            request: impl tonic::IntoRequest<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionEnded>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sessions/Rollback",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sessions", "Rollback"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod sessions_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with SessionsServer.
+    #[async_trait]
+    pub trait Sessions: std::marker::Send + std::marker::Sync + 'static {
+        async fn open(
+            &self,
+            request: tonic::Request<super::OpenSessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionInfo>, tonic::Status>;
+        async fn keep_alive(
+            &self,
+            request: tonic::Request<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionInfo>, tonic::Status>;
+        /// Makes every change durable and visible, then ends the session.
+        async fn commit(
+            &self,
+            request: tonic::Request<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionEnded>, tonic::Status>;
+        /// Discards every change, then ends the session.
+        async fn rollback(
+            &self,
+            request: tonic::Request<super::SessionRequest>,
+        ) -> std::result::Result<tonic::Response<super::SessionEnded>, tonic::Status>;
+    }
+    /// Sessions: server-side workspaces for SQL and time-series writes. Calls that
+    /// name a session (the `session` field of Sql and TimeSeries requests) see the
+    /// session's own uncommitted changes; nobody else does until Commit. A session
+    /// belongs to the identity that opened it. Idle sessions expire (rolled back)
+    /// after the node's idle timeout, which KeepAlive and every call reset.
+    #[derive(Debug)]
+    pub struct SessionsServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> SessionsServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for SessionsServer<T>
+    where
+        T: Sessions,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/busbar.v1.Sessions/Open" => {
+                    #[allow(non_camel_case_types)]
+                    struct OpenSvc<T: Sessions>(pub Arc<T>);
+                    impl<
+                        T: Sessions,
+                    > tonic::server::UnaryService<super::OpenSessionRequest>
+                    for OpenSvc<T> {
+                        type Response = super::SessionInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::OpenSessionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sessions>::open(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OpenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sessions/KeepAlive" => {
+                    #[allow(non_camel_case_types)]
+                    struct KeepAliveSvc<T: Sessions>(pub Arc<T>);
+                    impl<T: Sessions> tonic::server::UnaryService<super::SessionRequest>
+                    for KeepAliveSvc<T> {
+                        type Response = super::SessionInfo;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SessionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sessions>::keep_alive(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = KeepAliveSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sessions/Commit" => {
+                    #[allow(non_camel_case_types)]
+                    struct CommitSvc<T: Sessions>(pub Arc<T>);
+                    impl<T: Sessions> tonic::server::UnaryService<super::SessionRequest>
+                    for CommitSvc<T> {
+                        type Response = super::SessionEnded;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SessionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sessions>::commit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CommitSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sessions/Rollback" => {
+                    #[allow(non_camel_case_types)]
+                    struct RollbackSvc<T: Sessions>(pub Arc<T>);
+                    impl<T: Sessions> tonic::server::UnaryService<super::SessionRequest>
+                    for RollbackSvc<T> {
+                        type Response = super::SessionEnded;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::SessionRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sessions>::rollback(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RollbackSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for SessionsServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "busbar.v1.Sessions";
+    impl<T> tonic::server::NamedService for SessionsServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
 /// A parameter value. JSON form: {"integer": 1}, {"text": "x"}, {"null": true}.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct SqlValue {
@@ -3634,6 +4893,9 @@ pub struct ExecuteRequest {
     pub named: ::std::collections::HashMap<::prost::alloc::string::String, SqlValue>,
     #[prost(enumeration = "ResultFormat", tag = "5")]
     pub format: i32,
+    /// run inside an open session
+    #[prost(string, tag = "6")]
+    pub session: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ExecuteResponse {
@@ -3680,6 +4942,71 @@ pub struct SqlColumn {
     /// e.g. "Int64", "Utf8", "Timestamp(ms, UTC)"
     #[prost(string, tag = "3")]
     pub arrow_type: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Procedure {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// parameter names, in positional order
+    #[prost(string, repeated, tag = "2")]
+    pub params: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// SQL statements using :name parameters
+    #[prost(string, tag = "3")]
+    pub body: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub created_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CreateProcedureRequest {
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+    /// letters, digits and \_, starting with a letter
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "3")]
+    pub params: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "4")]
+    pub body: ::prost::alloc::string::String,
+    /// replace a procedure of the same name
+    #[prost(bool, tag = "5")]
+    pub replace: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DropProcedureRequest {
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DropProcedureResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListProceduresRequest {
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListProceduresResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub procedures: ::prost::alloc::vec::Vec<Procedure>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RunProcedureRequest {
+    #[prost(string, tag = "1")]
+    pub database: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// by position, in the order of `params`
+    #[prost(message, repeated, tag = "3")]
+    pub args: ::prost::alloc::vec::Vec<SqlValue>,
+    /// by name; not together with args
+    #[prost(map = "string, message", tag = "4")]
+    pub kwargs: ::std::collections::HashMap<::prost::alloc::string::String, SqlValue>,
+    #[prost(enumeration = "ResultFormat", tag = "5")]
+    pub format: i32,
+    /// run inside an open session
+    #[prost(string, tag = "6")]
+    pub session: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -3828,6 +5155,105 @@ pub mod sql_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Sql", "Execute"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// Stored procedures: named, parameterized SQL of one or more statements,
+        /// kept in the database and run atomically (all statements or none).
+        /// Creating, replacing and dropping need write on the database; listing and
+        /// running need read (a procedure that writes needs write to run).
+        pub async fn create_procedure(
+            &mut self,
+            request: impl tonic::IntoRequest<super::CreateProcedureRequest>,
+        ) -> std::result::Result<tonic::Response<super::Procedure>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sql/CreateProcedure",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sql", "CreateProcedure"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn drop_procedure(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DropProcedureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DropProcedureResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sql/DropProcedure",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sql", "DropProcedure"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_procedures(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListProceduresRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListProceduresResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sql/ListProcedures",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sql", "ListProcedures"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Runs a procedure with arguments by position or by name (not both). Rows
+        /// of its last statement come back as Execute's do.
+        pub async fn run_procedure(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RunProcedureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ExecuteResponse>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Sql/RunProcedure",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Sql", "RunProcedure"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -3857,6 +5283,43 @@ pub mod sql_server {
             &self,
             request: tonic::Request<super::ExecuteRequest>,
         ) -> std::result::Result<tonic::Response<Self::ExecuteStream>, tonic::Status>;
+        /// Stored procedures: named, parameterized SQL of one or more statements,
+        /// kept in the database and run atomically (all statements or none).
+        /// Creating, replacing and dropping need write on the database; listing and
+        /// running need read (a procedure that writes needs write to run).
+        async fn create_procedure(
+            &self,
+            request: tonic::Request<super::CreateProcedureRequest>,
+        ) -> std::result::Result<tonic::Response<super::Procedure>, tonic::Status>;
+        async fn drop_procedure(
+            &self,
+            request: tonic::Request<super::DropProcedureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DropProcedureResponse>,
+            tonic::Status,
+        >;
+        async fn list_procedures(
+            &self,
+            request: tonic::Request<super::ListProceduresRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListProceduresResponse>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the RunProcedure method.
+        type RunProcedureStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ExecuteResponse, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Runs a procedure with arguments by position or by name (not both). Rows
+        /// of its last statement come back as Execute's do.
+        async fn run_procedure(
+            &self,
+            request: tonic::Request<super::RunProcedureRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::RunProcedureStream>,
+            tonic::Status,
+        >;
     }
     /// SQL databases: resources of kind DATABASE, each an embedded SQLite database
     /// (WAL, synced before a write is acknowledged). Statements take bound
@@ -3968,6 +5431,185 @@ pub mod sql_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ExecuteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sql/CreateProcedure" => {
+                    #[allow(non_camel_case_types)]
+                    struct CreateProcedureSvc<T: Sql>(pub Arc<T>);
+                    impl<
+                        T: Sql,
+                    > tonic::server::UnaryService<super::CreateProcedureRequest>
+                    for CreateProcedureSvc<T> {
+                        type Response = super::Procedure;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::CreateProcedureRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sql>::create_procedure(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CreateProcedureSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sql/DropProcedure" => {
+                    #[allow(non_camel_case_types)]
+                    struct DropProcedureSvc<T: Sql>(pub Arc<T>);
+                    impl<T: Sql> tonic::server::UnaryService<super::DropProcedureRequest>
+                    for DropProcedureSvc<T> {
+                        type Response = super::DropProcedureResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DropProcedureRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sql>::drop_procedure(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DropProcedureSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sql/ListProcedures" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListProceduresSvc<T: Sql>(pub Arc<T>);
+                    impl<
+                        T: Sql,
+                    > tonic::server::UnaryService<super::ListProceduresRequest>
+                    for ListProceduresSvc<T> {
+                        type Response = super::ListProceduresResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListProceduresRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sql>::list_procedures(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListProceduresSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Sql/RunProcedure" => {
+                    #[allow(non_camel_case_types)]
+                    struct RunProcedureSvc<T: Sql>(pub Arc<T>);
+                    impl<
+                        T: Sql,
+                    > tonic::server::ServerStreamingService<super::RunProcedureRequest>
+                    for RunProcedureSvc<T> {
+                        type Response = super::ExecuteResponse;
+                        type ResponseStream = T::RunProcedureStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RunProcedureRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Sql>::run_procedure(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RunProcedureSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

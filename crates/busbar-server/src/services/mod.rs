@@ -1,10 +1,13 @@
 //! The gRPC services of `busbar.v1`, one module each.
 
 pub mod auth;
+pub(crate) mod ipc;
 pub mod node;
 pub mod resources;
 pub mod rooms;
+pub mod sessions;
 pub mod sql;
+pub mod timeseries;
 pub mod wires;
 
 use tonic::{Response, Status};

@@ -16,8 +16,23 @@ pub struct ResourcesService {
     pub node: Arc<Node>,
 }
 
+impl ResourcesService {
+    /// A resource as returned to clients; series carry their definition.
+    fn resource_pb(&self, record: ResourceRecord) -> pb::Resource {
+        let series = (record.kind == ResourceKind::Timeseries)
+            .then(|| self.node.timeseries.spec(&record.id).ok())
+            .flatten()
+            .map(|spec| super::timeseries::spec_pb(&spec));
+        pb::Resource {
+            series,
+            ..resource_pb(record)
+        }
+    }
+}
+
 pub fn resource_pb(record: ResourceRecord) -> pb::Resource {
     pb::Resource {
+        series: None,
         name: paths::name(&record.path).to_string(),
         id: record.id,
         path: record.path,
@@ -85,6 +100,10 @@ impl ResourcesService {
                     self.node.sql.remove(&record.id);
                     continue;
                 }
+                ResourceKind::Timeseries => {
+                    self.node.timeseries.remove(&record.id);
+                    continue;
+                }
                 _ => continue,
             };
             let message = BusMessage {
@@ -128,7 +147,7 @@ impl Resources for ResourcesService {
             .access
             .require_resource(&caller, &path, Right::Read)
             .await?;
-        reply(resource_pb(Arc::unwrap_or_clone(record)))
+        reply(self.resource_pb(Arc::unwrap_or_clone(record)))
     }
 
     async fn list(
@@ -147,7 +166,7 @@ impl Resources for ResourcesService {
             .list_resources(&path, request.get_ref().recursive)
             .await?;
         reply(pb::ListResourcesResponse {
-            resources: records.into_iter().map(resource_pb).collect(),
+            resources: records.into_iter().map(|r| self.resource_pb(r)).collect(),
         })
     }
 
@@ -160,13 +179,14 @@ impl Resources for ResourcesService {
                 kind @ (ResourceKind::Folder
                 | ResourceKind::Room
                 | ResourceKind::Wire
-                | ResourceKind::Database),
+                | ResourceKind::Database
+                | ResourceKind::Timeseries),
             ) => kind,
             Some(other) => {
                 return Err(Error {
                     code: crate::error::ErrorCode::Unimplemented,
                     message: format!(
-                        "{} resources are not available in this version; folders, rooms, wires and databases are",
+                        "{} resources are not available in this version; folders, rooms, wires, databases and time series are",
                         other.name()
                     ),
                 }
@@ -174,11 +194,22 @@ impl Resources for ResourcesService {
             }
             None => {
                 return Err(Error::invalid_argument(format!(
-                    "bad kind {}: use FOLDER (1), ROOM (2), WIRE (3) or DATABASE (4)",
+                    "bad kind {}: use FOLDER (1), ROOM (2), WIRE (3), DATABASE (4) or TIMESERIES (5)",
                     r.kind
                 ))
                 .into());
             }
+        };
+        let series = match kind {
+            ResourceKind::Timeseries => Some(super::timeseries::spec_from_pb(r.series)?),
+            _ if r.series.is_some() => {
+                return Err(Error::invalid_argument(format!(
+                    "a series definition belongs to TIMESERIES resources, not to a {}",
+                    kind.name()
+                ))
+                .into());
+            }
+            _ => None,
         };
         let parent = paths::parent(&path).unwrap_or("/");
         self.node
@@ -190,15 +221,18 @@ impl Resources for ResourcesService {
             .store
             .create_resource(&path, kind, &caller.name, r.parents)
             .await?;
-        if kind == ResourceKind::Database
-            && let Err(error) = self.node.sql.create(&record.id)
-        {
+        let made = match (kind, &series) {
+            (ResourceKind::Database, _) => self.node.sql.create(&record.id),
+            (ResourceKind::Timeseries, Some(spec)) => self.node.timeseries.create(&record.id, spec),
+            _ => Ok(()),
+        };
+        if let Err(error) = made {
             // No resource without its file: undo the entry, report the cause.
             let _ = self.node.store.delete_resource(&path, false).await;
             return Err(error.into());
         }
         self.node.access.invalidate().await;
-        reply(resource_pb(record))
+        reply(self.resource_pb(record))
     }
 
     async fn delete(
@@ -231,7 +265,7 @@ impl Resources for ResourcesService {
             .await?;
         let record = self.node.store.move_resource(&from, &to).await?;
         self.node.access.invalidate().await;
-        reply(resource_pb(record))
+        reply(self.resource_pb(record))
     }
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {

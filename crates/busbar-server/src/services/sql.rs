@@ -1,15 +1,22 @@
 //! `busbar.v1.Sql`: statements on DATABASE resources, results as Arrow IPC or JSON.
 
-use super::Reply;
+use super::ipc::IpcPieces;
+use super::{Reply, reply};
+use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths;
-use crate::store::{ResourceKind, Right, SqlParam, SqlParams, SqlSummary};
+use crate::sessions::DataSession;
+use crate::store::procedures::{self, Arguments, Procedure};
+use crate::store::{
+    ResourceKind, Right, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on,
+};
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
 use base64::Engine;
 use busbar_proto::v1::{self as pb, execute_response::Part, sql_server::Sql, sql_value::Kind};
 use futures::Stream;
+use rusqlite::Connection;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -21,8 +28,6 @@ pub struct SqlService {
 
 /// Record batches queued between the engine and the network.
 const BATCH_QUEUE: usize = 4;
-/// Largest Arrow IPC piece per message; pieces are concatenated by the client.
-const MAX_PIECE: usize = 1 << 20;
 
 fn param(value: pb::SqlValue) -> Result<SqlParam> {
     Ok(match value.kind {
@@ -103,6 +108,169 @@ fn part(part: Part) -> Result<pb::ExecuteResponse, Status> {
     Ok(pb::ExecuteResponse { part: Some(part) })
 }
 
+/// Streams what a running statement sends to its sink: Arrow IPC pieces or
+/// JSON rows, then the summary. Errors before the first row fail the call
+/// itself (syntax, parameters, rights).
+async fn respond(
+    mut running: tokio::task::JoinHandle<Result<SqlSummary>>,
+    mut batches: mpsc::Receiver<RecordBatch>,
+    json: bool,
+) -> Reply<Responses> {
+    let first = batches.recv().await;
+    if first.is_none() {
+        let summary = running.await.map_err(Error::from)??;
+        return super::reply(Box::pin(futures::stream::iter([part(Part::Summary(
+            summary_pb(summary),
+        ))])));
+    }
+    let (out, responses) = mpsc::channel::<Result<pb::ExecuteResponse, Status>>(BATCH_QUEUE);
+    tokio::spawn(async move {
+        let mut pieces = IpcPieces::default();
+        let mut schema = None;
+        let mut next = first;
+        while let Some(batch) = next {
+            let encoded = if json {
+                Ok(vec![Part::JsonRows(
+                    serde_json::Value::Array(json_rows(&batch)).to_string(),
+                )])
+            } else {
+                schema.get_or_insert_with(|| batch.schema());
+                pieces
+                    .batch(&batch)
+                    .map(|bytes| bytes.into_iter().map(Part::ArrowIpc).collect())
+            };
+            let encoded = match encoded {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    let _ = out.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            for piece in encoded {
+                if out.send(part(piece)).await.is_err() {
+                    return; // the caller went away; dropping `batches` stops the engine
+                }
+            }
+            next = batches.recv().await;
+        }
+        if let Some(schema) = schema {
+            for piece in pieces.finish(&schema).unwrap_or_default() {
+                let _ = out.send(part(Part::ArrowIpc(piece))).await;
+            }
+        }
+        let last = match (&mut running).await {
+            Ok(Ok(summary)) => part(Part::Summary(summary_pb(summary))),
+            Ok(Err(error)) => Err(error.into()),
+            Err(error) => Err(Error::from(error).into()),
+        };
+        let _ = out.send(last).await;
+    });
+    super::reply(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+        responses,
+    )))
+}
+
+fn params(
+    positional: Vec<pb::SqlValue>,
+    named: impl IntoIterator<Item = (String, pb::SqlValue)>,
+) -> Result<SqlParams> {
+    Ok(SqlParams {
+        positional: positional.into_iter().map(param).collect::<Result<_>>()?,
+        named: named
+            .into_iter()
+            .map(|(k, v)| Ok((k, param(v)?)))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn procedure_pb(p: Procedure) -> pb::Procedure {
+    pb::Procedure {
+        name: p.name,
+        params: p.params,
+        body: p.body,
+        created_ms: p.created_ms,
+    }
+}
+
+/// A database the caller may use, and whether it may only read.
+struct Target {
+    id: String,
+    read_only: bool,
+    session: Option<Arc<DataSession>>,
+}
+
+impl SqlService {
+    async fn target(&self, caller: &Caller, database: &str, session: &str) -> Result<Target> {
+        let path = paths::normalize(database)?;
+        let record = self
+            .node
+            .access
+            .require_resource(caller, &path, Right::Read)
+            .await?;
+        if record.kind != ResourceKind::Database {
+            return Err(Error::failed_precondition(format!(
+                "{path} is a {}, not a database",
+                record.kind.name()
+            )));
+        }
+        let read_only = self.node.access.right(caller, &path).await? < Some(Right::Write);
+        let session = if session.is_empty() {
+            None
+        } else {
+            Some(self.node.sessions.get(session, &caller.identity_id)?)
+        };
+        Ok(Target {
+            id: record.id.clone(),
+            read_only,
+            session,
+        })
+    }
+
+    async fn writable(&self, caller: &Caller, database: &str) -> Result<Target> {
+        let target = self.target(caller, database, "").await?;
+        if target.read_only {
+            return Err(Error::permission_denied(format!(
+                "changing procedures needs write on {database}"
+            )));
+        }
+        Ok(target)
+    }
+
+    async fn on_connection<T: Send + 'static>(
+        &self,
+        target: Target,
+        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let databases = self.node.sql.clone();
+        tokio::task::spawn_blocking(move || with_connection(&databases, &target, work)).await?
+    }
+}
+
+/// Runs `work` on the right connection: the session's transaction on the
+/// database, else a read-only connection for read-rights callers, else the
+/// database's writer. Blocks: call it on the blocking pool.
+fn with_connection<T>(
+    databases: &SqlDatabases,
+    target: &Target,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(session) = &target.session {
+        let mut held = session.work();
+        let conn = held.database(&target.id, !target.read_only, || {
+            databases.connect(&target.id)
+        })?;
+        let result = work(conn);
+        session.touch();
+        return result;
+    }
+    if target.read_only {
+        return work(&databases.connect_read_only(&target.id)?);
+    }
+    let writer = databases.writer(&target.id)?;
+    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+    work(&conn)
+}
+
 #[tonic::async_trait]
 impl Sql for SqlService {
     type ExecuteStream = Responses;
@@ -110,106 +278,92 @@ impl Sql for SqlService {
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let path = paths::normalize(&r.database)?;
-        let database = self
-            .node
-            .access
-            .require_resource(&caller, &path, Right::Read)
+        let target = self.target(&caller, &r.database, &r.session).await?;
+        let params = params(r.params, r.named)?;
+        let json = r.format == pb::ResultFormat::Json as i32;
+        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let databases = self.node.sql.clone();
+        let running = if target.session.is_some() {
+            tokio::task::spawn_blocking(move || {
+                with_connection(&databases, &target, |conn| {
+                    execute_on(conn, &r.sql, &params, target.read_only, &sink)
+                })
+            })
+        } else {
+            tokio::spawn(async move {
+                databases
+                    .execute(&target.id, r.sql, params, target.read_only, sink)
+                    .await
+            })
+        };
+        respond(running, batches, json).await
+    }
+
+    async fn create_procedure(
+        &self,
+        request: Request<pb::CreateProcedureRequest>,
+    ) -> Reply<pb::Procedure> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.writable(&caller, &r.database).await?;
+        let procedure = Procedure {
+            name: r.name,
+            params: r.params,
+            body: r.body,
+            created_ms: 0,
+        };
+        let made = self
+            .on_connection(target, move |conn| {
+                procedures::create(conn, &procedure, r.replace)
+            })
             .await?;
-        if database.kind != ResourceKind::Database {
-            return Err(Error::failed_precondition(format!(
-                "{path} is a {}, not a database",
-                database.kind.name()
-            ))
-            .into());
-        }
-        let read_only = self.node.access.right(&caller, &path).await? < Some(Right::Write);
-        let params = SqlParams {
-            positional: r.params.into_iter().map(param).collect::<Result<_>>()?,
-            named: r
-                .named
-                .into_iter()
-                .map(|(k, v)| Ok((k, param(v)?)))
-                .collect::<Result<_>>()?,
+        reply(procedure_pb(made))
+    }
+
+    async fn drop_procedure(
+        &self,
+        request: Request<pb::DropProcedureRequest>,
+    ) -> Reply<pb::DropProcedureResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.writable(&caller, &r.database).await?;
+        self.on_connection(target, move |conn| procedures::drop(conn, &r.name))
+            .await?;
+        reply(pb::DropProcedureResponse {})
+    }
+
+    async fn list_procedures(
+        &self,
+        request: Request<pb::ListProceduresRequest>,
+    ) -> Reply<pb::ListProceduresResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.target(&caller, &r.database, "").await?;
+        let list = self.on_connection(target, procedures::list).await?;
+        reply(pb::ListProceduresResponse {
+            procedures: list.into_iter().map(procedure_pb).collect(),
+        })
+    }
+
+    type RunProcedureStream = Responses;
+
+    async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.target(&caller, &r.database, &r.session).await?;
+        let given = params(r.args, r.kwargs)?;
+        let args = Arguments {
+            positional: given.positional,
+            named: given.named.into_iter().collect(),
         };
         let json = r.format == pb::ResultFormat::Json as i32;
-        let (sink, mut batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
         let databases = self.node.sql.clone();
-        let id = database.id.clone();
-        let mut running =
-            tokio::spawn(
-                async move { databases.execute(&id, r.sql, params, read_only, sink).await },
-            );
-
-        // Errors before the first row (syntax, parameters, rights) fail the call itself.
-        let first = batches.recv().await;
-        if first.is_none() {
-            let summary = running.await.map_err(Error::from)??;
-            return super::reply(Box::pin(futures::stream::iter([part(Part::Summary(
-                summary_pb(summary),
-            ))])));
-        }
-        let (out, responses) = mpsc::channel::<Result<pb::ExecuteResponse, Status>>(BATCH_QUEUE);
-        tokio::spawn(async move {
-            let mut writer: Option<arrow_ipc::writer::StreamWriter<Vec<u8>>> = None;
-            let mut next = first;
-            while let Some(batch) = next {
-                let pieces: Vec<Part> = if json {
-                    vec![Part::JsonRows(
-                        serde_json::Value::Array(json_rows(&batch)).to_string(),
-                    )]
-                } else {
-                    let writer = match &mut writer {
-                        Some(writer) => writer,
-                        None => match arrow_ipc::writer::StreamWriter::try_new(
-                            Vec::new(),
-                            &batch.schema(),
-                        ) {
-                            Ok(made) => writer.insert(made),
-                            Err(e) => {
-                                let _ = out
-                                    .send(Err(Error::internal(format!("Arrow IPC: {e}")).into()))
-                                    .await;
-                                return;
-                            }
-                        },
-                    };
-                    if let Err(e) = writer.write(&batch) {
-                        let _ = out
-                            .send(Err(Error::internal(format!("Arrow IPC: {e}")).into()))
-                            .await;
-                        return;
-                    }
-                    // Pieces are slices of one buffer: no copy per piece.
-                    let bytes = bytes::Bytes::from(std::mem::take(writer.get_mut()));
-                    (0..bytes.len())
-                        .step_by(MAX_PIECE)
-                        .map(|start| {
-                            Part::ArrowIpc(bytes.slice(start..bytes.len().min(start + MAX_PIECE)))
-                        })
-                        .collect()
-                };
-                for piece in pieces {
-                    if out.send(part(piece)).await.is_err() {
-                        return; // the caller went away; dropping `batches` stops the engine
-                    }
-                }
-                next = batches.recv().await;
-            }
-            if let Some(mut writer) = writer {
-                let _ = writer.finish();
-                let end = std::mem::take(writer.get_mut());
-                let _ = out.send(part(Part::ArrowIpc(end.into()))).await;
-            }
-            let last = match (&mut running).await {
-                Ok(Ok(summary)) => part(Part::Summary(summary_pb(summary))),
-                Ok(Err(error)) => Err(error.into()),
-                Err(error) => Err(Error::from(error).into()),
-            };
-            let _ = out.send(last).await;
+        let running = tokio::task::spawn_blocking(move || {
+            with_connection(&databases, &target, |conn| {
+                procedures::run(conn, &r.name, args, &sink)
+            })
         });
-        super::reply(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-            responses,
-        )))
+        respond(running, batches, json).await
     }
 }

@@ -3,12 +3,15 @@
 //! write is durable (fsynced) before the call returns, so a write acknowledged
 //! to a client survives `kill -9`.
 
+pub mod procedures;
 mod sql;
 mod sqlite;
+pub mod timeseries;
 
-pub use sql::{SqlDatabases, SqlParam, SqlParams, SqlSummary};
+pub use sql::{SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
 
 pub use sqlite::SqliteStore;
+pub use timeseries::TimeSeriesStore;
 
 use crate::error::Result;
 use async_trait::async_trait;

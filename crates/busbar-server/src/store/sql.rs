@@ -55,7 +55,7 @@ pub struct SqlDatabases {
     open: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
 }
 
-fn sql_error(error: rusqlite::Error) -> Error {
+pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
     match &error {
         rusqlite::Error::SqlInputError { msg, offset, .. } => {
             Error::invalid_argument(format!("SQL error at byte {offset}: {msg}"))
@@ -95,6 +95,20 @@ impl SqlDatabases {
         self.dir.join(format!("{id}.sqlite"))
     }
 
+    /// A new read-write connection to a database (sessions hold their own).
+    pub fn connect(&self, id: &str) -> Result<Connection> {
+        Self::open_writer(&self.file(id), false)
+    }
+
+    /// A new connection that cannot write, whatever it is asked.
+    pub fn connect_read_only(&self, id: &str) -> Result<Connection> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let reader = Connection::open_with_flags(self.file(id), flags)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.pragma_update(None, "query_only", true)?;
+        Ok(reader)
+    }
+
     fn open_writer(path: &Path, create: bool) -> Result<Connection> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
@@ -130,7 +144,8 @@ impl SqlDatabases {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn writer(&self, id: &str) -> Result<Arc<Mutex<Connection>>> {
+    /// The database's shared writer connection; writers take turns on it.
+    pub fn writer(&self, id: &str) -> Result<Arc<Mutex<Connection>>> {
         if let Some(conn) = self.lock().get(id) {
             return Ok(conn.clone());
         }
@@ -153,10 +168,7 @@ impl SqlDatabases {
         let databases = self.clone();
         let id = id.to_string();
         tokio::task::spawn_blocking(move || {
-            let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let reader = Connection::open_with_flags(databases.file(&id), flags)?;
-            reader.busy_timeout(std::time::Duration::from_secs(5))?;
-            reader.pragma_update(None, "query_only", true)?;
+            let reader = databases.connect_read_only(&id)?;
             // A statement that does not write runs on the read-only connection,
             // so streaming a large result to a slow client never holds the
             // writer; with read rights, nothing else may run at all.
@@ -173,6 +185,36 @@ impl SqlDatabases {
     }
 }
 
+/// Runs one statement on a connection the caller already holds (a session's
+/// transaction). With `read_only`, a statement that would write is refused
+/// by SQLite's own judgement of it, not by reading its text.
+pub fn execute_on(
+    conn: &Connection,
+    sql: &str,
+    params: &SqlParams,
+    read_only: bool,
+    sink: &mpsc::Sender<RecordBatch>,
+) -> Result<SqlSummary> {
+    if read_only && !conn.prepare(sql).map_err(sql_error)?.readonly() {
+        return Err(Error::permission_denied(
+            "with read rights only statements that do not write may run",
+        ));
+    }
+    run(conn, sql, params, sink)
+}
+
+pub(super) fn value(param: &SqlParam) -> rusqlite::types::Value {
+    use rusqlite::types::Value;
+    match param {
+        SqlParam::Null => Value::Null,
+        SqlParam::Integer(i) | SqlParam::TimestampMs(i) => Value::Integer(*i),
+        SqlParam::Real(r) => Value::Real(*r),
+        SqlParam::Text(t) => Value::Text(t.clone()),
+        SqlParam::Blob(b) => Value::Blob(b.clone()),
+        SqlParam::Boolean(b) => Value::Integer(*b as i64),
+    }
+}
+
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &SqlParams) -> Result<()> {
     let wanted = stmt.parameter_count();
     if !params.positional.is_empty() && !params.named.is_empty() {
@@ -180,17 +222,6 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &SqlParams) -> Result<()> {
             "pass parameters by position or by name, not both",
         ));
     }
-    let value = |param: &SqlParam| -> rusqlite::types::Value {
-        use rusqlite::types::Value;
-        match param {
-            SqlParam::Null => Value::Null,
-            SqlParam::Integer(i) | SqlParam::TimestampMs(i) => Value::Integer(*i),
-            SqlParam::Real(r) => Value::Real(*r),
-            SqlParam::Text(t) => Value::Text(t.clone()),
-            SqlParam::Blob(b) => Value::Blob(b.clone()),
-            SqlParam::Boolean(b) => Value::Integer(*b as i64),
-        }
-    };
     if !params.named.is_empty() {
         let mut bound = vec![false; wanted + 1];
         for (name, param) in &params.named {
@@ -343,6 +374,15 @@ fn run(
 ) -> Result<SqlSummary> {
     let mut stmt = conn.prepare(sql).map_err(sql_error)?;
     bind(&mut stmt, params)?;
+    stream_rows(conn, stmt, sink)
+}
+
+/// Steps a bound statement, sending its rows as record batches.
+pub(super) fn stream_rows(
+    conn: &Connection,
+    mut stmt: rusqlite::Statement<'_>,
+    sink: &mpsc::Sender<RecordBatch>,
+) -> Result<SqlSummary> {
     let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
     let declared: Vec<String> = stmt
         .columns()

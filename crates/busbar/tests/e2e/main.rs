@@ -8,5 +8,7 @@ mod lifecycle;
 mod resources;
 mod robustness;
 mod rooms;
+mod sessions;
 mod sql;
+mod timeseries;
 mod wires;

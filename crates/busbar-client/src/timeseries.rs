@@ -1,0 +1,351 @@
+//! Time series: points as Arrow record batches of
+//! `utc_time: timestamp[ms, UTC], flags: uint32, value: float64`, read and
+//! written in streamed chunks of any total size.
+
+use crate::api::Resource;
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use busbar_proto::v1::{
+    self as pb, read_series_response::Part as ReadPart, time_series_client::TimeSeriesClient,
+    write_series_request::Part as WritePart,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::sync::{Arc, LazyLock};
+
+pub use pb::{Curve, Resolution, SeriesInfo, WriteSeriesResponse};
+
+/// Point flags: bits of the `flags` column. A point with no bits set is OK.
+pub mod flags {
+    pub const OK: u32 = 0;
+    /// No value was measured; the value is meaningless (NaN by convention).
+    pub const MISSING: u32 = 1;
+    /// A value exists but is doubtful.
+    pub const SUSPECT: u32 = 2;
+    /// A value exists and is known to be wrong.
+    pub const NOT_OK: u32 = 4;
+}
+
+/// The schema of every table of points.
+pub static POINTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new(
+            "utc_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("flags", DataType::UInt32, false),
+        Field::new("value", DataType::Float64, false),
+    ]))
+});
+
+/// A record batch of points from three columns of equal length.
+pub fn points(times_ms: Vec<i64>, flags: Vec<u32>, values: Vec<f64>) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from(times_ms).with_timezone("UTC")),
+        Arc::new(UInt32Array::from(flags)),
+        Arc::new(Float64Array::from(values)),
+    ];
+    RecordBatch::try_new(POINTS_SCHEMA.clone(), columns)
+        .map_err(|e| Error::invalid_argument(format!("bad points: {e}")))
+}
+
+/// A series' definition: how far apart points are, their unit, how values
+/// between points are read, and the time zone its calendar follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSpec {
+    pub resolution: Resolution,
+    pub unit: String,
+    pub curve: Curve,
+    /// IANA zone, e.g. "Europe/Oslo"; `None` is UTC.
+    pub time_zone: Option<String>,
+}
+
+impl SeriesSpec {
+    pub fn new(resolution: Resolution) -> SeriesSpec {
+        SeriesSpec {
+            resolution,
+            unit: String::new(),
+            curve: Curve::Staircase,
+            time_zone: None,
+        }
+    }
+
+    pub fn unit(mut self, unit: impl Into<String>) -> SeriesSpec {
+        self.unit = unit.into();
+        self
+    }
+
+    pub fn curve(mut self, curve: Curve) -> SeriesSpec {
+        self.curve = curve;
+        self
+    }
+
+    pub fn time_zone(mut self, zone: impl Into<String>) -> SeriesSpec {
+        self.time_zone = Some(zone.into());
+        self
+    }
+
+    fn to_proto(&self) -> pb::SeriesSpec {
+        pb::SeriesSpec {
+            resolution: self.resolution as i32,
+            unit: self.unit.clone(),
+            curve: self.curve as i32,
+            time_zone: self.time_zone.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// A half-open interval `[start, end)` in epoch milliseconds UTC; an open
+/// end reaches the first or last point.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Interval {
+    pub start_ms: Option<i64>,
+    pub end_ms: Option<i64>,
+}
+
+impl Interval {
+    /// Every point.
+    pub fn all() -> Interval {
+        Interval::default()
+    }
+
+    pub fn new(start_ms: i64, end_ms: i64) -> Interval {
+        Interval {
+            start_ms: Some(start_ms),
+            end_ms: Some(end_ms),
+        }
+    }
+}
+
+impl From<std::ops::Range<i64>> for Interval {
+    fn from(range: std::ops::Range<i64>) -> Interval {
+        Interval::new(range.start, range.end)
+    }
+}
+
+/// One series read back: its definition and extent, and its points.
+#[derive(Debug, Clone)]
+pub struct SeriesData {
+    pub info: SeriesInfo,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl SeriesData {
+    pub fn num_points(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// What a streamed read yields: each series' header, then its points.
+#[derive(Debug, Clone)]
+pub enum SeriesChunk {
+    Start(SeriesInfo),
+    Points(RecordBatch),
+}
+
+fn protocol(message: &str) -> Error {
+    Error::new(
+        ErrorCode::Internal,
+        format!("unexpected time-series response: {message}"),
+    )
+}
+
+impl Client {
+    fn timeseries_client(&self) -> TimeSeriesClient<crate::client::Intercepted> {
+        TimeSeriesClient::with_interceptor(self.inner.channel(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    /// Creates a time series (missing parent folders too, with `parents`).
+    pub async fn create_series(
+        &self,
+        path: &str,
+        spec: &SeriesSpec,
+        parents: bool,
+    ) -> Result<Resource> {
+        self.create_resource(pb::CreateResourceRequest {
+            path: path.into(),
+            kind: pb::ResourceKind::Timeseries as i32,
+            parents,
+            series: Some(spec.to_proto()),
+        })
+        .await
+    }
+
+    /// A series' definition and extent.
+    pub async fn describe_series(&self, path: &str) -> Result<SeriesInfo> {
+        let request = pb::DescribeSeriesRequest {
+            path: path.into(),
+            session: self.session_id(),
+        };
+        Ok(self
+            .timeseries_client()
+            .describe(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Streams the points in `interval` of each series in `paths`, in order:
+    /// a [`SeriesChunk::Start`] per series, then its points batch by batch.
+    pub async fn read_series_stream(
+        &self,
+        paths: &[&str],
+        interval: impl Into<Interval>,
+    ) -> Result<crate::BoxStream<SeriesChunk>> {
+        let interval = interval.into();
+        let request = pb::ReadSeriesRequest {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            start_ms: interval.start_ms,
+            end_ms: interval.end_ms,
+            session: self.session_id(),
+        };
+        let responses = self.timeseries_client().read(request).await?.into_inner();
+        let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
+        let state = (
+            responses,
+            arrow_ipc::reader::StreamDecoder::new(),
+            std::collections::VecDeque::new(),
+        );
+        Ok(Box::pin(futures::stream::try_unfold(
+            state,
+            move |(mut responses, mut decoder, mut ready)| async move {
+                loop {
+                    if let Some(chunk) = ready.pop_front() {
+                        return Ok(Some((chunk, (responses, decoder, ready))));
+                    }
+                    match responses.message().await? {
+                        None => return Ok(None),
+                        Some(pb::ReadSeriesResponse {
+                            part: Some(ReadPart::Series(info)),
+                        }) => {
+                            decoder = arrow_ipc::reader::StreamDecoder::new();
+                            ready.push_back(SeriesChunk::Start(info));
+                        }
+                        Some(pb::ReadSeriesResponse {
+                            part: Some(ReadPart::ArrowIpc(bytes)),
+                        }) => {
+                            let mut buffer = arrow_buffer::Buffer::from(bytes);
+                            while !buffer.is_empty() {
+                                if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
+                                    ready.push_back(SeriesChunk::Points(batch));
+                                }
+                            }
+                        }
+                        Some(_) => return Err(protocol("an empty message")),
+                    }
+                }
+            },
+        )))
+    }
+
+    /// Reads the points in `interval` of several series, in request order.
+    pub async fn read_many_series(
+        &self,
+        paths: &[&str],
+        interval: impl Into<Interval>,
+    ) -> Result<Vec<SeriesData>> {
+        let mut chunks = self.read_series_stream(paths, interval).await?;
+        let mut out: Vec<SeriesData> = Vec::with_capacity(paths.len());
+        while let Some(chunk) = chunks.next().await {
+            match chunk? {
+                SeriesChunk::Start(info) => out.push(SeriesData {
+                    info,
+                    batches: Vec::new(),
+                }),
+                SeriesChunk::Points(batch) => out
+                    .last_mut()
+                    .ok_or_else(|| protocol("points before a series header"))?
+                    .batches
+                    .push(batch),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the points in `interval` of one series.
+    pub async fn read_series(
+        &self,
+        path: &str,
+        interval: impl Into<Interval>,
+    ) -> Result<SeriesData> {
+        self.read_many_series(&[path], interval)
+            .await?
+            .pop()
+            .ok_or_else(|| protocol("no series came back"))
+    }
+
+    /// Replaces `interval` of a series with the points of `batches` (a
+    /// stream, so tables of any size go out chunk by chunk). An open start or
+    /// end is the table's first timestamp or one millisecond past its last.
+    pub async fn write_series_stream<S>(
+        &self,
+        path: &str,
+        interval: impl Into<Interval>,
+        batches: S,
+    ) -> Result<WriteSeriesResponse>
+    where
+        S: Stream<Item = RecordBatch> + Send + 'static,
+    {
+        let interval = interval.into();
+        let header = pb::WriteSeriesRequest {
+            part: Some(WritePart::Header(pb::WriteSeriesHeader {
+                path: path.into(),
+                start_ms: interval.start_ms,
+                end_ms: interval.end_ms,
+                session: self.session_id(),
+            })),
+        };
+        let piece = |bytes: Bytes| pb::WriteSeriesRequest {
+            part: Some(WritePart::ArrowIpc(bytes)),
+        };
+        // Encoding errors end the stream early; the server then reports the
+        // stream as malformed and writes nothing.
+        let body = batches
+            .scan(
+                None::<arrow_ipc::writer::StreamWriter<Vec<u8>>>,
+                |writer, batch| {
+                    let encoded = (|| {
+                        if writer.is_none() {
+                            *writer = Some(arrow_ipc::writer::StreamWriter::try_new(
+                                Vec::new(),
+                                &batch.schema(),
+                            )?);
+                        }
+                        let writer = writer.as_mut().expect("set above");
+                        writer.write(&batch)?;
+                        Ok::<_, arrow_schema::ArrowError>(Bytes::from(std::mem::take(
+                            writer.get_mut(),
+                        )))
+                    })();
+                    futures::future::ready(encoded.ok())
+                },
+            )
+            .flat_map(|bytes| futures::stream::iter(split(bytes)))
+            .map(piece);
+        let messages = futures::stream::once(async { header }).chain(body);
+        Ok(self.timeseries_client().write(messages).await?.into_inner())
+    }
+
+    /// Replaces `interval` of a series with the points of `batches`.
+    pub async fn write_series(
+        &self,
+        path: &str,
+        interval: impl Into<Interval>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<WriteSeriesResponse> {
+        self.write_series_stream(path, interval, futures::stream::iter(batches))
+            .await
+    }
+}
+
+/// Pieces of at most 1 MiB, slices of one buffer.
+fn split(bytes: Bytes) -> Vec<Bytes> {
+    const PIECE: usize = 1 << 20;
+    (0..bytes.len())
+        .step_by(PIECE)
+        .map(|start| bytes.slice(start..bytes.len().min(start + PIECE)))
+        .collect()
+}

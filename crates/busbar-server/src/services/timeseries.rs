@@ -1,0 +1,350 @@
+//! `busbar.v1.TimeSeries`: points of TIMESERIES resources as Arrow IPC streams.
+
+use super::ipc::{IpcPieces, Piece, PieceReader, read_batches};
+use super::{Reply, reply};
+use crate::access::Caller;
+use crate::error::{Error, Result};
+use crate::node::{Node, caller};
+use crate::paths;
+use crate::sessions::DataSession;
+use crate::store::timeseries::{
+    self, Curve, POINTS_SCHEMA, Resolution, SeriesSpec, SeriesWrite, WriteSummary,
+};
+use crate::store::{ResourceKind, ResourceRecord, Right};
+use arrow_array::RecordBatch;
+use busbar_proto::v1::{
+    self as pb, read_series_response::Part as ReadPart, time_series_server::TimeSeries,
+    write_series_request::Part as WritePart,
+};
+use futures::{Stream, StreamExt};
+use rusqlite::Connection;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Status, Streaming};
+
+pub struct TimeSeriesService {
+    pub node: Arc<Node>,
+}
+
+/// Batches and pieces queued between storage and the network, each way.
+const QUEUE: usize = 4;
+
+pub fn spec_from_pb(spec: Option<pb::SeriesSpec>) -> Result<SeriesSpec> {
+    let spec = spec.ok_or_else(|| {
+        Error::invalid_argument("a time series needs a definition: at least its resolution")
+    })?;
+    let resolution = Resolution::from_i32(spec.resolution).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "bad resolution {}: use BREAKPOINT, MIN1, MIN5, MIN10, MIN15, MIN30, HOUR, DAY, WEEK, MONTH or YEAR",
+            spec.resolution
+        ))
+    })?;
+    let curve = match spec.curve {
+        0 | 1 => Curve::Staircase,
+        2 => Curve::PiecewiseLinear,
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "bad curve {other}: use STAIRCASE or PIECEWISE_LINEAR"
+            )));
+        }
+    };
+    let spec = SeriesSpec {
+        resolution,
+        unit: spec.unit,
+        curve,
+        time_zone: (!spec.time_zone.is_empty()).then_some(spec.time_zone),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn spec_pb(spec: &SeriesSpec) -> pb::SeriesSpec {
+    pb::SeriesSpec {
+        resolution: spec.resolution as i32,
+        unit: spec.unit.clone(),
+        curve: spec.curve as i32,
+        time_zone: spec.time_zone.clone().unwrap_or_default(),
+    }
+}
+
+impl TimeSeriesService {
+    /// The series at `path`, if the caller has `right` on it.
+    async fn series(&self, caller: &Caller, path: &str, right: Right) -> Result<ResourceRecord> {
+        let path = paths::normalize(path)?;
+        let record = self
+            .node
+            .access
+            .require_resource(caller, &path, right)
+            .await?;
+        if record.kind != ResourceKind::Timeseries {
+            return Err(Error::failed_precondition(format!(
+                "{path} is a {}, not a time series",
+                record.kind.name()
+            )));
+        }
+        Ok(Arc::unwrap_or_clone(record))
+    }
+
+    fn session(&self, caller: &Caller, id: &str) -> Result<Option<Arc<DataSession>>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        self.node.sessions.get(id, &caller.identity_id).map(Some)
+    }
+}
+
+/// Runs `work` on a connection that sees the session's changes when there is
+/// a session holding this series, or on a fresh reader otherwise.
+fn with_reader<T>(
+    node: &Node,
+    session: Option<&DataSession>,
+    id: &str,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(session) = session {
+        let held = session.work();
+        if let Some(conn) = held.series_if_open(id) {
+            return work(conn);
+        }
+    }
+    work(&node.timeseries.open_reader(id)?)
+}
+
+fn info(
+    node: &Node,
+    session: Option<&DataSession>,
+    record: &ResourceRecord,
+) -> Result<pb::SeriesInfo> {
+    let spec = node.timeseries.spec(&record.id)?;
+    let extent = with_reader(node, session, &record.id, timeseries::extent)?;
+    Ok(pb::SeriesInfo {
+        path: record.path.clone(),
+        spec: Some(spec_pb(&spec)),
+        points: extent.points,
+        first_ms: extent.first_ms,
+        last_ms: extent.last_ms,
+    })
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadSeriesResponse, Status>> + Send>>;
+
+fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
+    Ok(pb::ReadSeriesResponse { part: Some(part) })
+}
+
+/// Streams the points of one series as one Arrow IPC stream; `false` when
+/// the caller went away.
+async fn send_points(
+    node: &Arc<Node>,
+    session: Option<Arc<DataSession>>,
+    id: String,
+    range: (Option<i64>, Option<i64>),
+    out: &mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>,
+) -> Result<bool> {
+    let (sink, mut batches) = mpsc::channel::<RecordBatch>(QUEUE);
+    let node = node.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        with_reader(&node, session.as_deref(), &id, |conn| {
+            timeseries::read(conn, range.0, range.1, &mut |batch| {
+                sink.blocking_send(batch)
+                    .map_err(|_| Error::cancelled("the caller went away"))
+            })
+        })
+    });
+    let mut pieces = IpcPieces::default();
+    while let Some(batch) = batches.recv().await {
+        for piece in pieces.batch(&batch)? {
+            if out
+                .send(read_part(ReadPart::ArrowIpc(piece)))
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
+        }
+    }
+    reading.await??;
+    for piece in pieces.finish(&POINTS_SCHEMA)? {
+        if out
+            .send(read_part(ReadPart::ArrowIpc(piece)))
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[tonic::async_trait]
+impl TimeSeries for TimeSeriesService {
+    async fn describe(&self, request: Request<pb::DescribeSeriesRequest>) -> Reply<pb::SeriesInfo> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let record = self.series(&caller, &r.path, Right::Read).await?;
+        let session = self.session(&caller, &r.session)?;
+        let node = self.node.clone();
+        let info = tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
+            .await
+            .map_err(Error::from)??;
+        reply(info)
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<pb::ReadSeriesRequest>) -> Reply<ReadStream> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if r.paths.is_empty() {
+            return Err(Error::invalid_argument("name at least one series to read").into());
+        }
+        // Every series is checked before anything streams.
+        let mut records = Vec::with_capacity(r.paths.len());
+        for path in &r.paths {
+            records.push(self.series(&caller, path, Right::Read).await?);
+        }
+        let session = self.session(&caller, &r.session)?;
+        let range = (r.start_ms, r.end_ms);
+        let node = self.node.clone();
+        let (out, responses) = mpsc::channel(QUEUE);
+        tokio::spawn(async move {
+            for record in records {
+                let header = {
+                    let node = node.clone();
+                    let session = session.clone();
+                    let record = record.clone();
+                    tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
+                        .await
+                        .map_err(Error::from)
+                        .and_then(|header| header)
+                };
+                let header = match header {
+                    Ok(header) => header,
+                    Err(error) => {
+                        let _ = out.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                if out.send(read_part(ReadPart::Series(header))).await.is_err() {
+                    return;
+                }
+                match send_points(&node, session.clone(), record.id, range, &out).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        let _ = out.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+            }
+            if let Some(session) = &session {
+                session.touch();
+            }
+        });
+        reply(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            responses,
+        )))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<pb::WriteSeriesRequest>>,
+    ) -> Reply<pb::WriteSeriesResponse> {
+        let caller = caller(&request)?;
+        let mut inbound = request.into_inner();
+        let header = match inbound.next().await {
+            Some(Ok(pb::WriteSeriesRequest {
+                part: Some(WritePart::Header(header)),
+            })) => header,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(Error::invalid_argument(
+                    "a write starts with its header (path and interval), then the Arrow IPC stream",
+                )
+                .into());
+            }
+        };
+        let record = self.series(&caller, &header.path, Right::Write).await?;
+        let session = self.session(&caller, &header.session)?;
+        let (pieces, reader) = mpsc::channel::<Piece>(QUEUE);
+        let node = self.node.clone();
+        let range = (header.start_ms, header.end_ms);
+        let writing = tokio::task::spawn_blocking(move || {
+            write_points(
+                &node,
+                session.as_deref(),
+                &record.id,
+                range,
+                PieceReader::new(reader),
+            )
+        });
+        while let Some(message) = inbound.next().await {
+            let piece = match message {
+                Ok(pb::WriteSeriesRequest {
+                    part: Some(WritePart::ArrowIpc(bytes)),
+                }) => Ok(bytes),
+                Ok(_) => Err(Error::invalid_argument(
+                    "the header comes once, first; the messages after it carry arrow_ipc",
+                )),
+                Err(status) => Err(Error::cancelled(format!(
+                    "the write stream broke off: {}",
+                    status.message()
+                ))),
+            };
+            let failed = piece.is_err();
+            // The writer stops reading once it has failed; its error wins.
+            if pieces.send(piece).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(pieces);
+        let summary = writing.await.map_err(Error::from)??;
+        reply(pb::WriteSeriesResponse {
+            points_written: summary.written,
+            points_deleted: summary.deleted,
+            start_ms: summary.start_ms,
+            end_ms: summary.end_ms,
+        })
+    }
+}
+
+/// Replaces an interval of a series with the points read from `reader`, in a
+/// transaction of its own or inside a session (under a savepoint, so a
+/// rejected write leaves the session's earlier work alone).
+fn write_points(
+    node: &Node,
+    session: Option<&DataSession>,
+    id: &str,
+    range: (Option<i64>, Option<i64>),
+    reader: PieceReader,
+) -> Result<WriteSummary> {
+    let spec = node.timeseries.spec(id)?;
+    let write = |conn: &Connection| -> Result<WriteSummary> {
+        let mut write = SeriesWrite::new(conn, &spec, range.0, range.1)?;
+        read_batches(reader, &mut |batch| write.push(batch))?;
+        write.finish()
+    };
+    match session {
+        Some(session) => {
+            let mut work = session.work();
+            let conn = work.series(id, true, || node.timeseries.open_writer(id))?;
+            conn.execute_batch("SAVEPOINT series_write")?;
+            let result = write(conn);
+            if result.is_err() {
+                conn.execute_batch("ROLLBACK TO series_write")?;
+            }
+            conn.execute_batch("RELEASE series_write")?;
+            session.touch();
+            result
+        }
+        None => {
+            let writer = node.timeseries.writer(id)?;
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let summary = write(&tx)?;
+            tx.commit()?;
+            Ok(summary)
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Data sessions: server-side workspaces. A session holds one open SQLite
+//! transaction per database or series it touched, so its own calls read its
+//! uncommitted changes and nobody else sees them until commit. Sessions that
+//! sit idle longer than the node's idle timeout are rolled back by a sweeper.
+//!
+//! A session that touched a database or series holds that file's writer lock
+//! until it ends: other writers wait up to SQLite's busy timeout (5 s) and
+//! then get CONFLICT, while readers go on reading the last committed state.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::now_ms;
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The open transactions of one session.
+#[derive(Default)]
+pub struct Work {
+    databases: HashMap<String, Connection>,
+    series: HashMap<String, Connection>,
+}
+
+impl Work {
+    fn begin<'w>(
+        map: &'w mut HashMap<String, Connection>,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&'w Connection> {
+        if !map.contains_key(id) {
+            let conn = open()?;
+            // IMMEDIATE takes the writer lock now, so a later write in the
+            // session can never fail on a snapshot another writer moved on.
+            conn.execute_batch(if write {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN DEFERRED"
+            })?;
+            map.insert(id.to_string(), conn);
+        }
+        Ok(&map[id])
+    }
+
+    /// The session's transaction on a database, begun on first use.
+    pub fn database(
+        &mut self,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&Connection> {
+        Self::begin(&mut self.databases, id, write, open)
+    }
+
+    /// The session's transaction on a series, begun on first use.
+    pub fn series(
+        &mut self,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&Connection> {
+        Self::begin(&mut self.series, id, write, open)
+    }
+
+    /// The session's transaction on a series if it has one.
+    pub fn series_if_open(&self, id: &str) -> Option<&Connection> {
+        self.series.get(id)
+    }
+
+    /// Commits every transaction, databases first. Each file commits
+    /// atomically; should one commit fail, the ones after it roll back.
+    fn commit(&mut self) -> Result<(u32, u32)> {
+        let counts = (self.databases.len() as u32, self.series.len() as u32);
+        let mut failed: Option<Error> = None;
+        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
+            if failed.is_some() {
+                continue; // dropping the connection rolls its transaction back
+            }
+            if let Err(error) = conn.execute_batch("COMMIT") {
+                failed = Some(Error::from(error));
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(counts),
+        }
+    }
+
+    fn rollback(&mut self) -> (u32, u32) {
+        let counts = (self.databases.len() as u32, self.series.len() as u32);
+        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        counts
+    }
+}
+
+pub struct DataSession {
+    pub id: String,
+    owner: Arc<str>,
+    last_used_ms: AtomicI64,
+    work: Mutex<Work>,
+}
+
+impl DataSession {
+    /// The session's transactions; calls in one session take turns.
+    pub fn work(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The open sessions of a node.
+pub struct DataSessions {
+    open: Mutex<HashMap<String, Arc<DataSession>>>,
+    pub idle: Duration,
+    max: usize,
+}
+
+impl DataSessions {
+    pub fn new(idle: Duration, max: usize) -> DataSessions {
+        DataSessions {
+            open: Mutex::new(HashMap::new()),
+            idle,
+            max,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<DataSession>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn open(&self, owner: &Arc<str>) -> Result<Arc<DataSession>> {
+        let mut open = self.lock();
+        if open.len() >= self.max {
+            return Err(Error {
+                code: ErrorCode::ResourceExhausted,
+                message: format!(
+                    "this node has {} open sessions, its limit (max_data_sessions); commit or roll back some",
+                    self.max
+                ),
+            });
+        }
+        let session = Arc::new(DataSession {
+            id: format!("ses_{}", uuid::Uuid::new_v4().simple()),
+            owner: owner.clone(),
+            last_used_ms: AtomicI64::new(now_ms()),
+            work: Mutex::new(Work::default()),
+        });
+        open.insert(session.id.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// An open session of `owner`, marked as used now.
+    pub fn get(&self, id: &str, owner: &str) -> Result<Arc<DataSession>> {
+        let session = self.lock().get(id).cloned().ok_or_else(|| {
+            Error::not_found(format!(
+                "no open session {id:?}: it was committed, rolled back, or expired after {} s idle",
+                self.idle.as_secs()
+            ))
+        })?;
+        if &*session.owner != owner {
+            return Err(Error::permission_denied(format!(
+                "session {id:?} belongs to another identity"
+            )));
+        }
+        session.touch();
+        Ok(session)
+    }
+
+    /// When an unused session expires, epoch ms.
+    pub fn expires_ms(&self, session: &DataSession) -> i64 {
+        session.last_used_ms.load(Ordering::Relaxed) + self.idle.as_millis() as i64
+    }
+
+    /// Ends a session: commits it, or rolls it back. Returns how many
+    /// databases and series it held.
+    pub fn end(&self, id: &str, owner: &str, commit: bool) -> Result<(u32, u32)> {
+        let session = self.get(id, owner)?;
+        self.lock().remove(id);
+        let mut work = session.work();
+        if commit {
+            work.commit()
+        } else {
+            Ok(work.rollback())
+        }
+    }
+
+    /// Rolls back sessions idle past the timeout; returns how many.
+    pub fn expire(&self) -> usize {
+        let now = now_ms();
+        let expired: Vec<Arc<DataSession>> = {
+            let mut open = self.lock();
+            let ids: Vec<String> = open
+                .values()
+                .filter(|s| self.expires_ms(s) <= now)
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for session in &expired {
+            session.work().rollback();
+        }
+        expired.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,542 @@
+//! Time series: interval-replace writes, every rejection, time zones and
+//! grids, many series in one read, a 10-million-point round trip, the CLI
+//! with its file formats, and durability across kill -9.
+
+use crate::harness::{Node, assert_error};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt32Type};
+use arrow_array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
+};
+use arrow_schema::{DataType, Field, Schema};
+use busbar_client::{
+    Client, ErrorCode, Interval, Resolution, SeriesData, SeriesSpec, flags, points,
+};
+use std::sync::Arc;
+
+const HOUR: i64 = 3_600_000;
+/// 2026-01-01T00:00:00Z
+const T0: i64 = 1_767_225_600_000;
+
+fn times(data: &SeriesData) -> Vec<i64> {
+    data.batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<TimestampMillisecondType>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+fn values(data: &SeriesData) -> Vec<f64> {
+    data.batches
+        .iter()
+        .flat_map(|b| b.column(2).as_primitive::<Float64Type>().values().to_vec())
+        .collect()
+}
+
+fn hourly(from_hour: i64, count: i64, value: f64) -> RecordBatch {
+    let times: Vec<i64> = (from_hour..from_hour + count)
+        .map(|h| T0 + h * HOUR)
+        .collect();
+    let n = times.len();
+    points(times, vec![flags::OK; n], vec![value; n]).unwrap()
+}
+
+async fn series(client: &Client, path: &str, spec: SeriesSpec) {
+    client.create_series(path, &spec, true).await.unwrap();
+}
+
+#[tokio::test]
+async fn writes_replace_their_interval_and_reads_are_half_open() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/power";
+    series(&admin, path, SeriesSpec::new(Resolution::Hour).unit("MW")).await;
+
+    let written = admin
+        .write_series(path, Interval::all(), vec![hourly(0, 24, 1.0)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (written.points_written, written.start_ms, written.end_ms),
+        (24, T0, T0 + 23 * HOUR + 1)
+    );
+
+    // Replace [06:00, 12:00) with two points: the other four hours there go.
+    let two = points(
+        vec![T0 + 7 * HOUR, T0 + 9 * HOUR],
+        vec![flags::OK, flags::SUSPECT],
+        vec![7.0, 9.0],
+    )
+    .unwrap();
+    let replaced = admin
+        .write_series(path, T0 + 6 * HOUR..T0 + 12 * HOUR, vec![two])
+        .await
+        .unwrap();
+    assert_eq!((replaced.points_written, replaced.points_deleted), (2, 6));
+    let all = admin.read_series(path, Interval::all()).await.unwrap();
+    let expected: Vec<i64> = (0..24)
+        .filter(|h| !(6..12).contains(h) || *h == 7 || *h == 9)
+        .map(|h| T0 + h * HOUR)
+        .collect();
+    assert_eq!(times(&all), expected);
+    assert_eq!(all.info.points, 20);
+    assert_eq!(all.info.spec.as_ref().unwrap().unit, "MW");
+
+    // Half-open: [01:00, 03:00) is two points; the end is excluded.
+    let window = admin
+        .read_series(path, T0 + HOUR..T0 + 3 * HOUR)
+        .await
+        .unwrap();
+    assert_eq!(times(&window), vec![T0 + HOUR, T0 + 2 * HOUR]);
+
+    // An empty table with an interval deletes that interval.
+    let empty = points(vec![], vec![], vec![]).unwrap();
+    let deleted = admin
+        .write_series(path, T0..T0 + 3 * HOUR, vec![empty.clone()])
+        .await
+        .unwrap();
+    assert_eq!((deleted.points_written, deleted.points_deleted), (0, 3));
+    assert_eq!(
+        admin
+            .read_series(path, T0..T0 + 3 * HOUR)
+            .await
+            .unwrap()
+            .num_points(),
+        0
+    );
+    // Without an interval, an empty table is an error, not a silent no-op.
+    assert_error(
+        admin.write_series(path, Interval::all(), vec![empty]).await,
+        ErrorCode::InvalidArgument,
+        "start and end",
+    );
+
+    // Several series in one call come back in request order.
+    let other = "/home/admin/price";
+    series(
+        &admin,
+        other,
+        SeriesSpec::new(Resolution::Hour).unit("EUR/MWh"),
+    )
+    .await;
+    admin
+        .write_series(other, Interval::all(), vec![hourly(0, 3, 50.0)])
+        .await
+        .unwrap();
+    let both = admin
+        .read_many_series(&[other, path, other], Interval::all())
+        .await
+        .unwrap();
+    let order: Vec<(&str, usize)> = both
+        .iter()
+        .map(|d| (d.info.path.as_str(), d.num_points()))
+        .collect();
+    assert_eq!(order, vec![(other, 3), (path, 17), (other, 3)]);
+    assert_eq!(values(&both[0]), vec![50.0; 3]);
+}
+
+#[tokio::test]
+async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothing() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/load";
+    series(&admin, path, SeriesSpec::new(Resolution::Min15)).await;
+    let q = 15 * 60_000;
+    let good = points(
+        (0..8).map(|i| T0 + i * q).collect(),
+        vec![0; 8],
+        vec![1.0; 8],
+    )
+    .unwrap();
+    admin
+        .write_series(path, Interval::all(), vec![good])
+        .await
+        .unwrap();
+    let before = admin.read_series(path, Interval::all()).await.unwrap();
+
+    let try_write = |times: Vec<i64>, interval: Interval| {
+        let n = times.len();
+        let batch = points(times, vec![0; n], vec![2.0; n]).unwrap();
+        let admin = admin.clone();
+        async move { admin.write_series(path, interval, vec![batch]).await }
+    };
+    assert_error(
+        try_write(vec![T0, T0 + 2 * q, T0 + q], Interval::all()).await,
+        ErrorCode::InvalidArgument,
+        "row 3",
+    );
+    assert_error(
+        try_write(vec![T0, T0 + 2 * q, T0 + q], Interval::all()).await,
+        ErrorCode::InvalidArgument,
+        "sorted",
+    );
+    assert_error(
+        try_write(vec![T0, T0 + q, T0 + q], Interval::all()).await,
+        ErrorCode::InvalidArgument,
+        "row 3: 2026-01-01T00:15:00Z repeats",
+    );
+    assert_error(
+        try_write(vec![T0, T0 + 7 * 60_000], Interval::all()).await,
+        ErrorCode::InvalidArgument,
+        "row 2: 2026-01-01T00:07:00Z is not on the series' 15-minute grid",
+    );
+    assert_error(
+        try_write(vec![T0, T0 + 4 * q], Interval::new(T0, T0 + 4 * q)).await,
+        ErrorCode::InvalidArgument,
+        "row 2",
+    );
+    assert_error(
+        try_write(vec![T0 - q], Interval::new(T0, T0 + q)).await,
+        ErrorCode::InvalidArgument,
+        "before the interval's start",
+    );
+    assert_error(
+        try_write(vec![T0], Interval::new(T0 + q, T0)).await,
+        ErrorCode::InvalidArgument,
+        "empty",
+    );
+
+    // Wrong schemas: a missing column, a wrong type, nulls.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("utc_time", DataType::Int64, false),
+        Field::new("flags", DataType::UInt32, false),
+        Field::new("value", DataType::Float64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![T0])),
+        Arc::new(UInt32Array::from(vec![0])),
+        Arc::new(Float64Array::from(vec![1.0])),
+    ];
+    let int_times = RecordBatch::try_new(schema, columns).unwrap();
+    assert_error(
+        admin
+            .write_series(path, Interval::all(), vec![int_times])
+            .await,
+        ErrorCode::InvalidArgument,
+        "utc_time is Int64; it must be a timestamp",
+    );
+    let two_columns = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(TimestampNanosecondArray::from(vec![T0 * 1_000_000])) as ArrayRef,
+        ),
+        ("value", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
+    ])
+    .unwrap();
+    assert_error(
+        admin
+            .write_series(path, Interval::all(), vec![two_columns])
+            .await,
+        ErrorCode::InvalidArgument,
+        "three",
+    );
+    let with_null = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(TimestampNanosecondArray::from(vec![
+                T0 * 1_000_000,
+                (T0 + q) * 1_000_000,
+            ])) as ArrayRef,
+        ),
+        ("flags", Arc::new(UInt32Array::from(vec![0, 0])) as ArrayRef),
+        (
+            "value",
+            Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    assert_error(
+        admin
+            .write_series(path, Interval::all(), vec![with_null])
+            .await,
+        ErrorCode::InvalidArgument,
+        "row 2: value is null",
+    );
+    // A bad row in a later batch of a multi-batch write still writes nothing.
+    let later = points(vec![T0 + 10 * q, T0 + 9 * q], vec![0, 0], vec![3.0, 3.0]).unwrap();
+    assert_error(
+        admin
+            .write_series(path, Interval::all(), vec![hourly(0, 1, 3.0), later])
+            .await,
+        ErrorCode::InvalidArgument,
+        "row 3",
+    );
+
+    let after = admin.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(
+        (times(&after), values(&after)),
+        (times(&before), values(&before)),
+        "rejected writes changed nothing"
+    );
+
+    // Bad definitions and wrong kinds.
+    assert_error(
+        admin
+            .create_series(
+                "/home/admin/x",
+                &SeriesSpec::new(Resolution::Day).time_zone("Mars/Olympus"),
+                false,
+            )
+            .await,
+        ErrorCode::InvalidArgument,
+        "unknown time zone",
+    );
+    assert!(
+        admin.get("/home/admin/x").await.is_err(),
+        "no resource without its file"
+    );
+    admin
+        .create("/home/admin/room", busbar_client::ResourceKind::Room, false)
+        .await
+        .unwrap();
+    assert_error(
+        admin.read_series("/home/admin/room", Interval::all()).await,
+        ErrorCode::FailedPrecondition,
+        "not a time series",
+    );
+}
+
+#[tokio::test]
+async fn time_zones_naive_aware_and_daylight_saving_edges() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/oslo-daily";
+    series(
+        &admin,
+        path,
+        SeriesSpec::new(Resolution::Day).time_zone("Europe/Oslo"),
+    )
+    .await;
+    // Oslo midnights around the spring change (2026-03-29 has 23 hours):
+    // 2026-03-28T23:00Z, 2026-03-29T22:00Z, 2026-03-30T22:00Z.
+    let midnights = vec![
+        1_774_652_400_000,
+        1_774_738_800_000,
+        1_774_821_600_000,
+        1_774_908_000_000,
+    ];
+    let n = midnights.len();
+    admin
+        .write_series(
+            path,
+            Interval::all(),
+            vec![points(midnights.clone(), vec![0; n], vec![1.0; n]).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        times(&admin.read_series(path, Interval::all()).await.unwrap()),
+        midnights
+    );
+    // 2026-03-29T23:00Z is 01:00 in Oslo: off the daily grid.
+    let off = points(vec![1_774_825_200_000], vec![0], vec![1.0]).unwrap();
+    assert_error(
+        admin.write_series(path, Interval::all(), vec![off]).await,
+        ErrorCode::InvalidArgument,
+        "not on the series' daily grid in Europe/Oslo",
+    );
+
+    // Aware timestamps (any zone, any unit) mean the same instants; naive ones are UTC.
+    let utc_path = "/home/admin/utc-hourly";
+    series(&admin, utc_path, SeriesSpec::new(Resolution::Hour)).await;
+    let nanos = |zone: Option<&str>| {
+        let array = TimestampNanosecondArray::from(vec![T0 * 1_000_000, (T0 + HOUR) * 1_000_000]);
+        let array = match zone {
+            Some(zone) => array.with_timezone(zone),
+            None => array,
+        };
+        RecordBatch::try_from_iter([
+            ("utc_time", Arc::new(array) as ArrayRef),
+            ("flags", Arc::new(UInt32Array::from(vec![0, 0])) as ArrayRef),
+            (
+                "value",
+                Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    };
+    for zone in [None, Some("America/New_York"), Some("+05:30")] {
+        admin
+            .write_series(utc_path, Interval::all(), vec![nanos(zone)])
+            .await
+            .unwrap();
+        let back = admin.read_series(utc_path, Interval::all()).await.unwrap();
+        assert_eq!(times(&back), vec![T0, T0 + HOUR], "zone {zone:?}");
+        let field = back.batches[0].schema().field(0).clone();
+        assert_eq!(
+            field.data_type(),
+            &DataType::Timestamp(arrow_schema::TimeUnit::Millisecond, Some("UTC".into()))
+        );
+    }
+    // A sub-millisecond timestamp is refused rather than rounded.
+    let fraction = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(TimestampNanosecondArray::from(vec![T0 * 1_000_000 + 1])) as ArrayRef,
+        ),
+        ("flags", Arc::new(UInt32Array::from(vec![0])) as ArrayRef),
+        ("value", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
+    ])
+    .unwrap();
+    assert_error(
+        admin
+            .write_series(utc_path, Interval::all(), vec![fraction])
+            .await,
+        ErrorCode::InvalidArgument,
+        "fraction of a millisecond",
+    );
+
+    // The CLI reads aware and naive times: +01:00 and the same instant in UTC.
+    let out = node
+        .cli(&[
+            "ts",
+            "read",
+            utc_path,
+            "--start",
+            "2026-01-01T01:00:00+01:00",
+            "--end",
+            "2026-01-01T01:00:00",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "utc_time,flags,value\n2026-01-01T00:00:00Z,0,1\n"
+    );
+}
+
+#[tokio::test]
+async fn ten_million_points_round_trip_exactly_and_survive_kill_9() {
+    let mut node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/big";
+    series(&admin, path, SeriesSpec::new(Resolution::Min1)).await;
+    const N: i64 = 10_000_000;
+    const BATCH: i64 = 1 << 16;
+    let batch_at = |start: i64| {
+        let end = (start + BATCH).min(N);
+        points(
+            (start..end).map(|i| T0 + i * 60_000).collect(),
+            (start..end).map(|i| (i % 8) as u32).collect(),
+            (start..end).map(|i| i as f64 * 0.5).collect(),
+        )
+        .unwrap()
+    };
+    let batches = futures::stream::iter((0..N).step_by(BATCH as usize)).map(batch_at);
+    use futures::StreamExt;
+    let written = admin
+        .write_series_stream(path, Interval::all(), batches)
+        .await
+        .unwrap();
+    assert_eq!(written.points_written, N as u64);
+
+    // Acknowledged means durable: kill -9 and read it all back.
+    node.restart();
+    let admin = node.admin().await;
+    let mut chunks = admin
+        .read_series_stream(&[path], Interval::all())
+        .await
+        .unwrap();
+    let mut next = 0i64;
+    while let Some(chunk) = chunks.next().await {
+        let busbar_client::SeriesChunk::Points(batch) = chunk.unwrap() else {
+            continue;
+        };
+        let t = batch.column(0).as_primitive::<TimestampMillisecondType>();
+        let f = batch.column(1).as_primitive::<UInt32Type>();
+        let v = batch.column(2).as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            assert_eq!(
+                (t.value(i), f.value(i), v.value(i)),
+                (T0 + next * 60_000, (next % 8) as u32, next as f64 * 0.5),
+                "point {next}"
+            );
+            next += 1;
+        }
+    }
+    assert_eq!(next, N);
+}
+
+#[tokio::test]
+async fn the_cli_creates_writes_reads_and_lists_series_in_every_file_format() {
+    let node = Node::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = node.cli(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&[
+        "ts",
+        "create",
+        "/home/admin/wind",
+        "--resolution",
+        "hour",
+        "--unit",
+        "MW",
+        "--tz",
+        "Europe/Oslo",
+    ]);
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "utc_time,flags,value\n2026-01-01T00:00:00Z,0,1.5\n2026-01-01T02:00:00+01:00,2,2.5\n2026-01-01T02:00:00,0,NaN\n").unwrap();
+    run(&["ts", "write", "/home/admin/wind", csv.to_str().unwrap()]);
+    let expected = "utc_time,flags,value\n2026-01-01T00:00:00Z,0,1.5\n2026-01-01T01:00:00Z,2,2.5\n2026-01-01T02:00:00Z,0,NaN\n";
+    assert_eq!(run(&["ts", "read", "/home/admin/wind"]), expected);
+    // Through each file format and back in through write.
+    for name in ["out.arrow", "out.arrows", "out.parquet", "out.csv"] {
+        let file = dir.path().join(name);
+        run(&[
+            "ts",
+            "read",
+            "/home/admin/wind",
+            "--out",
+            file.to_str().unwrap(),
+        ]);
+        run(&[
+            "ts",
+            "write",
+            "/home/admin/wind",
+            file.to_str().unwrap(),
+            "--start",
+            "2026-01-01",
+            "--end",
+            "2026-01-02",
+        ]);
+        assert_eq!(run(&["ts", "read", "/home/admin/wind"]), expected, "{name}");
+    }
+    let listing = run(&["ts", "ls", "/home"]);
+    assert!(
+        listing.contains("/home/admin/wind")
+            && listing.contains("hour")
+            && listing.contains("Europe/Oslo")
+            && listing.contains("| 3 "),
+        "{listing}"
+    );
+    // Bad input: one clear line, non-zero exit.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "utc_time,value\n2026-01-01T00:00:00Z,x\n").unwrap();
+    let out = node
+        .cli(&["ts", "write", "/home/admin/wind", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2: value \"x\" is not a number"));
+    let out = node
+        .cli(&["ts", "create", "/home/admin/z", "--resolution", "fortnight"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad resolution"));
+}
