@@ -9,12 +9,14 @@ use crate::error::{Error, Result};
 use crate::layer::CallLayer;
 use crate::metrics::{KindLabels, Metrics};
 use crate::node::{Lifecycle, Node};
+use crate::services::flight::BusbarFlight;
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
 use crate::services::{
     rooms::RoomsRouter, rooms::RoomsService, sql::SqlService, wires::WiresService,
 };
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
     sql_server::SqlServer, wires_server::WiresServer,
@@ -183,7 +185,8 @@ pub async fn serve(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 6] = [
+    const SERVICES: [&str; 7] = [
+        crate::services::flight::SERVICE_NAME,
         "busbar.v1.Auth",
         "busbar.v1.Sql",
         "busbar.v1.Node",
@@ -243,7 +246,11 @@ pub async fn serve(
         ))
         .add_service(RoomsRouter::new(RoomsService { node: node.clone() }, limit))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
-        .add_service(limited!(SqlServer, SqlService { node: node.clone() }));
+        .add_service(limited!(SqlServer, SqlService { node: node.clone() }))
+        .add_service(limited!(
+            FlightServiceServer,
+            BusbarFlight::new(node.clone())
+        ));
 
     let counted = metrics.clone();
     let max_connections = config.max_connections as i64;

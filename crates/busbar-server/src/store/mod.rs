@@ -6,7 +6,7 @@
 mod sql;
 mod sqlite;
 
-pub use sql::{SqlDatabases, SqlParam, SqlParams, SqlSummary};
+pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary};
 
 pub use sqlite::SqliteStore;
 
