@@ -118,7 +118,13 @@ impl BusbarFlight {
             let (scheme, value) = header.split_once(' ').unwrap_or((&header, ""));
             let value = value.trim();
             if scheme.eq_ignore_ascii_case("basic") {
-                let decoded = base64::engine::general_purpose::STANDARD
+                // Padding optional: Go's Flight client sends it unpadded.
+                let lenient = base64::engine::GeneralPurpose::new(
+                    &base64::alphabet::STANDARD,
+                    base64::engine::GeneralPurposeConfig::new()
+                        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+                );
+                let decoded = lenient
                     .decode(value)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())

@@ -109,6 +109,9 @@ struct StatementTicket {
     named: Vec<(String, TicketValue)>,
     /// Column names and Arrow types (as `DataType` displays them).
     columns: Vec<(String, String)>,
+    /// Already run during GetFlightInfo (a write with no result columns).
+    #[serde(default)]
+    done: bool,
 }
 
 fn bad_ticket() -> Error {
@@ -316,13 +319,30 @@ impl FlightSql {
         Ok(())
     }
 
-    fn statement_info(
+    /// The FlightInfo of a statement. One that writes and returns no rows
+    /// runs here, since clients (ADBC's `execute`) may never fetch its
+    /// ticket; its ticket then yields no rows. Others run on DoGet.
+    async fn statement_info(
+        &self,
         target: &Target,
         sql: String,
-        params: &SqlParams,
+        params: SqlParams,
         description: &Description,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
+        Self::refuse_writes(target, description)?;
+        let done = !description.read_only && description.columns.is_empty();
+        if done {
+            self.node
+                .sql
+                .execute_each(
+                    &target.id,
+                    sql.clone(),
+                    vec![params.clone()],
+                    target.read_only,
+                )
+                .await?;
+        }
         let ticket = StatementTicket {
             database: target.path.clone(),
             sql,
@@ -337,6 +357,7 @@ impl FlightSql {
                 .iter()
                 .map(|(name, kind)| (name.clone(), kind.to_string()))
                 .collect(),
+            done,
         };
         let handle = serde_json::to_vec(&ticket)
             .map_err(|e| Error::internal(format!("encoding a ticket: {e}")))?;
@@ -361,21 +382,20 @@ impl FlightSql {
             .sql
             .describe(&target.id, query.query.clone(), None)
             .await?;
-        Self::refuse_writes(&target, &description)?;
         if !description.parameters.is_empty() {
             return Err(Error::invalid_argument(format!(
                 "the statement takes {} parameters: prepare it (CreatePreparedStatement) and bind them",
                 description.parameters.len()
             )));
         }
-        let params = SqlParams::default();
-        Self::statement_info(
+        self.statement_info(
             &target,
             query.query,
-            &params,
+            SqlParams::default(),
             &description,
             request.into_inner(),
         )
+        .await
     }
 
     pub async fn prepared_query_info(
@@ -410,14 +430,14 @@ impl FlightSql {
             .sql
             .describe(&target.id, prepared.sql.clone(), Some(params.clone()))
             .await?;
-        Self::refuse_writes(&target, &description)?;
-        Self::statement_info(
+        self.statement_info(
             &target,
             prepared.sql,
-            &params,
+            params,
             &description,
             request.into_inner(),
         )
+        .await
     }
 
     pub async fn run_ticket(
@@ -447,6 +467,9 @@ impl FlightSql {
                 .collect::<Result<_>>()?,
         };
         let schema = schema_of(&columns);
+        if ticket.done {
+            return Ok(encode(schema, futures::stream::empty()));
+        }
         let (sink, mut batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
         let databases = self.node.sql.clone();
         let (id, read_only) = (target.id, target.read_only);
