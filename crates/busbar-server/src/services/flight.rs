@@ -181,7 +181,7 @@ impl BusbarFlight {
         let command = sql_command(&descriptor.cmd)?;
         let request = Request::from_parts(metadata, extensions, data);
         let Some(command) = command else {
-            return Ok(flight_series::do_put(&self.node, descriptor, request).await?);
+            return flight_series::do_put(&self.node, descriptor, request).await;
         };
         let sql = &self.sql;
         let result = match command {

@@ -661,13 +661,13 @@ impl FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
         let schema = match &command {
-            Command::CommandGetCatalogs(c) => c.clone().into_builder().schema(),
+            Command::CommandGetCatalogs(c) => (*c).into_builder().schema(),
             Command::CommandGetDbSchemas(c) => c.clone().into_builder().schema(),
             Command::CommandGetTables(c) => {
                 self.target(&request).await?;
                 c.clone().into_builder().schema()
             }
-            Command::CommandGetTableTypes(c) => c.clone().into_builder().schema(),
+            Command::CommandGetTableTypes(c) => (*c).into_builder().schema(),
             _ => Arc::new(SqlInfoDataBuilder::schema().clone()),
         };
         info(
