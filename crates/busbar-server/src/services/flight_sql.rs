@@ -301,6 +301,13 @@ impl FlightSql {
         })
     }
 
+    /// The caller's prepared statement and its database, rights checked again.
+    async fn prepared_target(&self, caller: &Caller, handle: &[u8]) -> Result<(Prepared, Target)> {
+        let prepared = self.prepared.get(&caller.identity_id, handle)?;
+        let target = self.open(caller, &prepared.database).await?;
+        Ok((prepared, target))
+    }
+
     /// The caller and the database its `x-busbar-database` header names.
     async fn target<T: Sync>(&self, request: &Request<T>) -> Result<(Caller, Target)> {
         let (caller, path) = (caller_of(request)?, database_path(request)?);
@@ -404,10 +411,9 @@ impl FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
         let caller = caller_of(&request)?;
-        let prepared = self
-            .prepared
-            .get(&caller.identity_id, &query.prepared_statement_handle)?;
-        let target = self.open(&caller, &prepared.database).await?;
+        let (prepared, target) = self
+            .prepared_target(&caller, &query.prepared_statement_handle)
+            .await?;
         let params = match prepared.bound.as_slice() {
             [] if prepared.parameters.is_empty() => SqlParams::default(),
             [] => {
@@ -629,10 +635,9 @@ impl FlightSql {
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
         let caller = caller_of(&request)?;
-        let prepared = self
-            .prepared
-            .get(&caller.identity_id, &update.prepared_statement_handle)?;
-        let target = self.open(&caller, &prepared.database).await?;
+        let (prepared, target) = self
+            .prepared_target(&caller, &update.prepared_statement_handle)
+            .await?;
         let mut rows = Self::rows(request, &prepared).await?;
         if rows.is_empty() {
             rows = prepared.bound.clone();
