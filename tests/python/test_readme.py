@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,24 @@ def test_readme_tour_runs(tmp_path, busbar_node_at):
         pytest.fail(f"README tour exited with {result.returncode}\n--- script ---\n{tour}"
                     f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
                     f"--- node stderr ---\n{node.stderr()}", pytrace=False)
+
+
+def test_readme_flight_sql_example_runs(tmp_path, busbar_node_at):
+    """The README's Flight SQL block runs as written, where `make run` keeps its data."""
+    example = fenced_block(read_readme(), "flight-sql", "python")
+    if example is None:
+        pytest.fail(f"{readme_path()} has no <!-- flight-sql:begin --> ```python block",
+                    pytrace=False)
+    node = busbar_node_at(tmp_path / "busbar-data")
+    subprocess.run([str(busbar_bin()), "db", "create", "/home/admin/flight"], cwd=tmp_path,
+                   env=clean_env(), check=True, capture_output=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=clean_env(),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=TOUR_TIMEOUT_S)
+    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
+                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    assert "'sensor': 't1', 'value': 21.5" in result.stdout
+    assert "'sensor': 't2', 'value': None, 'at': None" in result.stdout
 
 
 def _text(out: str | bytes | None) -> str:

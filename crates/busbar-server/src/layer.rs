@@ -19,7 +19,14 @@ use tonic::body::Body;
 use tracing::Instrument;
 
 /// Busbar methods callable without a session.
-const PUBLIC_METHODS: &[&str] = &["/busbar.v1.Auth/Challenge", "/busbar.v1.Auth/Login"];
+const PUBLIC_METHODS: &[&str] = &[
+    "/busbar.v1.Auth/Challenge",
+    "/busbar.v1.Auth/Login",
+    "/arrow.flight.protocol.FlightService/Handshake",
+];
+
+/// Arrow Flight (and Flight SQL) calls, authenticated like busbar methods.
+const FLIGHT_PREFIX: &str = "/arrow.flight.protocol.FlightService/";
 
 #[derive(Clone)]
 pub struct CallLayer {
@@ -66,15 +73,25 @@ impl CallLayer {
     /// Attaches the caller to busbar requests that need one.
     async fn authenticate(&self, request: &mut Request<Body>) -> Result<(), Error> {
         let path = request.uri().path();
-        if !path.starts_with("/busbar.v1.") || PUBLIC_METHODS.contains(&path) {
+        let flight = path.starts_with(FLIGHT_PREFIX);
+        if !(flight || path.starts_with("/busbar.v1.")) || PUBLIC_METHODS.contains(&path) {
             return Ok(());
         }
         let token = bearer(request).ok_or_else(|| {
-            Error::unauthenticated(
-                "this call needs credentials: log in (Auth/Login) and send 'authorization: Bearer <session token>'",
-            )
+            Error::unauthenticated(if flight {
+                "this Flight call needs credentials: Handshake with user:password (HTTP Basic) and send the 'authorization: Bearer <session token>' it returns, or send 'authorization: Bearer <bbt_ API token>'"
+            } else {
+                "this call needs credentials: log in (Auth/Login) and send 'authorization: Bearer <session token>'"
+            })
         })?;
-        let caller = self.access.authenticate(&self.auth, token).await?;
+        // Flight clients may send an API token on every call, with no login step.
+        let caller = if flight && token.starts_with(crate::auth::TOKEN_PREFIX) {
+            let (_, session, _) = self.auth.login_token(token).await?;
+            let principal = self.auth.verify_session(&session)?;
+            self.access.caller(&principal).await?
+        } else {
+            self.access.authenticate(&self.auth, token).await?
+        };
         request.extensions_mut().insert(caller);
         Ok(())
     }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::layer::CallLayer;
 use crate::metrics::{KindLabels, Metrics};
 use crate::node::{Lifecycle, Node};
+use crate::services::flight::BusbarFlight;
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
 use crate::services::{
     rooms::RoomsRouter, rooms::RoomsService, sessions::SessionsService, sql::SqlService,
@@ -16,6 +17,7 @@ use crate::services::{
 };
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
     sessions_server::SessionsServer, sql_server::SqlServer, time_series_server::TimeSeriesServer,
@@ -190,7 +192,8 @@ pub async fn serve(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 8] = [
+    const SERVICES: [&str; 9] = [
+        crate::services::flight::SERVICE_NAME,
         "busbar.v1.Auth",
         "busbar.v1.Sessions",
         "busbar.v1.Sql",
@@ -260,6 +263,10 @@ pub async fn serve(
         .add_service(limited!(
             TimeSeriesServer,
             TimeSeriesService { node: node.clone() }
+        ))
+        .add_service(limited!(
+            FlightServiceServer,
+            BusbarFlight::new(node.clone())
         ));
 
     // Idle data sessions are rolled back by one sweeper, a few times per timeout.

@@ -1,6 +1,10 @@
 //! The gRPC services of `busbar.v1`, one module each.
 
 pub mod auth;
+pub mod flight;
+pub mod flight_series;
+pub mod flight_sql;
+mod flight_statements;
 pub(crate) mod ipc;
 pub mod node;
 pub mod resources;

@@ -8,7 +8,7 @@ mod sql;
 mod sqlite;
 pub mod timeseries;
 
-pub use sql::{SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
+pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
 
 pub use sqlite::SqliteStore;
 pub use timeseries::TimeSeriesStore;

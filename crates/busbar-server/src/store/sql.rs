@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+mod prepared;
+pub use prepared::Description;
+
 /// Rows per record batch.
 const BATCH_ROWS: usize = 8192;
 
