@@ -67,10 +67,41 @@ def test_readme_tour_runs(tmp_path, busbar_node_at):
     if tour is None:
         pytest.fail(f"{readme_path()} has no <!-- tour:begin --> ```sh ... ``` "
                     "<!-- tour:end --> block", pytrace=False)
+    run_shell_tour(tour, tmp_path, busbar_node_at)
 
-    # The tour runs where a reader would: in a directory holding the node's
-    # data as ./busbar-data, so the CLI's default config busbar-data/admin.json
-    # is found without --config.
+
+def test_data_doc_tour_runs(tmp_path, busbar_node_at):
+    """docs/data.md's command block runs as written; its output says what it did."""
+    doc = REPO_ROOT / "docs" / "data.md"
+    tour = fenced_block(doc.read_text(), "data-tour", "sh")
+    assert tour is not None, f"{doc} has no <!-- data-tour:begin --> ```sh block"
+    out = run_shell_tour(tour, tmp_path, busbar_node_at)
+    assert "alice | 70" in out and "bob   | 30" in out, out
+    assert "refused: nothing changed" in out, out
+    assert "2026-03-29T01:00:00Z,0,13\n2026-03-29T02:00:00Z,2,9.75\n" in out, out
+    assert "/home/admin/wind" in out and "Europe/Oslo" in out, out
+
+
+def test_readme_flight_series_example_runs(tmp_path, busbar_node_at):
+    """The README's Arrow Flight block runs as written, with stock pyarrow.flight."""
+    example = fenced_block(read_readme(), "flight-series", "python")
+    assert example is not None, f"{readme_path()} has no <!-- flight-series:begin --> block"
+    node = busbar_node_at(tmp_path / "busbar-data")
+    subprocess.run([str(busbar_bin()), "ts", "create", "/home/admin/solar", "--resolution", "hour"],
+                   cwd=tmp_path, env=clean_env(), check=True, capture_output=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=clean_env(),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=TOUR_TIMEOUT_S)
+    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
+                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    assert "'points_written': 2" in result.stdout, result.stdout
+    assert 'timestamp[ms, tz=UTC] [12.5, 13.0]' in result.stdout, result.stdout
+
+
+def run_shell_tour(tour: str, tmp_path, busbar_node_at) -> str:
+    """Runs a shell block where a reader would and returns its stdout."""
+    # In a directory holding the node's data as ./busbar-data, so the CLI's
+    # default config busbar-data/admin.json is found without --config.
     workdir = tmp_path / "tour"
     workdir.mkdir()
     node = busbar_node_at(workdir / "busbar-data")
@@ -93,6 +124,7 @@ def test_readme_tour_runs(tmp_path, busbar_node_at):
         pytest.fail(f"README tour exited with {result.returncode}\n--- script ---\n{tour}"
                     f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}\n"
                     f"--- node stderr ---\n{node.stderr()}", pytrace=False)
+    return result.stdout
 
 
 def test_readme_flight_sql_example_runs(tmp_path, busbar_node_at):

@@ -50,31 +50,10 @@ impl Format {
 /// A time: RFC 3339 with an offset, a naive date-time (UTC), a date
 /// (midnight UTC) or epoch milliseconds.
 pub fn parse_time(text: &str) -> Result<i64, String> {
-    let text = text.trim();
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    if let Ok(instant) = text.parse::<jiff::Timestamp>() {
-        return Ok(instant.as_millisecond());
-    }
-    let naive = text.parse::<jiff::civil::DateTime>().or_else(|_| {
-        text.parse::<jiff::civil::Date>()
-            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
-    });
-    match naive.and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC)) {
-        Ok(zoned) => Ok(zoned.timestamp().as_millisecond()),
-        Err(_) => Err(format!(
-            "bad time {text:?}: use RFC 3339 such as 2026-03-29T01:00:00+02:00 or 2026-03-29T00:00:00Z (no offset means UTC), a date, or epoch milliseconds"
-        )),
-    }
+    busbar_server::store::timeseries::parse_time(text).map_err(|e| e.message)
 }
 
-/// RFC 3339 in UTC.
-pub fn show_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_else(|_| ms.to_string())
-}
+pub use busbar_server::store::timeseries::show_time;
 
 fn open(path: &Path) -> Result<std::fs::File, String> {
     std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))

@@ -134,7 +134,7 @@ fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes> {
     Ok(bytes)
 }
 
-fn flight_error(error: FlightError) -> Error {
+pub(super) fn flight_error(error: FlightError) -> Error {
     match error {
         FlightError::Tonic(status) => Error {
             code: match status.code() {
@@ -148,7 +148,7 @@ fn flight_error(error: FlightError) -> Error {
 }
 
 /// Batches as a FlightData stream that starts with `schema` even when no batch follows.
-fn encode(
+pub(super) fn encode(
     schema: SchemaRef,
     batches: impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static,
 ) -> BoxStream<'static, Result<FlightData, Status>> {
@@ -786,7 +786,11 @@ fn sql_info(read_only: bool) -> Result<SqlInfoData> {
         .map_err(|e| Error::internal(format!("SqlInfo: {e}")))
 }
 
-fn info(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<FlightInfo> {
+pub(super) fn info(
+    schema: &Schema,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<FlightInfo> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
         .map_err(|e| Error::internal(format!("encoding a schema: {e}")))?
@@ -807,7 +811,7 @@ fn database_path<T>(request: &Request<T>) -> Result<String> {
     Ok(path.to_string())
 }
 
-fn caller_of<T>(request: &Request<T>) -> Result<Caller> {
+pub(super) fn caller_of<T>(request: &Request<T>) -> Result<Caller> {
     request.extensions().get::<Caller>().cloned().ok_or_else(|| {
         Error::unauthenticated(
             "this Flight call needs credentials: Handshake, then send 'authorization: Bearer <token>'",

@@ -68,22 +68,27 @@ pub fn spec_pb(spec: &SeriesSpec) -> pb::SeriesSpec {
     }
 }
 
+/// The series at `path`, if the caller has `right` on it.
+pub(super) async fn resolve(
+    node: &Node,
+    caller: &Caller,
+    path: &str,
+    right: Right,
+) -> Result<ResourceRecord> {
+    let path = paths::normalize(path)?;
+    let record = node.access.require_resource(caller, &path, right).await?;
+    if record.kind != ResourceKind::Timeseries {
+        return Err(Error::failed_precondition(format!(
+            "{path} is a {}, not a time series",
+            record.kind.name()
+        )));
+    }
+    Ok(Arc::unwrap_or_clone(record))
+}
+
 impl TimeSeriesService {
-    /// The series at `path`, if the caller has `right` on it.
     async fn series(&self, caller: &Caller, path: &str, right: Right) -> Result<ResourceRecord> {
-        let path = paths::normalize(path)?;
-        let record = self
-            .node
-            .access
-            .require_resource(caller, &path, right)
-            .await?;
-        if record.kind != ResourceKind::Timeseries {
-            return Err(Error::failed_precondition(format!(
-                "{path} is a {}, not a time series",
-                record.kind.name()
-            )));
-        }
-        Ok(Arc::unwrap_or_clone(record))
+        resolve(&self.node, caller, path, right).await
     }
 
     fn session(&self, caller: &Caller, id: &str) -> Result<Option<Arc<DataSession>>> {
@@ -133,16 +138,18 @@ fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
     Ok(pb::ReadSeriesResponse { part: Some(part) })
 }
 
-/// Streams the points of one series as one Arrow IPC stream; `false` when
-/// the caller went away.
-async fn send_points(
+/// Reads the points of one series in a blocking thread, batch by batch into
+/// a bounded queue; the task's result says how many points were read.
+pub(super) fn read_points(
     node: &Arc<Node>,
     session: Option<Arc<DataSession>>,
     id: String,
     range: (Option<i64>, Option<i64>),
-    out: &mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>,
-) -> Result<bool> {
-    let (sink, mut batches) = mpsc::channel::<RecordBatch>(QUEUE);
+) -> (
+    mpsc::Receiver<RecordBatch>,
+    tokio::task::JoinHandle<Result<u64>>,
+) {
+    let (sink, batches) = mpsc::channel::<RecordBatch>(QUEUE);
     let node = node.clone();
     let reading = tokio::task::spawn_blocking(move || {
         with_reader(&node, session.as_deref(), &id, |conn| {
@@ -152,6 +159,19 @@ async fn send_points(
             })
         })
     });
+    (batches, reading)
+}
+
+/// Streams the points of one series as one Arrow IPC stream; `false` when
+/// the caller went away.
+async fn send_points(
+    node: &Arc<Node>,
+    session: Option<Arc<DataSession>>,
+    id: String,
+    range: (Option<i64>, Option<i64>),
+    out: &mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>,
+) -> Result<bool> {
+    let (mut batches, reading) = read_points(node, session, id, range);
     let mut pieces = IpcPieces::default();
     while let Some(batch) = batches.recv().await {
         for piece in pieces.batch(&batch)? {
@@ -271,13 +291,10 @@ impl TimeSeries for TimeSeriesService {
         let node = self.node.clone();
         let range = (header.start_ms, header.end_ms);
         let writing = tokio::task::spawn_blocking(move || {
-            write_points(
-                &node,
-                session.as_deref(),
-                &record.id,
-                range,
-                PieceReader::new(reader),
-            )
+            let reader = PieceReader::new(reader);
+            write_points(&node, session.as_deref(), &record.id, range, |take| {
+                read_batches(reader, take)
+            })
         });
         while let Some(message) = inbound.next().await {
             let piece = match message {
@@ -309,20 +326,21 @@ impl TimeSeries for TimeSeriesService {
     }
 }
 
-/// Replaces an interval of a series with the points read from `reader`, in a
-/// transaction of its own or inside a session (under a savepoint, so a
-/// rejected write leaves the session's earlier work alone).
-fn write_points(
+/// Replaces an interval of a series with the points `source` hands over, in
+/// a transaction of its own or inside a session (under a savepoint, so a
+/// rejected write leaves the session's earlier work alone). Blocks: run it
+/// on the blocking pool.
+pub(super) fn write_points(
     node: &Node,
     session: Option<&DataSession>,
     id: &str,
     range: (Option<i64>, Option<i64>),
-    reader: PieceReader,
+    source: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()>,
 ) -> Result<WriteSummary> {
     let spec = node.timeseries.spec(id)?;
     let write = |conn: &Connection| -> Result<WriteSummary> {
         let mut write = SeriesWrite::new(conn, &spec, range.0, range.1)?;
-        read_batches(reader, &mut |batch| write.push(batch))?;
+        source(&mut |batch| write.push(batch))?;
         write.finish()
     };
     match session {

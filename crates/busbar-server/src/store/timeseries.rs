@@ -420,10 +420,34 @@ fn row_error(row: u64, what: impl std::fmt::Display) -> Error {
     Error::invalid_argument(format!("row {row}: {what}; nothing was written"))
 }
 
-fn show_time(ms: i64) -> String {
+/// RFC 3339 in UTC, e.g. `2026-03-29T01:00:00Z`.
+pub fn show_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// A time as users write it: RFC 3339 / ISO 8601 with an offset, a date-time
+/// without one (UTC), a date (midnight UTC), or epoch milliseconds.
+pub fn parse_time(text: &str) -> Result<i64> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    if let Ok(instant) = text.parse::<jiff::Timestamp>() {
+        return Ok(instant.as_millisecond());
+    }
+    let naive = text.parse::<jiff::civil::DateTime>().or_else(|_| {
+        text.parse::<jiff::civil::Date>()
+            .map(|d| d.to_datetime(jiff::civil::Time::midnight()))
+    });
+    match naive.and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC)) {
+        Ok(zoned) => Ok(zoned.timestamp().as_millisecond()),
+        Err(_) => Err(Error::invalid_argument(format!(
+            "bad time {text:?}: use RFC 3339 such as 2026-03-29T01:00:00+02:00 or \
+             2026-03-29T00:00:00Z (no offset means UTC), a date, or epoch milliseconds"
+        ))),
+    }
 }
 
 impl<'c> SeriesWrite<'c> {
