@@ -56,11 +56,19 @@ async fn tree_operations() {
     assert_eq!(admin.rm("/projects", true).await.unwrap(), 4);
     assert_error(
         admin
-            .create("/home/admin/series", ResourceKind::Timeseries, false)
+            .create("/home/admin/service", ResourceKind::Service, false)
             .await,
         ErrorCode::Unimplemented,
         "not available",
     );
+    assert_error(
+        admin
+            .create("/home/admin/series", ResourceKind::Timeseries, false)
+            .await,
+        ErrorCode::InvalidArgument,
+        "needs a definition",
+    );
+    assert!(admin.get("/home/admin/series").await.is_err());
 }
 
 #[tokio::test]
