@@ -222,7 +222,7 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
 
 #[tokio::test]
 async fn sessions_isolate_commit_and_roll_back_sql_and_series_together() {
-    let node = Node::start(&[]);
+    let mut node = Node::start(&[]);
     let admin = bank(&node).await;
     let series = "/home/admin/meter";
     admin
@@ -273,6 +273,10 @@ async fn sessions_isolate_commit_and_roll_back_sql_and_series_together() {
 
     let ended = session.commit().await.unwrap();
     assert_eq!((ended.databases, ended.series), (1, 1));
+    // A commit is acknowledged once durable: kill -9, and both changes are there.
+    node.restart();
+    let admin = node.admin().await;
+    let other = node.admin().await;
     assert_eq!(balances(&other).await, vec![1, 0]);
     let values: Vec<f64> = other
         .read_series(series, Interval::all())
