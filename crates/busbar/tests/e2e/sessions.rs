@@ -40,6 +40,14 @@ async fn balances(client: &Client) -> Vec<i64> {
         .collect()
 }
 
+async fn create_total(admin: &Client) {
+    let sql = "SELECT sum(balance) AS total FROM accounts";
+    admin
+        .create_procedure(DB, "total", &[], sql, false)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn procedures_take_args_or_kwargs_and_run_atomically() {
     let node = Node::start(&[]);
@@ -126,16 +134,7 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
     );
 
     // Replace, list, drop; the CLI sees the same.
-    admin
-        .create_procedure(
-            DB,
-            "total",
-            &[],
-            "SELECT sum(balance) AS total FROM accounts",
-            false,
-        )
-        .await
-        .unwrap();
+    create_total(&admin).await;
     admin
         .create_procedure(
             DB,
@@ -180,16 +179,7 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
         .unwrap();
     admin.grant(DB, "carol", Right::Read).await.unwrap();
     let carol = node.user("carol", "carol-password").await.unwrap();
-    admin
-        .create_procedure(
-            DB,
-            "total",
-            &[],
-            "SELECT sum(balance) AS total FROM accounts",
-            false,
-        )
-        .await
-        .unwrap();
+    create_total(&admin).await;
     assert_eq!(
         carol
             .run_procedure(DB, "total", ProcedureArgs::new())
