@@ -1,9 +1,9 @@
 //! `busbar-bench`: Busbar side by side with bare tonic, NATS and raw TCP on
-//! loopback, every system measured in the same run; prints Busbar ÷ peer
+//! loopback (and pyarrow.flight / ADBC for the data scenarios), every system measured in the same run; prints Busbar ÷ peer
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,fanout,wire,scale] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,rooms,scale] [--busbar PATH] [--out DIR]
 //! ```
 
 mod ctx;
@@ -11,8 +11,11 @@ mod fanout;
 mod peers;
 mod procs;
 mod report;
+mod rooms;
 mod scale;
+mod sql;
 mod stats;
+mod timeseries;
 mod tls;
 mod unary;
 mod wire;
@@ -21,7 +24,15 @@ use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 4] = ["unary", "fanout", "wire", "scale"];
+const SCENARIOS: [&str; 7] = [
+    "unary",
+    "fanout",
+    "wire",
+    "timeseries",
+    "sql",
+    "rooms",
+    "scale",
+];
 
 struct Options {
     quick: bool,
@@ -30,8 +41,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str =
-    "usage: busbar-bench [--quick] [--only unary,fanout,wire,scale] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,rooms,scale] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -168,6 +178,9 @@ async fn run(options: Options) -> Result<()> {
             "unary" => unary::run(&ctx).await,
             "fanout" => fanout::run(&ctx).await,
             "wire" => wire::run(&ctx).await,
+            "timeseries" => timeseries::run(&ctx).await,
+            "sql" => sql::run(&ctx).await,
+            "rooms" => rooms::run(&ctx).await,
             _ => scale::run(&ctx, fd_limit).await,
         };
         match result {

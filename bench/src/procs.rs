@@ -289,3 +289,131 @@ pub fn raise_fd_limit() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// The bench venv's python (`BUSBAR_BENCH_PYTHON` overrides), when it exists.
+pub fn bench_python() -> Option<PathBuf> {
+    if let Some(python) = std::env::var_os("BUSBAR_BENCH_PYTHON") {
+        return Some(PathBuf::from(python));
+    }
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    python.is_file().then_some(python)
+}
+
+/// bench/flight_peer.py: the pyarrow.flight peer and the Flight / ADBC clients.
+pub fn flight_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("flight_peer.py")
+}
+
+/// `flight_peer.py serve`: the in-memory pyarrow.flight server with TLS.
+pub struct FlightPeer {
+    pub guard: Guard,
+    /// `grpc+tls://127.0.0.1:PORT`.
+    pub location: String,
+}
+
+impl FlightPeer {
+    pub fn start(python: &Path, tls: &crate::tls::Files) -> Result<FlightPeer> {
+        let mut command = Command::new(python);
+        command
+            .arg(flight_script())
+            .arg("serve")
+            .arg("--cert")
+            .arg(&tls.cert)
+            .arg("--key")
+            .arg(&tls.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child =
+            spawn(command).map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+        let stdin = child.stdin.take();
+        let lines = read_lines_until(
+            "pyarrow.flight peer",
+            &mut child,
+            Duration::from_secs(30),
+            |l| l.starts_with("location "),
+        );
+        let guard = Guard {
+            name: "pyarrow.flight peer",
+            child: Some(child),
+            _stdin: stdin,
+        };
+        let location = lines?
+            .iter()
+            .find_map(|l| l.strip_prefix("location "))
+            .ok_or("the pyarrow.flight peer printed no location")?
+            .to_string();
+        Ok(FlightPeer { guard, location })
+    }
+}
+
+/// Runs `python flight_peer.py <args>` to the end (killed at `timeout`) and
+/// parses the JSON object it prints last. Blocks the calling thread, which is
+/// the main thread (so the child dies with the benchmark); nothing else of the
+/// benchmark runs meanwhile.
+pub fn run_python_json(
+    python: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let mut command = Command::new(python);
+    command
+        .arg(flight_script())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child =
+        spawn(command).map_err(|e| format!("cannot start {}: {e}", python.display()))?;
+    let mut stdout = child.stdout.take().ok_or("child stdout not piped")?;
+    let mut stderr = child.stderr.take().ok_or("child stderr not piped")?;
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let err = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    let last_err = err
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    match status {
+        None => Err(format!("flight_peer.py {} timed out after {timeout:?}", args[0]).into()),
+        Some(status) if !status.success() => {
+            Err(format!("flight_peer.py {} failed ({status}): {last_err}", args[0]).into())
+        }
+        Some(_) => {
+            let line = out
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .ok_or_else(|| {
+                    format!("flight_peer.py {} printed no result: {last_err}", args[0])
+                })?;
+            Ok(serde_json::from_str(line)?)
+        }
+    }
+}

@@ -52,6 +52,14 @@ impl Target {
         }
     }
 
+    pub fn absolute_at_least(value: f64) -> Target {
+        Target {
+            peer: None,
+            at_most: false,
+            value,
+        }
+    }
+
     fn describe(&self, unit: &str) -> String {
         let op = if self.at_most { "≤" } else { "≥" };
         match self.peer {
@@ -143,6 +151,17 @@ pub fn fmt(value: f64) -> String {
         format!("{value:.2}")
     } else {
         format!("{value:.3}")
+    }
+}
+
+/// A count for a row name: "10 M", "200 k", "500".
+pub fn count_label(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{} M", n / 1_000_000)
+    } else if n >= 1000 && n.is_multiple_of(1000) {
+        format!("{} k", n / 1000)
+    } else {
+        n.to_string()
     }
 }
 
