@@ -336,8 +336,31 @@ fn clear(conn: &Connection, from: i64, to: i64) -> Result<u64> {
     if from >= to {
         return Ok(0);
     }
+    // Chunks wholly inside go without reading their blobs; only the (at most
+    // two) chunks across an edge are decoded and split.
+    let extents: Vec<(i64, i64, u64)> = conn
+        .prepare_cached(
+            "SELECT start_ms, last_ms, count FROM chunks
+             WHERE start_ms >= coalesce((SELECT max(start_ms) FROM chunks WHERE start_ms <= ?1), ?1)
+               AND start_ms < ?2 ORDER BY start_ms",
+        )?
+        .query_map([from, to], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     let mut deleted = 0;
-    for (start, points) in chunks_between(conn, from, to)? {
+    for (start, last, count) in extents {
+        if last < from {
+            continue;
+        }
+        if start >= from && last < to {
+            delete_chunk(conn, start)?;
+            deleted += count;
+            continue;
+        }
+        let Some((_, points)) = chunks_between(conn, start, start + 1)?.pop() else {
+            continue;
+        };
         let lo = points.times.partition_point(|&t| t < from);
         let hi = points.times.partition_point(|&t| t < to);
         if lo == hi {
