@@ -90,7 +90,7 @@ fn flight_turn(
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let n: usize = ctx.pick(200_000, 10_000_000);
-    let turns = ctx.pick(1, 2);
+    let turns = ctx.pick(2, 3);
     let timeout = ctx.pick(Duration::from_secs(30), Duration::from_secs(180));
     let folder = "/home/admin/bench-ts";
     ctx.admin.mkdir(folder, true).await?;
