@@ -14,7 +14,8 @@
         value float64) in memory before timing, then times DoPut of all of them
         to descriptor path P (until the server's acknowledgement) and
         GetFlightInfo + DoGet of P back (until the last batch). Prints one JSON
-        object: put_s, get_s, put_points, got_points.
+        object: put_s, get_s (wall), put_cpu_s, get_cpu_s (this process's
+        CPU), put_points, got_points.
 
     flight_peer.py sql --location L --ca CA --database D --query Q [--token T]
         Runs Q through the stock ADBC Flight SQL driver against a Busbar node
@@ -137,26 +138,26 @@ def client(args) -> None:
     descriptor = flight.FlightDescriptor.for_path(args.path)
     conn = connect(args)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     writer, reader = conn.do_put(descriptor, SCHEMA, options)
     for batch in batches:
         writer.write_batch(batch)
     writer.done_writing()
     reader.read()  # the server's acknowledgement (Busbar: after fsync)
     writer.close()
-    put_s = time.perf_counter() - started
+    put_s, put_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     del batches, table
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     info = conn.get_flight_info(descriptor, options)
     got = 0
     for endpoint in info.endpoints:
         stream = conn.do_get(endpoint.ticket, options)
         for chunk in stream:
             got += chunk.data.num_rows
-    get_s = time.perf_counter() - started
-    print(json.dumps({"put_s": put_s, "get_s": get_s, "put_points": args.points,
-                      "got_points": got}))
+    get_s, get_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"put_s": put_s, "get_s": get_s, "put_cpu_s": put_cpu_s,
+                      "get_cpu_s": get_cpu_s, "put_points": args.points, "got_points": got}))
 
 
 def sql(args) -> None:

@@ -22,6 +22,8 @@ pub struct Ctx {
     pub nats_skipped: Option<String>,
     pub nats_binary: Option<PathBuf>,
     pub busbar_binary: PathBuf,
+    /// The Busbar node's process, for its CPU time.
+    pub busbar_pid: u32,
     pub work_dir: PathBuf,
     /// The origin of the timestamps embedded in payloads.
     pub base: Instant,

@@ -152,6 +152,7 @@ async fn run(options: Options) -> Result<()> {
         nats_skipped: nats_skipped.clone(),
         nats_binary: nats.as_ref().and(nats_binary.clone()),
         busbar_binary: options.busbar.clone(),
+        busbar_pid: busbar.guard.pid(),
         work_dir: work.path().to_path_buf(),
         base: Instant::now(),
     };

@@ -26,27 +26,93 @@ const BATCH: usize = 32_768;
 const T0_MS: i64 = 1_767_225_600_000;
 const MINUTE_MS: i64 = 60_000;
 
-/// Best (highest) rates over the turns.
+/// One timed transfer: wall time and the CPU time the server and the client
+/// processes spent meanwhile.
+#[derive(Default, Clone, Copy)]
+struct Measured {
+    wall_s: f64,
+    server_cpu_s: f64,
+    client_cpu_s: f64,
+}
+
+/// CPU seconds of the server process `pid` and of the client; `client` is
+/// None when the client is another process that reports its own.
+struct CpuClock {
+    pid: u32,
+    server: f64,
+    client: f64,
+    started: Instant,
+}
+
+impl CpuClock {
+    fn start(pid: u32) -> CpuClock {
+        CpuClock {
+            pid,
+            server: procs::cpu_seconds(&pid.to_string()),
+            client: procs::cpu_seconds("self"),
+            started: Instant::now(),
+        }
+    }
+
+    fn stop(&self) -> Measured {
+        Measured {
+            wall_s: self.started.elapsed().as_secs_f64(),
+            server_cpu_s: procs::cpu_seconds(&self.pid.to_string()) - self.server,
+            client_cpu_s: procs::cpu_seconds("self") - self.client,
+        }
+    }
+}
+
+/// Per system: the best (highest) rates over the turns, and the CPU cost of
+/// every turn summed.
 #[derive(Default, Clone, Copy)]
 struct Rates {
     write: f64,
     read: f64,
+    write_cost: Measured,
+    read_cost: Measured,
+    turns: u32,
 }
 
 impl Rates {
-    fn keep_best(&mut self, write: f64, read: f64) {
-        self.write = self.write.max(write);
-        self.read = self.read.max(read);
+    fn add(&mut self, n: usize, write: Measured, read: Measured) {
+        self.write = self.write.max(n as f64 / write.wall_s);
+        self.read = self.read.max(n as f64 / read.wall_s);
+        for (sum, one) in [(&mut self.write_cost, write), (&mut self.read_cost, read)] {
+            sum.wall_s += one.wall_s;
+            sum.server_cpu_s += one.server_cpu_s;
+            sum.client_cpu_s += one.client_cpu_s;
+        }
+        self.turns += 1;
+    }
+
+    /// "read: wall W, server CPU S, client CPU C ns/point; write: …".
+    fn describe(&self, n: usize) -> String {
+        let per = |seconds: f64| seconds * 1e9 / (n as f64 * f64::from(self.turns.max(1)));
+        let one = |m: &Measured| {
+            format!(
+                "wall {:.1}, server CPU {:.1}, client CPU {:.1}",
+                per(m.wall_s),
+                per(m.server_cpu_s),
+                per(m.client_cpu_s)
+            )
+        };
+        format!(
+            "read {}; write {}",
+            one(&self.read_cost),
+            one(&self.write_cost)
+        )
     }
 }
 
-/// One Flight turn with `flight_peer.py client`: DoPut then DoGet of `n` points.
 /// Where a Flight client connects and how it logs in.
 struct FlightServer<'a> {
     location: &'a str,
     ca: &'a std::path::Path,
     server_name: Option<&'a str>,
     token: Option<&'a str>,
+    /// The server process, for its CPU time.
+    pid: u32,
 }
 
 fn flight_turn(
@@ -55,7 +121,7 @@ fn flight_turn(
     path: &str,
     n: usize,
     timeout: Duration,
-) -> Result<(f64, f64)> {
+) -> Result<(Measured, Measured)> {
     let mut args = vec![
         "client".to_string(),
         "--location".into(),
@@ -75,7 +141,12 @@ fn flight_turn(
         .map(|t| ("BUSBAR_BENCH_TOKEN", t))
         .into_iter()
         .collect();
+    let server_before = procs::cpu_seconds(&server.pid.to_string());
     let out = procs::run_python_json(python, &args, &envs, timeout)?;
+    // The client reports its own times; the server's CPU is split between
+    // put and get in proportion to their wall times (the server is idle
+    // while the client builds its points).
+    let server_cpu = procs::cpu_seconds(&server.pid.to_string()) - server_before;
     let figure = |key: &str| {
         out[key]
             .as_f64()
@@ -85,7 +156,20 @@ fn flight_turn(
     if got != n {
         return Err(format!("read {got} of {n} points over Flight").into());
     }
-    Ok((n as f64 / figure("put_s")?, n as f64 / figure("get_s")?))
+    let (put_s, get_s) = (figure("put_s")?, figure("get_s")?);
+    let share = put_s / (put_s + get_s).max(1e-9);
+    Ok((
+        Measured {
+            wall_s: put_s,
+            server_cpu_s: server_cpu * share,
+            client_cpu_s: figure("put_cpu_s")?,
+        },
+        Measured {
+            wall_s: get_s,
+            server_cpu_s: server_cpu * (1.0 - share),
+            client_cpu_s: figure("get_cpu_s")?,
+        },
+    ))
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
@@ -117,15 +201,15 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         let (client, data, spec) = (client.clone(), data.clone(), spec.clone());
         async move {
             ctx.admin.create_series(&path, &spec, false).await?;
-            let started = Instant::now();
+            let clock = CpuClock::start(ctx.busbar_pid);
             let summary = client
                 .write_series_stream(&path, Interval::all(), futures::stream::iter(data))
                 .await?;
-            let write_s = started.elapsed().as_secs_f64();
+            let write = clock.stop();
             if summary.points_written as usize != n {
                 return Err(format!("wrote {} of {n} points", summary.points_written).into());
             }
-            let started = Instant::now();
+            let clock = CpuClock::start(ctx.busbar_pid);
             let mut chunks = client.read_series_stream(&[&path], Interval::all()).await?;
             let mut got = 0usize;
             while let Some(chunk) = chunks.next().await {
@@ -133,12 +217,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                     got += batch.num_rows();
                 }
             }
-            let read_s = started.elapsed().as_secs_f64();
+            let read = clock.stop();
             ctx.admin.rm(&path, false).await?;
             if got != n {
                 return Err(format!("read {got} of {n} points").into());
             }
-            Result::Ok((n as f64 / write_s, n as f64 / read_s))
+            Result::Ok((write, read))
         }
     };
 
@@ -180,6 +264,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ca: &busbar_ca,
         server_name: ctx.busbar_config.server_name.as_deref(),
         token: Some(&ctx.busbar_token),
+        pid: ctx.busbar_pid,
     };
 
     let mut native = Rates::default();
@@ -189,7 +274,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         eprintln!("bench: timeseries turn {}: busbar native", turn + 1);
         let path = format!("{folder}/native-{turn}");
         let (w, r) = native_turn(path).await?;
-        native.keep_best(w, r);
+        native.add(n, w, r);
 
         let (Some(python), Some(peer)) = (&python, &peer) else {
             continue;
@@ -198,7 +283,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         let path = format!("{folder}/flight-{turn}");
         ctx.admin.create_series(&path, &spec, false).await?;
         match flight_turn(python, &busbar_flight, &path, n, timeout) {
-            Ok((w, r)) => flight.get_or_insert_default().keep_best(w, r),
+            Ok((w, r)) => flight.get_or_insert_default().add(n, w, r),
             Err(error) => notes.push(format!("busbar Flight turn failed: {error}")),
         }
         ctx.admin.rm(&path, false).await?;
@@ -209,15 +294,33 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             ca: &ctx.tls.ca,
             server_name: None,
             token: None,
+            pid: peer.guard.pid(),
         };
         // The same key every turn: the peer replaces the table it held.
         match flight_turn(python, &peer_flight, "bench/points", n, timeout) {
-            Ok((w, r)) => pyarrow.get_or_insert_default().keep_best(w, r),
+            Ok((w, r)) => pyarrow.get_or_insert_default().add(n, w, r),
             Err(error) => notes.push(format!("pyarrow.flight turn failed: {error}")),
         }
     }
     drop(peer);
     let _ = ctx.admin.rm(folder, true).await;
+    // Where the time goes, per point, averaged over the turns.
+    notes.push(format!(
+        "ns per point, busbar native: {}",
+        native.describe(n)
+    ));
+    if let Some(flight) = &flight {
+        notes.push(format!(
+            "ns per point, busbar Flight: {}",
+            flight.describe(n)
+        ));
+    }
+    if let Some(pyarrow) = &pyarrow {
+        notes.push(format!(
+            "ns per point, pyarrow.flight: {}",
+            pyarrow.describe(n)
+        ));
+    }
 
     let label = crate::report::count_label(n);
     let with_notes = |row: Row| notes.iter().fold(row, |row, note| row.note(note.clone()));
