@@ -306,7 +306,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let _ = ctx.admin.rm(folder, true).await;
     // Where the time goes, per point, averaged over the turns.
     notes.push(format!(
-        "ns per point, busbar native: {}",
+        "ns per point, averaged over the turns (server CPU from /proc/<pid>/stat in 10 ms ticks, coarse at quick sizes; the Python client's from its process time), busbar native: {}",
         native.describe(n)
     ));
     if let Some(flight) = &flight {
