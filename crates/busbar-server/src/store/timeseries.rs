@@ -743,21 +743,70 @@ pub fn read(
     let mut rows = stmt.query([from, to])?;
     let mut sent = 0;
     while let Some(row) = rows.next()? {
-        let (_, points) = read_chunk(row)?;
-        let lo = points.times.partition_point(|&t| t < from);
-        let hi = points.times.partition_point(|&t| t < to);
+        let times = blob(row, 1)?;
+        let flags = blob(row, 2)?;
+        let values = blob(row, 3)?;
+        let count = times.len() / 8;
+        if flags.len() != count * 4 || values.len() != count * 8 {
+            return Err(corrupt("a chunk has uneven columns"));
+        }
+        let time_at =
+            |i: usize| i64::from_le_bytes(times[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let lo = partition(count, |i| time_at(i) < from);
+        let hi = partition(count, |i| time_at(i) < to);
         if lo == hi {
             continue;
         }
-        let points = if lo == 0 && hi == points.len() {
-            points
-        } else {
-            points.slice(lo..hi)
-        };
-        sent += points.len() as u64;
-        emit(points.into_batch())?;
+        // Each column is one copy from SQLite's page into an aligned Arrow
+        // buffer: the stored bytes already are Arrow's little-endian layout.
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                TimestampMillisecondArray::new(column(times, 8, lo..hi), None).with_timezone("UTC"),
+            ),
+            Arc::new(UInt32Array::new(column(flags, 4, lo..hi), None)),
+            Arc::new(Float64Array::new(column(values, 8, lo..hi), None)),
+        ];
+        let batch = RecordBatch::try_new(POINTS_SCHEMA.clone(), columns)
+            .map_err(|e| corrupt(&e.to_string()))?;
+        sent += (hi - lo) as u64;
+        emit(batch)?;
     }
     Ok(sent)
+}
+
+fn blob<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<&'r [u8]> {
+    row.get_ref(index)?
+        .as_blob()
+        .map_err(|_| corrupt("a chunk column is not a blob"))
+}
+
+/// The first index in `0..len` where `before` turns false.
+fn partition(len: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
+
+/// Rows `range` of a stored column of `width`-byte little-endian values.
+fn column<T: arrow_buffer::ArrowNativeType>(
+    bytes: &[u8],
+    width: usize,
+    range: std::ops::Range<usize>,
+) -> arrow_buffer::ScalarBuffer<T> {
+    const _: () = assert!(
+        cfg!(target_endian = "little"),
+        "chunks hold little-endian columns"
+    );
+    let mut buffer = arrow_buffer::MutableBuffer::new((range.end - range.start) * width);
+    buffer.extend_from_slice(&bytes[range.start * width..range.end * width]);
+    arrow_buffer::ScalarBuffer::new(buffer.into(), 0, range.end - range.start)
 }
 
 /// A series' extent.
