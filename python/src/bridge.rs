@@ -1,0 +1,145 @@
+//! The one place where the two faces differ: a blocking call waits on
+//! Busbar's runtime with the GIL released; an asyncio call returns an
+//! `asyncio.Future` that a runtime task resolves through the event loop.
+
+use crate::convert::{ToPython, to_pyerr};
+use busbar_client::Error;
+use pyo3::prelude::*;
+use std::future::Future;
+use std::sync::Mutex;
+use tokio::runtime::Runtime;
+
+/// Busbar's own runtime, made again in a child after `fork()` (the parent's
+/// worker threads do not exist there). Connections made before a fork belong
+/// to the parent's runtime and are not usable in the child.
+pub(crate) fn runtime() -> &'static Runtime {
+    static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    match *slot {
+        Some((owner, runtime)) if owner == pid => runtime,
+        _ => {
+            // The old runtime (if any) is the parent's: leaked, never dropped,
+            // because dropping would wait for threads that are not there.
+            let runtime: &'static Runtime = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("busbar-runtime")
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime can be built"),
+            ));
+            *slot = Some((pid, runtime));
+            runtime
+        }
+    }
+}
+
+/// Which face an object serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Face {
+    Blocking,
+    Asyncio,
+}
+
+/// Runs `work` for `face`: the result itself (blocking) or an awaitable.
+pub(crate) fn finish<'py, T, F>(py: Python<'py>, face: Face, work: F) -> PyResult<Bound<'py, PyAny>>
+where
+    T: ToPython + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    match face {
+        Face::Blocking => {
+            let outcome = py.detach(|| runtime().block_on(interruptible(work)));
+            match outcome {
+                Ok(value) => value.to_python(py).map(|v| v.into_bound(py)),
+                Err(Interrupted::Failed(error)) => Err(to_pyerr(py, &error)),
+                Err(Interrupted::Signal(error)) => Err(error),
+            }
+        }
+        Face::Asyncio => spawn_for_asyncio(py, work),
+    }
+}
+
+enum Interrupted {
+    Failed(Error),
+    Signal(PyErr),
+}
+
+/// Waits for `work`, checking every 100 ms whether Python has a signal to
+/// handle (Ctrl-C) so a blocking call can be interrupted; the work is dropped,
+/// which cancels it.
+async fn interruptible<T, F>(work: F) -> Result<T, Interrupted>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    let signals = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if let Err(error) = Python::attach(|py| py.check_signals()) {
+                return error;
+            }
+        }
+    };
+    tokio::select! {
+        outcome = work => outcome.map_err(Interrupted::Failed),
+        error = signals => Err(Interrupted::Signal(error)),
+    }
+}
+
+fn spawn_for_asyncio<'py, T, F>(py: Python<'py>, work: F) -> PyResult<Bound<'py, PyAny>>
+where
+    T: ToPython + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let event_loop = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")
+        .map_err(|_| {
+            to_pyerr(
+                py,
+                &Error::new(
+                    busbar_client::ErrorCode::FailedPrecondition,
+                    "busbar.aio is used from a coroutine with a running event loop; use busbar.Connection outside asyncio",
+                ),
+            )
+        })?;
+    let future = event_loop.call_method0("create_future")?;
+    let resolve = py.import("busbar._bridge")?.getattr("resolve")?.unbind();
+    let (loop_handle, future_handle) = (event_loop.unbind(), future.clone().unbind());
+    let task = runtime().spawn(async move {
+        let outcome = work.await;
+        Python::attach(|py| {
+            let converted = match outcome {
+                Ok(value) => value.to_python(py),
+                Err(error) => Err(to_pyerr(py, &error)),
+            };
+            let (error, value) = match converted {
+                Ok(value) => (py.None(), value),
+                Err(error) => (error.into_value(py).into_any(), py.None()),
+            };
+            // A closed loop cannot take the result: nobody waits for it any more.
+            let _ = loop_handle.bind(py).call_method1(
+                "call_soon_threadsafe",
+                (resolve, future_handle, error, value),
+            );
+        });
+    });
+    future.call_method1(
+        "add_done_callback",
+        (AbortTask(task.abort_handle()),),
+    )?;
+    Ok(future)
+}
+
+/// Done-callback of an asyncio future: a cancelled await cancels the work.
+#[pyclass]
+struct AbortTask(tokio::task::AbortHandle);
+
+#[pymethods]
+impl AbortTask {
+    fn __call__(&self, _future: Bound<'_, PyAny>) {
+        self.0.abort();
+    }
+}

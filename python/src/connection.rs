@@ -1,0 +1,544 @@
+//! `busbar._core.Core`: one connection (a `busbar_client::Client`) serving
+//! either face. Every method takes the same arguments in both; the face only
+//! decides whether the caller gets the result or an awaitable.
+
+use crate::bridge::{Face, finish};
+use crate::convert::{ToPython, invalid, message_to_json, messages_to_json, py_to_json};
+use crate::sql::{SqlTable, statement};
+use crate::streams::{
+    CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
+};
+use base64::Engine;
+use busbar_client::{
+    Client, ClientConfig, ConnectOptions, Error, ErrorCode, ResourceKind, Right,
+};
+use pyo3::prelude::*;
+use serde_json::Value;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// A deadline in seconds from Python, checked.
+pub(crate) fn duration(seconds: Option<f64>, what: &str) -> Result<Option<Duration>, Error> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(invalid(format!(
+            "bad {what} {s}: use a positive number of seconds"
+        ))),
+    }
+}
+
+/// `client` with a per-call deadline, if one was given.
+pub(crate) fn with_timeout(client: &Client, timeout: Option<f64>) -> Result<Client, Error> {
+    Ok(match duration(timeout, "timeout")? {
+        Some(timeout) => client.with_timeout(timeout),
+        None => client.clone(),
+    })
+}
+
+/// Waits for `work` at most `timeout` (for calls whose stream outlives the
+/// deadline: a join or subscribe must not end when the deadline passes).
+async fn within<T>(
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match timeout {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Timeout,
+                "the call's deadline passed before it finished; raise the timeout or retry",
+            ))
+        }),
+    }
+}
+
+fn resource_kind(kind: &str) -> Result<ResourceKind, Error> {
+    Ok(match kind.to_ascii_lowercase().as_str() {
+        "folder" => ResourceKind::Folder,
+        "room" => ResourceKind::Room,
+        "wire" => ResourceKind::Wire,
+        "database" => ResourceKind::Database,
+        _ => {
+            return Err(invalid(format!(
+                "bad kind {kind:?}: use \"folder\", \"room\", \"wire\" or \"database\""
+            )));
+        }
+    })
+}
+
+fn right(right: &str) -> Result<Right, Error> {
+    Ok(match right.to_ascii_lowercase().as_str() {
+        "read" => Right::Read,
+        "write" => Right::Write,
+        "admin" => Right::Admin,
+        _ => {
+            return Err(invalid(format!(
+                "bad right {right:?}: use \"read\", \"write\" or \"admin\""
+            )));
+        }
+    })
+}
+
+/// How to reach and log in to a node, as given to a constructor.
+#[derive(FromPyObject, Default)]
+#[pyo3(from_item_all)]
+pub(crate) struct Target {
+    config_path: Option<String>,
+    config_json: Option<String>,
+    address: Option<String>,
+    ca: Option<String>,
+    fingerprint: Option<String>,
+    server_name: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    key_name: Option<String>,
+    private_key: Option<String>,
+    timeout: Option<f64>,
+    connect_timeout: Option<f64>,
+    connections: Option<usize>,
+}
+
+impl Target {
+    fn options(self) -> Result<ConnectOptions, Error> {
+        let mut options = match (self.config_path, self.config_json, self.address) {
+            (Some(path), _, _) => ConnectOptions::from_config(&ClientConfig::from_file(path)?)?,
+            (_, Some(json), _) => ConnectOptions::from_config(&ClientConfig::from_json(&json)?)?,
+            (_, _, Some(address)) => ConnectOptions::new(address),
+            _ => return Err(invalid("give an address or a client config")),
+        };
+        if let Some(ca) = self.ca {
+            options = options.ca_pem(ca);
+        }
+        if let Some(fingerprint) = self.fingerprint {
+            options = options.pin_fingerprint(fingerprint);
+        }
+        if let Some(name) = self.server_name {
+            options = options.server_name(name);
+        }
+        let credentials = [
+            self.password.is_some() || self.user.is_some(),
+            self.token.is_some(),
+            self.key_name.is_some() || self.private_key.is_some(),
+        ];
+        if credentials.iter().filter(|given| **given).count() > 1 {
+            return Err(invalid(
+                "give one credential: user= and password=, token=, or key_name= and private_key=",
+            ));
+        }
+        match (self.user, self.password) {
+            (Some(user), Some(password)) => options = options.password(user, password),
+            (None, None) => {}
+            _ => return Err(invalid("user= and password= go together")),
+        }
+        if let Some(token) = self.token {
+            options = options.token(token);
+        }
+        match (self.key_name, self.private_key) {
+            (Some(name), Some(key)) => {
+                let seed = base64::engine::general_purpose::STANDARD
+                    .decode(key.trim())
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| {
+                        invalid("bad private_key: expected standard base64 of a 32-byte Ed25519 seed")
+                    })?;
+                options = options.key(name, ed25519_dalek::SigningKey::from_bytes(&seed));
+            }
+            (None, None) => {}
+            _ => return Err(invalid("key_name= and private_key= go together")),
+        }
+        if let Some(timeout) = duration(self.timeout, "timeout")? {
+            options = options.timeout(timeout);
+        }
+        if let Some(timeout) = duration(self.connect_timeout, "connect_timeout")? {
+            options = options.connect_timeout(timeout);
+        }
+        if let Some(connections) = self.connections {
+            options = options.connections(connections);
+        }
+        Ok(options)
+    }
+}
+
+/// Connects; the result is a `Core` (blocking) or an awaitable of one.
+#[pyfunction]
+pub(crate) fn connect<'py>(
+    py: Python<'py>,
+    asyncio: bool,
+    target: Target,
+) -> PyResult<Bound<'py, PyAny>> {
+    let face = if asyncio { Face::Asyncio } else { Face::Blocking };
+    let options = target.options();
+    finish(py, face, async move {
+        let client = options?.connect().await?;
+        Ok(Core {
+            face,
+            client: RwLock::new(Some(client)),
+        })
+    })
+}
+
+impl ToPython for Core {
+    fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(Py::new(py, self)?.into_any())
+    }
+}
+
+macro_rules! pyclass_to_python {
+    ($($t:ty),*) => {$(
+        impl ToPython for $t {
+            fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+                Ok(Py::new(py, self)?.into_any())
+            }
+        }
+    )*};
+}
+
+pyclass_to_python!(CoreCall, CoreSubscription, CoreMembership);
+
+/// One connection to a node.
+#[pyclass(frozen, module = "busbar._core")]
+pub(crate) struct Core {
+    face: Face,
+    client: RwLock<Option<Client>>,
+}
+
+impl Core {
+    /// The client with this call's deadline; FAILED_PRECONDITION after close().
+    fn client(&self, timeout: Option<f64>) -> Result<Client, Error> {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        let client = client.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::FailedPrecondition,
+                "this connection is closed; open a new one",
+            )
+        })?;
+        with_timeout(client, timeout)
+    }
+
+    /// The client without a deadline, and the deadline for opening a stream.
+    fn client_and_limit(&self, timeout: Option<f64>) -> Result<(Client, Option<Duration>), Error> {
+        let limit = duration(timeout, "timeout")?;
+        Ok((self.client(None)?, limit))
+    }
+
+    /// Runs `work` with the client for one call.
+    fn run<'py, T, F, Fut>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        work: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: ToPython + Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        match self.client(timeout) {
+            Ok(client) => finish(py, self.face, work(client)),
+            Err(error) => finish(py, self.face, async move { Err::<T, _>(error) }),
+        }
+    }
+}
+
+#[pymethods]
+impl Core {
+    #[getter]
+    fn address(&self) -> PyResult<String> {
+        Python::attach(|py| {
+            self.client(None)
+                .map(|c| c.address().to_string())
+                .map_err(|e| crate::convert::to_pyerr(py, &e))
+        })
+    }
+
+    #[getter]
+    fn is_async(&self) -> bool {
+        self.face == Face::Asyncio
+    }
+
+    /// Drops this handle's connection (streams still open keep theirs).
+    fn close(&self) {
+        self.client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn status<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            Ok(message_to_json(&c.status().await?, "busbar.v1.NodeStatus"))
+        })
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn whoami<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            Ok(message_to_json(&c.whoami().await?, "busbar.v1.Identity"))
+        })
+    }
+
+    #[pyo3(signature = (method, request=None, timeout=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        request: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = request.map_or(Ok(Value::Object(Default::default())), |r| py_to_json(&r));
+        self.run(py, timeout, |c| async move { c.call(&method, request?).await })
+    }
+
+    #[pyo3(signature = (method, request=None, timeout=None))]
+    fn stream<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        request: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = request.map(|r| py_to_json(&r)).transpose();
+        let face = self.face;
+        self.run(py, timeout, |c| async move {
+            let call = c.stream(&method, request?).await?;
+            Ok(CoreCall::new(face, call))
+        })
+    }
+
+    #[pyo3(signature = (path, recursive=false, timeout=None))]
+    fn ls<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        recursive: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            let found = c.ls(&path, recursive).await?;
+            Ok(messages_to_json(&found, "busbar.v1.Resource"))
+        })
+    }
+
+    #[pyo3(signature = (path, timeout=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            Ok(message_to_json(&c.get(&path).await?, "busbar.v1.Resource"))
+        })
+    }
+
+    #[pyo3(signature = (path, kind, parents=false, timeout=None))]
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        kind: String,
+        parents: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kind = resource_kind(&kind);
+        self.run(py, timeout, |c| async move {
+            let made = c.create(&path, kind?, parents).await?;
+            Ok(message_to_json(&made, "busbar.v1.Resource"))
+        })
+    }
+
+    #[pyo3(signature = (path, recursive=false, timeout=None))]
+    fn rm<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        recursive: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move { c.rm(&path, recursive).await })
+    }
+
+    #[pyo3(signature = (source, destination, timeout=None))]
+    fn mv<'py>(
+        &self,
+        py: Python<'py>,
+        source: String,
+        destination: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            let moved = c.mv(&source, &destination).await?;
+            Ok(message_to_json(&moved, "busbar.v1.Resource"))
+        })
+    }
+
+    #[pyo3(signature = (path, principal, right, timeout=None))]
+    fn grant<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        principal: String,
+        right: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let right = self::right(&right);
+        self.run(py, timeout, |c| async move {
+            let grants = c.grant(&path, &principal, right?).await?;
+            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
+        })
+    }
+
+    #[pyo3(signature = (path, principal, timeout=None))]
+    fn revoke<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        principal: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            let grants = c.revoke(&path, &principal).await?;
+            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
+        })
+    }
+
+    #[pyo3(signature = (path, effective=false, timeout=None))]
+    fn grants<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        effective: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            let grants = c.grants(&path, effective).await?;
+            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
+        })
+    }
+
+    #[pyo3(signature = (name, password, admin=false, timeout=None))]
+    fn create_user<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        password: String,
+        admin: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, |c| async move {
+            let made = c.create_user(&name, &password, admin).await?;
+            Ok(message_to_json(&made, "busbar.v1.Identity"))
+        })
+    }
+
+    #[pyo3(signature = (name, ttl=None, timeout=None))]
+    fn create_token<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        ttl: Option<f64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ttl = duration(ttl, "ttl");
+        self.run(py, timeout, |c| async move {
+            Ok(c.create_token(&name, ttl?).await?.0)
+        })
+    }
+
+    #[pyo3(signature = (path, event, args, timeout=None))]
+    fn emit<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        event: String,
+        args: Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = crate::convert::py_to_json_list(&args);
+        self.run(py, timeout, |c| async move {
+            c.emit(&path, &event, args?).await
+        })
+    }
+
+    #[pyo3(signature = (path, timeout=None))]
+    fn join<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let face = self.face;
+        let opened = self.client_and_limit(timeout);
+        finish(py, face, async move {
+            let (client, limit) = opened?;
+            let membership = within(limit, client.join(&path)).await?;
+            let member_id = Arc::new(Mutex::new(String::new()));
+            let path = membership.path().to_string();
+            let events = MembershipEvents::new(membership, member_id.clone());
+            Ok(CoreMembership {
+                face,
+                client,
+                path,
+                member_id,
+                events: Pull::new(events),
+            })
+        })
+    }
+
+    #[pyo3(signature = (path, timeout=None))]
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let face = self.face;
+        let opened = self.client_and_limit(timeout);
+        finish(py, face, async move {
+            let (client, limit) = opened?;
+            let chunks = within(limit, client.subscribe(&path)).await?;
+            Ok(CoreSubscription {
+                face,
+                chunks: Pull::new(chunks),
+            })
+        })
+    }
+
+    /// A publisher for the wire at `path` (starts the stream; no wait).
+    #[pyo3(signature = (path, timeout=None))]
+    fn publisher(&self, py: Python<'_>, path: String, timeout: Option<f64>) -> PyResult<CorePublisher> {
+        let client = self
+            .client(timeout)
+            .map_err(|e| crate::convert::to_pyerr(py, &e))?;
+        Ok(CorePublisher::start(self.face, client, path))
+    }
+
+    /// Runs one SQL statement; the result is (pyarrow.Table, summary dict).
+    #[pyo3(signature = (database, sql, params=None, timeout=None))]
+    fn sql<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        sql: String,
+        params: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let statement = statement(py, sql, params.as_ref());
+        self.run(py, timeout, |c| async move {
+            let result = c.sql(&database, statement?).await?;
+            Ok(SqlTable(result))
+        })
+    }
+}
