@@ -7,6 +7,7 @@ use busbar_client::Error;
 use pyo3::prelude::*;
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::runtime::Runtime;
 
 /// Busbar's own runtime, made again in a child after `fork()` (the parent's
@@ -35,6 +36,37 @@ pub(crate) fn runtime() -> &'static Runtime {
     }
 }
 
+/// Runtime threads inside Python right now, and whether the interpreter is
+/// exiting. A runtime thread that waits for the GIL while the interpreter
+/// finalizes is ended by CPython mid-call (an abort), so `at_exit` stops new
+/// entries and waits for the ones in flight before finalization starts.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f` with the GIL from a runtime thread, unless the interpreter exits.
+fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    let result = if EXITING.load(Ordering::SeqCst) {
+        None
+    } else {
+        Python::try_attach(f)
+    };
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+/// Registered with `atexit` by `busbar/__init__.py`.
+#[pyfunction]
+pub(crate) fn at_exit(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+}
+
 /// Which face an object serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Face {
@@ -50,7 +82,15 @@ where
 {
     match face {
         Face::Blocking => {
-            let outcome = py.detach(|| runtime().block_on(interruptible(work)));
+            let outcome = py.detach(|| {
+                let outcome = runtime().block_on(interruptible(work));
+                // A (daemon) thread must not take the GIL back while the
+                // interpreter finalizes: CPython would end it mid-frame.
+                while EXITING.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                outcome
+            });
             match outcome {
                 Ok(value) => value.to_python(py).map(|v| v.into_bound(py)),
                 Err(Interrupted::Failed(error)) => Err(to_pyerr(py, &error)),
@@ -77,7 +117,7 @@ where
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             tick.tick().await;
-            if let Err(error) = Python::attach(|py| py.check_signals()) {
+            if let Some(Err(error)) = with_python(|py| py.check_signals()) {
                 return error;
             }
         }
@@ -110,7 +150,7 @@ where
     let (loop_handle, future_handle) = (event_loop.unbind(), future.clone().unbind());
     let task = runtime().spawn(async move {
         let outcome = work.await;
-        Python::attach(|py| {
+        with_python(|py| {
             let converted = match outcome {
                 Ok(value) => value.to_python(py),
                 Err(error) => Err(to_pyerr(py, &error)),

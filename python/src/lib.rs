@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(connection::connect, module)?)?;
+    module.add_function(wrap_pyfunction!(bridge::at_exit, module)?)?;
     module.add_class::<connection::Core>()?;
     module.add_class::<streams::CoreCall>()?;
     module.add_class::<streams::CoreSubscription>()?;
