@@ -143,6 +143,8 @@ class AsyncCall(_Handlers):
         super().__init__()
         self._core = core
         self._task: Optional["asyncio.Task[None]"] = None
+        # Made by an awaited conn.stream(): handlers run on that loop.
+        self._loop = asyncio.get_running_loop()
 
     async def send(self, message: Dict[str, Any]) -> None:
         await self._core.send(message)
@@ -177,7 +179,7 @@ class AsyncCall(_Handlers):
         if handler is None:
             return lambda h: self.on(kind, h)
         if self._register(kind, handler):
-            self._task = asyncio.get_running_loop().create_task(self._pump())
+            self._task = self._loop.create_task(self._pump())
         return handler
 
     async def _pump(self) -> None:

@@ -97,7 +97,13 @@ where
                 Err(Interrupted::Signal(error)) => Err(error),
             }
         }
-        Face::Asyncio => spawn_for_asyncio(py, work),
+        Face::Asyncio => {
+            let work: PendingWork = Box::pin(async move {
+                let value = work.await?;
+                Ok(Box::new(move |py: Python<'_>| value.to_python(py)) as Convert)
+            });
+            Ok(Bound::new(py, Pending(Mutex::new(Some(work))))?.into_any())
+        }
     }
 }
 
@@ -128,11 +134,33 @@ where
     }
 }
 
-fn spawn_for_asyncio<'py, T, F>(py: Python<'py>, work: F) -> PyResult<Bound<'py, PyAny>>
-where
-    T: ToPython + Send + 'static,
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
+type Convert = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+type PendingWork = std::pin::Pin<Box<dyn Future<Output = Result<Convert, Error>> + Send>>;
+
+/// The awaitable the asyncio face returns. Like a coroutine, nothing happens
+/// until it is awaited (in a running event loop); then the work runs on
+/// Busbar's runtime and cancelling the await cancels it.
+#[pyclass(module = "busbar._core")]
+struct Pending(Mutex<Option<PendingWork>>);
+
+#[pymethods]
+impl Pending {
+    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let work = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let work = work.ok_or_else(|| {
+            to_pyerr(
+                py,
+                &Error::new(
+                    busbar_client::ErrorCode::FailedPrecondition,
+                    "this awaitable was already awaited; call the method again",
+                ),
+            )
+        })?;
+        spawn_for_asyncio(py, work)?.call_method0("__await__")
+    }
+}
+
+fn spawn_for_asyncio<'py>(py: Python<'py>, work: PendingWork) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = py
         .import("asyncio")?
         .call_method0("get_running_loop")
@@ -152,7 +180,7 @@ where
         let outcome = work.await;
         with_python(|py| {
             let converted = match outcome {
-                Ok(value) => value.to_python(py),
+                Ok(convert) => convert(py),
                 Err(error) => Err(to_pyerr(py, &error)),
             };
             let (error, value) = match converted {

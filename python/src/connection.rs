@@ -236,9 +236,13 @@ impl Core {
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
     {
-        match self.client(timeout) {
-            Ok(client) => finish(py, self.face, work(client)),
-            Err(error) => finish(py, self.face, async move { Err::<T, _>(error) }),
+        // The deadline travels to the server (grpc-timeout) and is kept
+        // here too, so a call ends in time even when the network hangs.
+        match (self.client(timeout), duration(timeout, "timeout")) {
+            (Ok(client), Ok(limit)) => finish(py, self.face, within(limit, work(client))),
+            (Err(error), _) | (_, Err(error)) => {
+                finish(py, self.face, async move { Err::<T, _>(error) })
+            }
         }
     }
 }
@@ -311,9 +315,13 @@ impl Core {
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = request.map(|r| py_to_json(&r)).transpose();
         let face = self.face;
-        self.run(py, timeout, |c| async move {
+        let deadline = duration(timeout, "timeout")
+            .ok()
+            .flatten()
+            .map(|limit| tokio::time::Instant::now() + limit);
+        self.run(py, timeout, move |c| async move {
             let call = c.stream(&method, request?).await?;
-            Ok(CoreCall::new(face, call))
+            Ok(CoreCall::new(face, call, deadline))
         })
     }
 

@@ -26,6 +26,8 @@ const CANCELLED: u8 = 2;
 /// stopped while a read waits.
 pub(crate) struct Pull<S> {
     stream: tokio::sync::Mutex<Option<S>>,
+    /// When the whole stream must have ended (a call's `timeout=`).
+    deadline: Option<tokio::time::Instant>,
     state: AtomicU8,
     stopped: Notify,
 }
@@ -35,8 +37,16 @@ where
     S: Stream<Item = Result<T, Error>> + Unpin + Send + 'static,
 {
     pub(crate) fn new(stream: S) -> Arc<Pull<S>> {
+        Pull::with_deadline(stream, None)
+    }
+
+    pub(crate) fn with_deadline(
+        stream: S,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Arc<Pull<S>> {
         Arc::new(Pull {
             stream: tokio::sync::Mutex::new(Some(stream)),
+            deadline,
             state: AtomicU8::new(OPEN),
             stopped: Notify::new(),
         })
@@ -57,7 +67,20 @@ where
             return Ok(None);
         };
         let stopped = self.stopped.notified();
+        let expired = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = expired => {
+                *guard = None;
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    "the call's deadline passed before it finished; raise the timeout or retry",
+                ))
+            }
             item = stream.next() => match item {
                 Some(Ok(item)) => Ok(Some(item)),
                 Some(Err(error)) => {
@@ -108,11 +131,15 @@ pub(crate) struct CoreCall {
 }
 
 impl CoreCall {
-    pub(crate) fn new(face: Face, mut call: DynamicCall) -> CoreCall {
+    pub(crate) fn new(
+        face: Face,
+        mut call: DynamicCall,
+        deadline: Option<tokio::time::Instant>,
+    ) -> CoreCall {
         let sender = call.take_sender();
         CoreCall {
             face,
-            responses: Pull::new(call),
+            responses: Pull::with_deadline(call, deadline),
             sender: Mutex::new(Some(sender)),
         }
     }

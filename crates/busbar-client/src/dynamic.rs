@@ -153,7 +153,10 @@ impl Client {
         let mut reflection = ServerReflectionClient::new(self.inner.channel());
         let mut want = vec![MessageRequest::FileContainingSymbol(symbol.to_string())];
         let mut files = Vec::new();
+        // Files received, and dependencies asked for (apart: a dependency
+        // asked for must still be kept when it arrives).
         let mut seen = HashSet::new();
+        let mut requested = HashSet::new();
         while !want.is_empty() {
             let requests: Vec<_> = want
                 .drain(..)
@@ -212,8 +215,10 @@ impl Client {
                 .unwrap_or_else(|p| p.into_inner());
             for file in &files {
                 for dependency in &file.dependency {
-                    if !seen.contains(dependency) && pool.get_file_by_name(dependency).is_none() {
-                        seen.insert(dependency.clone());
+                    if !seen.contains(dependency)
+                        && pool.get_file_by_name(dependency).is_none()
+                        && requested.insert(dependency.clone())
+                    {
                         want.push(MessageRequest::FileByFilename(dependency.clone()));
                     }
                 }
