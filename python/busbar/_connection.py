@@ -24,6 +24,19 @@ _TARGET_KEYS = (
 )
 
 
+_RESOURCES = "busbar.v1.Resources/"
+_KINDS = {"folder": "FOLDER", "room": "ROOM", "wire": "WIRE", "database": "DATABASE"}
+_RIGHTS = {"read": "READ", "write": "WRITE", "admin": "ADMIN"}
+
+
+def _choice(value: Any, names: Dict[str, str], what: str) -> str:
+    """The protocol's name for one of a few choices, checked here."""
+    found = names.get(value.lower()) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidArgument(f"bad {what} {value!r}: use one of {', '.join(names)}")
+    return found
+
+
 def _target(**given: Any) -> Dict[str, Any]:
     return {key: given.get(key) for key in _TARGET_KEYS}
 
@@ -138,68 +151,107 @@ class _ConnectionBase:
         state = "closed" if self.closed else self.address
         return f"<{type(self).__module__}.{type(self).__name__} {state}>"
 
+    def _rpc(self, method: str, request: Dict[str, Any], timeout: Optional[float],
+             pick: Optional[str] = None) -> Any:
+        """A busbar RPC by name; ``pick`` takes one field of the reply."""
+        reply = self._core.call(method, request, timeout)
+        return reply if pick is None else self._then(reply, lambda r: r[pick])
+
     def status(self, *, timeout: Optional[float] = None) -> Any:
-        return self._core.status(timeout)
+        """The node's version, uptime, store, bus and TLS state."""
+        return self._rpc("busbar.v1.Node/Status", {}, timeout)
 
     def whoami(self, *, timeout: Optional[float] = None) -> Any:
-        return self._core.whoami(timeout)
+        """The identity this connection is logged in as."""
+        return self._rpc("busbar.v1.Auth/WhoAmI", {}, timeout)
 
     # --- calls ------------------------------------------------------------
 
     def call(self, method: str, request: Optional[Dict[str, Any]] = None, *,
              timeout: Optional[float] = None) -> Any:
+        """Calls the unary method ``method`` ("package.Service/Method") with a
+        dict; returns the reply as a dict (protocol field names)."""
         return self._core.call(method, request, timeout)
 
     def stream(self, method: str, request: Optional[Dict[str, Any]] = None, *,
                timeout: Optional[float] = None) -> Any:
+        """Starts a server-, client- or bidi-streaming call; returns a Call.
+        ``request`` is the first message (required for server streaming)."""
         return self._then(self._core.stream(method, request, timeout), self._CALL)
 
     # --- resources --------------------------------------------------------
 
     def ls(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
-        return self._core.ls(path, recursive, timeout)
+        """The children of a folder (everything below it with ``recursive``)."""
+        return self._rpc(_RESOURCES + "List", {"path": path, "recursive": recursive}, timeout,
+                         "resources")
 
     def get(self, path: str, *, timeout: Optional[float] = None) -> Any:
-        return self._core.get(path, timeout)
+        """The resource at ``path``."""
+        return self._rpc(_RESOURCES + "Get", {"path": path}, timeout)
 
     def create(self, path: str, kind: str, *, parents: bool = False,
                timeout: Optional[float] = None) -> Any:
-        return self._core.create(path, kind, parents, timeout)
+        """Creates a "folder", "room", "wire" or "database" (missing folders
+        too with ``parents``)."""
+        request = {"path": path, "kind": _choice(kind, _KINDS, "kind"), "parents": parents}
+        return self._rpc(_RESOURCES + "Create", request, timeout)
 
     def mkdir(self, path: str, *, parents: bool = False, timeout: Optional[float] = None) -> Any:
-        return self._core.create(path, "folder", parents, timeout)
+        """Creates a folder."""
+        return self.create(path, "folder", parents=parents, timeout=timeout)
 
     def rm(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
-        return self._core.rm(path, recursive, timeout)
+        """Deletes a resource (a non-empty folder needs ``recursive``); returns how many."""
+        return self._rpc(_RESOURCES + "Delete", {"path": path, "recursive": recursive}, timeout,
+                         "deleted")
 
     def mv(self, source: str, destination: str, *, timeout: Optional[float] = None) -> Any:
-        return self._core.mv(source, destination, timeout)
+        """Moves or renames a resource."""
+        return self._rpc(_RESOURCES + "Move", {"from": source, "to": destination}, timeout)
 
     def grant(self, path: str, principal: str, right: str, *,
               timeout: Optional[float] = None) -> Any:
-        return self._core.grant(path, principal, right, timeout)
+        """Grants "read", "write" or "admin" on ``path`` to an identity or
+        "group:<name>"; returns the grants set on ``path``."""
+        request = {"path": path, "principal": principal,
+                   "right": _choice(right, _RIGHTS, "right")}
+        return self._rpc(_RESOURCES + "Grant", request, timeout, "grants")
 
     def revoke(self, path: str, principal: str, *, timeout: Optional[float] = None) -> Any:
-        return self._core.revoke(path, principal, timeout)
+        """Removes the grant set on ``path`` for ``principal``."""
+        return self._rpc(_RESOURCES + "Revoke", {"path": path, "principal": principal}, timeout,
+                         "grants")
 
     def grants(self, path: str, *, effective: bool = False,
                timeout: Optional[float] = None) -> Any:
-        return self._core.grants(path, effective, timeout)
+        """Grants set on ``path`` (with ``effective``, inherited ones too)."""
+        return self._rpc(_RESOURCES + "ListGrants", {"path": path, "effective": effective},
+                         timeout, "grants")
 
     # --- identities -------------------------------------------------------
 
     def create_user(self, name: str, password: str, *, admin: bool = False,
                     timeout: Optional[float] = None) -> Any:
-        return self._core.create_user(name, password, admin, timeout)
+        """Creates a password identity (admin only)."""
+        request = {"name": name, "password": password, "admin": admin}
+        return self._rpc("busbar.v1.Auth/CreateUser", request, timeout)
 
     def create_token(self, name: str, *, ttl: Optional[float] = None,
                      timeout: Optional[float] = None) -> Any:
-        return self._core.create_token(name, ttl, timeout)
+        """Creates an API token for this identity; returns its secret (shown once)."""
+        if ttl is not None and not (isinstance(ttl, (int, float)) and ttl > 0):
+            raise InvalidArgument(f"bad ttl {ttl!r}: use a positive number of seconds")
+        request = {"name": name, "ttl_seconds": 0 if ttl is None else max(1, int(ttl))}
+        return self._rpc("busbar.v1.Auth/CreateToken", request, timeout, "token")
 
     # --- events and data --------------------------------------------------
 
     def emit(self, room: str, event: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        return self._core.emit(room, event, list(args), timeout)
+        """Emits ``event`` to every member of ``room`` without joining; returns
+        how many members it reached."""
+        request = {"path": room, "event": event, "args": list(args)}
+        return self._rpc("busbar.v1.Rooms/Emit", request, timeout, "delivered")
 
     def wire(self, path: str) -> "Wire":
         return Wire(self, path)

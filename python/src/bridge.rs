@@ -194,10 +194,7 @@ fn spawn_for_asyncio<'py>(py: Python<'py>, work: PendingWork) -> PyResult<Bound<
             );
         });
     });
-    future.call_method1(
-        "add_done_callback",
-        (AbortTask(task.abort_handle()),),
-    )?;
+    future.call_method1("add_done_callback", (AbortTask(task.abort_handle()),))?;
     Ok(future)
 }
 

@@ -3,15 +3,13 @@
 //! decides whether the caller gets the result or an awaitable.
 
 use crate::bridge::{Face, finish};
-use crate::convert::{ToPython, invalid, message_to_json, messages_to_json, py_to_json};
+use crate::convert::{ToPython, invalid, py_to_json};
 use crate::sql::{SqlTable, statement};
 use crate::streams::{
     CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
 };
 use base64::Engine;
-use busbar_client::{
-    Client, ClientConfig, ConnectOptions, Error, ErrorCode, ResourceKind, Right,
-};
+use busbar_client::{Client, ClientConfig, ConnectOptions, Error, ErrorCode};
 use pyo3::prelude::*;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,33 +49,6 @@ async fn within<T>(
             ))
         }),
     }
-}
-
-fn resource_kind(kind: &str) -> Result<ResourceKind, Error> {
-    Ok(match kind.to_ascii_lowercase().as_str() {
-        "folder" => ResourceKind::Folder,
-        "room" => ResourceKind::Room,
-        "wire" => ResourceKind::Wire,
-        "database" => ResourceKind::Database,
-        _ => {
-            return Err(invalid(format!(
-                "bad kind {kind:?}: use \"folder\", \"room\", \"wire\" or \"database\""
-            )));
-        }
-    })
-}
-
-fn right(right: &str) -> Result<Right, Error> {
-    Ok(match right.to_ascii_lowercase().as_str() {
-        "read" => Right::Read,
-        "write" => Right::Write,
-        "admin" => Right::Admin,
-        _ => {
-            return Err(invalid(format!(
-                "bad right {right:?}: use \"read\", \"write\" or \"admin\""
-            )));
-        }
-    })
 }
 
 /// How to reach and log in to a node, as given to a constructor.
@@ -142,7 +113,9 @@ impl Target {
                     .ok()
                     .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
                     .ok_or_else(|| {
-                        invalid("bad private_key: expected standard base64 of a 32-byte Ed25519 seed")
+                        invalid(
+                            "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
+                        )
                     })?;
                 options = options.key(name, ed25519_dalek::SigningKey::from_bytes(&seed));
             }
@@ -169,7 +142,11 @@ pub(crate) fn connect<'py>(
     asyncio: bool,
     target: Target,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let face = if asyncio { Face::Asyncio } else { Face::Blocking };
+    let face = if asyncio {
+        Face::Asyncio
+    } else {
+        Face::Blocking
+    };
     let options = target.options();
     finish(py, face, async move {
         let client = options?.connect().await?;
@@ -279,20 +256,6 @@ impl Core {
             .is_none()
     }
 
-    #[pyo3(signature = (timeout=None))]
-    fn status<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            Ok(message_to_json(&c.status().await?, "busbar.v1.NodeStatus"))
-        })
-    }
-
-    #[pyo3(signature = (timeout=None))]
-    fn whoami<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            Ok(message_to_json(&c.whoami().await?, "busbar.v1.Identity"))
-        })
-    }
-
     #[pyo3(signature = (method, request=None, timeout=None))]
     fn call<'py>(
         &self,
@@ -302,7 +265,11 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = request.map_or(Ok(Value::Object(Default::default())), |r| py_to_json(&r));
-        self.run(py, timeout, |c| async move { c.call(&method, request?).await })
+        self.run(
+            py,
+            timeout,
+            |c| async move { c.call(&method, request?).await },
+        )
     }
 
     #[pyo3(signature = (method, request=None, timeout=None))]
@@ -322,161 +289,6 @@ impl Core {
         self.run(py, timeout, move |c| async move {
             let call = c.stream(&method, request?).await?;
             Ok(CoreCall::new(face, call, deadline))
-        })
-    }
-
-    #[pyo3(signature = (path, recursive=false, timeout=None))]
-    fn ls<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        recursive: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            let found = c.ls(&path, recursive).await?;
-            Ok(messages_to_json(&found, "busbar.v1.Resource"))
-        })
-    }
-
-    #[pyo3(signature = (path, timeout=None))]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            Ok(message_to_json(&c.get(&path).await?, "busbar.v1.Resource"))
-        })
-    }
-
-    #[pyo3(signature = (path, kind, parents=false, timeout=None))]
-    fn create<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        kind: String,
-        parents: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let kind = resource_kind(&kind);
-        self.run(py, timeout, |c| async move {
-            let made = c.create(&path, kind?, parents).await?;
-            Ok(message_to_json(&made, "busbar.v1.Resource"))
-        })
-    }
-
-    #[pyo3(signature = (path, recursive=false, timeout=None))]
-    fn rm<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        recursive: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move { c.rm(&path, recursive).await })
-    }
-
-    #[pyo3(signature = (source, destination, timeout=None))]
-    fn mv<'py>(
-        &self,
-        py: Python<'py>,
-        source: String,
-        destination: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            let moved = c.mv(&source, &destination).await?;
-            Ok(message_to_json(&moved, "busbar.v1.Resource"))
-        })
-    }
-
-    #[pyo3(signature = (path, principal, right, timeout=None))]
-    fn grant<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        principal: String,
-        right: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let right = self::right(&right);
-        self.run(py, timeout, |c| async move {
-            let grants = c.grant(&path, &principal, right?).await?;
-            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
-        })
-    }
-
-    #[pyo3(signature = (path, principal, timeout=None))]
-    fn revoke<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        principal: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            let grants = c.revoke(&path, &principal).await?;
-            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
-        })
-    }
-
-    #[pyo3(signature = (path, effective=false, timeout=None))]
-    fn grants<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        effective: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            let grants = c.grants(&path, effective).await?;
-            Ok(messages_to_json(&grants, "busbar.v1.Grant"))
-        })
-    }
-
-    #[pyo3(signature = (name, password, admin=false, timeout=None))]
-    fn create_user<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        password: String,
-        admin: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, |c| async move {
-            let made = c.create_user(&name, &password, admin).await?;
-            Ok(message_to_json(&made, "busbar.v1.Identity"))
-        })
-    }
-
-    #[pyo3(signature = (name, ttl=None, timeout=None))]
-    fn create_token<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        ttl: Option<f64>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let ttl = duration(ttl, "ttl");
-        self.run(py, timeout, |c| async move {
-            Ok(c.create_token(&name, ttl?).await?.0)
-        })
-    }
-
-    #[pyo3(signature = (path, event, args, timeout=None))]
-    fn emit<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        event: String,
-        args: Bound<'py, PyAny>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let args = crate::convert::py_to_json_list(&args);
-        self.run(py, timeout, |c| async move {
-            c.emit(&path, &event, args?).await
         })
     }
 
@@ -526,7 +338,12 @@ impl Core {
 
     /// A publisher for the wire at `path` (starts the stream; no wait).
     #[pyo3(signature = (path, timeout=None))]
-    fn publisher(&self, py: Python<'_>, path: String, timeout: Option<f64>) -> PyResult<CorePublisher> {
+    fn publisher(
+        &self,
+        py: Python<'_>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<CorePublisher> {
         let client = self
             .client(timeout)
             .map_err(|e| crate::convert::to_pyerr(py, &e))?;

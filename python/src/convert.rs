@@ -98,9 +98,9 @@ pub(crate) fn py_to_json(value: &Bound<'_, PyAny>) -> Result<Value, Error> {
     if let Ok(dict) = value.cast::<PyDict>() {
         let mut map = serde_json::Map::new();
         for (key, item) in dict.iter() {
-            let key = key.cast::<PyString>().map_err(|_| {
-                invalid(format!("dict keys must be strings for JSON, not {key:?}"))
-            })?;
+            let key = key
+                .cast::<PyString>()
+                .map_err(|_| invalid(format!("dict keys must be strings for JSON, not {key:?}")))?;
             map.insert(key.to_string(), py_to_json(&item)?);
         }
         return Ok(Value::Object(map));
@@ -171,7 +171,11 @@ pub(crate) fn py_to_bytes(value: &Bound<'_, PyAny>) -> Result<bytes::Bytes, Erro
         .ok_or_else(|| {
             invalid(format!(
                 "wire chunks are bytes, bytearray or memoryview, not {}",
-                value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                value
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })
 }
@@ -196,8 +200,4 @@ pub(crate) fn message_to_json<M: prost::Message>(message: &M, name: &str) -> Val
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .expect("a message serializes to JSON")
-}
-
-pub(crate) fn messages_to_json<M: prost::Message>(messages: &[M], name: &str) -> Value {
-    Value::Array(messages.iter().map(|m| message_to_json(m, name)).collect())
 }

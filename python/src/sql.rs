@@ -48,7 +48,11 @@ fn param(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<SqlParam, Error> {
         )),
         _ => Err(invalid(format!(
             "a {} cannot be a SQL parameter: use None, bool, int, float, str, bytes or datetime",
-            value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            value
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))),
     }
 }

@@ -40,10 +40,7 @@ where
         Pull::with_deadline(stream, None)
     }
 
-    pub(crate) fn with_deadline(
-        stream: S,
-        deadline: Option<tokio::time::Instant>,
-    ) -> Arc<Pull<S>> {
+    pub(crate) fn with_deadline(stream: S, deadline: Option<tokio::time::Instant>) -> Arc<Pull<S>> {
         Arc::new(Pull {
             stream: tokio::sync::Mutex::new(Some(stream)),
             deadline,
@@ -154,7 +151,11 @@ impl CoreCall {
     }
 
     /// Sends one more request message.
-    fn send<'py>(&self, py: Python<'py>, message: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn send<'py>(
+        &self,
+        py: Python<'py>,
+        message: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let sender = self
             .sender
             .lock()
