@@ -15,6 +15,7 @@ import logging
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
+from ._streams import run_async_handler, run_handler
 from .errors import BusbarError, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("busbar")
@@ -148,43 +149,40 @@ class Room:
     def _ended(self) -> None:
         self._membership = None
 
+    def _step(self, item: Any) -> Tuple[Callable[..., Any], tuple, bool]:
+        """What to run for one read of the membership: an event, its end
+        (None) or the error that ended it."""
+        if isinstance(item, BusbarError):
+            self._ended()
+            self.error = item
+            return self.on_error, (item,), True
+        if item is None:
+            self._ended()
+            return _nothing, (), True
+        hook, args, last = self._handler(item)
+        if last:
+            self._ended()
+        return hook, args, last
+
     def _pump_blocking(self, membership: Any) -> None:
-        while True:
+        last = False
+        while not last:
             try:
                 item = membership.next()
             except BusbarError as error:
-                self._ended()
-                self.error = error
-                _call(self.on_error, error)
-                return
-            if item is None:
-                self._ended()
-                return
-            hook, args, last = self._handler(item)
-            if last:
-                self._ended()
-            _call(hook, *args)
-            if last:
-                return
+                item = error
+            hook, args, last = self._step(item)
+            run_handler(hook, *args)
 
     async def _pump_async(self, membership: Any) -> None:
-        while True:
+        last = False
+        while not last:
             try:
                 item = await membership.next()
             except BusbarError as error:
-                self._ended()
-                self.error = error
-                await _call_async(self.on_error, error)
-                return
-            if item is None:
-                self._ended()
-                return
-            hook, args, last = self._handler(item)
-            if last:
-                self._ended()
-            await _call_async(hook, *args)
-            if last:
-                return
+                item = error
+            hook, args, last = self._step(item)
+            await run_async_handler(hook, *args)
 
     def wait(self, timeout: Optional[float] = None) -> Any:
         """Waits until the membership ends (left, deleted or failed);
@@ -203,23 +201,8 @@ async def _done() -> None:
     return None
 
 
-def _call(hook: Callable[..., Any], *args: Any) -> None:
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            raise InvalidArgument(f"{hook!r} is async: join with busbar.aio.Connection "
-                                  "to use async handlers")
-    except Exception:  # a handler's bug must not end the membership
-        log.exception("busbar room handler %r failed", hook)
-
-
-async def _call_async(hook: Callable[..., Any], *args: Any) -> None:
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("busbar room handler %r failed", hook)
+def _nothing() -> None:
+    return None
 
 
 def join_blocking(room: Room, core: Any, timeout: Optional[float]) -> Room:

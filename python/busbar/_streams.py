@@ -103,7 +103,7 @@ class Call(_Handlers):
         with self._lock:
             handlers = self._ending(error)
         for handler in handlers:
-            _run_handler(handler)
+            run_handler(handler)
 
     def on(self, kind: str, handler: Optional[Callable[..., Any]] = None) -> Any:
         """Registers ``handler`` for ``kind``; without it, a decorator."""
@@ -127,7 +127,7 @@ class Call(_Handlers):
                 self._finish(None)
                 return
             for handler in list(self._handlers["data"]):
-                _run_handler(handler, message)
+                run_handler(handler, message)
 
     def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the handlers have seen the end of the call."""
@@ -172,7 +172,7 @@ class AsyncCall(_Handlers):
 
     async def _finish(self, error: Optional[BaseException]) -> None:
         for handler in self._ending(error):
-            await _run_async_handler(handler)
+            await run_async_handler(handler)
 
     def on(self, kind: str, handler: Optional[Callable[..., Any]] = None) -> Any:
         """Registers ``handler`` for ``kind``; without it, a decorator."""
@@ -193,7 +193,7 @@ class AsyncCall(_Handlers):
                 await self._finish(None)
                 return
             for handler in list(self._handlers["data"]):
-                await _run_async_handler(handler, message)
+                await run_async_handler(handler, message)
 
     async def wait(self, timeout: Optional[float] = None) -> None:
         """Waits until the handlers have seen the end of the call."""
@@ -201,14 +201,17 @@ class AsyncCall(_Handlers):
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
 
 
-def _run_handler(handler: Callable[..., Any], *args: Any) -> None:
+def run_handler(handler: Callable[..., Any], *args: Any) -> None:
+    """Runs a handler of the blocking face; its failure is logged, the stream goes on."""
     try:
-        handler(*args)
-    except Exception:  # a handler's bug must not end the stream
+        if inspect.isawaitable(handler(*args)):
+            raise InvalidArgument(f"{handler!r} is async: async handlers need busbar.aio")
+    except Exception:
         log.exception("busbar handler %r failed", handler)
 
 
-async def _run_async_handler(handler: Callable[..., Any], *args: Any) -> None:
+async def run_async_handler(handler: Callable[..., Any], *args: Any) -> None:
+    """Runs a plain or async handler of the asyncio face; failures are logged."""
     try:
         result = handler(*args)
         if inspect.isawaitable(result):

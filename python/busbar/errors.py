@@ -29,75 +29,44 @@ class BusbarError(Exception):
         return f"{self.code}: {self.message}"
 
 
-class InvalidArgument(BusbarError, ValueError):
-    """The request is malformed: fix it (nothing was changed)."""
-    code = "INVALID_ARGUMENT"
+def _error_class(name: str, code: str, doc: str,
+                 *extra: Type[BaseException]) -> Type[BusbarError]:
+    cls = type(name, (BusbarError, *extra), {"code": code, "__doc__": doc,
+                                              "__module__": __name__})
+    return cls  # type: ignore[return-value]
 
 
-class NotFound(BusbarError):
-    """The named resource, identity or method does not exist."""
-    code = "NOT_FOUND"
-
-
-class AlreadyExists(BusbarError):
-    """Something with that name exists: pick another name or delete it first."""
-    code = "ALREADY_EXISTS"
-
-
-class PermissionDenied(BusbarError):
-    """The caller lacks the right: ask an admin of the resource for it."""
-    code = "PERMISSION_DENIED"
-
-
-class AuthenticationError(BusbarError):
-    """Credentials are missing, wrong, revoked or expired (UNAUTHENTICATED)."""
-    code = "UNAUTHENTICATED"
-
-
-class SlowConsumer(BusbarError):
-    """A stream fell behind its bounded queue and was cut by the server."""
-    code = "SLOW_CONSUMER"
-
-
-class Timeout(BusbarError, TimeoutError):
-    """The call's deadline (``timeout=``) passed before it finished."""
-    code = "TIMEOUT"
-
-
-class Unavailable(BusbarError):
-    """The node cannot be reached or is shutting down: retry."""
-    code = "UNAVAILABLE"
-
-
-class Conflict(BusbarError):
-    """A concurrent change got there first: re-read and retry."""
-    code = "CONFLICT"
-
-
-class FailedPrecondition(BusbarError):
-    """The state does not allow this (a non-empty folder, a closed connection)."""
-    code = "FAILED_PRECONDITION"
-
-
-class ResourceExhausted(BusbarError):
-    """A limit was hit (message size, queue, quota)."""
-    code = "RESOURCE_EXHAUSTED"
-
-
-class Unimplemented(BusbarError):
-    """Unknown method, or not supported by this node."""
-    code = "UNIMPLEMENTED"
-
-
-class Cancelled(BusbarError):
-    """The call was cancelled (by this client or the peer)."""
-    code = "CANCELLED"
-
-
-class InternalError(BusbarError):
-    """A server bug or storage failure: see the server log by trace id."""
-    code = "INTERNAL"
-
+# name, stable code, what it means, extra built-in base
+InvalidArgument = _error_class("InvalidArgument", "INVALID_ARGUMENT",
+                               "The request is malformed: fix it (nothing was changed).",
+                               ValueError)
+NotFound = _error_class("NotFound", "NOT_FOUND",
+                        "The named resource, identity or method does not exist.")
+AlreadyExists = _error_class("AlreadyExists", "ALREADY_EXISTS",
+                             "Something with that name exists: pick another or delete it.")
+PermissionDenied = _error_class("PermissionDenied", "PERMISSION_DENIED",
+                                "The caller lacks the right: ask an admin of the resource.")
+AuthenticationError = _error_class("AuthenticationError", "UNAUTHENTICATED",
+                                   "Credentials are missing, wrong, revoked or expired.")
+SlowConsumer = _error_class("SlowConsumer", "SLOW_CONSUMER",
+                            "A stream fell behind its bounded queue and was cut by the server.")
+Timeout = _error_class("Timeout", "TIMEOUT",
+                       "The call's deadline (timeout=) passed before it finished.", TimeoutError)
+Unavailable = _error_class("Unavailable", "UNAVAILABLE",
+                           "The node cannot be reached or is shutting down: retry.")
+Conflict = _error_class("Conflict", "CONFLICT",
+                        "A concurrent change got there first: re-read and retry.")
+FailedPrecondition = _error_class("FailedPrecondition", "FAILED_PRECONDITION",
+                                  "The state does not allow this (a non-empty folder, "
+                                  "a closed connection).")
+ResourceExhausted = _error_class("ResourceExhausted", "RESOURCE_EXHAUSTED",
+                                 "A limit was hit (message size, queue, quota).")
+Unimplemented = _error_class("Unimplemented", "UNIMPLEMENTED",
+                             "Unknown method, or not supported by this node.")
+Cancelled = _error_class("Cancelled", "CANCELLED",
+                         "The call was cancelled (by this client or the peer).")
+InternalError = _error_class("InternalError", "INTERNAL",
+                             "A server bug or storage failure: see the server log by trace id.")
 
 _BY_CODE: Dict[str, Type[BusbarError]] = {
     cls.code: cls

@@ -195,10 +195,26 @@ impl Core {
         with_timeout(client, timeout)
     }
 
-    /// The client without a deadline, and the deadline for opening a stream.
-    fn client_and_limit(&self, timeout: Option<f64>) -> Result<(Client, Option<Duration>), Error> {
-        let limit = duration(timeout, "timeout")?;
-        Ok((self.client(None)?, limit))
+    /// Opens a stream that outlives `timeout`: the deadline bounds only
+    /// the opening (a join or subscribe must not end when it passes).
+    fn open<'py, T, F, Fut>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        open: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: ToPython + Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let opened = self
+            .client(None)
+            .and_then(|client| Ok((client, duration(timeout, "timeout")?)));
+        finish(py, self.face, async move {
+            let (client, limit) = opened?;
+            within(limit, open(client)).await
+        })
     }
 
     /// Runs `work` with the client for one call.
@@ -300,10 +316,8 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let face = self.face;
-        let opened = self.client_and_limit(timeout);
-        finish(py, face, async move {
-            let (client, limit) = opened?;
-            let membership = within(limit, client.join(&path)).await?;
+        self.open(py, timeout, move |client| async move {
+            let membership = client.join(&path).await?;
             let member_id = Arc::new(Mutex::new(String::new()));
             let path = membership.path().to_string();
             let events = MembershipEvents::new(membership, member_id.clone());
@@ -325,14 +339,9 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let face = self.face;
-        let opened = self.client_and_limit(timeout);
-        finish(py, face, async move {
-            let (client, limit) = opened?;
-            let chunks = within(limit, client.subscribe(&path)).await?;
-            Ok(CoreSubscription {
-                face,
-                chunks: Pull::new(chunks),
-            })
+        self.open(py, timeout, move |client| async move {
+            let chunks = Pull::new(client.subscribe(&path).await?);
+            Ok(CoreSubscription { face, chunks })
         })
     }
 
