@@ -177,7 +177,7 @@ class _ConnectionBase:
                timeout: Optional[float] = None) -> Any:
         """Starts a server-, client- or bidi-streaming call; returns a Call.
         ``request`` is the first message (required for server streaming)."""
-        return self._then(self._core.stream(method, request, timeout), self._CALL)
+        return self._then(self._core.call(method, request, timeout, True), self._CALL)
 
     # --- resources --------------------------------------------------------
 

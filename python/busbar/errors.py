@@ -29,52 +29,37 @@ class BusbarError(Exception):
         return f"{self.code}: {self.message}"
 
 
-def _error_class(name: str, code: str, doc: str,
-                 *extra: Type[BaseException]) -> Type[BusbarError]:
-    cls = type(name, (BusbarError, *extra), {"code": code, "__doc__": doc,
-                                              "__module__": __name__})
-    return cls  # type: ignore[return-value]
+# Every stable code: class name, code, what it means, extra built-in bases.
+_CODES = (
+    ("InvalidArgument", "INVALID_ARGUMENT",
+     "The request is malformed: fix it (nothing was changed).", (ValueError,)),
+    ("NotFound", "NOT_FOUND", "The named resource, identity or method does not exist.", ()),
+    ("AlreadyExists", "ALREADY_EXISTS",
+     "Something with that name exists: pick another or delete it.", ()),
+    ("PermissionDenied", "PERMISSION_DENIED",
+     "The caller lacks the right: ask an admin of the resource.", ()),
+    ("AuthenticationError", "UNAUTHENTICATED",
+     "Credentials are missing, wrong, revoked or expired.", ()),
+    ("SlowConsumer", "SLOW_CONSUMER",
+     "A stream fell behind its bounded queue and was cut by the server.", ()),
+    ("Timeout", "TIMEOUT",
+     "The call's deadline (timeout=) passed before it finished.", (TimeoutError,)),
+    ("Unavailable", "UNAVAILABLE", "The node cannot be reached or is shutting down: retry.", ()),
+    ("Conflict", "CONFLICT", "A concurrent change got there first: re-read and retry.", ()),
+    ("FailedPrecondition", "FAILED_PRECONDITION",
+     "The state does not allow this (a non-empty folder, a closed connection).", ()),
+    ("ResourceExhausted", "RESOURCE_EXHAUSTED", "A limit was hit (message size, queue, quota).", ()),
+    ("Unimplemented", "UNIMPLEMENTED", "Unknown method, or not supported by this node.", ()),
+    ("Cancelled", "CANCELLED", "The call was cancelled (by this client or the peer).", ()),
+    ("InternalError", "INTERNAL",
+     "A server bug or storage failure: see the server log by trace id.", ()),
+)
 
-
-# name, stable code, what it means, extra built-in base
-InvalidArgument = _error_class("InvalidArgument", "INVALID_ARGUMENT",
-                               "The request is malformed: fix it (nothing was changed).",
-                               ValueError)
-NotFound = _error_class("NotFound", "NOT_FOUND",
-                        "The named resource, identity or method does not exist.")
-AlreadyExists = _error_class("AlreadyExists", "ALREADY_EXISTS",
-                             "Something with that name exists: pick another or delete it.")
-PermissionDenied = _error_class("PermissionDenied", "PERMISSION_DENIED",
-                                "The caller lacks the right: ask an admin of the resource.")
-AuthenticationError = _error_class("AuthenticationError", "UNAUTHENTICATED",
-                                   "Credentials are missing, wrong, revoked or expired.")
-SlowConsumer = _error_class("SlowConsumer", "SLOW_CONSUMER",
-                            "A stream fell behind its bounded queue and was cut by the server.")
-Timeout = _error_class("Timeout", "TIMEOUT",
-                       "The call's deadline (timeout=) passed before it finished.", TimeoutError)
-Unavailable = _error_class("Unavailable", "UNAVAILABLE",
-                           "The node cannot be reached or is shutting down: retry.")
-Conflict = _error_class("Conflict", "CONFLICT",
-                        "A concurrent change got there first: re-read and retry.")
-FailedPrecondition = _error_class("FailedPrecondition", "FAILED_PRECONDITION",
-                                  "The state does not allow this (a non-empty folder, "
-                                  "a closed connection).")
-ResourceExhausted = _error_class("ResourceExhausted", "RESOURCE_EXHAUSTED",
-                                 "A limit was hit (message size, queue, quota).")
-Unimplemented = _error_class("Unimplemented", "UNIMPLEMENTED",
-                             "Unknown method, or not supported by this node.")
-Cancelled = _error_class("Cancelled", "CANCELLED",
-                         "The call was cancelled (by this client or the peer).")
-InternalError = _error_class("InternalError", "INTERNAL",
-                             "A server bug or storage failure: see the server log by trace id.")
-
-_BY_CODE: Dict[str, Type[BusbarError]] = {
-    cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, PermissionDenied,
-                AuthenticationError, SlowConsumer, Timeout, Unavailable, Conflict,
-                FailedPrecondition, ResourceExhausted, Unimplemented, Cancelled,
-                InternalError)
-}
+_BY_CODE: Dict[str, Type[BusbarError]] = {}
+for _name, _code, _doc, _extra in _CODES:
+    _BY_CODE[_code] = type(_name, (BusbarError, *_extra),
+                           {"code": _code, "__doc__": _doc, "__module__": __name__})
+    globals()[_name] = _BY_CODE[_code]
 
 
 def _from_code(code: str, message: str, trace_id: Optional[str]) -> BusbarError:
@@ -82,4 +67,4 @@ def _from_code(code: str, message: str, trace_id: Optional[str]) -> BusbarError:
     return _BY_CODE.get(code, InternalError)(message, code=code, trace_id=trace_id)
 
 
-__all__ = ["BusbarError"] + [cls.__name__ for cls in _BY_CODE.values()]
+__all__ = ["BusbarError"] + [name for name, *_ in _CODES]

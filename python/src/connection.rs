@@ -195,33 +195,16 @@ impl Core {
         with_timeout(client, timeout)
     }
 
-    /// Opens a stream that outlives `timeout`: the deadline bounds only
-    /// the opening (a join or subscribe must not end when it passes).
-    fn open<'py, T, F, Fut>(
-        &self,
-        py: Python<'py>,
-        timeout: Option<f64>,
-        open: F,
-    ) -> PyResult<Bound<'py, PyAny>>
-    where
-        T: ToPython + Send + 'static,
-        F: FnOnce(Client) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
-    {
-        let opened = self
-            .client(None)
-            .and_then(|client| Ok((client, duration(timeout, "timeout")?)));
-        finish(py, self.face, async move {
-            let (client, limit) = opened?;
-            within(limit, open(client)).await
-        })
-    }
-
-    /// Runs `work` with the client for one call.
+    /// Runs `work` with the client under `timeout`. The deadline is kept
+    /// here, so a call ends in time even when the network hangs; for a
+    /// `Call` it also travels to the server (grpc-timeout). An `Opening`
+    /// (join, subscribe) gets only the local bound: the stream it opens
+    /// must not end when the deadline passes.
     fn run<'py, T, F, Fut>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
+        scope: Scope,
         work: F,
     ) -> PyResult<Bound<'py, PyAny>>
     where
@@ -229,15 +212,24 @@ impl Core {
         F: FnOnce(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
     {
-        // The deadline travels to the server (grpc-timeout) and is kept
-        // here too, so a call ends in time even when the network hangs.
-        match (self.client(timeout), duration(timeout, "timeout")) {
+        let sent = match scope {
+            Scope::Call => timeout,
+            Scope::Opening => None,
+        };
+        match (self.client(sent), duration(timeout, "timeout")) {
             (Ok(client), Ok(limit)) => finish(py, self.face, within(limit, work(client))),
             (Err(error), _) | (_, Err(error)) => {
                 finish(py, self.face, async move { Err::<T, _>(error) })
             }
         }
     }
+}
+
+/// What a deadline bounds: a whole call, or only the opening of a stream.
+#[derive(Clone, Copy)]
+enum Scope {
+    Call,
+    Opening,
 }
 
 #[pymethods]
@@ -272,37 +264,30 @@ impl Core {
             .is_none()
     }
 
-    #[pyo3(signature = (method, request=None, timeout=None))]
+    /// Calls `method` by name: a unary call's reply (a dict), or with
+    /// `streaming` a started `CoreCall` (request: its first message).
+    #[pyo3(signature = (method, request=None, timeout=None, streaming=false))]
     fn call<'py>(
         &self,
         py: Python<'py>,
         method: String,
         request: Option<Bound<'py, PyAny>>,
         timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let request = request.map_or(Ok(Value::Object(Default::default())), |r| py_to_json(&r));
-        self.run(
-            py,
-            timeout,
-            |c| async move { c.call(&method, request?).await },
-        )
-    }
-
-    #[pyo3(signature = (method, request=None, timeout=None))]
-    fn stream<'py>(
-        &self,
-        py: Python<'py>,
-        method: String,
-        request: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
+        streaming: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let request = request.map(|r| py_to_json(&r)).transpose();
+        if !streaming {
+            return self.run(py, timeout, Scope::Call, |c| async move {
+                let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
+                c.call(&method, request).await
+            });
+        }
         let face = self.face;
         let deadline = duration(timeout, "timeout")
             .ok()
             .flatten()
             .map(|limit| tokio::time::Instant::now() + limit);
-        self.run(py, timeout, move |c| async move {
+        self.run(py, timeout, Scope::Call, move |c| async move {
             let call = c.stream(&method, request?).await?;
             Ok(CoreCall::new(face, call, deadline))
         })
@@ -316,7 +301,7 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let face = self.face;
-        self.open(py, timeout, move |client| async move {
+        self.run(py, timeout, Scope::Opening, move |client| async move {
             let membership = client.join(&path).await?;
             let member_id = Arc::new(Mutex::new(String::new()));
             let path = membership.path().to_string();
@@ -339,7 +324,7 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let face = self.face;
-        self.open(py, timeout, move |client| async move {
+        self.run(py, timeout, Scope::Opening, move |client| async move {
             let chunks = Pull::new(client.subscribe(&path).await?);
             Ok(CoreSubscription { face, chunks })
         })
@@ -370,7 +355,7 @@ impl Core {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let statement = statement(py, sql, params.as_ref());
-        self.run(py, timeout, |c| async move {
+        self.run(py, timeout, Scope::Call, |c| async move {
             let result = c.sql(&database, statement?).await?;
             Ok(SqlTable(result))
         })

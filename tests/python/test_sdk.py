@@ -32,6 +32,14 @@ def face(request):
 
 
 @pytest.fixture
+def aio_face():
+    """The asyncio face alone, for what only it has."""
+    f = Face("async")
+    yield f
+    f.close()
+
+
+@pytest.fixture
 def conn(face, busbar_node):
     c = face.connect(busbar_node)
     yield c
@@ -420,18 +428,15 @@ def test_room_lifecycle(face, conn, home):
     face.wait_until(lambda: "delete" in me.log and "delete" in peer.log, what="on_delete")
 
 
-def test_async_handlers(busbar_node):
-    face = Face("async")
-    try:
-        conn = face.connect(busbar_node)
-        path = f"/home/admin/async-{uuid.uuid4().hex[:8]}"
-        face.run(conn.create(path, "room"))
-        room = face.run(AsyncChat(path).join(conn))
-        face.run(room.emit("msg", "x", 9))
-        face.wait_until(lambda: ("async-msg", "x", 9) in room.log, what="the async handler")
-        face.run(conn.rm(path))
-    finally:
-        face.close()
+def test_async_handlers(aio_face, busbar_node):
+    face = aio_face
+    conn = face.connect(busbar_node)
+    path = f"/home/admin/async-{uuid.uuid4().hex[:8]}"
+    face.run(conn.create(path, "room"))
+    room = face.run(AsyncChat(path).join(conn))
+    face.run(room.emit("msg", "x", 9))
+    face.wait_until(lambda: ("async-msg", "x", 9) in room.log, what="the async handler")
+    face.run(conn.rm(path))
 
 
 def test_room_rejoins_after_node_restart(face, restartable_node):
@@ -473,27 +478,24 @@ def test_wire_publish_and_subscribe(face, conn, home):
         face.run(wire.publish(["text is not bytes"]))
 
 
-def test_async_publish_takes_an_async_iterable(busbar_node):
-    face = Face("async")
-    try:
-        conn = face.connect(busbar_node)
-        path = f"/home/admin/apipe-{uuid.uuid4().hex[:8]}"
-        face.run(conn.create(path, "wire"))
-        sub = face.run(conn.wire(path).subscribe())
+def test_async_publish_takes_an_async_iterable(aio_face, busbar_node):
+    face = aio_face
+    conn = face.connect(busbar_node)
+    path = f"/home/admin/apipe-{uuid.uuid4().hex[:8]}"
+    face.run(conn.create(path, "wire"))
+    sub = face.run(conn.wire(path).subscribe())
 
-        async def chunks():
-            for i in range(100):
-                yield f"{i};".encode()
+    async def chunks():
+        for i in range(100):
+            yield f"{i};".encode()
 
-        face.run(conn.wire(path).publish(chunks()))
-        received = b""
-        it = sub.__aiter__()
-        while received.count(b";") < 100:
-            received += face.next(it)
-        assert received == b"".join(f"{i};".encode() for i in range(100))
-        face.run(conn.rm(path))
-    finally:
-        face.close()
+    face.run(conn.wire(path).publish(chunks()))
+    received = b""
+    it = sub.__aiter__()
+    while received.count(b";") < 100:
+        received += face.next(it)
+    assert received == b"".join(f"{i};".encode() for i in range(100))
+    face.run(conn.rm(path))
 
 
 # --- SQL --------------------------------------------------------------------
