@@ -273,7 +273,7 @@ class Wire:
 
     def subscribe(self, *, timeout: Optional[float] = None) -> Any:
         conn = self.connection
-        return conn._then(conn._core.subscribe(self.path, timeout), conn._SUBSCRIPTION)
+        return conn._then(conn._core.open("wire", self.path, timeout), conn._SUBSCRIPTION)
 
     def publish(self, chunks: Any, *, timeout: Optional[float] = None) -> Any:
         publisher = self.connection._core.publisher(self.path, timeout)

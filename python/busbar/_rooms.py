@@ -206,7 +206,7 @@ def _nothing() -> None:
 
 
 def join_blocking(room: Room, core: Any, timeout: Optional[float]) -> Room:
-    membership = core.join(room.path, timeout)
+    membership = core.open("room", room.path, timeout)
     for hook in room._attach(membership):
         hook()
     room._worker = threading.Thread(target=room._pump_blocking, args=(membership,),
@@ -216,7 +216,7 @@ def join_blocking(room: Room, core: Any, timeout: Optional[float]) -> Room:
 
 
 async def join_async(room: Room, core: Any, timeout: Optional[float]) -> Room:
-    membership = await core.join(room.path, timeout)
+    membership = await core.open("room", room.path, timeout)
     for hook in room._attach(membership):
         result = hook()
         if inspect.isawaitable(result):

@@ -175,6 +175,21 @@ macro_rules! pyclass_to_python {
 
 pyclass_to_python!(CoreCall, CoreSubscription, CoreMembership);
 
+/// What `Core.open` opened.
+enum Opened {
+    Room(CoreMembership),
+    Wire(CoreSubscription),
+}
+
+impl ToPython for Opened {
+    fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Opened::Room(membership) => membership.to_python(py),
+            Opened::Wire(subscription) => subscription.to_python(py),
+        }
+    }
+}
+
 /// One connection to a node.
 #[pyclass(frozen, module = "busbar._core")]
 pub(crate) struct Core {
@@ -293,41 +308,36 @@ impl Core {
         })
     }
 
-    #[pyo3(signature = (path, timeout=None))]
-    fn join<'py>(
+    /// Opens a stream of the resource at `path`: joins a "room" (a
+    /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
+    #[pyo3(signature = (kind, path, timeout=None))]
+    fn open<'py>(
         &self,
         py: Python<'py>,
+        kind: &str,
         path: String,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let face = self.face;
-        self.run(py, timeout, Scope::Opening, move |client| async move {
-            let membership = client.join(&path).await?;
-            let member_id = Arc::new(Mutex::new(String::new()));
-            let path = membership.path().to_string();
-            let events = MembershipEvents::new(membership, member_id.clone());
-            Ok(CoreMembership {
-                face,
-                client,
-                path,
-                member_id,
-                events: Pull::new(events),
-            })
-        })
-    }
-
-    #[pyo3(signature = (path, timeout=None))]
-    fn subscribe<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let face = self.face;
-        self.run(py, timeout, Scope::Opening, move |client| async move {
-            let chunks = Pull::new(client.subscribe(&path).await?);
-            Ok(CoreSubscription { face, chunks })
-        })
+        match kind {
+            "room" => self.run(py, timeout, Scope::Opening, move |client| async move {
+                let membership = client.join(&path).await?;
+                let member_id = Arc::new(Mutex::new(String::new()));
+                let path = membership.path().to_string();
+                let events = Pull::new(MembershipEvents::new(membership, member_id.clone()));
+                Ok(Opened::Room(CoreMembership {
+                    face,
+                    client,
+                    path,
+                    member_id,
+                    events,
+                }))
+            }),
+            _ => self.run(py, timeout, Scope::Opening, move |client| async move {
+                let chunks = Pull::new(client.subscribe(&path).await?);
+                Ok(Opened::Wire(CoreSubscription { face, chunks }))
+            }),
+        }
     }
 
     /// A publisher for the wire at `path` (starts the stream; no wait).
