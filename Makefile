@@ -6,7 +6,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python lint fmt codegen check-codegen examples clean bench
+.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
 run:
@@ -29,7 +29,11 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
 	touch $@
 
-test-python: $(VENV)/.installed
+## The Python package (python/) built by maturin into .venv, then the Python tests.
+python-package: $(VENV)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --quiet -m python/Cargo.toml
+
+test-python: python-package
 	$(CARGO) build -p busbar
 	$(CARGO) build -p busbar-client --examples
 	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/pytest -q tests/python

@@ -95,7 +95,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def run_node(data_dir: Path, log_dir: Path | None = None) -> Iterator[BusbarNode]:
+def run_node(data_dir: Path, log_dir: Path | None = None,
+             listen: str = "127.0.0.1:0") -> Iterator[BusbarNode]:
     """Start `busbar serve` with data in data_dir; stop it on exit."""
     data_dir = Path(data_dir)
     log_dir = Path(log_dir) if log_dir else data_dir.parent
@@ -104,7 +105,7 @@ def run_node(data_dir: Path, log_dir: Path | None = None) -> Iterator[BusbarNode
     cmd = [
         str(busbar_bin()), "serve",
         "--data", str(data_dir),
-        "--listen", "127.0.0.1:0",
+        "--listen", listen,
         "--metrics-listen", "127.0.0.1:0",
         "--grace", "0.2",
     ]
@@ -183,3 +184,35 @@ def busbar_node_at(tmp_path) -> Iterator[Callable[[Path], BusbarNode]]:
             return stack.enter_context(run_node(Path(data_dir), log_dir=tmp_path / "logs"))
 
         yield start
+
+
+class RestartableNode:
+    """A node that can be killed (SIGKILL, no goodbye to clients) and started
+    again on the same port with the same data, as a crash and restart would."""
+
+    def __init__(self, data_dir: Path, log_dir: Path) -> None:
+        self.data_dir, self.log_dir = data_dir, log_dir
+        self._stack = contextlib.ExitStack()
+        self.node = self._stack.enter_context(run_node(data_dir, log_dir))
+
+    def kill(self) -> None:
+        self.node.process.kill()
+        self.node.process.wait()
+
+    def start(self) -> BusbarNode:
+        self.node = self._stack.enter_context(
+            run_node(self.data_dir, self.log_dir, listen=self.node.address))
+        return self.node
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture
+def restartable_node(tmp_path) -> Iterator[RestartableNode]:
+    """A node of its own for a test that kills and restarts it."""
+    node = RestartableNode(tmp_path / "data", tmp_path / "logs")
+    try:
+        yield node
+    finally:
+        node.close()

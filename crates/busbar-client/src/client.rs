@@ -268,9 +268,14 @@ fn now_ms() -> i64 {
 
 /// Explains the usual reasons a first call fails at the transport level.
 fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
+    // hyper reports a connection the server closed during the handshake as
+    // "operation was canceled" (CANCELLED) just as often as UNAVAILABLE.
     if !matches!(
         error.code(),
-        ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::Unimplemented
+        ErrorCode::Unavailable
+            | ErrorCode::Internal
+            | ErrorCode::Unimplemented
+            | ErrorCode::Cancelled
     ) {
         return error;
     }

@@ -401,6 +401,35 @@ impl Client {
     }
 }
 
+/// The sending side of a [`DynamicCall`], from [`DynamicCall::take_sender`].
+#[derive(Clone)]
+pub struct CallSender {
+    method: String,
+    kind: MethodKind,
+    input: MessageDescriptor,
+    sender: Option<mpsc::Sender<DynamicMessage>>,
+}
+
+impl CallSender {
+    /// Sends one more request message (client and bidi streaming).
+    pub async fn send(&self, message: serde_json::Value) -> Result<()> {
+        let sender = self.sender.as_ref().ok_or_else(|| match self.kind {
+            MethodKind::ServerStreaming => Error::invalid_argument(format!(
+                "{} is server streaming: it takes only the first request",
+                self.method
+            )),
+            _ => Error::invalid_argument(format!("sending on {} was already closed", self.method)),
+        })?;
+        let message = from_json(&self.input, message, &self.method)?;
+        sender.send(message).await.map_err(|_| {
+            Error::new(
+                ErrorCode::Cancelled,
+                format!("{} has ended; nothing more can be sent", self.method),
+            )
+        })
+    }
+}
+
 enum Outgoing {
     One(tonic::Request<DynamicMessage>),
     Many(tonic::Request<tokio_stream::wrappers::ReceiverStream<DynamicMessage>>),
@@ -423,20 +452,26 @@ impl DynamicCall {
 
     /// Sends one more request message (client and bidi streaming).
     pub async fn send(&self, message: serde_json::Value) -> Result<()> {
-        let sender = self.sender.as_ref().ok_or_else(|| match self.kind {
-            MethodKind::ServerStreaming => Error::invalid_argument(format!(
-                "{} is server streaming: it takes only the first request",
-                self.method
-            )),
-            _ => Error::invalid_argument(format!("sending on {} was already closed", self.method)),
-        })?;
-        let message = from_json(&self.input, message, &self.method)?;
-        sender.send(message).await.map_err(|_| {
-            Error::new(
-                ErrorCode::Cancelled,
-                format!("{} has ended; nothing more can be sent", self.method),
-            )
-        })
+        self.call_sender().send(message).await
+    }
+
+    fn call_sender(&self) -> CallSender {
+        CallSender {
+            method: self.method.clone(),
+            kind: self.kind,
+            input: self.input.clone(),
+            sender: self.sender.clone(),
+        }
+    }
+
+    /// Moves the sending side out of the call, so one task can send while
+    /// another reads the responses. The request stream ends when the
+    /// returned sender (and every clone of it) is dropped; `send` on the call
+    /// itself then fails as after [`DynamicCall::close_send`].
+    pub fn take_sender(&mut self) -> CallSender {
+        let sender = self.call_sender();
+        self.sender = None;
+        sender
     }
 
     /// Tells the server no more requests come (ends the request stream).

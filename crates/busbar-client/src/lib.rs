@@ -32,7 +32,7 @@ pub use api::{
 };
 pub use client::{Client, ConnectOptions, Credential};
 pub use config::{ClientConfig, CredentialConfig};
-pub use dynamic::{DynamicCall, MethodKind};
+pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
 pub use sessions::{Session, SessionEnded};

@@ -129,7 +129,10 @@ impl Client {
         self.emit_as(path, event, args, "", false).await
     }
 
-    pub(crate) async fn emit_as(
+    /// Emits as the member `member_id` (from [`RoomMembership::member_id`]);
+    /// with `peers_only`, every member but that one receives it. For callers
+    /// that read a membership's events in one task and emit from another.
+    pub async fn emit_as(
         &self,
         path: &str,
         event: &str,
@@ -150,6 +153,19 @@ impl Client {
             .await?
             .into_inner()
             .delivered)
+    }
+}
+
+impl Client {
+    /// Ends the membership `member_id` (from [`RoomMembership::member_id`]);
+    /// its stream yields `Left` and ends. Same as [`RoomMembership::leave`],
+    /// for callers that read the membership's events in another task.
+    pub async fn leave_member(&self, member_id: &str) -> Result<()> {
+        let request = pb::LeaveRequest {
+            member_id: member_id.into(),
+        };
+        self.rooms_client().leave(request).await?;
+        Ok(())
     }
 }
 
@@ -191,11 +207,7 @@ impl RoomMembership {
 
     /// Leaves the room; the stream yields `Left` and ends.
     pub async fn leave(&self) -> Result<()> {
-        let request = pb::LeaveRequest {
-            member_id: self.member_id.clone(),
-        };
-        self.client.rooms_client().leave(request).await?;
-        Ok(())
+        self.client.leave_member(&self.member_id).await
     }
 }
 

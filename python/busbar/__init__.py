@@ -1,0 +1,64 @@
+"""Busbar for Python: one Rust core (busbar-client), two faces.
+
+``busbar.Connection`` is the blocking face, safe to share between threads;
+``busbar.aio.Connection`` is the asyncio face with the same constructors,
+methods and arguments, whose methods are awaited and never block the event
+loop. Both release the GIL while they wait on the network.
+
+Coming with the server features they need (not here yet): stored procedures
+(``conn.sql(db).run``), SQL sessions (``conn.session()``) and time series
+(``conn.timeseries``).
+"""
+
+from __future__ import annotations
+
+import atexit
+from typing import Any, Optional
+
+from . import _core, errors
+from ._connection import Wire, _ConnectionBase
+from ._core import __version__
+from ._rooms import Room, event, join_blocking
+from ._sql import Database
+from ._streams import Call, Subscription
+from .errors import BusbarError
+
+
+# Before the interpreter finalizes, let runtime threads that are handing a
+# result to an event loop finish (see bridge.rs).
+atexit.register(_core.at_exit)
+
+
+class Connection(_ConnectionBase):
+    """A blocking connection to a Busbar node. Make one with
+    :meth:`from_config`, :meth:`insecure` or :meth:`with_tls`; use it as a
+    context manager or call :meth:`close`. Every method takes ``timeout=``
+    (seconds) as the call's deadline; failures raise ``busbar.errors``."""
+
+    _ASYNC = False
+    _CALL = Call
+    _SUBSCRIPTION = Subscription
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _join_room(self, room: Room, timeout: Optional[float]) -> Room:
+        return join_blocking(room, self._core, timeout)
+
+    def _publish(self, publisher: Any, chunks: Any) -> Any:
+        try:
+            for chunk in chunks:
+                publisher.send(chunk)
+        except BaseException:
+            publisher.cancel()
+            raise
+        return publisher.finish()
+
+
+__all__ = [
+    "BusbarError", "Call", "Connection", "Database", "Room", "Subscription", "Wire",
+    "__version__", "errors", "event",
+]

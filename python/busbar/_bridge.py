@@ -1,0 +1,35 @@
+"""Helpers the Rust core calls back into (not public)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_MS = _dt.timedelta(milliseconds=1)
+
+
+def resolve(future: Any, error: BaseException | None, value: Any) -> None:
+    """Settles an asyncio future once, in its loop (a cancelled one stays cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def epoch_ms(moment: _dt.datetime) -> int:
+    """Milliseconds since the epoch, UTC: a naive datetime is taken as UTC."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=_dt.timezone.utc)
+    return (moment - _EPOCH) // _MS
+
+
+def sql_param(value: Any) -> tuple[str, Any]:
+    """Parameters the Rust side does not recognise directly, tagged."""
+    if isinstance(value, _dt.datetime):
+        return ("timestamp_ms", epoch_ms(value))
+    if isinstance(value, (bytearray, memoryview)):
+        return ("blob", bytes(value))
+    return ("unsupported", None)

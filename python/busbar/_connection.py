@@ -1,0 +1,280 @@
+"""The connection, written once for both faces.
+
+Every method here hands its arguments to the Rust core, which returns the
+result (blocking face) or an awaitable (asyncio face); ``_then`` applies any
+wrapping after the result is there. ``busbar.Connection`` and
+``busbar.aio.Connection`` only add what a face needs on top: context
+managers, how streams are iterated and how room handlers run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Dict, Optional
+
+from . import _core
+from ._sql import Database
+from .errors import InvalidArgument
+
+_TARGET_KEYS = (
+    "config_path", "config_json", "address", "ca", "fingerprint", "server_name",
+    "user", "password", "token", "key_name", "private_key", "timeout",
+    "connect_timeout", "connections",
+)
+
+
+_RESOURCES = "busbar.v1.Resources/"
+_KINDS = {"folder": "FOLDER", "room": "ROOM", "wire": "WIRE", "database": "DATABASE"}
+_RIGHTS = {"read": "READ", "write": "WRITE", "admin": "ADMIN"}
+
+
+def _choice(value: Any, names: Dict[str, str], what: str) -> str:
+    """The protocol's name for one of a few choices, checked here."""
+    found = names.get(value.lower()) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidArgument(f"bad {what} {value!r}: use one of {', '.join(names)}")
+    return found
+
+
+def _target(**given: Any) -> Dict[str, Any]:
+    return {key: given.get(key) for key in _TARGET_KEYS}
+
+
+def _address(address: str, scheme: str) -> str:
+    if not isinstance(address, str) or not address:
+        raise InvalidArgument(f"bad address {address!r}: use host:port")
+    if "://" not in address:
+        return f"{scheme}://{address}"
+    if not address.startswith(f"{scheme}://"):
+        other = "with_tls" if scheme == "http" else "insecure"
+        raise InvalidArgument(f"bad address {address!r} for this constructor: "
+                              f"use {scheme}://host:port or host:port (or Connection.{other})")
+    return address
+
+
+def _pem(ca: Optional[str]) -> Optional[str]:
+    """A CA given as PEM text or as the path of a PEM file."""
+    if ca is None or "-----BEGIN" in ca:
+        return ca
+    try:
+        with open(ca, encoding="ascii") as file:
+            return file.read()
+    except OSError as error:
+        raise InvalidArgument(f"cannot read the CA file {ca!r}: {error}; pass the PEM "
+                              "text or the path of a PEM file") from None
+
+
+class _ConnectionBase:
+    """Methods shared by both faces. See ``busbar.Connection`` for the docs."""
+
+    _ASYNC = False
+    _CALL: Any = None
+    _SUBSCRIPTION: Any = None
+
+    def __init__(self, core: Any) -> None:
+        if not isinstance(core, _core.Core):
+            raise InvalidArgument("make a connection with Connection.from_config, "
+                                  "Connection.insecure or Connection.with_tls")
+        self._core = core
+
+    # --- constructors -----------------------------------------------------
+
+    @classmethod
+    def _then(cls, result: Any, wrap: Callable[[Any], Any]) -> Any:
+        return wrap(result)
+
+    @classmethod
+    def _connect(cls, target: Dict[str, Any]) -> Any:
+        return cls._then(_core.connect(cls._ASYNC, target), cls)
+
+    @classmethod
+    def from_config(cls, config: Any, *, timeout: Optional[float] = None,
+                    connect_timeout: Optional[float] = None,
+                    connections: Optional[int] = None) -> Any:
+        """Connects with a client config: a path to the JSON file that
+        ``busbar serve`` (``admin.json``) or ``busbar identity new`` writes, or
+        the same content as a dict."""
+        if isinstance(config, dict):
+            given = {"config_json": json.dumps(config)}
+        elif isinstance(config, (str, os.PathLike)):
+            given = {"config_path": os.fspath(config)}
+        else:
+            raise InvalidArgument("config is a path to a client config file or a dict")
+        return cls._connect(_target(**given, timeout=timeout, connect_timeout=connect_timeout,
+                                    connections=connections))
+
+    @classmethod
+    def insecure(cls, address: str, *, user: Optional[str] = None,
+                 password: Optional[str] = None, token: Optional[str] = None,
+                 key_name: Optional[str] = None, private_key: Optional[str] = None,
+                 timeout: Optional[float] = None, connect_timeout: Optional[float] = None,
+                 connections: Optional[int] = None) -> Any:
+        """Connects in plaintext to a node started with ``--insecure``."""
+        return cls._connect(_target(
+            address=_address(address, "http"), user=user, password=password, token=token,
+            key_name=key_name, private_key=private_key, timeout=timeout,
+            connect_timeout=connect_timeout, connections=connections))
+
+    @classmethod
+    def with_tls(cls, address: str, *, ca: Optional[str] = None,
+                 fingerprint: Optional[str] = None, server_name: Optional[str] = None,
+                 user: Optional[str] = None, password: Optional[str] = None,
+                 token: Optional[str] = None, key_name: Optional[str] = None,
+                 private_key: Optional[str] = None, timeout: Optional[float] = None,
+                 connect_timeout: Optional[float] = None,
+                 connections: Optional[int] = None) -> Any:
+        """Connects over TLS, trusting ``ca`` (PEM text or file) and/or the
+        server certificate ``fingerprint`` (hex SHA-256)."""
+        return cls._connect(_target(
+            address=_address(address, "https"), ca=_pem(ca), fingerprint=fingerprint,
+            server_name=server_name, user=user, password=password, token=token,
+            key_name=key_name, private_key=private_key, timeout=timeout,
+            connect_timeout=connect_timeout, connections=connections))
+
+    # --- the connection ---------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        """The address this connection dials."""
+        return self._core.address
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    def close(self) -> None:
+        """Closes the connection; later calls raise FailedPrecondition."""
+        self._core.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else self.address
+        return f"<{type(self).__module__}.{type(self).__name__} {state}>"
+
+    def _rpc(self, method: str, request: Dict[str, Any], timeout: Optional[float],
+             pick: Optional[str] = None) -> Any:
+        """A busbar RPC by name; ``pick`` takes one field of the reply."""
+        reply = self._core.call(method, request, timeout)
+        return reply if pick is None else self._then(reply, lambda r: r[pick])
+
+    def status(self, *, timeout: Optional[float] = None) -> Any:
+        """The node's version, uptime, store, bus and TLS state."""
+        return self._rpc("busbar.v1.Node/Status", {}, timeout)
+
+    def whoami(self, *, timeout: Optional[float] = None) -> Any:
+        """The identity this connection is logged in as."""
+        return self._rpc("busbar.v1.Auth/WhoAmI", {}, timeout)
+
+    # --- calls ------------------------------------------------------------
+
+    def call(self, method: str, request: Optional[Dict[str, Any]] = None, *,
+             timeout: Optional[float] = None) -> Any:
+        """Calls the unary method ``method`` ("package.Service/Method") with a
+        dict; returns the reply as a dict (protocol field names)."""
+        return self._core.call(method, request, timeout)
+
+    def stream(self, method: str, request: Optional[Dict[str, Any]] = None, *,
+               timeout: Optional[float] = None) -> Any:
+        """Starts a server-, client- or bidi-streaming call; returns a Call.
+        ``request`` is the first message (required for server streaming)."""
+        return self._then(self._core.call(method, request, timeout, True), self._CALL)
+
+    # --- resources --------------------------------------------------------
+
+    def ls(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
+        """The children of a folder (everything below it with ``recursive``)."""
+        return self._rpc(_RESOURCES + "List", {"path": path, "recursive": recursive}, timeout,
+                         "resources")
+
+    def get(self, path: str, *, timeout: Optional[float] = None) -> Any:
+        """The resource at ``path``."""
+        return self._rpc(_RESOURCES + "Get", {"path": path}, timeout)
+
+    def create(self, path: str, kind: str, *, parents: bool = False,
+               timeout: Optional[float] = None) -> Any:
+        """Creates a "folder", "room", "wire" or "database" (missing folders
+        too with ``parents``)."""
+        request = {"path": path, "kind": _choice(kind, _KINDS, "kind"), "parents": parents}
+        return self._rpc(_RESOURCES + "Create", request, timeout)
+
+    def mkdir(self, path: str, *, parents: bool = False, timeout: Optional[float] = None) -> Any:
+        """Creates a folder."""
+        return self.create(path, "folder", parents=parents, timeout=timeout)
+
+    def rm(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
+        """Deletes a resource (a non-empty folder needs ``recursive``); returns how many."""
+        return self._rpc(_RESOURCES + "Delete", {"path": path, "recursive": recursive}, timeout,
+                         "deleted")
+
+    def mv(self, source: str, destination: str, *, timeout: Optional[float] = None) -> Any:
+        """Moves or renames a resource."""
+        return self._rpc(_RESOURCES + "Move", {"from": source, "to": destination}, timeout)
+
+    def grant(self, path: str, principal: str, right: str, *,
+              timeout: Optional[float] = None) -> Any:
+        """Grants "read", "write" or "admin" on ``path`` to an identity or
+        "group:<name>"; returns the grants set on ``path``."""
+        request = {"path": path, "principal": principal,
+                   "right": _choice(right, _RIGHTS, "right")}
+        return self._rpc(_RESOURCES + "Grant", request, timeout, "grants")
+
+    def revoke(self, path: str, principal: str, *, timeout: Optional[float] = None) -> Any:
+        """Removes the grant set on ``path`` for ``principal``."""
+        return self._rpc(_RESOURCES + "Revoke", {"path": path, "principal": principal}, timeout,
+                         "grants")
+
+    def grants(self, path: str, *, effective: bool = False,
+               timeout: Optional[float] = None) -> Any:
+        """Grants set on ``path`` (with ``effective``, inherited ones too)."""
+        return self._rpc(_RESOURCES + "ListGrants", {"path": path, "effective": effective},
+                         timeout, "grants")
+
+    # --- identities -------------------------------------------------------
+
+    def create_user(self, name: str, password: str, *, admin: bool = False,
+                    timeout: Optional[float] = None) -> Any:
+        """Creates a password identity (admin only)."""
+        request = {"name": name, "password": password, "admin": admin}
+        return self._rpc("busbar.v1.Auth/CreateUser", request, timeout)
+
+    def create_token(self, name: str, *, ttl: Optional[float] = None,
+                     timeout: Optional[float] = None) -> Any:
+        """Creates an API token for this identity; returns its secret (shown once)."""
+        if ttl is not None and not (isinstance(ttl, (int, float)) and ttl > 0):
+            raise InvalidArgument(f"bad ttl {ttl!r}: use a positive number of seconds")
+        request = {"name": name, "ttl_seconds": 0 if ttl is None else max(1, int(ttl))}
+        return self._rpc("busbar.v1.Auth/CreateToken", request, timeout, "token")
+
+    # --- events and data --------------------------------------------------
+
+    def emit(self, room: str, event: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """Emits ``event`` to every member of ``room`` without joining; returns
+        how many members it reached."""
+        request = {"path": room, "event": event, "args": list(args)}
+        return self._rpc("busbar.v1.Rooms/Emit", request, timeout, "delivered")
+
+    def wire(self, path: str) -> "Wire":
+        return Wire(self, path)
+
+    def sql(self, database: str) -> Database:
+        return Database(self, database)
+
+
+class Wire:
+    """A wire at ``path``: ``subscribe()`` to receive byte chunks,
+    ``publish(chunks)`` to send them."""
+
+    def __init__(self, connection: _ConnectionBase, path: str) -> None:
+        self.connection = connection
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"<busbar.Wire {self.path}>"
+
+    def subscribe(self, *, timeout: Optional[float] = None) -> Any:
+        conn = self.connection
+        return conn._then(conn._core.open("wire", self.path, timeout), conn._SUBSCRIPTION)
+
+    def publish(self, chunks: Any, *, timeout: Optional[float] = None) -> Any:
+        publisher = self.connection._core.publisher(self.path, timeout)
+        return self.connection._publish(publisher, chunks)  # type: ignore[attr-defined]

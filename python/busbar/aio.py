@@ -1,0 +1,56 @@
+"""The asyncio face: the same constructors, methods and arguments as
+``busbar.Connection``; every method that talks to the node is awaited.
+
+Rooms are the same :class:`busbar.Room` class; joined with an
+``aio.Connection`` their handlers may be ``async def``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ._connection import Wire, _ConnectionBase
+from ._rooms import Room, event, join_async
+from ._sql import Database
+from ._streams import AsyncCall as Call
+from ._streams import AsyncSubscription as Subscription
+
+
+class Connection(_ConnectionBase):
+    """An asyncio connection to a Busbar node (see ``busbar.Connection``)."""
+
+    _ASYNC = True
+    _CALL = Call
+    _SUBSCRIPTION = Subscription
+
+    @classmethod
+    def _then(cls, result: Any, wrap: Callable[[Any], Any]) -> Any:
+        async def then() -> Any:
+            return wrap(await result)
+
+        return then()
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def _join_room(self, room: Room, timeout: Optional[float]) -> Room:
+        return await join_async(room, self._core, timeout)
+
+    async def _publish(self, publisher: Any, chunks: Any) -> Any:
+        try:
+            if hasattr(chunks, "__aiter__"):
+                async for chunk in chunks:
+                    await publisher.send(chunk)
+            else:
+                for chunk in chunks:
+                    await publisher.send(chunk)
+        except BaseException:
+            publisher.cancel()
+            raise
+        return await publisher.finish()
+
+
+__all__ = ["Call", "Connection", "Database", "Room", "Subscription", "Wire", "event"]

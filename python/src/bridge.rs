@@ -1,0 +1,210 @@
+//! The one place where the two faces differ: a blocking call waits on
+//! Busbar's runtime with the GIL released; an asyncio call returns an
+//! `asyncio.Future` that a runtime task resolves through the event loop.
+
+use crate::convert::{ToPython, to_pyerr};
+use busbar_client::Error;
+use pyo3::prelude::*;
+use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::runtime::Runtime;
+
+/// Busbar's own runtime, made again in a child after `fork()` (the parent's
+/// worker threads do not exist there). Connections made before a fork belong
+/// to the parent's runtime and are not usable in the child.
+pub(crate) fn runtime() -> &'static Runtime {
+    static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = std::process::id();
+    match *slot {
+        Some((owner, runtime)) if owner == pid => runtime,
+        _ => {
+            // The old runtime (if any) is the parent's: leaked, never dropped,
+            // because dropping would wait for threads that are not there.
+            let runtime: &'static Runtime = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("busbar-runtime")
+                    .enable_all()
+                    .build()
+                    .expect("a tokio runtime can be built"),
+            ));
+            *slot = Some((pid, runtime));
+            runtime
+        }
+    }
+}
+
+/// Runtime threads inside Python right now, and whether the interpreter is
+/// exiting. A runtime thread that waits for the GIL while the interpreter
+/// finalizes is ended by CPython mid-call (an abort), so `at_exit` stops new
+/// entries and waits for the ones in flight before finalization starts.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f` with the GIL from a runtime thread, unless the interpreter exits.
+fn with_python<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    let result = if EXITING.load(Ordering::SeqCst) {
+        None
+    } else {
+        Python::try_attach(f)
+    };
+    IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+    result
+}
+
+/// Registered with `atexit` by `busbar/__init__.py`.
+#[pyfunction]
+pub(crate) fn at_exit(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    });
+}
+
+/// Which face an object serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Face {
+    Blocking,
+    Asyncio,
+}
+
+/// Runs `work` for `face`: the result itself (blocking) or an awaitable.
+pub(crate) fn finish<'py, T, F>(py: Python<'py>, face: Face, work: F) -> PyResult<Bound<'py, PyAny>>
+where
+    T: ToPython + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    match face {
+        Face::Blocking => {
+            let outcome = py.detach(|| {
+                let outcome = runtime().block_on(interruptible(work));
+                // A (daemon) thread must not take the GIL back while the
+                // interpreter finalizes: CPython would end it mid-frame.
+                while EXITING.load(Ordering::SeqCst) {
+                    std::thread::park();
+                }
+                outcome
+            });
+            match outcome {
+                Ok(value) => value.to_python(py).map(|v| v.into_bound(py)),
+                Err(Interrupted::Failed(error)) => Err(to_pyerr(py, &error)),
+                Err(Interrupted::Signal(error)) => Err(error),
+            }
+        }
+        Face::Asyncio => {
+            let work: PendingWork = Box::pin(async move {
+                let value = work.await?;
+                Ok(Box::new(move |py: Python<'_>| value.to_python(py)) as Convert)
+            });
+            Ok(Bound::new(py, Pending(Mutex::new(Some(work))))?.into_any())
+        }
+    }
+}
+
+enum Interrupted {
+    Failed(Error),
+    Signal(PyErr),
+}
+
+/// Waits for `work`, checking every 100 ms whether Python has a signal to
+/// handle (Ctrl-C) so a blocking call can be interrupted; the work is dropped,
+/// which cancels it.
+async fn interruptible<T, F>(work: F) -> Result<T, Interrupted>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    let signals = async {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if let Some(Err(error)) = with_python(|py| py.check_signals()) {
+                return error;
+            }
+        }
+    };
+    tokio::select! {
+        outcome = work => outcome.map_err(Interrupted::Failed),
+        error = signals => Err(Interrupted::Signal(error)),
+    }
+}
+
+type Convert = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+type PendingWork = std::pin::Pin<Box<dyn Future<Output = Result<Convert, Error>> + Send>>;
+
+/// The awaitable the asyncio face returns. Like a coroutine, nothing happens
+/// until it is awaited (in a running event loop); then the work runs on
+/// Busbar's runtime and cancelling the await cancels it.
+#[pyclass(module = "busbar._core")]
+struct Pending(Mutex<Option<PendingWork>>);
+
+#[pymethods]
+impl Pending {
+    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let work = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let work = work.ok_or_else(|| {
+            to_pyerr(
+                py,
+                &Error::new(
+                    busbar_client::ErrorCode::FailedPrecondition,
+                    "this awaitable was already awaited; call the method again",
+                ),
+            )
+        })?;
+        spawn_for_asyncio(py, work)?.call_method0("__await__")
+    }
+}
+
+fn spawn_for_asyncio<'py>(py: Python<'py>, work: PendingWork) -> PyResult<Bound<'py, PyAny>> {
+    let event_loop = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")
+        .map_err(|_| {
+            to_pyerr(
+                py,
+                &Error::new(
+                    busbar_client::ErrorCode::FailedPrecondition,
+                    "busbar.aio is used from a coroutine with a running event loop; use busbar.Connection outside asyncio",
+                ),
+            )
+        })?;
+    let future = event_loop.call_method0("create_future")?;
+    let resolve = py.import("busbar._bridge")?.getattr("resolve")?.unbind();
+    let (loop_handle, future_handle) = (event_loop.unbind(), future.clone().unbind());
+    let task = runtime().spawn(async move {
+        let outcome = work.await;
+        with_python(|py| {
+            let converted = match outcome {
+                Ok(convert) => convert(py),
+                Err(error) => Err(to_pyerr(py, &error)),
+            };
+            let (error, value) = match converted {
+                Ok(value) => (py.None(), value),
+                Err(error) => (error.into_value(py).into_any(), py.None()),
+            };
+            // A closed loop cannot take the result: nobody waits for it any more.
+            let _ = loop_handle.bind(py).call_method1(
+                "call_soon_threadsafe",
+                (resolve, future_handle, error, value),
+            );
+        });
+    });
+    future.call_method1("add_done_callback", (AbortTask(task.abort_handle()),))?;
+    Ok(future)
+}
+
+/// Done-callback of an asyncio future: a cancelled await cancels the work.
+#[pyclass]
+struct AbortTask(tokio::task::AbortHandle);
+
+#[pymethods]
+impl AbortTask {
+    fn __call__(&self, _future: Bound<'_, PyAny>) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,373 @@
+//! `busbar._core.Core`: one connection (a `busbar_client::Client`) serving
+//! either face. Every method takes the same arguments in both; the face only
+//! decides whether the caller gets the result or an awaitable.
+
+use crate::bridge::{Face, finish};
+use crate::convert::{ToPython, invalid, py_to_json};
+use crate::sql::{SqlTable, statement};
+use crate::streams::{
+    CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
+};
+use base64::Engine;
+use busbar_client::{Client, ClientConfig, ConnectOptions, Error, ErrorCode};
+use pyo3::prelude::*;
+use serde_json::Value;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// A deadline in seconds from Python, checked.
+pub(crate) fn duration(seconds: Option<f64>, what: &str) -> Result<Option<Duration>, Error> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(invalid(format!(
+            "bad {what} {s}: use a positive number of seconds"
+        ))),
+    }
+}
+
+/// `client` with a per-call deadline, if one was given.
+pub(crate) fn with_timeout(client: &Client, timeout: Option<f64>) -> Result<Client, Error> {
+    Ok(match duration(timeout, "timeout")? {
+        Some(timeout) => client.with_timeout(timeout),
+        None => client.clone(),
+    })
+}
+
+/// Waits for `work` at most `timeout` (for calls whose stream outlives the
+/// deadline: a join or subscribe must not end when the deadline passes).
+async fn within<T>(
+    timeout: Option<Duration>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match timeout {
+        None => work.await,
+        Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Timeout,
+                "the call's deadline passed before it finished; raise the timeout or retry",
+            ))
+        }),
+    }
+}
+
+/// How to reach and log in to a node, as given to a constructor.
+#[derive(FromPyObject, Default)]
+#[pyo3(from_item_all)]
+pub(crate) struct Target {
+    config_path: Option<String>,
+    config_json: Option<String>,
+    address: Option<String>,
+    ca: Option<String>,
+    fingerprint: Option<String>,
+    server_name: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    key_name: Option<String>,
+    private_key: Option<String>,
+    timeout: Option<f64>,
+    connect_timeout: Option<f64>,
+    connections: Option<usize>,
+}
+
+impl Target {
+    fn options(self) -> Result<ConnectOptions, Error> {
+        let mut options = match (self.config_path, self.config_json, self.address) {
+            (Some(path), _, _) => ConnectOptions::from_config(&ClientConfig::from_file(path)?)?,
+            (_, Some(json), _) => ConnectOptions::from_config(&ClientConfig::from_json(&json)?)?,
+            (_, _, Some(address)) => ConnectOptions::new(address),
+            _ => return Err(invalid("give an address or a client config")),
+        };
+        if let Some(ca) = self.ca {
+            options = options.ca_pem(ca);
+        }
+        if let Some(fingerprint) = self.fingerprint {
+            options = options.pin_fingerprint(fingerprint);
+        }
+        if let Some(name) = self.server_name {
+            options = options.server_name(name);
+        }
+        let credentials = [
+            self.password.is_some() || self.user.is_some(),
+            self.token.is_some(),
+            self.key_name.is_some() || self.private_key.is_some(),
+        ];
+        if credentials.iter().filter(|given| **given).count() > 1 {
+            return Err(invalid(
+                "give one credential: user= and password=, token=, or key_name= and private_key=",
+            ));
+        }
+        match (self.user, self.password) {
+            (Some(user), Some(password)) => options = options.password(user, password),
+            (None, None) => {}
+            _ => return Err(invalid("user= and password= go together")),
+        }
+        if let Some(token) = self.token {
+            options = options.token(token);
+        }
+        match (self.key_name, self.private_key) {
+            (Some(name), Some(key)) => {
+                let seed = base64::engine::general_purpose::STANDARD
+                    .decode(key.trim())
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
+                        )
+                    })?;
+                options = options.key(name, ed25519_dalek::SigningKey::from_bytes(&seed));
+            }
+            (None, None) => {}
+            _ => return Err(invalid("key_name= and private_key= go together")),
+        }
+        if let Some(timeout) = duration(self.timeout, "timeout")? {
+            options = options.timeout(timeout);
+        }
+        if let Some(timeout) = duration(self.connect_timeout, "connect_timeout")? {
+            options = options.connect_timeout(timeout);
+        }
+        if let Some(connections) = self.connections {
+            options = options.connections(connections);
+        }
+        Ok(options)
+    }
+}
+
+/// Connects; the result is a `Core` (blocking) or an awaitable of one.
+#[pyfunction]
+pub(crate) fn connect<'py>(
+    py: Python<'py>,
+    asyncio: bool,
+    target: Target,
+) -> PyResult<Bound<'py, PyAny>> {
+    let face = if asyncio {
+        Face::Asyncio
+    } else {
+        Face::Blocking
+    };
+    let options = target.options();
+    finish(py, face, async move {
+        let client = options?.connect().await?;
+        Ok(Core {
+            face,
+            client: RwLock::new(Some(client)),
+        })
+    })
+}
+
+impl ToPython for Core {
+    fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(Py::new(py, self)?.into_any())
+    }
+}
+
+macro_rules! pyclass_to_python {
+    ($($t:ty),*) => {$(
+        impl ToPython for $t {
+            fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+                Ok(Py::new(py, self)?.into_any())
+            }
+        }
+    )*};
+}
+
+pyclass_to_python!(CoreCall, CoreSubscription, CoreMembership);
+
+/// What `Core.open` opened.
+enum Opened {
+    Room(CoreMembership),
+    Wire(CoreSubscription),
+}
+
+impl ToPython for Opened {
+    fn to_python(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Opened::Room(membership) => membership.to_python(py),
+            Opened::Wire(subscription) => subscription.to_python(py),
+        }
+    }
+}
+
+/// One connection to a node.
+#[pyclass(frozen, module = "busbar._core")]
+pub(crate) struct Core {
+    face: Face,
+    client: RwLock<Option<Client>>,
+}
+
+impl Core {
+    /// The client with this call's deadline; FAILED_PRECONDITION after close().
+    fn client(&self, timeout: Option<f64>) -> Result<Client, Error> {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        let client = client.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::FailedPrecondition,
+                "this connection is closed; open a new one",
+            )
+        })?;
+        with_timeout(client, timeout)
+    }
+
+    /// Runs `work` with the client under `timeout`. The deadline is kept
+    /// here, so a call ends in time even when the network hangs; for a
+    /// `Call` it also travels to the server (grpc-timeout). An `Opening`
+    /// (join, subscribe) gets only the local bound: the stream it opens
+    /// must not end when the deadline passes.
+    fn run<'py, T, F, Fut>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        scope: Scope,
+        work: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        T: ToPython + Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let sent = match scope {
+            Scope::Call => timeout,
+            Scope::Opening => None,
+        };
+        match (self.client(sent), duration(timeout, "timeout")) {
+            (Ok(client), Ok(limit)) => finish(py, self.face, within(limit, work(client))),
+            (Err(error), _) | (_, Err(error)) => {
+                finish(py, self.face, async move { Err::<T, _>(error) })
+            }
+        }
+    }
+}
+
+/// What a deadline bounds: a whole call, or only the opening of a stream.
+#[derive(Clone, Copy)]
+enum Scope {
+    Call,
+    Opening,
+}
+
+#[pymethods]
+impl Core {
+    #[getter]
+    fn address(&self) -> PyResult<String> {
+        Python::attach(|py| {
+            self.client(None)
+                .map(|c| c.address().to_string())
+                .map_err(|e| crate::convert::to_pyerr(py, &e))
+        })
+    }
+
+    #[getter]
+    fn is_async(&self) -> bool {
+        self.face == Face::Asyncio
+    }
+
+    /// Drops this handle's connection (streams still open keep theirs).
+    fn close(&self) {
+        self.client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Calls `method` by name: a unary call's reply (a dict), or with
+    /// `streaming` a started `CoreCall` (request: its first message).
+    #[pyo3(signature = (method, request=None, timeout=None, streaming=false))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        method: String,
+        request: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+        streaming: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let request = request.map(|r| py_to_json(&r)).transpose();
+        if !streaming {
+            return self.run(py, timeout, Scope::Call, |c| async move {
+                let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
+                c.call(&method, request).await
+            });
+        }
+        let face = self.face;
+        let deadline = duration(timeout, "timeout")
+            .ok()
+            .flatten()
+            .map(|limit| tokio::time::Instant::now() + limit);
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let call = c.stream(&method, request?).await?;
+            Ok(CoreCall::new(face, call, deadline))
+        })
+    }
+
+    /// Opens a stream of the resource at `path`: joins a "room" (a
+    /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
+    #[pyo3(signature = (kind, path, timeout=None))]
+    fn open<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let face = self.face;
+        match kind {
+            "room" => self.run(py, timeout, Scope::Opening, move |client| async move {
+                let membership = client.join(&path).await?;
+                let member_id = Arc::new(Mutex::new(String::new()));
+                let path = membership.path().to_string();
+                let events = Pull::new(MembershipEvents::new(membership, member_id.clone()));
+                Ok(Opened::Room(CoreMembership {
+                    face,
+                    client,
+                    path,
+                    member_id,
+                    events,
+                }))
+            }),
+            _ => self.run(py, timeout, Scope::Opening, move |client| async move {
+                let chunks = Pull::new(client.subscribe(&path).await?);
+                Ok(Opened::Wire(CoreSubscription { face, chunks }))
+            }),
+        }
+    }
+
+    /// A publisher for the wire at `path` (starts the stream; no wait).
+    #[pyo3(signature = (path, timeout=None))]
+    fn publisher(
+        &self,
+        py: Python<'_>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<CorePublisher> {
+        let client = self
+            .client(timeout)
+            .map_err(|e| crate::convert::to_pyerr(py, &e))?;
+        Ok(CorePublisher::start(self.face, client, path))
+    }
+
+    /// Runs one SQL statement; the result is (pyarrow.Table, summary dict).
+    #[pyo3(signature = (database, sql, params=None, timeout=None))]
+    fn sql<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        sql: String,
+        params: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let statement = statement(py, sql, params.as_ref());
+        self.run(py, timeout, Scope::Call, |c| async move {
+            let result = c.sql(&database, statement?).await?;
+            Ok(SqlTable(result))
+        })
+    }
+}

@@ -1,0 +1,24 @@
+//! `busbar._core`: the Rust half of the Python package `busbar`. One
+//! implementation (busbar-client on Busbar's own tokio runtime) behind both
+//! faces; `python/busbar/` holds the thin Python layer, typing and docs.
+
+mod bridge;
+mod connection;
+mod convert;
+mod sql;
+mod streams;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_function(wrap_pyfunction!(connection::connect, module)?)?;
+    module.add_function(wrap_pyfunction!(bridge::at_exit, module)?)?;
+    module.add_class::<connection::Core>()?;
+    module.add_class::<streams::CoreCall>()?;
+    module.add_class::<streams::CoreSubscription>()?;
+    module.add_class::<streams::CorePublisher>()?;
+    module.add_class::<streams::CoreMembership>()?;
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
