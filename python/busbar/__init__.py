@@ -5,9 +5,9 @@
 methods and arguments, whose methods are awaited and never block the event
 loop. Both release the GIL while they wait on the network.
 
-Coming with the server features they need (not here yet): stored procedures
-(``conn.sql(db).run``), SQL sessions (``conn.session()``) and time series
-(``conn.timeseries``).
+Data: ``conn.sql(db).execute/run`` (SQL and stored procedures),
+``conn.session()`` (commit/rollback) and ``conn.timeseries`` (Arrow time
+series), all returning ``pyarrow.Table``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from . import _core, errors
 from ._connection import Wire, _ConnectionBase
 from ._core import __version__
 from ._rooms import Room, event, join_blocking
+from ._session import Session
 from ._sql import Database
+from ._timeseries import TimeSeries
 from ._streams import Call, Subscription
 from .errors import BusbarError
 
@@ -38,6 +40,7 @@ class Connection(_ConnectionBase):
     _ASYNC = False
     _CALL = Call
     _SUBSCRIPTION = Subscription
+    _SESSION = Session
 
     def __enter__(self) -> "Connection":
         return self
@@ -59,6 +62,7 @@ class Connection(_ConnectionBase):
 
 
 __all__ = [
-    "BusbarError", "Call", "Connection", "Database", "Room", "Subscription", "Wire",
+    "BusbarError", "Call", "Connection", "Database", "Room", "Session", "Subscription",
+    "TimeSeries", "Wire",
     "__version__", "errors", "event",
 ]

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional
 
 from . import _core
 from ._sql import Database
+from ._timeseries import TimeSeries
 from .errors import InvalidArgument
 
 _TARGET_KEYS = (
@@ -26,6 +27,7 @@ _TARGET_KEYS = (
 
 _RESOURCES = "busbar.v1.Resources/"
 _KINDS = {"folder": "FOLDER", "room": "ROOM", "wire": "WIRE", "database": "DATABASE"}
+# Time series need a definition: conn.timeseries.create.
 _RIGHTS = {"read": "READ", "write": "WRITE", "admin": "ADMIN"}
 
 
@@ -71,6 +73,7 @@ class _ConnectionBase:
     _ASYNC = False
     _CALL: Any = None
     _SUBSCRIPTION: Any = None
+    _SESSION: Any = None
 
     def __init__(self, core: Any) -> None:
         if not isinstance(core, _core.Core):
@@ -258,6 +261,18 @@ class _ConnectionBase:
 
     def sql(self, database: str) -> Database:
         return Database(self, database)
+
+    @property
+    def timeseries(self) -> TimeSeries:
+        """Time series: ``read``, ``write``, ``create``, ``describe``."""
+        return TimeSeries(self)
+
+    def session(self, *, timeout: Optional[float] = None) -> Any:
+        """Opens a data session: use it as a context manager; its ``sql`` and
+        ``timeseries`` calls see its own changes, which others see only
+        after ``commit()``. Leaving without commit rolls it back."""
+        return self._then(self._core.session(timeout),
+                          lambda core: self._SESSION(core, type(self)))
 
 
 class Wire:

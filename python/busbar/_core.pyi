@@ -1,6 +1,6 @@
 """The Rust half of busbar (private: use busbar and busbar.aio)."""
 
-from typing import Any, Dict, Optional, final
+from typing import Any, Dict, List, Optional, final
 
 __version__: str
 
@@ -19,6 +19,20 @@ class Core:
     def publisher(self, path: str, timeout: Optional[float] = ...) -> CorePublisher: ...
     def sql(self, database: str, sql: str, params: Any = ...,
             timeout: Optional[float] = ...) -> Any: ...
+    def run_procedure(self, database: str, name: str, args: Any = ..., kwargs: Any = ...,
+                      timeout: Optional[float] = ...) -> Any: ...
+    def session(self, timeout: Optional[float] = ...) -> Any: ...
+    def read_series(self, paths: List[str], start_ms: Optional[int] = ...,
+                    end_ms: Optional[int] = ..., timeout: Optional[float] = ...) -> Any: ...
+    def write_series(self, path: str, table: Any, start_ms: Optional[int] = ...,
+                     end_ms: Optional[int] = ..., timeout: Optional[float] = ...) -> Any: ...
+
+@final
+class CoreSession:
+    id: str
+    ended: bool
+    def core(self) -> Core: ...
+    def end(self, commit: bool, timeout: Optional[float] = ...) -> Any: ...
 
 @final
 class CoreCall:
@@ -47,4 +61,4 @@ class CoreMembership:
     def leave(self, timeout: Optional[float] = ...) -> Any: ...
     def close(self) -> None: ...
 
-__all__ = ["connect", "at_exit", "Core", "CoreCall", "CoreSubscription", "CorePublisher", "CoreMembership", "__version__"]
+__all__ = ["connect", "at_exit", "Core", "CoreSession", "CoreCall", "CoreSubscription", "CorePublisher", "CoreMembership", "__version__"]

@@ -1,8 +1,5 @@
-"""SQL databases: ``conn.sql(path).execute(sql, params)`` → ``pyarrow.Table``.
-
-Stored procedures (``run``) come with the server feature; this module is
-where they will live.
-"""
+"""SQL databases: ``conn.sql(path).execute(sql, params)`` and
+``conn.sql(path).run(procedure, *args, **kwargs)`` → ``pyarrow.Table``."""
 
 from __future__ import annotations
 
@@ -39,3 +36,31 @@ class Database:
         """
         conn = self.connection
         return conn._then(conn._core.sql(self.path, sql, params, timeout), _with_summary)
+
+    def run(self, procedure: str, /, *args: Any, timeout: Optional[float] = None,
+            **kwargs: Any) -> Any:
+        """Runs a stored procedure with arguments by position or by name (not
+        both); returns the rows of its last statement as a ``pyarrow.Table``.
+        Its statements run atomically: if one fails, none took effect.
+        (``timeout`` is this call's deadline, not an argument.)"""
+        conn = self.connection
+        result = conn._core.run_procedure(self.path, procedure, list(args) or None,
+                                          kwargs or None, timeout)
+        return conn._then(result, _with_summary)
+
+    def create_procedure(self, name: str, params: Any, body: str, *, replace: bool = False,
+                         timeout: Optional[float] = None) -> Any:
+        """Stores a procedure: ``body`` holds statements using ``:name``
+        parameters from ``params`` (in positional order)."""
+        request = {"database": self.path, "name": name, "params": list(params), "body": body,
+                   "replace": replace}
+        return self.connection._rpc("busbar.v1.Sql/CreateProcedure", request, timeout)
+
+    def drop_procedure(self, name: str, *, timeout: Optional[float] = None) -> Any:
+        request = {"database": self.path, "name": name}
+        return self.connection._rpc("busbar.v1.Sql/DropProcedure", request, timeout)
+
+    def procedures(self, *, timeout: Optional[float] = None) -> Any:
+        """The database's procedures (name, params, body)."""
+        return self.connection._rpc("busbar.v1.Sql/ListProcedures", {"database": self.path},
+                                    timeout, "procedures")

@@ -11,7 +11,10 @@ from typing import Any, Callable, Optional
 
 from ._connection import Wire, _ConnectionBase
 from ._rooms import Room, event, join_async
+from ._session import AsyncSession as Session
+from ._session import OpeningSession
 from ._sql import Database
+from ._timeseries import TimeSeries
 from ._streams import AsyncCall as Call
 from ._streams import AsyncSubscription as Subscription
 
@@ -22,6 +25,12 @@ class Connection(_ConnectionBase):
     _ASYNC = True
     _CALL = Call
     _SUBSCRIPTION = Subscription
+    _SESSION = Session
+
+    def session(self, *, timeout: Optional[float] = None) -> Any:
+        """Opens a data session: ``async with conn.session() as s:`` (or
+        ``s = await conn.session()``); see ``busbar.Connection.session``."""
+        return OpeningSession(super().session(timeout=timeout))
 
     @classmethod
     def _then(cls, result: Any, wrap: Callable[[Any], Any]) -> Any:
@@ -53,4 +62,5 @@ class Connection(_ConnectionBase):
         return await publisher.finish()
 
 
-__all__ = ["Call", "Connection", "Database", "Room", "Subscription", "Wire", "event"]
+__all__ = ["Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries",
+           "Wire", "event"]

@@ -4,12 +4,13 @@
 
 use crate::bridge::{Face, finish};
 use crate::convert::{ToPython, invalid, py_to_json};
+use crate::data::{CoreSession, SeriesTables, procedure_args};
 use crate::sql::{SqlTable, statement};
 use crate::streams::{
     CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
 };
 use base64::Engine;
-use busbar_client::{Client, ClientConfig, ConnectOptions, Error, ErrorCode};
+use busbar_client::{Client, ClientConfig, ConnectOptions, Error, ErrorCode, Interval};
 use pyo3::prelude::*;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,7 +37,7 @@ pub(crate) fn with_timeout(client: &Client, timeout: Option<f64>) -> Result<Clie
 
 /// Waits for `work` at most `timeout` (for calls whose stream outlives the
 /// deadline: a join or subscribe must not end when the deadline passes).
-async fn within<T>(
+pub(crate) async fn within<T>(
     timeout: Option<Duration>,
     work: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
@@ -198,6 +199,13 @@ pub(crate) struct Core {
 }
 
 impl Core {
+    pub(crate) fn new(face: Face, client: Client) -> Core {
+        Core {
+            face,
+            client: RwLock::new(Some(client)),
+        }
+    }
+
     /// The client with this call's deadline; FAILED_PRECONDITION after close().
     fn client(&self, timeout: Option<f64>) -> Result<Client, Error> {
         let client = self.client.read().unwrap_or_else(|p| p.into_inner());
@@ -368,6 +376,77 @@ impl Core {
         self.run(py, timeout, Scope::Call, |c| async move {
             let result = c.sql(&database, statement?).await?;
             Ok(SqlTable(result))
+        })
+    }
+
+    /// Runs a stored procedure; the result is (pyarrow.Table, summary dict).
+    #[pyo3(signature = (database, name, args=None, kwargs=None, timeout=None))]
+    fn run_procedure<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        name: String,
+        args: Option<Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let given = procedure_args(py, args.as_ref(), kwargs.as_ref());
+        self.run(py, timeout, Scope::Call, |c| async move {
+            let result = c.run_procedure(&database, &name, given?).await?;
+            Ok(SqlTable(result))
+        })
+    }
+
+    /// Opens a data session (a `CoreSession`).
+    #[pyo3(signature = (timeout=None))]
+    fn session<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let face = self.face;
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            // The session outlives this call's deadline.
+            let session = Client::clone(&c).session().await?;
+            Ok(CoreSession::new(face, session))
+        })
+    }
+
+    /// Reads `[start_ms, end_ms)` of each series: a list of pyarrow.Tables.
+    #[pyo3(signature = (paths, start_ms=None, end_ms=None, timeout=None))]
+    fn read_series<'py>(
+        &self,
+        py: Python<'py>,
+        paths: Vec<String>,
+        start_ms: Option<i64>,
+        end_ms: Option<i64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+            let interval = Interval { start_ms, end_ms };
+            Ok(SeriesTables(c.read_many_series(&paths, interval).await?))
+        })
+    }
+
+    /// Replaces `[start_ms, end_ms)` of a series with a table's points (any
+    /// object with `__arrow_c_stream__`); returns the write summary.
+    #[pyo3(signature = (path, table, start_ms=None, end_ms=None, timeout=None))]
+    fn write_series<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        table: pyo3_arrow::PyTable,
+        start_ms: Option<i64>,
+        end_ms: Option<i64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (batches, _) = table.into_inner();
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let interval = Interval { start_ms, end_ms };
+            let written = c.write_series(&path, interval, batches).await?;
+            Ok(serde_json::json!({
+                "points_written": written.points_written,
+                "points_deleted": written.points_deleted,
+                "start_ms": written.start_ms,
+                "end_ms": written.end_ms,
+            }))
         })
     }
 }

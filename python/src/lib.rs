@@ -5,6 +5,7 @@
 mod bridge;
 mod connection;
 mod convert;
+mod data;
 mod sql;
 mod streams;
 
@@ -15,6 +16,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(connection::connect, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::at_exit, module)?)?;
     module.add_class::<connection::Core>()?;
+    module.add_class::<data::CoreSession>()?;
     module.add_class::<streams::CoreCall>()?;
     module.add_class::<streams::CoreSubscription>()?;
     module.add_class::<streams::CorePublisher>()?;

@@ -8,7 +8,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 
 /// One parameter: None, bool, int, float, str, bytes-like or datetime
 /// (naive = UTC, aware = converted to UTC).
-fn param(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<SqlParam, Error> {
+pub(crate) fn param(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<SqlParam, Error> {
     if value.is_none() {
         return Ok(SqlParam::Null);
     }

@@ -1,0 +1,127 @@
+"""Time series: ``conn.timeseries.read/write/create/describe``.
+
+Points are tables of ``utc_time: timestamp[ms, tz=UTC]``, ``flags: uint32``,
+``value: float64``. Reads return ``pyarrow.Table``; writes take a
+``pyarrow.Table`` (or anything with ``__arrow_c_stream__``) or a pandas
+DataFrame. Times given to ``read``/``write`` may be datetimes (naive = UTC,
+aware ones converted), ISO 8601 strings (no offset = UTC) or epoch
+milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from ._bridge import epoch_ms
+from .errors import InvalidArgument
+
+#: Flag bits of the ``flags`` column (0 is OK).
+OK = 0
+MISSING = 1
+SUSPECT = 2
+NOT_OK = 4
+
+_RESOLUTIONS = {
+    "breakpoint": "BREAKPOINT", "1min": "MIN1", "5min": "MIN5", "10min": "MIN10",
+    "15min": "MIN15", "30min": "MIN30", "hour": "HOUR", "day": "DAY", "week": "WEEK",
+    "month": "MONTH", "year": "YEAR",
+}
+_CURVES = {"staircase": "STAIRCASE", "linear": "PIECEWISE_LINEAR"}
+
+
+def _ms(moment: Any, what: str) -> Optional[int]:
+    """A time as epoch milliseconds UTC."""
+    if moment is None:
+        return None
+    if isinstance(moment, bool):
+        raise InvalidArgument(f"bad {what} {moment!r}: use a datetime, an ISO 8601 string or epoch ms")
+    if isinstance(moment, int):
+        return moment
+    if isinstance(moment, str):
+        text = moment.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        try:
+            moment = _dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidArgument(f"bad {what} {moment!r}: use ISO 8601 such as "
+                                  "2026-03-29T01:00:00+02:00 (no offset means UTC)") from None
+    if isinstance(moment, _dt.datetime):
+        return epoch_ms(moment)
+    if isinstance(moment, _dt.date):
+        return epoch_ms(_dt.datetime(moment.year, moment.month, moment.day))
+    raise InvalidArgument(f"bad {what} {moment!r}: use a datetime, an ISO 8601 string or epoch ms")
+
+
+def _points(data: Any) -> Any:
+    """A pyarrow table of points from a pyarrow table or a pandas DataFrame;
+    a missing ``flags`` column means OK."""
+    import pyarrow as pa
+
+    if type(data).__name__ == "DataFrame" and hasattr(data, "to_numpy"):
+        data = pa.Table.from_pandas(data, preserve_index=False)
+    elif not isinstance(data, pa.Table):
+        if not hasattr(data, "__arrow_c_stream__"):
+            raise InvalidArgument("write a pyarrow.Table (or any Arrow stream) or a pandas "
+                                  f"DataFrame, not a {type(data).__name__}")
+        data = pa.table(data)
+    if "flags" not in data.column_names and "utc_time" in data.column_names:
+        index = data.column_names.index("utc_time") + 1
+        data = data.add_column(index, "flags", pa.array([OK] * data.num_rows, pa.uint32()))
+    return data
+
+
+class TimeSeries:
+    """The time series of a connection (``conn.timeseries``)."""
+
+    #: Flag bits of the ``flags`` column.
+    OK = OK
+    MISSING = MISSING
+    SUSPECT = SUSPECT
+    NOT_OK = NOT_OK
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def create(self, path: str, *, resolution: str, unit: str = "", curve: str = "staircase",
+               time_zone: Optional[str] = None, parents: bool = False,
+               timeout: Optional[float] = None) -> Any:
+        """Creates a series. ``resolution``: breakpoint, 1min, 5min, 10min,
+        15min, 30min, hour, day, week, month or year; ``curve``: staircase or
+        linear; ``time_zone``: an IANA name for the series' calendar (UTC if
+        None)."""
+        def choice(value: str, names: Dict[str, str], what: str) -> str:
+            found = names.get(value.lower()) if isinstance(value, str) else None
+            if found is None:
+                raise InvalidArgument(f"bad {what} {value!r}: use one of {', '.join(names)}")
+            return found
+
+        series = {"resolution": choice(resolution, _RESOLUTIONS, "resolution"), "unit": unit,
+                  "curve": choice(curve, _CURVES, "curve"), "time_zone": time_zone or ""}
+        request = {"path": path, "kind": "TIMESERIES", "parents": parents, "series": series}
+        return self.connection._rpc("busbar.v1.Resources/Create", request, timeout)
+
+    def describe(self, path: str, *, timeout: Optional[float] = None) -> Any:
+        """A series' definition, point count and first and last times."""
+        return self.connection._rpc("busbar.v1.TimeSeries/Describe",
+                                    {"path": path, "session": ""}, timeout)
+
+    def read(self, path: Union[str, Sequence[str]], start: Any = None, end: Any = None, *,
+             timeout: Optional[float] = None) -> Any:
+        """The points in ``[start, end)`` as a ``pyarrow.Table`` (for a list
+        of paths: a list of tables, in that order). Open ends reach the first
+        or last point."""
+        many = not isinstance(path, str)
+        paths: List[str] = [path] if isinstance(path, str) else list(path)
+        conn = self.connection
+        tables = conn._core.read_series(paths, _ms(start, "start"), _ms(end, "end"), timeout)
+        return conn._then(tables, lambda found: found if many else found[0])
+
+    def write(self, path: str, table: Any, start: Any = None, end: Any = None, *,
+              timeout: Optional[float] = None) -> Any:
+        """Replaces ``[start, end)`` of a series with the table's points
+        (default interval: the table's first timestamp to just past its
+        last). Returns points_written, points_deleted and the interval. A bad
+        row rejects the whole write with InvalidArgument naming it."""
+        conn = self.connection
+        return conn._core.write_series(path, _points(table), _ms(start, "start"),
+                                       _ms(end, "end"), timeout)
