@@ -96,7 +96,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def run_node(data_dir: Path, log_dir: Path | None = None,
-             listen: str = "127.0.0.1:0") -> Iterator[BusbarNode]:
+             listen: str = "127.0.0.1:0", args: tuple[str, ...] = ()) -> Iterator[BusbarNode]:
     """Start `busbar serve` with data in data_dir; stop it on exit."""
     data_dir = Path(data_dir)
     log_dir = Path(log_dir) if log_dir else data_dir.parent
@@ -108,6 +108,7 @@ def run_node(data_dir: Path, log_dir: Path | None = None,
         "--listen", listen,
         "--metrics-listen", "127.0.0.1:0",
         "--grace", "0.2",
+        *args,
     ]
     # stderr goes to a file, not a pipe, so a chatty log can never fill a pipe
     # buffer and block the server.

@@ -200,3 +200,25 @@ def test_session_context_managers(busbar_node, home_path):
 @pytest.fixture
 def home_path():
     return f"/home/admin/cm-{uuid.uuid4().hex[:10]}"
+
+
+def test_limits_and_locks_raise_their_error_classes(face, tmp_path):
+    """ResourceExhausted past --max-data-sessions; Conflict for a writer that
+    waits longer than SQLite's busy timeout on a database a session holds."""
+    from conftest import run_node
+
+    with run_node(tmp_path / "limited", args=("--max-data-sessions", "1")) as node:
+        conn = face.connect(node)
+        face.run(conn.create("/home/admin/locked", "database"))
+        db = conn.sql("/home/admin/locked")
+        face.run(db.execute("CREATE TABLE t (x INTEGER)"))
+        session = face.run(conn.session())
+        face.run(session.sql(db.path).execute("INSERT INTO t VALUES (1)"))
+        with pytest.raises(errors.ResourceExhausted, match="max_data_sessions"):
+            face.run(conn.session())
+        with pytest.raises(errors.Conflict, match="open session"):
+            face.run(db.execute("INSERT INTO t VALUES (2)"))
+        face.run(session.rollback())
+        face.run(db.execute("INSERT INTO t VALUES (3)"))
+        assert face.run(db.execute("SELECT x FROM t")).column("x").to_pylist() == [3]
+        conn.close()

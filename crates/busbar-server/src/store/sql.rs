@@ -70,10 +70,10 @@ pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
             rusqlite::ErrorCode::ConstraintViolation => {
                 Error::failed_precondition(format!("constraint failed: {msg}"))
             }
-            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => Error {
-                code: crate::error::ErrorCode::Conflict,
-                message: format!("{msg}; retry"),
-            },
+            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
+                // One wording for every lock wait that ran out (see error.rs).
+                Error::from(error)
+            }
             _ => Error::invalid_argument(format!("SQL error: {msg}")),
         },
         rusqlite::Error::MultipleStatement => {
