@@ -222,3 +222,21 @@ def test_limits_and_locks_raise_their_error_classes(face, tmp_path):
         face.run(db.execute("INSERT INTO t VALUES (3)"))
         assert face.run(db.execute("SELECT x FROM t")).column("x").to_pylist() == [3]
         conn.close()
+
+
+def test_a_subscriber_that_falls_behind_gets_slow_consumer(face, tmp_path):
+    """A wire subscriber that stops reading is cut, and its iteration raises
+    SlowConsumer after the chunks it already had."""
+    from conftest import run_node
+
+    with run_node(tmp_path / "slow", args=("--wire-queue", "1", "--wire-stall", "0.05")) as node:
+        conn = face.connect(node)
+        face.run(conn.create("/home/admin/pipe", "wire"))
+        subscription = face.run(conn.wire("/home/admin/pipe").subscribe())
+        publisher = face.connect(node)
+        chunk = b"x" * (256 * 1024)
+        face.run(publisher.wire("/home/admin/pipe").publish([chunk] * 200))
+        with pytest.raises(errors.SlowConsumer):
+            face.collect(subscription)
+        publisher.close()
+        conn.close()
