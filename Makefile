@@ -74,5 +74,6 @@ bench: $(VENV)/.bench-installed
 	  fi; \
 	fi
 	$(CARGO) build --release -p busbar -p busbar-bench
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
 	./target/release/busbar-bench $(if $(QUICK),--quick,)
 	$(VENV)/bin/python bench/chart.py bench/results/latest.json bench/results/latest.png

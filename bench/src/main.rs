@@ -3,13 +3,14 @@
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,rooms,scale] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]
 //! ```
 
 mod ctx;
 mod fanout;
 mod peers;
 mod procs;
+mod python;
 mod report;
 mod rooms;
 mod scale;
@@ -24,12 +25,13 @@ use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "unary",
     "fanout",
     "wire",
     "timeseries",
     "sql",
+    "python",
     "rooms",
     "scale",
 ];
@@ -41,7 +43,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,rooms,scale] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -181,6 +183,7 @@ async fn run(options: Options) -> Result<()> {
             "wire" => wire::run(&ctx).await,
             "timeseries" => timeseries::run(&ctx).await,
             "sql" => sql::run(&ctx).await,
+            "python" => python::run(&ctx).await,
             "rooms" => rooms::run(&ctx).await,
             _ => scale::run(&ctx, fd_limit).await,
         };

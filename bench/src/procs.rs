@@ -347,19 +347,34 @@ impl FlightPeer {
     }
 }
 
-/// Runs `python flight_peer.py <args>` to the end (killed at `timeout`) and
-/// parses the JSON object it prints last. Blocks the calling thread, which is
-/// the main thread (so the child dies with the benchmark); nothing else of the
-/// benchmark runs meanwhile.
+/// Runs `python flight_peer.py <args>`; see [`run_script_json`].
 pub fn run_python_json(
     python: &Path,
     args: &[String],
     envs: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<serde_json::Value> {
+    run_script_json(python, &flight_script(), args, envs, timeout)
+}
+
+/// Runs `python <script> <args>` to the end (killed at `timeout`) and parses
+/// the JSON object it prints last. Blocks the calling thread, which is the
+/// main thread (so the child dies with the benchmark); nothing else of the
+/// benchmark runs meanwhile.
+pub fn run_script_json(
+    python: &Path,
+    script: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let name = script
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let first = args.first().map_or("", String::as_str);
     let mut command = Command::new(python);
     command
-        .arg(flight_script())
+        .arg(script)
         .args(args)
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
@@ -401,18 +416,16 @@ pub fn run_python_json(
         .find(|l| !l.trim().is_empty())
         .unwrap_or("");
     match status {
-        None => Err(format!("flight_peer.py {} timed out after {timeout:?}", args[0]).into()),
+        None => Err(format!("{name} {first} timed out after {timeout:?}").into()),
         Some(status) if !status.success() => {
-            Err(format!("flight_peer.py {} failed ({status}): {last_err}", args[0]).into())
+            Err(format!("{name} {first} failed ({status}): {last_err}").into())
         }
         Some(_) => {
             let line = out
                 .lines()
                 .rev()
                 .find(|l| l.starts_with('{'))
-                .ok_or_else(|| {
-                    format!("flight_peer.py {} printed no result: {last_err}", args[0])
-                })?;
+                .ok_or_else(|| format!("{name} {first} printed no result: {last_err}"))?;
             Ok(serde_json::from_str(line)?)
         }
     }

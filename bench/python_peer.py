@@ -1,0 +1,279 @@
+#!/usr/bin/env python3
+"""The Python scenario of the Busbar benchmark (run with the bench venv's python).
+
+    python_peer.py --address https://127.0.0.1:PORT --ca CA.pem [--server-name N]
+                   --descriptors busbar_descriptor.bin --series PATH
+                   --calls N --points P --turns T  (API token in env BUSBAR_BENCH_TOKEN)
+
+Against one Busbar node, with three clients of the same RPCs:
+
+* Busbar sync: ``busbar.Connection`` (``conn.status()``, ``conn.timeseries.read``);
+* Busbar asyncio: ``busbar.aio.Connection`` (the same, awaited);
+* stock grpcio (sync ``grpc`` and ``grpc.aio``), TLS with the node's CA, a
+  session token from ``Auth/Login`` (with the same API token) as
+  ``authorization: Bearer`` metadata, request and response classes built from
+  Busbar's descriptor set with ``google.protobuf``'s message_factory (no
+  generated code), the way a generic client would.
+
+1. Unary latency: ``busbar.v1.Node/Status``, N sequential calls per client
+   (after a warm-up), in T turns with the clients taking turns; p50 and p99.
+2. Read into pyarrow: P points of series PATH (written once, from Python,
+   before any timing) read T times per client, the clients taking turns; best
+   time. grpcio reads ``busbar.v1.TimeSeries/Read``, whose responses carry the
+   Arrow IPC stream in a protobuf ``bytes`` field: the pieces are joined and
+   read with ``pyarrow.ipc.open_stream`` (the pattern of today's time-series
+   SDKs); Busbar's ``conn.timeseries.read`` returns the table.
+
+Prints one JSON object: {"versions", "unary": {client: {p50_us, p99_us,
+calls}}, "read": {client: {best_s, points, cpu_s}}, "skipped": {client:
+reason}}. A client whose package is missing is skipped (with the reason), the
+others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import pyarrow as pa
+
+from flight_peer import points  # the same points as the time-series scenario
+
+
+def percentile(sorted_values: list, q: float) -> float:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def summary(latencies_ns: list) -> dict:
+    values = sorted(latencies_ns)
+    return {
+        "p50_us": percentile(values, 0.50) / 1e3,
+        "p99_us": percentile(values, 0.99) / 1e3,
+        "calls": len(values),
+    }
+
+
+class Grpcio:
+    """Status and Read over stock grpcio; classes from the descriptor set."""
+
+    def __init__(self, args, token: str):
+        import grpc
+        from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+        self.grpc = grpc
+        with open(args.descriptors, "rb") as f:
+            files = descriptor_pb2.FileDescriptorSet.FromString(f.read()).file
+        by_name = {f.name: f for f in files}
+        pool, added = descriptor_pool.DescriptorPool(), set()
+
+        def add(name: str) -> None:  # dependencies first
+            if name not in added:
+                for dep in by_name[name].dependency:
+                    add(dep)
+                pool.Add(by_name[name])
+                added.add(name)
+
+        for name in by_name:
+            add(name)
+
+        def cls(full_name: str):
+            return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
+
+        status = pool.FindServiceByName("busbar.v1.Node").methods_by_name["Status"]
+        self.status_request = message_factory.GetMessageClass(status.input_type)
+        self.node_status = message_factory.GetMessageClass(status.output_type)
+        self.read_request = cls("busbar.v1.ReadSeriesRequest")
+        read_response = cls("busbar.v1.ReadSeriesResponse")
+        login_request, session = cls("busbar.v1.LoginRequest"), cls("busbar.v1.Session")
+
+        with open(args.ca, "rb") as f:
+            self.creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        self.target = args.address.split("://", 1)[-1]
+        self.options = [("grpc.max_receive_message_length", -1)]
+        if args.server_name:
+            self.options.append(("grpc.ssl_target_name_override", args.server_name))
+        self.channel = grpc.secure_channel(self.target, self.creds, options=self.options)
+        login = self.channel.unary_unary(
+            "/busbar.v1.Auth/Login",
+            request_serializer=login_request.SerializeToString,
+            response_deserializer=session.FromString,
+        )
+        self.metadata = [("authorization", f"Bearer {login(login_request(token=token), timeout=30).token}")]
+        self.status = self.channel.unary_unary(
+            "/busbar.v1.Node/Status",
+            request_serializer=self.status_request.SerializeToString,
+            response_deserializer=self.node_status.FromString,
+        )
+        self.read_stream = self.channel.unary_stream(
+            "/busbar.v1.TimeSeries/Read",
+            request_serializer=self.read_request.SerializeToString,
+            response_deserializer=read_response.FromString,
+        )
+
+    def call_status(self):
+        return self.status(self.status_request(), metadata=self.metadata, timeout=30)
+
+    def read(self, path: str) -> pa.Table:
+        pieces = [r.arrow_ipc for r in self.read_stream(
+            self.read_request(paths=[path]), metadata=self.metadata, timeout=600)
+            if r.WhichOneof("part") == "arrow_ipc"]
+        return pa.ipc.open_stream(pa.py_buffer(b"".join(pieces))).read_all()
+
+    def aio_channel(self):
+        """A grpc.aio channel (inside a running loop) and its Status callable."""
+        channel = self.grpc.aio.secure_channel(self.target, self.creds, options=self.options)
+        status = channel.unary_unary(
+            "/busbar.v1.Node/Status",
+            request_serializer=self.status_request.SerializeToString,
+            response_deserializer=self.node_status.FromString,
+        )
+        return channel, status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--ca", required=True)
+    parser.add_argument("--server-name")
+    parser.add_argument("--descriptors", required=True)
+    parser.add_argument("--series", required=True)
+    parser.add_argument("--calls", type=int, required=True)
+    parser.add_argument("--points", type=int, required=True)
+    parser.add_argument("--turns", type=int, required=True)
+    args = parser.parse_args()
+    token = os.environ["BUSBAR_BENCH_TOKEN"]
+    with open(args.ca) as f:
+        ca_pem = f.read()
+
+    versions = {"python": sys.version.split()[0], "pyarrow": pa.__version__}
+    skipped: dict[str, str] = {}
+    latencies: dict[str, list] = {}
+    reads: dict[str, dict] = {}
+
+    try:
+        import busbar
+        import busbar.aio
+    except ImportError as error:
+        busbar = None
+        skipped["busbar"] = f"the busbar package is not importable: {error}"
+    try:
+        grpcio = Grpcio(args, token)
+        import google.protobuf
+        versions["grpcio"] = grpcio.grpc.__version__
+        versions["protobuf"] = google.protobuf.__version__
+    except ImportError as error:
+        grpcio = None
+        skipped["grpcio"] = f"grpcio/protobuf not importable: {error}"
+
+    def record(name: str, turn_ns: list) -> None:
+        latencies.setdefault(name, []).extend(turn_ns)
+
+    def timed_calls(call, n: int) -> list:
+        out = []
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            call()
+            out.append(time.perf_counter_ns() - t)
+        return out
+
+    def record_read(name: str, table: pa.Table, seconds: float, cpu_s: float) -> None:
+        if table.num_rows != args.points:
+            raise SystemExit(f"{name} read {table.num_rows} of {args.points} points")
+        best = reads.setdefault(name, {"best_s": float("inf"), "points": table.num_rows, "cpu_s": 0.0})
+        best["best_s"] = min(best["best_s"], seconds)
+        best["cpu_s"] += cpu_s / args.turns
+
+    def timed_read(read):
+        t, cpu = time.perf_counter(), time.process_time()
+        table = read()
+        return table, time.perf_counter() - t, time.process_time() - cpu
+
+    conn = None
+    if busbar is not None:
+        conn = busbar.Connection.with_tls(args.address, ca=ca_pem, server_name=args.server_name,
+                                          token=token, timeout=600)
+        # The series, written once before any timing (points built first).
+        table = points(args.points)
+        conn.timeseries.create(args.series, resolution="1min", unit="MW")
+        conn.timeseries.write(args.series, table)
+        del table
+        versions["busbar"] = getattr(busbar, "__version__", "?")
+
+    warmup = max(50, args.calls // 10)
+    per_turn = max(1, args.calls // args.turns)
+
+    # Sync faces: Busbar and grpcio take turns.
+    if conn is not None:
+        timed_calls(conn.status, warmup)
+    if grpcio is not None:
+        timed_calls(grpcio.call_status, warmup)
+    for _ in range(args.turns):
+        if conn is not None:
+            record("busbar", timed_calls(conn.status, per_turn))
+        if grpcio is not None:
+            record("grpcio", timed_calls(grpcio.call_status, per_turn))
+    for _ in range(args.turns):
+        if conn is not None:
+            record_read("busbar", *timed_read(lambda: conn.timeseries.read(args.series)))
+        if grpcio is not None:
+            record_read("grpcio", *timed_read(lambda: grpcio.read(args.series)))
+
+    # Asyncio faces: busbar.aio and grpc.aio, in one event loop.
+    async def asyncio_faces() -> None:
+        aconn = None
+        if busbar is not None:
+            aconn = await busbar.aio.Connection.with_tls(
+                args.address, ca=ca_pem, server_name=args.server_name, token=token, timeout=600)
+        channel = astatus = None
+        if grpcio is not None:
+            channel, astatus = grpcio.aio_channel()
+
+        async def calls(call, n: int) -> list:
+            out = []
+            for _ in range(n):
+                t = time.perf_counter_ns()
+                await call()
+                out.append(time.perf_counter_ns() - t)
+            return out
+
+        def grpc_call():
+            return astatus(grpcio.status_request(), metadata=grpcio.metadata, timeout=30)
+
+        if aconn is not None:
+            await calls(aconn.status, warmup)
+        if astatus is not None:
+            await calls(grpc_call, warmup)
+        for _ in range(args.turns):
+            if aconn is not None:
+                record("busbar.aio", await calls(aconn.status, per_turn))
+            if astatus is not None:
+                record("grpcio.aio", await calls(grpc_call, per_turn))
+        if aconn is not None:
+            for _ in range(args.turns):
+                t, cpu = time.perf_counter(), time.process_time()
+                table = await aconn.timeseries.read(args.series)
+                record_read("busbar.aio", table, time.perf_counter() - t, time.process_time() - cpu)
+            aconn.close()
+        if channel is not None:
+            await channel.close()
+
+    asyncio.run(asyncio_faces())
+    if conn is not None:
+        conn.rm(args.series)
+        conn.close()
+
+    print(json.dumps({
+        "versions": versions,
+        "unary": {name: summary(values) for name, values in latencies.items()},
+        "read": reads,
+        "skipped": skipped,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

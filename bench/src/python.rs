@@ -1,0 +1,141 @@
+//! Scenario: Python (the scenario 6). The Busbar Python SDK (sync
+//! `busbar.Connection` and asyncio `busbar.aio.Connection`) against stock
+//! grpcio calling the same RPCs on the same node, from `bench/python_peer.py`
+//! run with the bench venv's python:
+//!
+//! * unary latency of `busbar.v1.Node/Status`, p50 and p99 over N sequential
+//!   calls per client (Busbar sync ÷ grpcio, Busbar asyncio ÷ grpc.aio);
+//! * reading P points of one series into a `pyarrow.Table`: Busbar's
+//!   `conn.timeseries.read` against grpcio reading `busbar.v1.TimeSeries/Read`
+//!   (Arrow IPC pieces in a protobuf `bytes` field, joined and opened with
+//!   `pyarrow.ipc.open_stream`): same server, same data, only the client
+//!   differs.
+//!
+//! The script writes the series once (from Python) before any timing.
+
+use crate::ctx::Ctx;
+use crate::procs::{self, Result};
+use crate::report::{Better, Row, Target};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python_peer.py")
+}
+
+fn descriptors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../crates/busbar-proto/src/generated/busbar_descriptor.bin")
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let calls: usize = ctx.pick(600, 6_000);
+    let n: usize = ctx.pick(100_000, 1_000_000);
+    let turns: usize = ctx.pick(2, 3);
+    let timeout = ctx.pick(Duration::from_secs(60), Duration::from_secs(300));
+    let label = crate::report::count_label(n);
+    let unary_name = |face: &str, what: &str| format!("python unary Status, {face}: {what}");
+    let read_name = |face: &str| format!("python timeseries {label} points into pyarrow, {face}");
+
+    let python = procs::bench_python()
+        .ok_or("python rows skipped: no bench venv python (make bench installs .venv)")?;
+    let folder = "/home/admin/bench-py";
+    ctx.admin.mkdir(folder, true).await?;
+    let ca = ctx.work_dir.join("busbar-ca-python.pem");
+    std::fs::write(&ca, ctx.busbar_config.ca_pem.as_deref().unwrap_or_default())?;
+    let mut args = vec![
+        "--address".to_string(),
+        ctx.busbar_config.address.clone(),
+        "--ca".into(),
+        ca.display().to_string(),
+        "--descriptors".into(),
+        descriptors().display().to_string(),
+        "--series".into(),
+        format!("{folder}/points"),
+        "--calls".into(),
+        calls.to_string(),
+        "--points".into(),
+        n.to_string(),
+        "--turns".into(),
+        turns.to_string(),
+    ];
+    if let Some(name) = &ctx.busbar_config.server_name {
+        args.extend(["--server-name".into(), name.clone()]);
+    }
+    eprintln!("bench: python, {calls} Status calls and {turns} reads of {n} points per client");
+    let out = procs::run_script_json(
+        &python,
+        &script(),
+        &args,
+        &[("BUSBAR_BENCH_TOKEN", &ctx.busbar_token)],
+        timeout,
+    );
+    let _ = ctx.admin.rm(folder, true).await;
+    let out = out?;
+
+    let mut notes = vec![
+        format!(
+            "unary: {calls} sequential busbar.v1.Node/Status calls per client after a warm-up, in {turns} turns, the clients taking turns; one connection each, TLS"
+        ),
+        "Busbar sync: conn.status() (returns a dict); Busbar asyncio: await conn.status(); grpcio / grpc.aio: the same RPC, classes from busbar_descriptor.bin via google.protobuf message_factory, session token from Auth/Login as Bearer metadata".to_string(),
+        format!(
+            "read: {n} points of one MIN1 series (written once before timing), best of {turns}; Busbar conn.timeseries.read(path) returns the pyarrow.Table; grpcio reads TimeSeries/Read and joins the arrow_ipc bytes fields into pyarrow.ipc.open_stream(...).read_all()"
+        ),
+    ];
+    if let Some(versions) = out["versions"].as_object() {
+        let list: Vec<String> = versions
+            .iter()
+            .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+            .collect();
+        notes.push(format!("versions: {}", list.join(", ")));
+    }
+    if let Some(skipped) = out["skipped"].as_object() {
+        for (client, why) in skipped {
+            notes.push(format!("{client} skipped: {}", why.as_str().unwrap_or("?")));
+        }
+    }
+    let read = &out["read"];
+    for (client, figures) in read.as_object().into_iter().flatten() {
+        let cpu = figures["cpu_s"].as_f64().unwrap_or(f64::NAN);
+        notes.push(format!(
+            "read, {client}: client CPU {:.1} ns per point (process time, mean over turns)",
+            cpu * 1e9 / n as f64
+        ));
+    }
+    let unary = &out["unary"];
+    let latency = |client: &str, key: &str| unary[client][key].as_f64();
+    let rate = |client: &str| {
+        let best = read[client]["best_s"].as_f64()?;
+        Some(read[client]["points"].as_f64()? / best)
+    };
+    let with_notes = |row: Row| notes.iter().fold(row, |row, note| row.note(note.clone()));
+
+    let mut rows = Vec::new();
+    for (face, busbar, peer) in [
+        ("sync", "busbar", "grpcio"),
+        ("asyncio", "busbar.aio", "grpcio.aio"),
+    ] {
+        for (key, what) in [("p50_us", "p50 latency"), ("p99_us", "p99 latency")] {
+            if let Some(value) = latency(busbar, key) {
+                rows.push(with_notes(
+                    Row::new(unary_name(face, what), "µs", Better::Lower, value)
+                        .peer(peer, latency(peer, key))
+                        .target(Target::ratio_at_most(peer, 0.5)),
+                ));
+            }
+        }
+    }
+    for (face, busbar) in [("sync", "busbar"), ("asyncio", "busbar.aio")] {
+        if let Some(value) = rate(busbar) {
+            rows.push(with_notes(
+                Row::new(read_name(face), "points/s", Better::Higher, value)
+                    .peer("grpcio", rate("grpcio"))
+                    .target(Target::ratio_at_least("grpcio", 5.0)),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return Err(format!("python rows skipped: {}", out["skipped"]).into());
+    }
+    Ok(rows)
+}
