@@ -25,7 +25,7 @@ Against one Busbar node, with three clients of the same RPCs:
    SDKs); Busbar's ``conn.timeseries.read`` returns the table.
 
 Prints one JSON object: {"versions", "unary": {client: {p50_us, p99_us,
-calls}}, "read": {client: {best_s, points, cpu_s}}, "skipped": {client:
+calls}}, "read": {client: {best_s, points, cpu_s, server_cpu_s}}, "skipped": {client:
 reason}}. A client whose package is missing is skipped (with the reason), the
 others still run.
 """
@@ -47,6 +47,18 @@ from flight_peer import points  # the same points as the time-series scenario
 def percentile(sorted_values: list, q: float) -> float:
     index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
     return sorted_values[index]
+
+
+def server_cpu_s(pid) -> float:
+    """CPU seconds (user + system) of process pid so far, from /proc (0 without it)."""
+    if not pid:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(latencies_ns: list) -> dict:
@@ -145,6 +157,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, required=True)
     parser.add_argument("--points", type=int, required=True)
     parser.add_argument("--turns", type=int, required=True)
+    parser.add_argument("--server-pid", type=int, help="the node's pid, for its CPU time per read")
     args = parser.parse_args()
     token = os.environ["BUSBAR_BENCH_TOKEN"]
     with open(args.ca) as f:
@@ -181,17 +194,25 @@ def main() -> None:
             out.append(time.perf_counter_ns() - t)
         return out
 
-    def record_read(name: str, table: pa.Table, seconds: float, cpu_s: float) -> None:
+    def record_read(name: str, table: pa.Table, seconds: float, cpu_s: float, server_s: float) -> None:
         if table.num_rows != args.points:
             raise SystemExit(f"{name} read {table.num_rows} of {args.points} points")
-        best = reads.setdefault(name, {"best_s": float("inf"), "points": table.num_rows, "cpu_s": 0.0})
+        best = reads.setdefault(name, {"best_s": float("inf"), "points": table.num_rows,
+                                       "cpu_s": 0.0, "server_cpu_s": 0.0})
         best["best_s"] = min(best["best_s"], seconds)
         best["cpu_s"] += cpu_s / args.turns
+        best["server_cpu_s"] += server_s / args.turns
+
+    def clocks() -> tuple:
+        return time.perf_counter(), time.process_time(), server_cpu_s(args.server_pid)
+
+    def since(started: tuple) -> tuple:
+        return tuple(now - then for now, then in zip(clocks(), started))
 
     def timed_read(read):
-        t, cpu = time.perf_counter(), time.process_time()
+        started = clocks()
         table = read()
-        return table, time.perf_counter() - t, time.process_time() - cpu
+        return (table, *since(started))
 
     conn = None
     if busbar is not None:
@@ -255,9 +276,9 @@ def main() -> None:
                 record("grpcio.aio", await calls(grpc_call, per_turn))
         if aconn is not None:
             for _ in range(args.turns):
-                t, cpu = time.perf_counter(), time.process_time()
+                started = clocks()
                 table = await aconn.timeseries.read(args.series)
-                record_read("busbar.aio", table, time.perf_counter() - t, time.process_time() - cpu)
+                record_read("busbar.aio", table, *since(started))
             aconn.close()
         if channel is not None:
             await channel.close()

@@ -59,9 +59,28 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         "--turns".into(),
         turns.to_string(),
     ];
+    args.extend(["--server-pid".into(), ctx.busbar_pid.to_string()]);
     if let Some(name) = &ctx.busbar_config.server_name {
         args.extend(["--server-name".into(), name.clone()]);
     }
+    // The floor under any Python client: the Rust client's own Status latency,
+    // sequential, in the same run (the Python SDK wraps this client).
+    let rust = ctx.busbar_client().await?;
+    for _ in 0..50 {
+        rust.status().await?;
+    }
+    let mut samples = crate::stats::Samples::with_capacity(calls);
+    for _ in 0..calls {
+        let started = std::time::Instant::now();
+        rust.status().await?;
+        samples.push(started.elapsed());
+    }
+    let rust_note = format!(
+        "reference, same node, same run: the Rust client (busbar-client, which the Python SDK wraps) makes {calls} sequential Status calls at p50 {:.0} µs, p99 {:.0} µs",
+        samples.percentile_us(50.0),
+        samples.percentile_us(99.0)
+    );
+    drop(rust);
     eprintln!("bench: python, {calls} Status calls and {turns} reads of {n} points per client");
     let out = procs::run_script_json(
         &python,
@@ -82,6 +101,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             "read: {n} points of one MIN1 series (written once before timing), best of {turns}; Busbar conn.timeseries.read(path) returns the pyarrow.Table; grpcio reads TimeSeries/Read and joins the arrow_ipc bytes fields into pyarrow.ipc.open_stream(...).read_all()"
         ),
     ];
+    notes.push(rust_note);
     if let Some(versions) = out["versions"].as_object() {
         let list: Vec<String> = versions
             .iter()
@@ -96,10 +116,11 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     let read = &out["read"];
     for (client, figures) in read.as_object().into_iter().flatten() {
-        let cpu = figures["cpu_s"].as_f64().unwrap_or(f64::NAN);
+        let per_point = |key: &str| figures[key].as_f64().unwrap_or(f64::NAN) * 1e9 / n as f64;
         notes.push(format!(
-            "read, {client}: client CPU {:.1} ns per point (process time, mean over turns)",
-            cpu * 1e9 / n as f64
+            "read, {client}: client CPU {:.1}, server CPU {:.1} ns per point (client process time; the node's from /proc in 10 ms ticks; mean over turns)",
+            per_point("cpu_s"),
+            per_point("server_cpu_s")
         ));
     }
     let unary = &out["unary"];
