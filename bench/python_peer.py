@@ -80,18 +80,10 @@ class Grpcio:
         self.grpc = grpc
         with open(args.descriptors, "rb") as f:
             files = descriptor_pb2.FileDescriptorSet.FromString(f.read()).file
-        by_name = {f.name: f for f in files}
-        pool, added = descriptor_pool.DescriptorPool(), set()
-
-        def add(name: str) -> None:  # dependencies first
-            if name not in added:
-                for dep in by_name[name].dependency:
-                    add(dep)
-                pool.Add(by_name[name])
-                added.add(name)
-
-        for name in by_name:
-            add(name)
+        # A descriptor set lists every file after its imports, as the pool needs.
+        pool = descriptor_pool.DescriptorPool()
+        for file in files:
+            pool.Add(file)
 
         def cls(full_name: str):
             return message_factory.GetMessageClass(pool.FindMessageTypeByName(full_name))
