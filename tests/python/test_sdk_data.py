@@ -12,33 +12,13 @@ import pyarrow as pa
 import pytest
 
 from busbar import errors
-from faces import Face
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 
 
-@pytest.fixture(params=["sync", "async"])
-def face(request):
-    f = Face(request.param)
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def conn(face, busbar_node):
-    c = face.connect(busbar_node)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def home(face, conn):
-    path = f"/home/admin/d-{uuid.uuid4().hex[:10]}"
-    face.run(conn.mkdir(path))
-    yield path
-    face.run(conn.rm(path, recursive=True))
+from test_sdk import conn, face, home  # noqa: F401  (the shared two-face fixtures)
 
 
 def bank(face, conn, home):
