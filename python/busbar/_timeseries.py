@@ -11,7 +11,7 @@ milliseconds.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 from ._bridge import epoch_ms
 from .errors import InvalidArgument
@@ -89,14 +89,10 @@ class TimeSeries:
         15min, 30min, hour, day, week, month or year; ``curve``: staircase or
         linear; ``time_zone``: an IANA name for the series' calendar (UTC if
         None)."""
-        def choice(value: str, names: Dict[str, str], what: str) -> str:
-            found = names.get(value.lower()) if isinstance(value, str) else None
-            if found is None:
-                raise InvalidArgument(f"bad {what} {value!r}: use one of {', '.join(names)}")
-            return found
+        from ._connection import _choice  # here: _connection imports this module
 
-        series = {"resolution": choice(resolution, _RESOLUTIONS, "resolution"), "unit": unit,
-                  "curve": choice(curve, _CURVES, "curve"), "time_zone": time_zone or ""}
+        series = {"resolution": _choice(resolution, _RESOLUTIONS, "resolution"), "unit": unit,
+                  "curve": _choice(curve, _CURVES, "curve"), "time_zone": time_zone or ""}
         request = {"path": path, "kind": "TIMESERIES", "parents": parents, "series": series}
         return self.connection._rpc("busbar.v1.Resources/Create", request, timeout)
 

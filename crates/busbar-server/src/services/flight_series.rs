@@ -211,15 +211,9 @@ pub async fn do_put(
             })
         })
     };
-    loop {
-        let next = batches.try_next().await.map_err(flight_error);
-        let done = !matches!(next, Ok(Some(_)));
-        let item = match next {
-            Ok(Some(batch)) => Ok(batch),
-            Ok(None) => break,
-            Err(error) => Err(error),
-        };
-        if queue.send(item).await.is_err() || done {
+    while let Some(item) = batches.try_next().await.map_err(flight_error).transpose() {
+        let failed = item.is_err();
+        if queue.send(item).await.is_err() || failed {
             break;
         }
     }

@@ -87,10 +87,6 @@ pub(super) async fn resolve(
 }
 
 impl TimeSeriesService {
-    async fn series(&self, caller: &Caller, path: &str, right: Right) -> Result<ResourceRecord> {
-        resolve(&self.node, caller, path, right).await
-    }
-
     fn session(&self, caller: &Caller, id: &str) -> Result<Option<Arc<DataSession>>> {
         if id.is_empty() {
             return Ok(None);
@@ -202,7 +198,7 @@ impl TimeSeries for TimeSeriesService {
     async fn describe(&self, request: Request<pb::DescribeSeriesRequest>) -> Reply<pb::SeriesInfo> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let record = self.series(&caller, &r.path, Right::Read).await?;
+        let record = resolve(&self.node, &caller, &r.path, Right::Read).await?;
         let session = self.session(&caller, &r.session)?;
         let node = self.node.clone();
         let info = tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
@@ -222,7 +218,7 @@ impl TimeSeries for TimeSeriesService {
         // Every series is checked before anything streams.
         let mut records = Vec::with_capacity(r.paths.len());
         for path in &r.paths {
-            records.push(self.series(&caller, path, Right::Read).await?);
+            records.push(resolve(&self.node, &caller, path, Right::Read).await?);
         }
         let session = self.session(&caller, &r.session)?;
         let range = (r.start_ms, r.end_ms);
@@ -285,7 +281,7 @@ impl TimeSeries for TimeSeriesService {
                 .into());
             }
         };
-        let record = self.series(&caller, &header.path, Right::Write).await?;
+        let record = resolve(&self.node, &caller, &header.path, Right::Write).await?;
         let session = self.session(&caller, &header.session)?;
         let (pieces, reader) = mpsc::channel::<Piece>(QUEUE);
         let node = self.node.clone();
