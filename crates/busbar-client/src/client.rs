@@ -19,6 +19,10 @@ use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+/// The largest HTTP/2 frame the client accepts (the protocol allows up to
+/// 16 MiB; the default is 16 KiB).
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// How to log in.
 #[derive(Clone)]
 pub enum Credential {
@@ -354,6 +358,10 @@ impl Client {
             .map_err(|e| Error::invalid_argument(format!("bad address {address:?}: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            // Large streamed messages (Arrow pieces) arrive in few frames,
+            // instead of 64 frames of 16 KiB per MiB, each handled and
+            // flow-controlled on its own.
+            .max_frame_size(MAX_FRAME_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);

@@ -35,6 +35,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+/// The largest HTTP/2 frame the node accepts (the protocol allows up to
+/// 16 MiB; the default is 16 KiB).
+const MAX_FRAME_BYTES: u32 = 1 << 20;
+
 /// How clients reach a started node.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -231,7 +235,10 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(1024));
+        .max_concurrent_streams(Some(1024))
+        // Streamed Arrow pieces arrive in few large frames rather than in
+        // 16 KiB ones, each handled and flow-controlled on its own.
+        .max_frame_size(Some(MAX_FRAME_BYTES));
     if let Some(material) = &tls_material {
         let identity = tonic::transport::Identity::from_pem(&material.cert_pem, &material.key_pem);
         builder = builder

@@ -15,7 +15,7 @@
 //! - `ListFlights` lists every series the caller may read.
 
 use super::flight::FlightDataStream;
-use super::flight_sql::{caller_of, encode, flight_error, info};
+use super::flight_sql::{caller_of, flight_error, info};
 use super::timeseries::{read_points, resolve, write_points};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -25,8 +25,10 @@ use arrow_array::RecordBatch;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{
-    Action, ActionType, Criteria, FlightData, FlightDescriptor, FlightInfo, PutResult, Ticket,
+    Action, ActionType, Criteria, FlightData, FlightDescriptor, FlightInfo, PutResult, SchemaAsIpc,
+    Ticket,
 };
+use arrow_ipc::writer::IpcWriteOptions;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
@@ -168,20 +170,33 @@ pub async fn do_get(
     let caller = caller_of(&request)?;
     let points = Points::from_json(&request.get_ref().ticket, "ticket")?;
     let record = resolve(node, &caller, &points.path, Right::Read).await?;
-    let (batches, reading) = read_points(node, None, record.id, points.range());
-    // After the last batch, the reader's own error (if any) ends the stream.
+    let (messages, reading) = read_points(node, None, record.id, points.range());
+    // Storage's IPC messages go out as they are: metadata and body of each
+    // are the FlightData's header and body, after the schema.
+    let schema = FlightData::from(SchemaAsIpc::new(
+        &POINTS_SCHEMA,
+        &IpcWriteOptions::default(),
+    ));
+    let points = tokio_stream::wrappers::ReceiverStream::new(messages).map(|message| {
+        Ok(FlightData::new()
+            .with_data_header(message.metadata())
+            .with_data_body(message.body()))
+    });
+    // After the last message, the reader's own error (if any) ends the stream.
     let tail = futures::stream::once(async move {
         match reading.await {
             Ok(Ok(_)) => None,
-            Ok(Err(error)) => Some(Err(error)),
-            Err(error) => Some(Err(Error::from(error))),
+            Ok(Err(error)) => Some(Err(Status::from(error))),
+            Err(error) => Some(Err(Status::from(Error::from(error)))),
         }
     })
     .filter_map(futures::future::ready);
-    let batches = tokio_stream::wrappers::ReceiverStream::new(batches)
-        .map(Ok)
-        .chain(tail);
-    Ok(Response::new(encode(POINTS_SCHEMA.clone(), batches)))
+    Ok(Response::new(
+        futures::stream::once(futures::future::ready(Ok(schema)))
+            .chain(points)
+            .chain(tail)
+            .boxed(),
+    ))
 }
 
 /// `data` still holds the first message (descriptor and schema).

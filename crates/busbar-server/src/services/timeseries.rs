@@ -1,21 +1,21 @@
 //! `busbar.v1.TimeSeries`: points of TIMESERIES resources as Arrow IPC streams.
 
-use super::ipc::{IpcPieces, Piece, PieceReader, read_batches};
+use super::ipc::{Piece, PieceReader, read_batches};
 use super::{Reply, reply};
 use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths;
 use crate::sessions::DataSession;
-use crate::store::timeseries::{
-    self, Curve, POINTS_SCHEMA, Resolution, SeriesSpec, SeriesWrite, WriteSummary,
-};
+use crate::store::points_ipc::{self, PointsMessage};
+use crate::store::timeseries::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use arrow_array::RecordBatch;
 use busbar_proto::v1::{
     self as pb, read_series_response::Part as ReadPart, time_series_server::TimeSeries,
     write_series_request::Part as WritePart,
 };
+use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use rusqlite::Connection;
 use std::pin::Pin;
@@ -134,31 +134,33 @@ fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
     Ok(pb::ReadSeriesResponse { part: Some(part) })
 }
 
-/// Reads the points of one series in a blocking thread, batch by batch into
-/// a bounded queue; the task's result says how many points were read.
+/// Reads the points of one series in a blocking thread, chunk by chunk into
+/// a bounded queue of ready-made Arrow IPC messages; the task's result says
+/// how many points were read.
 pub(super) fn read_points(
     node: &Arc<Node>,
     session: Option<Arc<DataSession>>,
     id: String,
     range: (Option<i64>, Option<i64>),
 ) -> (
-    mpsc::Receiver<RecordBatch>,
+    mpsc::Receiver<PointsMessage>,
     tokio::task::JoinHandle<Result<u64>>,
 ) {
-    let (sink, batches) = mpsc::channel::<RecordBatch>(QUEUE);
+    let (sink, messages) = mpsc::channel::<PointsMessage>(QUEUE);
     let node = node.clone();
     let reading = tokio::task::spawn_blocking(move || {
         with_reader(&node, session.as_deref(), &id, |conn| {
-            timeseries::read(conn, range.0, range.1, &mut |batch| {
-                sink.blocking_send(batch)
+            points_ipc::read(conn, range.0, range.1, &mut |message| {
+                sink.blocking_send(message)
                     .map_err(|_| Error::cancelled("the caller went away"))
             })
         })
     });
-    (batches, reading)
+    (messages, reading)
 }
 
-/// Streams the points of one series as one Arrow IPC stream; `false` when
+/// Streams the points of one series as one Arrow IPC stream: the schema, one
+/// message per stored chunk as storage made it, the end marker. `false` when
 /// the caller went away.
 async fn send_points(
     node: &Arc<Node>,
@@ -167,30 +169,19 @@ async fn send_points(
     range: (Option<i64>, Option<i64>),
     out: &mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>,
 ) -> Result<bool> {
-    let (mut batches, reading) = read_points(node, session, id, range);
-    let mut pieces = IpcPieces::default();
-    while let Some(batch) = batches.recv().await {
-        for piece in pieces.batch(&batch)? {
-            if out
-                .send(read_part(ReadPart::ArrowIpc(piece)))
-                .await
-                .is_err()
-            {
-                return Ok(false);
-            }
-        }
+    let send = |piece: Bytes| out.send(read_part(ReadPart::ArrowIpc(piece)));
+    if send(points_ipc::SCHEMA_MESSAGE.clone()).await.is_err() {
+        return Ok(false);
     }
-    reading.await??;
-    for piece in pieces.finish(&POINTS_SCHEMA)? {
-        if out
-            .send(read_part(ReadPart::ArrowIpc(piece)))
-            .await
-            .is_err()
-        {
+    let (mut messages, reading) = read_points(node, session, id, range);
+    while let Some(message) = messages.recv().await {
+        if send(message.framed()).await.is_err() {
             return Ok(false);
         }
     }
-    Ok(true)
+    reading.await??;
+    let end = Bytes::from_static(&points_ipc::END_OF_STREAM);
+    Ok(send(end).await.is_ok())
 }
 
 #[tonic::async_trait]

@@ -265,7 +265,7 @@ fn decode<T, const N: usize>(bytes: &[u8], from_bytes: fn([u8; N]) -> T) -> Vec<
         .collect()
 }
 
-fn corrupt(what: &str) -> Error {
+pub(super) fn corrupt(what: &str) -> Error {
     Error::internal(format!("time-series storage is damaged: {what}"))
 }
 
@@ -723,90 +723,16 @@ fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {
     ))
 }
 
-/// The points of `[from, to)`, chunk by chunk, to `emit`.
+/// Reads the points in `[from, to)` (unbounded where `None`), in time order,
+/// as record batches of at most one chunk each; returns how many points were
+/// read. (The services send [`points_ipc::read`]'s messages as they are.)
 pub fn read(
     conn: &Connection,
     from: Option<i64>,
     to: Option<i64>,
     emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
 ) -> Result<u64> {
-    let from = from.unwrap_or(i64::MIN);
-    let to = to.unwrap_or(i64::MAX);
-    if from >= to {
-        return Ok(0);
-    }
-    let mut stmt = conn.prepare_cached(
-        "SELECT start_ms, times, flags, vals FROM chunks
-         WHERE start_ms >= coalesce((SELECT max(start_ms) FROM chunks WHERE start_ms <= ?1), ?1)
-           AND start_ms < ?2 ORDER BY start_ms",
-    )?;
-    let mut rows = stmt.query([from, to])?;
-    let mut sent = 0;
-    while let Some(row) = rows.next()? {
-        let times = blob(row, 1)?;
-        let flags = blob(row, 2)?;
-        let values = blob(row, 3)?;
-        let count = times.len() / 8;
-        if flags.len() != count * 4 || values.len() != count * 8 {
-            return Err(corrupt("a chunk has uneven columns"));
-        }
-        let time_at =
-            |i: usize| i64::from_le_bytes(times[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let lo = partition(count, |i| time_at(i) < from);
-        let hi = partition(count, |i| time_at(i) < to);
-        if lo == hi {
-            continue;
-        }
-        // Each column is one copy from SQLite's page into an aligned Arrow
-        // buffer: the stored bytes already are Arrow's little-endian layout.
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(
-                TimestampMillisecondArray::new(column(times, 8, lo..hi), None).with_timezone("UTC"),
-            ),
-            Arc::new(UInt32Array::new(column(flags, 4, lo..hi), None)),
-            Arc::new(Float64Array::new(column(values, 8, lo..hi), None)),
-        ];
-        let batch = RecordBatch::try_new(POINTS_SCHEMA.clone(), columns)
-            .map_err(|e| corrupt(&e.to_string()))?;
-        sent += (hi - lo) as u64;
-        emit(batch)?;
-    }
-    Ok(sent)
-}
-
-fn blob<'r>(row: &'r rusqlite::Row<'_>, index: usize) -> Result<&'r [u8]> {
-    row.get_ref(index)?
-        .as_blob()
-        .map_err(|_| corrupt("a chunk column is not a blob"))
-}
-
-/// The first index in `0..len` where `before` turns false.
-fn partition(len: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0, len);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if before(mid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
-}
-
-/// Rows `range` of a stored column of `width`-byte little-endian values.
-fn column<T: arrow_buffer::ArrowNativeType>(
-    bytes: &[u8],
-    width: usize,
-    range: std::ops::Range<usize>,
-) -> arrow_buffer::ScalarBuffer<T> {
-    const _: () = assert!(
-        cfg!(target_endian = "little"),
-        "chunks hold little-endian columns"
-    );
-    let mut buffer = arrow_buffer::MutableBuffer::new((range.end - range.start) * width);
-    buffer.extend_from_slice(&bytes[range.start * width..range.end * width]);
-    arrow_buffer::ScalarBuffer::new(buffer.into(), 0, range.end - range.start)
+    super::points_ipc::read(conn, from, to, &mut |message| emit(message.batch()?))
 }
 
 /// A series' extent.
