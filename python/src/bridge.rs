@@ -120,7 +120,10 @@ where
     F: Future<Output = Result<T, Error>>,
 {
     let signals = async {
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        // The first check comes after one period: a call that ends sooner
+        // (most do) never takes the GIL back just to look for signals.
+        let period = std::time::Duration::from_millis(100);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
             if let Some(Err(error)) = with_python(|py| py.check_signals()) {
