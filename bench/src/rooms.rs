@@ -167,7 +167,7 @@ async fn busbar(ctx: &Ctx, rooms: usize, per_room: u64, cap: Duration) -> Result
     let publish = async {
         let mut tasks = tokio::task::JoinSet::new();
         for (e, client) in emitters.iter().enumerate() {
-            let mut mine: Vec<_> = paths
+            let mine: Vec<_> = paths
                 .iter()
                 .skip(e)
                 .step_by(emitters.len())
@@ -176,7 +176,7 @@ async fn busbar(ctx: &Ctx, rooms: usize, per_room: u64, cap: Duration) -> Result
             tasks.spawn(async move {
                 let text = payload();
                 for _ in 0..per_room {
-                    for emitter in &mut mine {
+                    for emitter in &mine {
                         let args = vec![serde_json::Value::String(text.clone())];
                         emitter.emit("m", args).await.map_err(|e| e.to_string())?;
                     }

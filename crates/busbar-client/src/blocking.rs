@@ -220,10 +220,10 @@ pub struct RoomEmitter {
 }
 
 impl RoomEmitter {
-    pub fn emit(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+    pub fn emit(&self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
         self.runtime.block_on(self.emitter.emit(event, args))
     }
-    pub fn emit_peers(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+    pub fn emit_peers(&self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
         self.runtime.block_on(self.emitter.emit_peers(event, args))
     }
     pub fn finish(self) -> Result<crate::EmitStreamSummary> {

@@ -293,14 +293,22 @@ pub use pb::EmitStreamSummary;
 
 /// Emits many events over one stream: each `emit` queues the event and
 /// returns, events are published in the order emitted, and nothing waits for
-/// a round trip per event. The first failure (e.g. a missing right) ends the
-/// stream; the next `emit` or `finish` returns it. Dropping an emitter ends
-/// its stream too; events already queued are still published.
+/// a round trip per event. `emit` takes `&self`, so one emitter (in an `Arc`)
+/// serves many tasks with no lock of their own; events from one task keep
+/// their order. The first failure (e.g. a missing right) ends the stream; the
+/// next `emit` or `finish` returns it. Dropping an emitter ends its stream
+/// too; events already queued are still published.
 pub struct RoomEmitter {
     path: String,
     member_id: String,
-    sender: Option<tokio::sync::mpsc::Sender<pb::EmitRequest>>,
-    task: Option<tokio::task::JoinHandle<Result<EmitStreamSummary>>>,
+    sender: tokio::sync::mpsc::Sender<pb::EmitRequest>,
+    outcome: tokio::sync::Mutex<EmitOutcome>,
+}
+
+/// The stream's task until it has ended, then what it ended with.
+enum EmitOutcome {
+    Running(tokio::task::JoinHandle<Result<EmitStreamSummary>>),
+    Ended(Result<EmitStreamSummary>),
 }
 
 impl Client {
@@ -315,8 +323,8 @@ impl Client {
         RoomEmitter {
             path: path.into(),
             member_id: String::new(),
-            sender: Some(sender),
-            task: Some(task),
+            sender,
+            outcome: tokio::sync::Mutex::new(EmitOutcome::Running(task)),
         }
     }
 }
@@ -333,17 +341,17 @@ impl RoomMembership {
 
 impl RoomEmitter {
     /// Queues `event` for every member.
-    pub async fn emit(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+    pub async fn emit(&self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
         self.send(event, args, false).await
     }
 
     /// Queues `event` for every member but this emitter's (from [`RoomMembership::emitter`]).
-    pub async fn emit_peers(&mut self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
+    pub async fn emit_peers(&self, event: &str, args: Vec<serde_json::Value>) -> Result<()> {
         self.send(event, args, true).await
     }
 
     async fn send(
-        &mut self,
+        &self,
         event: &str,
         args: Vec<serde_json::Value>,
         peers_only: bool,
@@ -355,32 +363,45 @@ impl RoomEmitter {
             member_id: self.member_id.clone(),
             peers_only,
         };
-        let sender = self
-            .sender
-            .as_ref()
-            .ok_or_else(|| Error::invalid_argument("this emitter has finished"))?;
-        if sender.send(request).await.is_ok() {
+        if self.sender.send(request).await.is_ok() {
             return Ok(());
         }
         // The stream ended early: report why.
-        match self.finish_inner().await {
+        match self.outcome().await {
             Err(error) => Err(error),
             Ok(_) => Err(Error::new(ErrorCode::Cancelled, "the emit stream ended")),
         }
     }
 
-    async fn finish_inner(&mut self) -> Result<EmitStreamSummary> {
-        self.sender = None;
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| Error::invalid_argument("this emitter has finished"))?;
-        task.await
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("emit task failed: {e}")))?
+    /// Waits for the stream's task (once; later callers get the same outcome).
+    async fn outcome(&self) -> Result<EmitStreamSummary> {
+        let mut outcome = self.outcome.lock().await;
+        if let EmitOutcome::Running(task) = &mut *outcome {
+            let ended = task.await.unwrap_or_else(|e| {
+                Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("emit task failed: {e}"),
+                ))
+            });
+            *outcome = EmitOutcome::Ended(ended);
+        }
+        match &*outcome {
+            EmitOutcome::Ended(ended) => ended.clone(),
+            EmitOutcome::Running(_) => unreachable!("set above"),
+        }
     }
 
     /// Ends the stream once every queued event is published; returns the totals.
-    pub async fn finish(mut self) -> Result<EmitStreamSummary> {
-        self.finish_inner().await
+    pub async fn finish(self) -> Result<EmitStreamSummary> {
+        let RoomEmitter {
+            sender, outcome, ..
+        } = self;
+        drop(sender);
+        match outcome.into_inner() {
+            EmitOutcome::Running(task) => task
+                .await
+                .map_err(|e| Error::new(ErrorCode::Internal, format!("emit task failed: {e}")))?,
+            EmitOutcome::Ended(ended) => ended,
+        }
     }
 }

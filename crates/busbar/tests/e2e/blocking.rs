@@ -47,7 +47,7 @@ fn blocking_client_covers_calls_rooms_and_wires_from_many_threads() {
             "thread {t}'s events in order"
         );
     }
-    let mut emitter = client.emitter("/home/admin/chat");
+    let emitter = client.emitter("/home/admin/chat");
     for i in 0..10 {
         emitter.emit("streamed", vec![i.into()]).unwrap();
     }

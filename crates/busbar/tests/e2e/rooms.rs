@@ -277,7 +277,7 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     let mut me = admin.join("/home/admin/chat").await.unwrap();
 
     // Members read while the events stream in.
-    let mut emitter = me.emitter();
+    let emitter = me.emitter();
     let member_reader = tokio::spawn(async move { collect(&mut member, 2_001).await });
     let my_reader = tokio::spawn(async move { collect(&mut me, 2_000).await });
     for seq in 0..2_000 {
@@ -298,13 +298,50 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     let mine = my_reader.await.unwrap();
     assert_eq!(mine.last().unwrap().args[0], 1_999);
 
+    // One emitter shared by tasks (emit takes &self): everything arrives,
+    // each task's events in that task's order.
+    let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut member, 4 * 250).await });
+    let shared = std::sync::Arc::new(admin.emitter("/home/admin/chat"));
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                for seq in 0..250 {
+                    shared
+                        .emit("tagged", vec![task.into(), seq.into()])
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let shared = std::sync::Arc::into_inner(shared).expect("the tasks are done");
+    assert_eq!(shared.finish().await.unwrap().events, 4 * 250);
+    let got = reader.await.unwrap();
+    for task in 0..4 {
+        let seqs: Vec<i64> = got
+            .iter()
+            .filter(|e| e.args[0] == task)
+            .map(|e| e.args[1].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..250).collect::<Vec<_>>(),
+            "task {task} in its order"
+        );
+    }
+
     // A missing right ends the stream; the error comes back from emit or finish.
     admin
         .create_user("bob", "bob-password", false)
         .await
         .unwrap();
     let bob = node.user("bob", "bob-password").await.unwrap();
-    let mut denied = bob.emitter("/home/admin/chat");
+    let denied = bob.emitter("/home/admin/chat");
     let mut outcome = Ok(());
     for _ in 0..1_000 {
         outcome = denied.emit("x", vec![]).await;
