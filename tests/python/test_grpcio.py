@@ -162,10 +162,10 @@ def test_reflection_describes_node_service(channel):
     assert node.methods_by_name["Status"].output_type.full_name == "busbar.v1.NodeStatus"
 
 
-def test_login_then_status(dynamic, token, busbar_node):
-    status = dynamic.unary(
-        "busbar.v1.Node/Status", metadata=[("authorization", f"Bearer {token}")]
-    )
+@pytest.mark.parametrize("header", ["authorization", "x-busbar-session"])
+def test_login_then_status(dynamic, token, busbar_node, header):
+    value = f"Bearer {token}" if header == "authorization" else token
+    status = dynamic.unary("busbar.v1.Node/Status", metadata=[(header, value)])
     assert status.version == busbar_node.version
     assert status.tls is True
     assert status.store == "sqlite"
@@ -183,11 +183,11 @@ def test_status_without_token_is_unauthenticated(dynamic):
     assert trailers.get("busbar-error-code") == "UNAUTHENTICATED", trailers
 
 
-def test_status_with_bad_token_is_unauthenticated(dynamic):
+@pytest.mark.parametrize("header", [("authorization", "Bearer not-a-real-token"),
+                                    ("x-busbar-session", "not-a-real-token")])
+def test_status_with_bad_token_is_unauthenticated(dynamic, header):
     with pytest.raises(grpc.RpcError) as excinfo:
-        dynamic.unary(
-            "busbar.v1.Node/Status", metadata=[("authorization", "Bearer not-a-real-token")]
-        )
+        dynamic.unary("busbar.v1.Node/Status", metadata=[header])
     err = excinfo.value
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
     assert dict(err.trailing_metadata() or ()).get("busbar-error-code") == "UNAUTHENTICATED"

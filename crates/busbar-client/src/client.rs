@@ -226,7 +226,7 @@ impl CallContext {
     pub(crate) fn decorate(&self, metadata: &mut tonic::metadata::MetadataMap) {
         let session = self.inner.session.read().unwrap_or_else(|p| p.into_inner());
         if let Some(session) = session.as_ref() {
-            metadata.insert("authorization", session.header.clone());
+            metadata.insert(busbar_proto::SESSION_METADATA_KEY, session.header.clone());
         }
         if let Some(trace_id) = &self.trace_id {
             metadata.insert(busbar_proto::TRACE_ID_METADATA_KEY, trace_id.clone());
@@ -501,13 +501,12 @@ impl Client {
     }
 
     fn store_session(&self, session: pb::Session) -> Result<()> {
-        let header =
-            MetadataValue::try_from(format!("Bearer {}", session.token)).map_err(|_| {
-                Error::new(
-                    ErrorCode::Internal,
-                    "the server sent an unusable session token",
-                )
-            })?;
+        let header = MetadataValue::try_from(session.token.as_str()).map_err(|_| {
+            Error::new(
+                ErrorCode::Internal,
+                "the server sent an unusable session token",
+            )
+        })?;
         *self
             .inner
             .session

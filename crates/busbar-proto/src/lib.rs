@@ -18,3 +18,12 @@ pub const ERROR_CODE_METADATA_KEY: &str = "busbar-error-code";
 /// Request-metadata key carrying the trace id; the server generates one when absent
 /// and echoes it in the response headers.
 pub const TRACE_ID_METADATA_KEY: &str = "x-trace-id";
+
+/// Request-metadata key carrying a session token as is, accepted like
+/// `authorization: Bearer <token>`. HTTP/2 header compression never indexes
+/// `authorization` (h2 and nghttp2 keep it out of the HPACK table), so that
+/// header costs the full token, Huffman-coded, on every call; this one is
+/// indexed once per connection and then costs a byte or two. A session token
+/// is a long random, signed value, which is what RFC 7541 §7.1.3 asks of
+/// values that may be indexed.
+pub const SESSION_METADATA_KEY: &str = "x-busbar-session";

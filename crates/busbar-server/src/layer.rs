@@ -57,14 +57,15 @@ fn new_trace_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// The credentials of an `authorization: Bearer <token>` header (the scheme
-/// name is case-insensitive, as HTTP says).
+/// The token of an `x-busbar-session` header (what Busbar's clients send),
+/// or else of an `authorization: Bearer <token>` header (what any gRPC or
+/// Flight client can send; the scheme name is case-insensitive, as HTTP says).
 fn bearer(request: &Request<Body>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+    let headers = request.headers();
+    if let Some(value) = headers.get(busbar_proto::SESSION_METADATA_KEY) {
+        return value.to_str().ok().map(str::trim);
+    }
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
