@@ -125,7 +125,10 @@ where
             .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_string)
             .unwrap_or_else(new_trace_id);
-        let trace_header = HeaderValue::from_str(&trace_id).expect("checked ASCII");
+        let mut trace_header = HeaderValue::from_str(&trace_id).expect("checked ASCII");
+        // A value new on every call: kept out of the HPACK tables (indexing
+        // it would only evict the entries that repeat, call after call).
+        trace_header.set_sensitive(true);
         request
             .headers_mut()
             .insert(TRACE_ID_METADATA_KEY, trace_header.clone());
