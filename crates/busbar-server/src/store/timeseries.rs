@@ -725,7 +725,7 @@ fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {
 
 /// Reads the points in `[from, to)` (unbounded where `None`), in time order,
 /// as record batches of at most one chunk each; returns how many points were
-/// read. (The services send [`points_ipc::read`]'s messages as they are.)
+/// read. (The services send [`super::points_ipc::read`]'s messages as they are.)
 pub fn read(
     conn: &Connection,
     from: Option<i64>,
