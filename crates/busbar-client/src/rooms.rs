@@ -377,13 +377,7 @@ impl RoomEmitter {
     async fn outcome(&self) -> Result<EmitStreamSummary> {
         let mut outcome = self.outcome.lock().await;
         if let EmitOutcome::Running(task) = &mut *outcome {
-            let ended = task.await.unwrap_or_else(|e| {
-                Err(Error::new(
-                    ErrorCode::Internal,
-                    format!("emit task failed: {e}"),
-                ))
-            });
-            *outcome = EmitOutcome::Ended(ended);
+            *outcome = EmitOutcome::Ended(ended(task).await);
         }
         match &*outcome {
             EmitOutcome::Ended(ended) => ended.clone(),
@@ -398,10 +392,20 @@ impl RoomEmitter {
         } = self;
         drop(sender);
         match outcome.into_inner() {
-            EmitOutcome::Running(task) => task
-                .await
-                .map_err(|e| Error::new(ErrorCode::Internal, format!("emit task failed: {e}")))?,
-            EmitOutcome::Ended(ended) => ended,
+            EmitOutcome::Running(mut task) => ended(&mut task).await,
+            EmitOutcome::Ended(outcome) => outcome,
         }
     }
+}
+
+/// What the emit stream's task ended with (a panicked task is INTERNAL).
+async fn ended(
+    task: &mut tokio::task::JoinHandle<Result<EmitStreamSummary>>,
+) -> Result<EmitStreamSummary> {
+    task.await.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorCode::Internal,
+            format!("emit task failed: {e}"),
+        ))
+    })
 }

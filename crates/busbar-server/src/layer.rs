@@ -60,7 +60,7 @@ fn new_trace_id() -> String {
 /// The token of an `x-busbar-session` header (what Busbar's clients send),
 /// or else of an `authorization: Bearer <token>` header (what any gRPC or
 /// Flight client can send; the scheme name is case-insensitive, as HTTP says).
-fn bearer(request: &Request<Body>) -> Option<&str> {
+fn session_token(request: &Request<Body>) -> Option<&str> {
     let headers = request.headers();
     if let Some(value) = headers.get(busbar_proto::SESSION_METADATA_KEY) {
         return value.to_str().ok().map(str::trim);
@@ -78,7 +78,7 @@ impl CallLayer {
         if !(flight || path.starts_with("/busbar.v1.")) || PUBLIC_METHODS.contains(&path) {
             return Ok(());
         }
-        let token = bearer(request).ok_or_else(|| {
+        let token = session_token(request).ok_or_else(|| {
             Error::unauthenticated(if flight {
                 "this Flight call needs credentials: Handshake with user:password (HTTP Basic) and send the 'authorization: Bearer <session token>' it returns, or send 'authorization: Bearer <bbt_ API token>'"
             } else {

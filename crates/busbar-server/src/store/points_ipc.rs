@@ -99,7 +99,6 @@ impl Layout {
 }
 
 /// One record batch of points as a framed Arrow IPC message.
-#[derive(Clone)]
 pub struct PointsMessage {
     layout: Layout,
     message: Bytes,
@@ -145,10 +144,6 @@ impl PointsMessage {
             metadata_len: metadata.len(),
             body_at,
         })
-    }
-
-    pub fn rows(&self) -> usize {
-        self.layout.rows
     }
 
     /// The whole framed message, as it goes in an IPC stream.

@@ -723,18 +723,6 @@ fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {
     ))
 }
 
-/// Reads the points in `[from, to)` (unbounded where `None`), in time order,
-/// as record batches of at most one chunk each; returns how many points were
-/// read. (The services send [`super::points_ipc::read`]'s messages as they are.)
-pub fn read(
-    conn: &Connection,
-    from: Option<i64>,
-    to: Option<i64>,
-    emit: &mut dyn FnMut(RecordBatch) -> Result<()>,
-) -> Result<u64> {
-    super::points_ipc::read(conn, from, to, &mut |message| emit(message.batch()?))
-}
-
 /// A series' extent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Extent {
@@ -923,9 +911,10 @@ mod tests {
 
     fn all(conn: &Connection) -> Vec<i64> {
         let mut out = Vec::new();
-        read(conn, None, None, &mut |batch| {
+        super::super::points_ipc::read(conn, None, None, &mut |message| {
             out.extend(
-                batch
+                message
+                    .batch()?
                     .column(0)
                     .as_primitive::<TimestampMillisecondType>()
                     .values()
