@@ -13,9 +13,9 @@ use pb::{
     rooms_client::RoomsClient, wires_client::WiresClient,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, LazyLock, RwLock, Weak};
 use std::time::Duration;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataKey, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
@@ -184,7 +184,7 @@ impl ConnectOptions {
 
 #[derive(Clone)]
 struct SessionToken {
-    header: MetadataValue<tonic::metadata::Ascii>,
+    header: MetadataValue<Ascii>,
     expires_ms: i64,
 }
 
@@ -205,7 +205,7 @@ pub(crate) struct Inner {
 pub struct CallContext {
     inner: Arc<Inner>,
     timeout: Option<Duration>,
-    trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+    trace_id: Option<MetadataValue<Ascii>>,
 }
 
 impl tonic::service::Interceptor for CallContext {
@@ -221,15 +221,21 @@ impl tonic::service::Interceptor for CallContext {
     }
 }
 
+// Parsed once: a key given as `&str` is parsed and validated on every call.
+static SESSION_KEY: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static(busbar_proto::SESSION_METADATA_KEY));
+static TRACE_ID_KEY: LazyLock<MetadataKey<Ascii>> =
+    LazyLock::new(|| MetadataKey::from_static(busbar_proto::TRACE_ID_METADATA_KEY));
+
 impl CallContext {
     /// Adds the session token to a call's metadata.
     pub(crate) fn decorate(&self, metadata: &mut tonic::metadata::MetadataMap) {
         let session = self.inner.session.read().unwrap_or_else(|p| p.into_inner());
         if let Some(session) = session.as_ref() {
-            metadata.insert(busbar_proto::SESSION_METADATA_KEY, session.header.clone());
+            metadata.insert(SESSION_KEY.clone(), session.header.clone());
         }
         if let Some(trace_id) = &self.trace_id {
-            metadata.insert(busbar_proto::TRACE_ID_METADATA_KEY, trace_id.clone());
+            metadata.insert(TRACE_ID_KEY.clone(), trace_id.clone());
         }
     }
 }
@@ -241,7 +247,7 @@ pub(crate) type Intercepted = InterceptedService<Channel, CallContext>;
 pub struct Client {
     pub(crate) inner: Arc<Inner>,
     pub(crate) timeout: Option<Duration>,
-    pub(crate) trace_id: Option<MetadataValue<tonic::metadata::Ascii>>,
+    pub(crate) trace_id: Option<MetadataValue<Ascii>>,
     /// The data session data calls run in (see [`crate::Session`]).
     pub(crate) data_session: Option<Arc<str>>,
 }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 /// and their keys are verified tokens and the paths of authenticated callers.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 const INVALIDATE_SUBJECT: &str = "_busbar.access.invalidate";
 /// Entries per cache before it is cleared wholesale.
@@ -56,7 +56,9 @@ pub struct AccessControl {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     generation: AtomicU64,
-    caches: Mutex<Caches>,
+    /// Read on every call by every worker, written on a miss: a read lock
+    /// lets hits on different threads proceed together.
+    caches: RwLock<Caches>,
 }
 
 impl AccessControl {
@@ -65,7 +67,7 @@ impl AccessControl {
             store,
             bus: bus.clone(),
             generation: AtomicU64::new(0),
-            caches: Mutex::new(Caches::default()),
+            caches: RwLock::new(Caches::default()),
         });
         // Changes made through other nodes clear this node's cache too.
         let mut invalidations = bus.subscribe(
@@ -90,13 +92,17 @@ impl AccessControl {
         access
     }
 
-    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
-        self.caches.lock().unwrap_or_else(|p| p.into_inner())
+    fn caches(&self) -> std::sync::RwLockReadGuard<'_, Caches> {
+        self.caches.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn caches_mut(&self) -> std::sync::RwLockWriteGuard<'_, Caches> {
+        self.caches.write().unwrap_or_else(|p| p.into_inner())
     }
 
     fn clear_local(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        *self.caches() = Caches::default();
+        *self.caches_mut() = Caches::default();
     }
 
     /// Call after any change to identities, tokens, groups, grants or the tree.
@@ -111,7 +117,7 @@ impl AccessControl {
 
     /// Stores `value` unless the caches were cleared since `generation` was read.
     fn remember(&self, generation: u64, insert: impl FnOnce(&mut Caches)) {
-        let mut caches = self.caches();
+        let mut caches = self.caches_mut();
         if self.generation.load(Ordering::SeqCst) == generation {
             if caches.entries >= MAX_CACHED {
                 *caches = Caches::default();

@@ -1,15 +1,17 @@
 //! Around every call: the trace id (taken from `x-trace-id` or generated, and
-//! echoed back), a tracing span carrying it, authentication of busbar methods
+//! echoed back), a debug-level tracing span carrying it (failures are logged
+//! at info with the method and trace id), authentication of busbar methods
 //! and the per-method call metrics.
 
 use crate::access::AccessControl;
 use crate::auth::Authenticator;
 use crate::error::Error;
-use crate::metrics::{CallLabels, Metrics};
+use crate::metrics::{GRPC_CODE_NAMES, Metrics};
 use busbar_proto::v1::ErrorCode;
-use busbar_proto::{ERROR_CODE_METADATA_KEY, TRACE_ID_METADATA_KEY};
+use busbar_proto::{ERROR_CODE_METADATA_KEY, SESSION_METADATA_KEY, TRACE_ID_METADATA_KEY};
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
@@ -40,7 +42,7 @@ impl<S> tower::Layer<S> for CallLayer {
     fn layer(&self, inner: S) -> CallService<S> {
         CallService {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -48,13 +50,35 @@ impl<S> tower::Layer<S> for CallLayer {
 #[derive(Clone)]
 pub struct CallService<S> {
     inner: S,
-    layer: CallLayer,
+    /// Shared by the service's clones: one reference count per call, not three.
+    layer: Arc<CallLayer>,
 }
 
-/// A trace id for a call that came without one. Not a secret: the thread's
-/// RNG serves, with no system call per call.
-fn new_trace_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+// The headers the layer reads or writes on every call, parsed once: a
+// lookup by `&str` parses and validates the name each time.
+static TRACE_ID: HeaderName = HeaderName::from_static(TRACE_ID_METADATA_KEY);
+static SESSION: HeaderName = HeaderName::from_static(SESSION_METADATA_KEY);
+static ERROR_CODE: HeaderName = HeaderName::from_static(ERROR_CODE_METADATA_KEY);
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// A trace id for a call that came without one (or with a malformed one):
+/// 16 hex digits. Not a secret: the thread's RNG serves, with no system call
+/// per call.
+fn new_trace_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u64>();
+    let mut digits = [0u8; 16];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (60 - 4 * i)) as usize & 0xf];
+    }
+    HeaderValue::from_bytes(&digits).expect("hex digits are visible ASCII")
+}
+
+/// A trace id a client may choose: 1 to 64 visible ASCII characters.
+fn valid_trace_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 64 && bytes.iter().all(u8::is_ascii_graphic)
 }
 
 /// The token of an `x-busbar-session` header (what Busbar's clients send),
@@ -62,7 +86,7 @@ fn new_trace_id() -> String {
 /// Flight client can send; the scheme name is case-insensitive, as HTTP says).
 fn session_token(request: &Request<Body>) -> Option<&str> {
     let headers = request.headers();
-    if let Some(value) = headers.get(busbar_proto::SESSION_METADATA_KEY) {
+    if let Some(value) = headers.get(&SESSION) {
         return value.to_str().ok().map(str::trim);
     }
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
@@ -117,49 +141,50 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        let method = request.uri().path().to_string();
-        let trace_id = request
+        // Shares the request's bytes: the method name is not copied.
+        let path = request.uri().path_and_query().cloned();
+        let mut trace_header = request
             .headers()
-            .get(TRACE_ID_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_string)
+            .get(&TRACE_ID)
+            .filter(|value| valid_trace_id(value))
+            .cloned()
             .unwrap_or_else(new_trace_id);
-        let mut trace_header = HeaderValue::from_str(&trace_id).expect("checked ASCII");
         // A value new on every call: kept out of the HPACK tables (indexing
         // it would only evict the entries that repeat, call after call).
         trace_header.set_sensitive(true);
-        request
-            .headers_mut()
-            .insert(TRACE_ID_METADATA_KEY, trace_header.clone());
-        let span = tracing::info_span!("call", method = %method, trace_id = %trace_id);
+        let method = path.as_ref().map_or("", PathAndQuery::path);
+        let trace_id = trace_header.to_str().expect("checked visible ASCII");
+        // A debug span: at the default level (info) it is disabled and costs
+        // nothing per call; the lines logged at info and above name the
+        // method and trace id themselves. (The fmt subscriber formats an
+        // enabled span's fields into a new String as the span is made.)
+        let span = tracing::debug_span!("call", method = %method, trace_id = %trace_id);
         Box::pin(
             async move {
                 let mut response = match layer.authenticate(&mut request).await {
                     Ok(()) => inner.call(request).await?,
                     Err(error) => {
-                        tracing::info!(code = ?error.code, "rejected: {}", error.message);
+                        tracing::info!(
+                            method = path.as_ref().map_or("", PathAndQuery::path),
+                            trace_id = trace_header.to_str().unwrap_or_default(),
+                            code = ?error.code,
+                            "rejected: {}",
+                            error.message
+                        );
                         tonic::Status::from(error).into_http()
                     }
                 };
-                response
-                    .headers_mut()
-                    .insert(TRACE_ID_METADATA_KEY, trace_header);
-                classify_codec_error(response.headers_mut());
-                // Unknown names share one label, so callers cannot grow the metrics without bound.
-                let method = if name_unknown_method(response.headers_mut(), &method) {
-                    "<unknown>".into()
-                } else {
-                    method
-                };
+                let headers = response.headers_mut();
+                headers.insert(TRACE_ID.clone(), trace_header.clone());
                 let recorder = CallRecorder {
-                    metrics: layer.metrics.clone(),
-                    method,
+                    layer,
+                    path,
+                    trace_id: trace_header,
                     span: tracing::Span::current(),
                 };
                 // A trailers-only response (most errors) carries its status in the headers.
-                if let Some(code) = status_of(response.headers()) {
-                    recorder.record(code);
+                if let Some(outcome) = settle(headers, recorder.method()) {
+                    recorder.record(outcome);
                     return Ok(response);
                 }
                 Ok(response.map(|body| {
@@ -174,56 +199,70 @@ where
     }
 }
 
-/// Failures raised by the gRPC codec before a handler sees the request get
-/// the stable code they deserve: a request that does not decode (bad
-/// protobuf, invalid UTF-8 in a string) is INVALID_ARGUMENT, not INTERNAL; one
-/// over the size limit is RESOURCE_EXHAUSTED, as the gRPC spec asks.
-fn classify_codec_error(headers: &mut http::HeaderMap) {
-    if headers.contains_key(ERROR_CODE_METADATA_KEY) {
-        return;
-    }
-    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
-    let message = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let (grpc, code) = match status {
-        Some("13")
-            if message.starts_with("failed%20to%20decode")
-                || message.starts_with("failed to decode") =>
-        {
-            ("3", ErrorCode::InvalidArgument)
-        }
-        Some("11") if message.contains("too%20large") || message.contains("too large") => {
-            ("8", ErrorCode::ResourceExhausted)
-        }
-        _ => return,
-    };
-    headers.insert("grpc-status", HeaderValue::from_static(grpc));
-    headers.insert(
-        ERROR_CODE_METADATA_KEY,
-        HeaderValue::from_static(code.as_str_name()),
-    );
+/// How a call ended: its gRPC code, and whether the method does not exist.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Outcome {
+    code: usize,
+    unknown_method: bool,
 }
 
-/// tonic answers an unknown method with a bare UNIMPLEMENTED; ours says which
-/// method and carries the stable code like every other failure.
-/// Returns whether the method was unknown.
-fn name_unknown_method(headers: &mut http::HeaderMap, method: &str) -> bool {
-    let status = headers.get("grpc-status").and_then(|v| v.to_str().ok());
-    if status != Some("12") || headers.contains_key(ERROR_CODE_METADATA_KEY) {
-        return false;
+/// Reads the final gRPC status from `headers` (a trailers-only response's
+/// headers, or trailers), if they carry one, and gives failures that tonic
+/// raises on its own the stable codes Busbar promises:
+/// - a request that does not decode (bad protobuf, invalid UTF-8 in a
+///   string) is INVALID_ARGUMENT, not INTERNAL; one over the size limit is
+///   RESOURCE_EXHAUSTED, as the gRPC spec asks;
+/// - tonic answers an unknown method with a bare UNIMPLEMENTED; ours says
+///   which method and carries the stable code like every other failure.
+fn settle(headers: &mut HeaderMap, method: &str) -> Option<Outcome> {
+    let code: usize = headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
+    let settled = Outcome {
+        code,
+        unknown_method: false,
+    };
+    if code == 0 || headers.contains_key(&ERROR_CODE) {
+        return Some(settled);
     }
-    let message =
-        format!("unknown method {method}; list the methods with gRPC reflection (busbar call)");
-    if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
-        headers.insert("grpc-message", value);
-    }
+    let message = headers
+        .get(&GRPC_MESSAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (code, grpc, error_code) = match code {
+        13 if message.starts_with("failed%20to%20decode")
+            || message.starts_with("failed to decode") =>
+        {
+            (3, "3", ErrorCode::InvalidArgument)
+        }
+        11 if message.contains("too%20large") || message.contains("too large") => {
+            (8, "8", ErrorCode::ResourceExhausted)
+        }
+        12 => {
+            let message = format!(
+                "unknown method {method}; list the methods with gRPC reflection (busbar call)"
+            );
+            if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+                headers.insert(GRPC_MESSAGE.clone(), value);
+            }
+            headers.insert(
+                ERROR_CODE.clone(),
+                HeaderValue::from_static(ErrorCode::Unimplemented.as_str_name()),
+            );
+            return Some(Outcome {
+                code,
+                unknown_method: true,
+            });
+        }
+        _ => return Some(settled),
+    };
+    headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc));
     headers.insert(
-        ERROR_CODE_METADATA_KEY,
-        HeaderValue::from_static(ErrorCode::Unimplemented.as_str_name()),
+        ERROR_CODE.clone(),
+        HeaderValue::from_static(error_code.as_str_name()),
     );
-    true
+    Some(Outcome {
+        code,
+        unknown_method: false,
+    })
 }
 
 /// grpc-message encoding: bytes outside printable ASCII, and '%', as %XX.
@@ -239,57 +278,41 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// gRPC status code names, indexed by code.
-const GRPC_CODE_NAMES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
-/// The gRPC status name in `headers` (or trailers), if they carry one.
-fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
-    let status = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<usize>()
-        .ok()?;
-    Some(GRPC_CODE_NAMES.get(status).copied().unwrap_or("UNKNOWN"))
-}
-
 struct CallRecorder {
-    metrics: Arc<Metrics>,
-    method: String,
+    layer: Arc<CallLayer>,
+    path: Option<PathAndQuery>,
+    trace_id: HeaderValue,
     /// The call's span (with its trace id), entered when the outcome is logged.
     span: tracing::Span,
 }
 
 impl CallRecorder {
-    fn record(self, code: &'static str) {
-        if code == "OK" {
+    fn method(&self) -> &str {
+        self.path.as_ref().map_or("", PathAndQuery::path)
+    }
+
+    fn record(self, outcome: Outcome) {
+        let code = GRPC_CODE_NAMES
+            .get(outcome.code)
+            .copied()
+            .unwrap_or("UNKNOWN");
+        if outcome.code == 0 {
             tracing::debug!(parent: &self.span, code, "call finished");
         } else {
-            tracing::info!(parent: &self.span, code, "call failed");
+            tracing::info!(
+                method = self.method(),
+                trace_id = self.trace_id.to_str().unwrap_or_default(),
+                code,
+                "call failed"
+            );
         }
-        let labels = CallLabels {
-            method: self.method,
-            code: code.to_string(),
+        // Unknown names share one label, so callers cannot grow the metrics without bound.
+        let method = if outcome.unknown_method {
+            "<unknown>"
+        } else {
+            self.method()
         };
-        self.metrics.calls.get_or_create(&labels).inc();
+        self.layer.metrics.calls.inc(method, outcome.code);
     }
 }
 
@@ -303,7 +326,10 @@ struct MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         if let Some(recorder) = self.recorder.take() {
-            recorder.record("CANCELLED");
+            recorder.record(Outcome {
+                code: 1,
+                unknown_method: false,
+            });
         }
     }
 }
@@ -319,11 +345,14 @@ impl HttpBody for MeteredBody {
         let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &mut polled
             && let Some(trailers) = frame.trailers_mut()
+            && let Some(recorder) = self.recorder.take()
         {
-            classify_codec_error(trailers);
-            if let Some(recorder) = self.recorder.take() {
-                recorder.record(status_of(trailers).unwrap_or("OK"));
-            }
+            // tonic always puts the status in the trailers; none counts as OK.
+            let outcome = settle(trailers, recorder.method()).unwrap_or(Outcome {
+                code: 0,
+                unknown_method: false,
+            });
+            recorder.record(outcome);
         }
         polled
     }

@@ -5,8 +5,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
@@ -19,6 +20,82 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// gRPC status code names, indexed by code.
+pub const GRPC_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The gRPC code number that stands for codes outside the known range.
+pub const GRPC_UNKNOWN: usize = 2;
+
+/// One method's call counters, one per gRPC code, made on first use.
+type MethodCounters = [OnceLock<Counter>; GRPC_CODE_NAMES.len()];
+
+/// `busbar_calls_total{method, code}`, counted on every call without
+/// building the label set: the family's own lookup allocates two label
+/// strings and hashes them with SipHash, per call. Each method's counters
+/// are found by one hash of the method name and are the family's own
+/// counters, so `/metrics` shows them as usual.
+#[derive(Default)]
+pub struct CallCounters {
+    family: Family<CallLabels, Counter>,
+    /// Grows by one entry per method that was ever called: the caller passes
+    /// a shared name for methods that do not exist.
+    methods: RwLock<HashMap<Box<str>, Arc<MethodCounters>, foldhash::fast::RandomState>>,
+}
+
+impl CallCounters {
+    /// Counts one finished call of `method` with gRPC code `code` (codes
+    /// past the known ones count as UNKNOWN).
+    pub fn inc(&self, method: &str, code: usize) {
+        let code = if code < GRPC_CODE_NAMES.len() {
+            code
+        } else {
+            GRPC_UNKNOWN
+        };
+        let known = self
+            .methods
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(method)
+            .cloned();
+        let counters = known.unwrap_or_else(|| {
+            self.methods
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(method.into())
+                .or_default()
+                .clone()
+        });
+        counters[code]
+            .get_or_init(|| {
+                self.family
+                    .get_or_create(&CallLabels {
+                        method: method.to_string(),
+                        code: GRPC_CODE_NAMES[code].to_string(),
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Open client connections (TCP, TLS or not).
@@ -26,7 +103,7 @@ pub struct Metrics {
     /// Connections closed at accept because `max_connections` were open.
     pub refused_connections: Counter,
     /// Finished calls by full method name and final gRPC code.
-    pub calls: Family<CallLabels, Counter>,
+    pub calls: CallCounters,
     /// Events emitted into rooms.
     pub room_events: Counter,
     /// Room events delivered to members' queues.
@@ -43,7 +120,7 @@ impl Default for Metrics {
         let metrics = Metrics {
             connections: Gauge::default(),
             refused_connections: Counter::default(),
-            calls: Family::default(),
+            calls: CallCounters::default(),
             room_events: Counter::default(),
             room_deliveries: Counter::default(),
             wire_bytes: Counter::default(),
@@ -63,7 +140,7 @@ impl Default for Metrics {
         registry.register(
             "calls",
             "Finished calls by method and gRPC code",
-            metrics.calls.clone(),
+            metrics.calls.family.clone(),
         );
         registry.register(
             "room_events",

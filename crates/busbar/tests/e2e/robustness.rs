@@ -183,6 +183,31 @@ async fn malformed_requests_get_clear_errors_and_the_server_stays_up() {
     // Nothing changed, and the node still answers.
     assert_eq!(admin.ls("/", true).await.unwrap(), before);
     assert!(!admin.status().await.unwrap().version.is_empty());
+
+    // Every call was counted under its method and final code; the unknown
+    // method under the shared label, so callers cannot grow the metrics.
+    let metrics = node.metrics_text();
+    let calls = |method: &str, code: &str| -> u64 {
+        let prefix = format!("busbar_calls_total{{method=\"{method}\",code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |value| value.trim().parse().unwrap())
+    };
+    assert_eq!(calls("<unknown>", "UNIMPLEMENTED"), 1, "{metrics}");
+    assert!(!metrics.contains("Node/Nope"), "{metrics}");
+    // Undecodable bytes and four bad paths.
+    assert_eq!(
+        calls("/busbar.v1.Resources/Get", "INVALID_ARGUMENT"),
+        5,
+        "{metrics}"
+    );
+    assert_eq!(
+        calls("/busbar.v1.Rooms/Emit", "RESOURCE_EXHAUSTED"),
+        1,
+        "{metrics}"
+    );
+    assert!(calls("/busbar.v1.Node/Status", "OK") >= 1, "{metrics}");
 }
 
 #[test]
