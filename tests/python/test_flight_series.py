@@ -112,6 +112,19 @@ def test_bad_writes_are_rejected_whole_naming_the_row(node):
     assert read(client, options, flight.FlightDescriptor.for_path(SERIES)).equals(before)
 
 
+def test_anonymous_callers_list_nothing_and_can_wait_for_the_server(node):
+    client = flight.FlightClient(f"grpc+tls://{node.address}",
+                                 tls_root_certs=node.admin["ca_pem"].encode())
+    client.wait_for_available(timeout=10)  # probes with ListFlights
+    assert list(client.list_flights()) == []
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.get_flight_info(flight.FlightDescriptor.for_path(SERIES))
+    # A bad token is refused, not taken for no credentials.
+    bad = flight.FlightCallOptions(headers=[(b"authorization", b"Bearer not-a-token")])
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        list(client.list_flights(options=bad))
+
+
 def test_list_flights_shows_only_series_the_caller_may_read(node):
     client, options = client_for(node)
     listed = {info.descriptor.path[0].decode(): info.total_records

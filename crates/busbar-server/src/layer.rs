@@ -30,6 +30,11 @@ const PUBLIC_METHODS: &[&str] = &[
 /// Arrow Flight (and Flight SQL) calls, authenticated like busbar methods.
 const FLIGHT_PREFIX: &str = "/arrow.flight.protocol.FlightService/";
 
+/// Without credentials it lists nothing rather than failing: Flight clients
+/// probe a server with it (pyarrow's `wait_for_available`), and an empty
+/// list tells an anonymous caller nothing.
+const LIST_FLIGHTS: &str = "/arrow.flight.protocol.FlightService/ListFlights";
+
 #[derive(Clone)]
 pub struct CallLayer {
     pub auth: Arc<Authenticator>,
@@ -102,13 +107,16 @@ impl CallLayer {
         if !(flight || path.starts_with("/busbar.v1.")) || PUBLIC_METHODS.contains(&path) {
             return Ok(());
         }
-        let token = session_token(request).ok_or_else(|| {
-            Error::unauthenticated(if flight {
+        let Some(token) = session_token(request) else {
+            if path == LIST_FLIGHTS {
+                return Ok(());
+            }
+            return Err(Error::unauthenticated(if flight {
                 "this Flight call needs credentials: Handshake with user:password (HTTP Basic) and send the 'authorization: Bearer <session token>' it returns, or send 'authorization: Bearer <bbt_ API token>'"
             } else {
                 "this call needs credentials: log in (Auth/Login) and send 'authorization: Bearer <session token>'"
-            })
-        })?;
+            }));
+        };
         // Flight clients may send an API token on every call, with no login step.
         let caller = if flight && token.starts_with(crate::auth::TOKEN_PREFIX) {
             let (_, session, _) = self.auth.login_token(token).await?;
