@@ -207,11 +207,23 @@ where
     }
 }
 
-/// How a call ended: its gRPC code, and whether the method does not exist.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How a call ended: its gRPC code, whether the method does not exist, and
+/// a failure's (percent-encoded) message.
+#[derive(Debug)]
 struct Outcome {
     code: usize,
     unknown_method: bool,
+    message: Option<HeaderValue>,
+}
+
+impl Outcome {
+    fn new(code: usize) -> Outcome {
+        Outcome {
+            code,
+            unknown_method: false,
+            message: None,
+        }
+    }
 }
 
 /// Reads the final gRPC status from `headers` (a trailers-only response's
@@ -223,13 +235,26 @@ struct Outcome {
 /// - tonic answers an unknown method with a bare UNIMPLEMENTED; ours says
 ///   which method and carries the stable code like every other failure.
 fn settle(headers: &mut HeaderMap, method: &str) -> Option<Outcome> {
-    let code: usize = headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
-    let settled = Outcome {
-        code,
-        unknown_method: false,
+    let (code, unknown_method) = classify(headers, method)?;
+    // A failure's message goes into the log line that names the call (a
+    // storage failure's line, logged while serving it, has no trace id).
+    let message = if code == 0 {
+        None
+    } else {
+        headers.get(&GRPC_MESSAGE).cloned()
     };
+    Some(Outcome {
+        code,
+        unknown_method,
+        message,
+    })
+}
+
+/// The final code and whether the method is unknown; see [`settle`].
+fn classify(headers: &mut HeaderMap, method: &str) -> Option<(usize, bool)> {
+    let code: usize = headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()?;
     if code == 0 || headers.contains_key(&ERROR_CODE) {
-        return Some(settled);
+        return Some((code, false));
     }
     let message = headers
         .get(&GRPC_MESSAGE)
@@ -255,22 +280,16 @@ fn settle(headers: &mut HeaderMap, method: &str) -> Option<Outcome> {
                 ERROR_CODE.clone(),
                 HeaderValue::from_static(ErrorCode::Unimplemented.as_str_name()),
             );
-            return Some(Outcome {
-                code,
-                unknown_method: true,
-            });
+            return Some((code, true));
         }
-        _ => return Some(settled),
+        _ => return Some((code, false)),
     };
     headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc));
     headers.insert(
         ERROR_CODE.clone(),
         HeaderValue::from_static(error_code.as_str_name()),
     );
-    Some(Outcome {
-        code,
-        unknown_method: false,
-    })
+    Some((code, false))
 }
 
 /// grpc-message encoding: bytes outside printable ASCII, and '%', as %XX.
@@ -284,6 +303,30 @@ fn percent_encode(text: &str) -> String {
         }
     }
     out
+}
+
+/// grpc-message decoding, for the log: %XX back to bytes, read as UTF-8
+/// (lossily: a malformed message is still logged).
+fn percent_decode(encoded: &[u8]) -> String {
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some((&first, tail)) = rest.split_first() {
+        let hex = tail
+            .get(..2)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (first, hex) {
+            (b'%', Some(byte)) => {
+                bytes.push(byte);
+                rest = &tail[2..];
+            }
+            _ => {
+                bytes.push(first);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 struct CallRecorder {
@@ -307,10 +350,16 @@ impl CallRecorder {
         if outcome.code == 0 {
             tracing::debug!(parent: &self.span, code, "call finished");
         } else {
+            let message = outcome
+                .message
+                .as_ref()
+                .map(|m| percent_decode(m.as_bytes()))
+                .unwrap_or_default();
             tracing::info!(
                 method = self.method(),
                 trace_id = self.trace_id.to_str().unwrap_or_default(),
                 code,
+                error = message,
                 "call failed"
             );
         }
@@ -334,10 +383,7 @@ struct MeteredBody {
 impl Drop for MeteredBody {
     fn drop(&mut self) {
         if let Some(recorder) = self.recorder.take() {
-            recorder.record(Outcome {
-                code: 1,
-                unknown_method: false,
-            });
+            recorder.record(Outcome::new(1));
         }
     }
 }
@@ -356,10 +402,7 @@ impl HttpBody for MeteredBody {
             && let Some(recorder) = self.recorder.take()
         {
             // tonic always puts the status in the trailers; none counts as OK.
-            let outcome = settle(trailers, recorder.method()).unwrap_or(Outcome {
-                code: 0,
-                unknown_method: false,
-            });
+            let outcome = settle(trailers, recorder.method()).unwrap_or(Outcome::new(0));
             recorder.record(outcome);
         }
         polled

@@ -115,10 +115,15 @@ async fn deadlines_and_trace_ids() {
     let error = traced.get("/no/such/thing").await.unwrap_err();
     assert_eq!(error.trace_id(), Some("e2e-trace-4242"));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        node.log().contains("e2e-trace-4242"),
-        "the server log names the trace id"
-    );
+    // One line names the call, its trace id, its code and the message sent.
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("e2e-trace-4242"))
+        .unwrap_or_else(|| panic!("the server log names the trace id:\n{log}"));
+    for part in ["/busbar.v1.Resources/Get", "NOT_FOUND", error.message()] {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
     assert_error(
         admin.with_trace_id("has space"),
         ErrorCode::InvalidArgument,
