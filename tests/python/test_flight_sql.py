@@ -154,7 +154,9 @@ def test_pyarrow_flight_handshake_and_plain_flight_fallback(node):
     assert list(client.list_flights(options=options)) == []
     with pytest.raises(pa.ArrowException, match="does not exist|no resource"):
         client.get_flight_info(flight.FlightDescriptor.for_path("/home/admin/series"), options)
+    # Without credentials ListFlights lists nothing; other calls are refused.
+    assert list(client.list_flights()) == []
     with pytest.raises(flight.FlightUnauthenticatedError):
-        list(client.list_flights())
+        client.get_flight_info(flight.FlightDescriptor.for_path("/home/admin/series"))
     with pytest.raises(flight.FlightUnauthenticatedError):
         client.authenticate_basic_token(cred["user"], "wrong")
