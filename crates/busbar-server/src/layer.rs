@@ -163,9 +163,11 @@ where
         let method = path.as_ref().map_or("", PathAndQuery::path);
         let trace_id = trace_header.to_str().expect("checked visible ASCII");
         // A debug span: at the default level (info) it is disabled and costs
-        // nothing per call; the lines logged at info and above name the
-        // method and trace id themselves. (The fmt subscriber formats an
-        // enabled span's fields into a new String as the span is made.)
+        // nothing per call (the fmt subscriber formats an enabled span's
+        // fields into a new String as the span is made). At info, each failed
+        // call gets one line of its own with the method, trace id, code and
+        // message, so lines a handler logs without the span (a storage
+        // failure) still meet their trace id there.
         let span = tracing::debug_span!("call", method = %method, trace_id = %trace_id);
         Box::pin(
             async move {
