@@ -42,7 +42,7 @@ pub const GRPC_CODE_NAMES: [&str; 17] = [
 ];
 
 /// The gRPC code number that stands for codes outside the known range.
-pub const GRPC_UNKNOWN: usize = 2;
+const GRPC_UNKNOWN: usize = 2;
 
 /// One method's call counters, one per gRPC code, made on first use.
 type MethodCounters = [OnceLock<Counter>; GRPC_CODE_NAMES.len()];
@@ -57,7 +57,7 @@ pub struct CallCounters {
     family: Family<CallLabels, Counter>,
     /// Grows by one entry per method that was ever called: the caller passes
     /// a shared name for methods that do not exist.
-    methods: RwLock<HashMap<Box<str>, Arc<MethodCounters>, foldhash::fast::RandomState>>,
+    methods: RwLock<HashMap<Box<str>, MethodCounters, foldhash::fast::RandomState>>,
 }
 
 impl CallCounters {
@@ -69,30 +69,29 @@ impl CallCounters {
         } else {
             GRPC_UNKNOWN
         };
-        let known = self
+        let count = |counters: &MethodCounters| {
+            counters[code]
+                .get_or_init(|| {
+                    self.family
+                        .get_or_create(&CallLabels {
+                            method: method.to_string(),
+                            code: GRPC_CODE_NAMES[code].to_string(),
+                        })
+                        .clone()
+                })
+                .inc()
+        };
+        if let Some(counters) = self
             .methods
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(method)
-            .cloned();
-        let counters = known.unwrap_or_else(|| {
-            self.methods
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(method.into())
-                .or_default()
-                .clone()
-        });
-        counters[code]
-            .get_or_init(|| {
-                self.family
-                    .get_or_create(&CallLabels {
-                        method: method.to_string(),
-                        code: GRPC_CODE_NAMES[code].to_string(),
-                    })
-                    .clone()
-            })
-            .inc();
+        {
+            count(counters);
+            return;
+        }
+        let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
+        count(methods.entry(method.into()).or_default());
     }
 }
 
