@@ -21,10 +21,27 @@ const INVALIDATE_SUBJECT: &str = "_busbar.access.invalidate";
 /// Entries per cache before it is cleared wholesale.
 const MAX_CACHED: usize = 65_536;
 
-/// What the node knows about a caller beyond its session. Cheap to clone: it
-/// is attached to every authenticated request.
+/// What the node knows about a caller beyond its session. One reference
+/// count to clone: the call layer attaches a clone to every authenticated
+/// request, from a cache shared by all workers.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct Caller(Arc<CallerInfo>);
+
+impl Caller {
+    pub fn new(info: CallerInfo) -> Caller {
+        Caller(Arc::new(info))
+    }
+}
+
+impl std::ops::Deref for Caller {
+    type Target = CallerInfo;
+    fn deref(&self) -> &CallerInfo {
+        &self.0
+    }
+}
+
+#[derive(Debug)]
+pub struct CallerInfo {
     pub identity_id: Arc<str>,
     pub name: Arc<str>,
     pub groups: Arc<[String]>,
@@ -187,13 +204,13 @@ impl AccessControl {
             }
         }
         let groups = self.store.groups_of(&identity.name).await?;
-        let caller = Caller {
+        let caller = Caller::new(CallerInfo {
             identity_id: identity.id.into(),
             name: identity.name.into(),
             groups: groups.into(),
             token_id: principal.token_id.as_deref().map(Arc::from),
             token_expires_ms,
-        };
+        });
         self.remember(generation, |c| {
             c.callers.insert(key, caller.clone());
         });

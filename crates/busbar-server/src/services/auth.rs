@@ -1,7 +1,7 @@
 //! `busbar.v1.Auth`: login, sessions, identities, API tokens, groups.
 
 use super::{Reply, reply};
-use crate::access::Caller;
+use crate::access::{Caller, CallerInfo};
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths::validate_identity_name;
@@ -19,13 +19,13 @@ pub struct AuthService {
 impl AuthService {
     async fn identity_pb(&self, record: IdentityRecord) -> Result<pb::Identity> {
         let groups = self.node.store.groups_of(&record.name).await?;
-        let as_caller = Caller {
+        let as_caller = Caller::new(CallerInfo {
             identity_id: record.id.clone().into(),
             name: record.name.clone().into(),
             groups: groups.clone().into(),
             token_id: None,
             token_expires_ms: 0,
-        };
+        });
         let admin = self.node.access.is_root_admin(&as_caller).await?;
         Ok(pb::Identity {
             id: record.id,
