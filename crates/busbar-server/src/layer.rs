@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode, utf8_percent_encode};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -173,16 +174,8 @@ where
             async move {
                 let mut response = match layer.authenticate(&mut request).await {
                     Ok(()) => inner.call(request).await?,
-                    Err(error) => {
-                        tracing::info!(
-                            method = path.as_ref().map_or("", PathAndQuery::path),
-                            trace_id = trace_header.to_str().unwrap_or_default(),
-                            code = ?error.code,
-                            "rejected: {}",
-                            error.message
-                        );
-                        tonic::Status::from(error).into_http()
-                    }
+                    // Logged below with the other failures, on one line.
+                    Err(error) => tonic::Status::from(error).into_http(),
                 };
                 let headers = response.headers_mut();
                 headers.insert(TRACE_ID.clone(), trace_header.clone());
@@ -275,7 +268,8 @@ fn classify(headers: &mut HeaderMap, method: &str) -> Option<(usize, bool)> {
             let message = format!(
                 "unknown method {method}; list the methods with gRPC reflection (busbar call)"
             );
-            if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+            let encoded = utf8_percent_encode(&message, GRPC_MESSAGE_ENCODED).to_string();
+            if let Ok(value) = HeaderValue::from_str(&encoded) {
                 headers.insert(GRPC_MESSAGE.clone(), value);
             }
             headers.insert(
@@ -294,42 +288,9 @@ fn classify(headers: &mut HeaderMap, method: &str) -> Option<(usize, bool)> {
     Some((code, false))
 }
 
-/// grpc-message encoding: bytes outside printable ASCII, and '%', as %XX.
-fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-/// grpc-message decoding, for the log: %XX back to bytes, read as UTF-8
-/// (lossily: a malformed message is still logged).
-fn percent_decode(encoded: &[u8]) -> String {
-    let mut bytes = Vec::with_capacity(encoded.len());
-    let mut rest = encoded;
-    while let Some((&first, tail)) = rest.split_first() {
-        let hex = tail
-            .get(..2)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (first, hex) {
-            (b'%', Some(byte)) => {
-                bytes.push(byte);
-                rest = &tail[2..];
-            }
-            _ => {
-                bytes.push(first);
-                rest = tail;
-            }
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
+/// What grpc-message percent-encodes, as the gRPC spec says: bytes outside
+/// printable ASCII (the crate always encodes non-ASCII), and '%'.
+const GRPC_MESSAGE_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
 
 struct CallRecorder {
     layer: Arc<CallLayer>,
@@ -355,7 +316,11 @@ impl CallRecorder {
             let message = outcome
                 .message
                 .as_ref()
-                .map(|m| percent_decode(m.as_bytes()))
+                .map(|m| {
+                    percent_decode(m.as_bytes())
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
                 .unwrap_or_default();
             tracing::info!(
                 method = self.method(),
