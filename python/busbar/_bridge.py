@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+import weakref
+from typing import Any, Optional
+
+from . import _core
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 _MS = _dt.timedelta(milliseconds=1)
@@ -17,6 +20,30 @@ def resolve(future: Any, error: BaseException | None, value: Any) -> None:
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+_doorbells: "weakref.WeakKeyDictionary[Any, Optional[_core.Doorbell]]" = weakref.WeakKeyDictionary()
+
+
+def doorbell(loop: Any) -> Optional[_core.Doorbell]:
+    """The loop's doorbell (made on first use): awaited work finished on
+    Busbar's runtime is queued there and wakes the loop through a pipe the
+    loop watches. None for a loop that cannot watch a pipe (such as Windows'
+    proactor loop); results then come through ``call_soon_threadsafe``."""
+    try:
+        return _doorbells[loop]
+    except KeyError:
+        pass
+    except TypeError:  # a loop without weak references: not cached
+        return None
+    bell = _core.Doorbell()
+    try:
+        loop.add_reader(bell.fileno(), bell.drain)
+    except NotImplementedError:
+        _doorbells[loop] = None
+        return None
+    _doorbells[loop] = bell
+    return bell
 
 
 def epoch_ms(moment: _dt.datetime) -> int:

@@ -21,6 +21,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<streams::CoreSubscription>()?;
     module.add_class::<streams::CorePublisher>()?;
     module.add_class::<streams::CoreMembership>()?;
+    module.add_class::<bridge::Doorbell>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -618,6 +618,38 @@ async def test_cancelled_await_is_clean(busbar_node):
     conn.close()
 
 
+class _NoReadersLoop(asyncio.SelectorEventLoop):
+    """A loop that cannot watch descriptors, as Windows' proactor loop."""
+
+    def add_reader(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("loop_class", [asyncio.SelectorEventLoop, _NoReadersLoop])
+def test_awaited_results_reach_each_loop(busbar_node, loop_class):
+    # Finished work reaches a loop through its doorbell (a pipe the loop
+    # watches) or, where the loop cannot watch one, call_soon_threadsafe.
+    # Values and errors, many at once, on successive loops.
+    config = busbar_node.data_dir / "admin.json"
+
+    async def burst():
+        conn = await busbar.aio.Connection.from_config(config)
+        statuses = await asyncio.gather(*(conn.status() for _ in range(200)))
+        assert len({s["node_id"] for s in statuses}) == 1
+        failures = await asyncio.gather(
+            *(conn.call("busbar.v1.Resources/Get", {"path": "/no/such"}) for _ in range(20)),
+            return_exceptions=True)
+        assert all(isinstance(f, errors.NotFound) for f in failures), failures
+        conn.close()
+
+    for _ in range(2):
+        loop = loop_class()
+        try:
+            loop.run_until_complete(burst())
+        finally:
+            loop.close()
+
+
 def test_aio_outside_a_running_loop_is_a_typed_error(busbar_node):
     with pytest.raises(errors.FailedPrecondition):
         busbar.aio.Connection.from_config(busbar_node.data_dir / "admin.json").send(None)
