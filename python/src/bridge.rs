@@ -81,6 +81,44 @@ where
     T: ToPython + Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
+    finish_from(py, face, work, Start::OnRuntime)
+}
+
+/// `finish` for reading a stream's next item, which is often buffered
+/// already: the asyncio face then returns it without handing the read to a
+/// runtime thread and back (the blocking face always looks first).
+pub(crate) fn finish_read<'py, T, F>(
+    py: Python<'py>,
+    face: Face,
+    work: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: ToPython + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    finish_from(py, face, work, Start::HereFirst)
+}
+
+/// Where awaited work is first polled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// On a runtime thread: the work may do more than look at a buffer
+    /// before its first await, which must not hold up the event loop.
+    OnRuntime,
+    /// Once on the awaiting thread, then on a runtime thread if not ready.
+    HereFirst,
+}
+
+fn finish_from<'py, T, F>(
+    py: Python<'py>,
+    face: Face,
+    work: F,
+    start: Start,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: ToPython + Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
     match face {
         Face::Blocking => {
             let outcome = py.detach(|| {
@@ -103,7 +141,11 @@ where
                 let value = work.await?;
                 Ok(Box::new(move |py: Python<'_>| value.to_python(py)) as Convert)
             });
-            Ok(Bound::new(py, Pending(Mutex::new(Some(work))))?.into_any())
+            let pending = Pending {
+                work: Mutex::new(Some(work)),
+                start,
+            };
+            Ok(Bound::new(py, pending)?.into_any())
         }
     }
 }
@@ -145,12 +187,15 @@ type PendingWork = std::pin::Pin<Box<dyn Future<Output = Result<Convert, Error>>
 /// until it is awaited (in a running event loop); then the work runs on
 /// Busbar's runtime and cancelling the await cancels it.
 #[pyclass(module = "busbar._core")]
-struct Pending(Mutex<Option<PendingWork>>);
+struct Pending {
+    work: Mutex<Option<PendingWork>>,
+    start: Start,
+}
 
 #[pymethods]
 impl Pending {
     fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let work = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let work = self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
         let work = work.ok_or_else(|| {
             to_pyerr(
                 py,
@@ -160,11 +205,15 @@ impl Pending {
                 ),
             )
         })?;
-        spawn_for_asyncio(py, work)?.call_method0("__await__")
+        spawn_for_asyncio(py, work, self.start)?.call_method0("__await__")
     }
 }
 
-fn spawn_for_asyncio<'py>(py: Python<'py>, work: PendingWork) -> PyResult<Bound<'py, PyAny>> {
+fn spawn_for_asyncio<'py>(
+    py: Python<'py>,
+    mut work: PendingWork,
+    start: Start,
+) -> PyResult<Bound<'py, PyAny>> {
     let event_loop = py
         .import("asyncio")?
         .call_method0("get_running_loop")
@@ -179,6 +228,20 @@ fn spawn_for_asyncio<'py>(py: Python<'py>, work: PendingWork) -> PyResult<Bound<
         })?;
     let future = event_loop.call_method0("create_future")?;
     let bridge = py.import("busbar._bridge")?;
+    if start == Start::HereFirst {
+        // Polled with a waker that does nothing: if the work is not ready, the
+        // runtime task below polls it again, with its own waker, at once.
+        let first = {
+            let _runtime = runtime().enter();
+            work.as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        };
+        if let std::task::Poll::Ready(outcome) = first {
+            let (error, value) = settle(py, outcome);
+            bridge.getattr("resolve")?.call1((&future, error, value))?;
+            return Ok(future);
+        }
+    }
     let doorbell = bridge.call_method1("doorbell", (&event_loop,))?;
     let future_handle = future.clone().unbind();
     let task = match doorbell.cast::<Doorbell>() {

@@ -4,7 +4,7 @@
 //! dispatchers of it; whatever arrives before Python reads waits in the
 //! Rust client's bounded buffers (and then slows the sender), never dropped.
 
-use crate::bridge::{Face, finish, runtime};
+use crate::bridge::{Face, finish, finish_read, runtime};
 use crate::convert::{ToPython, invalid, py_to_bytes, py_to_json, py_to_json_list};
 use busbar_client::{
     BoxStream, CallSender, Client, DynamicCall, Error, ErrorCode, PublishSummary, RoomEventKind,
@@ -147,7 +147,7 @@ impl CoreCall {
     /// The next response (a dict) or None when the call ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let responses = self.responses.clone();
-        finish(py, self.face, async move { responses.next().await })
+        finish_read(py, self.face, async move { responses.next().await })
     }
 
     /// Sends one more request message.
@@ -194,7 +194,7 @@ impl CoreSubscription {
     /// The next chunk (bytes) or None when the subscription ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let chunks = self.chunks.clone();
-        finish(py, self.face, async move { chunks.next().await })
+        finish_read(py, self.face, async move { chunks.next().await })
     }
 
     /// Ends the subscription; reads return None.
@@ -374,7 +374,7 @@ impl CoreMembership {
     /// The next event as (kind, event, args, sender), or None at the end.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let events = self.events.clone();
-        finish(py, self.face, async move { events.next().await })
+        finish_read(py, self.face, async move { events.next().await })
     }
 
     #[pyo3(signature = (event, args, peers_only, timeout=None))]
