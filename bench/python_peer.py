@@ -3,7 +3,8 @@
 
     python_peer.py --address https://127.0.0.1:PORT --ca CA.pem [--server-name N]
                    --descriptors busbar_descriptor.bin --series PATH
-                   --calls N --points P --turns T  (API token in env BUSBAR_BENCH_TOKEN)
+                   --calls N --points P --chunks C --turns T
+                   (API token in env BUSBAR_BENCH_TOKEN)
 
 Against one Busbar node, with three clients of the same RPCs:
 
@@ -23,19 +24,28 @@ Against one Busbar node, with three clients of the same RPCs:
    Arrow IPC stream in a protobuf ``bytes`` field: the pieces are joined and
    read with ``pyarrow.ipc.open_stream`` (the pattern of today's time-series
    SDKs); Busbar's ``conn.timeseries.read`` returns the table.
+3. Stream into Python: each client subscribes to a fresh wire (Busbar's
+   ``wire.subscribe()``, grpcio's ``busbar.v1.Wires/Subscribe``) while a
+   publisher in another process (Busbar's sync face) sends 64 B chunks into
+   it as fast as it can; the rate is C chunks over the time from the first
+   chunk received to the C-th after it, best of T turns, the clients taking
+   turns.
 
 Prints one JSON object: {"versions", "unary": {client: {p50_us, p99_us,
-calls}}, "read": {client: {best_s, points, cpu_s, server_cpu_s}}, "skipped": {client:
-reason}}. A client whose package is missing is skipped (with the reason), the
-others still run.
+calls}}, "read": {client: {best_s, points, cpu_s, server_cpu_s}}, "stream":
+{client: {best_s, chunks}}, "skipped": {client: reason}}. A client whose
+package is missing is skipped (with the reason), the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
+import queue
 import sys
 import time
 
@@ -118,6 +128,13 @@ class Grpcio:
             request_serializer=self.read_request.SerializeToString,
             response_deserializer=read_response.FromString,
         )
+        self.subscribe_request = cls("busbar.v1.SubscribeRequest")
+        self.wire_chunk = cls("busbar.v1.WireChunk")
+        self.subscribe = self.channel.unary_stream(
+            "/busbar.v1.Wires/Subscribe",
+            request_serializer=self.subscribe_request.SerializeToString,
+            response_deserializer=self.wire_chunk.FromString,
+        )
 
     def call_status(self):
         return self.status(self.status_request(), metadata=self.metadata, timeout=30)
@@ -128,15 +145,82 @@ class Grpcio:
             if r.WhichOneof("part") == "arrow_ipc"]
         return pa.ipc.open_stream(pa.py_buffer(b"".join(pieces))).read_all()
 
+    def subscribe_wire(self, path: str):
+        return self.subscribe(self.subscribe_request(path=path), metadata=self.metadata,
+                              timeout=300)
+
     def aio_channel(self):
-        """A grpc.aio channel (inside a running loop) and its Status callable."""
+        """A grpc.aio channel (inside a running loop), its Status callable and
+        a function subscribing to a wire."""
         channel = self.grpc.aio.secure_channel(self.target, self.creds, options=self.options)
         status = channel.unary_unary(
             "/busbar.v1.Node/Status",
             request_serializer=self.status_request.SerializeToString,
             response_deserializer=self.node_status.FromString,
         )
-        return channel, status
+        subscribe = channel.unary_stream(
+            "/busbar.v1.Wires/Subscribe",
+            request_serializer=self.subscribe_request.SerializeToString,
+            response_deserializer=self.wire_chunk.FromString,
+        )
+
+        def subscribe_wire(path: str):
+            return subscribe(self.subscribe_request(path=path), metadata=self.metadata,
+                             timeout=300)
+
+        return channel, status, subscribe_wire
+
+
+CHUNK = b"x" * 64
+
+
+def publisher(target: dict, orders, stop, done) -> None:
+    """Runs in its own process: for each wire path taken from ``orders``,
+    publishes 64 B chunks until ``stop`` is set (at most two minutes), then
+    puts the number of chunks on ``done``. ``None`` ends it."""
+    import busbar
+
+    with busbar.Connection.with_tls(**target) as conn:
+        while True:
+            path = orders.get()
+            if path is None:
+                return
+            sent = 0
+            deadline = time.monotonic() + 120
+
+            def chunks():
+                nonlocal sent
+                while not stop.is_set() and time.monotonic() < deadline:
+                    for _ in range(256):
+                        yield CHUNK
+                    sent += 256
+
+            conn.wire(path).publish(chunks())
+            done.put(sent)
+
+
+def chunk_bytes(item) -> int:
+    """Length of a received chunk: bytes (Busbar) or a WireChunk (grpcio)."""
+    return len(item) if isinstance(item, (bytes, bytearray, memoryview)) else len(item.data)
+
+
+def time_chunks(chunks, count: int) -> float:
+    """Seconds from the first chunk to ``count`` chunks' worth of bytes after it."""
+    it = iter(chunks)
+    next(it)
+    started, wanted = time.perf_counter(), count * len(CHUNK)
+    while wanted > 0:
+        wanted -= chunk_bytes(next(it))
+    return time.perf_counter() - started
+
+
+async def time_chunks_async(chunks, count: int) -> float:
+    it = chunks.__aiter__()
+    await it.__anext__()
+    started, wanted = time.perf_counter(), count * len(CHUNK)
+    while wanted > 0:
+        wanted -= chunk_bytes(await it.__anext__())
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -148,6 +232,7 @@ def main() -> None:
     parser.add_argument("--series", required=True)
     parser.add_argument("--calls", type=int, required=True)
     parser.add_argument("--points", type=int, required=True)
+    parser.add_argument("--chunks", type=int, required=True)
     parser.add_argument("--turns", type=int, required=True)
     parser.add_argument("--server-pid", type=int, help="the node's pid, for its CPU time per read")
     args = parser.parse_args()
@@ -159,6 +244,7 @@ def main() -> None:
     skipped: dict[str, str] = {}
     latencies: dict[str, list] = {}
     reads: dict[str, dict] = {}
+    streams: dict[str, dict] = {}
 
     try:
         import busbar
@@ -236,15 +322,71 @@ def main() -> None:
         if grpcio is not None:
             record_read("grpcio", *timed_read(lambda: grpcio.read(args.series)))
 
+    # Streams: a publisher in its own process feeds a fresh wire per client
+    # and turn (it needs Busbar: without it there are no stream figures).
+    folder = args.series.rsplit("/", 1)[0]
+    feeder = None
+    if conn is not None:
+        spawn = multiprocessing.get_context("spawn")
+        orders, stop, done = spawn.Queue(), spawn.Event(), spawn.Queue()
+        target = dict(address=args.address, ca=ca_pem, server_name=args.server_name,
+                      token=token, timeout=600)
+        feeder = spawn.Process(target=publisher, args=(target, orders, stop, done), daemon=True)
+        feeder.start()
+
+    @contextlib.contextmanager
+    def fed_wire(name: str):
+        """A fresh wire for ``name`` and ``feed()``, which has the publisher
+        send into it until the block ends."""
+        path = f"{folder}/wire-{name.replace('.', '-')}"
+        conn.create(path, "wire")
+        fed = False
+
+        def feed() -> None:
+            nonlocal fed
+            stop.clear()
+            orders.put(path)
+            fed = True
+
+        try:
+            yield path, feed
+        finally:
+            if fed:
+                stop.set()
+                try:
+                    done.get(timeout=150)
+                except queue.Empty:
+                    raise SystemExit("the wire publisher did not stop")
+            conn.rm(path)
+
+    def record_stream(name: str, seconds: float) -> None:
+        best = streams.setdefault(name, {"best_s": float("inf"), "chunks": args.chunks})
+        best["best_s"] = min(best["best_s"], seconds)
+
+    def sync_stream(name: str, subscribe, cancel) -> None:
+        with fed_wire(name) as (path, feed):
+            chunks = subscribe(path)
+            feed()
+            try:
+                record_stream(name, time_chunks(chunks, args.chunks))
+            finally:
+                cancel(chunks)
+
+    if feeder is not None:
+        for _ in range(args.turns):
+            sync_stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
+            if grpcio is not None:
+                sync_stream("grpcio", grpcio.subscribe_wire, lambda s: s.cancel())
+
     # Asyncio faces: busbar.aio and grpc.aio, in one event loop.
     async def asyncio_faces() -> None:
         aconn = None
         if busbar is not None:
             aconn = await busbar.aio.Connection.with_tls(
                 args.address, ca=ca_pem, server_name=args.server_name, token=token, timeout=600)
-        channel = astatus = None
+        channel = astatus = asubscribe = None
         if grpcio is not None:
-            channel, astatus = grpcio.aio_channel()
+            channel, astatus, asubscribe = grpcio.aio_channel()
 
         async def calls(call, n: int) -> list:
             out = []
@@ -271,11 +413,36 @@ def main() -> None:
                 started = clocks()
                 table = await aconn.timeseries.read(args.series)
                 record_read("busbar.aio", table, *since(started))
+
+        async def async_stream(name: str, subscribe, cancel) -> None:
+            with fed_wire(name) as (path, feed):
+                chunks = await subscribe(path)
+                feed()
+                try:
+                    record_stream(name, await time_chunks_async(chunks, args.chunks))
+                finally:
+                    cancel(chunks)
+
+        async def busbar_subscribe(path: str):
+            return await aconn.wire(path).subscribe()
+
+        async def grpc_subscribe(path: str):
+            return asubscribe(path)
+
+        if feeder is not None:
+            for _ in range(args.turns):
+                await async_stream("busbar.aio", busbar_subscribe, lambda s: s.close())
+                if asubscribe is not None:
+                    await async_stream("grpcio.aio", grpc_subscribe, lambda s: s.cancel())
+        if aconn is not None:
             aconn.close()
         if channel is not None:
             await channel.close()
 
     asyncio.run(asyncio_faces())
+    if feeder is not None:
+        orders.put(None)
+        feeder.join(timeout=30)
     if conn is not None:
         conn.rm(args.series)
         conn.close()
@@ -284,6 +451,7 @@ def main() -> None:
         "versions": versions,
         "unary": {name: summary(values) for name, values in latencies.items()},
         "read": reads,
+        "stream": streams,
         "skipped": skipped,
     }), flush=True)
 

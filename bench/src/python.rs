@@ -9,7 +9,10 @@
 //!   `conn.timeseries.read` against grpcio reading `busbar.v1.TimeSeries/Read`
 //!   (Arrow IPC pieces in a protobuf `bytes` field, joined and opened with
 //!   `pyarrow.ipc.open_stream`): same server, same data, only the client
-//!   differs.
+//!   differs;
+//! * a stream of 64 B chunks into Python: each client subscribed to a fresh
+//!   wire (Busbar's `wire.subscribe()`, grpcio's `busbar.v1.Wires/Subscribe`)
+//!   that a publisher in another process feeds as fast as it can.
 //!
 //! The script writes the series once (from Python) before any timing.
 
@@ -31,6 +34,7 @@ fn descriptors() -> PathBuf {
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let calls: usize = ctx.pick(600, 6_000);
     let n: usize = ctx.pick(100_000, 1_000_000);
+    let chunks: usize = ctx.pick(5_000, 20_000);
     let turns: usize = ctx.pick(2, 3);
     let timeout = ctx.pick(Duration::from_secs(60), Duration::from_secs(300));
     let label = crate::report::count_label(n);
@@ -56,6 +60,8 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         calls.to_string(),
         "--points".into(),
         n.to_string(),
+        "--chunks".into(),
+        chunks.to_string(),
         "--turns".into(),
         turns.to_string(),
     ];
@@ -81,7 +87,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         samples.percentile_us(99.0)
     );
     drop(rust);
-    eprintln!("bench: python, {calls} Status calls and {turns} reads of {n} points per client");
+    eprintln!(
+        "bench: python, {calls} Status calls, {turns} reads of {n} points and {turns} streams of {chunks} chunks per client"
+    );
     let out = procs::run_script_json(
         &python,
         &script(),
@@ -99,6 +107,9 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         "Busbar sync: conn.status() (returns a dict); Busbar asyncio: await conn.status(); grpcio / grpc.aio: the same RPC, classes from busbar_descriptor.bin via google.protobuf message_factory, session token from Auth/Login as Bearer metadata".to_string(),
         format!(
             "read: {n} points of one MIN1 series (written once before timing), best of {turns}; Busbar conn.timeseries.read(path) returns the pyarrow.Table; grpcio reads TimeSeries/Read and joins the arrow_ipc bytes fields into pyarrow.ipc.open_stream(...).read_all()"
+        ),
+        format!(
+            "stream: {chunks} chunks of 64 B from the first one received, best of {turns}; each client subscribes to a fresh wire that a Busbar publisher in another Python process feeds as fast as it can; Busbar iterates bytes, grpcio WireChunk messages from Wires/Subscribe"
         ),
     ];
     notes.push(rust_note);
@@ -125,10 +136,13 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     let unary = &out["unary"];
     let latency = |client: &str, key: &str| unary[client][key].as_f64();
-    let rate = |client: &str| {
-        let best = read[client]["best_s"].as_f64()?;
-        Some(read[client]["points"].as_f64()? / best)
+    // Items per second in a client's best turn, from "read" or "stream".
+    let per_second = |section: &str, client: &str, count: &str| {
+        let figures = &out[section][client];
+        Some(figures[count].as_f64()? / figures["best_s"].as_f64()?)
     };
+    let rate = |client: &str| per_second("read", client, "points");
+    let chunk_rate = |client: &str| per_second("stream", client, "chunks");
     let with_notes = |row: Row| notes.iter().fold(row, |row, note| row.note(note.clone()));
 
     let mut rows = Vec::new();
@@ -152,6 +166,23 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
                 Row::new(read_name(face), "points/s", Better::Higher, value)
                     .peer("grpcio", rate("grpcio"))
                     .target(Target::ratio_at_least("grpcio", 5.0)),
+            ));
+        }
+    }
+    // No target in the issue: how fast a stream's messages reach Python code.
+    for (face, busbar, peer) in [
+        ("sync", "busbar", "grpcio"),
+        ("asyncio", "busbar.aio", "grpcio.aio"),
+    ] {
+        if let Some(value) = chunk_rate(busbar) {
+            rows.push(with_notes(
+                Row::new(
+                    format!("python wire stream 64 B chunks, {face}"),
+                    "chunks/s",
+                    Better::Higher,
+                    value,
+                )
+                .peer(peer, chunk_rate(peer)),
             ));
         }
     }

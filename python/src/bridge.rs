@@ -175,6 +175,9 @@ where
         }
     };
     tokio::select! {
+        // The work first: when it is ready at once (a buffered stream item),
+        // the signal timer is never registered.
+        biased;
         outcome = work => outcome.map_err(Interrupted::Failed),
         error = signals => Err(Interrupted::Signal(error)),
     }
