@@ -122,6 +122,12 @@ impl AccessControl {
         *self.caches_mut() = Caches::default();
     }
 
+    /// Changes whenever the caches are cleared: a check made while it was
+    /// `g` still holds while it is `g` (as a cache hit would).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Call after any change to identities, tokens, groups, grants or the tree.
     pub async fn invalidate(&self) {
         self.clear_local();

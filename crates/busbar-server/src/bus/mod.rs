@@ -60,6 +60,12 @@ impl Subscription {
             },
         }
     }
+
+    /// A message already queued, without waiting; `None` when there is none
+    /// (or the subscription ended: `next` says how).
+    pub fn try_next(&mut self) -> Option<BusMessage> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 /// Options of one subscription.

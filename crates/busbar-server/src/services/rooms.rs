@@ -5,7 +5,7 @@
 use super::resources::subject;
 use super::{Reply, reply};
 use crate::access::Caller;
-use crate::bus::{Ended, Overflow, SubscribeOptions, Subscription};
+use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
 use crate::node::{LocalMember, Node, caller, stopped};
 use crate::paths;
@@ -52,6 +52,8 @@ struct Member {
     subscription: Subscription,
     leave: Arc<Notify>,
     done: bool,
+    /// Events taken in a row from the queue alone (see [`MEMBER_BURST`]).
+    burst: u8,
 }
 
 impl Drop for Member {
@@ -59,6 +61,10 @@ impl Drop for Member {
         self.node.members().remove(&self.member_id);
     }
 }
+
+/// Events a member takes from its queue in a row without also looking at
+/// leave and stop: those wait at most this many events.
+const MEMBER_BURST: u8 = 32;
 
 impl Member {
     async fn next(&mut self) -> Option<Result<Bytes, Status>> {
@@ -68,23 +74,20 @@ impl Member {
         if self.done {
             return None;
         }
+        // Events already queued go out without arming the leave and stop
+        // waits, which cost more than taking the event.
+        if self.burst < MEMBER_BURST
+            && let Some(message) = self.subscription.try_next()
+        {
+            self.burst += 1;
+            return Some(self.deliver(Ok(message)));
+        }
+        self.burst = 0;
         let lifecycle = self.node.lifecycle();
         tokio::select! {
-            received = self.subscription.next() => match received {
-                Ok(Some(message)) => {
-                    self.done = message.last;
-                    self.node.metrics.room_deliveries.inc();
-                    Some(Ok(message.payload))
-                }
-                Ok(None) => None,
-                Err(Ended::SlowConsumer) => {
-                    self.done = true;
-                    Some(Err(Error::slow_consumer(format!(
-                        "member {} fell more than {} events behind and was removed from the room; read faster or join again",
-                        self.member_id, self.node.config.room_queue
-                    )).into()))
-                }
-            },
+            received = self.subscription.next() => {
+                received.transpose().map(|received| self.deliver(received))
+            }
             _ = self.leave.notified() => {
                 self.done = true;
                 let left = pb::RoomEvent { kind: Kind::Left as i32, member_id: self.member_id.clone(), ..Default::default() };
@@ -93,6 +96,25 @@ impl Member {
             error = stopped(lifecycle) => {
                 self.done = true;
                 Some(Err(error.into()))
+            }
+        }
+    }
+
+    /// What the member's stream sends for what its queue gave.
+    fn deliver(&mut self, received: Result<BusMessage, Ended>) -> Result<Bytes, Status> {
+        match received {
+            Ok(message) => {
+                self.done = message.last;
+                self.node.metrics.room_deliveries.inc();
+                Ok(message.payload)
+            }
+            Err(Ended::SlowConsumer) => {
+                self.done = true;
+                Err(Error::slow_consumer(format!(
+                    "member {} fell more than {} events behind and was removed from the room; read faster or join again",
+                    self.member_id, self.node.config.room_queue
+                ))
+                .into())
             }
         }
     }
@@ -144,6 +166,7 @@ impl RoomsService {
             subscription,
             leave,
             done: false,
+            burst: 0,
         };
         Ok(Box::pin(futures::stream::unfold(
             member,
@@ -152,50 +175,98 @@ impl RoomsService {
     }
 }
 
+/// The room an emitter sent to last, as checked: an emit stream keeps
+/// sending to the same room, so the path, the right and the parts of the
+/// event that do not change are worked out once, not per event. Used while
+/// the path is the same and access has not changed since the check.
+struct EmitTarget {
+    raw_path: String,
+    access_generation: u64,
+    subject: String,
+    /// `kind`, `room`, `path` and `sender` of each event, encoded: an event is
+    /// this followed by its own fields (protobuf merges concatenated encodings).
+    prefix: Vec<u8>,
+}
+
+fn check_emit_fields(r: &pb::EmitRequest) -> Result<()> {
+    if r.event.is_empty()
+        || r.event.len() > MAX_EVENT_NAME_BYTES
+        || r.event.chars().any(char::is_control)
+    {
+        return Err(Error::invalid_argument(format!(
+            "bad event name {:?}: use 1 to {MAX_EVENT_NAME_BYTES} bytes without control characters",
+            r.event
+        )));
+    }
+    if r.peers_only && r.member_id.is_empty() {
+        return Err(Error::invalid_argument(
+            "peers_only needs member_id: pass the member id from your JOINED event",
+        ));
+    }
+    Ok(())
+}
+
 impl RoomsService {
-    /// Checks and publishes one emit; returns how many member queues it reached.
-    async fn publish_emit(&self, caller: &Caller, r: pb::EmitRequest) -> Result<usize, Status> {
-        let path = paths::normalize(&r.path)?;
-        if r.event.is_empty()
-            || r.event.len() > MAX_EVENT_NAME_BYTES
-            || r.event.chars().any(char::is_control)
-        {
-            return Err(Error::invalid_argument(format!(
-                "bad event name {:?}: use 1 to {MAX_EVENT_NAME_BYTES} bytes without control characters",
-                r.event
-            ))
-            .into());
-        }
-        if r.peers_only && r.member_id.is_empty() {
-            return Err(Error::invalid_argument(
-                "peers_only needs member_id: pass the member id from your JOINED event",
-            )
-            .into());
-        }
-        let room = check_room(
-            self.node
-                .access
-                .require_resource(caller, &path, Right::Write)
-                .await?,
-        )?;
-        let event = pb::RoomEvent {
-            kind: Kind::Emit as i32,
-            room: room.id.clone(),
-            path: room.path.clone(),
-            member_id: r.member_id.clone(),
-            event: r.event,
-            args: r.args,
-            sender: caller.name.to_string(),
+    /// Checks and publishes one emit; returns how many member queues it
+    /// reached. `last` is the target of the stream's previous emit, if any.
+    async fn publish_emit(
+        &self,
+        caller: &Caller,
+        mut r: pb::EmitRequest,
+        last: &mut Option<EmitTarget>,
+    ) -> Result<usize, Status> {
+        // Read before any check, so a change during the check retires it.
+        let generation = self.node.access.generation();
+        let known = last
+            .as_ref()
+            .is_some_and(|t| t.raw_path == r.path && t.access_generation == generation);
+        let path = if known {
+            None
+        } else {
+            Some(paths::normalize(&r.path)?)
         };
-        let message = crate::bus::BusMessage {
-            payload: event.encode_to_vec().into(),
+        check_emit_fields(&r)?;
+        if let Some(path) = path {
+            let room = check_room(
+                self.node
+                    .access
+                    .require_resource(caller, &path, Right::Write)
+                    .await?,
+            )?;
+            let fixed = pb::RoomEvent {
+                kind: Kind::Emit as i32,
+                room: room.id.clone(),
+                path: room.path.clone(),
+                sender: caller.name.to_string(),
+                ..Default::default()
+            };
+            *last = Some(EmitTarget {
+                raw_path: std::mem::take(&mut r.path),
+                access_generation: generation,
+                subject: subject(ResourceKind::Room, &room.id),
+                prefix: fixed.encode_to_vec(),
+            });
+        }
+        let target = last.as_ref().expect("set above when not known");
+        let own = pb::RoomEvent {
+            member_id: std::mem::take(&mut r.member_id),
+            event: std::mem::take(&mut r.event),
+            args: r.args.take(),
+            ..Default::default()
+        };
+        let mut payload = Vec::with_capacity(target.prefix.len() + own.encoded_len());
+        payload.extend_from_slice(&target.prefix);
+        own.encode(&mut payload)
+            .map_err(|e| Error::internal(format!("encoding a room event: {e}")))?;
+        let message = BusMessage {
+            payload: payload.into(),
             last: false,
         };
-        let exclude = r.peers_only.then_some(r.member_id.as_str());
+        let exclude = r.peers_only.then_some(own.member_id.as_str());
         let delivered = self
             .node
             .bus
-            .publish(&subject(ResourceKind::Room, &room.id), message, exclude)
+            .publish(&target.subject, message, exclude)
             .await;
         self.node.metrics.room_events.inc();
         Ok(delivered)
@@ -241,7 +312,9 @@ impl Rooms for RoomsService {
 
     async fn emit(&self, request: Request<pb::EmitRequest>) -> Reply<pb::EmitResponse> {
         let caller = caller(&request)?;
-        let delivered = self.publish_emit(&caller, request.into_inner()).await?;
+        let delivered = self
+            .publish_emit(&caller, request.into_inner(), &mut None)
+            .await?;
         reply(pb::EmitResponse {
             delivered: delivered as u32,
         })
@@ -255,13 +328,14 @@ impl Rooms for RoomsService {
         let mut requests = request.into_inner();
         let mut summary = pb::EmitStreamSummary::default();
         let lifecycle = self.node.lifecycle();
+        let mut target = None;
         loop {
             let next = tokio::select! {
                 next = requests.message() => next?,
                 error = stopped(lifecycle.clone()) => return Err(error.into()),
             };
             let Some(emit) = next else { break };
-            summary.delivered += self.publish_emit(&caller, emit).await? as u64;
+            summary.delivered += self.publish_emit(&caller, emit, &mut target).await? as u64;
             summary.events += 1;
         }
         reply(summary)

@@ -355,3 +355,78 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     };
     assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
 }
+
+#[tokio::test]
+async fn one_emit_stream_sends_to_several_rooms_and_sees_a_revoked_right() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    for room in ["/home/admin/a", "/home/admin/b"] {
+        admin.create(room, ResourceKind::Room, false).await.unwrap();
+    }
+    admin
+        .create_user("bob", "bob-password", false)
+        .await
+        .unwrap();
+    for room in ["/home/admin/a", "/home/admin/b"] {
+        admin
+            .grant(room, "bob", busbar_client::Right::Write)
+            .await
+            .unwrap();
+    }
+    let mut in_a = admin.join("/home/admin/a").await.unwrap();
+    let mut in_b = admin.join("/home/admin/b").await.unwrap();
+    let bob = node.user("bob", "bob-password").await.unwrap();
+
+    // The generic streaming call: each message names its room.
+    let mut call = bob
+        .stream("busbar.v1.Rooms/EmitStream", None)
+        .await
+        .unwrap();
+    let emit = |room: &str, event: &str, seq: i64| serde_json::json!({"path": room, "event": event, "args": [seq]});
+    for (room, event, seq) in [
+        ("/home/admin/a", "one", 1),
+        ("/home/admin/b", "two", 2),
+        ("/home/admin/a", "three", 3),
+        ("/home/admin/a", "four", 4),
+    ] {
+        call.send(emit(room, event, seq)).await.unwrap();
+    }
+    let got_a = collect(&mut in_a, 3).await;
+    let got_b = collect(&mut in_b, 1).await;
+    let summary = |events: &[RoomEvent]| -> Vec<(String, String, String, i64)> {
+        events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.kind, RoomEventKind::Emit);
+                let seq = e.args[0].as_i64().unwrap();
+                (e.room_path.clone(), e.event.clone(), e.sender.clone(), seq)
+            })
+            .collect()
+    };
+    let entry = |room: &str, event: &str, seq| (room.into(), event.into(), "bob".into(), seq);
+    assert_eq!(
+        summary(&got_a),
+        vec![
+            entry("/home/admin/a", "one", 1),
+            entry("/home/admin/a", "three", 3),
+            entry("/home/admin/a", "four", 4),
+        ]
+    );
+    assert_eq!(summary(&got_b), vec![entry("/home/admin/b", "two", 2)]);
+
+    // A right revoked while the stream is open: its next emit there is refused
+    // and ends the stream; nothing reaches the room.
+    admin.revoke("/home/admin/a", "bob").await.unwrap();
+    let _ = call.send(emit("/home/admin/a", "five", 5)).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), call.next_message())
+        .await
+        .expect("the stream ends");
+    let error = outcome.expect("an outcome").expect_err("refused");
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    admin.emit("/home/admin/a", "marker", vec![]).await.unwrap();
+    let next = collect(&mut in_a, 1).await;
+    assert_eq!(
+        next[0].event, "marker",
+        "the refused event was not delivered"
+    );
+}
