@@ -85,9 +85,8 @@ impl Member {
         self.burst = 0;
         let lifecycle = self.node.lifecycle();
         tokio::select! {
-            received = self.subscription.next() => {
-                received.transpose().map(|received| self.deliver(received))
-            }
+            // Leave and stop first: they wait behind at most one burst.
+            biased;
             _ = self.leave.notified() => {
                 self.done = true;
                 let left = pb::RoomEvent { kind: Kind::Left as i32, member_id: self.member_id.clone(), ..Default::default() };
@@ -96,6 +95,9 @@ impl Member {
             error = stopped(lifecycle) => {
                 self.done = true;
                 Some(Err(error.into()))
+            }
+            received = self.subscription.next() => {
+                received.transpose().map(|received| self.deliver(received))
             }
         }
     }
