@@ -290,7 +290,8 @@ fn settle(py: Python<'_>, outcome: Result<Convert, Error>) -> (Py<PyAny>, Py<PyA
 /// A runtime thread never takes the GIL for this. Handing results over with
 /// `call_soon_threadsafe` needed it, and the GIL went back and forth between
 /// the runtime thread and the loop's thread: three thread wake-ups per await
-/// where this takes one (about 150 µs against 50 on a 2-core VM).
+/// where this takes one. Measured on a 2-core VM, an await that fails before
+/// the network (so only the hand-offs count) took 155 µs and now takes 118.
 #[pyclass(frozen, module = "busbar._core")]
 pub(crate) struct Doorbell(Arc<Bell>);
 
