@@ -29,9 +29,13 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet -r tests/python/requirements.txt
 	touch $@
 
-## The Python package (python/) built by maturin into .venv, then the Python tests.
+## The Python package (python/) installed into .venv the way the README tells users to:
+## `pip install ./python` (maturin builds a release wheel; cargo reuses target/ between runs).
+## --force-reinstall: pip would otherwise keep an installed busbar of the same version.
+PY_INSTALL = $(VENV)/bin/pip install --quiet --force-reinstall --no-deps ./python
+
 python-package: $(VENV)/.installed
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --quiet -m python/Cargo.toml
+	$(PY_INSTALL)
 
 test-python: python-package
 	$(CARGO) build -p busbar
@@ -74,6 +78,6 @@ bench: $(VENV)/.bench-installed
 	  fi; \
 	fi
 	$(CARGO) build --release -p busbar -p busbar-bench
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet -m python/Cargo.toml
+	$(PY_INSTALL)
 	./target/release/busbar-bench $(if $(QUICK),--quick,)
 	$(VENV)/bin/python bench/chart.py bench/results/latest.json bench/results/latest.png
