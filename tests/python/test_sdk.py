@@ -9,6 +9,7 @@ import datetime as dt
 import inspect
 import json
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -167,6 +168,15 @@ def test_connect_failures_are_typed(face, busbar_node):
     with pytest.raises(errors.Unavailable) as plaintext:
         face.run(face.Connection.insecure(busbar_node.address, token="x", connect_timeout=5))
     assert "TLS" in str(plaintext.value) or "tls" in str(plaintext.value)
+    # A peer that accepts and never answers: Timeout once connect_timeout passes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        with pytest.raises(errors.Timeout) as silence:
+            face.run(face.Connection.with_tls(
+                "https://127.0.0.1:%d" % silent.getsockname()[1], ca=admin["ca_pem"],
+                token="x", connect_timeout=0.5))
+        assert "connect timeout" in str(silence.value)
     # Checked before anything is sent.
     with pytest.raises(errors.InvalidArgument):
         face.Connection.with_tls("http://127.0.0.1:1")
@@ -575,6 +585,58 @@ def test_threads_share_one_blocking_connection(busbar_node):
     assert db.execute("SELECT count(*) AS n FROM hits").column("n").to_pylist() == [120]
     conn.rm(path)
     conn.close()
+
+
+_INTERRUPTED_SCRIPT = r"""
+import socket, sys, busbar
+
+def attempt(label, blocking):
+    print("waiting", label, flush=True)
+    try:
+        blocking()
+        print(label, "returned", flush=True)
+    except KeyboardInterrupt:
+        print(label, "interrupted", flush=True)
+    except busbar.errors.BusbarError as error:
+        print(label, "failed", error.code, flush=True)
+
+# A call that waits: a TLS handshake with a peer that accepts and never answers.
+silent = socket.socket()
+silent.bind(("127.0.0.1", 0))
+silent.listen()
+address = "https://127.0.0.1:%d" % silent.getsockname()[1]
+attempt("call", lambda: busbar.Connection.with_tls(
+    address, fingerprint="ab" * 32, token="t", connect_timeout=60))
+# A stream read that waits: a wire nobody publishes to.
+conn = busbar.Connection.from_config(sys.argv[1])
+conn.create(sys.argv[2], "wire")
+subscription = conn.wire(sys.argv[2]).subscribe()
+attempt("read", lambda: next(iter(subscription)))
+conn.rm(sys.argv[2])
+"""
+
+
+def test_ctrl_c_interrupts_blocking_waits(busbar_node):
+    """SIGINT ends a blocking call and a blocking stream read with
+    KeyboardInterrupt (Python's own handler), long before any timeout."""
+    import signal
+    import sys
+
+    wire = f"/home/admin/ctrl-c-{uuid.uuid4().hex[:8]}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT,
+         str(busbar_node.data_dir / "admin.json"), wire],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        for label in ("call", "read"):
+            assert child.stdout.readline().split() == ["waiting", label]
+            time.sleep(0.5)  # well inside the wait; a check comes every 100 ms
+            child.send_signal(signal.SIGINT)
+            assert child.stdout.readline().split() == [label, "interrupted"]
+        assert child.wait(timeout=30) == 0, child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.asyncio

@@ -290,6 +290,17 @@ fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
         return error;
     }
     let text = error.message().to_lowercase();
+    if text.contains("deadline has elapsed") {
+        // tonic's connect timeout: something accepted the connection (or the
+        // packets went nowhere) and no TLS or HTTP/2 answer came in time.
+        return Error::new(
+            ErrorCode::Timeout,
+            format!(
+                "cannot reach {address}: no answer within the connect timeout; is the address that of a Busbar node, and does the network let the packets through? ({})",
+                error.message()
+            ),
+        );
+    }
     let hint = if tls
         && (text.contains("certificate")
             || text.contains("fingerprint")
