@@ -170,6 +170,14 @@ enum Interrupted {
     Signal(PyErr),
 }
 
+/// Polls `work` once on this thread, in the runtime's context, with a waker
+/// that does nothing: when it is not ready, the runtime task it is handed to
+/// polls it again at once, with its own waker.
+fn poll_here<F: Future + ?Sized>(work: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    let _runtime = runtime().enter();
+    work.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
 /// How often a blocked caller looks for a Python signal (Ctrl-C).
 const SIGNAL_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -190,13 +198,8 @@ where
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
     let mut work = Box::pin(work);
-    {
-        // If not ready, the task polls it again with its own waker.
-        let _runtime = runtime().enter();
-        let noop = &mut std::task::Context::from_waker(std::task::Waker::noop());
-        if let std::task::Poll::Ready(outcome) = work.as_mut().poll(noop) {
-            return outcome.map_err(Interrupted::Failed);
-        }
+    if let std::task::Poll::Ready(outcome) = poll_here(work.as_mut()) {
+        return outcome.map_err(Interrupted::Failed);
     }
     let (done, outcome) = std::sync::mpsc::sync_channel(1);
     let task = runtime().spawn(async move {
@@ -232,7 +235,7 @@ where
     let signals = async {
         // The first check comes after one period: a call that ends sooner
         // (most do) never takes the GIL back just to look for signals.
-        let period = std::time::Duration::from_millis(100);
+        let period = SIGNAL_CHECK_PERIOD;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         loop {
             tick.tick().await;
@@ -298,19 +301,12 @@ fn spawn_for_asyncio<'py>(
         })?;
     let future = event_loop.call_method0("create_future")?;
     let bridge = py.import("busbar._bridge")?;
-    if start == Start::HereFirst {
-        // Polled with a waker that does nothing: if the work is not ready, the
-        // runtime task below polls it again, with its own waker, at once.
-        let first = {
-            let _runtime = runtime().enter();
-            work.as_mut()
-                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-        };
-        if let std::task::Poll::Ready(outcome) = first {
-            let (error, value) = settle(py, outcome);
-            bridge.getattr("resolve")?.call1((&future, error, value))?;
-            return Ok(future);
-        }
+    if start == Start::HereFirst
+        && let std::task::Poll::Ready(outcome) = poll_here(work.as_mut())
+    {
+        let (error, value) = settle(py, outcome);
+        bridge.getattr("resolve")?.call1((&future, error, value))?;
+        return Ok(future);
     }
     let doorbell = bridge.call_method1("doorbell", (&event_loop,))?;
     let future_handle = future.clone().unbind();
