@@ -9,8 +9,10 @@ import datetime as dt
 import inspect
 import json
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -619,9 +621,6 @@ conn.rm(sys.argv[2])
 def test_ctrl_c_interrupts_blocking_waits(busbar_node):
     """SIGINT ends a blocking call and a blocking stream read with
     KeyboardInterrupt (Python's own handler), long before any timeout."""
-    import signal
-    import sys
-
     wire = f"/home/admin/ctrl-c-{uuid.uuid4().hex[:8]}"
     child = subprocess.Popen(
         [sys.executable, "-c", _INTERRUPTED_SCRIPT,
