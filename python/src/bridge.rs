@@ -170,11 +170,14 @@ enum Interrupted {
     Signal(PyErr),
 }
 
-/// Polls `work` once on this thread, in the runtime's context, with a waker
+/// Polls `work` once on this thread, in `runtime`'s context, with a waker
 /// that does nothing: when it is not ready, the runtime task it is handed to
 /// polls it again at once, with its own waker.
-fn poll_here<F: Future + ?Sized>(work: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
-    let _runtime = runtime().enter();
+fn poll_here<F: Future + ?Sized>(
+    runtime: &Runtime,
+    work: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    let _runtime = runtime.enter();
     work.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
@@ -197,12 +200,13 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
+    let runtime = runtime();
     let mut work = Box::pin(work);
-    if let std::task::Poll::Ready(outcome) = poll_here(work.as_mut()) {
+    if let std::task::Poll::Ready(outcome) = poll_here(runtime, work.as_mut()) {
         return outcome.map_err(Interrupted::Failed);
     }
     let (done, outcome) = std::sync::mpsc::sync_channel(1);
-    let task = runtime().spawn(async move {
+    let task = runtime.spawn(async move {
         // The caller may be gone (a signal): nobody needs the outcome then.
         let _ = done.send(work.await);
     });
@@ -225,9 +229,9 @@ where
     }
 }
 
-/// Waits for `work`, checking every 100 ms whether Python has a signal to
-/// handle (Ctrl-C) so a blocking call can be interrupted; the work is dropped,
-/// which cancels it.
+/// Waits for `work`, checking every `SIGNAL_CHECK_PERIOD` whether Python has
+/// a signal to handle (Ctrl-C) so a blocking read can be interrupted; the
+/// work is dropped, which cancels it.
 async fn interruptible<T, F>(work: F) -> Result<T, Interrupted>
 where
     F: Future<Output = Result<T, Error>>,
@@ -301,8 +305,9 @@ fn spawn_for_asyncio<'py>(
         })?;
     let future = event_loop.call_method0("create_future")?;
     let bridge = py.import("busbar._bridge")?;
+    let runtime = runtime();
     if start == Start::HereFirst
-        && let std::task::Poll::Ready(outcome) = poll_here(work.as_mut())
+        && let std::task::Poll::Ready(outcome) = poll_here(runtime, work.as_mut())
     {
         let (error, value) = settle(py, outcome);
         bridge.getattr("resolve")?.call1((&future, error, value))?;
@@ -313,11 +318,11 @@ fn spawn_for_asyncio<'py>(
     let task = match doorbell.cast::<Doorbell>() {
         Ok(doorbell) => {
             let bell = doorbell.get().0.clone();
-            runtime().spawn(async move { bell.ring(future_handle, work.await) })
+            runtime.spawn(async move { bell.ring(future_handle, work.await) })
         }
         Err(_) => {
             let (resolve, loop_handle) = (bridge.getattr("resolve")?.unbind(), event_loop.unbind());
-            runtime().spawn(async move {
+            runtime.spawn(async move {
                 let outcome = work.await;
                 with_python(|py| {
                     let (error, value) = settle(py, outcome);
