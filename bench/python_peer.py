@@ -6,35 +6,44 @@
                    --calls N --points P --chunks C --turns T
                    (API token in env BUSBAR_BENCH_TOKEN)
 
-Against one Busbar node, with three clients of the same RPCs:
+Against one Busbar node, with two client libraries making the same RPCs:
 
-* Busbar sync: ``busbar.Connection`` (``conn.status()``, ``conn.timeseries.read``);
-* Busbar asyncio: ``busbar.aio.Connection`` (the same, awaited);
+* Busbar: ``busbar.Connection`` (``conn.status()``, ``conn.timeseries.read``)
+  and ``busbar.aio.Connection`` (the same, awaited);
 * stock grpcio (sync ``grpc`` and ``grpc.aio``), TLS with the node's CA, a
   session token from ``Auth/Login`` (with the same API token) as
   ``authorization: Bearer`` metadata, request and response classes built from
   Busbar's descriptor set with ``google.protobuf``'s message_factory (no
   generated code), the way a generic client would.
 
-1. Unary latency: ``busbar.v1.Node/Status``, N sequential calls per client
-   (after a warm-up), in T turns with the clients taking turns; p50 and p99.
-2. Read into pyarrow: P points of series PATH (written once, from Python,
-   before any timing) read T times per client, the clients taking turns; best
-   time. grpcio reads ``busbar.v1.TimeSeries/Read``, whose responses carry the
-   Arrow IPC stream in a protobuf ``bytes`` field: the pieces are joined and
-   read with ``pyarrow.ipc.open_stream`` (the pattern of today's time-series
-   SDKs); Busbar's ``conn.timeseries.read`` returns the table.
-3. Stream into Python: each client subscribes to a fresh wire (Busbar's
+Each library runs in a process of its own (this script with ``--client``),
+which imports only that library: a library's threads and state in the
+process change the other's latency (measured: Busbar's p50 rose by 16-44 us
+once grpcio had made calls in the same process). The processes take T turns,
+one process per library and turn; this process (the driver) writes the
+series, starts them and merges their figures.
+
+1. Unary latency: ``busbar.v1.Node/Status``, N sequential calls per library
+   and face (after a warm-up in every process), over the T turns; p50 and
+   p99 over all calls.
+2. Read into pyarrow: P points of series PATH (written once, by the driver,
+   before any timing), one untimed read and then one timed read per process;
+   best time over the turns. grpcio reads ``busbar.v1.TimeSeries/Read``,
+   whose responses carry the Arrow IPC stream in a protobuf ``bytes`` field:
+   the pieces are joined and read with ``pyarrow.ipc.open_stream`` (the
+   pattern of today's time-series SDKs); Busbar's ``conn.timeseries.read``
+   returns the table.
+3. Stream into Python: each face subscribes to a fresh wire (Busbar's
    ``wire.subscribe()``, grpcio's ``busbar.v1.Wires/Subscribe``) while a
-   publisher in another process (Busbar's sync face) sends 64 B chunks into
-   it as fast as it can; the rate is C chunks over the time from the first
-   chunk received to the C-th after it, best of T turns, the clients taking
-   turns.
+   publisher in another process (Busbar's sync face, which also creates and
+   removes the wires) sends 64 B chunks into it as fast as it can; the rate
+   is C chunks over the time from the first chunk received to the C-th after
+   it, best over the turns.
 
 Prints one JSON object: {"versions", "unary": {client: {p50_us, p99_us,
 calls}}, "read": {client: {best_s, points, cpu_s, server_cpu_s}}, "stream":
-{client: {best_s, chunks}}, "skipped": {client: reason}}. A client whose
-package is missing is skipped (with the reason), the others still run.
+{client: {best_s, chunks}}, "skipped": {client: reason}}. A library that is
+missing is skipped (with the reason), the other still runs.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import json
 import multiprocessing
 import os
 import queue
+import subprocess
 import sys
 import time
 
@@ -172,12 +182,15 @@ class Grpcio:
 
 
 CHUNK = b"x" * 64
+CLIENTS = ("busbar", "grpcio")
 
 
-def publisher(target: dict, orders, stop, done) -> None:
+def publisher(target: dict, orders, ready, go, stop, done) -> None:
     """Runs in its own process: for each wire path taken from ``orders``,
+    creates the wire and puts the path on ``ready``; once ``go`` is set,
     publishes 64 B chunks until ``stop`` is set (at most two minutes), then
-    puts the number of chunks on ``done``. ``None`` ends it."""
+    removes the wire and puts the number of chunks on ``done``. ``None`` ends
+    it."""
     import busbar
 
     with busbar.Connection.with_tls(**target) as conn:
@@ -185,6 +198,9 @@ def publisher(target: dict, orders, stop, done) -> None:
             path = orders.get()
             if path is None:
                 return
+            conn.create(path, "wire")
+            ready.put(path)
+            go.wait(timeout=150)
             sent = 0
             deadline = time.monotonic() + 120
 
@@ -195,7 +211,9 @@ def publisher(target: dict, orders, stop, done) -> None:
                         yield CHUNK
                     sent += 256
 
-            conn.wire(path).publish(chunks())
+            if not stop.is_set():
+                conn.wire(path).publish(chunks())
+            conn.rm(path)
             done.put(sent)
 
 
@@ -223,7 +241,7 @@ async def time_chunks_async(chunks, count: int) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True)
     parser.add_argument("--ca", required=True)
@@ -235,225 +253,252 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, required=True)
     parser.add_argument("--turns", type=int, required=True)
     parser.add_argument("--server-pid", type=int, help="the node's pid, for its CPU time per read")
-    args = parser.parse_args()
-    token = os.environ["BUSBAR_BENCH_TOKEN"]
-    with open(args.ca) as f:
-        ca_pem = f.read()
+    parser.add_argument("--client", choices=CLIENTS,
+                        help="(internal) measure one library for one turn, print its raw figures")
+    return parser.parse_args()
 
-    versions = {"python": sys.version.split()[0], "pyarrow": pa.__version__}
-    skipped: dict[str, str] = {}
-    latencies: dict[str, list] = {}
-    reads: dict[str, dict] = {}
-    streams: dict[str, dict] = {}
 
-    try:
-        import busbar
-        import busbar.aio
-    except ImportError as error:
-        busbar = None
-        skipped["busbar"] = f"the busbar package is not importable: {error}"
-    try:
-        grpcio = Grpcio(args, token)
-        import google.protobuf
-        versions["grpcio"] = grpcio.grpc.__version__
-        versions["protobuf"] = google.protobuf.__version__
-    except ImportError as error:
-        grpcio = None
-        skipped["grpcio"] = f"grpcio/protobuf not importable: {error}"
+def connection_target(args, ca_pem: str, token: str) -> dict:
+    return dict(address=args.address, ca=ca_pem, server_name=args.server_name, token=token,
+                timeout=600)
 
-    def record(name: str, turn_ns: list) -> None:
-        latencies.setdefault(name, []).extend(turn_ns)
 
-    def timed_calls(call, n: int) -> list:
+class Turn:
+    """One library's turn, in its own process: raw latencies, read and stream
+    times per face (``busbar``/``busbar.aio`` or ``grpcio``/``grpcio.aio``)."""
+
+    def __init__(self, args, target: dict):
+        self.args = args
+        self.out = {"versions": {}, "latencies_ns": {}, "read": {}, "stream": {}, "skipped": {}}
+        self.warmup = max(50, args.calls // 10)
+        self.calls = max(1, args.calls // args.turns)
+        self.folder = args.series.rsplit("/", 1)[0]
+        spawn = multiprocessing.get_context("spawn")
+        self.orders, self.ready, self.done = spawn.Queue(), spawn.Queue(), spawn.Queue()
+        self.go, self.stop = spawn.Event(), spawn.Event()
+        self.feeder = spawn.Process(
+            target=publisher,
+            args=(target, self.orders, self.ready, self.go, self.stop, self.done), daemon=True)
+        self.feeder.start()
+
+    def close(self) -> None:
+        self.orders.put(None)
+        self.feeder.join(timeout=30)
+
+    def timed_calls(self, call) -> list:
+        for _ in range(self.warmup):
+            call()
         out = []
-        for _ in range(n):
+        for _ in range(self.calls):
             t = time.perf_counter_ns()
             call()
             out.append(time.perf_counter_ns() - t)
         return out
 
-    def record_read(name: str, table: pa.Table, seconds: float, cpu_s: float, server_s: float) -> None:
-        if table.num_rows != args.points:
-            raise SystemExit(f"{name} read {table.num_rows} of {args.points} points")
-        best = reads.setdefault(name, {"best_s": float("inf"), "points": table.num_rows,
-                                       "cpu_s": 0.0, "server_cpu_s": 0.0})
-        best["best_s"] = min(best["best_s"], seconds)
-        best["cpu_s"] += cpu_s / args.turns
-        best["server_cpu_s"] += server_s / args.turns
+    async def timed_calls_async(self, call) -> list:
+        for _ in range(self.warmup):
+            await call()
+        out = []
+        for _ in range(self.calls):
+            t = time.perf_counter_ns()
+            await call()
+            out.append(time.perf_counter_ns() - t)
+        return out
 
-    def clocks() -> tuple:
-        return time.perf_counter(), time.process_time(), server_cpu_s(args.server_pid)
+    def clocks(self) -> tuple:
+        return time.perf_counter(), time.process_time(), server_cpu_s(self.args.server_pid)
 
-    def since(started: tuple) -> tuple:
-        return tuple(now - then for now, then in zip(clocks(), started))
+    def record_read(self, name: str, table: pa.Table, started: tuple) -> None:
+        seconds, cpu_s, server_s = (now - then for now, then in zip(self.clocks(), started))
+        if table.num_rows != self.args.points:
+            raise SystemExit(f"{name} read {table.num_rows} of {self.args.points} points")
+        self.out["read"][name] = {"best_s": seconds, "points": table.num_rows,
+                                  "cpu_s": cpu_s, "server_cpu_s": server_s}
 
-    def timed_read(read):
-        started = clocks()
-        table = read()
-        return (table, *since(started))
+    def read(self, name: str, read) -> None:
+        read()  # untimed: a fresh process's first read pays for fresh memory
+        started = self.clocks()
+        self.record_read(name, read(), started)
 
-    conn = None
-    if busbar is not None:
-        conn = busbar.Connection.with_tls(args.address, ca=ca_pem, server_name=args.server_name,
-                                          token=token, timeout=600)
-        # The series, written once before any timing (points built first).
-        table = points(args.points)
-        conn.timeseries.create(args.series, resolution="1min", unit="MW")
-        conn.timeseries.write(args.series, table)
-        del table
-        versions["busbar"] = getattr(busbar, "__version__", "?")
-
-    warmup = max(50, args.calls // 10)
-    per_turn = max(1, args.calls // args.turns)
-
-    # Sync faces: Busbar and grpcio take turns.
-    if conn is not None:
-        timed_calls(conn.status, warmup)
-    if grpcio is not None:
-        timed_calls(grpcio.call_status, warmup)
-    for _ in range(args.turns):
-        if conn is not None:
-            record("busbar", timed_calls(conn.status, per_turn))
-        if grpcio is not None:
-            record("grpcio", timed_calls(grpcio.call_status, per_turn))
-    for _ in range(args.turns):
-        if conn is not None:
-            record_read("busbar", *timed_read(lambda: conn.timeseries.read(args.series)))
-        if grpcio is not None:
-            record_read("grpcio", *timed_read(lambda: grpcio.read(args.series)))
-
-    # Streams: a publisher in its own process feeds a fresh wire per client
-    # and turn (it needs Busbar: without it there are no stream figures).
-    folder = args.series.rsplit("/", 1)[0]
-    feeder = None
-    if conn is not None:
-        spawn = multiprocessing.get_context("spawn")
-        orders, stop, done = spawn.Queue(), spawn.Event(), spawn.Queue()
-        target = dict(address=args.address, ca=ca_pem, server_name=args.server_name,
-                      token=token, timeout=600)
-        feeder = spawn.Process(target=publisher, args=(target, orders, stop, done), daemon=True)
-        feeder.start()
+    async def read_async(self, name: str, read) -> None:
+        await read()
+        started = self.clocks()
+        self.record_read(name, await read(), started)
 
     @contextlib.contextmanager
-    def fed_wire(name: str):
+    def fed_wire(self, name: str):
         """A fresh wire for ``name`` and ``feed()``, which has the publisher
         send into it until the block ends."""
-        path = f"{folder}/wire-{name.replace('.', '-')}"
-        conn.create(path, "wire")
-        fed = False
-
-        def feed() -> None:
-            nonlocal fed
-            stop.clear()
-            orders.put(path)
-            fed = True
-
+        path = f"{self.folder}/wire-{name.replace('.', '-')}"
+        self.go.clear()
+        self.stop.clear()
+        self.orders.put(path)
         try:
-            yield path, feed
+            if self.ready.get(timeout=60) != path:
+                raise SystemExit("the wire publisher answered for another wire")
+        except queue.Empty:
+            raise SystemExit("the wire publisher did not create the wire")
+        try:
+            yield path, self.go.set
         finally:
-            if fed:
-                stop.set()
-                try:
-                    done.get(timeout=150)
-                except queue.Empty:
-                    raise SystemExit("the wire publisher did not stop")
-            conn.rm(path)
+            self.stop.set()
+            self.go.set()
+            try:
+                self.done.get(timeout=150)
+            except queue.Empty:
+                raise SystemExit("the wire publisher did not stop")
 
-    def record_stream(name: str, seconds: float) -> None:
-        best = streams.setdefault(name, {"best_s": float("inf"), "chunks": args.chunks})
-        best["best_s"] = min(best["best_s"], seconds)
-
-    def sync_stream(name: str, subscribe, cancel) -> None:
-        with fed_wire(name) as (path, feed):
+    def stream(self, name: str, subscribe, cancel) -> None:
+        with self.fed_wire(name) as (path, feed):
             chunks = subscribe(path)
             feed()
             try:
-                record_stream(name, time_chunks(chunks, args.chunks))
+                seconds = time_chunks(chunks, self.args.chunks)
             finally:
                 cancel(chunks)
+        self.out["stream"][name] = {"best_s": seconds, "chunks": self.args.chunks}
 
-    if feeder is not None:
-        for _ in range(args.turns):
-            sync_stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
-            if grpcio is not None:
-                sync_stream("grpcio", grpcio.subscribe_wire, lambda s: s.cancel())
+    async def stream_async(self, name: str, subscribe, cancel) -> None:
+        with self.fed_wire(name) as (path, feed):
+            chunks = await subscribe(path)
+            feed()
+            try:
+                seconds = await time_chunks_async(chunks, self.args.chunks)
+            finally:
+                cancel(chunks)
+        self.out["stream"][name] = {"best_s": seconds, "chunks": self.args.chunks}
 
-    # Asyncio faces: busbar.aio and grpc.aio, in one event loop.
-    async def asyncio_faces() -> None:
-        aconn = None
-        if busbar is not None:
-            aconn = await busbar.aio.Connection.with_tls(
-                args.address, ca=ca_pem, server_name=args.server_name, token=token, timeout=600)
-        channel = astatus = asubscribe = None
-        if grpcio is not None:
-            channel, astatus, asubscribe = grpcio.aio_channel()
 
-        async def calls(call, n: int) -> list:
-            out = []
-            for _ in range(n):
-                t = time.perf_counter_ns()
-                await call()
-                out.append(time.perf_counter_ns() - t)
-            return out
+def busbar_turn(turn: Turn, target: dict) -> None:
+    import busbar
+    import busbar.aio
 
-        def grpc_call():
-            return astatus(grpcio.status_request(), metadata=grpcio.metadata, timeout=30)
+    series = turn.args.series
+    with busbar.Connection.with_tls(**target) as conn:
+        turn.out["latencies_ns"]["busbar"] = turn.timed_calls(conn.status)
+        turn.read("busbar", lambda: conn.timeseries.read(series))
+        turn.stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
 
-        if aconn is not None:
-            await calls(aconn.status, warmup)
-        if astatus is not None:
-            await calls(grpc_call, warmup)
-        for _ in range(args.turns):
-            if aconn is not None:
-                record("busbar.aio", await calls(aconn.status, per_turn))
-            if astatus is not None:
-                record("grpcio.aio", await calls(grpc_call, per_turn))
-        if aconn is not None:
-            for _ in range(args.turns):
-                started = clocks()
-                table = await aconn.timeseries.read(args.series)
-                record_read("busbar.aio", table, *since(started))
+    async def asyncio_face() -> None:
+        aconn = await busbar.aio.Connection.with_tls(**target)
+        try:
+            turn.out["latencies_ns"]["busbar.aio"] = await turn.timed_calls_async(aconn.status)
+            await turn.read_async("busbar.aio", lambda: aconn.timeseries.read(series))
 
-        async def async_stream(name: str, subscribe, cancel) -> None:
-            with fed_wire(name) as (path, feed):
-                chunks = await subscribe(path)
-                feed()
-                try:
-                    record_stream(name, await time_chunks_async(chunks, args.chunks))
-                finally:
-                    cancel(chunks)
+            async def subscribe(path: str):
+                return await aconn.wire(path).subscribe()
 
-        async def busbar_subscribe(path: str):
-            return await aconn.wire(path).subscribe()
-
-        async def grpc_subscribe(path: str):
-            return asubscribe(path)
-
-        if feeder is not None:
-            for _ in range(args.turns):
-                await async_stream("busbar.aio", busbar_subscribe, lambda s: s.close())
-                if asubscribe is not None:
-                    await async_stream("grpcio.aio", grpc_subscribe, lambda s: s.cancel())
-        if aconn is not None:
+            await turn.stream_async("busbar.aio", subscribe, lambda s: s.close())
+        finally:
             aconn.close()
-        if channel is not None:
+
+    asyncio.run(asyncio_face())
+
+
+def grpcio_turn(turn: Turn, token: str) -> None:
+    grpcio = Grpcio(turn.args, token)
+    import google.protobuf
+
+    turn.out["versions"].update(grpcio=grpcio.grpc.__version__,
+                                protobuf=google.protobuf.__version__)
+    turn.out["latencies_ns"]["grpcio"] = turn.timed_calls(grpcio.call_status)
+    turn.read("grpcio", lambda: grpcio.read(turn.args.series))
+    turn.stream("grpcio", grpcio.subscribe_wire, lambda s: s.cancel())
+
+    async def asyncio_face() -> None:
+        channel, status, subscribe_wire = grpcio.aio_channel()
+        try:
+            def call():
+                return status(grpcio.status_request(), metadata=grpcio.metadata, timeout=30)
+
+            turn.out["latencies_ns"]["grpcio.aio"] = await turn.timed_calls_async(call)
+
+            async def subscribe(path: str):
+                return subscribe_wire(path)
+
+            await turn.stream_async("grpcio.aio", subscribe, lambda s: s.cancel())
+        finally:
             await channel.close()
 
-    asyncio.run(asyncio_faces())
-    if feeder is not None:
-        orders.put(None)
-        feeder.join(timeout=30)
-    if conn is not None:
-        conn.rm(args.series)
-        conn.close()
+    asyncio.run(asyncio_face())
 
-    print(json.dumps({
+
+def run_turn(args, ca_pem: str, token: str) -> dict:
+    """``--client``: one library's turn; prints its raw figures as JSON."""
+    target = connection_target(args, ca_pem, token)
+    turn = Turn(args, target)
+    try:
+        if args.client == "busbar":
+            busbar_turn(turn, target)
+        else:
+            try:
+                grpcio_turn(turn, token)
+            except ImportError as error:
+                turn.out["skipped"]["grpcio"] = f"grpcio/protobuf not importable: {error}"
+    finally:
+        turn.close()
+    return turn.out
+
+
+def drive(args, ca_pem: str, token: str) -> dict:
+    """Writes the series, runs one process per library and turn, merges."""
+    versions = {"python": sys.version.split()[0], "pyarrow": pa.__version__}
+    latencies: dict[str, list] = {}
+    reads: dict[str, dict] = {}
+    streams: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    try:
+        import busbar
+    except ImportError as error:
+        # Without Busbar there is no series to read and no publisher.
+        return {"versions": versions, "unary": {}, "read": {}, "stream": {},
+                "skipped": {"busbar": f"the busbar package is not importable: {error}"}}
+    versions["busbar"] = getattr(busbar, "__version__", "?")
+    with busbar.Connection.with_tls(**connection_target(args, ca_pem, token)) as conn:
+        conn.timeseries.create(args.series, resolution="1min", unit="MW")
+        conn.timeseries.write(args.series, points(args.points))
+        try:
+            for _ in range(args.turns):
+                for client in CLIENTS:
+                    if client in skipped:
+                        continue
+                    command = [sys.executable, os.path.abspath(__file__), "--client", client]
+                    command += sys.argv[1:]
+                    done = subprocess.run(command, stdout=subprocess.PIPE, check=False)
+                    if done.returncode != 0:
+                        raise SystemExit(f"the {client} turn failed (exit {done.returncode})")
+                    turn = json.loads(done.stdout.decode().strip().splitlines()[-1])
+                    versions.update(turn["versions"])
+                    skipped.update(turn["skipped"])
+                    for name, values in turn["latencies_ns"].items():
+                        latencies.setdefault(name, []).extend(values)
+                    for name, figures in turn["read"].items():
+                        best = reads.setdefault(name, {"best_s": float("inf"), "points": figures["points"],
+                                                       "cpu_s": 0.0, "server_cpu_s": 0.0})
+                        best["best_s"] = min(best["best_s"], figures["best_s"])
+                        best["cpu_s"] += figures["cpu_s"] / args.turns
+                        best["server_cpu_s"] += figures["server_cpu_s"] / args.turns
+                    for name, figures in turn["stream"].items():
+                        best = streams.setdefault(name, dict(figures))
+                        best["best_s"] = min(best["best_s"], figures["best_s"])
+        finally:
+            conn.rm(args.series)
+    return {
         "versions": versions,
         "unary": {name: summary(values) for name, values in latencies.items()},
         "read": reads,
         "stream": streams,
         "skipped": skipped,
-    }), flush=True)
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    token = os.environ["BUSBAR_BENCH_TOKEN"]
+    with open(args.ca) as f:
+        ca_pem = f.read()
+    result = run_turn(args, ca_pem, token) if args.client else drive(args, ca_pem, token)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
