@@ -269,7 +269,8 @@ class Turn:
 
     def __init__(self, args, target: dict):
         self.args = args
-        self.out = {"versions": {}, "latencies_ns": {}, "read": {}, "stream": {}, "skipped": {}}
+        self.out: dict[str, dict] = {
+            "versions": {}, "latencies_ns": {}, "read": {}, "stream": {}, "skipped": {}}
         self.warmup = max(50, args.calls // 10)
         self.calls = max(1, args.calls // args.turns)
         self.folder = args.series.rsplit("/", 1)[0]
