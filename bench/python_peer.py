@@ -317,7 +317,9 @@ class Turn:
                                   "cpu_s": cpu_s, "server_cpu_s": server_s}
 
     def read(self, name: str, read) -> None:
-        read()  # untimed: a fresh process's first read pays for fresh memory
+        # Untimed: a fresh process's first read pays for fresh memory, and
+        # pyarrow imports pandas on the first table it builds.
+        read()
         started = self.clocks()
         self.record_read(name, read(), started)
 
@@ -441,56 +443,73 @@ def run_turn(args, ca_pem: str, token: str) -> dict:
     return turn.out
 
 
+class Merged:
+    """The turns' figures together: latencies over all calls, the best read
+    and stream, CPU per read averaged over the turns."""
+
+    def __init__(self, turns: int):
+        self.turns = turns
+        self.versions = {"python": sys.version.split()[0], "pyarrow": pa.__version__}
+        self.latencies: dict[str, list] = {}
+        self.reads: dict[str, dict] = {}
+        self.streams: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}
+
+    def add(self, turn: dict) -> None:
+        self.versions.update(turn["versions"])
+        self.skipped.update(turn["skipped"])
+        for name, values in turn["latencies_ns"].items():
+            self.latencies.setdefault(name, []).extend(values)
+        for name, figures in turn["read"].items():
+            best = self.reads.setdefault(name, {"best_s": float("inf"), "points": figures["points"],
+                                                "cpu_s": 0.0, "server_cpu_s": 0.0})
+            best["best_s"] = min(best["best_s"], figures["best_s"])
+            best["cpu_s"] += figures["cpu_s"] / self.turns
+            best["server_cpu_s"] += figures["server_cpu_s"] / self.turns
+        for name, figures in turn["stream"].items():
+            best = self.streams.setdefault(name, dict(figures))
+            best["best_s"] = min(best["best_s"], figures["best_s"])
+
+    def result(self) -> dict:
+        return {
+            "versions": self.versions,
+            "unary": {name: summary(values) for name, values in self.latencies.items()},
+            "read": self.reads,
+            "stream": self.streams,
+            "skipped": self.skipped,
+        }
+
+
+def one_turn(client: str) -> dict:
+    """Runs this script with ``--client client`` and returns its figures."""
+    command = [sys.executable, os.path.abspath(__file__), "--client", client, *sys.argv[1:]]
+    done = subprocess.run(command, stdout=subprocess.PIPE, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"the {client} turn failed (exit {done.returncode})")
+    return json.loads(done.stdout.decode().strip().splitlines()[-1])
+
+
 def drive(args, ca_pem: str, token: str) -> dict:
     """Writes the series, runs one process per library and turn, merges."""
-    versions = {"python": sys.version.split()[0], "pyarrow": pa.__version__}
-    latencies: dict[str, list] = {}
-    reads: dict[str, dict] = {}
-    streams: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
+    merged = Merged(args.turns)
     try:
         import busbar
     except ImportError as error:
         # Without Busbar there is no series to read and no publisher.
-        return {"versions": versions, "unary": {}, "read": {}, "stream": {},
-                "skipped": {"busbar": f"the busbar package is not importable: {error}"}}
-    versions["busbar"] = getattr(busbar, "__version__", "?")
+        merged.skipped["busbar"] = f"the busbar package is not importable: {error}"
+        return merged.result()
+    merged.versions["busbar"] = getattr(busbar, "__version__", "?")
     with busbar.Connection.with_tls(**connection_target(args, ca_pem, token)) as conn:
         conn.timeseries.create(args.series, resolution="1min", unit="MW")
         conn.timeseries.write(args.series, points(args.points))
         try:
             for _ in range(args.turns):
                 for client in CLIENTS:
-                    if client in skipped:
-                        continue
-                    command = [sys.executable, os.path.abspath(__file__), "--client", client]
-                    command += sys.argv[1:]
-                    done = subprocess.run(command, stdout=subprocess.PIPE, check=False)
-                    if done.returncode != 0:
-                        raise SystemExit(f"the {client} turn failed (exit {done.returncode})")
-                    turn = json.loads(done.stdout.decode().strip().splitlines()[-1])
-                    versions.update(turn["versions"])
-                    skipped.update(turn["skipped"])
-                    for name, values in turn["latencies_ns"].items():
-                        latencies.setdefault(name, []).extend(values)
-                    for name, figures in turn["read"].items():
-                        best = reads.setdefault(name, {"best_s": float("inf"), "points": figures["points"],
-                                                       "cpu_s": 0.0, "server_cpu_s": 0.0})
-                        best["best_s"] = min(best["best_s"], figures["best_s"])
-                        best["cpu_s"] += figures["cpu_s"] / args.turns
-                        best["server_cpu_s"] += figures["server_cpu_s"] / args.turns
-                    for name, figures in turn["stream"].items():
-                        best = streams.setdefault(name, dict(figures))
-                        best["best_s"] = min(best["best_s"], figures["best_s"])
+                    if client not in merged.skipped:
+                        merged.add(one_turn(client))
         finally:
             conn.rm(args.series)
-    return {
-        "versions": versions,
-        "unary": {name: summary(values) for name, values in latencies.items()},
-        "read": reads,
-        "stream": streams,
-        "skipped": skipped,
-    }
+    return merged.result()
 
 
 def main() -> None:
