@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import weakref
 from typing import Any, Optional
@@ -20,6 +21,24 @@ def resolve(future: Any, error: BaseException | None, value: Any) -> None:
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+class Awaited(asyncio.Future):  # type: ignore[type-arg]
+    """The future an awaited call of the asyncio face waits on. Cancelling it
+    (as cancelling the awaiting task does) aborts the call's work on Busbar's
+    runtime. An override rather than a done callback: each callback costs the
+    event loop one more handle to run for every await, cancelled or not."""
+
+    __slots__ = ("abort",)
+    abort: Any  # set by the Rust side once the work is spawned
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        abort = getattr(self, "abort", None)
+        if abort is not None:
+            abort()
+        return True
 
 
 _doorbells: "weakref.WeakKeyDictionary[Any, Optional[_core.Doorbell]]" = weakref.WeakKeyDictionary()

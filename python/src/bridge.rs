@@ -5,6 +5,8 @@
 use crate::convert::{ToPython, to_pyerr};
 use busbar_client::Error;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::IntoPyDict;
 use std::future::Future;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -286,14 +288,25 @@ impl Pending {
     }
 }
 
+/// `asyncio.get_running_loop`, the future class and the doorbell lookup,
+/// looked up once: each await would otherwise import and look them up again.
+static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static AWAITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static DOORBELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn resolve_function(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    RESOLVE.import(py, "busbar._bridge", "resolve")
+}
+
 fn spawn_for_asyncio<'py>(
     py: Python<'py>,
     mut work: PendingWork,
     start: Start,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let event_loop = py
-        .import("asyncio")?
-        .call_method0("get_running_loop")
+    let event_loop = GET_RUNNING_LOOP
+        .import(py, "asyncio", "get_running_loop")?
+        .call0()
         .map_err(|_| {
             to_pyerr(
                 py,
@@ -303,17 +316,21 @@ fn spawn_for_asyncio<'py>(
                 ),
             )
         })?;
-    let future = event_loop.call_method0("create_future")?;
-    let bridge = py.import("busbar._bridge")?;
+    let loop_argument = [("loop", &event_loop)].into_py_dict(py)?;
+    let future = AWAITED
+        .import(py, "busbar._bridge", "Awaited")?
+        .call((), Some(&loop_argument))?;
     let runtime = runtime();
     if start == Start::HereFirst
         && let std::task::Poll::Ready(outcome) = poll_here(runtime, work.as_mut())
     {
         let (error, value) = settle(py, outcome);
-        bridge.getattr("resolve")?.call1((&future, error, value))?;
+        resolve_function(py)?.call1((&future, error, value))?;
         return Ok(future);
     }
-    let doorbell = bridge.call_method1("doorbell", (&event_loop,))?;
+    let doorbell = DOORBELL
+        .import(py, "busbar._bridge", "doorbell")?
+        .call1((&event_loop,))?;
     let future_handle = future.clone().unbind();
     let task = match doorbell.cast::<Doorbell>() {
         Ok(doorbell) => {
@@ -321,7 +338,8 @@ fn spawn_for_asyncio<'py>(
             runtime.spawn(async move { bell.ring(future_handle, work.await) })
         }
         Err(_) => {
-            let (resolve, loop_handle) = (bridge.getattr("resolve")?.unbind(), event_loop.unbind());
+            let (resolve, loop_handle) =
+                (resolve_function(py)?.clone().unbind(), event_loop.unbind());
             runtime.spawn(async move {
                 let outcome = work.await;
                 with_python(|py| {
@@ -335,7 +353,8 @@ fn spawn_for_asyncio<'py>(
             })
         }
     };
-    future.call_method1("add_done_callback", (AbortTask(task.abort_handle()),))?;
+    // `Awaited.cancel` calls it: a cancelled await cancels the work.
+    future.setattr("abort", AbortTask(task.abort_handle()))?;
     Ok(future)
 }
 
@@ -416,7 +435,7 @@ impl Doorbell {
         (&bell.reader).read_exact(&mut [0])?;
         bell.signalled.store(false, Ordering::Release);
         let rung = std::mem::take(&mut *bell.rung.lock().unwrap_or_else(|p| p.into_inner()));
-        let resolve = py.import("busbar._bridge")?.getattr("resolve")?;
+        let resolve = resolve_function(py)?;
         let mut first_failure = None;
         for (future, outcome) in rung {
             let (error, value) = settle(py, outcome);
@@ -428,13 +447,13 @@ impl Doorbell {
     }
 }
 
-/// Done-callback of an asyncio future: a cancelled await cancels the work.
+/// Called by `Awaited.cancel`: a cancelled await cancels the work.
 #[pyclass]
 struct AbortTask(tokio::task::AbortHandle);
 
 #[pymethods]
 impl AbortTask {
-    fn __call__(&self, _future: Bound<'_, PyAny>) {
+    fn __call__(&self) {
         self.0.abort();
     }
 }
