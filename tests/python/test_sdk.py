@@ -590,7 +590,12 @@ def test_threads_share_one_blocking_connection(busbar_node):
 
 
 _INTERRUPTED_SCRIPT = r"""
-import socket, sys, busbar
+import signal, socket, sys, busbar
+
+# Started from a background job, a process inherits SIGINT ignored (a shell
+# without job control ignores it for asynchronous commands), and Python then
+# installs no KeyboardInterrupt handler: give it Python's usual one.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 def attempt(label, blocking):
     print("waiting", label, flush=True)
