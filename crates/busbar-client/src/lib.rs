@@ -20,6 +20,7 @@ mod config;
 mod dynamic;
 mod error;
 mod json;
+mod pieces;
 mod rooms;
 mod sessions;
 mod sql;

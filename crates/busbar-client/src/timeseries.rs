@@ -5,6 +5,7 @@
 use crate::api::Resource;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::pieces::Piece;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use busbar_proto::v1::{
@@ -146,6 +147,9 @@ pub enum SeriesChunk {
     Points(RecordBatch),
 }
 
+/// The number of `ReadSeriesResponse.arrow_ipc`.
+const ARROW_IPC_FIELD: u32 = 2;
+
 fn protocol(message: &str) -> Error {
     Error::new(
         ErrorCode::Internal,
@@ -202,7 +206,18 @@ impl Client {
             end_ms: interval.end_ms,
             session: self.session_id(),
         };
-        let responses = self.timeseries_client().read(request).await?.into_inner();
+        // The `arrow_ipc` pieces land in aligned buffers, one copy each.
+        let service = tonic::service::interceptor::InterceptedService::new(
+            self.inner.channel(),
+            self.context(),
+        );
+        let responses = crate::pieces::server_streaming::<_, pb::ReadSeriesResponse>(
+            service,
+            "/busbar.v1.TimeSeries/Read",
+            request,
+            ARROW_IPC_FIELD,
+        )
+        .await?;
         let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
         let state = (
             responses,
@@ -216,25 +231,26 @@ impl Client {
                     if let Some(chunk) = ready.pop_front() {
                         return Ok(Some((chunk, (responses, decoder, ready))));
                     }
-                    match responses.message().await? {
+                    let mut buffer = match responses.next().await.transpose()? {
                         None => return Ok(None),
-                        Some(pb::ReadSeriesResponse {
+                        Some(Piece::Message(pb::ReadSeriesResponse {
                             part: Some(ReadPart::Series(info)),
-                        }) => {
+                        })) => {
                             decoder = arrow_ipc::reader::StreamDecoder::new();
                             ready.push_back(SeriesChunk::Start(info));
+                            continue;
                         }
-                        Some(pb::ReadSeriesResponse {
+                        Some(Piece::Bytes(buffer)) => buffer,
+                        // The same piece with other fields next to it.
+                        Some(Piece::Message(pb::ReadSeriesResponse {
                             part: Some(ReadPart::ArrowIpc(bytes)),
-                        }) => {
-                            let mut buffer = arrow_buffer::Buffer::from(bytes);
-                            while !buffer.is_empty() {
-                                if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
-                                    ready.push_back(SeriesChunk::Points(batch));
-                                }
-                            }
+                        })) => arrow_buffer::Buffer::from(bytes),
+                        Some(Piece::Message(_)) => return Err(protocol("an empty message")),
+                    };
+                    while !buffer.is_empty() {
+                        if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
+                            ready.push_back(SeriesChunk::Points(batch));
                         }
-                        Some(_) => return Err(protocol("an empty message")),
                     }
                 }
             },

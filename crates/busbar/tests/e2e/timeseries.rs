@@ -298,6 +298,13 @@ async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothin
         ErrorCode::FailedPrecondition,
         "not a time series",
     );
+    assert_error(
+        admin
+            .read_many_series(&[path, "/home/admin/nothing-here"], Interval::all())
+            .await,
+        ErrorCode::NotFound,
+        "/home/admin/nothing-here does not exist",
+    );
 }
 
 #[tokio::test]
