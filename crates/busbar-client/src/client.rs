@@ -497,6 +497,12 @@ impl Client {
         }
     }
 
+    /// A connection in turn with this client's call context, for calls
+    /// made below tonic's generated clients (`crate::pieces`).
+    pub(crate) fn intercepted(&self) -> Intercepted {
+        InterceptedService::new(self.inner.channel(), self.context())
+    }
+
     pub(crate) fn auth_client(&self) -> AuthClient<Intercepted> {
         AuthClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)

@@ -3,6 +3,8 @@
 
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::pieces::Piece;
+use futures::StreamExt;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use busbar_proto::v1::{
@@ -162,6 +164,13 @@ pub struct SqlResult {
     pub summary: ExecuteSummary,
 }
 
+/// The number of `ExecuteResponse.arrow_ipc`.
+const ARROW_IPC_FIELD: u32 = 1;
+const RUN_PROCEDURE: &str = "/busbar.v1.Sql/RunProcedure";
+
+/// The messages of an `Execute` or `RunProcedure` call.
+type Responses = crate::BoxStream<Piece<pb::ExecuteResponse>>;
+
 fn protocol(message: &str) -> Error {
     Error::new(
         ErrorCode::Internal,
@@ -182,11 +191,18 @@ impl Client {
             .max_decoding_message_size(usize::MAX)
     }
 
-    async fn sql_request(
+    async fn sql_request(&self, request: pb::ExecuteRequest) -> Result<Responses> {
+        self.sql_stream("/busbar.v1.Sql/Execute", request).await
+    }
+
+    /// A call that answers with a stream of `ExecuteResponse`s, whose
+    /// `arrow_ipc` pieces land in aligned buffers, one copy each.
+    async fn sql_stream(
         &self,
-        request: pb::ExecuteRequest,
-    ) -> Result<tonic::Streaming<pb::ExecuteResponse>> {
-        Ok(self.sql_client().execute(request).await?.into_inner())
+        path: &'static str,
+        request: impl prost::Message,
+    ) -> Result<Responses> {
+        crate::pieces::server_streaming(self.intercepted(), path, request, ARROW_IPC_FIELD).await
     }
 
     /// Runs one statement on the database at `database`; returns its rows as
@@ -255,7 +271,7 @@ impl Client {
         args: ProcedureArgs,
     ) -> Result<SqlResult> {
         let request = self.procedure_request(database, name, args, pb::ResultFormat::Arrow);
-        let responses = self.sql_client().run_procedure(request).await?.into_inner();
+        let responses = self.sql_stream(RUN_PROCEDURE, request).await?;
         collect_arrow(responses).await
     }
 
@@ -267,7 +283,7 @@ impl Client {
         args: ProcedureArgs,
     ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
         let request = self.procedure_request(database, name, args, pb::ResultFormat::Json);
-        let responses = self.sql_client().run_procedure(request).await?.into_inner();
+        let responses = self.sql_stream(RUN_PROCEDURE, request).await?;
         collect_json(responses).await
     }
 
@@ -306,37 +322,39 @@ impl Client {
 }
 
 async fn collect_json(
-    mut responses: tonic::Streaming<pb::ExecuteResponse>,
+    mut responses: Responses,
 ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
     let mut rows = Vec::new();
-    while let Some(response) = responses.message().await? {
-        match response.part {
-            Some(Part::JsonRows(text)) => match serde_json::from_str(&text) {
+    while let Some(response) = responses.next().await.transpose()? {
+        match response {
+            Piece::Message(pb::ExecuteResponse {
+                part: Some(Part::JsonRows(text)),
+            }) => match serde_json::from_str(&text) {
                 Ok(serde_json::Value::Array(more)) => rows.extend(more),
                 _ => return Err(protocol("rows are not a JSON array")),
             },
-            Some(Part::Summary(summary)) => return Ok((rows, summary)),
+            Piece::Message(pb::ExecuteResponse {
+                part: Some(Part::Summary(summary)),
+            }) => return Ok((rows, summary)),
             _ => return Err(protocol("Arrow data in a JSON result")),
         }
     }
     Err(protocol("no summary"))
 }
 
-async fn collect_arrow(mut responses: tonic::Streaming<pb::ExecuteResponse>) -> Result<SqlResult> {
+async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
     let mut decoder = arrow_ipc::reader::StreamDecoder::new();
     let mut batches = Vec::new();
     let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
-    while let Some(response) = responses.message().await? {
-        match response.part {
-            Some(Part::ArrowIpc(bytes)) => {
-                let mut buffer = arrow_buffer::Buffer::from(bytes); // takes the bytes as they are, no copy
-                while !buffer.is_empty() {
-                    if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
-                        batches.push(batch);
-                    }
-                }
-            }
-            Some(Part::Summary(summary)) => {
+    while let Some(response) = responses.next().await.transpose()? {
+        let mut buffer = match response {
+            Piece::Bytes(buffer) => buffer,
+            Piece::Message(pb::ExecuteResponse {
+                part: Some(Part::ArrowIpc(bytes)),
+            }) => arrow_buffer::Buffer::from(bytes), // takes the bytes as they are, no copy
+            Piece::Message(pb::ExecuteResponse {
+                part: Some(Part::Summary(summary)),
+            }) => {
                 let schema = decoder.schema();
                 if schema.is_some() {
                     decoder.finish().map_err(arrow)?;
@@ -348,6 +366,11 @@ async fn collect_arrow(mut responses: tonic::Streaming<pb::ExecuteResponse>) -> 
                 });
             }
             _ => return Err(protocol("JSON rows in an Arrow result")),
+        };
+        while !buffer.is_empty() {
+            if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
+                batches.push(batch);
+            }
         }
     }
     Err(protocol("no summary"))

@@ -207,12 +207,8 @@ impl Client {
             session: self.session_id(),
         };
         // The `arrow_ipc` pieces land in aligned buffers, one copy each.
-        let service = tonic::service::interceptor::InterceptedService::new(
-            self.inner.channel(),
-            self.context(),
-        );
         let responses = crate::pieces::server_streaming::<_, pb::ReadSeriesResponse>(
-            service,
+            self.intercepted(),
             "/busbar.v1.TimeSeries/Read",
             request,
             ARROW_IPC_FIELD,
