@@ -46,7 +46,7 @@ pub(crate) enum Piece<M> {
 /// with `request`. Messages that are just their `bytes` field numbered
 /// `field` come out as [`Piece::Bytes`], all others as [`Piece::Message`].
 pub(crate) async fn server_streaming<Req, M>(
-    service: Intercepted,
+    mut service: Intercepted,
     path: &'static str,
     request: Req,
     field: u32,
@@ -71,7 +71,6 @@ where
         )))
         .map_err(|e| Error::new(ErrorCode::Internal, format!("building the request: {e}")))?;
     let transport = |e| Error::from(Status::from_error(Box::new(e)));
-    let mut service = service;
     let response = service
         .ready()
         .await

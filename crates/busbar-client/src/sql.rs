@@ -4,12 +4,12 @@
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::pieces::Piece;
-use futures::StreamExt;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use busbar_proto::v1::{
     self as pb, execute_response::Part, sql_client::SqlClient, sql_value::Kind,
 };
+use futures::StreamExt;
 
 pub use pb::{ExecuteSummary, SqlColumn};
 
