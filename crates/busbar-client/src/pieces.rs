@@ -14,13 +14,14 @@
 //! trailers and its mapping to [`Error`].
 
 use crate::api::BoxStream;
-use crate::client::Intercepted;
 use crate::error::{Error, ErrorCode, Result};
 use arrow_buffer::{Buffer, MutableBuffer};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use tonic::Status;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 use tower::{Service, ServiceExt};
 
 /// A message larger than this ends the call: the pieces a node sends hold
@@ -45,13 +46,18 @@ pub(crate) enum Piece<M> {
 /// Calls the server-streaming method at `path` ("/package.Service/Method")
 /// with `request`. Messages that are just their `bytes` field numbered
 /// `field` come out as [`Piece::Bytes`], all others as [`Piece::Message`].
-pub(crate) async fn server_streaming<Req, M>(
-    mut service: Intercepted,
+/// `service` is a connection with the call context (`Client::intercepted`).
+pub(crate) async fn server_streaming<S, B, Req, M>(
+    mut service: S,
     path: &'static str,
     request: Req,
     field: u32,
 ) -> Result<BoxStream<Piece<M>>>
 where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
     Req: prost::Message,
     M: prost::Message + Default + Send + 'static,
 {
@@ -70,7 +76,7 @@ where
             body.freeze(),
         )))
         .map_err(|e| Error::new(ErrorCode::Internal, format!("building the request: {e}")))?;
-    let transport = |e| Error::from(Status::from_error(Box::new(e)));
+    let transport = |e: S::Error| Error::from(Status::from_error(e.into()));
     let response = service
         .ready()
         .await
@@ -79,15 +85,17 @@ where
         .await
         .map_err(transport)?;
     let (head, body) = response.into_parts();
-    // A call that fails at once answers with its status in the headers.
-    if let Some(status) = Status::from_header_map(&head.headers) {
-        if status.code() != tonic::Code::Ok {
-            return Err(status.into());
+    // A status in the headers ("trailers-only") ends the call at once: a
+    // failure, or a stream without messages.
+    let ended = match Status::from_header_map(&head.headers) {
+        Some(status) if status.code() != tonic::Code::Ok => return Err(status.into()),
+        Some(_) => true,
+        None if head.status != http::StatusCode::OK => {
+            return Err(http_status(head.status).into());
         }
-    } else if head.status != http::StatusCode::OK {
-        return Err(http_status(head.status).into());
-    }
-    let state = (body, Framer::<M>::new(field), false);
+        None => false,
+    };
+    let state = (body, Framer::<M>::new(field), ended);
     Ok(Box::pin(futures::stream::try_unfold(
         state,
         |(mut body, mut framer, mut ended)| async move {
@@ -108,10 +116,10 @@ where
                             ended = true;
                         }
                     },
-                    Some(Err(status)) => return Err(status.into()),
+                    Some(Err(error)) => return Err(Status::from_error(error.into()).into()),
                     None => {
-                        // The body ended without trailers: only a call
-                        // that failed in its headers may (handled above).
+                        // The body ended without trailers, which only a
+                        // trailers-only answer may (handled above).
                         end_status(None)?;
                         return Ok(None);
                     }
@@ -409,6 +417,80 @@ mod tests {
         let mut garbage = vec![0, 0, 0, 0, 3];
         garbage.extend_from_slice(&[0x0a, 0x05, 0x01]);
         assert!(frame(&garbage, 1).is_err());
+    }
+
+    type Frames = Vec<http_body::Frame<Bytes>>;
+
+    /// Calls a service that answers `head` and then `frames`.
+    async fn call(
+        head: http::response::Builder,
+        frames: Frames,
+    ) -> Result<Vec<Piece<pb::ReadSeriesResponse>>> {
+        let response = head
+            .body(http_body_util::StreamBody::new(futures::stream::iter(
+                frames.into_iter().map(Ok::<_, std::convert::Infallible>),
+            )))
+            .unwrap();
+        let mut response = Some(response);
+        let service = tower::service_fn(move |_: http::Request<tonic::body::Body>| {
+            let response = response.take().expect("one call");
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        let request = pb::ReadSeriesRequest::default();
+        let stream = server_streaming(service, "/busbar.v1.TimeSeries/Read", request, 2).await?;
+        futures::TryStreamExt::try_collect(stream).await
+    }
+
+    fn trailers(pairs: &[(&'static str, &'static str)]) -> http_body::Frame<Bytes> {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, http::HeaderValue::from_static(value));
+        }
+        http_body::Frame::trailers(map)
+    }
+
+    #[tokio::test]
+    async fn statuses_in_headers_and_trailers_end_the_call() {
+        let ok = || http::Response::builder().status(200);
+        // Trailers-only: an empty stream, or the failure.
+        let empty = call(ok().header("grpc-status", "0"), vec![]).await.unwrap();
+        assert!(empty.is_empty());
+        let error = call(
+            ok().header("grpc-status", "5")
+                .header("grpc-message", "/a%20b does not exist"),
+            vec![],
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::NotFound);
+        assert!(error.message().contains("/a b does not exist"), "{error}");
+        // An HTTP error without a gRPC status (a proxy's).
+        let proxy = http::Response::builder().status(503);
+        let error = call(proxy, vec![]).await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::Unavailable);
+        // Messages, then the status in the trailers.
+        let data = || http_body::Frame::data(Bytes::from(framed(&piece(b"abc"))));
+        let fine = call(ok(), vec![data(), trailers(&[("grpc-status", "0")])]);
+        let pieces = fine.await.unwrap();
+        assert!(matches!(&pieces[..], [Piece::Bytes(b)] if b.as_slice() == b"abc"));
+        let failed = call(
+            ok(),
+            vec![
+                data(),
+                trailers(&[("grpc-status", "14"), ("grpc-message", "gone")]),
+            ],
+        );
+        assert_eq!(failed.await.unwrap_err().code(), ErrorCode::Unavailable);
+        // No trailers, or a message cut short before them.
+        let error = call(ok(), vec![data()]).await.unwrap_err();
+        assert!(error.message().contains("without a grpc-status"), "{error}");
+        let cut = http_body::Frame::data(Bytes::from(framed(&piece(b"abc"))[..6].to_vec()));
+        let error = call(ok(), vec![cut, trailers(&[("grpc-status", "0")])]);
+        let error = error.await.unwrap_err();
+        assert!(
+            error.message().contains("ended inside a message"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl Client {
             session: self.session_id(),
         };
         // The `arrow_ipc` pieces land in aligned buffers, one copy each.
-        let responses = crate::pieces::server_streaming::<_, pb::ReadSeriesResponse>(
+        let responses = crate::pieces::server_streaming::<_, _, _, pb::ReadSeriesResponse>(
             self.intercepted(),
             "/busbar.v1.TimeSeries/Read",
             request,
