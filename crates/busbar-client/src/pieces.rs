@@ -174,6 +174,14 @@ enum State {
     Whole { len: usize, bytes: Vec<u8> },
 }
 
+impl State {
+    /// Before a message: nothing of its prefix read yet.
+    const START: State = State::Prefix {
+        bytes: [0; PREFIX],
+        have: 0,
+    };
+}
+
 /// Splits the body's DATA frames into messages.
 struct Framer<M> {
     /// The key of the `bytes` field (field number, wire type 2) as one byte.
@@ -190,10 +198,7 @@ impl<M: prost::Message + Default> Framer<M> {
         );
         Framer {
             key: (field << 3 | 2) as u8,
-            state: State::Prefix {
-                bytes: [0; PREFIX],
-                have: 0,
-            },
+            state: State::START,
             ready: VecDeque::new(),
         }
     }
@@ -294,10 +299,7 @@ impl<M: prost::Message + Default> Framer<M> {
 
     fn emit(&mut self, piece: Piece<M>) {
         self.ready.push_back(piece);
-        self.state = State::Prefix {
-            bytes: [0; PREFIX],
-            have: 0,
-        };
+        self.state = State::START;
     }
 
     /// At the end of the body: nothing may be left half-read.
