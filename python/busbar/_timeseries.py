@@ -63,10 +63,15 @@ def _points(data: Any) -> Any:
         if not hasattr(data, "__arrow_c_stream__"):
             raise InvalidArgument("write a pyarrow.Table (or any Arrow stream) or a pandas "
                                   f"DataFrame, not a {type(data).__name__}")
-        data = pa.table(data)
+        # Not pa.table(data): it imports pandas to ask whether data is a DataFrame.
+        data = pa.RecordBatchReader.from_stream(data).read_all()
     if "flags" not in data.column_names and "utc_time" in data.column_names:
         index = data.column_names.index("utc_time") + 1
-        data = data.add_column(index, "flags", pa.array([OK] * data.num_rows, pa.uint32()))
+        # OK is 0: a zeroed buffer, with no Python object per row (and no
+        # pa.array/pa.scalar, which import pandas).
+        ok = pa.Array.from_buffers(pa.uint32(), data.num_rows,
+                                   [None, pa.py_buffer(bytes(4 * data.num_rows))])
+        data = data.add_column(index, "flags", ok)
     return data
 
 

@@ -96,13 +96,9 @@ impl ToPython for SqlTable {
             batches,
             summary,
         } = self.0;
-        let table = match schema {
-            Some(schema) => pyo3_arrow::PyTable::try_new(batches, schema)?.into_pyarrow(py)?,
-            None => py
-                .import("pyarrow")?
-                .getattr("table")?
-                .call1((PyDict::new(py),))?,
-        };
+        // A statement without a result set gives a table without columns.
+        let schema = schema.unwrap_or_else(|| std::sync::Arc::new(arrow_schema::Schema::empty()));
+        let table = crate::data::pyarrow_table(py, batches, schema)?;
         let summary = message_to_json(&summary, "busbar.v1.ExecuteSummary").to_python(py)?;
         Ok((table, summary).into_pyobject(py)?.into_any().unbind())
     }

@@ -5,13 +5,17 @@ pyarrow and pandas inputs and every kind of time."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import uuid
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 
+import busbar
 from busbar import errors
+from conftest import clean_env
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
@@ -219,4 +223,54 @@ def test_a_subscriber_that_falls_behind_gets_slow_consumer(face, tmp_path):
         with pytest.raises(errors.SlowConsumer):
             face.collect(subscription)
         publisher.close()
+        conn.close()
+
+
+_WITHOUT_PANDAS_SCRIPT = r"""
+import asyncio, sys
+import pyarrow as pa
+import busbar, busbar.aio
+
+config, home, points = sys.argv[1:]
+conn = busbar.Connection.from_config(config)
+conn.timeseries.create(home + "/s", resolution="hour")
+# An Arrow stream that is not a Table, without flags (they default to OK);
+# made by the parent: pyarrow's own constructors from Python lists import pandas.
+stream = pa.ipc.open_stream(pa.memory_map(points))
+assert conn.timeseries.write(home + "/s", stream)["points_written"] == 2
+assert conn.timeseries.read(home + "/s").column("flags").to_pylist() == [0, 0]
+conn.create(home + "/db", "database")
+db = conn.sql(home + "/db")
+assert db.execute("CREATE TABLE t (x INTEGER)").num_columns == 0
+assert db.execute("SELECT 1 AS one").column("one").to_pylist() == [1]
+
+async def awaited():
+    aconn = await busbar.aio.Connection.from_config(config)
+    assert (await aconn.timeseries.read(home + "/s")).num_rows == 2
+    aconn.close()
+
+asyncio.run(awaited())
+print("pandas" in sys.modules)
+"""
+
+
+def test_reads_writes_and_queries_do_not_import_pandas(busbar_node, home_path, tmp_path):
+    """Busbar never loads pandas into a program that does not (pyarrow.table()
+    would: it asks whether its argument is a DataFrame)."""
+    points = tmp_path / "points.arrows"
+    times = pa.array([0, 3_600_000], pa.timestamp("ms", tz="UTC"))
+    batch = pa.RecordBatch.from_pydict({"utc_time": times, "value": [1.0, 2.0]})
+    with pa.ipc.new_stream(points, batch.schema) as writer:
+        writer.write_batch(batch)
+    conn = busbar.Connection.from_config(busbar_node.data_dir / "admin.json")
+    conn.mkdir(home_path)
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", _WITHOUT_PANDAS_SCRIPT,
+             str(busbar_node.data_dir / "admin.json"), home_path, str(points)],
+            capture_output=True, text=True, env=clean_env(), timeout=120)
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.split() == ["False"]
+    finally:
+        conn.rm(home_path, recursive=True)
         conn.close()
