@@ -148,16 +148,24 @@ def client(args) -> None:
     put_s, put_cpu_s = time.perf_counter() - started, time.process_time() - cpu
     del batches, table
 
-    started, cpu = time.perf_counter(), time.process_time()
-    info = conn.get_flight_info(descriptor, options)
-    got = 0
-    for endpoint in info.endpoints:
-        stream = conn.do_get(endpoint.ticket, options)
-        for chunk in stream:
-            got += chunk.data.num_rows
-    get_s, get_cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    print(json.dumps({"put_s": put_s, "get_s": get_s, "put_cpu_s": put_cpu_s,
-                      "get_cpu_s": get_cpu_s, "put_points": args.points, "got_points": got}))
+    def read() -> tuple[int, float, float]:
+        started, cpu = time.perf_counter(), time.process_time()
+        info = conn.get_flight_info(descriptor, options)
+        got = 0
+        for endpoint in info.endpoints:
+            stream = conn.do_get(endpoint.ticket, options)
+            for chunk in stream:
+                got += chunk.data.num_rows
+        return got, time.perf_counter() - started, time.process_time() - cpu
+
+    # The first read of a fresh process touches memory for the first time,
+    # which this kind of VM charges for many times over (bench/README.md):
+    # it is reported apart, and the timed read is the second.
+    _, first_get_s, _ = read()
+    got, get_s, get_cpu_s = read()
+    print(json.dumps({"put_s": put_s, "first_get_s": first_get_s, "get_s": get_s,
+                      "put_cpu_s": put_cpu_s, "get_cpu_s": get_cpu_s,
+                      "put_points": args.points, "got_points": got}))
 
 
 def sql(args) -> None:
