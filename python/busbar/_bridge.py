@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import os
 import weakref
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import _core
 
@@ -41,28 +42,53 @@ class Awaited(asyncio.Future):  # type: ignore[type-arg]
         return True
 
 
-_doorbells: "weakref.WeakKeyDictionary[Any, Optional[_core.Doorbell]]" = weakref.WeakKeyDictionary()
-
-
-def doorbell(loop: Any) -> Optional[_core.Doorbell]:
-    """The loop's doorbell (made on first use): awaited work finished on
-    Busbar's runtime is queued there and wakes the loop through a pipe the
-    loop watches. None for a loop that cannot watch a pipe (such as Windows'
-    proactor loop); results then come through ``call_soon_threadsafe``."""
+def _watched(cache: "weakref.WeakKeyDictionary[Any, Any]", loop: Any,
+             make: Callable[[], Any], callback: str) -> Any:
+    """The loop's object from ``make`` (made on first use and cached per
+    loop), its descriptor watched by the loop with its ``callback`` method.
+    None when ``make`` gives None or the loop cannot watch a descriptor
+    (such as Windows' proactor loop)."""
     try:
-        return _doorbells[loop]
+        return cache[loop]
     except KeyError:
         pass
     except TypeError:  # a loop without weak references: not cached
         return None
-    bell = _core.Doorbell()
-    try:
-        loop.add_reader(bell.fileno(), bell.drain)
-    except NotImplementedError:
-        _doorbells[loop] = None
-        return None
-    _doorbells[loop] = bell
-    return bell
+    made = make()
+    if made is not None:
+        try:
+            loop.add_reader(made.fileno(), getattr(made, callback))
+        except NotImplementedError:
+            made = None
+    cache[loop] = made
+    return made
+
+
+_doorbells: "weakref.WeakKeyDictionary[Any, Optional[_core.Doorbell]]" = weakref.WeakKeyDictionary()
+
+
+def doorbell(loop: Any) -> Optional[_core.Doorbell]:
+    """The loop's doorbell: awaited work finished on Busbar's runtime is
+    queued there and wakes the loop through a pipe the loop watches. None
+    for a loop that cannot watch a pipe; results then come through
+    ``call_soon_threadsafe``."""
+    return _watched(_doorbells, loop, _core.Doorbell, "drain")
+
+
+_loop_execs: "weakref.WeakKeyDictionary[Any, Optional[_core.LoopExec]]" = weakref.WeakKeyDictionary()
+
+
+def loop_exec(loop: Any) -> Optional[_core.LoopExec]:
+    """The loop's executor: asyncio connections opened in this loop run
+    their socket and background work on its thread, and awaited work is
+    polled there. None for a loop that cannot watch a descriptor, or with
+    BUSBAR_ASYNCIO_IO=runtime: Busbar's runtime thread does that work then."""
+    def make() -> Optional[_core.LoopExec]:
+        if os.environ.get("BUSBAR_ASYNCIO_IO", "loop") == "runtime":
+            return None
+        return _core.LoopExec(loop)
+
+    return _watched(_loop_execs, loop, make, "ring")
 
 
 def epoch_ms(moment: _dt.datetime) -> int:

@@ -1,6 +1,8 @@
 //! The one place where the two faces differ: a blocking call waits on
 //! Busbar's runtime with the GIL released; an asyncio call returns an
-//! `asyncio.Future` that a runtime task resolves through the event loop.
+//! `asyncio.Future` that its work resolves on the loop's thread (`loop_io`),
+//! or, on a loop that cannot watch descriptors, a runtime task resolves
+//! through the event loop.
 
 use crate::convert::{ToPython, to_pyerr};
 use busbar_client::Error;
@@ -294,6 +296,7 @@ static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static AWAITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static DOORBELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOOP_EXEC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn resolve_function(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     RESOLVE.import(py, "busbar._bridge", "resolve")
@@ -328,10 +331,30 @@ fn spawn_for_asyncio<'py>(
         resolve_function(py)?.call1((&future, error, value))?;
         return Ok(future);
     }
+    let future_handle = future.clone().unbind();
+    let exec = LOOP_EXEC
+        .import(py, "busbar._bridge", "loop_exec")?
+        .call1((&event_loop,))?;
+    if let Ok(exec) = exec.cast::<crate::loop_io::LoopExec>() {
+        // The work runs on the loop's thread: polled at once, so a request
+        // is on the wire before the await yields, and it resolves the
+        // future in place when done.
+        let exec = exec.get().0.clone();
+        let task = exec.spawn_now(Box::pin(async move {
+            let outcome = work.await;
+            Python::attach(|py| {
+                let (error, value) = settle(py, outcome);
+                if let Ok(resolve) = resolve_function(py) {
+                    let _ = resolve.call1((future_handle, error, value));
+                }
+            });
+        }));
+        future.setattr("abort", AbortTask(Abort::Loop(task)))?;
+        return Ok(future);
+    }
     let doorbell = DOORBELL
         .import(py, "busbar._bridge", "doorbell")?
         .call1((&event_loop,))?;
-    let future_handle = future.clone().unbind();
     let task = match doorbell.cast::<Doorbell>() {
         Ok(doorbell) => {
             let bell = doorbell.get().0.clone();
@@ -354,7 +377,7 @@ fn spawn_for_asyncio<'py>(
         }
     };
     // `Awaited.cancel` calls it: a cancelled await cancels the work.
-    future.setattr("abort", AbortTask(task.abort_handle()))?;
+    future.setattr("abort", AbortTask(Abort::Tokio(task.abort_handle())))?;
     Ok(future)
 }
 
@@ -370,7 +393,8 @@ fn settle(py: Python<'_>, outcome: Result<Convert, Error>) -> (Py<PyAny>, Py<PyA
     }
 }
 
-/// How finished asyncio work reaches its event loop: the runtime thread queues
+/// How finished asyncio work reaches an event loop without an executor
+/// (`busbar._bridge.loop_exec` gave none): the runtime thread queues
 /// the outcome and writes one byte to a pipe the loop watches (`add_reader`);
 /// the loop's thread converts and resolves everything queued.
 ///
@@ -449,11 +473,19 @@ impl Doorbell {
 
 /// Called by `Awaited.cancel`: a cancelled await cancels the work.
 #[pyclass]
-struct AbortTask(tokio::task::AbortHandle);
+struct AbortTask(Abort);
+
+enum Abort {
+    Tokio(tokio::task::AbortHandle),
+    Loop(Arc<crate::loop_io::Task>),
+}
 
 #[pymethods]
 impl AbortTask {
     fn __call__(&self) {
-        self.0.abort();
+        match &self.0 {
+            Abort::Tokio(handle) => handle.abort(),
+            Abort::Loop(task) => task.abort(),
+        }
     }
 }

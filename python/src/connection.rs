@@ -148,12 +148,17 @@ pub(crate) fn connect<'py>(
     } else {
         Face::Blocking
     };
-    let options = target.options();
+    let home = asyncio.then(|| Arc::new(crate::loop_io::LoopTransport::default()));
+    let options = match &home {
+        Some(home) => target.options().map(|o| o.transport(home.clone())),
+        None => target.options(),
+    };
     finish(py, face, async move {
         let client = options?.connect().await?;
         Ok(Core {
             face,
             client: RwLock::new(Some(client)),
+            home,
         })
     })
 }
@@ -196,6 +201,8 @@ impl ToPython for Opened {
 pub(crate) struct Core {
     face: Face,
     client: RwLock<Option<Client>>,
+    /// An asyncio connection's loop, where its socket is watched.
+    home: Option<Arc<crate::loop_io::LoopTransport>>,
 }
 
 impl Core {
@@ -203,6 +210,7 @@ impl Core {
         Core {
             face,
             client: RwLock::new(Some(client)),
+            home: None,
         }
     }
 
@@ -240,7 +248,18 @@ impl Core {
             Scope::Opening => None,
         };
         match (self.client(sent), duration(timeout, "timeout")) {
-            (Ok(client), Ok(limit)) => finish(py, self.face, within(limit, work(client))),
+            (Ok(client), Ok(limit)) => {
+                let home = self.home.clone();
+                let work = work(client);
+                finish(py, self.face, async move {
+                    // Checked when the work first runs: that is in the
+                    // awaiting loop, wherever the call was made.
+                    if let Some(home) = home {
+                        home.check_here()?;
+                    }
+                    within(limit, work).await
+                })
+            }
             (Err(error), _) | (_, Err(error)) => {
                 finish(py, self.face, async move { Err::<T, _>(error) })
             }

@@ -6,6 +6,7 @@ mod bridge;
 mod connection;
 mod convert;
 mod data;
+mod loop_io;
 mod sql;
 mod streams;
 
@@ -22,6 +23,7 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<streams::CorePublisher>()?;
     module.add_class::<streams::CoreMembership>()?;
     module.add_class::<bridge::Doorbell>()?;
+    module.add_class::<loop_io::LoopExec>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

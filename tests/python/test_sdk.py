@@ -720,6 +720,23 @@ def test_awaited_results_reach_each_loop(busbar_node, loop_class):
             loop.close()
 
 
+def test_an_aio_connection_belongs_to_the_loop_that_opened_it(busbar_node):
+    """Its socket is watched by that loop: awaited in another loop, a call
+    fails with FailedPrecondition instead of waiting on a loop that may
+    never run again; its own loop keeps working."""
+    config = busbar_node.data_dir / "admin.json"
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        conn = first.run_until_complete(busbar.aio.Connection.from_config(config))
+        with pytest.raises(errors.FailedPrecondition, match="event loop that opened it"):
+            second.run_until_complete(conn.status())
+        assert first.run_until_complete(conn.status())["version"]
+        conn.close()
+    finally:
+        first.close()
+        second.close()
+
+
 def test_aio_outside_a_running_loop_is_a_typed_error(busbar_node):
     with pytest.raises(errors.FailedPrecondition):
         busbar.aio.Connection.from_config(busbar_node.data_dir / "admin.json").send(None)

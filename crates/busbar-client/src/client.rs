@@ -75,8 +75,33 @@ impl Credential {
     }
 }
 
+/// A byte stream the client's TLS and HTTP/2 run over.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A connection's background work spawned somewhere else than on tokio: the
+/// HTTP/2 connection task and the channel's buffer worker, and the socket
+/// they run over (an event loop's own, for example).
+pub trait Transport: Send + Sync + 'static {
+    /// Wraps a connected TCP stream.
+    fn wrap(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Box<dyn Io>>;
+    /// Runs a background future of the connection until it ends.
+    fn spawn(&self, work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+}
+
+#[derive(Clone)]
+struct TransportExecutor(Arc<dyn Transport>);
+
+impl hyper::rt::Executor<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
+    for TransportExecutor
+{
+    fn execute(&self, work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        self.0.spawn(work)
+    }
+}
+
 /// Everything needed to connect, on one builder.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConnectOptions {
     address: String,
     server_name: Option<String>,
@@ -86,6 +111,19 @@ pub struct ConnectOptions {
     timeout: Option<Duration>,
     connect_timeout: Duration,
     connections: usize,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("address", &self.address)
+            .field("server_name", &self.server_name)
+            .field("timeout", &self.timeout)
+            .field("connections", &self.connections)
+            .field("transport", &self.transport.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectOptions {
@@ -101,7 +139,14 @@ impl ConnectOptions {
             timeout: None,
             connect_timeout: Duration::from_secs(10),
             connections: 1,
+            transport: None,
         }
+    }
+
+    /// Runs the connection's background work and socket through `transport`.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> ConnectOptions {
+        self.transport = Some(transport);
+        self
     }
 
     /// Options from a client config (such as `admin.json`).
@@ -371,7 +416,7 @@ impl Client {
             .trim_end_matches(']')
             .to_string();
         let plain_uri = format!("http://{}", uri.authority().expect("has host"));
-        let endpoint = Endpoint::from_shared(plain_uri)
+        let mut endpoint = Endpoint::from_shared(plain_uri)
             .map_err(|e| Error::invalid_argument(format!("bad address {address:?}: {e}")))?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
@@ -382,6 +427,10 @@ impl Client {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        if let Some(transport) = &options.transport {
+            endpoint = endpoint.executor(TransportExecutor(transport.clone()));
+        }
+        let transport = options.transport.clone();
         let connections = options.connections;
         let channels: Vec<Channel> = if tls {
             let config = crate::tls::client_config(
@@ -396,10 +445,15 @@ impl Client {
             let dial = tower::service_fn(move |_: http::Uri| {
                 let (connector, server_name, target) =
                     (connector.clone(), server_name.clone(), target.clone());
+                let transport = transport.clone();
                 async move {
                     let tcp = tokio::net::TcpStream::connect(target).await?;
                     tcp.set_nodelay(true)?;
-                    let stream = connector.connect(server_name, tcp).await?;
+                    let io: Box<dyn Io> = match &transport {
+                        Some(transport) => transport.wrap(tcp)?,
+                        None => Box::new(tcp),
+                    };
+                    let stream = connector.connect(server_name, io).await?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             });

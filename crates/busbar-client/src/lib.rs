@@ -31,7 +31,7 @@ mod wires;
 pub use api::{
     BoxStream, Grant, Identity, NodeEvent, NodeStatus, Resource, ResourceKind, Right, TokenInfo,
 };
-pub use client::{Client, ConnectOptions, Credential};
+pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
