@@ -44,6 +44,10 @@ thread_local! {
 /// of TLS) would otherwise hold the loop for its whole length.
 const READ_PER_TURN: usize = 1 << 20;
 
+/// Polls in one turn of the loop, at most: a task that keeps waking itself
+/// must not hold the loop either. The rest waits for the next turn.
+const POLLS_PER_TURN: usize = 1024;
+
 pub(crate) struct Exec {
     queue: Mutex<VecDeque<Arc<Task>>>,
     /// Readers that used up their turn: woken on the loop's next turn.
@@ -114,8 +118,8 @@ impl Exec {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(task);
-        if !DRAINING.get() && !self.signalled.swap(true, Ordering::AcqRel) {
-            let _ = (&self.writer).write_all(&[1]);
+        if !DRAINING.get() {
+            self.ring();
         }
     }
 
@@ -138,14 +142,16 @@ impl Exec {
         task
     }
 
-    /// Polls every queued task, and those they wake, until none is left.
+    /// Polls every queued task, and those they wake, until none is left
+    /// (or `POLLS_PER_TURN` polls are done: the pipe then brings the loop
+    /// back for the rest).
     pub(crate) fn drain(&self) {
         let outer = DRAINING.replace(true);
         if !outer {
             READ_THIS_TURN.set(0);
         }
         let _runtime = crate::bridge::runtime().enter();
-        loop {
+        for _ in 0..POLLS_PER_TURN {
             let next = self
                 .queue
                 .lock()
@@ -165,6 +171,21 @@ impl Exec {
             }
         }
         DRAINING.set(outer);
+        if !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            self.ring();
+        }
+    }
+
+    /// Makes the loop call `LoopExec.ring` (once, however often rung).
+    fn ring(&self) {
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            let _ = (&self.writer).write_all(&[1]);
+        }
     }
 
     /// Wakes `waker` on the loop's next turn.
@@ -173,9 +194,7 @@ impl Exec {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(waker.clone());
-        if !self.signalled.swap(true, Ordering::AcqRel) {
-            let _ = (&self.writer).write_all(&[1]);
-        }
+        self.ring();
     }
 }
 
