@@ -26,8 +26,8 @@ def resolve(future: Any, error: BaseException | None, value: Any) -> None:
 
 class Awaited(asyncio.Future):  # type: ignore[type-arg]
     """The future an awaited call of the asyncio face waits on. Cancelling it
-    (as cancelling the awaiting task does) aborts the call's work on Busbar's
-    runtime. An override rather than a done callback: each callback costs the
+    (as cancelling the awaiting task does) aborts the call's work, on the
+    loop's executor or Busbar's runtime. An override rather than a done callback: each callback costs the
     event loop one more handle to run for every await, cancelled or not."""
 
     __slots__ = ("abort",)

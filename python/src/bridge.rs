@@ -265,8 +265,9 @@ type Convert = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 type PendingWork = std::pin::Pin<Box<dyn Future<Output = Result<Convert, Error>> + Send>>;
 
 /// The awaitable the asyncio face returns. Like a coroutine, nothing happens
-/// until it is awaited (in a running event loop); then the work runs on
-/// Busbar's runtime and cancelling the await cancels it.
+/// until it is awaited (in a running event loop); then the work runs on the
+/// loop's thread (`loop_io`; on Busbar's runtime where the loop has no
+/// executor) and cancelling the await cancels it.
 #[pyclass(module = "busbar._core")]
 struct Pending {
     work: Mutex<Option<PendingWork>>,
