@@ -79,6 +79,9 @@ impl Credential {
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Io for T {}
 
+/// A future a connection runs in the background until it ends.
+pub type BackgroundWork = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// A connection's background work spawned somewhere else than on tokio: the
 /// HTTP/2 connection task and the channel's buffer worker, and the socket
 /// they run over (an event loop's own, for example).
@@ -86,16 +89,14 @@ pub trait Transport: Send + Sync + 'static {
     /// Wraps a connected TCP stream.
     fn wrap(&self, tcp: tokio::net::TcpStream) -> std::io::Result<Box<dyn Io>>;
     /// Runs a background future of the connection until it ends.
-    fn spawn(&self, work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+    fn spawn(&self, work: BackgroundWork);
 }
 
 #[derive(Clone)]
 struct TransportExecutor(Arc<dyn Transport>);
 
-impl hyper::rt::Executor<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
-    for TransportExecutor
-{
-    fn execute(&self, work: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+impl hyper::rt::Executor<BackgroundWork> for TransportExecutor {
+    fn execute(&self, work: BackgroundWork) {
         self.0.spawn(work)
     }
 }
