@@ -21,6 +21,7 @@ mod dynamic;
 mod error;
 mod json;
 mod pieces;
+mod point_columns;
 mod rooms;
 mod sessions;
 mod sql;

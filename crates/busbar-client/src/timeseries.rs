@@ -6,6 +6,7 @@ use crate::api::Resource;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::pieces::Piece;
+use crate::point_columns::ColumnsDecoder;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use busbar_proto::v1::{
@@ -147,10 +148,60 @@ pub enum SeriesChunk {
     Points(RecordBatch),
 }
 
-/// The number of `ReadSeriesResponse.arrow_ipc`.
-const ARROW_IPC_FIELD: u32 = 2;
+/// The number of `ReadSeriesResponse.column`.
+const COLUMN_FIELD: u32 = 4;
 
-fn protocol(message: &str) -> Error {
+/// Turns the pieces of a read into series headers and record batches,
+/// whichever form the points come in.
+#[derive(Default)]
+struct SeriesDecoder {
+    /// The current series' Arrow IPC stream, when the node sends that form.
+    ipc: arrow_ipc::reader::StreamDecoder,
+    columns: ColumnsDecoder,
+    ready: std::collections::VecDeque<SeriesChunk>,
+}
+
+impl SeriesDecoder {
+    fn push(&mut self, piece: Piece<pb::ReadSeriesResponse>) -> Result<()> {
+        let part = match piece {
+            Piece::Bytes(column) => return self.column(column),
+            Piece::Message(pb::ReadSeriesResponse { part: Some(part) }) => part,
+            Piece::Message(_) => return Err(protocol("an empty message")),
+        };
+        match part {
+            ReadPart::Series(info) => {
+                self.columns.finish()?;
+                self.ipc = arrow_ipc::reader::StreamDecoder::new();
+                self.ready.push_back(SeriesChunk::Start(info));
+            }
+            ReadPart::Columns(header) => self.columns.header(header)?,
+            // The same piece with other fields next to it.
+            ReadPart::Column(bytes) => self.column(arrow_buffer::Buffer::from(bytes))?,
+            ReadPart::ArrowIpc(bytes) => {
+                let mut buffer = arrow_buffer::Buffer::from(bytes);
+                while !buffer.is_empty() {
+                    let batch = self
+                        .ipc
+                        .decode(&mut buffer)
+                        .map_err(|e| protocol(&format!("bad Arrow IPC: {e}")))?;
+                    if let Some(batch) = batch {
+                        self.ready.push_back(SeriesChunk::Points(batch));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn column(&mut self, column: arrow_buffer::Buffer) -> Result<()> {
+        if let Some(batch) = self.columns.column(column)? {
+            self.ready.push_back(SeriesChunk::Points(batch));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn protocol(message: &str) -> Error {
     Error::new(
         ErrorCode::Internal,
         format!("unexpected time-series response: {message}"),
@@ -205,47 +256,31 @@ impl Client {
             start_ms: interval.start_ms,
             end_ms: interval.end_ms,
             session: self.session_id(),
+            // Regular times and uniform flags cross as rules (see
+            // `point_columns`); a node that predates the form sends IPC.
+            form: pb::PointsForm::PointsColumns.into(),
         };
-        // The `arrow_ipc` pieces land in aligned buffers, one copy each.
+        // The `column` pieces land in aligned buffers, one copy each.
         let responses = crate::pieces::server_streaming::<_, _, _, pb::ReadSeriesResponse>(
             self.intercepted(),
             "/busbar.v1.TimeSeries/Read",
             request,
-            ARROW_IPC_FIELD,
+            COLUMN_FIELD,
         )
         .await?;
-        let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
-        let state = (
-            responses,
-            arrow_ipc::reader::StreamDecoder::new(),
-            std::collections::VecDeque::new(),
-        );
+        let state = (responses, SeriesDecoder::default());
         Ok(Box::pin(futures::stream::try_unfold(
             state,
-            move |(mut responses, mut decoder, mut ready)| async move {
+            move |(mut responses, mut decoder)| async move {
                 loop {
-                    if let Some(chunk) = ready.pop_front() {
-                        return Ok(Some((chunk, (responses, decoder, ready))));
+                    if let Some(chunk) = decoder.ready.pop_front() {
+                        return Ok(Some((chunk, (responses, decoder))));
                     }
-                    let mut buffer = match responses.next().await.transpose()? {
-                        None => return Ok(None),
-                        Some(Piece::Message(pb::ReadSeriesResponse {
-                            part: Some(ReadPart::Series(info)),
-                        })) => {
-                            decoder = arrow_ipc::reader::StreamDecoder::new();
-                            ready.push_back(SeriesChunk::Start(info));
-                            continue;
-                        }
-                        Some(Piece::Bytes(buffer)) => buffer,
-                        // The same piece with other fields next to it.
-                        Some(Piece::Message(pb::ReadSeriesResponse {
-                            part: Some(ReadPart::ArrowIpc(bytes)),
-                        })) => arrow_buffer::Buffer::from(bytes),
-                        Some(Piece::Message(_)) => return Err(protocol("an empty message")),
-                    };
-                    while !buffer.is_empty() {
-                        if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
-                            ready.push_back(SeriesChunk::Points(batch));
+                    match responses.next().await.transpose()? {
+                        Some(piece) => decoder.push(piece)?,
+                        None => {
+                            decoder.columns.finish()?;
+                            return Ok(None);
                         }
                     }
                 }

@@ -16,9 +16,10 @@
 
 use super::flight::FlightDataStream;
 use super::flight_sql::{caller_of, flight_error, info};
-use super::timeseries::{read_points, resolve, write_points};
+use super::timeseries::{Reading, resolve, write_points};
 use crate::error::{Error, Result};
 use crate::node::Node;
+use crate::store::points_wire;
 use crate::store::timeseries::{POINTS_SCHEMA, parse_time};
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use arrow_array::RecordBatch;
@@ -120,7 +121,7 @@ async fn series_info(
     }
     let (node, id) = (node.clone(), record.id.clone());
     let extent = tokio::task::spawn_blocking(move || {
-        crate::store::timeseries::extent(&node.timeseries.open_reader(&id)?)
+        crate::store::timeseries::extent(&*node.timeseries.reader(&id)?)
     })
     .await??;
     Ok(info.with_total_records(extent.points as i64))
@@ -174,7 +175,12 @@ pub async fn do_get(
     let caller = caller_of(&request)?;
     let points = Points::from_json(&request.get_ref().ticket, "ticket")?;
     let record = resolve(node, &caller, &points.path, Right::Read).await?;
-    let (messages, reading) = read_points(node, None, record.id, points.range());
+    let reading = Reading {
+        session: None,
+        id: record.id,
+        range: points.range(),
+    };
+    let (messages, reading) = reading.start(node, points_wire::read);
     // Storage's IPC messages go out as they are: metadata and body of each
     // are the FlightData's header and body, after the schema.
     let schema = FlightData::from(SchemaAsIpc::new(

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths;
 use crate::sessions::DataSession;
-use crate::store::points_ipc::{self, PointsMessage};
+use crate::store::points_wire::{self, PointsColumns};
 use crate::store::timeseries::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use arrow_array::RecordBatch;
@@ -109,7 +109,7 @@ fn with_reader<T>(
             return work(conn);
         }
     }
-    work(&node.timeseries.open_reader(id)?)
+    work(&*node.timeseries.reader(id)?)
 }
 
 fn info(
@@ -134,54 +134,98 @@ fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
     Ok(pb::ReadSeriesResponse { part: Some(part) })
 }
 
-/// Reads the points of one series in a blocking thread, chunk by chunk into
-/// a bounded queue of ready-made Arrow IPC messages; the task's result says
-/// how many points were read.
-pub(super) fn read_points(
-    node: &Arc<Node>,
-    session: Option<Arc<DataSession>>,
-    id: String,
-    range: (Option<i64>, Option<i64>),
-) -> (
-    mpsc::Receiver<PointsMessage>,
-    tokio::task::JoinHandle<Result<u64>>,
-) {
-    let (sink, messages) = mpsc::channel::<PointsMessage>(QUEUE);
-    let node = node.clone();
-    let reading = tokio::task::spawn_blocking(move || {
-        with_reader(&node, session.as_deref(), &id, |conn| {
-            points_ipc::read(conn, range.0, range.1, &mut |message| {
-                sink.blocking_send(message)
-                    .map_err(|_| Error::cancelled("the caller went away"))
-            })
-        })
-    });
-    (messages, reading)
+/// How storage reads the points of one series into messages of type `M`
+/// (`points_wire::read` or `read_columns`).
+pub(super) type PointsReader<M> =
+    fn(&Connection, Option<i64>, Option<i64>, &mut dyn FnMut(M) -> Result<()>) -> Result<u64>;
+
+/// Where a read's responses go.
+type Out = mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>;
+
+/// One series' points to read: which, through which session, and the
+/// interval.
+pub(super) struct Reading {
+    pub session: Option<Arc<DataSession>>,
+    pub id: String,
+    pub range: (Option<i64>, Option<i64>),
 }
 
+impl Reading {
+    /// Reads the points in a blocking thread, chunk by chunk into a bounded
+    /// queue of ready-made messages; the task's result says how many points
+    /// were read.
+    pub(super) fn start<M: Send + 'static>(
+        self,
+        node: &Arc<Node>,
+        reader: PointsReader<M>,
+    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
+        let (sink, messages) = mpsc::channel::<M>(QUEUE);
+        let node = node.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            with_reader(&node, self.session.as_deref(), &self.id, |conn| {
+                reader(conn, self.range.0, self.range.1, &mut |message| {
+                    sink.blocking_send(message)
+                        .map_err(|_| Error::cancelled("the caller went away"))
+                })
+            })
+        });
+        (messages, reading)
+    }
+}
+
+/// The pieces of one batch in the columns form: its header, then each
+/// column that is not a rule.
+fn columns_parts(batch: PointsColumns) -> impl Iterator<Item = ReadPart> {
+    let header = pb::PointColumns {
+        // A stored chunk holds at most CHUNK_POINTS rows.
+        rows: batch.rows as u32,
+        times: batch.times.rule().map(|step| pb::TimeStep {
+            first_ms: step.first_ms,
+            step_ms: step.step_ms,
+        }),
+        flags: batch.flags.rule().copied(),
+    };
+    std::iter::once(ReadPart::Columns(header))
+        .chain(batch.times.into_values().map(ReadPart::Column))
+        .chain(batch.flags.into_values().map(ReadPart::Column))
+        .chain(std::iter::once(ReadPart::Column(batch.values)))
+}
+
+/// What streaming one series' points does: `false` when the caller went
+/// away.
+type Sent = Result<bool>;
+
 /// Streams the points of one series as one Arrow IPC stream: the schema, one
-/// message per stored chunk as storage made it, the end marker. `false` when
-/// the caller went away.
-async fn send_points(
-    node: &Arc<Node>,
-    session: Option<Arc<DataSession>>,
-    id: String,
-    range: (Option<i64>, Option<i64>),
-    out: &mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>,
-) -> Result<bool> {
+/// message per stored chunk as storage made it, the end marker.
+async fn send_ipc(node: &Arc<Node>, reading: Reading, out: &Out) -> Sent {
     let send = |piece: Bytes| out.send(read_part(ReadPart::ArrowIpc(piece)));
-    if send(points_ipc::SCHEMA_MESSAGE.clone()).await.is_err() {
+    if send(points_wire::SCHEMA_MESSAGE.clone()).await.is_err() {
         return Ok(false);
     }
-    let (mut messages, reading) = read_points(node, session, id, range);
+    let (mut messages, read) = reading.start(node, points_wire::read);
     while let Some(message) = messages.recv().await {
         if send(message.framed()).await.is_err() {
             return Ok(false);
         }
     }
-    reading.await??;
-    let end = Bytes::from_static(&points_ipc::END_OF_STREAM);
+    read.await??;
+    let end = Bytes::from_static(&points_wire::END_OF_STREAM);
     Ok(send(end).await.is_ok())
+}
+
+/// Streams the points of one series in the columns form: a header and the
+/// columns that are not rules, per stored chunk.
+async fn send_columns(node: &Arc<Node>, reading: Reading, out: &Out) -> Sent {
+    let (mut batches, read) = reading.start(node, points_wire::read_columns);
+    while let Some(batch) = batches.recv().await {
+        for part in columns_parts(batch) {
+            if out.send(read_part(part)).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    read.await??;
+    Ok(true)
 }
 
 #[tonic::async_trait]
@@ -206,6 +250,12 @@ impl TimeSeries for TimeSeriesService {
         if r.paths.is_empty() {
             return Err(Error::invalid_argument("name at least one series to read").into());
         }
+        let form = pb::PointsForm::try_from(r.form).map_err(|_| {
+            Error::invalid_argument(format!(
+                "bad points form {}: use POINTS_ARROW_IPC (0) or POINTS_COLUMNS (1)",
+                r.form
+            ))
+        })?;
         // Every series is checked before anything streams.
         let mut records = Vec::with_capacity(r.paths.len());
         for path in &r.paths {
@@ -236,7 +286,16 @@ impl TimeSeries for TimeSeriesService {
                 if out.send(read_part(ReadPart::Series(header))).await.is_err() {
                     return;
                 }
-                match send_points(&node, session.clone(), record.id, range, &out).await {
+                let reading = Reading {
+                    session: session.clone(),
+                    id: record.id,
+                    range,
+                };
+                let sent = match form {
+                    pb::PointsForm::PointsArrowIpc => send_ipc(&node, reading, &out).await,
+                    pb::PointsForm::PointsColumns => send_columns(&node, reading, &out).await,
+                };
+                match sent {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(error) => {

@@ -3,7 +3,7 @@
 //! write is durable (fsynced) before the call returns, so a write acknowledged
 //! to a client survives `kill -9`.
 
-pub mod points_ipc;
+pub mod points_wire;
 pub mod procedures;
 mod sql;
 mod sqlite;

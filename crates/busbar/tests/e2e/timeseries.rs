@@ -139,6 +139,122 @@ async fn writes_replace_their_interval_and_reads_are_half_open() {
     assert_eq!(values(&both[0]), vec![50.0; 3]);
 }
 
+/// The messages of one `TimeSeries/Read` made by method name, as a generic
+/// gRPC client makes it.
+async fn read_by_name(client: &Client, request: serde_json::Value) -> Vec<serde_json::Value> {
+    use futures::StreamExt;
+    let mut call = client
+        .stream("busbar.v1.TimeSeries/Read", Some(request))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(message) = call.next().await {
+        out.push(message.unwrap());
+    }
+    out
+}
+
+fn base64(value: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().unwrap())
+        .unwrap()
+}
+
+fn as_i64(value: &serde_json::Value) -> i64 {
+    value
+        .as_i64()
+        .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("{value} is no integer"))
+}
+
+#[tokio::test]
+async fn generic_clients_read_arrow_ipc_and_busbars_reads_send_regular_columns_as_rules() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let regular = "/home/admin/regular";
+    let ragged = "/home/admin/ragged";
+    for path in [regular, ragged] {
+        series(&admin, path, SeriesSpec::new(Resolution::Hour)).await;
+        admin
+            .write_series(path, Interval::all(), vec![hourly(0, 24, 1.5)])
+            .await
+            .unwrap();
+    }
+    // One point gone and one flagged: neither times nor flags are regular.
+    let two = points(vec![T0 + 7 * HOUR], vec![flags::SUSPECT], vec![7.0]).unwrap();
+    admin
+        .write_series(ragged, T0 + 6 * HOUR..T0 + 9 * HOUR, vec![two])
+        .await
+        .unwrap();
+
+    // Without a form: the series header, then one Arrow IPC stream, which
+    // any Arrow library reads and which holds what Busbar's client reads.
+    let messages = read_by_name(&admin, serde_json::json!({"paths": [ragged]})).await;
+    assert_eq!(messages[0]["series"]["path"], ragged, "{}", messages[0]);
+    let ipc: Vec<u8> = messages[1..]
+        .iter()
+        .flat_map(|m| base64(&m["arrow_ipc"]))
+        .collect();
+    let batches: Vec<RecordBatch> =
+        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let native = admin.read_series(ragged, Interval::all()).await.unwrap();
+    assert_eq!(batches, native.batches);
+    assert_eq!(native.num_points(), 22);
+    let flags_of = |data: &SeriesData| -> Vec<u32> {
+        data.batches
+            .iter()
+            .flat_map(|b| b.column(1).as_primitive::<UInt32Type>().values().to_vec())
+            .collect()
+    };
+    assert_eq!(flags_of(&native).iter().filter(|&&f| f != 0).count(), 1);
+
+    // The columns form: regular times and uniform flags go as rules, so
+    // only the values cross; the ragged series sends all three columns.
+    let columns = serde_json::json!({"paths": [regular], "form": "POINTS_COLUMNS"});
+    let messages = read_by_name(&admin, columns).await;
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    let header = &messages[1]["columns"];
+    assert_eq!(as_i64(&header["rows"]), 24, "{header}");
+    assert_eq!(as_i64(&header["times"]["first_ms"]), T0, "{header}");
+    assert_eq!(as_i64(&header["times"]["step_ms"]), HOUR, "{header}");
+    assert_eq!(as_i64(&header["flags"]), 0, "{header}");
+    let sent = base64(&messages[2]["column"]);
+    assert_eq!(
+        sent,
+        [1.5f64; 24]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<_>>()
+    );
+    let columns = serde_json::json!({"paths": [ragged], "form": "POINTS_COLUMNS"});
+    let messages = read_by_name(&admin, columns).await;
+    let widths: Vec<usize> = messages[2..]
+        .iter()
+        .map(|m| base64(&m["column"]).len())
+        .collect();
+    assert_eq!(widths, vec![22 * 8, 22 * 4, 22 * 8], "{messages:?}");
+    assert_eq!(
+        times(&admin.read_series(regular, Interval::all()).await.unwrap()),
+        (0..24).map(|h| T0 + h * HOUR).collect::<Vec<_>>()
+    );
+
+    // A form the node does not know is refused before anything streams.
+    let mut call = admin
+        .stream(
+            "busbar.v1.TimeSeries/Read",
+            Some(serde_json::json!({"paths": [regular], "form": 7})),
+        )
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    let refused = call.next().await.unwrap();
+    assert_error(refused, ErrorCode::InvalidArgument, "bad points form 7");
+}
+
 #[tokio::test]
 async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothing() {
     let node = Node::start(&[]);

@@ -1,13 +1,17 @@
-//! Stored chunks read straight into Arrow IPC messages.
+//! Stored chunks read straight into the forms points travel in.
 //!
 //! A chunk's three column blobs already hold Arrow's little-endian layout, so
 //! a read does not build Arrow arrays and then encode them: SQLite's
-//! incremental blob I/O copies each column once, from storage into a buffer
-//! laid out as one IPC record-batch message (header, then body). That buffer
-//! is then a piece of the native `TimeSeries/Read` stream, the header and body
-//! of a Flight `FlightData`, or a `RecordBatch` of zero-copy slices.
+//! incremental blob I/O copies each column once, from storage into the
+//! buffer that goes out. In the Arrow IPC form ([`read`]) that buffer is laid
+//! out as one IPC record-batch message (header, then body): a piece of the
+//! native `TimeSeries/Read` stream, the header and body of a Flight
+//! `FlightData`, or a `RecordBatch` of zero-copy slices. In the columns form
+//! ([`read_columns`]) each column is a buffer of its own, and times on a
+//! regular step or flags that are all the same (which the chunk row records
+//! when it is written) are not read at all: they go as that rule.
 
-use super::timeseries::{CHUNK_POINTS, POINTS_SCHEMA, corrupt};
+use super::timeseries::{CHUNK_POINTS, POINTS_SCHEMA, checked_step, corrupt};
 use crate::error::{Error, Result};
 use arrow_array::{Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_buffer::ScalarBuffer;
@@ -15,6 +19,7 @@ use bytes::Bytes;
 use rusqlite::Connection;
 use rusqlite::blob::Blob;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
 /// Arrow IPC pads the metadata and every body buffer to this many bytes
@@ -202,14 +207,38 @@ impl<'c> ChunkColumns<'c> {
     }
 }
 
-/// Reads the points in `[from, to)` (unbounded where `None`), chunk by chunk
-/// in time order, each chunk's part as one message handed to `emit`; returns
-/// how many points were read.
-pub fn read(
+/// The rows of one stored chunk that a read sends.
+struct ChunkRows<'a, 'c> {
+    /// Blob handles on the chunk's times, flags and values.
+    blobs: &'a [Blob<'c>; 3],
+    /// The first row to send and one past the last.
+    rows: Range<usize>,
+    start_ms: i64,
+    /// The step of the chunk's times, when they are regular.
+    step_ms: Option<i64>,
+    /// The flags of every point, when they are all the same.
+    same_flags: Option<u32>,
+}
+
+impl ChunkRows<'_, '_> {
+    /// Reads bytes `at..at + len` of column `column` into a buffer of their own.
+    fn column(&self, column: usize, at: usize, len: usize) -> Result<Bytes> {
+        let mut out = Vec::<u8>::with_capacity(len);
+        self.blobs[column].raw_read_at_exact(&mut out.spare_capacity_mut()[..len], at)?;
+        // SAFETY: `raw_read_at_exact` filled all `len` bytes, or failed.
+        unsafe { out.set_len(len) };
+        Ok(Bytes::from(out))
+    }
+}
+
+/// Walks the chunks that hold points in `[from, to)` (unbounded where
+/// `None`) in time order, handing `visit` each one's rows inside it; returns
+/// how many points were visited.
+fn each_chunk(
     conn: &Connection,
     from: Option<i64>,
     to: Option<i64>,
-    emit: &mut dyn FnMut(PointsMessage) -> Result<()>,
+    visit: &mut dyn FnMut(ChunkRows<'_, '_>) -> Result<()>,
 ) -> Result<u64> {
     const _: () = assert!(
         cfg!(target_endian = "little"),
@@ -223,7 +252,7 @@ pub fn read(
     // The chunk that holds `from` starts at or before it; only the columns'
     // sizes are read here, the blobs themselves through blob handles below.
     let mut stmt = conn.prepare_cached(
-        "SELECT start_ms, last_ms, count FROM chunks
+        "SELECT start_ms, last_ms, count, step_ms, same_flags FROM chunks
          WHERE start_ms >= coalesce((SELECT max(start_ms) FROM chunks WHERE start_ms <= ?1), ?1)
            AND start_ms < ?2 ORDER BY start_ms",
     )?;
@@ -239,12 +268,37 @@ pub fn read(
             .ok()
             .filter(|&n| n <= CHUNK_POINTS)
             .ok_or_else(|| corrupt("a chunk's point count is out of range"))?;
-        let [times, flags, values] = chunk.at(conn, start_ms)?;
-        if times.len() != count * 8 || flags.len() != count * 4 || values.len() != count * 8 {
+        let step_ms: Option<i64> = row.get(3)?;
+        let same_flags = row
+            .get::<_, Option<i64>>(4)?
+            .map(|flags| {
+                u32::try_from(flags).map_err(|_| corrupt("a chunk's flags are out of range"))
+            })
+            .transpose()?;
+        if step_ms.is_some_and(|step| checked_step(start_ms, count, step) != Some(last_ms)) {
+            return Err(corrupt("a chunk's time step does not match its times"));
+        }
+        let blobs = chunk.at(conn, start_ms)?;
+        let [times, flags, values] = blobs;
+        // A column kept as a rule has an empty blob.
+        let fits = |blob: &Blob, width: usize, rule: bool| {
+            blob.len() == count * width || (rule && blob.is_empty())
+        };
+        if !fits(times, 8, step_ms.is_some())
+            || !fits(flags, 4, same_flags.is_some())
+            || !fits(values, 8, false)
+        {
             return Err(corrupt("a chunk has uneven columns"));
         }
         let (lo, hi) = if from <= start_ms && last_ms < to {
             (0, count)
+        } else if let Some(step) = step_ms {
+            // An edge chunk of regular times: where the interval cuts it.
+            let time_at = |i: usize| start_ms + i as i64 * step;
+            (
+                partition(count, |i| time_at(i) < from),
+                partition(count, |i| time_at(i) < to),
+            )
         } else {
             // An edge chunk: find the points inside the interval.
             let mut stored = vec![0u8; count * 8];
@@ -260,17 +314,138 @@ pub fn read(
         if lo == hi {
             continue;
         }
-        // `raw_read_at_exact` fills each slot whole or fails.
+        sent += (hi - lo) as u64;
+        visit(ChunkRows {
+            blobs,
+            rows: lo..hi,
+            start_ms,
+            step_ms,
+            same_flags,
+        })?;
+    }
+    Ok(sent)
+}
+
+/// Reads the points in `[from, to)` (unbounded where `None`) as Arrow IPC
+/// record-batch messages, one per stored chunk's part, in time order, each
+/// handed to `emit`; returns how many points were read.
+pub fn read(
+    conn: &Connection,
+    from: Option<i64>,
+    to: Option<i64>,
+    emit: &mut dyn FnMut(PointsMessage) -> Result<()>,
+) -> Result<u64> {
+    each_chunk(conn, from, to, &mut |chunk| {
+        let Range { start: lo, end: hi } = chunk.rows;
+        let [times, flags, values] = chunk.blobs;
+        // `raw_read_at_exact` fills each slot whole or fails; a column kept
+        // as a rule (an empty blob) is written out from it.
         let message = PointsMessage::build(hi - lo, |[t, f, v]| {
-            times.raw_read_at_exact(t, lo * 8)?;
-            flags.raw_read_at_exact(f, lo * 4)?;
+            match chunk.step_ms {
+                Some(step) if times.is_empty() => {
+                    let time = |i: usize| chunk.start_ms + i as i64 * step;
+                    fill(t, (lo..hi).map(|i| time(i).to_le_bytes()));
+                }
+                _ => {
+                    times.raw_read_at_exact(t, lo * 8)?;
+                }
+            }
+            match chunk.same_flags {
+                Some(same) if flags.is_empty() => fill(f, (lo..hi).map(|_| same.to_le_bytes())),
+                _ => {
+                    flags.raw_read_at_exact(f, lo * 4)?;
+                }
+            }
             values.raw_read_at_exact(v, lo * 8)?;
             Ok(())
         })?;
-        sent += (hi - lo) as u64;
-        emit(message)?;
+        emit(message)
+    })
+}
+
+/// Writes `items` one after another into `slot`, which they fill exactly.
+fn fill<const N: usize>(slot: &mut [MaybeUninit<u8>], items: impl Iterator<Item = [u8; N]>) {
+    for (out, item) in slot.chunks_exact_mut(N).zip(items) {
+        for (byte, value) in out.iter_mut().zip(item) {
+            byte.write(value);
+        }
     }
-    Ok(sent)
+}
+
+/// Regular times: row `i` is at `first_ms + i * step_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeStep {
+    pub first_ms: i64,
+    pub step_ms: i64,
+}
+
+/// A column of a [`PointsColumns`]: the rule all its rows follow, or its
+/// little-endian values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column<Rule> {
+    Rule(Rule),
+    Values(Bytes),
+}
+
+impl<Rule> Column<Rule> {
+    /// The rule, when the column is one.
+    pub fn rule(&self) -> Option<&Rule> {
+        match self {
+            Column::Rule(rule) => Some(rule),
+            Column::Values(_) => None,
+        }
+    }
+
+    /// The little-endian values, when the column is not a rule.
+    pub fn into_values(self) -> Option<Bytes> {
+        match self {
+            Column::Values(bytes) => Some(bytes),
+            Column::Rule(_) => None,
+        }
+    }
+}
+
+/// One batch of points in the columns form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointsColumns {
+    pub rows: usize,
+    pub times: Column<TimeStep>,
+    pub flags: Column<u32>,
+    /// Little-endian float64 values.
+    pub values: Bytes,
+}
+
+/// Reads the points in `[from, to)` (unbounded where `None`) in the columns
+/// form, one batch per stored chunk's part, in time order, each handed to
+/// `emit`; returns how many points were read. Times and flags are read from
+/// storage only when the chunk does not record them as a rule.
+pub fn read_columns(
+    conn: &Connection,
+    from: Option<i64>,
+    to: Option<i64>,
+    emit: &mut dyn FnMut(PointsColumns) -> Result<()>,
+) -> Result<u64> {
+    each_chunk(conn, from, to, &mut |chunk| {
+        let Range { start: lo, end: hi } = chunk.rows;
+        let rows = hi - lo;
+        let times = match chunk.step_ms {
+            Some(step_ms) => Column::Rule(TimeStep {
+                first_ms: chunk.start_ms + lo as i64 * step_ms,
+                step_ms,
+            }),
+            None => Column::Values(chunk.column(0, lo * 8, rows * 8)?),
+        };
+        let flags = match chunk.same_flags {
+            Some(flags) => Column::Rule(flags),
+            None => Column::Values(chunk.column(1, lo * 4, rows * 4)?),
+        };
+        emit(PointsColumns {
+            rows,
+            times,
+            flags,
+            values: chunk.column(2, lo * 8, rows * 8)?,
+        })
+    })
 }
 
 /// The first index in `0..len` where `before` turns false.
