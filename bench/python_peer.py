@@ -32,7 +32,11 @@ series, starts them and merges their figures.
    whose responses carry the Arrow IPC stream in a protobuf ``bytes`` field:
    the pieces are joined and read with ``pyarrow.ipc.open_stream`` (the
    pattern of today's time-series SDKs); Busbar's ``conn.timeseries.read``
-   returns the table.
+   returns the table. PATH is a regular MIN1 series without flags, so
+   Busbar's client gets its times and flags as rules (the columns form) and
+   only the values cross; the same is measured (sync faces only) on
+   PATH-ragged, whose times are irregular and whose flags vary, so that all
+   three columns cross for Busbar as for grpcio.
 3. Stream into Python: each face subscribes to a fresh wire (Busbar's
    ``wire.subscribe()``, grpcio's ``busbar.v1.Wires/Subscribe``) while a
    publisher in another process (Busbar's sync face, which also creates and
@@ -380,6 +384,7 @@ def busbar_turn(turn: Turn, target: dict) -> None:
     with busbar.Connection.with_tls(**target) as conn:
         turn.out["latencies_ns"]["busbar"] = turn.timed_calls(conn.status)
         turn.read("busbar", lambda: conn.timeseries.read(series))
+        turn.read("busbar ragged", lambda: conn.timeseries.read(ragged(series)))
         turn.stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
 
     async def asyncio_face() -> None:
@@ -406,6 +411,7 @@ def grpcio_turn(turn: Turn, token: str) -> None:
                                 protobuf=google.protobuf.__version__)
     turn.out["latencies_ns"]["grpcio"] = turn.timed_calls(grpcio.call_status)
     turn.read("grpcio", lambda: grpcio.read(turn.args.series))
+    turn.read("grpcio ragged", lambda: grpcio.read(ragged(turn.args.series)))
     turn.stream("grpcio", grpcio.subscribe_wire, lambda s: s.cancel())
 
     async def asyncio_face() -> None:
@@ -424,6 +430,29 @@ def grpcio_turn(turn: Turn, token: str) -> None:
             await channel.close()
 
     asyncio.run(asyncio_face())
+
+
+def ragged(series: str) -> str:
+    """The path of the series that follows no rule, next to ``series``."""
+    return f"{series}-ragged"
+
+
+def ragged_points(n: int) -> pa.Table:
+    """``points(n)`` with each time moved by up to 59.9 s within its minute
+    and every third point flagged SUSPECT: neither times nor flags follow a
+    rule, so every column crosses in full."""
+    import numpy as np
+
+    table = points(n)
+    minutes = table.column(0).cast(pa.int64()).to_numpy()
+    jitter = (np.arange(n, dtype=np.int64) * 7919) % 59_900
+    flags = np.where(np.arange(n) % 3 == 0, 2, 0).astype(np.uint32)
+    return pa.table(
+        [pa.array(minutes + jitter, pa.timestamp("ms", tz="UTC")),
+         pa.array(flags),
+         table.column(2)],
+        schema=table.schema,
+    )
 
 
 def run_turn(args, ca_pem: str, token: str) -> dict:
@@ -502,6 +531,8 @@ def drive(args, ca_pem: str, token: str) -> dict:
     with busbar.Connection.with_tls(**connection_target(args, ca_pem, token)) as conn:
         conn.timeseries.create(args.series, resolution="1min", unit="MW")
         conn.timeseries.write(args.series, points(args.points))
+        conn.timeseries.create(ragged(args.series), resolution="breakpoint", unit="MW")
+        conn.timeseries.write(ragged(args.series), ragged_points(args.points))
         try:
             for _ in range(args.turns):
                 for client in CLIENTS:
@@ -509,6 +540,7 @@ def drive(args, ca_pem: str, token: str) -> dict:
                         merged.add(one_turn(client))
         finally:
             conn.rm(args.series)
+            conn.rm(ragged(args.series))
     return merged.result()
 
 
