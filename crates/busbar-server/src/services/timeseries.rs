@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths;
 use crate::sessions::DataSession;
-use crate::store::points_wire::{self, PointsColumns};
+use crate::store::points_wire::{self, PointsColumns, PointsMessage};
 use crate::store::timeseries::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use arrow_array::RecordBatch;
@@ -20,7 +20,7 @@ use futures::{Stream, StreamExt};
 use rusqlite::Connection;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Status, Streaming};
 
 pub struct TimeSeriesService {
@@ -117,8 +117,15 @@ fn info(
     session: Option<&DataSession>,
     record: &ResourceRecord,
 ) -> Result<pb::SeriesInfo> {
+    with_reader(node, session, &record.id, |conn| {
+        info_on(node, conn, record)
+    })
+}
+
+/// A series' header, from `conn`.
+fn info_on(node: &Node, conn: &Connection, record: &ResourceRecord) -> Result<pb::SeriesInfo> {
     let spec = node.timeseries.spec(&record.id)?;
-    let extent = with_reader(node, session, &record.id, timeseries::extent)?;
+    let extent = timeseries::extent(conn)?;
     Ok(pb::SeriesInfo {
         path: record.path.clone(),
         spec: Some(spec_pb(&spec)),
@@ -150,6 +157,9 @@ pub(super) struct Reading {
     pub range: (Option<i64>, Option<i64>),
 }
 
+/// The header of a series read, sent as soon as it is made.
+type Header = (ResourceRecord, oneshot::Sender<pb::SeriesInfo>);
+
 impl Reading {
     /// Reads the points in a blocking thread, chunk by chunk into a bounded
     /// queue of ready-made messages; the task's result says how many points
@@ -159,10 +169,33 @@ impl Reading {
         node: &Arc<Node>,
         reader: PointsReader<M>,
     ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
+        self.start_after(node, None, reader)
+    }
+
+    /// As [`Reading::start`], making the series' header first, on the same
+    /// connection and in the same snapshot as the points (so its count and
+    /// extent agree with them even while writers commit), in the same
+    /// blocking thread.
+    fn start_after<M: Send + 'static>(
+        self,
+        node: &Arc<Node>,
+        header: Option<Header>,
+        reader: PointsReader<M>,
+    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
         let (sink, messages) = mpsc::channel::<M>(QUEUE);
         let node = node.clone();
         let reading = tokio::task::spawn_blocking(move || {
             with_reader(&node, self.session.as_deref(), &self.id, |conn| {
+                // A session's connection already reads in its transaction.
+                let _snapshot = match conn.is_autocommit() {
+                    true => Some(conn.unchecked_transaction()?),
+                    false => None,
+                };
+                if let Some((record, made)) = header {
+                    // Nobody waiting for it means the caller went away.
+                    made.send(info_on(&node, conn, &record)?)
+                        .map_err(|_| Error::cancelled("the caller went away"))?;
+                }
                 reader(conn, self.range.0, self.range.1, &mut |message| {
                     sink.blocking_send(message)
                         .map_err(|_| Error::cancelled("the caller went away"))
@@ -191,41 +224,76 @@ fn columns_parts(batch: PointsColumns) -> impl Iterator<Item = ReadPart> {
         .chain(std::iter::once(ReadPart::Column(batch.values)))
 }
 
-/// What streaming one series' points does: `false` when the caller went
-/// away.
-type Sent = Result<bool>;
+/// How one form frames a series' points: what goes before them, the
+/// pieces of each message storage makes, and what goes after them.
+struct Framing<M, P> {
+    reader: PointsReader<M>,
+    before: Option<ReadPart>,
+    parts: fn(M) -> P,
+    after: Option<ReadPart>,
+}
 
-/// Streams the points of one series as one Arrow IPC stream: the schema, one
-/// message per stored chunk as storage made it, the end marker.
-async fn send_ipc(node: &Arc<Node>, reading: Reading, out: &Out) -> Sent {
-    let send = |piece: Bytes| out.send(read_part(ReadPart::ArrowIpc(piece)));
-    if send(points_wire::SCHEMA_MESSAGE.clone()).await.is_err() {
-        return Ok(false);
+/// Arrow IPC: the schema, one IPC message per stored chunk as storage made
+/// it, the end marker.
+fn ipc_framing() -> Framing<PointsMessage, Option<ReadPart>> {
+    Framing {
+        reader: points_wire::read,
+        before: Some(ReadPart::ArrowIpc(points_wire::SCHEMA_MESSAGE.clone())),
+        parts: |message| Some(ReadPart::ArrowIpc(message.framed())),
+        after: Some(ReadPart::ArrowIpc(Bytes::from_static(
+            &points_wire::END_OF_STREAM,
+        ))),
     }
-    let (mut messages, read) = reading.start(node, points_wire::read);
-    while let Some(message) = messages.recv().await {
-        if send(message.framed()).await.is_err() {
+}
+
+/// Columns: per stored chunk a header and the columns that are not rules.
+fn columns_framing() -> Framing<PointsColumns, impl Iterator<Item = ReadPart>> {
+    Framing {
+        reader: points_wire::read_columns,
+        before: None,
+        parts: columns_parts,
+        after: None,
+    }
+}
+
+/// Streams one series: its header, then its points framed by `framing`.
+/// `Ok(false)` when the caller went away.
+async fn send_series<M, P>(
+    node: &Arc<Node>,
+    reading: Reading,
+    record: ResourceRecord,
+    framing: Framing<M, P>,
+    out: &Out,
+) -> Result<bool>
+where
+    M: Send + 'static,
+    P: IntoIterator<Item = ReadPart>,
+{
+    let (made, header) = oneshot::channel();
+    let (mut messages, read) = reading.start_after(node, Some((record, made)), framing.reader);
+    let Ok(header) = header.await else {
+        // The header failed: the task says why.
+        read.await??;
+        return Err(Error::internal("a series read ended without its header"));
+    };
+    let parts = std::iter::once(ReadPart::Series(header)).chain(framing.before);
+    for part in parts {
+        if out.send(read_part(part)).await.is_err() {
             return Ok(false);
         }
     }
-    read.await??;
-    let end = Bytes::from_static(&points_wire::END_OF_STREAM);
-    Ok(send(end).await.is_ok())
-}
-
-/// Streams the points of one series in the columns form: a header and the
-/// columns that are not rules, per stored chunk.
-async fn send_columns(node: &Arc<Node>, reading: Reading, out: &Out) -> Sent {
-    let (mut batches, read) = reading.start(node, points_wire::read_columns);
-    while let Some(batch) = batches.recv().await {
-        for part in columns_parts(batch) {
+    while let Some(message) = messages.recv().await {
+        for part in (framing.parts)(message) {
             if out.send(read_part(part)).await.is_err() {
                 return Ok(false);
             }
         }
     }
     read.await??;
-    Ok(true)
+    match framing.after {
+        Some(part) => Ok(out.send(read_part(part)).await.is_ok()),
+        None => Ok(true),
+    }
 }
 
 #[tonic::async_trait]
@@ -267,33 +335,18 @@ impl TimeSeries for TimeSeriesService {
         let (out, responses) = mpsc::channel(QUEUE);
         tokio::spawn(async move {
             for record in records {
-                let header = {
-                    let node = node.clone();
-                    let session = session.clone();
-                    let record = record.clone();
-                    tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
-                        .await
-                        .map_err(Error::from)
-                        .and_then(|header| header)
-                };
-                let header = match header {
-                    Ok(header) => header,
-                    Err(error) => {
-                        let _ = out.send(Err(error.into())).await;
-                        return;
-                    }
-                };
-                if out.send(read_part(ReadPart::Series(header))).await.is_err() {
-                    return;
-                }
                 let reading = Reading {
                     session: session.clone(),
-                    id: record.id,
+                    id: record.id.clone(),
                     range,
                 };
                 let sent = match form {
-                    pb::PointsForm::PointsArrowIpc => send_ipc(&node, reading, &out).await,
-                    pb::PointsForm::PointsColumns => send_columns(&node, reading, &out).await,
+                    pb::PointsForm::PointsArrowIpc => {
+                        send_series(&node, reading, record, ipc_framing(), &out).await
+                    }
+                    pb::PointsForm::PointsColumns => {
+                        send_series(&node, reading, record, columns_framing(), &out).await
+                    }
                 };
                 match sent {
                     Ok(true) => {}
