@@ -12,16 +12,19 @@ use crate::node::{Lifecycle, Node};
 use crate::services::flight::BusbarFlight;
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
 use crate::services::{
-    rooms::RoomsRouter, rooms::RoomsService, sessions::SessionsService, sql::SqlService,
-    timeseries::TimeSeriesService, wires::WiresService,
+    rooms::RoomsRouter,
+    rooms::RoomsService,
+    sessions::SessionsService,
+    sql::SqlService,
+    timeseries::{TimeSeriesRouter, TimeSeriesService},
+    wires::WiresService,
 };
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::tls;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
-    sessions_server::SessionsServer, sql_server::SqlServer, time_series_server::TimeSeriesServer,
-    wires_server::WiresServer,
+    sessions_server::SessionsServer, sql_server::SqlServer, wires_server::WiresServer,
 };
 use futures::StreamExt;
 use std::future::Future;
@@ -267,9 +270,9 @@ pub async fn serve(
             SessionsServer,
             SessionsService { node: node.clone() }
         ))
-        .add_service(limited!(
-            TimeSeriesServer,
-            TimeSeriesService { node: node.clone() }
+        .add_service(TimeSeriesRouter::new(
+            TimeSeriesService { node: node.clone() },
+            limit,
         ))
         .add_service(limited!(
             FlightServiceServer,

@@ -13,6 +13,7 @@ pub mod sessions;
 pub mod sql;
 pub mod timeseries;
 pub mod wires;
+mod zero_copy;
 
 use tonic::{Response, Status};
 

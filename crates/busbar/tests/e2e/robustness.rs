@@ -102,6 +102,23 @@ async fn malformed_requests_get_clear_errors_and_the_server_stays_up() {
     // Bytes that are no protobuf at all.
     let error = raw_call(&channel, &token, "/busbar.v1.Resources/Get", vec![0xff; 7]).await;
     assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    // The same for the time-series read, which decodes its own requests.
+    let error = raw_call(
+        &channel,
+        &token,
+        "/busbar.v1.TimeSeries/Read",
+        vec![0xff; 7],
+    )
+    .await;
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    let error = raw_call(
+        &channel,
+        &token,
+        "/busbar.v1.TimeSeries/Read",
+        vec![0x0a, 0x02, 0xff, 0xfe],
+    )
+    .await;
+    assert!(error.message().contains("UTF-8"), "{error}");
     // A method the server does not have.
     let error = raw_call(&channel, &token, "/busbar.v1.Node/Nope", vec![]).await;
     assert_eq!(error.code(), ErrorCode::Unimplemented, "{error}");
