@@ -12,11 +12,10 @@
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::pieces::MAX_MESSAGE_BYTES;
-use crate::timeseries::{POINTS_SCHEMA, protocol};
-use arrow_array::{Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use crate::timeseries::{points_of, protocol};
+use arrow_array::RecordBatch;
 use arrow_buffer::{ArrowNativeType, Buffer, ScalarBuffer};
 use busbar_proto::v1 as pb;
-use std::sync::Arc;
 
 /// The most rows one batch may have: no more than one message could carry
 /// in its widest column. A header over it ends the read with
@@ -66,15 +65,8 @@ impl Pending {
             None => scalars(columns.next(), rows)?,
         };
         let values = scalars(columns.next(), rows)?;
-        RecordBatch::try_new(
-            POINTS_SCHEMA.clone(),
-            vec![
-                Arc::new(TimestampMillisecondArray::new(times, None).with_timezone("UTC")),
-                Arc::new(UInt32Array::new(flags, None)),
-                Arc::new(Float64Array::new(values, None)),
-            ],
-        )
-        .map_err(|e| protocol(&format!("a batch Arrow refuses: {e}")))
+        points_of(times, flags, values)
+            .map_err(|e| protocol(&format!("a batch Arrow refuses: {e}")))
     }
 }
 
@@ -269,7 +261,7 @@ mod tests {
         let flags_ruled = decoder.column(bytes(&values)).unwrap().unwrap();
         decoder.finish().unwrap();
         for batch in [&sent, &ruled, &times_ruled, &flags_ruled] {
-            assert_eq!(batch.schema(), *POINTS_SCHEMA);
+            assert_eq!(batch.schema(), *crate::timeseries::POINTS_SCHEMA);
             let (t, f, v) = columns(batch);
             assert_eq!((t, f), (times.clone(), flags.clone()));
             assert_eq!(v[..2], values[..2]);

@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::pieces::Piece;
 use crate::point_columns::ColumnsDecoder;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow_buffer::ScalarBuffer;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use busbar_proto::v1::{
     self as pb, read_series_response::Part as ReadPart, time_series_client::TimeSeriesClient,
@@ -45,13 +46,22 @@ pub static POINTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 
 /// A record batch of points from three columns of equal length.
 pub fn points(times_ms: Vec<i64>, flags: Vec<u32>, values: Vec<f64>) -> Result<RecordBatch> {
+    points_of(times_ms.into(), flags.into(), values.into())
+        .map_err(|e| Error::invalid_argument(format!("bad points: {e}")))
+}
+
+/// A record batch of points over the three buffers as they are.
+pub(crate) fn points_of(
+    times_ms: ScalarBuffer<i64>,
+    flags: ScalarBuffer<u32>,
+    values: ScalarBuffer<f64>,
+) -> std::result::Result<RecordBatch, arrow_schema::ArrowError> {
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(TimestampMillisecondArray::from(times_ms).with_timezone("UTC")),
-        Arc::new(UInt32Array::from(flags)),
-        Arc::new(Float64Array::from(values)),
+        Arc::new(TimestampMillisecondArray::new(times_ms, None).with_timezone("UTC")),
+        Arc::new(UInt32Array::new(flags, None)),
+        Arc::new(Float64Array::new(values, None)),
     ];
     RecordBatch::try_new(POINTS_SCHEMA.clone(), columns)
-        .map_err(|e| Error::invalid_argument(format!("bad points: {e}")))
 }
 
 /// A series' definition: how far apart points are, their unit, how values

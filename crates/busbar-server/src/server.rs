@@ -12,11 +12,10 @@ use crate::node::{Lifecycle, Node};
 use crate::services::flight::BusbarFlight;
 use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
 use crate::services::{
-    rooms::RoomsRouter,
-    rooms::RoomsService,
+    rooms::{self, RoomsService},
     sessions::SessionsService,
     sql::SqlService,
-    timeseries::{TimeSeriesRouter, TimeSeriesService},
+    timeseries::{self, TimeSeriesService},
     wires::WiresService,
 };
 use crate::store::{SqliteStore, Store, now_ms};
@@ -263,14 +262,14 @@ pub async fn serve(
             ResourcesServer,
             ResourcesService { node: node.clone() }
         ))
-        .add_service(RoomsRouter::new(RoomsService { node: node.clone() }, limit))
+        .add_service(rooms::router(RoomsService { node: node.clone() }, limit))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
         .add_service(limited!(SqlServer, SqlService { node: node.clone() }))
         .add_service(limited!(
             SessionsServer,
             SessionsService { node: node.clone() }
         ))
-        .add_service(TimeSeriesRouter::new(
+        .add_service(timeseries::router(
             TimeSeriesService { node: node.clone() },
             limit,
         ))

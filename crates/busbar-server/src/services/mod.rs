@@ -7,6 +7,7 @@ pub mod flight_sql;
 mod flight_statements;
 pub(crate) mod ipc;
 pub mod node;
+mod one_method;
 pub mod resources;
 pub mod rooms;
 pub mod sessions;

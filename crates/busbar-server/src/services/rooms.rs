@@ -2,6 +2,7 @@
 //! publish to it. Fan-out goes through the `Bus`; each member has a bounded
 //! queue and is cut with SLOW_CONSUMER when it overflows.
 
+use super::one_method::OneMethod;
 use super::resources::subject;
 use super::{Reply, reply};
 use crate::access::Caller;
@@ -344,15 +345,8 @@ impl Rooms for RoomsService {
     }
 }
 
-/// Serves `busbar.v1.Rooms`: `Join` through a codec that writes each room
-/// event's bus payload (an encoded `RoomEvent`) verbatim, everything else
-/// through the generated server.
-#[derive(Clone)]
-pub struct RoomsRouter {
-    service: Arc<RoomsService>,
-    generated: RoomsServer<ArcRooms>,
-    max_message_bytes: usize,
-}
+/// `busbar.v1.Rooms` as served.
+pub type RoomsRouter = OneMethod<RoomsServer<ArcRooms>>;
 
 /// The generated server wants an owned service; this shares one with the router.
 pub struct ArcRooms(Arc<RoomsService>);
@@ -377,49 +371,16 @@ impl Rooms for ArcRooms {
     }
 }
 
-impl RoomsRouter {
-    pub fn new(service: RoomsService, max_message_bytes: usize) -> RoomsRouter {
-        let service = Arc::new(service);
-        let generated = RoomsServer::new(ArcRooms(service.clone()))
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
-        RoomsRouter {
-            service,
-            generated,
-            max_message_bytes,
-        }
-    }
-}
-
-impl tonic::server::NamedService for RoomsRouter {
-    const NAME: &'static str = "busbar.v1.Rooms";
-}
-
-const JOIN_PATH: &str = "/busbar.v1.Rooms/Join";
-
-impl<B> tower::Service<http::Request<B>> for RoomsRouter
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != JOIN_PATH {
-            return Box::pin(self.generated.call(request));
-        }
-        let service = self.service.clone();
-        let limit = self.max_message_bytes;
+/// Serves `busbar.v1.Rooms`: `Join` through a codec that writes each room
+/// event's bus payload (an encoded `RoomEvent`) verbatim, everything else
+/// through the generated server.
+pub fn router(service: RoomsService, max_message_bytes: usize) -> RoomsRouter {
+    let service = Arc::new(service);
+    let generated = RoomsServer::new(ArcRooms(service.clone()))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let join = move |request: http::Request<tonic::body::Body>| {
+        let service = service.clone();
         Box::pin(async move {
             let join = tower::service_fn(move |request: Request<pb::JoinRequest>| {
                 let service = service.clone();
@@ -431,11 +392,12 @@ where
                 }
             });
             let mut grpc = tonic::server::Grpc::new(EncodedEventCodec)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit);
-            Ok(grpc.server_streaming(join, request).await)
-        })
-    }
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes);
+            grpc.server_streaming(join, request).await
+        }) as futures::future::BoxFuture<'static, _>
+    };
+    OneMethod::new(generated, "/busbar.v1.Rooms/Join", Arc::new(join))
 }
 
 /// Decodes `JoinRequest`s; encodes already-encoded `RoomEvent`s by copying them.

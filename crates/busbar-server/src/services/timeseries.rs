@@ -1,6 +1,7 @@
 //! `busbar.v1.TimeSeries`: points of TIMESERIES resources as Arrow IPC streams.
 
 use super::ipc::{Piece, PieceReader, read_batches};
+use super::one_method::OneMethod;
 use super::zero_copy::{self, LoneBytes};
 use super::{Reply, reply};
 use crate::access::Caller;
@@ -31,74 +32,31 @@ pub struct TimeSeriesService {
     pub node: Arc<Node>,
 }
 
-/// `busbar.v1.TimeSeries` as served: `Read` answers through
+/// `busbar.v1.TimeSeries` as served.
+pub type TimeSeriesRouter = OneMethod<TimeSeriesServer<TimeSeriesService>>;
+
+/// Serves `busbar.v1.TimeSeries`: `Read` answers through
 /// [`zero_copy`](super::zero_copy), so the columns and IPC pieces storage
-/// made go to the connection without another copy; the other methods go
-/// to the generated server.
-#[derive(Clone)]
-pub struct TimeSeriesRouter {
-    service: TimeSeriesService,
-    generated: TimeSeriesServer<TimeSeriesService>,
-    max_message_bytes: usize,
-}
-
-impl TimeSeriesRouter {
-    pub fn new(service: TimeSeriesService, max_message_bytes: usize) -> TimeSeriesRouter {
-        let generated = TimeSeriesServer::new(service.clone())
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes);
-        TimeSeriesRouter {
-            service,
-            generated,
-            max_message_bytes,
-        }
-    }
-}
-
-impl tonic::server::NamedService for TimeSeriesRouter {
-    const NAME: &'static str = "busbar.v1.TimeSeries";
-}
-
-const READ_PATH: &str = "/busbar.v1.TimeSeries/Read";
-
-impl<B> tower::Service<http::Request<B>> for TimeSeriesRouter
-where
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = std::convert::Infallible;
-    type Future = Pin<
-        Box<
-            dyn std::future::Future<Output = std::result::Result<Self::Response, Self::Error>>
-                + Send,
-        >,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != READ_PATH {
-            return Box::pin(self.generated.call(request));
-        }
-        let service = self.service.clone();
-        let limit = self.max_message_bytes;
+/// made go to the connection without another copy; the other methods go to
+/// the generated server.
+pub fn router(service: TimeSeriesService, max_message_bytes: usize) -> TimeSeriesRouter {
+    let generated = TimeSeriesServer::new(service.clone())
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let read = move |request: http::Request<tonic::body::Body>| {
+        let service = service.clone();
         Box::pin(async move {
-            let request = match zero_copy::unary_request(request, limit).await {
+            let request = match zero_copy::unary_request(request, max_message_bytes).await {
                 Ok(request) => request,
-                Err(status) => return Ok(status.into_http()),
+                Err(status) => return status.into_http(),
             };
-            Ok(match service.read(request).await {
+            match service.read(request).await {
                 Ok(stream) => zero_copy::response(stream.into_inner()),
                 Err(status) => status.into_http(),
-            })
-        })
-    }
+            }
+        }) as futures::future::BoxFuture<'static, _>
+    };
+    OneMethod::new(generated, "/busbar.v1.TimeSeries/Read", Arc::new(read))
 }
 
 impl LoneBytes for pb::ReadSeriesResponse {
