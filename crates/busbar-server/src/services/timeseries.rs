@@ -1,4 +1,5 @@
-//! `busbar.v1.TimeSeries`: points of TIMESERIES resources as Arrow IPC streams.
+//! `busbar.v1.TimeSeries`: points of TIMESERIES resources, read as Arrow IPC
+//! streams or in the columns form, written as Arrow IPC streams.
 
 use super::ipc::{Piece, PieceReader, read_batches};
 use super::one_method::OneMethod;

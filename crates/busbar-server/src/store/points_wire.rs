@@ -7,9 +7,12 @@
 //! out as one IPC record-batch message (header, then body): a piece of the
 //! native `TimeSeries/Read` stream, the header and body of a Flight
 //! `FlightData`, or a `RecordBatch` of zero-copy slices. In the columns form
-//! ([`read_columns`]) each column is a buffer of its own, and times on a
-//! regular step or flags that are all the same (which the chunk row records
-//! when it is written) are not read at all: they go as that rule.
+//! ([`read_columns`]) each column is a buffer of its own.
+//!
+//! Times on a regular step and flags that are all the same are stored as
+//! that rule, with an empty blob (see `timeseries::insert_chunk`). The IPC
+//! form writes such a column out into its message; the columns form sends
+//! the rule itself.
 
 use super::timeseries::{CHUNK_POINTS, POINTS_SCHEMA, checked_step, corrupt};
 use crate::error::{Error, Result};
