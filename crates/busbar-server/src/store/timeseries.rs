@@ -847,8 +847,9 @@ impl std::ops::Deref for Reader<'_> {
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        // A reader left inside a transaction would pin an old snapshot.
-        if !conn.is_autocommit() {
+        // A reader left inside a transaction would pin an old snapshot; one
+        // of a series removed while it read would hold a deleted file.
+        if !conn.is_autocommit() || !self.store.lock_current().contains(self.id) {
             return;
         }
         let mut idle = self.store.lock_idle();
@@ -1289,6 +1290,24 @@ mod tests {
             store.spec("old").unwrap().resolution,
             Resolution::Breakpoint
         );
+    }
+
+    #[test]
+    fn idle_readers_are_kept_within_bounds_and_not_for_removed_series() {
+        let (_dir, store, _conn, _spec) = series();
+        let (a, b) = (store.reader("s").unwrap(), store.reader("s").unwrap());
+        drop((a, b));
+        assert_eq!(store.lock_idle().count, 2);
+        let again = store.reader("s").unwrap();
+        assert_eq!(store.lock_idle().count, 1);
+        let many: Vec<_> = (0..6).map(|_| store.reader("s").unwrap()).collect();
+        drop((many, again));
+        assert_eq!(store.lock_idle().count, IDLE_READERS_PER_SERIES);
+        // A reader still lent when its series goes is closed, not kept.
+        let lent = store.reader("s").unwrap();
+        store.remove("s");
+        drop(lent);
+        assert_eq!(store.lock_idle().count, 0);
     }
 
     #[test]
