@@ -297,22 +297,14 @@ fn each_chunk(
             (0, count)
         } else if let Some(step) = step_ms {
             // An edge chunk of regular times: where the interval cuts it.
-            let time_at = |i: usize| start_ms + i as i64 * step;
-            (
-                partition(count, |i| time_at(i) < from),
-                partition(count, |i| time_at(i) < to),
-            )
+            rows_within(count, (from, to), |i| start_ms + i as i64 * step)
         } else {
             // An edge chunk: find the points inside the interval.
             let mut stored = vec![0u8; count * 8];
             times.read_at_exact(&mut stored, 0)?;
-            let time_at = |i: usize| {
+            rows_within(count, (from, to), |i| {
                 i64::from_le_bytes(stored[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
-            };
-            (
-                partition(count, |i| time_at(i) < from),
-                partition(count, |i| time_at(i) < to),
-            )
+            })
         };
         if lo == hi {
             continue;
@@ -449,6 +441,17 @@ pub fn read_columns(
             values: chunk.column(2, lo * 8, rows * 8)?,
         })
     })
+}
+
+/// The rows `lo..hi` of a chunk of `count` points in time order (row `i`
+/// at `time_at(i)`) that lie in `[from, to)`.
+fn rows_within(
+    count: usize,
+    (from, to): (i64, i64),
+    time_at: impl Fn(usize) -> i64,
+) -> (usize, usize) {
+    let first_at_or_after = |bound: i64| partition(count, |i| time_at(i) < bound);
+    (first_at_or_after(from), first_at_or_after(to))
 }
 
 /// The first index in `0..len` where `before` turns false.

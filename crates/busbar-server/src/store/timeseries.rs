@@ -1001,10 +1001,11 @@ impl TimeSeriesStore {
     pub fn remove(&self, id: &str) {
         self.lock_specs().remove(id);
         self.lock_current().remove(id);
-        let closed = self.lock_idle().by_series.remove(id);
-        if let Some(closed) = closed {
-            self.lock_idle().count -= closed.len();
+        let mut idle = self.lock_idle();
+        if let Some(closed) = idle.by_series.remove(id) {
+            idle.count -= closed.len();
         }
+        drop(idle);
         self.writers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
