@@ -8,6 +8,7 @@ pub mod procedures;
 mod sql;
 mod sqlite;
 pub mod timeseries;
+mod writers;
 
 pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
 

@@ -3,6 +3,7 @@
 //! on tokio's blocking pool; rows become Arrow record batches typed from the
 //! columns' declared types.
 
+use super::writers::{SharedWriter, WriterPool};
 use crate::error::{Error, Result};
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
@@ -12,7 +13,6 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -52,10 +52,10 @@ pub struct SqlSummary {
     pub columns: Vec<(String, String, DataType)>,
 }
 
-/// Open databases, one writer connection each.
+/// The SQL databases of a node, with their writer connections kept for reuse.
 pub struct SqlDatabases {
     dir: PathBuf,
-    open: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
+    writers: WriterPool,
 }
 
 pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
@@ -90,7 +90,7 @@ impl SqlDatabases {
     pub fn new(data_dir: &Path) -> SqlDatabases {
         SqlDatabases {
             dir: data_dir.join("databases"),
-            open: Mutex::new(HashMap::new()),
+            writers: WriterPool::default(),
         }
     }
 
@@ -129,31 +129,24 @@ impl SqlDatabases {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", self.dir.display())))?;
         let conn = Self::open_writer(&self.file(id), true)?;
-        self.lock()
-            .insert(id.to_string(), Arc::new(Mutex::new(conn)));
+        self.writers.keep(id, Arc::new(Mutex::new(conn)));
         Ok(())
     }
 
     /// Removes a deleted database's files.
     pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
+        self.writers.remove(id);
         let file = self.file(id);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Connection>>>> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The database's shared writer connection; writers take turns on it.
-    pub fn writer(&self, id: &str) -> Result<Arc<Mutex<Connection>>> {
-        if let Some(conn) = self.lock().get(id) {
-            return Ok(conn.clone());
-        }
-        let conn = Arc::new(Mutex::new(Self::open_writer(&self.file(id), false)?));
-        Ok(self.lock().entry(id.to_string()).or_insert(conn).clone())
+    /// The database's shared writer connection; writers take turns on it
+    /// (kept for reuse, bounded: see [`WriterPool`]).
+    pub fn writer(&self, id: &str) -> Result<SharedWriter> {
+        self.writers
+            .get(id, || Self::open_writer(&self.file(id), false))
     }
 
     /// Runs one statement, sending record batches to `sink` as they fill.

@@ -6,6 +6,7 @@
 //! scan over a few large rows, and a write replaces whole chunks except at the
 //! interval's two edges.
 
+use super::writers::{SharedWriter, WriterPool};
 use crate::error::{Error, Result};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, UInt32Type};
@@ -866,7 +867,7 @@ impl Drop for Reader<'_> {
 pub struct TimeSeriesStore {
     dir: PathBuf,
     specs: Mutex<HashMap<String, Arc<SeriesSpec>>>,
-    writers: Mutex<HashMap<String, Arc<Mutex<Connection>>>>,
+    writers: WriterPool,
     /// Series whose file this process has seen with every chunk column.
     current: Mutex<HashSet<String>>,
     idle: Mutex<IdleReaders>,
@@ -877,7 +878,7 @@ impl TimeSeriesStore {
         TimeSeriesStore {
             dir: data_dir.join("timeseries"),
             specs: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
+            writers: WriterPool::default(),
             current: Mutex::new(HashSet::new()),
             idle: Mutex::new(IdleReaders::default()),
         }
@@ -1006,10 +1007,7 @@ impl TimeSeriesStore {
             idle.count -= closed.len();
         }
         drop(idle);
-        self.writers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.writers.remove(id);
         let file = self.file(id);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
@@ -1038,15 +1036,10 @@ impl TimeSeriesStore {
     }
 
     /// The writer connection of a series: writes from outside sessions take
-    /// turns on it instead of spinning on SQLite's lock.
-    pub fn writer(&self, id: &str) -> Result<Arc<Mutex<Connection>>> {
-        let mut writers = self.writers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conn) = writers.get(id) {
-            return Ok(conn.clone());
-        }
-        let conn = Arc::new(Mutex::new(self.open_writer(id)?));
-        writers.insert(id.to_string(), conn.clone());
-        Ok(conn)
+    /// turns on it instead of spinning on SQLite's lock (kept for reuse,
+    /// bounded: see [`WriterPool`]).
+    pub fn writer(&self, id: &str) -> Result<SharedWriter> {
+        self.writers.get(id, || self.open_writer(id))
     }
 }
 
