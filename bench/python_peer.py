@@ -190,8 +190,9 @@ CLIENTS = ("busbar", "grpcio")
 
 
 def publisher(target: dict, orders, ready, go, stop, done) -> None:
-    """Runs in its own process: puts None on ``ready`` once connected; for each wire path taken from ``orders``,
-    creates the wire and puts the path on ``ready``; once ``go`` is set,
+    """Runs in its own process: puts None on ``ready`` once connected; then,
+    for each wire path taken from ``orders``, creates the wire and puts the
+    path on ``ready``; once ``go`` is set,
     publishes 64 B chunks until ``stop`` is set (at most two minutes), then
     removes the wire and puts the number of chunks on ``done``. ``None`` ends
     it."""

@@ -36,19 +36,33 @@ struct Pool {
     uses: u64,
 }
 
+impl Pool {
+    /// `id`'s kept writer, now the most recently used.
+    fn take(&mut self, id: &str) -> Option<SharedWriter> {
+        let kept = self.by_file.get_mut(id)?;
+        self.uses += 1;
+        kept.used = self.uses;
+        Some(kept.conn.clone())
+    }
+}
+
 /// Writer connections by file id, at most [`KEPT_WRITERS`] idle ones.
-#[derive(Default)]
 pub struct WriterPool {
     pool: Mutex<Pool>,
-    limit: Option<usize>,
+    limit: usize,
+}
+
+impl Default for WriterPool {
+    fn default() -> WriterPool {
+        WriterPool::with_limit(KEPT_WRITERS)
+    }
 }
 
 impl WriterPool {
-    #[cfg(test)]
     fn with_limit(limit: usize) -> WriterPool {
         WriterPool {
             pool: Mutex::default(),
-            limit: Some(limit),
+            limit,
         }
     }
 
@@ -68,26 +82,21 @@ impl WriterPool {
     }
 
     fn take(&self, id: &str) -> Option<SharedWriter> {
-        let mut pool = self.lock();
-        pool.uses += 1;
-        let uses = pool.uses;
-        let kept = pool.by_file.get_mut(id)?;
-        kept.used = uses;
-        Some(kept.conn.clone())
+        self.lock().take(id)
     }
 
     /// Keeps `conn` as `id`'s writer unless one is kept already, and returns
     /// the kept one.
     pub fn keep(&self, id: &str, conn: SharedWriter) -> SharedWriter {
-        let limit = self.limit.unwrap_or(KEPT_WRITERS);
         let mut pool = self.lock();
+        // Looked up again under the same lock as the insert: two racing
+        // opens of one file must not both be kept.
+        if let Some(kept) = pool.take(id) {
+            return kept;
+        }
         pool.uses += 1;
         let uses = pool.uses;
-        if let Some(kept) = pool.by_file.get_mut(id) {
-            kept.used = uses;
-            return kept.conn.clone();
-        }
-        while pool.by_file.len() >= limit {
+        while pool.by_file.len() >= self.limit {
             // Only the pool holds an idle one, and only under this lock can
             // it be handed out, so it cannot become busy while it is closed.
             let idle = pool
