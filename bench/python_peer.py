@@ -25,7 +25,8 @@ series, starts them and merges their figures.
 
 1. Unary latency: ``busbar.v1.Node/Status``, N sequential calls per library
    and face (after a warm-up in every process), over the T turns; p50 and
-   p99 over all calls.
+   p99 over all calls. Busbar's faces run with the default spin limit, then
+   again with ``busbar.set_spin_limit(0)`` (the "spin off" figures).
 2. Read into pyarrow: P points of series PATH (written once, by the driver,
    before any timing), one untimed read and then one timed read per process;
    best time over the turns. grpcio reads ``busbar.v1.TimeSeries/Read``,
@@ -388,8 +389,19 @@ def busbar_turn(turn: Turn, target: dict) -> None:
     import busbar.aio
 
     series = turn.args.series
+    def spin_off(name: str, timed) -> None:
+        # The same calls with spinning off (busbar.set_spin_limit(0)): a row
+        # without a target, beside the default's.
+        limit = busbar.spin_limit()
+        busbar.set_spin_limit(0)
+        try:
+            turn.out["latencies_ns"][f"{name} spin off"] = timed()
+        finally:
+            busbar.set_spin_limit(limit)
+
     with busbar.Connection.with_tls(**target) as conn:
         turn.out["latencies_ns"]["busbar"] = turn.timed_calls(conn.status)
+        spin_off("busbar", lambda: turn.timed_calls(conn.status))
         turn.read("busbar", lambda: conn.timeseries.read(series))
         turn.read("busbar ragged", lambda: conn.timeseries.read(ragged(series)))
         turn.stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
@@ -398,6 +410,13 @@ def busbar_turn(turn: Turn, target: dict) -> None:
         aconn = await busbar.aio.Connection.with_tls(**target)
         try:
             turn.out["latencies_ns"]["busbar.aio"] = await turn.timed_calls_async(aconn.status)
+            limit = busbar.spin_limit()
+            busbar.set_spin_limit(0)
+            try:
+                turn.out["latencies_ns"]["busbar.aio spin off"] = (
+                    await turn.timed_calls_async(aconn.status))
+            finally:
+                busbar.set_spin_limit(limit)
             await turn.read_async("busbar.aio", lambda: aconn.timeseries.read(series))
 
             async def subscribe(path: str):

@@ -109,7 +109,10 @@ impl Busbar {
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
             .args(["--grace", "0"])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
@@ -361,6 +364,9 @@ pub fn run_python_json(
 /// the JSON object it prints last. Blocks the calling thread, which is the
 /// main thread (so the child dies with the benchmark); nothing else of the
 /// benchmark runs meanwhile.
+/// How much of a failed script's stderr the bench prints.
+const STDERR_LINES_SHOWN: usize = 30;
+
 pub fn run_script_json(
     python: &Path,
     script: &Path,
@@ -418,6 +424,11 @@ pub fn run_script_json(
     match status {
         None => Err(format!("{name} {first} timed out after {timeout:?}").into()),
         Some(status) if !status.success() => {
+            // The last line says what failed; the lines before it (a child's
+            // traceback, say) say why.
+            let lines: Vec<&str> = err.lines().collect();
+            let why = lines[lines.len().saturating_sub(STDERR_LINES_SHOWN)..].join("\n");
+            eprintln!("bench: {name} {first} wrote to stderr before it failed:\n{why}");
             Err(format!("{name} {first} failed ({status}): {last_err}").into())
         }
         Some(_) => {

@@ -19,6 +19,13 @@ _R = TypeVar("_R", bound="Room")
 def event(name: str) -> Callable[[_F], _F]:
     """Marks a Room method as the handler of event ``name``."""
 
+def set_spin_limit(seconds: float) -> None:
+    """Sets the most a blocking call spins for its answer before it sleeps
+    (default 0.0002; 0 turns spinning off; at most 0.01)."""
+
+def spin_limit() -> float:
+    """The most a blocking call spins before it sleeps, in seconds."""
+
 class Connection:
     """A blocking connection to a Busbar node; safe to share between threads."""
     @classmethod
@@ -178,4 +185,4 @@ class Room:
     def leave(self, *, timeout: Optional[float] = ...) -> Any: ...
     def wait(self, timeout: Optional[float] = ...) -> Any: ...
 
-__all__ = ["BusbarError", "Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries", "Wire", "__version__", "errors", "event"]
+__all__ = ["BusbarError", "Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries", "Wire", "__version__", "errors", "event", "set_spin_limit", "spin_limit"]

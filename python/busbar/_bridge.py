@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import os
+import time
 import weakref
 from typing import Any, Callable, Optional
 
@@ -40,6 +41,29 @@ class Awaited(asyncio.Future):  # type: ignore[type-arg]
         if abort is not None:
             abort()
         return True
+
+
+_spinning: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def spin(loop: Any, future: Any, window_s: float) -> None:
+    """Keeps ``loop`` turning for up to ``window_s`` while ``future`` is not
+    done: a callback that schedules itself again makes each turn poll the
+    selector without sleeping, so the answer's readiness is seen without
+    the loop's thread having slept (see busbar_client::spin). Other
+    callbacks and tasks run as usual meanwhile; one spin per loop at a time."""
+    if loop in _spinning:
+        return
+    _spinning.add(loop)
+    until = time.perf_counter() + window_s
+
+    def turn() -> None:
+        if future.done() or time.perf_counter() >= until:
+            _spinning.discard(loop)
+        else:
+            loop.call_soon(turn)
+
+    loop.call_soon(turn)
 
 
 def _watched(cache: "weakref.WeakKeyDictionary[Any, Any]", loop: Any,

@@ -6,6 +6,7 @@
 
 use crate::convert::{ToPython, to_pyerr};
 use busbar_client::Error;
+use busbar_client::spin::SpinWait;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::IntoPyDict;
@@ -185,6 +186,47 @@ fn poll_here<F: Future + ?Sized>(
     work.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
+/// How long a blocking call spins for its outcome before it parks
+/// (`busbar.set_spin_limit`; see `busbar_client::spin` for why).
+static SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
+
+/// How long an awaited call keeps its event loop turning (polling instead of
+/// sleeping in its selector) for the answer: the same rule, on the loop's
+/// thread (`busbar._bridge.spin`), with a window of its own.
+static LOOP_SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
+
+/// `busbar.set_spin_limit(seconds)`: the most a blocking call spins before
+/// it parks; 0 turns spinning off.
+#[pyfunction]
+pub(crate) fn set_spin_limit(py: Python<'_>, seconds: Bound<'_, PyAny>) -> PyResult<()> {
+    let invalid = |why: String| {
+        to_pyerr(
+            py,
+            &Error::new(busbar_client::ErrorCode::InvalidArgument, why),
+        )
+    };
+    let value: f64 = seconds.extract().map_err(|_| {
+        invalid(format!(
+            "the spin limit is a number of seconds, not {seconds}"
+        ))
+    })?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(invalid(format!(
+            "the spin limit is 0 or more seconds, not {value}"
+        )));
+    }
+    let limit = std::time::Duration::from_secs_f64(value);
+    SPIN.set_limit(limit)
+        .and_then(|()| LOOP_SPIN.set_limit(limit))
+        .map_err(|error| to_pyerr(py, &error))
+}
+
+/// `busbar.spin_limit()`: the limit in seconds.
+#[pyfunction]
+pub(crate) fn spin_limit() -> f64 {
+    SPIN.limit().as_secs_f64()
+}
+
 /// How often a blocked caller looks for a Python signal (Ctrl-C).
 const SIGNAL_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -193,7 +235,8 @@ const SIGNAL_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_milli
 /// handle; a signal aborts the task, which cancels the work.
 ///
 /// Work that is ready at once (a chunk into a queue with room) returns
-/// without a hand-off. Otherwise the call finishes on the runtime thread,
+/// without a hand-off. Otherwise the caller spins for the outcome for `SPIN`'s
+/// window, then parks. The call finishes on the runtime thread,
 /// next to the connection task: when the caller polled it itself
 /// (`block_on`), each step of the response (headers, data, trailers) could
 /// wake the caller separately, and the caller took h2's stream lock from
@@ -209,14 +252,23 @@ where
     if let std::task::Poll::Ready(outcome) = poll_here(runtime, work.as_mut()) {
         return outcome.map_err(Interrupted::Failed);
     }
+    let started = std::time::Instant::now();
     let (done, outcome) = std::sync::mpsc::sync_channel(1);
     let task = runtime.spawn(async move {
         // The caller may be gone (a signal): nobody needs the outcome then.
         let _ = done.send(work.await);
     });
+    let spun = SPIN.spin(started, || outcome.try_recv().ok());
+    if let Some(outcome) = spun {
+        SPIN.finished(started.elapsed());
+        return outcome.map_err(Interrupted::Failed);
+    }
     loop {
         match outcome.recv_timeout(SIGNAL_CHECK_PERIOD) {
-            Ok(outcome) => return outcome.map_err(Interrupted::Failed),
+            Ok(outcome) => {
+                SPIN.finished(started.elapsed());
+                return outcome.map_err(Interrupted::Failed);
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(Err(error)) = with_python(|py| py.check_signals()) {
                     task.abort();
@@ -298,6 +350,7 @@ static AWAITED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static DOORBELL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static RESOLVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static LOOP_EXEC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SPIN_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn resolve_function(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     RESOLVE.import(py, "busbar._bridge", "resolve")
@@ -341,8 +394,10 @@ fn spawn_for_asyncio<'py>(
         // is on the wire before the await yields, and it resolves the
         // future in place when done.
         let exec = exec.get().0.clone();
+        let started = std::time::Instant::now();
         let task = exec.spawn_now(Box::pin(async move {
             let outcome = work.await;
+            LOOP_SPIN.finished(started.elapsed());
             Python::attach(|py| {
                 let (error, value) = settle(py, outcome);
                 if let Ok(resolve) = resolve_function(py) {
@@ -351,6 +406,14 @@ fn spawn_for_asyncio<'py>(
             });
         }));
         future.setattr("abort", AbortTask(Abort::Loop(task)))?;
+        let window = LOOP_SPIN.window();
+        if !window.is_zero() && !future.call_method0("done")?.is_truthy()? {
+            SPIN_LOOP.import(py, "busbar._bridge", "spin")?.call1((
+                &event_loop,
+                &future,
+                window.as_secs_f64(),
+            ))?;
+        }
         return Ok(future);
     }
     let doorbell = DOORBELL

@@ -23,7 +23,7 @@ import pytest
 import busbar
 import busbar.aio
 from busbar import errors
-from conftest import REPO_ROOT, busbar_bin, clean_env
+from conftest import REPO_ROOT, busbar_bin, clean_env, run_node
 from faces import END, Face
 
 
@@ -490,6 +490,29 @@ def test_wire_publish_and_subscribe(face, conn, home):
         face.run(wire.publish(["text is not bytes"]))
 
 
+def test_publisher_held_back_by_a_stalled_subscriber_keeps_its_connection(face, tmp_path):
+    """A subscriber that never reads fills its queues; the node then stops
+    reading the publisher, whose small chunks (one HTTP/2 DATA frame each)
+    pile up unread on the node until the wire stall cuts the subscriber.
+    h2 closes a connection whose unread small frames cost more than half its
+    window (ENHANCE_YOUR_CALM), so this once killed the publisher's whole
+    connection; now the publish completes and the connection stays usable."""
+    with run_node(tmp_path / "data", args=("--wire-stall", "2")) as node:
+        publisher_conn = face.connect(node)
+        subscriber_conn = face.connect(node)
+        path = f"/home/admin/stalled-{uuid.uuid4().hex[:8]}"
+        face.run(publisher_conn.create(path, "wire"))
+        stalled = face.run(subscriber_conn.wire(path).subscribe())  # never read
+        chunk = b"x" * 64
+        count = 80_000  # well past what the subscriber's windows and queues hold
+        summary = face.run(publisher_conn.wire(path).publish(chunk for _ in range(count)))
+        assert int(summary["chunks"]) == count
+        assert face.run(publisher_conn.status())["tls"] is True
+        stalled.close()
+        subscriber_conn.close()
+        publisher_conn.close()
+
+
 def test_async_publish_takes_an_async_iterable(aio_face, busbar_node):
     face = aio_face
     conn = face.connect(busbar_node)
@@ -508,6 +531,29 @@ def test_async_publish_takes_an_async_iterable(aio_face, busbar_node):
         received += face.next(it)
     assert received == b"".join(f"{i};".encode() for i in range(100))
     face.run(conn.rm(path))
+
+
+@pytest.mark.parametrize("bad", [-0.001, float("nan"), float("inf"), 0.011, "fast", None])
+def test_spin_limit_refuses_bad_values_and_keeps_the_old_one(bad):
+    before = busbar.spin_limit()
+    with pytest.raises(errors.InvalidArgument):
+        busbar.set_spin_limit(bad)
+    assert busbar.spin_limit() == before
+
+
+def test_calls_work_with_spinning_off_and_on(face, conn):
+    before = busbar.spin_limit()
+    assert before == pytest.approx(0.0002)  # the documented default
+    try:
+        for limit in (0, 0.01, 0.0002):
+            busbar.set_spin_limit(limit)
+            assert busbar.spin_limit() == pytest.approx(limit)
+            for _ in range(20):
+                assert face.run(conn.status())["tls"] is True
+            with pytest.raises(errors.NotFound):
+                face.run(conn.ls("/no/such/folder"))
+    finally:
+        busbar.set_spin_limit(before)
 
 
 # --- SQL --------------------------------------------------------------------

@@ -24,6 +24,7 @@ mod pieces;
 mod point_columns;
 mod rooms;
 mod sessions;
+pub mod spin;
 mod sql;
 mod timeseries;
 mod tls;

@@ -41,6 +41,22 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// 16 MiB; the default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// HTTP/2 flow-control windows: how much a client may send on one stream,
+/// and on one connection, before the node has read it.
+///
+/// The connection window is larger than hyper's 1 MiB default because h2
+/// (0.4.20 on) closes a connection with ENHANCE_YOUR_CALM ("too_many_data_frames")
+/// once the DATA frames under 256 B it holds unread cost more than half the
+/// connection window, counting 256 B per frame. A client stream the node
+/// has stopped reading (a wire publisher held back by a full subscriber)
+/// fills its stream window with one frame per message: 64 B chunks, 71 B
+/// frames, filled 1 MiB with about 14,800 frames, counted as 2.6 MiB, and the
+/// publisher's whole connection was closed at 512 KiB. With 16 MiB (8 MiB
+/// counted), one stalled stream of frames of 29 B or more stays within it.
+/// What a connection can make the node hold is still bounded: 16 MiB.
+const STREAM_WINDOW_BYTES: u32 = 1 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+
 /// How clients reach a started node.
 #[derive(Debug, Clone)]
 pub struct Started {
@@ -240,7 +256,9 @@ pub async fn serve(
         .max_concurrent_streams(Some(1024))
         // Streamed Arrow pieces arrive in few large frames rather than in
         // 16 KiB ones, each handled and flow-controlled on its own.
-        .max_frame_size(Some(MAX_FRAME_BYTES));
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
     if let Some(material) = &tls_material {
         let identity = tonic::transport::Identity::from_pem(&material.cert_pem, &material.key_pem);
         builder = builder
