@@ -97,6 +97,21 @@ where
     finish_from(py, face, work, Start::OnRuntime)
 }
 
+/// `finish` for a stream's send, which waits for room in a queue: its
+/// caller never spins, since the wait ends when the far end catches up and
+/// spinning would take a CPU from it (a publisher faster than its
+/// subscribers spun the whole time and slowed their delivery).
+pub(crate) fn finish_send<'py, F>(
+    py: Python<'py>,
+    face: Face,
+    work: F,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    finish_from(py, face, work, Start::Queued)
+}
+
 /// `finish` for reading a stream's next item, which is often buffered
 /// already: the asyncio face then returns it without handing the read to a
 /// runtime thread and back (the blocking face always looks first).
@@ -122,8 +137,11 @@ enum Start {
     OnRuntime,
     /// Asyncio: once on the awaiting thread, then on a runtime thread if not
     /// ready. Blocking: on the caller's thread until done, so a stream item
-    /// that arrives wakes the reader directly.
+    /// that arrives wakes the reader directly. Never spins: a stream may be
+    /// quiet for long.
     HereFirst,
+    /// As `OnRuntime`, for a wait for room in a queue: never spins.
+    Queued,
 }
 
 fn finish_from<'py, T, F>(
@@ -140,7 +158,8 @@ where
         Face::Blocking => {
             let outcome = py.detach(|| {
                 let outcome = match start {
-                    Start::OnRuntime => wait_for_task(work),
+                    Start::OnRuntime => wait_for_task(work, &SPIN),
+                    Start::Queued => wait_for_task(work, &NEVER_SPIN),
                     Start::HereFirst => runtime().block_on(interruptible(work)),
                 };
                 // A (daemon) thread must not take the GIL back while the
@@ -189,6 +208,9 @@ fn poll_here<F: Future + ?Sized>(
 /// How long a blocking call spins for its outcome before it parks
 /// (`busbar.set_spin_limit`; see `busbar_client::spin` for why).
 static SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
+
+/// A window that stays 0: waits that must not spin.
+static NEVER_SPIN: SpinWait = SpinWait::new(std::time::Duration::ZERO);
 
 /// How long an awaited call keeps its event loop turning (polling instead of
 /// sleeping in its selector) for the answer: the same rule, on the loop's
@@ -242,7 +264,7 @@ const SIGNAL_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_milli
 /// wake the caller separately, and the caller took h2's stream lock from
 /// another thread than the connection's. The wait is a channel with a
 /// timeout, so no runtime timer is armed per call either.
-fn wait_for_task<T, F>(work: F) -> Result<T, Interrupted>
+fn wait_for_task<T, F>(work: F, spin: &SpinWait) -> Result<T, Interrupted>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
@@ -258,15 +280,15 @@ where
         // The caller may be gone (a signal): nobody needs the outcome then.
         let _ = done.send(work.await);
     });
-    let spun = SPIN.spin(started, || outcome.try_recv().ok());
+    let spun = spin.spin(started, || outcome.try_recv().ok());
     if let Some(outcome) = spun {
-        SPIN.finished(started.elapsed());
+        spin.finished(started.elapsed());
         return outcome.map_err(Interrupted::Failed);
     }
     loop {
         match outcome.recv_timeout(SIGNAL_CHECK_PERIOD) {
             Ok(outcome) => {
-                SPIN.finished(started.elapsed());
+                spin.finished(started.elapsed());
                 return outcome.map_err(Interrupted::Failed);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
@@ -395,9 +417,12 @@ fn spawn_for_asyncio<'py>(
         // future in place when done.
         let exec = exec.get().0.clone();
         let started = std::time::Instant::now();
+        let spins = start == Start::OnRuntime;
         let task = exec.spawn_now(Box::pin(async move {
             let outcome = work.await;
-            LOOP_SPIN.finished(started.elapsed());
+            if spins {
+                LOOP_SPIN.finished(started.elapsed());
+            }
             Python::attach(|py| {
                 let (error, value) = settle(py, outcome);
                 if let Ok(resolve) = resolve_function(py) {
@@ -407,7 +432,7 @@ fn spawn_for_asyncio<'py>(
         }));
         future.setattr("abort", AbortTask(Abort::Loop(task)))?;
         let window = LOOP_SPIN.window();
-        if !window.is_zero() && !future.call_method0("done")?.is_truthy()? {
+        if spins && !window.is_zero() && !future.call_method0("done")?.is_truthy()? {
             SPIN_LOOP.import(py, "busbar._bridge", "spin")?.call1((
                 &event_loop,
                 &future,

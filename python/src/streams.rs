@@ -4,7 +4,7 @@
 //! dispatchers of it; whatever arrives before Python reads waits in the
 //! Rust client's bounded buffers (and then slows the sender), never dropped.
 
-use crate::bridge::{Face, finish, finish_read, runtime};
+use crate::bridge::{Face, finish, finish_read, finish_send, runtime};
 use crate::convert::{ToPython, invalid, py_to_bytes, py_to_json, py_to_json_list};
 use busbar_client::{
     BoxStream, CallSender, Client, DynamicCall, Error, ErrorCode, PublishSummary, RoomEventKind,
@@ -162,7 +162,7 @@ impl CoreCall {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let message = py_to_json(&message);
-        finish(py, self.face, async move {
+        finish_send(py, self.face, async move {
             let sender = sender.ok_or_else(|| {
                 invalid("this call's sending side was ended with end(); nothing more can be sent")
             })?;
@@ -257,7 +257,7 @@ impl CorePublisher {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let slot = self.task.clone();
-        finish(py, self.face, async move {
+        finish_send(py, self.face, async move {
             let sender = sender.ok_or_else(|| invalid("this publisher has finished"))?;
             if sender.send(chunk?).await.is_ok() {
                 return Ok(());

@@ -508,9 +508,49 @@ def test_publisher_held_back_by_a_stalled_subscriber_keeps_its_connection(face, 
         summary = face.run(publisher_conn.wire(path).publish(chunk for _ in range(count)))
         assert int(summary["chunks"]) == count
         assert face.run(publisher_conn.status())["tls"] is True
-        stalled.close()
+        # The subscriber's own connection held what the node had sent it
+        # (small frames too): it gets those chunks, then learns why it was cut.
+        received = 0
+        it = face.iterate(stalled)
+        with pytest.raises(errors.SlowConsumer):
+            while face.next(it) is not END:
+                received += 1
+        assert 0 < received < count
         subscriber_conn.close()
         publisher_conn.close()
+
+
+def test_subscriber_that_stops_reading_a_trickle_is_cut_not_its_connection(tmp_path):
+    """Chunks published one at a time reach a subscriber as one small HTTP/2
+    DATA frame each; one that stops reading holds them unread until its
+    stream window is full and the node's wire stall cuts it. h2 closes a
+    connection whose unread small frames count for more than half its
+    window: with hyper's 5 MiB client window that was after about 14,500
+    chunks, before the window was full, and the subscriber's whole
+    connection failed (RESOURCE_EXHAUSTED, too_many_data_frames) instead of
+    the subscription ending with SlowConsumer. The connection window is what
+    this tests, shared by both faces, so the blocking face alone runs it."""
+    with run_node(tmp_path / "data", args=("--wire-stall", "2")) as node:
+        publisher = busbar.Connection.from_config(node.data_dir / "admin.json")
+        subscriber = busbar.Connection.from_config(node.data_dir / "admin.json")
+        path = f"/home/admin/trickle-{uuid.uuid4().hex[:8]}"
+        publisher.create(path, "wire")
+        stalled = subscriber.wire(path).subscribe()  # not read until the end
+        count = 36_000  # past the 2 MiB stream window in 71 B frames
+
+        def one_at_a_time():
+            for _ in range(count):
+                time.sleep(0.00005)  # one frame per chunk: nothing to batch
+                yield b"t" * 64
+
+        assert int(publisher.wire(path).publish(one_at_a_time())["chunks"]) == count
+        received = 0
+        with pytest.raises(errors.SlowConsumer):
+            for _ in stalled:
+                received += 1
+        assert 14_500 < received < count
+        subscriber.close()
+        publisher.close()
 
 
 def test_async_publish_takes_an_async_iterable(aio_face, busbar_node):

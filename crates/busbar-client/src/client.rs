@@ -23,6 +23,21 @@ use tonic::transport::{Channel, Endpoint};
 /// 16 MiB; the default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// HTTP/2 flow-control windows of a connection's responses: how much the
+/// node may send on one stream, and on the connection, before this client
+/// has read it. The stream window is hyper's default; the connection window
+/// is 32 MiB instead of 5 because h2 (0.4.20 on) closes a connection
+/// (ENHANCE_YOUR_CALM, "too_many_data_frames") once the DATA frames under
+/// 256 B it holds unread count for more than half the connection window, at
+/// 256 B each. A subscriber that stops reading a wire fed one 64 B chunk at
+/// a time holds one 71 B frame per chunk: with 5 MiB it closed its own
+/// connection (every call on it) after about 14,500 chunks, before the
+/// node's backpressure and `SLOW_CONSUMER` could apply. With 32 MiB (16 MiB
+/// counted) a full 2 MiB stream of frames of 29 B or more stays inside it,
+/// as do three such streams of 64 B chunks at once.
+const STREAM_WINDOW_BYTES: u32 = 2 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
+
 /// How to log in.
 #[derive(Clone)]
 pub enum Credential {
@@ -425,6 +440,8 @@ impl Client {
             // instead of 64 frames of 16 KiB per MiB, each handled and
             // flow-controlled on its own.
             .max_frame_size(MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
