@@ -389,19 +389,21 @@ def busbar_turn(turn: Turn, target: dict) -> None:
     import busbar.aio
 
     series = turn.args.series
-    def spin_off(name: str, timed) -> None:
-        # The same calls with spinning off (busbar.set_spin_limit(0)): a row
-        # without a target, beside the default's.
+    @contextlib.contextmanager
+    def spin_off():
+        # For the same calls with spinning off (busbar.set_spin_limit(0)):
+        # rows without a target, beside the default's.
         limit = busbar.spin_limit()
         busbar.set_spin_limit(0)
         try:
-            turn.out["latencies_ns"][f"{name} spin off"] = timed()
+            yield
         finally:
             busbar.set_spin_limit(limit)
 
     with busbar.Connection.with_tls(**target) as conn:
         turn.out["latencies_ns"]["busbar"] = turn.timed_calls(conn.status)
-        spin_off("busbar", lambda: turn.timed_calls(conn.status))
+        with spin_off():
+            turn.out["latencies_ns"]["busbar spin off"] = turn.timed_calls(conn.status)
         turn.read("busbar", lambda: conn.timeseries.read(series))
         turn.read("busbar ragged", lambda: conn.timeseries.read(ragged(series)))
         turn.stream("busbar", lambda path: conn.wire(path).subscribe(), lambda s: s.close())
@@ -410,13 +412,9 @@ def busbar_turn(turn: Turn, target: dict) -> None:
         aconn = await busbar.aio.Connection.with_tls(**target)
         try:
             turn.out["latencies_ns"]["busbar.aio"] = await turn.timed_calls_async(aconn.status)
-            limit = busbar.spin_limit()
-            busbar.set_spin_limit(0)
-            try:
+            with spin_off():
                 turn.out["latencies_ns"]["busbar.aio spin off"] = (
                     await turn.timed_calls_async(aconn.status))
-            finally:
-                busbar.set_spin_limit(limit)
             await turn.read_async("busbar.aio", lambda: aconn.timeseries.read(series))
 
             async def subscribe(path: str):

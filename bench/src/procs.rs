@@ -360,13 +360,13 @@ pub fn run_python_json(
     run_script_json(python, &flight_script(), args, envs, timeout)
 }
 
+/// How much of a failed script's stderr the bench prints.
+const STDERR_LINES_SHOWN: usize = 30;
+
 /// Runs `python <script> <args>` to the end (killed at `timeout`) and parses
 /// the JSON object it prints last. Blocks the calling thread, which is the
 /// main thread (so the child dies with the benchmark); nothing else of the
 /// benchmark runs meanwhile.
-/// How much of a failed script's stderr the bench prints.
-const STDERR_LINES_SHOWN: usize = 30;
-
 pub fn run_script_json(
     python: &Path,
     script: &Path,

@@ -27,21 +27,23 @@ from .errors import BusbarError
 
 
 def set_spin_limit(seconds: float) -> None:
-    """Sets the most a blocking call spins for its answer before it sleeps.
+    """Sets the most a call spins for its answer before it sleeps.
 
     A blocking call waits for its answer by spinning (GIL released) for an
-    adaptive window of at most ``seconds``, then sleeps: on virtual machines
-    waking a sleeping thread costs tens of microseconds, often most of a short
-    call's round trip. The window grows while answers come within the limit
-    and shrinks when they do not, and one thread per process spins at a time.
-    Default 0.0002 (200 us); 0 turns spinning off; at most 0.01. The asyncio
-    face never spins. Raises ``busbar.errors.InvalidArgument`` (and keeps the
-    old limit) for anything else."""
+    adaptive window of at most ``seconds``, then sleeps; an awaited call keeps
+    its event loop turning for such a window instead of letting it sleep in
+    its selector. On virtual machines waking a sleeping thread costs tens of
+    microseconds, often most of a short call's round trip. The window grows
+    while answers come within the limit and shrinks when they do not, and one
+    thread per process spins at a time. Stream reads and sends never spin.
+    Default 0.0002 (200 us); 0 turns spinning off; at most 0.01. Raises
+    ``busbar.errors.InvalidArgument`` (and keeps the old limit) for anything
+    else."""
     _core.set_spin_limit(seconds)
 
 
 def spin_limit() -> float:
-    """The most a blocking call spins before it sleeps, in seconds."""
+    """The most a call spins before it sleeps, in seconds."""
     return _core.spin_limit()
 
 

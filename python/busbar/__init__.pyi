@@ -20,11 +20,12 @@ def event(name: str) -> Callable[[_F], _F]:
     """Marks a Room method as the handler of event ``name``."""
 
 def set_spin_limit(seconds: float) -> None:
-    """Sets the most a blocking call spins for its answer before it sleeps
-    (default 0.0002; 0 turns spinning off; at most 0.01)."""
+    """Sets the most a call spins for its answer (an awaited one: keeps its
+    loop turning) before it sleeps (default 0.0002; 0 turns spinning off; at
+    most 0.01)."""
 
 def spin_limit() -> float:
-    """The most a blocking call spins before it sleeps, in seconds."""
+    """The most a call spins before it sleeps, in seconds."""
 
 class Connection:
     """A blocking connection to a Busbar node; safe to share between threads."""

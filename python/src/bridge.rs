@@ -158,8 +158,8 @@ where
         Face::Blocking => {
             let outcome = py.detach(|| {
                 let outcome = match start {
-                    Start::OnRuntime => wait_for_task(work, &SPIN),
-                    Start::Queued => wait_for_task(work, &NEVER_SPIN),
+                    Start::OnRuntime => wait_for_task(work, Some(&SPIN)),
+                    Start::Queued => wait_for_task(work, None),
                     Start::HereFirst => runtime().block_on(interruptible(work)),
                 };
                 // A (daemon) thread must not take the GIL back while the
@@ -209,9 +209,6 @@ fn poll_here<F: Future + ?Sized>(
 /// (`busbar.set_spin_limit`; see `busbar_client::spin` for why).
 static SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
 
-/// A window that stays 0: waits that must not spin.
-static NEVER_SPIN: SpinWait = SpinWait::new(std::time::Duration::ZERO);
-
 /// How long an awaited call keeps its event loop turning (polling instead of
 /// sleeping in its selector) for the answer: the same rule, on the loop's
 /// thread (`busbar._bridge.spin`), with a window of its own.
@@ -257,14 +254,14 @@ const SIGNAL_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_milli
 /// handle; a signal aborts the task, which cancels the work.
 ///
 /// Work that is ready at once (a chunk into a queue with room) returns
-/// without a hand-off. Otherwise the caller spins for the outcome for `SPIN`'s
-/// window, then parks. The call finishes on the runtime thread,
+/// without a hand-off. Otherwise the caller spins for the outcome for
+/// `spin`'s window (if given), then parks. The call finishes on the runtime thread,
 /// next to the connection task: when the caller polled it itself
 /// (`block_on`), each step of the response (headers, data, trailers) could
 /// wake the caller separately, and the caller took h2's stream lock from
 /// another thread than the connection's. The wait is a channel with a
 /// timeout, so no runtime timer is armed per call either.
-fn wait_for_task<T, F>(work: F, spin: &SpinWait) -> Result<T, Interrupted>
+fn wait_for_task<T, F>(work: F, spin: Option<&SpinWait>) -> Result<T, Interrupted>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
@@ -280,17 +277,18 @@ where
         // The caller may be gone (a signal): nobody needs the outcome then.
         let _ = done.send(work.await);
     });
-    let spun = spin.spin(started, || outcome.try_recv().ok());
-    if let Some(outcome) = spun {
-        spin.finished(started.elapsed());
-        return outcome.map_err(Interrupted::Failed);
+    let finished = |outcome: Result<T, Error>| {
+        if let Some(spin) = spin {
+            spin.finished(started.elapsed());
+        }
+        outcome.map_err(Interrupted::Failed)
+    };
+    if let Some(outcome) = spin.and_then(|spin| spin.spin(started, || outcome.try_recv().ok())) {
+        return finished(outcome);
     }
     loop {
         match outcome.recv_timeout(SIGNAL_CHECK_PERIOD) {
-            Ok(outcome) => {
-                spin.finished(started.elapsed());
-                return outcome.map_err(Interrupted::Failed);
-            }
+            Ok(outcome) => return finished(outcome),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 if let Some(Err(error)) = with_python(|py| py.check_signals()) {
                     task.abort();
