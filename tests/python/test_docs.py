@@ -1,4 +1,5 @@
-"""Every ```python block of docs/python.md and of the README runs as written.
+"""Every ```python block of docs/python.md, docs/security.md and of the README
+runs as written.
 
 Each block runs as its own script, in a directory holding a real node's
 data as ./busbar-data (so "busbar-data/admin.json" is found, as after
@@ -16,7 +17,8 @@ import pytest
 
 from conftest import REPO_ROOT, clean_env
 
-DOCUMENTS = [REPO_ROOT / "docs" / "python.md", REPO_ROOT / "README.md"]
+DOCUMENTS = [REPO_ROOT / "docs" / "python.md", REPO_ROOT / "README.md",
+             REPO_ROOT / "docs" / "security.md"]
 BLOCK_TIMEOUT_S = 60
 
 

@@ -160,3 +160,30 @@ def test_pyarrow_flight_handshake_and_plain_flight_fallback(node):
         client.get_flight_info(flight.FlightDescriptor.for_path("/home/admin/series"))
     with pytest.raises(flight.FlightUnauthenticatedError):
         client.authenticate_basic_token(cred["user"], "wrong")
+
+
+def test_the_sql_sandbox_holds_on_every_flight_sql_path(node):
+    """ATTACH of the node's metadata store, VACUUM INTO a file and transaction
+    control are refused whether they come as a query, a prepared statement or
+    an update, for an admin as for anyone (docs/security.md)."""
+    meta = node.data_dir / "meta.db"
+    outside = node.data_dir.parent / "flight-stolen.db"
+    attacks = [f"ATTACH DATABASE '{meta}' AS m", f"VACUUM INTO '{outside}'", "BEGIN"]
+    with connect(node) as conn, conn.cursor() as cur:
+        for sql in attacks:
+            with pytest.raises(flightsql.Error, match="sandbox"):
+                cur.execute(sql)  # a query (or, for ADBC, an update: no result columns)
+            with pytest.raises(flightsql.Error, match="sandbox"):
+                cur.adbc_statement.set_sql_query(sql)
+                cur.adbc_statement.execute_update()
+            with pytest.raises(flightsql.Error, match="sandbox"):
+                cur.adbc_statement.set_sql_query(sql)
+                cur.adbc_statement.prepare()
+        with pytest.raises(flightsql.Error, match="sandbox"):
+            cur.execute("SELECT file FROM pragma_database_list")
+        # The connection still works, and sees no attached database.
+        cur.execute("SELECT count(*) FROM items")
+        assert cur.fetchone()[0] >= 0
+        with pytest.raises(flightsql.Error):
+            cur.execute("SELECT * FROM m.secrets")
+    assert not outside.exists()

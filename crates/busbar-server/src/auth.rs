@@ -7,6 +7,7 @@
 //! `Store`, so any node of a cluster can verify them.
 
 use crate::error::{Error, Result};
+use crate::login_throttle::LoginThrottle;
 use crate::store::{IdentityKind, IdentityRecord, NewIdentity, Store, TokenRecord, now_ms};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
@@ -63,6 +64,8 @@ pub struct Authenticator {
     /// A valid hash for a throw-away password, verified when the user does not
     /// exist so that timing does not tell which users exist.
     decoy_hash: String,
+    /// Bounds argon2 work and slows repeated password failures.
+    throttle: LoginThrottle,
 }
 
 pub fn hash_password(password: &str) -> Result<String> {
@@ -116,6 +119,7 @@ impl Authenticator {
             session_ttl,
             used_nonces: Mutex::new(HashMap::new()),
             decoy_hash,
+            throttle: LoginThrottle::default(),
         })
     }
 
@@ -227,10 +231,13 @@ impl Authenticator {
         self.issue(identity, caller.token_id.as_deref().map(str::to_string))
     }
 
+    /// Checks a user's password. `peer` is the caller's address, for the
+    /// throttle's per-address count (see [`LoginThrottle`]).
     pub async fn login_password(
         &self,
         user: &str,
         password: &str,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<(IdentityRecord, String, i64)> {
         let wrong = || {
             Error::unauthenticated(
@@ -243,8 +250,10 @@ impl Authenticator {
             .and_then(|identity| identity.password_hash.clone())
             .unwrap_or_else(|| self.decoy_hash.clone());
         let password = password.to_string();
-        let matches =
-            tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await?;
+        let matches = self
+            .throttle
+            .check(user, peer, move || verify_password(&password, &hash))
+            .await?;
         match found {
             Some(identity) if matches && identity.kind == IdentityKind::User => {
                 if identity.revoked {
@@ -461,7 +470,10 @@ mod tests {
         auth.create_user("bob", "correct horse", false)
             .await
             .unwrap();
-        let (_, session, _) = auth.login_password("bob", "correct horse").await.unwrap();
+        let (_, session, _) = auth
+            .login_password("bob", "correct horse", None)
+            .await
+            .unwrap();
         assert_eq!(auth.verify_session(&session).unwrap().name, "bob");
         let mut tampered = session.clone();
         tampered.insert(10, 'x');
@@ -469,9 +481,12 @@ mod tests {
             auth.verify_session(&tampered).unwrap_err().code,
             crate::error::ErrorCode::Unauthenticated
         );
-        let wrong = auth.login_password("bob", "wrong horse").await.unwrap_err();
+        let wrong = auth
+            .login_password("bob", "wrong horse", None)
+            .await
+            .unwrap_err();
         let nobody = auth
-            .login_password("nobody", "wrong horse")
+            .login_password("nobody", "wrong horse", None)
             .await
             .unwrap_err();
         assert_eq!(wrong.message, nobody.message, "no hint which users exist");

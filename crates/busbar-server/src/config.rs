@@ -42,6 +42,16 @@ pub struct Settings {
     pub data_session_idle_seconds: Option<f64>,
     /// Open data sessions per node beyond which Open is refused (default 1024).
     pub max_data_sessions: Option<usize>,
+    /// Seconds one SQL call may run before it is stopped with TIMEOUT,
+    /// whatever deadline the caller set (default 60).
+    pub max_statement_seconds: Option<f64>,
+    /// Arrow bytes one SQL call may return before it fails with
+    /// RESOURCE_EXHAUSTED (default 1 GiB).
+    pub max_result_bytes: Option<usize>,
+    /// Memory all SQL statements of the node may hold at once, SQLite's
+    /// hard heap limit; past it a statement fails with RESOURCE_EXHAUSTED
+    /// (default 2 GiB).
+    pub sql_memory_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -74,6 +84,9 @@ impl Settings {
                 .data_session_idle_seconds
                 .or(weaker.data_session_idle_seconds),
             max_data_sessions: self.max_data_sessions.or(weaker.max_data_sessions),
+            max_statement_seconds: self.max_statement_seconds.or(weaker.max_statement_seconds),
+            max_result_bytes: self.max_result_bytes.or(weaker.max_result_bytes),
+            sql_memory_bytes: self.sql_memory_bytes.or(weaker.sql_memory_bytes),
         }
     }
 }
@@ -95,6 +108,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub data_session_idle: Duration,
     pub max_data_sessions: usize,
+    pub max_statement: Duration,
+    pub max_result_bytes: usize,
+    pub sql_memory_bytes: usize,
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -211,6 +227,27 @@ impl ServerConfig {
                 1,
                 1 << 16,
             )?,
+            max_statement: seconds(
+                "max_statement_seconds",
+                settings.max_statement_seconds,
+                60.0,
+                0.01,
+                86_400.0,
+            )?,
+            max_result_bytes: count(
+                "max_result_bytes",
+                settings.max_result_bytes,
+                1 << 30,
+                1024,
+                1 << 40,
+            )?,
+            sql_memory_bytes: count(
+                "sql_memory_bytes",
+                settings.sql_memory_bytes,
+                2 << 30,
+                64 << 20,
+                1 << 40,
+            )?,
         })
     }
 }
@@ -264,6 +301,20 @@ mod tests {
                 ..Default::default()
             })
             .contains("hostname")
+        );
+        assert!(
+            bad(Settings {
+                max_statement_seconds: Some(0.0),
+                ..Default::default()
+            })
+            .contains("max_statement_seconds")
+        );
+        assert!(
+            bad(Settings {
+                max_result_bytes: Some(10),
+                ..Default::default()
+            })
+            .contains("max_result_bytes")
         );
         assert!(
             toml::from_str::<Settings>("lisen = 1").is_err(),

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod config;
 pub mod error;
 mod layer;
+pub mod login_throttle;
 pub mod metrics;
 pub mod node;
 pub mod paths;

@@ -6,7 +6,7 @@ use crate::bus::Bus;
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::store::{Store, now_ms};
+use crate::store::{Budget, StopOnDrop, Store, now_ms};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +53,18 @@ pub struct Node {
 }
 
 impl Node {
+    /// What one call's SQL may spend: until the call's deadline (its
+    /// `grpc-timeout`) or the node's `max_statement_seconds`, whichever comes
+    /// first, and at most `max_result_bytes` of result. Hold the
+    /// [`StopOnDrop`] for as long as the call lives.
+    pub fn sql_budget(&self, metadata: &tonic::metadata::MetadataMap) -> (Budget, StopOnDrop) {
+        Budget::new(
+            call_timeout(metadata),
+            self.config.max_statement,
+            self.config.max_result_bytes,
+        )
+    }
+
     pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
         self.lifecycle.subscribe()
     }
@@ -91,4 +103,49 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Error::unauthenticated("this call needs a session; log in first").into())
+}
+
+/// The time a call has left, from its `grpc-timeout` header (1 to 8 digits
+/// and a unit: H, M, S, m, u or n); `None` when it has none or a bad one
+/// (tonic refuses a bad one before a service sees the call).
+pub fn call_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::call_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let with = |value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            call_timeout(&metadata)
+        };
+        assert_eq!(with("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(with("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(with("123456789S"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(with("5x"), None);
+        assert_eq!(call_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
 }

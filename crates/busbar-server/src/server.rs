@@ -190,6 +190,7 @@ pub async fn serve(
         tokio::spawn(metrics.clone().serve(listener));
     }
 
+    crate::store::sandbox::limit_memory(config.sql_memory_bytes);
     let (lifecycle, _) = tokio::sync::watch::channel(Lifecycle::Serving);
     let node = Arc::new(Node {
         store,

@@ -8,7 +8,7 @@
 //! then get CONFLICT, while readers go on reading the last committed state.
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::now_ms;
+use crate::store::{now_ms, sandbox};
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,11 +33,14 @@ impl Work {
             let conn = open()?;
             // IMMEDIATE takes the writer lock now, so a later write in the
             // session can never fail on a snapshot another writer moved on.
-            conn.execute_batch(if write {
-                "BEGIN IMMEDIATE"
-            } else {
-                "BEGIN DEFERRED"
-            })?;
+            sandbox::control(
+                &conn,
+                if write {
+                    "BEGIN IMMEDIATE"
+                } else {
+                    "BEGIN DEFERRED"
+                },
+            )?;
             map.insert(id.to_string(), conn);
         }
         Ok(&map[id])
@@ -77,7 +80,7 @@ impl Work {
             if failed.is_some() {
                 continue; // dropping the connection rolls its transaction back
             }
-            if let Err(error) = conn.execute_batch("COMMIT") {
+            if let Err(error) = sandbox::control(&conn, "COMMIT") {
                 failed = Some(Error::from(error));
             }
         }
@@ -90,7 +93,7 @@ impl Work {
     fn rollback(&mut self) -> (u32, u32) {
         let counts = (self.databases.len() as u32, self.series.len() as u32);
         for (_, conn) in self.databases.drain().chain(self.series.drain()) {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = sandbox::control(&conn, "ROLLBACK");
         }
         counts
     }
@@ -101,12 +104,41 @@ pub struct DataSession {
     owner: Arc<str>,
     last_used_ms: AtomicI64,
     work: Mutex<Work>,
+    /// Why the session was rolled back under its owner, once it was.
+    lost: Mutex<Option<String>>,
 }
 
 impl DataSession {
-    /// The session's transactions; calls in one session take turns.
-    pub fn work(&self) -> MutexGuard<'_, Work> {
+    /// Rolls the whole session back because one of its transactions was
+    /// lost (SQLite rolls a transaction back when a statement that writes is
+    /// stopped); its next use says why. Returns the error to give now.
+    pub fn abandon(&self, work: &mut Work, why: &str) -> Error {
+        work.rollback();
+        let message = format!(
+            "{why}; SQLite rolled back the session's transaction, so session {} was rolled back \
+             as a whole: nothing it did is kept. Open a new session",
+            self.id
+        );
+        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+        Error::failed_precondition(message)
+    }
+
+    /// The session's transactions; calls in one session take turns. A call
+    /// that waited its turn behind the one that lost the session is refused.
+    pub fn work(&self) -> Result<MutexGuard<'_, Work>> {
+        let work = self.lock_work();
+        match self.lost() {
+            Some(message) => Err(Error::failed_precondition(message)),
+            None => Ok(work),
+        }
+    }
+
+    fn lock_work(&self) -> MutexGuard<'_, Work> {
         self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn touch(&self) {
@@ -150,6 +182,7 @@ impl DataSessions {
             owner: owner.clone(),
             last_used_ms: AtomicI64::new(now_ms()),
             work: Mutex::new(Work::default()),
+            lost: Mutex::new(None),
         });
         open.insert(session.id.clone(), session.clone());
         Ok(session)
@@ -168,6 +201,10 @@ impl DataSessions {
                 "session {id:?} belongs to another identity"
             )));
         }
+        if let Some(message) = session.lost() {
+            self.lock().remove(id);
+            return Err(Error::failed_precondition(message));
+        }
         session.touch();
         Ok(session)
     }
@@ -182,7 +219,10 @@ impl DataSessions {
     pub fn end(&self, id: &str, owner: &str, commit: bool) -> Result<(u32, u32)> {
         let session = self.get(id, owner)?;
         self.lock().remove(id);
-        let mut work = session.work();
+        let mut work = session.lock_work();
+        if let Some(message) = session.lost() {
+            return Err(Error::failed_precondition(message));
+        }
         if commit {
             work.commit()
         } else {
@@ -203,7 +243,7 @@ impl DataSessions {
             ids.iter().filter_map(|id| open.remove(id)).collect()
         };
         for session in &expired {
-            session.work().rollback();
+            session.lock_work().rollback();
         }
         expired.len()
     }

@@ -47,6 +47,15 @@ pub struct ServeArgs {
     /// Open data sessions beyond which new ones are refused [default: 1024]
     #[arg(long, env = "BUSBAR_MAX_DATA_SESSIONS")]
     max_data_sessions: Option<usize>,
+    /// Seconds one SQL call may run before it is stopped, whatever its deadline [default: 60]
+    #[arg(long, env = "BUSBAR_MAX_STATEMENT_SECONDS")]
+    max_statement_seconds: Option<f64>,
+    /// Arrow bytes one SQL call may return [default: 1073741824]
+    #[arg(long, env = "BUSBAR_MAX_RESULT_BYTES")]
+    max_result_bytes: Option<usize>,
+    /// Memory all SQL statements may hold at once (SQLite's heap limit) [default: 2147483648]
+    #[arg(long, env = "BUSBAR_SQL_MEMORY_BYTES")]
+    sql_memory_bytes: Option<usize>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -85,6 +94,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         max_connections: args.max_connections,
         data_session_idle_seconds: args.data_session_idle_seconds,
         max_data_sessions: args.max_data_sessions,
+        max_statement_seconds: args.max_statement_seconds,
+        max_result_bytes: args.max_result_bytes,
+        sql_memory_bytes: args.sql_memory_bytes,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

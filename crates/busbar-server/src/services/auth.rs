@@ -115,8 +115,11 @@ impl Auth for AuthService {
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::Session> {
         let auth = &self.node.auth;
+        let peer = request.remote_addr().map(|a| a.ip());
         let outcome = match request.into_inner().credential {
-            Some(Credential::Password(p)) => auth.login_password(&p.user, &p.password).await?,
+            Some(Credential::Password(p)) => {
+                auth.login_password(&p.user, &p.password, peer).await?
+            }
             Some(Credential::Token(token)) => auth.login_token(&token).await?,
             Some(Credential::Key(k)) => auth.login_key(&k.name, &k.nonce, &k.signature).await?,
             None => {

@@ -114,6 +114,7 @@ impl BusbarFlight {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let auth = &self.node.auth;
+        let peer = request.remote_addr().map(|a| a.ip());
         if let Some(header) = header {
             let (scheme, value) = header.split_once(' ').unwrap_or((&header, ""));
             let value = value.trim();
@@ -138,7 +139,7 @@ impl BusbarFlight {
                         "the Basic authorization header holds no ':' between user and password",
                     )
                 })?;
-                return Ok(auth.login_password(user, password).await?.1);
+                return Ok(auth.login_password(user, password, peer).await?.1);
             }
             if scheme.eq_ignore_ascii_case("bearer") {
                 return Ok(auth.login_token(value).await?.1);
@@ -162,7 +163,7 @@ impl BusbarFlight {
             ));
         }
         Ok(auth
-            .login_password(&basic.username, &basic.password)
+            .login_password(&basic.username, &basic.password, peer)
             .await?
             .1)
     }

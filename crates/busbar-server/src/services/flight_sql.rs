@@ -14,7 +14,7 @@ use crate::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::node::Node;
 use crate::paths;
-use crate::store::{Description, ResourceKind, Right, SqlParam, SqlParams};
+use crate::store::{Budget, Description, ResourceKind, Right, SqlParam, SqlParams};
 use arrow_array::{Array, ArrayRef, RecordBatch, cast::AsArray, types};
 use arrow_cast::{CastOptions, cast_with_options};
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -336,6 +336,7 @@ impl FlightSql {
         params: SqlParams,
         description: &Description,
         descriptor: FlightDescriptor,
+        budget: Budget,
     ) -> Result<FlightInfo> {
         Self::refuse_writes(target, description)?;
         let done = !description.read_only && description.columns.is_empty();
@@ -347,6 +348,7 @@ impl FlightSql {
                     sql.clone(),
                     vec![params.clone()],
                     target.read_only,
+                    budget,
                 )
                 .await?;
         }
@@ -383,11 +385,12 @@ impl FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let (_, target) = self.target(&request).await?;
         let description = self
             .node
             .sql
-            .describe(&target.id, query.query.clone(), None)
+            .describe(&target.id, query.query.clone(), None, budget.clone())
             .await?;
         if !description.parameters.is_empty() {
             return Err(Error::invalid_argument(format!(
@@ -401,6 +404,7 @@ impl FlightSql {
             SqlParams::default(),
             &description,
             request.into_inner(),
+            budget,
         )
         .await
     }
@@ -411,6 +415,7 @@ impl FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
         let caller = caller_of(&request)?;
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let (prepared, target) = self
             .prepared_target(&caller, &query.prepared_statement_handle)
             .await?;
@@ -434,7 +439,12 @@ impl FlightSql {
         let description = self
             .node
             .sql
-            .describe(&target.id, prepared.sql.clone(), Some(params.clone()))
+            .describe(
+                &target.id,
+                prepared.sql.clone(),
+                Some(params.clone()),
+                budget.clone(),
+            )
             .await?;
         self.statement_info(
             &target,
@@ -442,6 +452,7 @@ impl FlightSql {
             params,
             &description,
             request.into_inner(),
+            budget,
         )
         .await
     }
@@ -452,6 +463,7 @@ impl FlightSql {
         request: Request<Ticket>,
     ) -> Result<BoxStream<'static, Result<FlightData, Status>>> {
         let caller = caller_of(&request)?;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
         let ticket: StatementTicket =
             serde_json::from_slice(&ticket.statement_handle).map_err(|_| bad_ticket())?;
         let target = self.open(&caller, &ticket.database).await?;
@@ -481,7 +493,7 @@ impl FlightSql {
         let (id, read_only) = (target.id, target.read_only);
         let running = tokio::spawn(async move {
             databases
-                .execute(&id, ticket.sql, params, read_only, sink)
+                .execute(&id, ticket.sql, params, read_only, sink, budget)
                 .await
         });
         // Errors before the first batch (rights, SQL) fail the call itself.
@@ -491,16 +503,18 @@ impl FlightSql {
             return Ok(encode(schema, futures::stream::empty()));
         }
         let conformed = schema.clone();
+        // `stop` rides in the stream's state: a reader that goes away drops
+        // it, which stops the statement.
         let rows = futures::stream::unfold(
-            (first, batches, Some(running)),
-            move |(next, mut batches, running)| {
+            (first, batches, Some(running), stop),
+            move |(next, mut batches, running, stop)| {
                 let schema = conformed.clone();
                 async move {
                     match next {
                         Some(batch) => {
                             let item = conform(batch, &schema);
                             let following = batches.recv().await;
-                            Some((item, (following, batches, running)))
+                            Some((item, (following, batches, running, stop)))
                         }
                         None => {
                             // The engine is done: report how it ended.
@@ -509,7 +523,7 @@ impl FlightSql {
                                 Ok(Err(error)) => error,
                                 Err(error) => Error::from(error),
                             };
-                            Some((Err(ended), (None, batches, None)))
+                            Some((Err(ended), (None, batches, None, stop)))
                         }
                     }
                 }
@@ -524,6 +538,7 @@ impl FlightSql {
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
         let (caller, path) = (caller_of(&request)?, database_path(&request)?);
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let target = self.open(&caller, &path).await?;
         let changed = self
             .node
@@ -533,6 +548,7 @@ impl FlightSql {
                 update.query,
                 vec![SqlParams::default()],
                 target.read_only,
+                budget,
             )
             .await?;
         Ok(changed as i64)
@@ -543,11 +559,12 @@ impl FlightSql {
         create: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult> {
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let (caller, target) = self.target(&request).await?;
         let description = self
             .node
             .sql
-            .describe(&target.id, create.query.clone(), None)
+            .describe(&target.id, create.query.clone(), None, budget)
             .await?;
         Self::refuse_writes(&target, &description)?;
         let parameter_schema = Schema::new(
@@ -635,6 +652,7 @@ impl FlightSql {
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
         let caller = caller_of(&request)?;
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let (prepared, target) = self
             .prepared_target(&caller, &update.prepared_statement_handle)
             .await?;
@@ -654,7 +672,7 @@ impl FlightSql {
         let changed = self
             .node
             .sql
-            .execute_each(&target.id, prepared.sql, rows, target.read_only)
+            .execute_each(&target.id, prepared.sql, rows, target.read_only, budget)
             .await?;
         Ok(changed as i64)
     }
@@ -687,6 +705,7 @@ impl FlightSql {
         command: Command,
         request: Request<Ticket>,
     ) -> Result<BoxStream<'static, Result<FlightData, Status>>> {
+        let (budget, _stop) = self.node.sql_budget(request.metadata());
         let built = match command {
             Command::CommandGetCatalogs(c) => {
                 let mut builder = c.into_builder();
@@ -708,10 +727,12 @@ impl FlightSql {
                 let (_, target) = self.target(&request).await?;
                 let include_schema = c.include_schema;
                 let mut builder = c.into_builder();
-                for (name, kind) in self.tables(&target).await? {
+                for (name, kind) in self.tables(&target, &budget).await? {
                     let schema = if include_schema {
                         let sql = format!("SELECT * FROM \"{}\"", name.replace('"', "\"\""));
-                        let description = self.node.sql.describe(&target.id, sql, None).await?;
+                        let description = (self.node.sql)
+                            .describe(&target.id, sql, None, budget.clone())
+                            .await?;
                         schema_of(&description.columns)
                     } else {
                         Arc::new(Schema::empty())
@@ -741,15 +762,15 @@ impl FlightSql {
     }
 
     /// Tables and views (name, "table" or "view"), SQLite's own left out.
-    async fn tables(&self, target: &Target) -> Result<Vec<(String, String)>> {
+    async fn tables(&self, target: &Target, budget: &Budget) -> Result<Vec<(String, String)>> {
         let (sink, mut batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
         let databases = self.node.sql.clone();
-        let id = target.id.clone();
+        let (id, budget) = (target.id.clone(), budget.clone());
         let running = tokio::spawn(async move {
             let sql = "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') \
                        AND name NOT LIKE 'sqlite_%' ORDER BY name";
             databases
-                .execute(&id, sql.into(), SqlParams::default(), true, sink)
+                .execute(&id, sql.into(), SqlParams::default(), true, sink, budget)
                 .await
         });
         let mut tables = Vec::new();

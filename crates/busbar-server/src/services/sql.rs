@@ -9,7 +9,7 @@ use crate::paths;
 use crate::sessions::DataSession;
 use crate::store::procedures::{self, Arguments, Procedure};
 use crate::store::{
-    ResourceKind, Right, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on,
+    ResourceKind, Right, SqlDatabases, SqlParam, SqlParams, SqlSummary, StopOnDrop, execute_on,
 };
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
@@ -111,10 +111,14 @@ fn part(part: Part) -> Result<pb::ExecuteResponse, Status> {
 /// Streams what a running statement sends to its sink: Arrow IPC pieces or
 /// JSON rows, then the summary. Errors before the first row fail the call
 /// itself (syntax, parameters, rights).
+///
+/// `stop` lives as long as the reply does: when the caller goes away (or its
+/// deadline passes before the first row), dropping it stops the statement.
 async fn respond(
     mut running: tokio::task::JoinHandle<Result<SqlSummary>>,
     mut batches: mpsc::Receiver<RecordBatch>,
     json: bool,
+    stop: StopOnDrop,
 ) -> Reply<Responses> {
     let first = batches.recv().await;
     if first.is_none() {
@@ -125,6 +129,7 @@ async fn respond(
     }
     let (out, responses) = mpsc::channel::<Result<pb::ExecuteResponse, Status>>(BATCH_QUEUE);
     tokio::spawn(async move {
+        let _stop = stop;
         let mut pieces = IpcPieces::default();
         let mut schema = None;
         let mut next = first;
@@ -151,7 +156,11 @@ async fn respond(
                     return; // the caller went away; dropping `batches` stops the engine
                 }
             }
-            next = batches.recv().await;
+            next = tokio::select! {
+                next = batches.recv() => next,
+                // The caller left while the statement works on its next rows.
+                () = out.closed() => return,
+            };
         }
         if let Some(schema) = schema {
             for piece in pieces.finish(&schema).unwrap_or_default() {
@@ -255,11 +264,18 @@ fn with_connection<T>(
     work: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
     if let Some(session) = &target.session {
-        let mut held = session.work();
+        let mut held = session.work()?;
         let conn = held.database(&target.id, !target.read_only, || {
             databases.connect(&target.id)
         })?;
         let result = work(conn);
+        if conn.is_autocommit() {
+            let why = match &result {
+                Err(error) => error.message.clone(),
+                Ok(_) => "the session's transaction ended inside a statement".into(),
+            };
+            return Err(session.abandon(&mut held, &why));
+        }
         session.touch();
         return result;
     }
@@ -277,6 +293,7 @@ impl Sql for SqlService {
 
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
         let r = request.into_inner();
         let target = self.target(&caller, &r.database, &r.session).await?;
         let params = params(r.params, r.named)?;
@@ -286,17 +303,17 @@ impl Sql for SqlService {
         let running = if target.session.is_some() {
             tokio::task::spawn_blocking(move || {
                 with_connection(&databases, &target, |conn| {
-                    execute_on(conn, &r.sql, &params, target.read_only, &sink)
+                    execute_on(conn, &r.sql, &params, target.read_only, &sink, &budget)
                 })
             })
         } else {
             tokio::spawn(async move {
                 databases
-                    .execute(&target.id, r.sql, params, target.read_only, sink)
+                    .execute(&target.id, r.sql, params, target.read_only, sink, budget)
                     .await
             })
         };
-        respond(running, batches, json).await
+        respond(running, batches, json, stop).await
     }
 
     async fn create_procedure(
@@ -349,6 +366,7 @@ impl Sql for SqlService {
 
     async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
         let r = request.into_inner();
         let target = self.target(&caller, &r.database, &r.session).await?;
         let given = params(r.args, r.kwargs)?;
@@ -361,9 +379,9 @@ impl Sql for SqlService {
         let databases = self.node.sql.clone();
         let running = tokio::task::spawn_blocking(move || {
             with_connection(&databases, &target, |conn| {
-                procedures::run(conn, &r.name, args, &sink)
+                procedures::run(conn, &r.name, args, &sink, &budget)
             })
         });
-        respond(running, batches, json).await
+        respond(running, batches, json, stop).await
     }
 }

@@ -147,7 +147,7 @@ fn with_reader<T>(
     work: impl FnOnce(&Connection) -> Result<T>,
 ) -> Result<T> {
     if let Some(session) = session {
-        let held = session.work();
+        let held = session.work()?;
         if let Some(conn) = held.series_if_open(id) {
             return work(conn);
         }
@@ -487,7 +487,7 @@ pub(super) fn write_points(
     };
     match session {
         Some(session) => {
-            let mut work = session.work();
+            let mut work = session.work()?;
             let conn = work.series(id, true, || node.timeseries.open_writer(id))?;
             conn.execute_batch("SAVEPOINT series_write")?;
             let result = write(conn);

@@ -10,6 +10,7 @@ mod sqlite;
 pub mod timeseries;
 mod writers;
 
+pub use sql::sandbox::{self, Budget, StopOnDrop};
 pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
 
 pub use sqlite::SqliteStore;

@@ -1,6 +1,7 @@
 //! Stored procedures: named, parameterized SQL kept in the database they run
 //! in (table `busbar_procedures`), run atomically: every statement or none.
 
+use super::sql::sandbox::{self, Budget};
 use super::sql::{sql_error, stream_rows, value};
 use super::{SqlParam, SqlSummary, now_ms};
 use crate::error::{Error, Result};
@@ -173,20 +174,31 @@ fn bind_arguments(procedure: &Procedure, args: Arguments) -> Result<HashMap<Stri
 
 /// Runs a procedure's statements in order inside a savepoint: if any fails,
 /// none of them took effect. Rows of the last statement go to `sink`.
+///
+/// The body runs in the SQL sandbox under `budget`; a statement stopped
+/// while it writes makes SQLite roll back the whole transaction it is in
+/// (the savepoint with it), which the caller sees as the connection back in
+/// autocommit.
 pub fn run(
     conn: &Connection,
     name: &str,
     args: Arguments,
     sink: &mpsc::Sender<RecordBatch>,
+    budget: &Budget,
 ) -> Result<SqlSummary> {
     let procedure = find(conn, name)?;
     let values = bind_arguments(&procedure, args)?;
-    conn.execute_batch("SAVEPOINT busbar_procedure")?;
-    let result = run_body(conn, &procedure, &values, sink);
-    if result.is_err() {
-        conn.execute_batch("ROLLBACK TO busbar_procedure")?;
+    sandbox::control(conn, "SAVEPOINT busbar_procedure")?;
+    let result = budget.run(conn, || {
+        run_body(conn, &procedure, &values, sink, budget.max_result_bytes)
+    });
+    if conn.is_autocommit() {
+        return result; // already rolled back, savepoint and all
     }
-    conn.execute_batch("RELEASE busbar_procedure")?;
+    if result.is_err() {
+        sandbox::control(conn, "ROLLBACK TO busbar_procedure")?;
+    }
+    sandbox::control(conn, "RELEASE busbar_procedure")?;
     result
 }
 
@@ -221,6 +233,7 @@ fn run_body(
     procedure: &Procedure,
     values: &HashMap<String, SqlParam>,
     sink: &mpsc::Sender<RecordBatch>,
+    max_result_bytes: usize,
 ) -> Result<SqlSummary> {
     let changes_before = conn.total_changes();
     let pieces = statements(&procedure.body);
@@ -235,7 +248,7 @@ fn run_body(
             ),
             ..error
         };
-        let mut stmt = conn.prepare(text).map_err(|e| at(sql_error(e)))?;
+        let mut stmt = sandbox::prepare(conn, text).map_err(at)?;
         for index in 1..=stmt.parameter_count() {
             let name = stmt.parameter_name(index).unwrap_or("?").to_string();
             let given = values.get(name.get(1..).unwrap_or("")).ok_or_else(|| {
@@ -248,7 +261,7 @@ fn run_body(
                 .map_err(|e| at(sql_error(e)))?;
         }
         if number + 1 == pieces.len() {
-            summary = stream_rows(conn, stmt, sink).map_err(at)?;
+            summary = stream_rows(conn, stmt, sink, max_result_bytes).map_err(at)?;
         } else {
             let mut rows = stmt.raw_query();
             while rows.next().map_err(|e| at(sql_error(e)))?.is_some() {}

@@ -13,15 +13,19 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
+use sandbox::Budget;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 mod prepared;
+pub mod sandbox;
 pub use prepared::Description;
 
 /// Rows per record batch.
 const BATCH_ROWS: usize = 8192;
+/// Bytes of values after which a record batch goes out before it is full.
+const BATCH_BYTES: usize = 8 << 20;
 
 /// A bound parameter value.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +63,43 @@ pub struct SqlDatabases {
 }
 
 pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
+    let failure = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => Some(failure),
+        rusqlite::Error::SqlInputError { error, .. } => Some(error),
+        _ => None,
+    };
+    // The authorizer says what it refused; SQLite reports a refused function
+    // as a plain syntax error, so the refusal itself decides.
+    let refused = sandbox::take_refusal();
+    if let Some(failure) = failure {
+        match failure.code {
+            rusqlite::ErrorCode::AuthorizationForStatementDenied | rusqlite::ErrorCode::Unknown
+                if refused.is_some() || failure.code != rusqlite::ErrorCode::Unknown =>
+            {
+                let what = refused
+                    .unwrap_or_else(|| "the statement does something user SQL may not".into());
+                return Error::permission_denied(format!("refused by the SQL sandbox: {what}"));
+            }
+            rusqlite::ErrorCode::OperationInterrupted => {
+                return Error::cancelled(sandbox::INTERRUPTED);
+            }
+            rusqlite::ErrorCode::OutOfMemory => {
+                return Error::resource_exhausted(
+                    "the statement needed more memory than the node gives SQL (sql_memory_bytes); \
+                     narrow it (LIMIT, WHERE, fewer columns)",
+                );
+            }
+            rusqlite::ErrorCode::TooBig => {
+                return Error::resource_exhausted(format!(
+                    "a value or the statement is larger than the sandbox allows ({} bytes for a \
+                     value, {} for a statement's text)",
+                    sandbox::LIMITS[0].1,
+                    sandbox::LIMITS[1].1
+                ));
+            }
+            _ => {}
+        }
+    }
     match &error {
         rusqlite::Error::SqlInputError { msg, offset, .. } => {
             Error::invalid_argument(format!("SQL error at byte {offset}: {msg}"))
@@ -109,9 +150,12 @@ impl SqlDatabases {
         let reader = Connection::open_with_flags(self.file(id), flags)?;
         reader.busy_timeout(std::time::Duration::from_secs(5))?;
         reader.pragma_update(None, "query_only", true)?;
+        sandbox::harden(&reader)?;
         Ok(reader)
     }
 
+    /// Every connection runs user SQL, so each is sandboxed as it opens
+    /// (after the node's own settings, which the sandbox would refuse).
     fn open_writer(path: &Path, create: bool) -> Result<Connection> {
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
@@ -121,6 +165,7 @@ impl SqlDatabases {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        sandbox::harden(&conn)?;
         Ok(conn)
     }
 
@@ -160,6 +205,7 @@ impl SqlDatabases {
         params: SqlParams,
         read_only: bool,
         sink: mpsc::Sender<RecordBatch>,
+        budget: Budget,
     ) -> Result<SqlSummary> {
         let databases = self.clone();
         let id = id.to_string();
@@ -168,14 +214,14 @@ impl SqlDatabases {
             // A statement that does not write runs on the read-only connection,
             // so streaming a large result to a slow client never holds the
             // writer; with read rights, nothing else may run at all.
-            let writes = !reader.prepare(&sql).map_err(sql_error)?.readonly();
+            let writes = !sandbox::prepare(&reader, &sql)?.readonly();
             if read_only || !writes {
-                return run(&reader, &sql, &params, &sink);
+                return budget.run(&reader, || run(&reader, &sql, &params, &sink, &budget));
             }
             drop(reader);
             let writer = databases.writer(&id)?;
             let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            run(&conn, &sql, &params, &sink)
+            budget.run(&conn, || run(&conn, &sql, &params, &sink, &budget))
         })
         .await?
     }
@@ -190,13 +236,14 @@ pub fn execute_on(
     params: &SqlParams,
     read_only: bool,
     sink: &mpsc::Sender<RecordBatch>,
+    budget: &Budget,
 ) -> Result<SqlSummary> {
-    if read_only && !conn.prepare(sql).map_err(sql_error)?.readonly() {
+    if read_only && !sandbox::prepare(conn, sql)?.readonly() {
         return Err(Error::permission_denied(
             "with read rights only statements that do not write may run",
         ));
     }
-    run(conn, sql, params, sink)
+    budget.run(conn, || run(conn, sql, params, sink, budget))
 }
 
 pub(super) fn value(param: &SqlParam) -> rusqlite::types::Value {
@@ -367,17 +414,22 @@ fn run(
     sql: &str,
     params: &SqlParams,
     sink: &mpsc::Sender<RecordBatch>,
+    budget: &Budget,
 ) -> Result<SqlSummary> {
-    let mut stmt = conn.prepare(sql).map_err(sql_error)?;
+    let mut stmt = sandbox::prepare(conn, sql)?;
     bind(&mut stmt, params)?;
-    stream_rows(conn, stmt, sink)
+    stream_rows(conn, stmt, sink, budget.max_result_bytes)
 }
 
-/// Steps a bound statement, sending its rows as record batches.
+/// Steps a bound statement, sending its rows as record batches. A batch goes
+/// out when it holds [`BATCH_ROWS`] rows or about [`BATCH_BYTES`], so what one
+/// call holds in memory stays small whatever its rows are; past
+/// `max_result_bytes` in all, the call fails with RESOURCE_EXHAUSTED.
 pub(super) fn stream_rows(
     conn: &Connection,
     mut stmt: rusqlite::Statement<'_>,
     sink: &mpsc::Sender<RecordBatch>,
+    max_result_bytes: usize,
 ) -> Result<SqlSummary> {
     let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
     let declared: Vec<String> = stmt
@@ -397,13 +449,15 @@ pub(super) fn stream_rows(
     let mut types: Vec<Option<DataType>> = declared.iter().map(|d| arrow_type(d)).collect();
     let mut rows = stmt.raw_query();
     let mut first: Vec<Vec<rusqlite::types::Value>> = Vec::new();
-    while first.len() < BATCH_ROWS {
+    let mut first_bytes = 0;
+    while first.len() < BATCH_ROWS && first_bytes < BATCH_BYTES {
         let Some(row) = rows.next().map_err(sql_error)? else {
             break;
         };
         let mut values = Vec::with_capacity(names.len());
         for (i, kind) in types.iter_mut().enumerate() {
             let value = row.get_ref(i).map_err(sql_error)?;
+            first_bytes += value_bytes(value);
             if kind.is_none() {
                 *kind = inferred_type(value);
             }
@@ -422,10 +476,19 @@ pub(super) fn stream_rows(
         .iter()
         .map(|f| Builder::new(f.data_type()))
         .collect();
-    let flush = |builders: &mut Vec<Builder>| -> Result<()> {
+    let mut sent_bytes = 0usize;
+    let mut flush = |builders: &mut Vec<Builder>| -> Result<()> {
         let columns: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
         let batch = RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| Error::internal(format!("building a record batch: {e}")))?;
+        sent_bytes = sent_bytes.saturating_add(batch.get_array_memory_size());
+        if sent_bytes > max_result_bytes {
+            return Err(Error::resource_exhausted(format!(
+                "the result is larger than this node returns for one call \
+                 (max_result_bytes = {max_result_bytes}); narrow it with WHERE or LIMIT, or page \
+                 through it"
+            )));
+        }
         sink.blocking_send(batch).map_err(|_| Error {
             code: crate::error::ErrorCode::Cancelled,
             message: "the caller went away".into(),
@@ -444,17 +507,18 @@ pub(super) fn stream_rows(
     }
     // The first batch goes out even when empty: it carries the schema.
     flush(&mut builders)?;
-    let mut in_batch = 0;
+    let (mut in_batch, mut batch_bytes) = (0, 0);
     while let Some(row) = rows.next().map_err(sql_error)? {
         for column in 0..builders.len() {
             let value = row.get_ref(column).map_err(sql_error)?;
+            batch_bytes += value_bytes(value);
             push(&mut builders, summary.rows as usize, value, column)?;
         }
         summary.rows += 1;
         in_batch += 1;
-        if in_batch == BATCH_ROWS {
+        if in_batch == BATCH_ROWS || batch_bytes >= BATCH_BYTES {
             flush(&mut builders)?;
-            in_batch = 0;
+            (in_batch, batch_bytes) = (0, 0);
         }
     }
     if in_batch > 0 {
@@ -469,6 +533,14 @@ pub(super) fn stream_rows(
         .map(|((name, declared), field)| (name, declared, field.data_type().clone()))
         .collect();
     Ok(summary)
+}
+
+/// About what a value takes in a record batch.
+fn value_bytes(value: ValueRef<'_>) -> usize {
+    match value {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes.len() + 4,
+        _ => 8,
+    }
 }
 
 fn mismatch(name: &str, declared: &str, row: usize, value: ValueRef<'_>) -> Error {

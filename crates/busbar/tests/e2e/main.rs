@@ -8,6 +8,7 @@ mod lifecycle;
 mod resources;
 mod robustness;
 mod rooms;
+mod security;
 mod sessions;
 mod sql;
 mod timeseries;

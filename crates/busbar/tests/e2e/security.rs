@@ -1,0 +1,373 @@
+//! The SQL sandbox against an ordinary user (no admin, no grants, only its
+//! own /home): the attacks of docs/security.md's threat model, each run
+//! against a real node. Before the sandbox every one of these succeeded.
+
+use crate::harness::{Node, assert_error};
+use busbar_client::{Client, ErrorCode, ProcedureArgs, ResourceKind};
+use std::time::{Duration, Instant};
+
+const DB: &str = "/home/mallory/notes";
+
+/// A node, its admin, and mallory (an ordinary user) with a database of her own.
+async fn mallory(node: &Node) -> (Client, Client) {
+    let admin = node.admin().await;
+    admin
+        .create_user("mallory", "mallory-password", false)
+        .await
+        .unwrap();
+    let mallory = node.user("mallory", "mallory-password").await.unwrap();
+    mallory
+        .create(DB, ResourceKind::Database, false)
+        .await
+        .unwrap();
+    mallory.sql(DB, "CREATE TABLE t (x INTEGER)").await.unwrap();
+    (admin, mallory)
+}
+
+/// Every spelling of a path to the node's metadata store or another
+/// identity's database that an ATTACH could use.
+fn targets(node: &Node, other_db_id: &str) -> Vec<String> {
+    let data = node.dir.path().join("data");
+    let meta = data.join("meta.db");
+    let other = data.join("databases").join(format!("{other_db_id}.sqlite"));
+    vec![
+        meta.display().to_string(),
+        format!("file:{}?mode=ro", meta.display()),
+        format!("file://{}", meta.display()),
+        format!("{}/databases/../meta.db", data.display()),
+        other.display().to_string(),
+        "meta.db".into(),
+        "../meta.db".into(),
+        ":memory:".into(),
+        String::new(),
+    ]
+}
+
+#[tokio::test]
+async fn sql_cannot_reach_the_nodes_secrets_or_another_identitys_database() {
+    let node = Node::start(&[]);
+    let (admin, mallory) = mallory(&node).await;
+    let private = admin
+        .create("/home/admin/payroll", ResourceKind::Database, false)
+        .await
+        .unwrap();
+    admin
+        .sql(
+            "/home/admin/payroll",
+            "CREATE TABLE pay (who TEXT, amount INTEGER)",
+        )
+        .await
+        .unwrap();
+
+    let session = mallory.session().await.unwrap();
+    for target in targets(&node, &private.id) {
+        let attach = format!("ATTACH DATABASE '{}' AS m", target.replace('\'', "''"));
+        assert_error(
+            mallory.sql(DB, attach.as_str()).await,
+            ErrorCode::PermissionDenied,
+            "ATTACH",
+        );
+        assert_error(
+            session.sql(DB, attach.as_str()).await,
+            ErrorCode::PermissionDenied,
+            "ATTACH",
+        );
+    }
+    // Nothing was attached on any connection: the next statement sees no m.
+    for client in [&mallory, &*session] {
+        let read = client.sql(DB, "SELECT * FROM m.secrets").await;
+        assert!(read.is_err(), "m.secrets must not exist");
+    }
+    // The list of attached files (which would name the data directory) is refused too.
+    for sql in ["PRAGMA database_list", "SELECT * FROM pragma_database_list"] {
+        assert_error(
+            mallory.sql(DB, sql).await,
+            ErrorCode::PermissionDenied,
+            "database_list",
+        );
+    }
+    // Harmless read-only PRAGMAs stay, in both spellings.
+    mallory.sql(DB, "PRAGMA table_info(t)").await.unwrap();
+    let columns = mallory
+        .sql(DB, "SELECT name FROM pragma_table_info('t')")
+        .await
+        .unwrap();
+    assert_eq!(columns.summary.rows, 1);
+    session.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn sql_cannot_write_files_or_take_the_nodes_transactions() {
+    let node = Node::start(&[]);
+    let (_admin, mallory) = mallory(&node).await;
+    let outside = node.dir.path().join("stolen.db");
+    let vacuum = format!("VACUUM INTO '{}'", outside.display());
+    assert_error(
+        mallory.sql(DB, vacuum.as_str()).await,
+        ErrorCode::PermissionDenied,
+        "VACUUM",
+    );
+    // A procedure whose body is the same statement: creating stores text,
+    // running it is refused by the same sandbox.
+    mallory
+        .create_procedure(DB, "steal", &[], &vacuum, false)
+        .await
+        .unwrap();
+    assert_error(
+        mallory
+            .run_procedure(DB, "steal", ProcedureArgs::new())
+            .await,
+        ErrorCode::PermissionDenied,
+        "VACUUM",
+    );
+    let session = mallory.session().await.unwrap();
+    assert_error(
+        session.sql(DB, vacuum.as_str()).await,
+        ErrorCode::PermissionDenied,
+        "VACUUM",
+    );
+    drop(session);
+    assert!(!outside.exists(), "VACUUM INTO wrote {}", outside.display());
+
+    // BEGIN on the shared writer would hold every later write of every
+    // client in a transaction nobody commits.
+    for sql in [
+        "BEGIN",
+        "BEGIN IMMEDIATE",
+        "SAVEPOINT s",
+        "COMMIT",
+        "ROLLBACK",
+    ] {
+        assert_error(
+            mallory.sql(DB, sql).await,
+            ErrorCode::PermissionDenied,
+            "transaction",
+        );
+    }
+    for sql in [
+        "SELECT load_extension('/tmp/x')",
+        "SELECT fts3_tokenizer('simple')",
+        "PRAGMA writable_schema = 1",
+        "PRAGMA journal_mode = DELETE",
+        "PRAGMA user_version = 7",
+        "CREATE VIRTUAL TABLE d USING dbstat",
+    ] {
+        let result = mallory.sql(DB, sql).await;
+        let error = result.expect_err(sql);
+        assert_eq!(error.code(), ErrorCode::PermissionDenied, "{sql}: {error}");
+    }
+    // What a database user needs still works.
+    mallory
+        .sql(DB, "INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    let rows = mallory
+        .sql(DB, "SELECT json_group_array(x) AS xs, upper('ok') FROM t")
+        .await
+        .unwrap();
+    assert_eq!(rows.summary.rows, 1);
+}
+
+const RUNAWAY: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+
+/// CPU seconds the node's process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis: utime is the 12th, stime the 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Asserts the node is idle: within a second of now it burns less than a
+/// fifth of a core over the next two seconds.
+async fn assert_idle(node: &Node, what: &str) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = cpu_seconds(node.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_seconds(node.pid()) - before;
+    assert!(
+        used < 0.4,
+        "{what}: the node used {used:.2} CPU seconds in 2 s after the call ended"
+    );
+}
+
+#[tokio::test]
+async fn a_runaway_statement_stops_when_its_call_ends() {
+    let node = Node::start(&[]);
+    let (_admin, mallory) = mallory(&node).await;
+
+    // At the call's deadline.
+    let started = Instant::now();
+    let timed = mallory.with_timeout(Duration::from_secs(2));
+    let result = timed.sql(DB, RUNAWAY).await;
+    let error = result.expect_err("an endless statement cannot succeed");
+    assert!(
+        matches!(error.code(), ErrorCode::Timeout),
+        "{error}: expected TIMEOUT"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_idle(&node, "after a deadline").await;
+
+    // When the caller goes away.
+    let caller = mallory.clone();
+    let running = tokio::spawn(async move { caller.sql(DB, RUNAWAY).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    running.abort();
+    assert_idle(&node, "after the caller went away").await;
+
+    // The same in a procedure and in a session.
+    mallory
+        .create_procedure(DB, "spin", &[], RUNAWAY, false)
+        .await
+        .unwrap();
+    let error = timed
+        .run_procedure(DB, "spin", ProcedureArgs::new())
+        .await
+        .expect_err("endless");
+    assert_eq!(error.code(), ErrorCode::Timeout, "{error}");
+    let session = mallory.session().await.unwrap();
+    session.sql(DB, "INSERT INTO t VALUES (42)").await.unwrap();
+    let error = session
+        .with_timeout(Duration::from_secs(1))
+        .sql(DB, RUNAWAY)
+        .await
+        .expect_err("endless");
+    assert_eq!(error.code(), ErrorCode::Timeout, "{error}");
+    // A stopped read leaves the session's transaction as it was.
+    let mine = session
+        .sql(DB, "SELECT x FROM t WHERE x = 42")
+        .await
+        .unwrap();
+    assert_eq!(mine.summary.rows, 1);
+    // A stopped write makes SQLite roll the transaction back: the session
+    // is rolled back as a whole and says so.
+    let write = format!("INSERT INTO t {}", RUNAWAY.replace("count(*)", "x"));
+    // The caller's own deadline may answer first (TIMEOUT); the next call
+    // of the session then says what happened.
+    let error = session
+        .with_timeout(Duration::from_secs(1))
+        .sql(DB, write.as_str())
+        .await
+        .expect_err("endless");
+    assert!(
+        matches!(
+            error.code(),
+            ErrorCode::FailedPrecondition | ErrorCode::Timeout
+        ),
+        "{error}"
+    );
+    assert_error(
+        session.sql(DB, "SELECT 1").await,
+        ErrorCode::FailedPrecondition,
+        "rolled back",
+    );
+    drop(session);
+    let kept = mallory
+        .sql(DB, "SELECT x FROM t WHERE x = 42")
+        .await
+        .unwrap();
+    assert_eq!(kept.summary.rows, 0, "nothing of the lost session is kept");
+    assert_idle(&node, "after procedures and sessions").await;
+}
+
+#[tokio::test]
+async fn the_node_bounds_every_statement_and_result() {
+    let node = Node::start(&[
+        "--max-statement-seconds",
+        "1",
+        "--max-result-bytes",
+        "200000",
+    ]);
+    let (_admin, mallory) = mallory(&node).await;
+    // No deadline from the caller: the node's ceiling stops it.
+    assert_error(
+        mallory.sql(DB, RUNAWAY).await,
+        ErrorCode::Timeout,
+        "max_statement_seconds",
+    );
+    // A result past max_result_bytes fails the call, and the node lives on.
+    let big = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) \
+               SELECT x, randomblob(100) AS b FROM c";
+    assert_error(
+        mallory.sql(DB, big).await,
+        ErrorCode::ResourceExhausted,
+        "max_result_bytes",
+    );
+    let small = mallory
+        .sql(DB, "SELECT randomblob(100) AS b")
+        .await
+        .unwrap();
+    assert_eq!(small.summary.rows, 1);
+    // One value past the sandbox's length limit.
+    assert_error(
+        mallory.sql(DB, "SELECT length(zeroblob(100000000))").await,
+        ErrorCode::ResourceExhausted,
+        "larger than",
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_logins_leaves_the_node_responsive() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("victim", "victim-password", false)
+        .await
+        .unwrap();
+    let wrong = node.config_with(
+        "guesser",
+        serde_json::json!({"kind": "password", "user": "victim", "password": "guess-guess"}),
+    );
+    // 200 connections guess at once, while the admin goes on working.
+    let flood: Vec<_> = (0..200)
+        .map(|_| {
+            let wrong = wrong.clone();
+            tokio::spawn(async move { Client::from_config_file(wrong).await.map(|_| ()) })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    while !flood.iter().all(|guess| guess.is_finished()) && latencies.len() < 2000 {
+        let started = Instant::now();
+        admin
+            .status()
+            .await
+            .expect("other identities are served during the flood");
+        latencies.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut refused_at_once, mut wrong_password) = (0, 0);
+    for guess in flood {
+        let error = guess
+            .await
+            .unwrap()
+            .expect_err("a wrong password never logs in");
+        match error.code() {
+            ErrorCode::ResourceExhausted => refused_at_once += 1,
+            ErrorCode::Unauthenticated => wrong_password += 1,
+            other => panic!("unexpected {other:?}: {error}"),
+        }
+    }
+    latencies.sort();
+    eprintln!(
+        "bad-login flood: {wrong_password} checked, {refused_at_once} refused at once; admin \
+         status p50 {:?} p99 {:?} over {} calls",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies.len()
+    );
+    assert!(refused_at_once > 0, "one address may not queue 200 logins");
+    // The name's failures slow its next attempt; the right password still works.
+    let started = Instant::now();
+    node.user("victim", "victim-password").await.unwrap();
+    assert!(
+        wrong_password < 5 || started.elapsed() >= Duration::from_millis(250),
+        "after {wrong_password} failures the next attempt waits"
+    );
+}
