@@ -11,8 +11,12 @@ pub const MAX_DEPTH: usize = 32;
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// Checks and normalises a resource path: absolute, no empty, "." or ".."
-/// components, no control characters; a trailing slash is dropped.
+/// components, no control or invisible characters, no percent-escapes, no
+/// blank at either end of a component; a trailing slash is dropped and the
+/// text is put in Unicode NFC, so every spelling of a path either names
+/// exactly one resource or is refused (docs/security.md).
 pub fn normalize(path: &str) -> Result<String> {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
     let bad = |why: &str| {
         Error::invalid_argument(format!(
             "bad path {path:?}: {why}; paths look like \"/home/bob/chat\""
@@ -28,6 +32,13 @@ pub fn normalize(path: &str) -> Result<String> {
         return Ok("/".to_string());
     }
     let trimmed = path.strip_suffix('/').unwrap_or(path);
+    let composed: String;
+    let trimmed = if is_nfc_quick(trimmed.chars()) == IsNormalized::Yes {
+        trimmed
+    } else {
+        composed = trimmed.nfc().collect();
+        &composed
+    };
     let mut depth = 0;
     for component in trimmed[1..].split('/') {
         depth += 1;
@@ -45,11 +56,43 @@ pub fn normalize(path: &str) -> Result<String> {
         if component.chars().any(char::is_control) {
             return Err(bad("it contains a control character"));
         }
+        if component.chars().any(invisible) {
+            return Err(bad(
+                "it contains an invisible or direction-changing character",
+            ));
+        }
+        if component.starts_with(char::is_whitespace) || component.ends_with(char::is_whitespace) {
+            return Err(bad("a component starts or ends with a blank"));
+        }
+        if has_percent_escape(component) {
+            return Err(bad(
+                "it contains a percent-escape ('%2F'): paths are never decoded, write the character itself",
+            ));
+        }
     }
     if depth > MAX_DEPTH {
         return Err(bad(&format!("deeper than {MAX_DEPTH} components")));
     }
     Ok(trimmed.to_string())
+}
+
+/// Format characters that render as nothing or reorder text (zero-width
+/// spaces and joiners, bidirectional controls, the BOM, soft hyphen), and
+/// line and paragraph separators: two paths that differ only by one of
+/// them would look the same.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}'
+        | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{E0000}'..='\u{E0FFF}')
+}
+
+fn has_percent_escape(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
 /// The parent of a normalised path; `None` for "/".
@@ -137,8 +180,31 @@ mod tests {
             let err = normalize(bad).unwrap_err();
             assert!(err.message.contains(why), "{bad:?}: {}", err.message);
         }
+        for (bad, why) in [
+            ("/a/b\u{200B}", "invisible"),
+            ("/a/\u{202E}cod.exe", "invisible"),
+            ("/a/\u{FEFF}b", "invisible"),
+            ("/a/ b", "blank"),
+            ("/a/b ", "blank"),
+            ("/a/b%2Fc", "percent"),
+            ("/a/%2e%2e", "percent"),
+            ("/a/\0b", "control"),
+        ] {
+            let err = normalize(bad).unwrap_err();
+            assert!(err.message.contains(why), "{bad:?}: {}", err.message);
+        }
+        assert!(normalize("/a/100%").is_ok(), "a bare % is a character");
         assert!(normalize(&format!("/{}", "x".repeat(300))).is_err());
+        assert!(normalize(&format!("/{}", "a/".repeat(600))).is_err());
         assert!(normalize(&"/a".repeat(40)).is_err());
+    }
+
+    #[test]
+    fn two_spellings_of_one_name_are_one_path() {
+        let composed = normalize("/home/bob/caf\u{E9}").unwrap();
+        let decomposed = normalize("/home/bob/cafe\u{301}/").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed, "/home/bob/caf\u{E9}");
     }
 
     #[test]

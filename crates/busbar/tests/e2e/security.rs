@@ -371,3 +371,56 @@ async fn a_flood_of_bad_logins_leaves_the_node_responsive() {
         "after {wrong_password} failures the next attempt waits"
     );
 }
+
+#[tokio::test]
+async fn every_spelling_of_a_path_names_one_resource_or_is_refused() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let room = admin
+        .create("/home/admin/caf\u{E9}", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    // The same name, spelled another way, is the same resource.
+    for same in ["/home/admin/caf\u{E9}/", "/home/admin/cafe\u{301}"] {
+        assert_eq!(admin.get(same).await.unwrap().id, room.id, "{same:?}");
+    }
+    assert_error(
+        admin
+            .create("/home/admin/cafe\u{301}", ResourceKind::Room, false)
+            .await,
+        ErrorCode::AlreadyExists,
+        "",
+    );
+    // Spellings that could look like it, or like another path, are refused.
+    let long = format!("/home/admin/{}", "x/".repeat(600));
+    for refused in [
+        "/home/admin//caf\u{E9}",
+        "/home/admin/./caf\u{E9}",
+        "/home/admin/x/../caf\u{E9}",
+        "/home/admin/caf%C3%A9",
+        "/home%2Fadmin",
+        "/home/admin/caf\u{E9}\u{200B}",
+        "/home/admin/\u{202E}\u{E9}fac",
+        "/home/admin/caf\u{E9}\0",
+        "/home/admin/caf\u{E9} ",
+        "home/admin/caf\u{E9}",
+        long.as_str(),
+    ] {
+        assert_error(
+            admin.get(refused).await,
+            ErrorCode::InvalidArgument,
+            "bad path",
+        );
+        assert_error(
+            admin.create(refused, ResourceKind::Room, true).await,
+            ErrorCode::InvalidArgument,
+            "bad path",
+        );
+    }
+    // A look-alike letter (Cyrillic а) is another name, as in any file system.
+    assert_error(
+        admin.get("/home/\u{430}dmin/caf\u{E9}").await,
+        ErrorCode::NotFound,
+        "",
+    );
+}
