@@ -2,6 +2,7 @@
 //! (free port, temp data dir, TLS on) and talks to it over the network.
 
 mod auth;
+mod authorization;
 mod blocking;
 mod harness;
 mod lifecycle;
