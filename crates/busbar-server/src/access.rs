@@ -49,6 +49,21 @@ pub struct CallerInfo {
     pub token_id: Option<Arc<str>>,
     /// When the API token behind the session expires (epoch ms; 0: never or no token).
     pub token_expires_ms: i64,
+    /// The fingerprint of the identity's current password hash, if it has one.
+    pub password: Option<Arc<str>>,
+}
+
+/// A session from a password login ends when the password changes.
+fn password_unchanged(principal: &Principal, caller: Caller) -> Result<Caller> {
+    match &principal.password {
+        Some(issued_under) if caller.password.as_deref() != Some(issued_under.as_str()) => {
+            Err(Error::unauthenticated(format!(
+                "the password of {} was changed after this session began; log in again",
+                principal.name
+            )))
+        }
+        _ => Ok(caller),
+    }
 }
 
 fn token_expired() -> Error {
@@ -176,11 +191,12 @@ impl AccessControl {
     /// Checks that the session's identity (and API token) are still live.
     pub async fn caller(&self, principal: &Principal) -> Result<Caller> {
         let key = (principal.identity_id.clone(), principal.token_id.clone());
-        if let Some(caller) = self.caches().callers.get(&key) {
+        let cached = self.caches().callers.get(&key).cloned();
+        if let Some(caller) = cached {
             if caller.token_expires_ms != 0 && caller.token_expires_ms < crate::store::now_ms() {
                 return Err(token_expired());
             }
-            return Ok(caller.clone());
+            return password_unchanged(principal, caller);
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let identity = self.store.identity_by_id(&principal.identity_id).await?;
@@ -216,11 +232,15 @@ impl AccessControl {
             groups: groups.into(),
             token_id: principal.token_id.as_deref().map(Arc::from),
             token_expires_ms,
+            password: identity
+                .password_hash
+                .as_deref()
+                .map(|hash| crate::auth::password_fingerprint(hash).into()),
         });
         self.remember(generation, |c| {
             c.callers.insert(key, caller.clone());
         });
-        Ok(caller)
+        password_unchanged(principal, caller)
     }
 
     /// The resource at a normalised path, cached.

@@ -40,6 +40,9 @@ pub struct Principal {
     pub token_id: Option<String>,
     /// When the session expires, epoch ms.
     pub expires_ms: i64,
+    /// For a session from a password login: the fingerprint of the password
+    /// hash it was issued under, so a changed password ends it.
+    pub password: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -53,6 +56,9 @@ struct SessionClaims {
     /// API token id the session came from
     #[serde(skip_serializing_if = "Option::is_none")]
     tok: Option<String>,
+    /// fingerprint of the password hash, for sessions from a password login
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pw: Option<String>,
 }
 
 /// Signs and checks credentials.
@@ -100,6 +106,12 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes
+}
+
+/// A short fingerprint of a password hash (the hash is salted, so a new
+/// password, even the same one again, has a new fingerprint).
+pub fn password_fingerprint(hash: &str) -> String {
+    hex::encode(&Sha256::digest(hash.as_bytes())[..8])
 }
 
 fn token_hash(token: &str) -> Vec<u8> {
@@ -182,6 +194,10 @@ impl Authenticator {
             id: identity.id.clone(),
             n: identity.name.clone(),
             exp,
+            pw: match token_id {
+                None => identity.password_hash.as_deref().map(password_fingerprint),
+                Some(_) => None,
+            },
             tok: token_id,
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
@@ -217,6 +233,7 @@ impl Authenticator {
             name: claims.n,
             token_id: claims.tok,
             expires_ms: claims.exp,
+            password: claims.pw,
         })
     }
 

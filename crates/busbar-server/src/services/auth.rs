@@ -25,6 +25,7 @@ impl AuthService {
             groups: groups.clone().into(),
             token_id: None,
             token_expires_ms: 0,
+            password: None,
         });
         let admin = self.node.access.is_root_admin(&as_caller).await?;
         Ok(pb::Identity {
@@ -176,6 +177,8 @@ impl Auth for AuthService {
                 .await?;
         }
         self.node.auth.set_password(&name, &r.password).await?;
+        // Sessions issued under the old password end at once (access.rs).
+        self.node.access.invalidate().await;
         reply(pb::SetPasswordResponse {})
     }
 

@@ -424,3 +424,34 @@ async fn every_spelling_of_a_path_names_one_resource_or_is_refused() {
         "",
     );
 }
+
+#[tokio::test]
+async fn a_password_change_ends_the_sessions_issued_under_the_old_one() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("bob", "old-password", false)
+        .await
+        .unwrap();
+    let bob = node.user("bob", "old-password").await.unwrap();
+    bob.whoami().await.unwrap();
+    let (token, _) = bob.create_token("bob-script", None).await.unwrap();
+    let by_token = Client::from_config_file(node.config_with(
+        "bob-token",
+        serde_json::json!({"kind": "token", "token": token}),
+    ))
+    .await
+    .unwrap();
+
+    admin.set_password("bob", "new-password").await.unwrap();
+    assert_error(bob.whoami().await, ErrorCode::Unauthenticated, "password");
+    // An API token is a credential of its own: it ends when it is revoked.
+    by_token.whoami().await.unwrap();
+    let again = node.user("bob", "new-password").await.unwrap();
+    assert_eq!(again.whoami().await.unwrap().name, "bob");
+    assert_error(
+        node.user("bob", "old-password").await,
+        ErrorCode::Unauthenticated,
+        "password",
+    );
+}
