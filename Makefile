@@ -6,7 +6,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench
+.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench chaos
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
 run:
@@ -41,6 +41,13 @@ test-python: python-package
 	$(CARGO) build -p busbar
 	$(CARGO) build -p busbar-client --examples
 	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/pytest -q tests/python
+
+## kill -9 the node at random moments under write load, CYCLES times, and check
+## every acknowledged write after each restart (tests/python/chaos.py).
+CYCLES ?= 20
+chaos: python-package
+	$(CARGO) build -p busbar
+	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/python tests/python/chaos.py --cycles $(CYCLES)
 
 lint:
 	$(CARGO) fmt --all -- --check

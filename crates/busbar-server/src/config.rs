@@ -52,6 +52,9 @@ pub struct Settings {
     /// hard heap limit; past it a statement fails with RESOURCE_EXHAUSTED
     /// (default 2 GiB).
     pub sql_memory_bytes: Option<usize>,
+    /// Seconds a client has to finish its TLS handshake before the
+    /// connection is closed (default 10).
+    pub handshake_timeout_seconds: Option<f64>,
 }
 
 impl Settings {
@@ -87,6 +90,9 @@ impl Settings {
             max_statement_seconds: self.max_statement_seconds.or(weaker.max_statement_seconds),
             max_result_bytes: self.max_result_bytes.or(weaker.max_result_bytes),
             sql_memory_bytes: self.sql_memory_bytes.or(weaker.sql_memory_bytes),
+            handshake_timeout_seconds: self
+                .handshake_timeout_seconds
+                .or(weaker.handshake_timeout_seconds),
         }
     }
 }
@@ -111,6 +117,7 @@ pub struct ServerConfig {
     pub max_statement: Duration,
     pub max_result_bytes: usize,
     pub sql_memory_bytes: usize,
+    pub handshake_timeout: Duration,
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -247,6 +254,13 @@ impl ServerConfig {
                 2 << 30,
                 64 << 20,
                 1 << 40,
+            )?,
+            handshake_timeout: seconds(
+                "handshake_timeout_seconds",
+                settings.handshake_timeout_seconds,
+                10.0,
+                0.1,
+                600.0,
             )?,
         })
     }

@@ -263,7 +263,13 @@ pub async fn serve(
     if let Some(material) = &tls_material {
         let identity = tonic::transport::Identity::from_pem(&material.cert_pem, &material.key_pem);
         builder = builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(
+                // A client that does not finish its handshake in time is cut,
+                // so silent connections cannot hold the connection limit.
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(config.handshake_timeout),
+            )
             .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
     }
     let router = builder

@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// Memory all SQL statements may hold at once (SQLite's heap limit) [default: 2147483648]
     #[arg(long, env = "BUSBAR_SQL_MEMORY_BYTES")]
     sql_memory_bytes: Option<usize>,
+    /// Seconds a client has to finish its TLS handshake [default: 10]
+    #[arg(long = "handshake-timeout", env = "BUSBAR_HANDSHAKE_TIMEOUT_SECONDS")]
+    handshake_timeout_seconds: Option<f64>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -97,6 +100,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         max_statement_seconds: args.max_statement_seconds,
         max_result_bytes: args.max_result_bytes,
         sql_memory_bytes: args.sql_memory_bytes,
+        handshake_timeout_seconds: args.handshake_timeout_seconds,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

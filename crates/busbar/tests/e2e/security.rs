@@ -455,3 +455,58 @@ async fn a_password_change_ends_the_sessions_issued_under_the_old_one() {
         "password",
     );
 }
+
+/// Whether the node has closed a raw connection (EOF or reset) within `within`.
+async fn closed_by_node(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a TLS alert or an HTTP/2 GOAWAY before the close
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_garbage_connections_are_cut_and_others_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(&["--max-connections", "20", "--handshake-timeout", "1"]);
+    let admin = node.admin().await;
+    let host = node.address.rsplit("://").next().unwrap().to_string();
+    // Garbage instead of a ClientHello is refused at once.
+    let mut garbage = tokio::net::TcpStream::connect(&host).await.unwrap();
+    garbage
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff])
+        .await
+        .unwrap();
+    garbage.write_all(&[0xab; 2048]).await.unwrap();
+    assert!(closed_by_node(&mut garbage, Duration::from_secs(2)).await);
+    drop(garbage);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Slowloris: connections that never start a TLS handshake, up to the
+    // limit (the admin's connection is the 20th).
+    let mut silent = Vec::new();
+    for _ in 0..19 {
+        silent.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        Client::from_config_file(&node.admin_config).await.is_err(),
+        "the limit is full: a new client is refused"
+    );
+    // The connection the admin already holds is served throughout.
+    admin.status().await.unwrap();
+    // Every silent connection is cut at the handshake timeout...
+    for stream in &mut silent {
+        assert!(
+            closed_by_node(stream, Duration::from_secs(5)).await,
+            "a connection that never handshakes must be closed"
+        );
+    }
+    // ...which frees the limit for real clients.
+    let fresh = node.admin().await;
+    fresh.status().await.unwrap();
+}
