@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start a node (TLS and authentication on; embedded storage).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show the node's status.
     Status,
     /// Key-pair identities.
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             command => commands::run(&cli.config, cli.timeout, command).await,
         }
     });
