@@ -6,7 +6,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench chaos
+.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench chaos fuzz
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
 run:
@@ -48,6 +48,20 @@ CYCLES ?= 20
 chaos: python-package
 	$(CARGO) build -p busbar
 	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/python tests/python/chaos.py --cycles $(CYCLES)
+
+## Run every fuzz target (fuzz/) for FUZZ_SECONDS each with cargo-fuzz (installed
+## when missing; libFuzzer without a sanitizer, so the stable toolchain does).
+## New inputs go to fuzz/work/, crashes to fuzz/artifacts/; `cargo test` replays
+## the checked-in corpus (fuzz/corpus/) without libFuzzer.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = path config flight_ticket flight_command series_points sql
+fuzz:
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p work/$$t && \
+	  $(CARGO) fuzz run -s none $$t work/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

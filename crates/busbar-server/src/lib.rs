@@ -8,6 +8,8 @@ pub mod bootstrap;
 pub mod bus;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
 pub mod login_throttle;
 pub mod metrics;

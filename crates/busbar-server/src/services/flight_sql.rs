@@ -114,6 +114,46 @@ struct StatementTicket {
     done: bool,
 }
 
+/// A statement ticket as a client sent it back: bytes from the network,
+/// checked here, and the database's rights checked again by the caller.
+pub(crate) struct ParsedTicket {
+    pub database: String,
+    pub sql: String,
+    pub params: SqlParams,
+    pub columns: Vec<(String, DataType)>,
+    pub done: bool,
+}
+
+impl ParsedTicket {
+    pub(crate) fn decode(handle: &[u8]) -> Result<ParsedTicket> {
+        let ticket: StatementTicket = serde_json::from_slice(handle).map_err(|_| bad_ticket())?;
+        let columns = ticket
+            .columns
+            .into_iter()
+            .map(|(name, kind)| Ok((name, kind.parse().map_err(|_| bad_ticket())?)))
+            .collect::<Result<Vec<(String, DataType)>>>()?;
+        let params = SqlParams {
+            positional: ticket
+                .positional
+                .into_iter()
+                .map(TicketValue::param)
+                .collect::<Result<_>>()?,
+            named: ticket
+                .named
+                .into_iter()
+                .map(|(name, value)| Ok((name, value.param()?)))
+                .collect::<Result<_>>()?,
+        };
+        Ok(ParsedTicket {
+            database: ticket.database,
+            sql: ticket.sql,
+            params,
+            columns,
+            done: ticket.done,
+        })
+    }
+}
+
 fn bad_ticket() -> Error {
     Error::invalid_argument("not a statement ticket this server issued; call GetFlightInfo again")
 }
@@ -464,26 +504,9 @@ impl FlightSql {
     ) -> Result<BoxStream<'static, Result<FlightData, Status>>> {
         let caller = caller_of(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
-        let ticket: StatementTicket =
-            serde_json::from_slice(&ticket.statement_handle).map_err(|_| bad_ticket())?;
+        let ticket = ParsedTicket::decode(&ticket.statement_handle)?;
         let target = self.open(&caller, &ticket.database).await?;
-        let columns = ticket
-            .columns
-            .into_iter()
-            .map(|(name, kind)| Ok((name, kind.parse().map_err(|_| bad_ticket())?)))
-            .collect::<Result<Vec<(String, DataType)>>>()?;
-        let params = SqlParams {
-            positional: ticket
-                .positional
-                .into_iter()
-                .map(TicketValue::param)
-                .collect::<Result<_>>()?,
-            named: ticket
-                .named
-                .into_iter()
-                .map(|(name, value)| Ok((name, value.param()?)))
-                .collect::<Result<_>>()?,
-        };
+        let (columns, params) = (ticket.columns, ticket.params);
         let schema = schema_of(&columns);
         if ticket.done {
             return Ok(encode(schema, futures::stream::empty()));

@@ -694,6 +694,13 @@ impl<'c> SeriesWrite<'c> {
 
 type Columns = (TimestampMillisecondArray, UInt32Array, Float64Array);
 
+/// Checks a batch of points as a write does (schema, types, casts), for the
+/// fuzz targets; returns its row count.
+#[doc(hidden)]
+pub fn check_points(batch: &RecordBatch) -> Result<usize> {
+    columns(batch, 0).map(|(times, _, _)| times.len())
+}
+
 /// The three columns of a batch as the stored types, or an error naming what
 /// is wrong with the schema.
 fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {

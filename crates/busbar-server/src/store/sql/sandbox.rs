@@ -538,11 +538,6 @@ impl Budget {
         (budget, StopOnDrop(stopped))
     }
 
-    /// A budget with no deadline of its own, for tests and internal work.
-    pub fn unlimited() -> Budget {
-        Budget::new(None, Duration::from_secs(86_400 * 365), usize::MAX).0
-    }
-
     /// Why statements of this budget must stop now, if they must.
     pub fn exhausted(&self) -> Option<Error> {
         if self.stopped.load(Ordering::Relaxed) {

@@ -1,0 +1,94 @@
+//! Entry points for the fuzz targets (`fuzz/`, `make fuzz`) and for the
+//! test that replays their corpus (`tests/fuzz_corpus.rs`). Each takes bytes
+//! as a client or a file would send them and must not panic, hang or hold
+//! memory without bound; where a decoder has an invariant, it is asserted.
+
+use crate::store::{Budget, SqlParam, SqlParams, execute_on, sandbox};
+use std::time::Duration;
+
+/// Resource paths: a path that normalises is a fixed point of normalising,
+/// with no empty, "." or ".." component and no control character.
+pub fn path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(normal) = crate::paths::normalize(text) {
+        assert_eq!(
+            crate::paths::normalize(&normal).as_deref(),
+            Ok(normal.as_str())
+        );
+        assert!(normal == "/" || !normal.ends_with('/'));
+        assert!(!normal.contains("//") && !normal.chars().any(char::is_control));
+        assert!(!normal.split('/').any(|c| c == "." || c == ".."));
+    }
+}
+
+/// The node's TOML configuration file.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(settings) = toml::from_str::<crate::config::Settings>(text) {
+        let _ = crate::config::ServerConfig::from_settings(settings);
+    }
+}
+
+/// A Flight SQL statement ticket as a client sends it back.
+pub fn flight_ticket(data: &[u8]) {
+    let _ = crate::services::flight_sql::ParsedTicket::decode(data);
+}
+
+/// A Flight SQL command (a protobuf `Any`) as DoGet, GetFlightInfo and
+/// DoPut receive it.
+pub fn flight_command(data: &[u8]) {
+    use arrow_flight::sql::{Any, Command};
+    use prost::Message;
+    if let Ok(any) = Any::decode(data) {
+        let _ = Command::try_from(any);
+    }
+}
+
+/// An Arrow IPC stream of points, as a time-series write receives it.
+pub fn series_points(data: &[u8]) {
+    let Ok(reader) = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(data), None)
+    else {
+        return;
+    };
+    for batch in reader.take(64) {
+        match batch {
+            Ok(batch) => {
+                let _ = crate::store::timeseries::check_points(&batch);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// User SQL in the sandbox: the first line is the statement, every further
+/// byte a bound integer. Whatever it is, the connection stays in autocommit
+/// (no transaction left open) and no database is attached.
+pub fn sql(data: &[u8]) {
+    let (text, rest) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+    let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
+    sandbox::harden(&conn).expect("sandbox");
+    conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB)")
+        .expect("table");
+    let params = SqlParams {
+        positional: rest.iter().map(|&b| SqlParam::Integer(b.into())).collect(),
+        named: Vec::new(),
+    };
+    let (sink, batches) = tokio::sync::mpsc::channel(4);
+    drop(batches); // the first batch ends the run: prepare and bind are what is fuzzed
+    let (budget, _running) = Budget::new(Some(Duration::from_millis(100)), Duration::MAX, 1 << 20);
+    let _ = execute_on(&conn, text, &params, false, &sink, &budget);
+    assert!(conn.is_autocommit(), "user SQL left a transaction open");
+    // SAFETY: a valid handle; index 2 is the first attached database, if any.
+    let attached = unsafe { rusqlite::ffi::sqlite3_db_name(conn.handle(), 2) };
+    assert!(attached.is_null(), "user SQL attached a database");
+}
