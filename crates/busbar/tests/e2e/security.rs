@@ -510,3 +510,121 @@ async fn silent_and_garbage_connections_are_cut_and_others_are_served() {
     let fresh = node.admin().await;
     fresh.status().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_leaves_the_node_serving_others() {
+    let node = Node::start(&["--insecure"]);
+    let admin = node.admin().await;
+    let host = node.address.rsplit("://").next().unwrap().to_string();
+    let rss_before = node.rss_kib();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // The attacker opens streams and cancels each at once (CVE-2023-44487),
+    // as fast as it can, up to 20,000 or until the node closes the connection.
+    let flood = async {
+        let (mut client, mut reset) = (client, 0u32);
+        for _ in 0..20_000 {
+            client = match client.ready().await {
+                Ok(client) => client,
+                Err(_) => return (reset, true),
+            };
+            let request = http::Request::post(format!("http://{host}/busbar.v1.Node/Status"))
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            match client.send_request(request, false) {
+                Ok((_, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    reset += 1;
+                }
+                Err(_) => return (reset, true),
+            }
+            if reset % 2000 == 0 {
+                admin
+                    .status()
+                    .await
+                    .expect("others are served during the flood");
+            }
+        }
+        (reset, false)
+    };
+    let (reset, cut) = flood.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    admin
+        .status()
+        .await
+        .expect("others are served after the flood");
+    let grown = node.rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "rapid reset: {reset} streams reset, connection cut by the node: {cut}, RSS +{grown} KiB"
+    );
+    assert!(
+        cut,
+        "the node must close a connection that resets streams without end"
+    );
+    assert!(grown < 100 * 1024, "the node's memory grew by {grown} KiB");
+}
+
+/// An HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out.extend(payload);
+    out
+}
+
+#[tokio::test]
+async fn an_http2_continuation_flood_is_cut_before_it_costs_memory() {
+    use tokio::io::AsyncWriteExt;
+    let node = Node::start(&["--insecure"]);
+    let admin = node.admin().await;
+    let host = node.address.rsplit("://").next().unwrap().to_string();
+    let rss_before = node.rss_kib();
+    let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // One header block that never ends: HEADERS without END_HEADERS, then
+    // CONTINUATION frames of 16 KiB, up to 64 MiB in all (CVE-2024-27316 class).
+    const HEADERS: u8 = 1;
+    const CONTINUATION: u8 = 9;
+    const SETTINGS: u8 = 4;
+    let chunk = vec![0x41u8; 16 * 1024];
+    let flood = tokio::spawn(async move {
+        let mut sent = 0usize;
+        writer
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await?;
+        writer.write_all(&frame(SETTINGS, 0, 0, &[])).await?;
+        writer.write_all(&frame(HEADERS, 0, 1, &chunk)).await?;
+        for _ in 0..4096 {
+            writer.write_all(&frame(CONTINUATION, 0, 1, &chunk)).await?;
+            sent += chunk.len();
+        }
+        Ok::<usize, std::io::Error>(sent)
+    });
+    let cut = {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 65536];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, reader.read(&mut buf)).await {
+                Err(_) => break false,
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue, // SETTINGS, then a GOAWAY
+            }
+        }
+    };
+    let sent = flood.await.unwrap();
+    assert!(
+        cut,
+        "the node must close a connection whose header block never ends"
+    );
+    assert!(
+        sent.is_err(),
+        "the node read all 64 MiB of one header block"
+    );
+    admin.status().await.expect("others are served");
+    let grown = node.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "the node's memory grew by {grown} KiB");
+}
