@@ -326,7 +326,16 @@ pub async fn serve(
         tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
             let metrics = counted.clone();
             async move {
-                let stream = accepted.ok()?;
+                let stream = match accepted {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        // Out of descriptors (EMFILE) or memory: retrying at
+                        // once would spin a core, so accepting pauses briefly.
+                        tracing::warn!(%error, "accepting a connection failed; pausing 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return None;
+                    }
+                };
                 // Bounded: past the limit a new connection is closed at once, so
                 // a flood of idle connections cannot exhaust memory or descriptors.
                 if metrics.connections.get() >= max_connections {
