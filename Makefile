@@ -54,7 +54,7 @@ chaos: python-package
 ## New inputs go to fuzz/work/, crashes to fuzz/artifacts/; `cargo test` replays
 ## the checked-in corpus (fuzz/corpus/) without libFuzzer.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS = path config flight_ticket flight_command series_points sql
+FUZZ_TARGETS = path config flight_ticket flight_command series_points sql client_series_read cli_import
 fuzz:
 	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

@@ -42,6 +42,8 @@ pub use sessions::{Session, SessionEnded};
 pub use sql::{
     ExecuteSummary, Procedure, ProcedureArgs, SqlColumn, SqlParam, SqlResult, Statement,
 };
+#[doc(hidden)]
+pub use timeseries::fuzz_series_read;
 pub use timeseries::{
     Curve, Interval, POINTS_SCHEMA, Resolution, SeriesChunk, SeriesData, SeriesInfo, SeriesSpec,
     WriteSeriesResponse, flags, points,

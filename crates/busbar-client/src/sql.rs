@@ -343,11 +343,11 @@ async fn collect_json(
 }
 
 async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
-    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut decoder = busbar_ipc::Decoder::new(crate::timeseries::NODE_MESSAGE_LIMIT);
     let mut batches = Vec::new();
-    let arrow = |e: arrow_schema::ArrowError| protocol(&format!("bad Arrow IPC: {e}"));
+    let arrow = |e: busbar_ipc::Malformed| protocol(&format!("bad Arrow IPC: {e}"));
     while let Some(response) = responses.next().await.transpose()? {
-        let mut buffer = match response {
+        let buffer = match response {
             Piece::Bytes(buffer) => buffer,
             Piece::Message(pb::ExecuteResponse {
                 part: Some(Part::ArrowIpc(bytes)),
@@ -357,7 +357,7 @@ async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
             }) => {
                 let schema = decoder.schema();
                 if schema.is_some() {
-                    decoder.finish().map_err(arrow)?;
+                    batches.extend(decoder.finish().map_err(arrow)?);
                 }
                 return Ok(SqlResult {
                     schema,
@@ -367,10 +367,8 @@ async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
             }
             _ => return Err(protocol("JSON rows in an Arrow result")),
         };
-        while !buffer.is_empty() {
-            if let Some(batch) = decoder.decode(&mut buffer).map_err(arrow)? {
-                batches.push(batch);
-            }
+        for batch in decoder.decode(buffer) {
+            batches.push(batch.map_err(arrow)?);
         }
     }
     Err(protocol("no summary"))

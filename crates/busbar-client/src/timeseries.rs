@@ -161,14 +161,57 @@ pub enum SeriesChunk {
 /// The number of `ReadSeriesResponse.column`.
 const COLUMN_FIELD: u32 = 4;
 
+/// The largest Arrow IPC message the client takes from a node. The node is
+/// trusted for size (a result is as big as the caller asked for, and the
+/// decoder only ever holds bytes that arrived); the checks in busbar-ipc
+/// still keep malformed bytes from panicking the caller's process.
+pub(crate) const NODE_MESSAGE_LIMIT: usize = isize::MAX as usize;
+
 /// Turns the pieces of a read into series headers and record batches,
 /// whichever form the points come in.
-#[derive(Default)]
 struct SeriesDecoder {
     /// The current series' Arrow IPC stream, when the node sends that form.
-    ipc: arrow_ipc::reader::StreamDecoder,
+    ipc: busbar_ipc::Decoder,
     columns: ColumnsDecoder,
     ready: std::collections::VecDeque<SeriesChunk>,
+}
+
+impl Default for SeriesDecoder {
+    fn default() -> Self {
+        SeriesDecoder {
+            ipc: busbar_ipc::Decoder::new(NODE_MESSAGE_LIMIT),
+            columns: ColumnsDecoder::default(),
+            ready: Default::default(),
+        }
+    }
+}
+
+/// The fuzz target `client_series_read` (`fuzz/`, `make fuzz`): the pieces
+/// of a read as a node could send them, each a length byte and that many
+/// bytes; an even length is a `ReadSeriesResponse`, an odd one a bare
+/// column. Errors are expected; a panic, a hang or memory the bytes did not
+/// pay for is the finding.
+#[doc(hidden)]
+pub fn fuzz_series_read(data: &[u8]) {
+    use prost::Message;
+    let mut decoder = SeriesDecoder::default();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (frame, next) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = next;
+        let piece = if len % 2 == 0 {
+            match pb::ReadSeriesResponse::decode(frame) {
+                Ok(message) => Piece::Message(message),
+                Err(_) => return,
+            }
+        } else {
+            Piece::Bytes(arrow_buffer::Buffer::from(frame.to_vec()))
+        };
+        if decoder.push(piece).is_err() {
+            return;
+        }
+    }
+    let _ = decoder.columns.finish();
 }
 
 impl SeriesDecoder {
@@ -181,22 +224,16 @@ impl SeriesDecoder {
         match part {
             ReadPart::Series(info) => {
                 self.columns.finish()?;
-                self.ipc = arrow_ipc::reader::StreamDecoder::new();
+                self.ipc = busbar_ipc::Decoder::new(NODE_MESSAGE_LIMIT);
                 self.ready.push_back(SeriesChunk::Start(info));
             }
             ReadPart::Columns(header) => self.columns.header(header)?,
             // The same piece with other fields next to it.
             ReadPart::Column(bytes) => self.column(arrow_buffer::Buffer::from(bytes))?,
             ReadPart::ArrowIpc(bytes) => {
-                let mut buffer = arrow_buffer::Buffer::from(bytes);
-                while !buffer.is_empty() {
-                    let batch = self
-                        .ipc
-                        .decode(&mut buffer)
-                        .map_err(|e| protocol(&format!("bad Arrow IPC: {e}")))?;
-                    if let Some(batch) = batch {
-                        self.ready.push_back(SeriesChunk::Points(batch));
-                    }
+                for batch in self.ipc.decode(arrow_buffer::Buffer::from(bytes)) {
+                    let batch = batch.map_err(|e| protocol(&format!("bad Arrow IPC: {e}")))?;
+                    self.ready.push_back(SeriesChunk::Points(batch));
                 }
             }
         }
@@ -361,6 +398,7 @@ impl Client {
         // Encoding errors end the stream early; the server then reports the
         // stream as malformed and writes nothing.
         let body = batches
+            .flat_map(|batch| futures::stream::iter(slices(batch)))
             .scan(
                 None::<arrow_ipc::writer::StreamWriter<Vec<u8>>>,
                 |writer, batch| {
@@ -397,6 +435,26 @@ impl Client {
             .await
     }
 }
+
+/// Rows per Arrow IPC message sent, about [`SLICE_BYTES`] each: a node
+/// refuses a message over its `--max-message-bytes` (16 MiB by default)
+/// before reading it, so a table of any size goes out in messages well under
+/// that. Slicing shares the batch's buffers; the IPC writer sends only the
+/// rows of each slice.
+fn slices(batch: RecordBatch) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes_per_row = (batch.get_array_memory_size() / rows.max(1)).max(1);
+    let per_slice = (SLICE_BYTES / bytes_per_row).max(1);
+    if rows <= per_slice {
+        return vec![batch];
+    }
+    (0..rows)
+        .step_by(per_slice)
+        .map(|start| batch.slice(start, per_slice.min(rows - start)))
+        .collect()
+}
+
+const SLICE_BYTES: usize = 4 << 20;
 
 /// Pieces of at most 1 MiB, slices of one buffer.
 fn split(bytes: Bytes) -> Vec<Bytes> {

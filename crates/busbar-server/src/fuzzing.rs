@@ -48,20 +48,25 @@ pub fn flight_command(data: &[u8]) {
     }
 }
 
-/// An Arrow IPC stream of points, as a time-series write receives it.
+/// An Arrow IPC stream of points, as a time-series write receives it: in
+/// pieces (the first byte sets their size), checked and decoded by
+/// busbar-ipc, then checked as points.
 pub fn series_points(data: &[u8]) {
-    let Ok(reader) = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(data), None)
-    else {
+    let Some((&size, stream)) = data.split_first() else {
         return;
     };
-    for batch in reader.take(64) {
-        match batch {
-            Ok(batch) => {
-                let _ = crate::store::timeseries::check_points(&batch);
+    let mut decoder = busbar_ipc::Decoder::new(1 << 20);
+    for piece in stream.chunks(usize::from(size).max(1)) {
+        for batch in decoder.decode(arrow_buffer::Buffer::from(piece.to_vec())) {
+            match batch {
+                Ok(batch) => {
+                    let _ = crate::store::timeseries::check_points(&batch);
+                }
+                Err(_) => return,
             }
-            Err(_) => return,
         }
     }
+    let _ = decoder.finish();
 }
 
 /// User SQL in the sandbox: the first line is the statement, every further

@@ -39,6 +39,12 @@ pub fn normalize(path: &str) -> Result<String> {
         composed = trimmed.nfc().collect();
         &composed
     };
+    // NFC can lengthen text (U+1D15F and kin decompose; at most threefold),
+    // so the limit holds for the stored spelling too: a path is never
+    // accepted here and refused when it comes back normalised.
+    if trimmed.len() > MAX_PATH_BYTES {
+        return Err(bad(&format!("longer than {MAX_PATH_BYTES} bytes in NFC")));
+    }
     let mut depth = 0;
     for component in trimmed[1..].split('/') {
         depth += 1;
@@ -205,6 +211,16 @@ mod tests {
         let decomposed = normalize("/home/bob/cafe\u{301}/").unwrap();
         assert_eq!(composed, decomposed);
         assert_eq!(composed, "/home/bob/caf\u{E9}");
+    }
+
+    #[test]
+    fn the_length_limit_holds_after_nfc_too() {
+        // U+1D15E (4 bytes) is excluded from composition: NFC gives 8 bytes.
+        let notes = "\u{1D15E}".repeat(25);
+        let path = format!("/{notes}").repeat(10);
+        assert!(path.len() <= MAX_PATH_BYTES);
+        let err = normalize(&path).unwrap_err();
+        assert!(err.message.contains("in NFC"), "{}", err.message);
     }
 
     #[test]

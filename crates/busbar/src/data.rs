@@ -1,7 +1,7 @@
 //! `busbar ts …` and `busbar proc …`: time series and stored procedures.
 
 use crate::commands::{print_table, sql_param};
-use crate::points_file::{self, Format};
+use busbar::points_file::{self, Format};
 use busbar_client::{Client, Curve, Interval, ProcedureArgs, Resolution, SeriesChunk, SeriesSpec};
 use clap::Subcommand;
 use futures::StreamExt;

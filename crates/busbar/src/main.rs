@@ -2,7 +2,6 @@
 
 mod commands;
 mod data;
-mod points_file;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +130,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // arrow-ipc panics on some hostile bytes; busbar-ipc catches those and
+    // refuses the stream, and this keeps them out of the log.
+    busbar_ipc::quiet_caught_panics();
     let default_level = if matches!(cli.command, Command::Serve(_)) {
         "info"
     } else {

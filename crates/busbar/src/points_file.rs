@@ -55,43 +55,62 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 
 pub use busbar_server::store::timeseries::show_time;
 
-fn open(path: &Path) -> Result<std::fs::File, String> {
-    std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))
-}
-
 /// Every batch of points in a file (read whole, so a broken file is found
 /// before anything is sent).
 pub fn read(path: &Path, format: Format) -> Result<Vec<RecordBatch>, String> {
-    let bad = |e: arrow_schema::ArrowError| format!("cannot read {}: {e}", path.display());
+    let data = std::fs::read(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    decode(bytes::Bytes::from(data), format).map_err(|e| match format {
+        Format::Csv => format!("{} {e}", path.display()),
+        _ => format!("cannot read {}: {e}", path.display()),
+    })
+}
+
+/// The batches of a points file's contents. A file is the user's but not
+/// trusted: Arrow IPC goes through busbar-ipc's checks (no message larger
+/// than the file, every buffer inside its message), so a damaged or
+/// hostile file is an error, never a crash. `make fuzz` runs this
+/// (`cli_import`).
+pub fn decode(data: bytes::Bytes, format: Format) -> Result<Vec<RecordBatch>, String> {
     match format {
-        Format::Csv => read_csv(path),
-        Format::ArrowFile => arrow_ipc::reader::FileReader::try_new(open(path)?, None)
-            .map_err(bad)?
-            .map(|batch| batch.map_err(bad))
-            .collect(),
+        Format::Csv => read_csv(&data[..]),
+        Format::ArrowFile => {
+            busbar_ipc::read_file(arrow_buffer::Buffer::from(data)).map_err(|e| e.to_string())
+        }
         Format::ArrowStream => {
-            arrow_ipc::reader::StreamReader::try_new(std::io::BufReader::new(open(path)?), None)
-                .map_err(bad)?
-                .map(|batch| batch.map_err(bad))
-                .collect()
+            busbar_ipc::read_stream(arrow_buffer::Buffer::from(data)).map_err(|e| e.to_string())
         }
         Format::Parquet => {
-            let bad_parquet =
-                |e: parquet::errors::ParquetError| format!("cannot read {}: {e}", path.display());
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(open(path)?)
-                .map_err(bad_parquet)?
+            let bad = |e: parquet::errors::ParquetError| e.to_string();
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+                .map_err(bad)?
                 .build()
-                .map_err(bad_parquet)?
-                .map(|batch| batch.map_err(bad))
+                .map_err(bad)?
+                .map(|batch| batch.map_err(|e| e.to_string()))
                 .collect()
         }
     }
 }
 
-fn read_csv(path: &Path) -> Result<Vec<RecordBatch>, String> {
-    let reader = std::io::BufReader::new(open(path)?);
-    let mut lines = reader.lines().enumerate();
-    let at = |line: usize, what: String| format!("{} line {}: {what}", path.display(), line + 1);
+/// The fuzz target `cli_import` (`fuzz/`, `make fuzz`): a points file's
+/// contents; the first byte picks the format (CSV, Arrow file, Arrow
+/// stream, Parquet).
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&format, contents)) = data.split_first() else {
+        return;
+    };
+    let format = [
+        Format::Csv,
+        Format::ArrowFile,
+        Format::ArrowStream,
+        Format::Parquet,
+    ][usize::from(format) % 4];
+    let _ = decode(bytes::Bytes::copy_from_slice(contents), format);
+}
+
+fn read_csv(data: &[u8]) -> Result<Vec<RecordBatch>, String> {
+    let mut lines = data.lines().enumerate();
+    let at = |line: usize, what: String| format!("line {}: {what}", line + 1);
     let Some((_, header)) = lines.next() else {
         return Ok(Vec::new());
     };

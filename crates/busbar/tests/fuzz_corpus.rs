@@ -7,13 +7,15 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 8] = [
     ("path", busbar_server::fuzzing::path),
     ("config", busbar_server::fuzzing::config),
     ("flight_ticket", busbar_server::fuzzing::flight_ticket),
     ("flight_command", busbar_server::fuzzing::flight_command),
     ("series_points", busbar_server::fuzzing::series_points),
     ("sql", busbar_server::fuzzing::sql),
+    ("client_series_read", busbar_client::fuzz_series_read),
+    ("cli_import", busbar::points_file::fuzz_decode),
 ];
 
 #[test]

@@ -15,7 +15,7 @@
 //! - `ListFlights` lists every series the caller may read.
 
 use super::flight::FlightDataStream;
-use super::flight_sql::{caller_of, flight_error, info};
+use super::flight_sql::{caller_of, checked_flight_data, flight_error, info};
 use super::timeseries::{Reading, resolve, write_points};
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -23,7 +23,6 @@ use crate::store::points_wire;
 use crate::store::timeseries::{POINTS_SCHEMA, parse_time};
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use arrow_array::RecordBatch;
-use arrow_flight::error::FlightError;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{
     Action, ActionType, Criteria, FlightData, FlightDescriptor, FlightInfo, PutResult, SchemaAsIpc,
@@ -219,7 +218,7 @@ pub async fn do_put(
     let points = Points::from_descriptor(&descriptor)?;
     let record = resolve(node, &caller, &points.path, Right::Write).await?;
     let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-        data.into_inner().map_err(FlightError::from),
+        checked_flight_data(data.into_inner()),
     );
     // Decoding here, checking and storing in a blocking thread; a bounded
     // queue between them, and a decode error ends the write (rolled back).

@@ -174,6 +174,19 @@ fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes> {
     Ok(bytes)
 }
 
+/// A client's FlightData, each message checked (busbar-ipc) before
+/// arrow-flight decodes it: arrow-ipc panics on a buffer outside its body.
+pub(super) fn checked_flight_data(
+    data: FlightDataStream,
+) -> impl futures::Stream<Item = std::result::Result<arrow_flight::FlightData, FlightError>> {
+    data.map(|message| {
+        let message = message.map_err(FlightError::from)?;
+        busbar_ipc::check_flight_message(&message.data_header, message.data_body.len())
+            .map_err(|e| FlightError::ProtocolError(e.to_string()))?;
+        Ok(message)
+    })
+}
+
 pub(super) fn flight_error(error: FlightError) -> Error {
     match error {
         FlightError::Tonic(status) => Error {
@@ -638,7 +651,7 @@ impl FlightSql {
         prepared: &Prepared,
     ) -> Result<Vec<SqlParams>> {
         let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-            request.into_inner().map_err(FlightError::from),
+            checked_flight_data(request.into_inner()),
         );
         let mut collected = Vec::new();
         let mut count = 0;

@@ -56,58 +56,32 @@ impl IpcPieces {
 /// A piece of an inbound stream, or word that the caller broke off.
 pub type Piece = std::result::Result<Bytes, Error>;
 
-/// Reads pieces arriving on a channel as one byte stream, blocking the
-/// (blocking-pool) thread while it waits. The end of the channel is the end
-/// of the stream; an `Err` piece fails the read.
-pub struct PieceReader {
-    pieces: mpsc::Receiver<Piece>,
-    current: Bytes,
-}
-
-impl PieceReader {
-    pub fn new(pieces: mpsc::Receiver<Piece>) -> PieceReader {
-        PieceReader {
-            pieces,
-            current: Bytes::new(),
-        }
-    }
-}
-
-impl std::io::Read for PieceReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.pieces.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(piece)) => self.current = piece,
-                Some(Err(error)) => return Err(std::io::Error::other(error.message)),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-/// The record batches of an inbound Arrow IPC stream, handed to `take` one by
-/// one. Malformed bytes are the caller's fault: INVALID_ARGUMENT.
+/// The record batches of an inbound Arrow IPC stream arriving as pieces on
+/// a channel, handed to `take` one by one; this blocks the (blocking-pool)
+/// thread while it waits. Every message is checked before it is decoded and
+/// none may exceed `max_message_bytes` (busbar-ipc), so malformed or
+/// oversized bytes are the caller's INVALID_ARGUMENT and never a panic or an
+/// allocation the bytes did not pay for. No bytes at all is a table without
+/// rows.
 pub fn read_batches(
-    reader: PieceReader,
+    mut pieces: mpsc::Receiver<Piece>,
+    max_message_bytes: usize,
     take: &mut dyn FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let bad = |e: arrow_schema::ArrowError| {
+    let bad = |e: busbar_ipc::Malformed| {
         Error::invalid_argument(format!("the Arrow IPC stream is malformed: {e}"))
     };
-    // An empty stream (no bytes at all) is a table without rows.
-    let mut reader = std::io::BufReader::with_capacity(1 << 16, reader);
-    if std::io::BufRead::fill_buf(&mut reader)
-        .map_err(|e| Error::invalid_argument(e.to_string()))?
-        .is_empty()
-    {
-        return Ok(());
+    let mut decoder = busbar_ipc::Decoder::new(max_message_bytes);
+    let mut empty = true;
+    while let Some(piece) = pieces.blocking_recv() {
+        let piece = piece?;
+        empty &= piece.is_empty();
+        for batch in decoder.decode(arrow_buffer::Buffer::from(piece)) {
+            take(&batch.map_err(bad)?)?;
+        }
     }
-    let batches = arrow_ipc::reader::StreamReader::try_new(reader, None).map_err(bad)?;
-    for batch in batches {
-        take(&batch.map_err(bad)?)?;
+    if !empty && let Some(batch) = decoder.finish().map_err(bad)? {
+        take(&batch)?;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `busbar.v1.TimeSeries`: points of TIMESERIES resources, read as Arrow IPC
 //! streams or in the columns form, written as Arrow IPC streams.
 
-use super::ipc::{Piece, PieceReader, read_batches};
+use super::ipc::{Piece, read_batches};
 use super::one_method::OneMethod;
 use super::zero_copy::{self, LoneBytes};
 use super::{Reply, reply};
@@ -433,9 +433,9 @@ impl TimeSeries for TimeSeriesService {
         let node = self.node.clone();
         let range = (header.start_ms, header.end_ms);
         let writing = tokio::task::spawn_blocking(move || {
-            let reader = PieceReader::new(reader);
+            let limit = node.config.max_message_bytes;
             write_points(&node, session.as_deref(), &record.id, range, |take| {
-                read_batches(reader, take)
+                read_batches(reader, limit, take)
             })
         });
         while let Some(message) = inbound.next().await {

@@ -54,6 +54,9 @@ impl Node {
             })
             .args(&self.extra)
             .env("RUST_LOG", "info")
+            // A panic in a node shows where in its log (and a caught one
+            // must not cost the symbolising: security.rs checks).
+            .env("RUST_BACKTRACE", "1")
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()

@@ -628,3 +628,173 @@ async fn an_http2_continuation_flood_is_cut_before_it_costs_memory() {
     let grown = node.rss_kib().saturating_sub(rss_before);
     assert!(grown < 32 * 1024, "the node's memory grew by {grown} KiB");
 }
+
+/// Raises this process's descriptor limit (a node started after inherits
+/// it) so that `wanted` sockets fit; refuses to go on if the machine's hard
+/// limit is lower.
+fn allow_descriptors(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max.min(wanted.max(limit.rlim_cur));
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= wanted,
+        "this test needs {wanted} descriptors; the machine allows {}",
+        limit.rlim_max
+    );
+}
+
+#[tokio::test]
+async fn ten_thousand_connections_at_once_leave_the_node_serving_in_bounded_memory() {
+    const CONNECTIONS: usize = 10_000;
+    allow_descriptors(CONNECTIONS as u64 + 1024);
+    // Long enough that every connection is still pending at the end.
+    let node = Node::start(&["--handshake-timeout", "300"]);
+    let admin = node.admin().await;
+    let host = node.address.rsplit("://").next().unwrap().to_string();
+    let rss_before = node.rss_kib();
+    let mut open = Vec::with_capacity(CONNECTIONS);
+    let mut worst = Duration::ZERO;
+    for i in 0..CONNECTIONS {
+        open.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+        if i % 1000 == 999 {
+            let started = Instant::now();
+            admin
+                .status()
+                .await
+                .expect("others are served during the flood");
+            worst = worst.max(started.elapsed());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = std::fs::read_dir(format!("/proc/{}/fd", node.pid()))
+        .unwrap()
+        .count();
+    assert!(
+        held >= CONNECTIONS,
+        "the node holds only {held} descriptors"
+    );
+    let grown = node.rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "{CONNECTIONS} connections held at once: node RSS +{grown} KiB ({:.1} KiB each); slowest admin call {worst:?}",
+        grown as f64 / CONNECTIONS as f64
+    );
+    // The stated bound (docs/security.md): under 16 KiB per pending connection.
+    assert!(
+        grown < CONNECTIONS as u64 * 16,
+        "the node's memory grew by {grown} KiB"
+    );
+    drop(open);
+    admin.status().await.expect("served after the flood");
+}
+
+/// Sends `ipc` as the Arrow IPC stream of a time-series write, in pieces of
+/// `piece` bytes; the write's outcome.
+async fn write_raw_points(
+    client: &Client,
+    path: &str,
+    ipc: &[u8],
+    piece: usize,
+) -> busbar_client::Result<serde_json::Value> {
+    use base64::Engine;
+    let header = serde_json::json!({"header": {"path": path}});
+    let mut call = client
+        .stream("busbar.v1.TimeSeries/Write", Some(header))
+        .await?;
+    for chunk in ipc.chunks(piece) {
+        let bytes = base64::engine::general_purpose::STANDARD.encode(chunk);
+        if call
+            .send(serde_json::json!({"arrow_ipc": bytes}))
+            .await
+            .is_err()
+        {
+            break; // the node refused the stream; its answer says why
+        }
+    }
+    call.close_send();
+    call.next_message().await.expect("the write answers")
+}
+
+#[tokio::test]
+async fn hostile_arrow_ipc_in_a_write_is_refused_and_costs_nothing() {
+    // With backtraces on, a panic's hook would load debug info (100+ MiB):
+    // the caught ones must not reach it.
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/points";
+    admin
+        .create_series(
+            path,
+            &busbar_client::SeriesSpec::new(busbar_client::Resolution::Breakpoint),
+            false,
+        )
+        .await
+        .unwrap();
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/corpus/series_points/"
+    );
+    let rss_before = node.rss_kib();
+    // Found by `make fuzz`: arrow-ipc panics on a buffer outside its
+    // message and on a schema type it does not know. (The corpus files'
+    // first byte is the fuzz target's piece size.)
+    for (found, why) in [
+        ("regress-ipc-buffer", "outside"),
+        ("regress-schema-panic", "does not know"),
+    ] {
+        let bytes = std::fs::read(format!("{corpus}{found}")).unwrap();
+        let error = write_raw_points(&admin, path, &bytes[1..], 64)
+            .await
+            .expect_err(found);
+        assert_eq!(error.code(), ErrorCode::InvalidArgument, "{found}: {error}");
+        assert!(error.message().contains(why), "{found}: {error}");
+    }
+    // A message that claims 2 GiB of metadata: refused from the claim,
+    // before anything is allocated for it.
+    let mut terabyte = std::fs::read(format!("{corpus}three_points")).unwrap()[1..].to_vec();
+    let schema_len = 8 + u32::from_le_bytes(terabyte[4..8].try_into().unwrap()) as usize;
+    terabyte.truncate(schema_len);
+    let error = write_raw_points(
+        &admin,
+        path,
+        &[
+            terabyte.as_slice(),
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        ]
+        .concat(),
+        4096,
+    )
+    .await
+    .expect_err("2 GiB of metadata");
+    assert!(error.message().contains("bytes of metadata"), "{error}");
+    // A body over --max-message-bytes (16 MiB) is refused from its claim
+    // the same way, 40 MB as 1 TiB (busbar-ipc's unit tests).
+    let big = busbar_client::points(
+        (0..2_000_000).collect(),
+        vec![0; 2_000_000],
+        vec![1.0; 2_000_000],
+    )
+    .unwrap();
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(Vec::new(), &big.schema()).unwrap();
+    writer.write(&big).unwrap();
+    writer.finish().unwrap();
+    let error = write_raw_points(&admin, path, &writer.into_inner().unwrap(), 1 << 20)
+        .await
+        .expect_err("a 40 MB message");
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    assert!(error.message().contains("claims a body"), "{error}");
+    // Nothing was written, the node is up, and it holds nothing for it.
+    let all = busbar_client::Interval::all();
+    assert_eq!(admin.read_series(path, all).await.unwrap().num_points(), 0);
+    let grown = node.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 64 * 1024, "the node's memory grew by {grown} KiB");
+    // The same table through the SDK goes out in slices under the limit.
+    let written = admin.write_series(path, all, vec![big]).await.unwrap();
+    assert_eq!(written.points_written, 2_000_000);
+}
