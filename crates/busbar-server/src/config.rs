@@ -55,6 +55,10 @@ pub struct Settings {
     /// Seconds a client has to finish its TLS handshake before the
     /// connection is closed (default 10).
     pub handshake_timeout_seconds: Option<f64>,
+    /// Seconds a connection may send nothing before it is closed (default
+    /// 90). Healthy clients answer the node's keepalive pings, sent every
+    /// third of this (at most every 30 s), so only silent peers meet it.
+    pub idle_timeout_seconds: Option<f64>,
 }
 
 impl Settings {
@@ -93,6 +97,7 @@ impl Settings {
             handshake_timeout_seconds: self
                 .handshake_timeout_seconds
                 .or(weaker.handshake_timeout_seconds),
+            idle_timeout_seconds: self.idle_timeout_seconds.or(weaker.idle_timeout_seconds),
         }
     }
 }
@@ -118,6 +123,7 @@ pub struct ServerConfig {
     pub max_result_bytes: usize,
     pub sql_memory_bytes: usize,
     pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -261,6 +267,13 @@ impl ServerConfig {
                 10.0,
                 0.1,
                 600.0,
+            )?,
+            idle_timeout: seconds(
+                "idle_timeout_seconds",
+                settings.idle_timeout_seconds,
+                90.0,
+                1.0,
+                86_400.0,
             )?,
         })
     }

@@ -68,9 +68,49 @@ pub struct Started {
 }
 
 /// A TCP connection counted in the `busbar_connections` gauge while open.
+/// An accepted connection: counted while open, and closed once the peer
+/// has sent nothing for the idle timeout. Healthy peers answer the
+/// keepalive pings the node sends every third of that, so the cut only
+/// meets silent ones, above all one that finished its TLS handshake (or
+/// connected without TLS) and never sent the HTTP/2 preface, which no
+/// other timer covers.
 struct CountedStream {
     inner: TcpStream,
     metrics: Arc<Metrics>,
+    idle: Duration,
+    last_read: tokio::time::Instant,
+    /// Fires at the earliest moment the connection can have been idle too
+    /// long; re-armed from `last_read` when it fires early, so a read costs
+    /// one clock reading and no timer update.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl CountedStream {
+    fn new(inner: TcpStream, metrics: Arc<Metrics>, idle: Duration) -> CountedStream {
+        let now = tokio::time::Instant::now();
+        CountedStream {
+            inner,
+            metrics,
+            idle,
+            last_read: now,
+            deadline: Box::pin(tokio::time::sleep_until(now + idle)),
+        }
+    }
+
+    /// Ready with an error once the peer has been silent for `idle`.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let due = self.last_read + self.idle;
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the peer sent nothing for the idle timeout",
+                ));
+            }
+            self.deadline.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
 }
 
 impl Drop for CountedStream {
@@ -92,7 +132,16 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.last_read = tokio::time::Instant::now();
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => this.poll_idle(cx).map(Err),
+            other => other,
+        }
     }
 }
 
@@ -120,6 +169,11 @@ impl AsyncWrite for CountedStream {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
+}
+
+/// A third of the idle timeout, at most 30 s.
+fn keepalive_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 3).min(Duration::from_secs(30))
 }
 
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -252,7 +306,9 @@ pub async fn serve(
     }
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // Pings keep a healthy connection's bytes coming well inside the
+        // idle timeout (CountedStream).
+        .http2_keepalive_interval(Some(keepalive_interval(config.idle_timeout)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(1024))
         // Streamed Arrow pieces arrive in few large frames rather than in
@@ -322,6 +378,7 @@ pub async fn serve(
 
     let counted = metrics.clone();
     let max_connections = config.max_connections as i64;
+    let idle = config.idle_timeout;
     let incoming =
         tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
             let metrics = counted.clone();
@@ -349,10 +406,9 @@ pub async fn serve(
                 }
                 let _ = stream.set_nodelay(true);
                 metrics.connections.inc();
-                Some(Ok::<_, std::io::Error>(CountedStream {
-                    inner: stream,
-                    metrics,
-                }))
+                Some(Ok::<_, std::io::Error>(CountedStream::new(
+                    stream, metrics, idle,
+                )))
             }
         });
 

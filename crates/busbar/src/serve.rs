@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Seconds a client has to finish its TLS handshake [default: 10]
     #[arg(long = "handshake-timeout", env = "BUSBAR_HANDSHAKE_TIMEOUT_SECONDS")]
     handshake_timeout_seconds: Option<f64>,
+    /// Seconds a connection may send nothing (not even a keepalive answer) before it is closed [default: 90]
+    #[arg(long = "idle-timeout", env = "BUSBAR_IDLE_TIMEOUT_SECONDS")]
+    idle_timeout_seconds: Option<f64>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -101,6 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         max_result_bytes: args.max_result_bytes,
         sql_memory_bytes: args.sql_memory_bytes,
         handshake_timeout_seconds: args.handshake_timeout_seconds,
+        idle_timeout_seconds: args.idle_timeout_seconds,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

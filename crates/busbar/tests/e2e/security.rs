@@ -457,7 +457,10 @@ async fn a_password_change_ends_the_sessions_issued_under_the_old_one() {
 }
 
 /// Whether the node has closed a raw connection (EOF or reset) within `within`.
-async fn closed_by_node(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+async fn closed_by_node(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    within: Duration,
+) -> bool {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + within;
@@ -797,4 +800,58 @@ async fn hostile_arrow_ipc_in_a_write_is_refused_and_costs_nothing() {
     // The same table through the SDK goes out in slices under the limit.
     let written = admin.write_series(path, all, vec![big]).await.unwrap();
     assert_eq!(written.points_written, 2_000_000);
+}
+
+/// A TLS connection to `node` that has finished its handshake (ALPN h2).
+async fn tls_to(node: &Node) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let ca = node.admin_json()["ca_pem"].as_str().unwrap().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let host = node.address.rsplit("://").next().unwrap().to_string();
+    let name = host.rsplit_once(':').unwrap().0.to_string();
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from(name).unwrap(), tcp)
+        .await
+        .expect("the TLS handshake finishes")
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_the_http2_preface_is_cut_at_the_idle_timeout() {
+    let node = Node::start(&["--idle-timeout", "2"]);
+    let admin = node.admin().await;
+    // TLS finished, then silence: no HTTP/2 preface ever.
+    let mut silent = tls_to(&node).await;
+    let started = Instant::now();
+    assert!(
+        closed_by_node(&mut silent, Duration::from_secs(10)).await,
+        "a connection that never sends the preface must be closed"
+    );
+    let after = started.elapsed();
+    assert!(after >= Duration::from_millis(1500), "cut after {after:?}");
+    // An HTTP/2 connection that is idle but answers the node's keepalive
+    // pings (h2 does) is kept: a call on it after 3 idle timeouts works.
+    let (client, connection) = h2::client::handshake(tls_to(&node).await).await.unwrap();
+    tokio::spawn(connection);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut client = client
+        .ready()
+        .await
+        .expect("the idle connection is still open");
+    let request = http::Request::post(format!("{}/busbar.v1.Node/Status", node.address))
+        .header("content-type", "application/grpc")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let response = response.await.expect("the node answers on it");
+    assert_eq!(response.status(), 200);
+    admin.status().await.expect("others are served");
 }
