@@ -123,9 +123,27 @@ def epoch_ms(moment: _dt.datetime) -> int:
 
 
 def sql_param(value: Any) -> tuple[str, Any]:
-    """Parameters the Rust side does not recognise directly, tagged."""
+    """Parameters the Rust side does not recognise directly, tagged: dates
+    and datetimes (epoch ms UTC; a date is its midnight UTC), bytes-likes,
+    and numpy scalars (by their Python value; numpy is not imported)."""
     if isinstance(value, _dt.datetime):
         return ("timestamp_ms", epoch_ms(value))
+    if isinstance(value, _dt.date):
+        return ("timestamp_ms", epoch_ms(_dt.datetime(value.year, value.month, value.day)))
     if isinstance(value, (bytearray, memoryview)):
         return ("blob", bytes(value))
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        if type(value).__name__ == "datetime64":
+            if str(value) == "NaT":
+                return ("null", None)
+            return ("timestamp_ms", int(value.astype("datetime64[ms]").astype("int64")))
+        plain = value.item()
+        if isinstance(plain, bool):
+            return ("bool", plain)
+        if isinstance(plain, int):
+            return ("int", plain)
+        if isinstance(plain, float):
+            return ("real", plain)
+        if isinstance(plain, (str, bytes)):
+            return ("text" if isinstance(plain, str) else "blob", plain)
     return ("unsupported", None)

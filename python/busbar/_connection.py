@@ -88,6 +88,11 @@ class _ConnectionBase:
         return wrap(result)
 
     @classmethod
+    def _after(cls, first: Any, then: Callable[[], Any]) -> Any:
+        """``then()`` once ``first`` (a call's result) is done."""
+        return then()
+
+    @classmethod
     def _connect(cls, target: Dict[str, Any]) -> Any:
         return cls._then(_core.connect(cls._ASYNC, target), cls)
 
@@ -193,16 +198,20 @@ class _ConnectionBase:
         """The resource at ``path``."""
         return self._rpc(_RESOURCES + "Get", {"path": path}, timeout)
 
-    def create(self, path: str, kind: str, *, parents: bool = False,
+    def create(self, path: str, kind: str, *, parents: bool = False, exist_ok: bool = False,
                timeout: Optional[float] = None) -> Any:
         """Creates a "folder", "room", "wire" or "database" (missing folders
-        too with ``parents``)."""
-        request = {"path": path, "kind": _choice(kind, _KINDS, "kind"), "parents": parents}
+        too with ``parents``). With ``exist_ok`` an existing resource of that
+        kind is returned instead of raising AlreadyExists (one of another
+        kind still raises)."""
+        request = {"path": path, "kind": _choice(kind, _KINDS, "kind"), "parents": parents,
+                   "exist_ok": exist_ok}
         return self._rpc(_RESOURCES + "Create", request, timeout)
 
-    def mkdir(self, path: str, *, parents: bool = False, timeout: Optional[float] = None) -> Any:
-        """Creates a folder."""
-        return self.create(path, "folder", parents=parents, timeout=timeout)
+    def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
+              timeout: Optional[float] = None) -> Any:
+        """Creates a folder (``parents=True, exist_ok=True`` is ``mkdir -p``)."""
+        return self.create(path, "folder", parents=parents, exist_ok=exist_ok, timeout=timeout)
 
     def rm(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
         """Deletes a resource (a non-empty folder needs ``recursive``); returns how many."""
@@ -286,9 +295,18 @@ class Wire:
     def __repr__(self) -> str:
         return f"<busbar.Wire {self.path}>"
 
-    def subscribe(self, *, timeout: Optional[float] = None) -> Any:
+    def subscribe(self, *, create: bool = False, timeout: Optional[float] = None) -> Any:
+        """Subscribes; with ``create`` the wire is made first unless it exists
+        (for code that owns its resources)."""
         conn = self.connection
-        return conn._then(conn._core.open("wire", self.path, timeout), conn._SUBSCRIPTION)
+
+        def subscribed() -> Any:
+            return conn._then(conn._core.open("wire", self.path, timeout), conn._SUBSCRIPTION)
+
+        if not create:
+            return subscribed()
+        made = conn.create(self.path, "wire", exist_ok=True, timeout=timeout)
+        return conn._after(made, subscribed)
 
     def publish(self, chunks: Any, *, timeout: Optional[float] = None) -> Any:
         publisher = self.connection._core.publisher(self.path, timeout)

@@ -93,13 +93,17 @@ class Room:
         log.error("busbar room %s ended: %s", self.path, error)
 
     # actions -------------------------------------------------------------------
-    def join(self, connection: Any, *, timeout: Optional[float] = None) -> Any:
+    def join(self, connection: Any, *, create: bool = False,
+             timeout: Optional[float] = None) -> Any:
         """Joins with ``connection``; returns the room (awaitable with
         ``busbar.aio.Connection``). Events emitted after this returns reach
-        the room."""
+        the room. With ``create`` the room is made first unless it exists."""
         if self._membership is not None:
             raise FailedPrecondition(f"{self!r} is already joined; leave() first")
-        return connection._join_room(self, timeout)
+        if not create:
+            return connection._join_room(self, timeout)
+        made = connection.create(self.path, "room", exist_ok=True, timeout=timeout)
+        return connection._after(made, lambda: connection._join_room(self, timeout))
 
     def _member(self) -> Any:
         if self._membership is None:

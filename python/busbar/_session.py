@@ -70,21 +70,23 @@ class AsyncSession(_SessionBase):
             await self.rollback()
 
 
-class OpeningSession:
-    """What ``aio.Connection.session()`` returns: await it for the session,
-    or use it directly in ``async with``."""
+class Opening:
+    """What the asyncio face's openers return (``aio.Connection.from_config``
+    and the other constructors, ``conn.session()``): await it for the
+    object, or use it directly in ``async with``, which opens it on enter
+    and closes it on exit (``async with await ...`` works too)."""
 
     def __init__(self, opening: Any) -> None:
         self._opening = opening
-        self._session: Optional[AsyncSession] = None
+        self._opened: Any = None
 
     def __await__(self) -> Any:
         return self._opening.__await__()
 
-    async def __aenter__(self) -> AsyncSession:
-        self._session = await self._opening
-        return self._session
+    async def __aenter__(self) -> Any:
+        self._opened = await self._opening
+        return await self._opened.__aenter__()
 
     async def __aexit__(self, *exc: Any) -> None:
-        if self._session is not None:
-            await self._session.__aexit__(*exc)
+        if self._opened is not None:
+            await self._opened.__aexit__(*exc)

@@ -30,12 +30,22 @@ class Database:
 
         ``params`` binds values: a list or tuple for ``?`` placeholders, a
         dict for ``:name`` ones. Values may be None, bool, int, float, str,
-        bytes and datetime (naive = UTC; aware ones are converted to UTC).
+        bytes, date and datetime (bound as epoch milliseconds UTC: a naive
+        datetime is UTC, an aware one is converted, a date is its midnight
+        UTC), and numpy scalars of those (``np.int64``, ``np.bool_``,
+        ``np.float32``, ``np.datetime64``…).
         The schema metadata holds ``busbar.rows_affected`` and
         ``busbar.last_insert_rowid``.
         """
         conn = self.connection
         return conn._then(conn._core.sql(self.path, sql, params, timeout), _with_summary)
+
+    def executemany(self, sql: str, rows: Any, *, timeout: Optional[float] = None) -> Any:
+        """Runs one statement once per row of parameters (each a list, tuple
+        or dict, as ``execute`` takes them), in one round trip and one
+        transaction: every row takes effect or none does. Returns the summary
+        (``rows_affected`` counts all rows). At most 100000 rows per call."""
+        return self.connection._core.sql_many(self.path, sql, rows, timeout)
 
     def run(self, procedure: str, /, *args: Any, timeout: Optional[float] = None,
             **kwargs: Any) -> Any:

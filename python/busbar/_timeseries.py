@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, List, Optional, Sequence, Union
 
+from . import _core
 from ._bridge import epoch_ms
 from .errors import InvalidArgument
 
@@ -22,12 +23,6 @@ MISSING = 1
 SUSPECT = 2
 NOT_OK = 4
 
-_RESOLUTIONS = {
-    "breakpoint": "BREAKPOINT", "1min": "MIN1", "5min": "MIN5", "10min": "MIN10",
-    "15min": "MIN15", "30min": "MIN30", "hour": "HOUR", "day": "DAY", "week": "WEEK",
-    "month": "MONTH", "year": "YEAR",
-}
-_CURVES = {"staircase": "STAIRCASE", "linear": "PIECEWISE_LINEAR"}
 
 
 def _ms(moment: Any, what: str) -> Optional[int]:
@@ -53,11 +48,18 @@ def _ms(moment: Any, what: str) -> Optional[int]:
 
 
 def _points(data: Any) -> Any:
-    """A pyarrow table of points from a pyarrow table or a pandas DataFrame;
-    a missing ``flags`` column means OK."""
+    """A pyarrow table of points from a pyarrow table or a pandas DataFrame
+    (whose ``utc_time`` may be its DatetimeIndex); a missing ``flags``
+    column means OK. A null (pandas: NaN) value is a missing point: the node
+    stores NaN with the MISSING flag. Column errors name the caller's
+    columns, before the SDK adds any."""
     import pyarrow as pa
 
     if type(data).__name__ == "DataFrame" and hasattr(data, "to_numpy"):
+        if "utc_time" not in data.columns and type(data.index).__name__ == "DatetimeIndex":
+            frame = data.copy(deep=False)
+            frame.insert(0, "utc_time", data.index)
+            data = frame
         data = pa.Table.from_pandas(data, preserve_index=False)
     elif not isinstance(data, pa.Table):
         if not hasattr(data, "__arrow_c_stream__"):
@@ -65,8 +67,16 @@ def _points(data: Any) -> Any:
                                   f"DataFrame, not a {type(data).__name__}")
         # Not pa.table(data): it imports pandas to ask whether data is a DataFrame.
         data = pa.RecordBatchReader.from_stream(data).read_all()
-    if "flags" not in data.column_names and "utc_time" in data.column_names:
-        index = data.column_names.index("utc_time") + 1
+    names = data.column_names
+    unknown = [name for name in names if name not in ("utc_time", "flags", "value")]
+    absent = [name for name in ("utc_time", "value") if name not in names]
+    if unknown or absent or len(set(names)) != len(names):
+        raise InvalidArgument(
+            f"the table has columns {', '.join(names) or 'none'}; points have utc_time "
+            "(a timestamp, or a DataFrame's DatetimeIndex), value (a number; null or NaN "
+            "for a missing point) and optionally flags (whole numbers; none means OK)")
+    if "flags" not in names:
+        index = names.index("utc_time") + 1
         # OK is 0: a zeroed buffer, with no Python object per row (and no
         # pa.array/pa.scalar, which import pandas).
         ok = pa.Array.from_buffers(pa.uint32(), data.num_rows,
@@ -88,17 +98,22 @@ class TimeSeries:
         self.connection = connection
 
     def create(self, path: str, *, resolution: str, unit: str = "", curve: str = "staircase",
-               time_zone: Optional[str] = None, parents: bool = False,
+               time_zone: Optional[str] = None, parents: bool = False, exist_ok: bool = False,
                timeout: Optional[float] = None) -> Any:
         """Creates a series. ``resolution``: breakpoint, 1min, 5min, 10min,
         15min, 30min, hour, day, week, month or year; ``curve``: staircase or
         linear; ``time_zone``: an IANA name for the series' calendar (UTC if
-        None)."""
-        from ._connection import _choice  # here: _connection imports this module
-
-        series = {"resolution": _choice(resolution, _RESOLUTIONS, "resolution"), "unit": unit,
-                  "curve": _choice(curve, _CURVES, "curve"), "time_zone": time_zone or ""}
-        request = {"path": path, "kind": "TIMESERIES", "parents": parents, "series": series}
+        None). The other spellings ``describe()`` and ``busbar ts ls`` show
+        (``MIN15``, ``min15``, ``PIECEWISE_LINEAR``) are accepted too, in any
+        case. With ``exist_ok`` an existing series of the same definition is
+        returned instead of raising AlreadyExists."""
+        if not isinstance(resolution, str) or not isinstance(curve, str):
+            raise InvalidArgument("resolution and curve are names such as '15min' and 'linear'")
+        names = _core.series_names(resolution, curve)
+        series = {"resolution": names[0], "unit": unit, "curve": names[1],
+                  "time_zone": time_zone or ""}
+        request = {"path": path, "kind": "TIMESERIES", "parents": parents, "series": series,
+                   "exist_ok": exist_ok}
         return self.connection._rpc("busbar.v1.Resources/Create", request, timeout)
 
     def describe(self, path: str, *, timeout: Optional[float] = None) -> Any:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from ._connection import Wire, _ConnectionBase
 from ._rooms import Room, event, join_async
 from ._session import AsyncSession as Session
-from ._session import OpeningSession
+from ._session import Opening
 from ._sql import Database
 from ._timeseries import TimeSeries
 from ._streams import AsyncCall as Call
@@ -30,7 +30,13 @@ class Connection(_ConnectionBase):
     def session(self, *, timeout: Optional[float] = None) -> Any:
         """Opens a data session: ``async with conn.session() as s:`` (or
         ``s = await conn.session()``); see ``busbar.Connection.session``."""
-        return OpeningSession(super().session(timeout=timeout))
+        return Opening(super().session(timeout=timeout))
+
+    @classmethod
+    def _connect(cls, target: Any) -> Any:
+        # ``async with Connection.from_config(p) as conn:`` and
+        # ``conn = await Connection.from_config(p)`` both work.
+        return Opening(super()._connect(target))
 
     @classmethod
     def _then(cls, result: Any, wrap: Callable[[Any], Any]) -> Any:
@@ -38,6 +44,14 @@ class Connection(_ConnectionBase):
             return wrap(await result)
 
         return then()
+
+    @classmethod
+    def _after(cls, first: Any, then: Callable[[], Any]) -> Any:
+        async def after() -> Any:
+            await first
+            return await then()
+
+        return after()
 
     async def __aenter__(self) -> "Connection":
         return self
@@ -62,5 +76,5 @@ class Connection(_ConnectionBase):
         return await publisher.finish()
 
 
-__all__ = ["Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries",
-           "Wire", "event"]
+__all__ = ["Call", "Connection", "Database", "Opening", "Room", "Session", "Subscription",
+           "TimeSeries", "Wire", "event"]

@@ -2,8 +2,9 @@
 
 import datetime
 import os
-from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Iterable,
-                    List, Mapping, Optional, Sequence, TypeVar, Union, overload)
+from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Generator,
+                    Generic, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union,
+                    overload)
 
 import pyarrow
 
@@ -13,27 +14,36 @@ from . import event as event
 _JSON = Dict[str, Any]
 _Params = Union[Sequence[Any], Mapping[str, Any], None]
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+class Opening(Generic[_T]):
+    """Await it for the object, or use it in ``async with`` (opened on
+    enter, closed on exit)."""
+    def __init__(self, opening: Any) -> None: ...
+    def __await__(self) -> Generator[Any, None, _T]: ...
+    async def __aenter__(self) -> _T: ...
+    async def __aexit__(self, *exc: Any) -> None: ...
 
 class Connection:
     """An asyncio connection to a Busbar node."""
     @classmethod
-    async def from_config(cls, config: Union[str, "os.PathLike[str]", Mapping[str, Any]], *,
-                          timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
-                          connections: Optional[int] = ...) -> "Connection": ...
+    def from_config(cls, config: Union[str, "os.PathLike[str]", Mapping[str, Any]], *,
+                    timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
+                    connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @classmethod
-    async def insecure(cls, address: str, *, user: Optional[str] = ...,
-                       password: Optional[str] = ..., token: Optional[str] = ...,
-                       key_name: Optional[str] = ..., private_key: Optional[str] = ...,
-                       timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
-                       connections: Optional[int] = ...) -> "Connection": ...
+    def insecure(cls, address: str, *, user: Optional[str] = ...,
+                 password: Optional[str] = ..., token: Optional[str] = ...,
+                 key_name: Optional[str] = ..., private_key: Optional[str] = ...,
+                 timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
+                 connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @classmethod
-    async def with_tls(cls, address: str, *, ca: Optional[str] = ...,
-                       fingerprint: Optional[str] = ..., server_name: Optional[str] = ...,
-                       user: Optional[str] = ..., password: Optional[str] = ...,
-                       token: Optional[str] = ..., key_name: Optional[str] = ...,
-                       private_key: Optional[str] = ..., timeout: Optional[float] = ...,
-                       connect_timeout: Optional[float] = ...,
-                       connections: Optional[int] = ...) -> "Connection": ...
+    def with_tls(cls, address: str, *, ca: Optional[str] = ...,
+                 fingerprint: Optional[str] = ..., server_name: Optional[str] = ...,
+                 user: Optional[str] = ..., password: Optional[str] = ...,
+                 token: Optional[str] = ..., key_name: Optional[str] = ...,
+                 private_key: Optional[str] = ..., timeout: Optional[float] = ...,
+                 connect_timeout: Optional[float] = ...,
+                 connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @property
     def address(self) -> str: ...
     @property
@@ -50,9 +60,9 @@ class Connection:
     def ls(self, path: str, *, recursive: bool = ...,
            timeout: Optional[float] = ...) -> Awaitable[List[_JSON]]: ...
     def get(self, path: str, *, timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
-    def create(self, path: str, kind: str, *, parents: bool = ...,
+    def create(self, path: str, kind: str, *, parents: bool = ..., exist_ok: bool = ...,
                timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
-    def mkdir(self, path: str, *, parents: bool = ...,
+    def mkdir(self, path: str, *, parents: bool = ..., exist_ok: bool = ...,
               timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
     def rm(self, path: str, *, recursive: bool = ...,
            timeout: Optional[float] = ...) -> Awaitable[int]: ...
@@ -74,7 +84,7 @@ class Connection:
     def sql(self, database: str) -> "Database": ...
     @property
     def timeseries(self) -> "TimeSeries": ...
-    def session(self, *, timeout: Optional[float] = ...) -> Any:
+    def session(self, *, timeout: Optional[float] = ...) -> Opening["Session"]:
         """Await it for a Session, or use it in ``async with``."""
 
 class Call:
@@ -106,7 +116,7 @@ class Wire:
     connection: Connection
     path: str
     def __init__(self, connection: Connection, path: str) -> None: ...
-    def subscribe(self, *, timeout: Optional[float] = ...) -> Awaitable[Subscription]: ...
+    def subscribe(self, *, create: bool = ..., timeout: Optional[float] = ...) -> Awaitable[Subscription]: ...
     def publish(self, chunks: Union[Iterable[bytes], AsyncIterable[bytes]], *,
                 timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
 
@@ -117,6 +127,8 @@ class Database:
     def __init__(self, connection: Connection, path: str) -> None: ...
     def execute(self, sql: str, params: _Params = ..., *,
                 timeout: Optional[float] = ...) -> Awaitable[pyarrow.Table]: ...
+    def executemany(self, sql: str, rows: Iterable[_Params], *,
+                    timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
     def run(self, procedure: str, /, *args: Any, timeout: Optional[float] = ...,
             **kwargs: Any) -> Awaitable[pyarrow.Table]: ...
     def create_procedure(self, name: str, params: Sequence[str], body: str, *,
@@ -135,11 +147,15 @@ class TimeSeries:
     connection: Connection
     def __init__(self, connection: Connection) -> None: ...
     def create(self, path: str, *, resolution: str, unit: str = ..., curve: str = ...,
-               time_zone: Optional[str] = ..., parents: bool = ...,
+               time_zone: Optional[str] = ..., parents: bool = ..., exist_ok: bool = ...,
                timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
     def describe(self, path: str, *, timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
-    def read(self, path: Union[str, Sequence[str]], start: _Time = ..., end: _Time = ..., *,
-             timeout: Optional[float] = ...) -> Awaitable[Any]: ...
+    @overload
+    def read(self, path: str, start: _Time = ..., end: _Time = ..., *,
+             timeout: Optional[float] = ...) -> Awaitable[pyarrow.Table]: ...
+    @overload
+    def read(self, path: Sequence[str], start: _Time = ..., end: _Time = ..., *,
+             timeout: Optional[float] = ...) -> Awaitable[List[pyarrow.Table]]: ...
     def write(self, path: str, table: Any, start: _Time = ..., end: _Time = ..., *,
               timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
 
@@ -159,4 +175,5 @@ class Session:
     async def __aenter__(self) -> "Session": ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
-__all__ = ["Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries", "Wire", "event"]
+__all__ = ["Call", "Connection", "Database", "Opening", "Room", "Session", "Subscription",
+           "TimeSeries", "Wire", "event"]

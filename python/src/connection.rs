@@ -5,7 +5,7 @@
 use crate::bridge::{Face, finish};
 use crate::convert::{ToPython, invalid, py_to_json};
 use crate::data::{CoreSession, SeriesTables, procedure_args};
-use crate::sql::{SqlTable, statement};
+use crate::sql::{SqlTable, statement, statements};
 use crate::streams::{
     CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
 };
@@ -395,6 +395,27 @@ impl Core {
         self.run(py, timeout, Scope::Call, |c| async move {
             let result = c.sql(&database, statement?).await?;
             Ok(SqlTable(result))
+        })
+    }
+
+    /// Runs one statement once per row of parameters, in one round trip and
+    /// one transaction; the result is the summary dict.
+    #[pyo3(signature = (database, sql, rows, timeout=None))]
+    fn sql_many<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        sql: String,
+        rows: Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let statements = statements(py, &rows);
+        self.run(py, timeout, Scope::Call, |c| async move {
+            let summary = c.sql_many(&database, &sql, statements?).await?;
+            Ok(crate::convert::message_to_json(
+                &summary,
+                "busbar.v1.ExecuteSummary",
+            ))
         })
     }
 

@@ -6,8 +6,9 @@ use busbar_client::{Error, SqlParam, SqlResult, Statement};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-/// One parameter: None, bool, int, float, str, bytes-like or datetime
-/// (naive = UTC, aware = converted to UTC).
+/// One parameter: None, bool, int, float, str, bytes-like, date or
+/// datetime (naive = UTC, aware = converted to UTC; a date is its midnight
+/// UTC), or a numpy scalar of one of those.
 pub(crate) fn param(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<SqlParam, Error> {
     if value.is_none() {
         return Ok(SqlParam::Null);
@@ -39,15 +40,14 @@ pub(crate) fn param(py: Python<'_>, value: &Bound<'_, PyAny>) -> Result<SqlParam
     let (kind, inner): (String, Bound<'_, PyAny>) = normalised
         .extract()
         .map_err(|e: PyErr| invalid(e.to_string()))?;
+    let extracted = |e: PyErr| invalid(e.to_string());
     match kind.as_str() {
-        "timestamp_ms" => Ok(SqlParam::TimestampMs(
-            inner.extract().map_err(|e: PyErr| invalid(e.to_string()))?,
-        )),
-        "blob" => Ok(SqlParam::Blob(
-            inner.extract().map_err(|e: PyErr| invalid(e.to_string()))?,
-        )),
+        "timestamp_ms" => Ok(SqlParam::TimestampMs(inner.extract().map_err(extracted)?)),
+        "blob" => Ok(SqlParam::Blob(inner.extract().map_err(extracted)?)),
+        "null" => Ok(SqlParam::Null),
+        "bool" | "int" | "real" | "text" => param(py, &inner),
         _ => Err(invalid(format!(
-            "a {} cannot be a SQL parameter: use None, bool, int, float, str, bytes or datetime",
+            "a {} cannot be a SQL parameter: use None, bool, int, float, str, bytes, date, datetime or a numpy scalar of one",
             value
                 .get_type()
                 .name()
@@ -84,6 +84,22 @@ pub(crate) fn statement(
         ));
     }
     Ok(statement)
+}
+
+/// The parameter rows of an executemany: an iterable of lists, tuples or
+/// dicts, as `execute` takes them.
+pub(crate) fn statements(py: Python<'_>, rows: &Bound<'_, PyAny>) -> Result<Vec<Statement>, Error> {
+    let rows = rows
+        .try_iter()
+        .map_err(|_| invalid("executemany takes an iterable of parameter rows"))?;
+    let mut statements = Vec::new();
+    for (n, row) in rows.enumerate() {
+        let row = row.map_err(|e| invalid(e.to_string()))?;
+        let bound = statement(py, String::new(), Some(&row))
+            .map_err(|e| invalid(format!("row {}: {}", n + 1, e.message())))?;
+        statements.push(bound);
+    }
+    Ok(statements)
 }
 
 /// A statement's result on its way to Python.

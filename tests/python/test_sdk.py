@@ -637,7 +637,7 @@ def test_sql_to_pyarrow(face, conn, home):
 
     # Bad input changes nothing.
     with pytest.raises(errors.InvalidArgument):
-        face.run(db.execute("INSERT INTO items (name) VALUES (?)", [dt.date(2026, 1, 1)]))
+        face.run(db.execute("INSERT INTO items (name) VALUES (?)", [dt.time(12, 0)]))
     with pytest.raises(errors.InvalidArgument):
         face.run(db.execute("INSERT INTO items (name) VALUES (?)", ["a", "b"]))
     with pytest.raises(errors.BusbarError):
@@ -825,4 +825,5 @@ def test_an_aio_connection_belongs_to_the_loop_that_opened_it(busbar_node):
 
 def test_aio_outside_a_running_loop_is_a_typed_error(busbar_node):
     with pytest.raises(errors.FailedPrecondition):
-        busbar.aio.Connection.from_config(busbar_node.data_dir / "admin.json").send(None)
+        opening = busbar.aio.Connection.from_config(busbar_node.data_dir / "admin.json")
+        opening.__await__().send(None)

@@ -174,6 +174,21 @@ impl Client {
             kind: kind as i32,
             parents,
             series: None,
+            exist_ok: false,
+        })
+        .await
+    }
+
+    /// Like [`create`](Self::create), but an existing resource of that kind
+    /// is returned instead of ALREADY_EXISTS (one of another kind is still
+    /// an error): for code that owns its resources, and `mkdir -p`.
+    pub async fn ensure(&self, path: &str, kind: ResourceKind, parents: bool) -> Result<Resource> {
+        self.create_resource(pb::CreateResourceRequest {
+            path: path.into(),
+            kind: kind as i32,
+            parents,
+            series: None,
+            exist_ok: true,
         })
         .await
     }

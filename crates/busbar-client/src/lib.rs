@@ -46,7 +46,7 @@ pub use sql::{
 pub use timeseries::fuzz_series_read;
 pub use timeseries::{
     Curve, Interval, POINTS_SCHEMA, Resolution, SeriesChunk, SeriesData, SeriesInfo, SeriesSpec,
-    WriteSeriesResponse, flags, points,
+    WriteSeriesResponse, curve_name, flags, parse_curve, parse_resolution, points, resolution_name,
 };
 pub use wires::PublishSummary;
 

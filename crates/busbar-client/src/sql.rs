@@ -111,6 +111,19 @@ impl Statement {
                 .collect(),
             format: format as i32,
             session,
+            rows: Vec::new(),
+        }
+    }
+
+    /// This statement's parameters as one row of an executemany.
+    fn row(self) -> pb::SqlRow {
+        pb::SqlRow {
+            params: self.params.into_iter().map(to_proto).collect(),
+            named: self
+                .named
+                .into_iter()
+                .map(|(name, value)| (name, to_proto(value)))
+                .collect(),
         }
     }
 }
@@ -215,6 +228,27 @@ impl Client {
                 .request(database, pb::ResultFormat::Arrow, self.session_id());
         let responses = self.sql_request(request).await?;
         collect_arrow(responses).await
+    }
+
+    /// Runs `sql` once per row of parameters (each a [`Statement`] of that
+    /// SQL's binds; its text is ignored), in one round trip and one
+    /// transaction: all rows take effect or none. Returns the summary, whose
+    /// `rows_affected` counts every row's changes.
+    pub async fn sql_many(
+        &self,
+        database: &str,
+        sql: &str,
+        rows: impl IntoIterator<Item = Statement>,
+    ) -> Result<ExecuteSummary> {
+        let mut request =
+            Statement::new(sql).request(database, pb::ResultFormat::Arrow, self.session_id());
+        request.rows = rows.into_iter().map(Statement::row).collect();
+        if request.rows.is_empty() {
+            return Ok(ExecuteSummary::default());
+        }
+        Ok(collect_arrow(self.sql_request(request).await?)
+            .await?
+            .summary)
     }
 
     /// Creates a stored procedure: `body` holds one or more statements using

@@ -64,6 +64,68 @@ pub(crate) fn points_of(
     RecordBatch::try_new(POINTS_SCHEMA.clone(), columns)
 }
 
+/// Resolutions by their one documented spelling, the first of each row;
+/// the others (the protocol's names among them) are accepted too, in any
+/// case, so what `describe`, `busbar ts ls` or the JSON of a call shows can
+/// be given back to `create` as it is.
+const RESOLUTION_NAMES: [(Resolution, &[&str]); 11] = [
+    (Resolution::Breakpoint, &["breakpoint", "irregular"]),
+    (Resolution::Min1, &["1min", "min1", "minute"]),
+    (Resolution::Min5, &["5min", "min5"]),
+    (Resolution::Min10, &["10min", "min10"]),
+    (Resolution::Min15, &["15min", "min15"]),
+    (Resolution::Min30, &["30min", "min30"]),
+    (Resolution::Hour, &["hour", "1h", "hourly"]),
+    (Resolution::Day, &["day", "daily"]),
+    (Resolution::Week, &["week", "weekly"]),
+    (Resolution::Month, &["month", "monthly"]),
+    (Resolution::Year, &["year", "yearly"]),
+];
+
+const CURVE_NAMES: [(Curve, &[&str]); 2] = [
+    (Curve::Staircase, &["staircase", "step"]),
+    (Curve::PiecewiseLinear, &["linear", "piecewise_linear"]),
+];
+
+fn named<T: Copy>(table: &[(T, &[&str])], text: &str, what: &str) -> Result<T> {
+    let wanted = text.trim().to_ascii_lowercase();
+    table
+        .iter()
+        .find(|(_, names)| names.contains(&wanted.as_str()))
+        .map(|(value, _)| *value)
+        .ok_or_else(|| {
+            let canonical: Vec<&str> = table.iter().map(|(_, names)| names[0]).collect();
+            Error::invalid_argument(format!("bad {what} {text:?}: use {}", canonical.join(", ")))
+        })
+}
+
+fn name_of<T: PartialEq>(table: &[(T, &[&'static str])], value: T) -> &'static str {
+    table
+        .iter()
+        .find(|(v, _)| *v == value)
+        .map_or("unspecified", |(_, names)| names[0])
+}
+
+/// A resolution from any of its spellings (`15min`, `min15`, `MIN15`).
+pub fn parse_resolution(text: &str) -> Result<Resolution> {
+    named(&RESOLUTION_NAMES, text, "resolution")
+}
+
+/// A resolution's documented spelling (`15min`).
+pub fn resolution_name(resolution: Resolution) -> &'static str {
+    name_of(&RESOLUTION_NAMES, resolution)
+}
+
+/// A curve from any of its spellings (`linear`, `PIECEWISE_LINEAR`).
+pub fn parse_curve(text: &str) -> Result<Curve> {
+    named(&CURVE_NAMES, text, "curve")
+}
+
+/// A curve's documented spelling (`staircase`, `linear`).
+pub fn curve_name(curve: Curve) -> &'static str {
+    name_of(&CURVE_NAMES, curve)
+}
+
 /// A series' definition: how far apart points are, their unit, how values
 /// between points are read, and the time zone its calendar follows.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,6 +335,7 @@ impl Client {
             kind: pb::ResourceKind::Timeseries as i32,
             parents,
             series: Some(spec.to_proto()),
+            exist_ok: false,
         })
         .await
     }

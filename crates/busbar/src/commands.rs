@@ -353,6 +353,16 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 );
             }
         }
+        // -p as in POSIX mkdir: parents made, an existing folder is fine.
+        Command::Mkdir {
+            path,
+            parents: true,
+        } => {
+            client
+                .ensure(&path, ResourceKind::Folder, true)
+                .await
+                .map_err(e)?;
+        }
         Command::Mkdir { path, parents } => {
             client.mkdir(&path, parents).await.map_err(e)?;
         }

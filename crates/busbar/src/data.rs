@@ -2,7 +2,10 @@
 
 use crate::commands::{print_table, sql_param};
 use busbar::points_file::{self, Format};
-use busbar_client::{Client, Curve, Interval, ProcedureArgs, Resolution, SeriesChunk, SeriesSpec};
+use busbar_client::{
+    Client, Curve, Interval, ProcedureArgs, Resolution, SeriesChunk, SeriesSpec, curve_name,
+    parse_curve, parse_resolution, resolution_name,
+};
 use clap::Subcommand;
 use futures::StreamExt;
 use std::path::PathBuf;
@@ -85,27 +88,6 @@ pub enum ProcCommand {
     Drop { database: String, name: String },
 }
 
-fn resolution(text: &str) -> Result<Resolution, String> {
-    Ok(match text.to_ascii_lowercase().as_str() {
-        "breakpoint" | "irregular" => Resolution::Breakpoint,
-        "1min" | "min1" | "minute" => Resolution::Min1,
-        "5min" | "min5" => Resolution::Min5,
-        "10min" | "min10" => Resolution::Min10,
-        "15min" | "min15" => Resolution::Min15,
-        "30min" | "min30" => Resolution::Min30,
-        "hour" | "1h" | "hourly" => Resolution::Hour,
-        "day" | "daily" => Resolution::Day,
-        "week" | "weekly" => Resolution::Week,
-        "month" | "monthly" => Resolution::Month,
-        "year" | "yearly" => Resolution::Year,
-        _ => {
-            return Err(format!(
-                "bad resolution {text:?}: use breakpoint, 1min, 5min, 10min, 15min, 30min, hour, day, week, month or year"
-            ));
-        }
-    })
-}
-
 fn interval(start: Option<String>, end: Option<String>) -> Result<Interval, String> {
     let parse = |text: Option<String>| text.as_deref().map(points_file::parse_time).transpose();
     Ok(Interval {
@@ -125,12 +107,8 @@ pub async fn ts(client: &Client, command: TsCommand) -> Outcome {
             time_zone,
             parents,
         } => {
-            let mut spec = SeriesSpec::new(resolution(&r)?).unit(unit);
-            spec = spec.curve(match curve.as_str() {
-                "staircase" => Curve::Staircase,
-                "linear" | "piecewise-linear" => Curve::PiecewiseLinear,
-                other => return Err(format!("bad curve {other:?}: use staircase or linear")),
-            });
+            let mut spec = SeriesSpec::new(parse_resolution(&r).map_err(e)?).unit(unit);
+            spec = spec.curve(parse_curve(&curve).map_err(e)?);
             if let Some(zone) = time_zone {
                 spec = spec.time_zone(zone);
             }
@@ -212,10 +190,10 @@ pub async fn ts(client: &Client, command: TsCommand) -> Outcome {
                 };
                 let info = client.describe_series(&resource.path).await.map_err(e)?;
                 let resolution = Resolution::try_from(spec.resolution)
-                    .map(|r| r.as_str_name().to_ascii_lowercase())
+                    .map(resolution_name)
                     .unwrap_or_default();
                 let curve = Curve::try_from(spec.curve)
-                    .map(|c| c.as_str_name().to_ascii_lowercase())
+                    .map(curve_name)
                     .unwrap_or_default();
                 let time = |ms: Option<i64>| ms.map(points_file::show_time).unwrap_or_default();
                 rows.push(serde_json::json!({

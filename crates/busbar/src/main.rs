@@ -59,7 +59,7 @@ enum Command {
     /// Create a folder.
     Mkdir {
         path: String,
-        /// Create missing parent folders too.
+        /// Create missing parent folders too, and succeed if the folder exists.
         #[arg(short, long)]
         parents: bool,
     },

@@ -2829,6 +2829,10 @@ pub struct CreateResourceRequest {
     /// TIMESERIES only: resolution is required
     #[prost(message, optional, tag = "4")]
     pub series: ::core::option::Option<SeriesSpec>,
+    /// An existing resource of the same kind (for TIMESERIES: the same
+    /// definition) is answered as if created, instead of ALREADY_EXISTS.
+    #[prost(bool, tag = "5")]
+    pub exist_ok: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeleteResourceRequest {
@@ -4963,6 +4967,20 @@ pub struct ExecuteRequest {
     /// run inside an open session
     #[prost(string, tag = "6")]
     pub session: ::prost::alloc::string::String,
+    /// executemany: the statement runs once per row of parameters, all rows in
+    /// one transaction (in a session: all or none of them), and the reply is a
+    /// summary counting the rows affected by all. `params` and `named` must
+    /// then be empty. At most 100000 rows per call.
+    #[prost(message, repeated, tag = "7")]
+    pub rows: ::prost::alloc::vec::Vec<SqlRow>,
+}
+/// One row of parameters for ExecuteRequest.rows.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SqlRow {
+    #[prost(message, repeated, tag = "1")]
+    pub params: ::prost::alloc::vec::Vec<SqlValue>,
+    #[prost(map = "string, message", tag = "2")]
+    pub named: ::std::collections::HashMap<::prost::alloc::string::String, SqlValue>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ExecuteResponse {

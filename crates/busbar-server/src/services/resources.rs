@@ -18,6 +18,42 @@ pub struct ResourcesService {
 
 impl ResourcesService {
     /// A resource as returned to clients; series carry their definition.
+    /// `Create` with `exist_ok` of a path that exists: the resource when it
+    /// is what was asked for (same kind, same series definition).
+    async fn existing(
+        &self,
+        caller: &Caller,
+        path: &str,
+        kind: ResourceKind,
+        series: Option<&crate::store::timeseries::SeriesSpec>,
+    ) -> Reply<pb::Resource> {
+        let record = self
+            .node
+            .access
+            .require_resource(caller, path, Right::Read)
+            .await?;
+        let already = |what: String| -> tonic::Status {
+            Error {
+                code: crate::error::ErrorCode::AlreadyExists,
+                message: format!("{path} already exists {what}"),
+            }
+            .into()
+        };
+        if record.kind != kind {
+            return Err(already(format!(
+                "as a {}, not a {}",
+                record.kind.name(),
+                kind.name()
+            )));
+        }
+        if let Some(wanted) = series
+            && *self.node.timeseries.spec(&record.id)? != *wanted
+        {
+            return Err(already("with another definition".into()));
+        }
+        reply(self.resource_pb(Arc::unwrap_or_clone(record)))
+    }
+
     fn resource_pb(&self, record: ResourceRecord) -> pb::Resource {
         let series = (record.kind == ResourceKind::Timeseries)
             .then(|| self.node.timeseries.spec(&record.id).ok())
@@ -216,11 +252,17 @@ impl Resources for ResourcesService {
             .access
             .require(&caller, parent, Right::Write)
             .await?;
-        let record = self
+        let record = match self
             .node
             .store
             .create_resource(&path, kind, &caller.name, r.parents)
-            .await?;
+            .await
+        {
+            Err(error) if r.exist_ok && error.code == crate::error::ErrorCode::AlreadyExists => {
+                return self.existing(&caller, &path, kind, series.as_ref()).await;
+            }
+            created => created?,
+        };
         let made = match (kind, &series) {
             (ResourceKind::Database, _) => self.node.sql.create(&record.id),
             (ResourceKind::Timeseries, Some(spec)) => self.node.timeseries.create(&record.id, spec),

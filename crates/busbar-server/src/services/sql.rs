@@ -1,5 +1,6 @@
 //! `busbar.v1.Sql`: statements on DATABASE resources, results as Arrow IPC or JSON.
 
+use super::flight_statements::MAX_BOUND_ROWS as MAX_MANY_ROWS;
 use super::ipc::IpcPieces;
 use super::{Reply, reply};
 use crate::access::Caller;
@@ -9,7 +10,8 @@ use crate::paths;
 use crate::sessions::DataSession;
 use crate::store::procedures::{self, Arguments, Procedure};
 use crate::store::{
-    ResourceKind, Right, SqlDatabases, SqlParam, SqlParams, SqlSummary, StopOnDrop, execute_on,
+    Budget, ResourceKind, Right, SqlDatabases, SqlParam, SqlParams, SqlSummary, StopOnDrop,
+    execute_on, run_each, sandbox,
 };
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
@@ -235,6 +237,61 @@ impl SqlService {
         })
     }
 
+    /// `Execute` with `rows` (executemany): the statement once per row, in
+    /// one transaction; a session's earlier work is kept if a row fails.
+    async fn execute_many(
+        &self,
+        target: Target,
+        request: pb::ExecuteRequest,
+        budget: Budget,
+    ) -> Reply<Responses> {
+        if !request.params.is_empty() || !request.named.is_empty() {
+            return Err(Error::invalid_argument(
+                "executemany binds each row's parameters: leave params and named empty",
+            )
+            .into());
+        }
+        if request.rows.len() > MAX_MANY_ROWS {
+            return Err(Error::invalid_argument(format!(
+                "{} rows in one executemany; at most {MAX_MANY_ROWS}: split them",
+                request.rows.len()
+            ))
+            .into());
+        }
+        let rows = request
+            .rows
+            .into_iter()
+            .map(|row| params(row.params, row.named))
+            .collect::<Result<Vec<_>>>()?;
+        let sql = request.sql;
+        let changed = if target.session.is_some() {
+            self.on_connection(target, move |conn| {
+                sandbox::control(conn, "SAVEPOINT executemany")?;
+                let changed = budget.run(conn, || run_each(conn, &sql, &rows));
+                if changed.is_err() && !conn.is_autocommit() {
+                    sandbox::control(conn, "ROLLBACK TO executemany")?;
+                }
+                if !conn.is_autocommit() {
+                    sandbox::control(conn, "RELEASE executemany")?;
+                }
+                changed
+            })
+            .await?
+        } else {
+            self.node
+                .sql
+                .execute_each(&target.id, sql, rows, target.read_only, budget)
+                .await?
+        };
+        let summary = SqlSummary {
+            rows_affected: changed,
+            ..SqlSummary::default()
+        };
+        super::reply(Box::pin(futures::stream::iter([part(Part::Summary(
+            summary_pb(summary),
+        ))])))
+    }
+
     async fn writable(&self, caller: &Caller, database: &str) -> Result<Target> {
         let target = self.target(caller, database, "").await?;
         if target.read_only {
@@ -296,6 +353,9 @@ impl Sql for SqlService {
         let (budget, stop) = self.node.sql_budget(request.metadata());
         let r = request.into_inner();
         let target = self.target(&caller, &r.database, &r.session).await?;
+        if !r.rows.is_empty() {
+            return self.execute_many(target, r, budget).await;
+        }
         let params = params(r.params, r.named)?;
         let json = r.format == pb::ResultFormat::Json as i32;
         let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);

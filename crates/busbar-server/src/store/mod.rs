@@ -10,6 +10,7 @@ mod sqlite;
 pub mod timeseries;
 mod writers;
 
+pub(crate) use sql::run_each;
 pub use sql::sandbox::{self, Budget, StopOnDrop};
 pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 mod prepared;
 pub mod sandbox;
 pub use prepared::Description;
+pub(crate) use prepared::run_each;
 
 /// Rows per record batch.
 const BATCH_ROWS: usize = 8192;

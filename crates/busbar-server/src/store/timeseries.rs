@@ -573,18 +573,9 @@ impl<'c> SeriesWrite<'c> {
         for i in 0..batch.num_rows() {
             self.row += 1;
             let row = self.row;
-            for (name, column) in [
-                ("utc_time", &times as &dyn Array),
-                ("flags", &flags),
-                ("value", &values),
-            ] {
+            for (name, column) in [("utc_time", &times as &dyn Array), ("flags", &flags)] {
                 if column.is_null(i) {
-                    return Err(row_error(
-                        row,
-                        format!(
-                            "{name} is null (write NaN with flags MISSING for a missing value)"
-                        ),
-                    ));
+                    return Err(row_error(row, format!("{name} is null")));
                 }
             }
             let time = times.value(i);
@@ -648,7 +639,14 @@ impl<'c> SeriesWrite<'c> {
             }
             self.first.get_or_insert(time);
             self.last = Some(time);
-            self.pending.push(time, flags.value(i), values.value(i));
+            // A null value is a missing point, as pandas and pyarrow
+            // spell one: stored as NaN with the MISSING flag, which is how
+            // reads give it back (docs/data.md).
+            let (flag, value) = match values.is_null(i) {
+                true => (flags.value(i) | MISSING_FLAG, f64::NAN),
+                false => (flags.value(i), values.value(i)),
+            };
+            self.pending.push(time, flag, value);
             if self.pending.len() == CHUNK_POINTS {
                 self.flush()?;
             }
@@ -693,6 +691,9 @@ impl<'c> SeriesWrite<'c> {
 }
 
 type Columns = (TimestampMillisecondArray, UInt32Array, Float64Array);
+
+/// The flag bit of a missing point (`flags` 1; docs/data.md).
+pub const MISSING_FLAG: u32 = 1;
 
 /// Checks a batch of points as a write does (schema, types, casts), for the
 /// fuzz targets; returns its row count.

@@ -354,14 +354,14 @@ async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothin
         (
             "utc_time",
             Arc::new(TimestampNanosecondArray::from(vec![
-                T0 * 1_000_000,
-                (T0 + q) * 1_000_000,
+                Some(T0 * 1_000_000),
+                None,
             ])) as ArrayRef,
         ),
         ("flags", Arc::new(UInt32Array::from(vec![0, 0])) as ArrayRef),
         (
             "value",
-            Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef,
+            Arc::new(Float64Array::from(vec![1.0, 2.0])) as ArrayRef,
         ),
     ])
     .unwrap();
@@ -370,7 +370,7 @@ async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothin
             .write_series(path, Interval::all(), vec![with_null])
             .await,
         ErrorCode::InvalidArgument,
-        "row 2: value is null",
+        "row 2: utc_time is null",
     );
     // A bad row in a later batch of a multi-batch write still writes nothing.
     let later = points(vec![T0 + 10 * q, T0 + 9 * q], vec![0, 0], vec![3.0, 3.0]).unwrap();
@@ -662,4 +662,55 @@ async fn the_cli_creates_writes_reads_and_lists_series_in_every_file_format() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad resolution"));
+}
+
+#[tokio::test]
+async fn a_null_value_is_a_missing_point() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let path = "/home/admin/gaps";
+    admin
+        .create_series(path, &SeriesSpec::new(Resolution::Breakpoint), false)
+        .await
+        .unwrap();
+    // pandas and pyarrow spell a missing value as a null.
+    let with_gap = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(TimestampNanosecondArray::from(vec![
+                T0 * 1_000_000,
+                (T0 + HOUR) * 1_000_000,
+            ])) as ArrayRef,
+        ),
+        ("flags", Arc::new(UInt32Array::from(vec![0, 2])) as ArrayRef),
+        (
+            "value",
+            Arc::new(Float64Array::from(vec![Some(1.0), None])) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let written = admin
+        .write_series(path, Interval::all(), vec![with_gap])
+        .await
+        .unwrap();
+    assert_eq!(written.points_written, 2);
+    let back = admin.read_series(path, Interval::all()).await.unwrap();
+    let batch = &back.batches[0];
+    let flags = batch
+        .column(1)
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .unwrap();
+    let values = batch
+        .column(2)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .unwrap();
+    assert_eq!(values.value(0), 1.0);
+    assert!(values.value(1).is_nan(), "stored as NaN");
+    // MISSING joins the flags the row had (SUSPECT here).
+    assert_eq!(
+        flags.values().to_vec(),
+        vec![0, busbar_client::flags::MISSING | 2]
+    );
 }

@@ -88,7 +88,7 @@ impl SqlDatabases {
     }
 }
 
-fn run_each(conn: &Connection, sql: &str, rows: &[SqlParams]) -> Result<u64> {
+pub(crate) fn run_each(conn: &Connection, sql: &str, rows: &[SqlParams]) -> Result<u64> {
     let mut stmt = sandbox::prepare(conn, sql)?;
     let mut changed = 0;
     for (n, params) in rows.iter().enumerate() {
