@@ -806,7 +806,8 @@ async fn hostile_arrow_ipc_in_a_write_is_refused_and_costs_nothing() {
 async fn tls_to(node: &Node) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let ca = node.admin_json()["ca_pem"].as_str().unwrap().to_string();
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca.as_bytes()) {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
     let mut config = rustls::ClientConfig::builder()
