@@ -80,8 +80,15 @@ pub fn decode(data: bytes::Bytes, format: Format) -> Result<Vec<RecordBatch>, St
             busbar_ipc::read_stream(arrow_buffer::Buffer::from(data)).map_err(|e| e.to_string())
         }
         Format::Parquet => {
+            use parquet::arrow::arrow_reader::{
+                ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+            };
             let bad = |e: parquet::errors::ParquetError| e.to_string();
-            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+            // The Arrow schema a writer may embed (ARROW:schema, IPC bytes)
+            // is not read: arrow-ipc panics on some (`make fuzz`,
+            // cli_import), and Parquet's own types say all points need.
+            let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+            ParquetRecordBatchReaderBuilder::try_new_with_options(data, options)
                 .map_err(bad)?
                 .build()
                 .map_err(bad)?
