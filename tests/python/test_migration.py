@@ -177,3 +177,35 @@ def test_executemany_is_one_round_trip_and_one_transaction(face, conn, home):
                                                [(9001, "a"), (9000, "again")]))
     face.run(session.commit())
     assert count() == 2001
+
+
+def test_after_a_node_restart_streams_and_sessions_say_what_was_lost(face, restartable_node):
+    import time
+
+    conn = face.connect(restartable_node.node)
+    path = "/home/admin/restart-db"
+    face.run(conn.create(path, "database", exist_ok=True))
+    face.run(conn.sql(path).execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)"))
+    session = face.run(conn.session())
+    face.run(session.sql(path).execute("INSERT INTO t VALUES (1)"))
+    subscription = face.run(conn.wire("/home/admin/restart-wire").subscribe(create=True,
+                                                                           timeout=5))
+    restartable_node.kill()
+    # A stream cut by the node's death is Unavailable and says so.
+    with pytest.raises(errors.Unavailable, match="connection to the node was lost"):
+        face.next(face.iterate(subscription))
+    restartable_node.start()
+    deadline = time.monotonic() + 20
+    while True:  # until the connection is back
+        try:
+            face.run(conn.whoami())
+            break
+        except errors.Unavailable:
+            assert time.monotonic() < deadline, "the connection did not come back"
+            face.sleep(0.2)
+    # The session died with the node, and the error says that (not idleness).
+    with pytest.raises(errors.NotFound, match="lost when the node restarted"):
+        face.run(session.commit())
+    rows = face.run(conn.sql(path).execute("SELECT count(*) AS n FROM t"))
+    assert rows.column("n").to_pylist() == [0], "nothing uncommitted survived"
+    conn.close()

@@ -90,6 +90,28 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// True when tonic reports a broken connection (the node died or the
+/// network went) as INTERNAL or UNKNOWN: the status did not come from the
+/// node (no busbar error code) and its cause is a transport error, not text.
+fn lost_connection(status: &tonic::Status) -> bool {
+    if !matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
+        return false;
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.is::<std::io::Error>() || error.is::<hyper::Error>() {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>()
+            && (h2.is_io() || h2.is_go_away())
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Error {
         let metadata = status.metadata();
@@ -104,6 +126,8 @@ impl From<tonic::Status> for Error {
                     || status.message() == "Timeout expired";
                 if timed_out {
                     ErrorCode::Timeout
+                } else if lost_connection(&status) {
+                    ErrorCode::Unavailable
                 } else {
                     code_for(status.code())
                 }
@@ -120,6 +144,12 @@ impl From<tonic::Status> for Error {
             } else {
                 format!("{message}: {cause}")
             };
+        }
+        if code == ErrorCode::Unavailable && lost_connection(&status) {
+            message = format!(
+                "the connection to the node was lost before the call finished ({message}); \
+                 retry it on a new connection (a write may or may not have taken effect)"
+            );
         }
         if code == ErrorCode::Timeout && status.code() == tonic::Code::Cancelled {
             message = "the call's deadline passed before it finished; raise the timeout or retry"

@@ -151,6 +151,9 @@ pub struct DataSessions {
     open: Mutex<HashMap<String, Arc<DataSession>>>,
     pub idle: Duration,
     max: usize,
+    /// Random per process, part of every session id: a session named by a
+    /// client after a restart is known to have been lost with the node.
+    incarnation: String,
 }
 
 impl DataSessions {
@@ -159,6 +162,7 @@ impl DataSessions {
             open: Mutex::new(HashMap::new()),
             idle,
             max,
+            incarnation: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         }
     }
 
@@ -178,7 +182,7 @@ impl DataSessions {
             });
         }
         let session = Arc::new(DataSession {
-            id: format!("ses_{}", uuid::Uuid::new_v4().simple()),
+            id: format!("ses_{}_{}", self.incarnation, uuid::Uuid::new_v4().simple()),
             owner: owner.clone(),
             last_used_ms: AtomicI64::new(now_ms()),
             work: Mutex::new(Work::default()),
@@ -191,10 +195,16 @@ impl DataSessions {
     /// An open session of `owner`, marked as used now.
     pub fn get(&self, id: &str, owner: &str) -> Result<Arc<DataSession>> {
         let session = self.lock().get(id).cloned().ok_or_else(|| {
-            Error::not_found(format!(
-                "no open session {id:?}: it was committed, rolled back, or expired after {} s idle",
-                self.idle.as_secs()
-            ))
+            let incarnation = id.strip_prefix("ses_").and_then(|rest| rest.split_once('_'));
+            match incarnation {
+                Some((of, _)) if of != self.incarnation => Error::not_found(format!(
+                    "session {id:?} was lost when the node restarted: sessions live in the node's memory, so a restart rolls back what they had not committed; open a new one"
+                )),
+                _ => Error::not_found(format!(
+                    "no open session {id:?}: it was committed, rolled back, or expired after {} s idle",
+                    self.idle.as_secs()
+                )),
+            }
         })?;
         if &*session.owner != owner {
             return Err(Error::permission_denied(format!(

@@ -271,3 +271,45 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
     assert_eq!(last.kind, busbar_client::RoomEventKind::Deleted);
     assert!(member.next().await.is_none());
 }
+
+#[tokio::test]
+async fn calls_cut_by_the_node_dying_are_unavailable_with_a_clear_message() {
+    let mut node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create("/home/admin/pipe", busbar_client::ResourceKind::Wire, false)
+        .await
+        .unwrap();
+    let mut events = admin
+        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
+    let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
+    node.kill9();
+    let dynamic = loop {
+        match events.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => break error,
+            None => panic!("the stream ended without saying why"),
+        }
+    };
+    let typed = loop {
+        match subscriber.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => break error,
+            None => panic!("the subscription ended without saying why"),
+        }
+    };
+    for error in [dynamic, typed] {
+        assert_eq!(
+            error.code(),
+            busbar_client::ErrorCode::Unavailable,
+            "{error}"
+        );
+        assert!(
+            error.message().contains("connection to the node was lost"),
+            "{error}"
+        );
+    }
+}
