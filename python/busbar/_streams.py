@@ -39,16 +39,32 @@ class _Handlers:
         self._mode = mode
 
     def _register(self, kind: str, handler: Callable[..., Any]) -> bool:
-        """Adds a handler; True when it is the first data handler."""
+        """Adds a handler; True when handlers now read the stream and it
+        must start: any first handler does (an 'error' or 'end' handler
+        alone too), unless iteration reads it ('error' and 'end' handlers
+        then run at its end)."""
         if kind not in _KINDS:
             raise InvalidArgument(f"bad event {kind!r}: use 'data', 'error' or 'end'")
         if not callable(handler):
             raise InvalidArgument("a handler must be callable")
-        first_data = kind == "data" and not self._handlers["data"]
-        if first_data:
+        start = self._mode is None
+        if kind == "data" or start:
             self._claim("handlers")
         self._handlers[kind].append(handler)
-        return first_data
+        return start
+
+    def _start_for_wait(self) -> bool:
+        """``wait()`` on a stream nobody reads yet reads it, as handlers
+        would; True when it must start."""
+        if self._mode is None:
+            self._claim("handlers")
+            return True
+        return False
+
+    def _raise_unhandled(self) -> None:
+        """After the end: an error no 'error' handler took is raised."""
+        if self._finished and self.error is not None and not self._handlers["error"]:
+            raise self.error
 
     def _ending(self, error: Optional[BaseException]) -> List[Callable[..., Any]]:
         """The handlers to run for the end (only the first time)."""
@@ -112,9 +128,12 @@ class Call(_Handlers):
         with self._lock:
             start = self._register(kind, handler)
         if start:
-            self._thread = threading.Thread(target=self._pump, name="busbar-call", daemon=True)
-            self._thread.start()
+            self._start()
         return handler
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._pump, name="busbar-call", daemon=True)
+        self._thread.start()
 
     def _pump(self) -> None:
         while True:
@@ -130,9 +149,16 @@ class Call(_Handlers):
                 run_handler(handler, message)
 
     def wait(self, timeout: Optional[float] = None) -> None:
-        """Waits until the handlers have seen the end of the call."""
+        """Waits until the handlers have seen the end of the call (starting
+        it if nothing reads it yet); raises its error if no 'error' handler
+        took it."""
+        with self._lock:
+            start = self._start_for_wait()
+        if start:
+            self._start()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._raise_unhandled()
 
 
 class AsyncCall(_Handlers):
@@ -196,9 +222,14 @@ class AsyncCall(_Handlers):
                 await run_async_handler(handler, message)
 
     async def wait(self, timeout: Optional[float] = None) -> None:
-        """Waits until the handlers have seen the end of the call."""
+        """Waits until the handlers have seen the end of the call (starting
+        it if nothing reads it yet); raises its error if no 'error' handler
+        took it."""
+        if self._start_for_wait():
+            self._task = self._loop.create_task(self._pump())
         if self._task is not None:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        self._raise_unhandled()
 
 
 def run_handler(handler: Callable[..., Any], *args: Any) -> None:

@@ -209,3 +209,25 @@ def test_after_a_node_restart_streams_and_sessions_say_what_was_lost(face, resta
     rows = face.run(conn.sql(path).execute("SELECT count(*) AS n FROM t"))
     assert rows.column("n").to_pylist() == [0], "nothing uncommitted survived"
     conn.close()
+
+
+def test_a_stream_with_only_error_or_end_handlers_starts_and_wait_raises(face, conn):
+    # An 'error' handler alone starts the stream and gets its error.
+    call = face.run(conn.stream("busbar.v1.Node/Events", {}, timeout=0.5))
+    failures = []
+    call.on("error", failures.append)
+    face.wait_until(lambda: failures, what="the error handler")
+    assert isinstance(failures[0], errors.Timeout)
+    face.run(call.wait(5))  # handled: wait() does not raise it again
+    # An 'end' handler alone starts it too; the error nobody handled is
+    # raised from wait().
+    ends = []
+    call = face.run(conn.stream("busbar.v1.Node/Events", {}, timeout=0.5))
+    call.on("end", lambda: ends.append(1))
+    with pytest.raises(errors.Timeout):
+        face.run(call.wait(5))
+    assert ends == []
+    # wait() alone reads the stream.
+    call = face.run(conn.stream("busbar.v1.Node/Events", {}, timeout=0.5))
+    with pytest.raises(errors.Timeout):
+        face.run(call.wait(5))
