@@ -40,7 +40,9 @@ class Connection:
                  connect_timeout: Optional[float] = ...,
                  connections: Optional[int] = ...) -> "Connection": ...
     @classmethod
-    def with_tls(cls, address: str, *, ca: Optional[str] = ..., fingerprint: Optional[str] = ...,
+    def with_tls(cls, address: str,
+                 ca: Union[str, bytes, "os.PathLike[str]", None] = ..., *,
+                 fingerprint: Optional[str] = ...,
                  server_name: Optional[str] = ..., user: Optional[str] = ...,
                  password: Optional[str] = ..., token: Optional[str] = ...,
                  key_name: Optional[str] = ..., private_key: Optional[str] = ...,

@@ -55,8 +55,15 @@ def _address(address: str, scheme: str) -> str:
     return address
 
 
-def _pem(ca: Optional[str]) -> Optional[str]:
-    """A CA given as PEM text or as the path of a PEM file."""
+def _pem(ca: Any) -> Optional[str]:
+    """A CA given as PEM text (str or bytes) or as the path of a PEM file."""
+    if isinstance(ca, (bytes, bytearray)):
+        try:
+            ca = bytes(ca).decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidArgument("ca bytes must be PEM text (ASCII); DER is not read") from None
+    if isinstance(ca, os.PathLike):
+        ca = os.fspath(ca)
     if ca is None or "-----BEGIN" in ca:
         return ca
     try:
@@ -125,15 +132,16 @@ class _ConnectionBase:
             connect_timeout=connect_timeout, connections=connections))
 
     @classmethod
-    def with_tls(cls, address: str, *, ca: Optional[str] = None,
+    def with_tls(cls, address: str, ca: Any = None, *,
                  fingerprint: Optional[str] = None, server_name: Optional[str] = None,
                  user: Optional[str] = None, password: Optional[str] = None,
                  token: Optional[str] = None, key_name: Optional[str] = None,
                  private_key: Optional[str] = None, timeout: Optional[float] = None,
                  connect_timeout: Optional[float] = None,
                  connections: Optional[int] = None) -> Any:
-        """Connects over TLS, trusting ``ca`` (PEM text or file) and/or the
-        server certificate ``fingerprint`` (hex SHA-256)."""
+        """Connects over TLS, trusting ``ca`` (PEM text as str or bytes, or
+        the path of a PEM file; may be given by position) and/or the server
+        certificate ``fingerprint`` (hex SHA-256)."""
         return cls._connect(_target(
             address=_address(address, "https"), ca=_pem(ca), fingerprint=fingerprint,
             server_name=server_name, user=user, password=password, token=token,
@@ -309,5 +317,12 @@ class Wire:
         return conn._after(made, subscribed)
 
     def publish(self, chunks: Any, *, timeout: Optional[float] = None) -> Any:
+        """Sends byte chunks (an iterable of bytes-likes, or one bytes-like
+        as a single chunk); returns the summary, whose ``unheard_chunks``
+        counts chunks no subscriber was there to receive."""
+        if isinstance(chunks, (bytes, bytearray, memoryview)):
+            chunks = [chunks]
+        elif isinstance(chunks, str):
+            raise InvalidArgument("a wire carries bytes: encode the text (text.encode())")
         publisher = self.connection._core.publisher(self.path, timeout)
         return self.connection._publish(publisher, chunks)  # type: ignore[attr-defined]

@@ -124,8 +124,16 @@ class Room:
         return self._member().emit(event, list(args), True, timeout)
 
     def leave(self, *, timeout: Optional[float] = None) -> Any:
-        """Leaves the room; ``on_leave`` runs when the server confirms."""
-        return self._member().leave(timeout)
+        """Leaves the room; ``on_leave`` runs when the server confirms.
+        Returns None (awaitable with ``busbar.aio.Connection``)."""
+        leaving = self._member().leave(timeout)
+        if not inspect.isawaitable(leaving):
+            return None
+
+        async def left() -> None:
+            await leaving
+
+        return left()
 
     # dispatch ------------------------------------------------------------------
     def _handler(self, item: Tuple[str, str, list, str]) -> Tuple[Callable[..., Any], tuple, bool]:

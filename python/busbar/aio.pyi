@@ -37,7 +37,8 @@ class Connection:
                  timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
                  connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @classmethod
-    def with_tls(cls, address: str, *, ca: Optional[str] = ...,
+    def with_tls(cls, address: str,
+                 ca: Union[str, bytes, "os.PathLike[str]", None] = ..., *,
                  fingerprint: Optional[str] = ..., server_name: Optional[str] = ...,
                  user: Optional[str] = ..., password: Optional[str] = ...,
                  token: Optional[str] = ..., key_name: Optional[str] = ...,

@@ -231,3 +231,54 @@ def test_a_stream_with_only_error_or_end_handlers_starts_and_wait_raises(face, c
     call = face.run(conn.stream("busbar.v1.Node/Events", {}, timeout=0.5))
     with pytest.raises(errors.Timeout):
         face.run(call.wait(5))
+
+
+def test_smaller_frictions(face, conn, home, busbar_node):
+    import busbar
+    from test_sdk import cli
+
+    # with_tls takes the CA by position, as text, bytes or a path.
+    admin = busbar_node.admin
+    ca = admin["ca_pem"]
+    password = admin["credential"]["password"]
+    for given in (ca, ca.encode()):
+        other = face.run(face.Connection.with_tls(
+            busbar_node.address, given, server_name=admin.get("server_name"), user="admin",
+            password=password))
+        assert face.run(other.whoami())["name"] == "admin"
+        other.close()
+    # Room.leave() returns None.
+    room = busbar.Room(f"{home}/room")
+    face.run(room.join(conn, create=True))
+    assert face.run(room.leave()) is None
+    # A wire publish says how many chunks nobody heard; one bytes object is one chunk.
+    wire = conn.wire(f"{home}/w")
+    face.run(conn.create(wire.path, "wire"))
+    summary = face.run(wire.publish(b"alone"))
+    assert (int(summary["chunks"]), int(summary["unheard_chunks"])) == (1, 1)
+    with pytest.raises(errors.InvalidArgument, match="encode"):
+        face.run(wire.publish("text"))
+    # busbar sql counts in words that agree with the number.
+    db = f"{home}/db"
+    face.run(conn.create(db, "database"))
+    face.run(conn.sql(db).execute("CREATE TABLE t (x)"))
+    assert cli(busbar_node, "sql", db, "INSERT INTO t VALUES (1)").strip() == "1 row affected"
+    assert cli(busbar_node, "sql", db, "INSERT INTO t VALUES (2), (3)").strip() \
+        == "2 rows affected"
+    # ts read and write explain their flags.
+    help_text = cli(busbar_node, "ts", "read", "--help")
+    assert "--start" in help_text and "RFC 3339" in help_text and ".parquet" in help_text
+
+
+def test_resources_are_addressed_by_id_too(face, conn, home):
+    path = f"{home}/ledger"
+    made = face.run(conn.create(path, "database"))
+    by_id = f"id:{made['id']}"
+    assert face.run(conn.get(by_id))["path"] == path
+    face.run(conn.sql(by_id).execute("CREATE TABLE t (x)"))
+    # The id survives a move; the path does not.
+    face.run(conn.mv(path, f"{home}/moved"))
+    assert face.run(conn.get(by_id))["path"] == f"{home}/moved"
+    face.run(conn.sql(by_id).execute("INSERT INTO t VALUES (1)"))
+    with pytest.raises(errors.NotFound, match="no resource has id"):
+        face.run(conn.get("id:00000000000000000000000000000000"))

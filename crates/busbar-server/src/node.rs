@@ -4,8 +4,9 @@ use crate::access::{AccessControl, Caller};
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::ServerConfig;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::paths;
 use crate::store::{Budget, StopOnDrop, Store, now_ms};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,23 @@ impl Node {
             self.config.max_statement,
             self.config.max_result_bytes,
         )
+    }
+
+    /// A resource path as a request gives it: a path (normalised, see
+    /// [`paths::normalize`]) or `id:<uuid>`, the resource with that id
+    /// wherever it has moved (docs/security.md: an unknown id is NOT_FOUND;
+    /// the rights checks that follow are the path's).
+    pub async fn path(&self, given: &str) -> Result<String> {
+        let Some(id) = given.strip_prefix("id:") else {
+            return paths::normalize(given);
+        };
+        let id = id.trim();
+        match self.store.resource_path(id).await? {
+            Some(path) => Ok(path),
+            None => Err(Error::not_found(format!(
+                "no resource has id {id:?}; ids look like id:3f2c…, as `get` and `ls` show them"
+            ))),
+        }
     }
 
     pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {

@@ -145,6 +145,11 @@ pub fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
 }
 
 /// Rows as an aligned table, columns in the statement's order.
+/// "1 row affected", "2 rows affected".
+pub fn rows_affected(count: u64) -> String {
+    format!("{count} row{} affected", if count == 1 { "" } else { "s" })
+}
+
 pub fn print_table(columns: &[String], rows: &[serde_json::Value]) {
     let cell = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "NULL".to_string(),
@@ -456,7 +461,13 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 (!buffer.is_empty()).then(|| (buffer.freeze(), stdin))
             });
             let chunks = chunks.map(|chunk: Bytes| chunk);
-            client.publish(&path, chunks).await.map_err(e)?;
+            let summary = client.publish(&path, chunks).await.map_err(e)?;
+            if summary.unheard_chunks > 0 {
+                eprintln!(
+                    "note: {} of {} chunks reached no subscriber (none was subscribed as they passed)",
+                    summary.unheard_chunks, summary.chunks
+                );
+            }
         }
         Command::Wire(WireCommand::Sub { path }) => {
             let mut chunks = client.subscribe(&path).await.map_err(e)?;
@@ -511,7 +522,7 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
             if json {
                 println!("{}", serde_json::Value::Array(rows));
             } else if summary.columns.is_empty() {
-                println!("{} rows affected", summary.rows_affected);
+                println!("{}", rows_affected(summary.rows_affected));
             } else {
                 let columns: Vec<String> = summary.columns.into_iter().map(|c| c.name).collect();
                 print_table(&columns, &rows);

@@ -1,6 +1,6 @@
 //! `busbar ts …` and `busbar proc …`: time series and stored procedures.
 
-use crate::commands::{print_table, sql_param};
+use crate::commands::{print_table, rows_affected, sql_param};
 use busbar::points_file::{self, Format};
 use busbar_client::{
     Client, Curve, Interval, ProcedureArgs, Resolution, SeriesChunk, SeriesSpec, curve_name,
@@ -39,8 +39,10 @@ pub enum TsCommand {
     Write {
         path: String,
         file: PathBuf,
+        /// Start of the interval replaced (included), as for `ts read`
         #[arg(long)]
         start: Option<String>,
+        /// End of the interval replaced (excluded), as for `ts read`
         #[arg(long)]
         end: Option<String>,
     },
@@ -48,10 +50,13 @@ pub enum TsCommand {
     /// (format by extension).
     Read {
         path: String,
+        /// First time to read (included): RFC 3339 such as 2026-03-29T01:00:00+02:00 (no offset: UTC), a date, or epoch ms; default: the first point
         #[arg(long)]
         start: Option<String>,
+        /// Time to stop at (excluded), as --start; default: past the last point
         #[arg(long)]
         end: Option<String>,
+        /// Write the points to FILE instead of CSV on stdout: .csv, .arrow/.feather, .arrows/.ipc or .parquet
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
@@ -258,7 +263,7 @@ pub async fn proc(client: &Client, command: ProcCommand) -> Outcome {
                 .await
                 .map_err(e)?;
             if summary.columns.is_empty() {
-                println!("{} rows affected", summary.rows_affected);
+                println!("{}", rows_affected(summary.rows_affected));
             } else {
                 let columns: Vec<String> = summary.columns.into_iter().map(|c| c.name).collect();
                 print_table(&columns, &rows);

@@ -296,9 +296,17 @@ impl Progress {
             indicatif::ProgressDrawTarget::hidden(),
         );
         if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} {bar:40} {human_pos}/{human_len} points ({per_sec}, {eta} left)",
+            "{msg} {bar:40} {human_pos}/{human_len} points ({rate} points/s, {eta} left)",
         ) {
-            bar.set_style(style);
+            // A whole number with separators, not indicatif's raw float.
+            let rate = |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(
+                    out,
+                    "{}",
+                    indicatif::HumanCount(state.per_sec().round() as u64)
+                );
+            };
+            bar.set_style(style.with_key("rate", rate));
         }
         bar.set_message(what.to_string());
         Progress {

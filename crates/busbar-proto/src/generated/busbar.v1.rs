@@ -5764,6 +5764,10 @@ pub struct PublishSummary {
     pub chunks: u64,
     #[prost(uint64, tag = "2")]
     pub bytes: u64,
+    /// Chunks that reached no subscriber: none was subscribed as they passed
+    /// (wires carry live traffic; nothing is kept for later subscribers).
+    #[prost(uint64, tag = "3")]
+    pub unheard_chunks: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SubscribeRequest {

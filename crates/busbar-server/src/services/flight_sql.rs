@@ -13,7 +13,6 @@ use super::flight_statements::{MAX_BOUND_ROWS, Prepared, PreparedStatements};
 use crate::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::node::Node;
-use crate::paths;
 use crate::store::{Budget, Description, ResourceKind, Right, SqlParam, SqlParams};
 use arrow_array::{Array, ArrayRef, RecordBatch, cast::AsArray, types};
 use arrow_cast::{CastOptions, cast_with_options};
@@ -337,7 +336,7 @@ impl FlightSql {
 
     /// The database at `path`, if `caller` may read it.
     async fn open(&self, caller: &Caller, path: &str) -> Result<Target> {
-        let path = paths::normalize(path)?;
+        let path = self.node.path(path).await?;
         let access = &self.node.access;
         let database = access.require_resource(caller, &path, Right::Read).await?;
         if database.kind != ResourceKind::Database {

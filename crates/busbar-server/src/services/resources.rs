@@ -177,7 +177,7 @@ impl ResourcesService {
 impl Resources for ResourcesService {
     async fn get(&self, request: Request<pb::GetResourceRequest>) -> Reply<pb::Resource> {
         let caller = caller(&request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         let record = self
             .node
             .access
@@ -191,7 +191,7 @@ impl Resources for ResourcesService {
         request: Request<pb::ListResourcesRequest>,
     ) -> Reply<pb::ListResourcesResponse> {
         let caller = caller(&request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         self.node
             .access
             .require(&caller, &path, Right::Read)
@@ -209,7 +209,7 @@ impl Resources for ResourcesService {
     async fn create(&self, request: Request<pb::CreateResourceRequest>) -> Reply<pb::Resource> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let path = paths::normalize(&r.path)?;
+        let path = self.node.path(&r.path).await?;
         let kind = match ResourceKind::from_i32(r.kind) {
             Some(
                 kind @ (ResourceKind::Folder
@@ -282,7 +282,7 @@ impl Resources for ResourcesService {
         request: Request<pb::DeleteResourceRequest>,
     ) -> Reply<pb::DeleteResourceResponse> {
         let caller = caller(&request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         self.require_removable(&caller, &path).await?;
         let deleted = self
             .node
@@ -298,8 +298,8 @@ impl Resources for ResourcesService {
 
     async fn r#move(&self, request: Request<pb::MoveResourceRequest>) -> Reply<pb::Resource> {
         let caller = caller(&request)?;
-        let from = paths::normalize(&request.get_ref().from)?;
-        let to = paths::normalize(&request.get_ref().to)?;
+        let from = self.node.path(&request.get_ref().from).await?;
+        let to = self.node.path(&request.get_ref().to).await?;
         self.require_removable(&caller, &from).await?;
         self.node
             .access
@@ -313,7 +313,7 @@ impl Resources for ResourcesService {
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let path = paths::normalize(&r.path)?;
+        let path = self.node.path(&r.path).await?;
         let right = right(r.right)?;
         self.node
             .access
@@ -331,7 +331,7 @@ impl Resources for ResourcesService {
     async fn revoke(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let path = paths::normalize(&r.path)?;
+        let path = self.node.path(&r.path).await?;
         self.node
             .access
             .require_resource(&caller, &path, Right::Admin)
@@ -350,7 +350,7 @@ impl Resources for ResourcesService {
         request: Request<pb::ListGrantsRequest>,
     ) -> Reply<pb::GrantsResponse> {
         let caller = caller(&request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         self.node
             .access
             .require_resource(&caller, &path, Right::Read)

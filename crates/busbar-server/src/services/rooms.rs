@@ -9,7 +9,6 @@ use crate::access::Caller;
 use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
 use crate::node::{LocalMember, Node, caller, stopped};
-use crate::paths;
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{
     self as pb, room_event::Kind, rooms_server::Rooms, rooms_server::RoomsServer,
@@ -130,7 +129,7 @@ impl RoomsService {
         request: &Request<pb::JoinRequest>,
     ) -> Result<EncodedEvents, Status> {
         let caller = caller(request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         let room = check_room(
             self.node
                 .access
@@ -226,7 +225,7 @@ impl RoomsService {
         let path = if known {
             None
         } else {
-            Some(paths::normalize(&r.path)?)
+            Some(self.node.path(&r.path).await?)
         };
         check_emit_fields(&r)?;
         if let Some(path) = path {

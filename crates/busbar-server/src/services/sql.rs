@@ -6,7 +6,6 @@ use super::{Reply, reply};
 use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
-use crate::paths;
 use crate::sessions::DataSession;
 use crate::store::procedures::{self, Arguments, Procedure};
 use crate::store::{
@@ -212,7 +211,7 @@ struct Target {
 
 impl SqlService {
     async fn target(&self, caller: &Caller, database: &str, session: &str) -> Result<Target> {
-        let path = paths::normalize(database)?;
+        let path = self.node.path(database).await?;
         let record = self
             .node
             .access

@@ -8,7 +8,6 @@ use super::{Reply, reply};
 use crate::access::Caller;
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
-use crate::paths;
 use crate::sessions::DataSession;
 use crate::store::points_wire::{self, PointsColumns, PointsMessage};
 use crate::store::timeseries::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
@@ -118,7 +117,7 @@ pub(super) async fn resolve(
     path: &str,
     right: Right,
 ) -> Result<ResourceRecord> {
-    let path = paths::normalize(path)?;
+    let path = node.path(path).await?;
     let record = node.access.require_resource(caller, &path, right).await?;
     if record.kind != ResourceKind::Timeseries {
         return Err(Error::failed_precondition(format!(

@@ -7,7 +7,6 @@ use super::{Reply, reply};
 use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
 use crate::node::{Node, caller, stopped};
-use crate::paths;
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{self as pb, wires_server::Wires};
 use futures::Stream;
@@ -76,7 +75,7 @@ impl Wires for WiresService {
         let Some(first) = chunks.message().await? else {
             return reply(pb::PublishSummary::default());
         };
-        let path = paths::normalize(&first.path)?;
+        let path = self.node.path(&first.path).await?;
         let wire = check_wire(
             self.node
                 .access
@@ -96,7 +95,9 @@ impl Wires for WiresService {
                     payload: chunk.data,
                     last: false,
                 };
-                self.node.bus.publish(&subject, message, None).await;
+                if self.node.bus.publish(&subject, message, None).await == 0 {
+                    summary.unheard_chunks += 1;
+                }
             }
             next = tokio::select! {
                 chunk = chunks.message() => chunk?,
@@ -113,7 +114,7 @@ impl Wires for WiresService {
         request: Request<pb::SubscribeRequest>,
     ) -> Reply<Self::SubscribeStream> {
         let caller = caller(&request)?;
-        let path = paths::normalize(&request.get_ref().path)?;
+        let path = self.node.path(&request.get_ref().path).await?;
         let wire = check_wire(
             self.node
                 .access

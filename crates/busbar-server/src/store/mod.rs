@@ -176,6 +176,8 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, identity_id: &str, name: &str) -> Result<()>;
 
     async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>>;
+    /// The path of the resource with this id (ids survive moves).
+    async fn resource_path(&self, id: &str) -> Result<Option<String>>;
     /// Creates `path` (its parent must be a folder); with `parents`, missing
     /// ancestors are created as folders owned by `owner`.
     async fn create_resource(

@@ -514,6 +514,18 @@ impl Store for SqliteStore {
         self.run(move |conn| get_resource(conn, &path)).await
     }
 
+    async fn resource_path(&self, id: &str) -> Result<Option<String>> {
+        let id = id.to_string();
+        self.run(move |conn| {
+            Ok(conn
+                .query_row("SELECT path FROM resources WHERE id = ?1", [&id], |row| {
+                    row.get(0)
+                })
+                .optional()?)
+        })
+        .await
+    }
+
     async fn create_resource(
         &self,
         path: &str,
