@@ -37,8 +37,10 @@ std::thread_local! {
     static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Runs `work` (arrow-ipc on a peer's bytes), turning a panic into `None`.
-fn caught<T>(work: impl FnOnce() -> T) -> Option<T> {
+/// Runs `work` (arrow-family code on bytes nobody vouches for: arrow-ipc
+/// here, the parquet reader in the CLI), turning a panic into `None`;
+/// [`quiet_caught_panics`] keeps such panics out of the log.
+pub fn caught<T>(work: impl FnOnce() -> T) -> Option<T> {
     CATCHING.set(true);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
     CATCHING.set(false);
