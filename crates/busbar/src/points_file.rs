@@ -294,6 +294,12 @@ pub struct Progress {
     shown: Arc<AtomicBool>,
 }
 
+/// A rate as a whole number with separators ("1,234,568"), not
+/// indicatif's raw float ("1234567.8912").
+fn rate_text(per_sec: f64) -> String {
+    indicatif::HumanCount(per_sec.max(0.0).round() as u64).to_string()
+}
+
 impl Progress {
     pub fn new(total: u64, what: &str) -> Progress {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -303,13 +309,8 @@ impl Progress {
         if let Ok(style) = indicatif::ProgressStyle::with_template(
             "{msg} {bar:40} {human_pos}/{human_len} points ({rate} points/s, {eta} left)",
         ) {
-            // A whole number with separators, not indicatif's raw float.
             let rate = |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
-                let _ = write!(
-                    out,
-                    "{}",
-                    indicatif::HumanCount(state.per_sec().round() as u64)
-                );
+                let _ = out.write_str(&rate_text(state.per_sec()));
             };
             bar.set_style(style.with_key("rate", rate));
         }
@@ -331,5 +332,17 @@ impl Progress {
 
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_rate_is_a_rounded_whole_number() {
+        assert_eq!(rate_text(1_234_567.8912), "1,234,568");
+        assert_eq!(rate_text(0.4), "0");
+        assert_eq!(rate_text(f64::NAN), "0");
     }
 }
