@@ -95,20 +95,18 @@ impl Statement {
     }
 
     fn request(
-        self,
+        mut self,
         database: &str,
         format: pb::ResultFormat,
         session: String,
     ) -> pb::ExecuteRequest {
+        let sql = std::mem::take(&mut self.sql);
+        let bound = self.row();
         pb::ExecuteRequest {
             database: database.into(),
-            sql: self.sql,
-            params: self.params.into_iter().map(to_proto).collect(),
-            named: self
-                .named
-                .into_iter()
-                .map(|(name, value)| (name, to_proto(value)))
-                .collect(),
+            sql,
+            params: bound.params,
+            named: bound.named,
             format: format as i32,
             session,
             rows: Vec::new(),

@@ -152,11 +152,7 @@ async fn dynamic_calls_of_every_kind() {
     assert_eq!(created["kind"], "WIRE");
 
     // Server streaming.
-    let mut events = admin
-        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
-        .await
-        .unwrap();
-    assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
+    let mut events = node_events(&admin).await;
 
     // Client streaming: publish into a wire that a typed subscriber reads.
     let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
@@ -272,6 +268,16 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
     assert!(member.next().await.is_none());
 }
 
+/// `Node/Events` called by name, past its first event (READY).
+async fn node_events(client: &Client) -> busbar_client::DynamicCall {
+    let mut events = client
+        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
+    events
+}
+
 #[tokio::test]
 async fn calls_cut_by_the_node_dying_are_unavailable_with_a_clear_message() {
     let mut node = Node::start(&[]);
@@ -280,11 +286,7 @@ async fn calls_cut_by_the_node_dying_are_unavailable_with_a_clear_message() {
         .create("/home/admin/pipe", busbar_client::ResourceKind::Wire, false)
         .await
         .unwrap();
-    let mut events = admin
-        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
-        .await
-        .unwrap();
-    assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
+    let mut events = node_events(&admin).await;
     let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
     node.kill9();
     let dynamic = loop {
