@@ -21,6 +21,11 @@ log = logging.getLogger("busbar")
 
 _KINDS = ("data", "error", "end")
 
+#: Messages kept for a 'data' handler attached after the stream started (an
+#: 'error' or 'end' handler, or wait(), started it); past this they are
+#: dropped, and the drop is logged.
+_HELD = 64
+
 
 class _Handlers:
     """``.on(kind)`` registrations and the once-only end of a stream."""
@@ -30,6 +35,25 @@ class _Handlers:
         self._mode: Optional[str] = None  # "iterate" or "handlers": who reads
         self._finished = False
         self.error: Optional[BaseException] = None
+        self._held: List[Any] = []
+        self._dropped = 0
+
+    def _hold(self, message: Any) -> None:
+        """Keeps a message no 'data' handler is there for yet (bounded)."""
+        if len(self._held) < _HELD:
+            self._held.append(message)
+            return
+        self._dropped += 1
+        if self._dropped == 1:
+            log.warning("busbar stream: no 'data' handler; dropping messages past the first %d",
+                        _HELD)
+
+    def _take_held(self, kind: str) -> List[Any]:
+        """The held messages, for the first 'data' handler just registered."""
+        if kind != "data" or len(self._handlers["data"]) != 1:
+            return []
+        held, self._held = self._held, []
+        return held
 
     def _claim(self, mode: str) -> None:
         if self._mode not in (None, mode):
@@ -88,7 +112,9 @@ class Call(_Handlers):
     def __init__(self, core: Any) -> None:
         super().__init__()
         self._core = core
-        self._lock = threading.Lock()
+        # Reentrant: a handler may attach another. Held messages are replayed
+        # under it, so the pump's next message waits for the replay.
+        self._lock = threading.RLock()
         self._thread: Optional[threading.Thread] = None
 
     def send(self, message: Dict[str, Any]) -> None:
@@ -127,6 +153,8 @@ class Call(_Handlers):
             return lambda h: self.on(kind, h)
         with self._lock:
             start = self._register(kind, handler)
+            for message in self._take_held(kind):
+                run_handler(handler, message)
         if start:
             self._start()
         return handler
@@ -145,7 +173,11 @@ class Call(_Handlers):
             if message is None:
                 self._finish(None)
                 return
-            for handler in list(self._handlers["data"]):
+            with self._lock:
+                handlers = list(self._handlers["data"])
+                if not handlers:
+                    self._hold(message)
+            for handler in handlers:
                 run_handler(handler, message)
 
     def wait(self, timeout: Optional[float] = None) -> None:
@@ -169,6 +201,7 @@ class AsyncCall(_Handlers):
         super().__init__()
         self._core = core
         self._task: Optional["asyncio.Task[None]"] = None
+        self._replay: Optional["asyncio.Task[None]"] = None
         # Made by an awaited conn.stream(): handlers run on that loop.
         self._loop = asyncio.get_running_loop()
 
@@ -204,9 +237,17 @@ class AsyncCall(_Handlers):
         """Registers ``handler`` for ``kind``; without it, a decorator."""
         if handler is None:
             return lambda h: self.on(kind, h)
-        if self._register(kind, handler):
+        start = self._register(kind, handler)
+        held = self._take_held(kind)
+        if held:
+            self._replay = self._loop.create_task(self._replay_held(handler, held))
+        if start:
             self._task = self._loop.create_task(self._pump())
         return handler
+
+    async def _replay_held(self, handler: Callable[..., Any], held: List[Any]) -> None:
+        for message in held:
+            await run_async_handler(handler, message)
 
     async def _pump(self) -> None:
         while True:
@@ -218,6 +259,10 @@ class AsyncCall(_Handlers):
             if message is None:
                 await self._finish(None)
                 return
+            if self._replay is not None:  # held messages go first
+                await self._replay
+            if not self._handlers["data"]:
+                self._hold(message)
             for handler in list(self._handlers["data"]):
                 await run_async_handler(handler, message)
 

@@ -282,3 +282,13 @@ def test_resources_are_addressed_by_id_too(face, conn, home):
     face.run(conn.sql(by_id).execute("INSERT INTO t VALUES (1)"))
     with pytest.raises(errors.NotFound, match="no resource has id"):
         face.run(conn.get("id:00000000000000000000000000000000"))
+
+
+def test_messages_before_a_late_data_handler_are_kept_for_it(face, conn):
+    call = face.run(conn.stream("busbar.v1.Node/Events", {}, timeout=1.0))
+    failures, got = [], []
+    call.on("error", failures.append)  # starts reading
+    face.sleep(0.3)  # READY arrives while no 'data' handler is attached
+    call.on("data", got.append)
+    face.wait_until(lambda: failures, what="the error handler")
+    assert [m["kind"] for m in got] == ["READY"]
