@@ -341,7 +341,7 @@ mod tests {
 
     #[test]
     fn the_progress_rate_is_a_rounded_whole_number() {
-        assert_eq!(rate_text(1_234_567.8912), "1,234,568");
+        assert_eq!(rate_text(1_234_567.891_2), "1,234,568");
         assert_eq!(rate_text(0.4), "0");
         assert_eq!(rate_text(f64::NAN), "0");
     }

@@ -152,7 +152,7 @@ async fn dynamic_calls_of_every_kind() {
     assert_eq!(created["kind"], "WIRE");
 
     // Server streaming.
-    let mut events = node_events(&admin).await;
+    let _events = node_events(&admin).await;
 
     // Client streaming: publish into a wire that a typed subscriber reads.
     let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
