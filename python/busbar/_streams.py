@@ -71,15 +71,15 @@ class _Handlers:
             raise InvalidArgument(f"bad event {kind!r}: use 'data', 'error' or 'end'")
         if not callable(handler):
             raise InvalidArgument("a handler must be callable")
-        start = self._mode is None
-        if kind == "data" or start:
+        start = self._start_for_wait()
+        if kind == "data":
             self._claim("handlers")
         self._handlers[kind].append(handler)
         return start
 
     def _start_for_wait(self) -> bool:
-        """``wait()`` on a stream nobody reads yet reads it, as handlers
-        would; True when it must start."""
+        """Handlers (or ``wait()``) read a stream nobody reads yet; True
+        when it must start."""
         if self._mode is None:
             self._claim("handlers")
             return True

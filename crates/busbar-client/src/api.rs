@@ -169,26 +169,29 @@ impl Client {
     /// Creates a resource of `kind`; with `parents`, missing folders too.
     /// Time series need a definition: create them with [`Client::create_series`].
     pub async fn create(&self, path: &str, kind: ResourceKind, parents: bool) -> Result<Resource> {
-        self.create_resource(pb::CreateResourceRequest {
-            path: path.into(),
-            kind: kind as i32,
-            parents,
-            series: None,
-            exist_ok: false,
-        })
-        .await
+        self.create_kind(path, kind, parents, false).await
     }
 
     /// Like [`create`](Self::create), but an existing resource of that kind
     /// is returned instead of ALREADY_EXISTS (one of another kind is still
     /// an error): for code that owns its resources, and `mkdir -p`.
     pub async fn ensure(&self, path: &str, kind: ResourceKind, parents: bool) -> Result<Resource> {
+        self.create_kind(path, kind, parents, true).await
+    }
+
+    async fn create_kind(
+        &self,
+        path: &str,
+        kind: ResourceKind,
+        parents: bool,
+        exist_ok: bool,
+    ) -> Result<Resource> {
         self.create_resource(pb::CreateResourceRequest {
             path: path.into(),
             kind: kind as i32,
             parents,
             series: None,
-            exist_ok: true,
+            exist_ok,
         })
         .await
     }

@@ -115,6 +115,7 @@ fn lost_connection(status: &tonic::Status) -> bool {
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Error {
         let metadata = status.metadata();
+        let lost = lost_connection(&status);
         let code = metadata
             .get(ERROR_CODE_METADATA_KEY)
             .and_then(|v| v.to_str().ok())
@@ -126,7 +127,7 @@ impl From<tonic::Status> for Error {
                     || status.message() == "Timeout expired";
                 if timed_out {
                     ErrorCode::Timeout
-                } else if lost_connection(&status) {
+                } else if lost {
                     ErrorCode::Unavailable
                 } else {
                     code_for(status.code())
@@ -145,7 +146,7 @@ impl From<tonic::Status> for Error {
                 format!("{message}: {cause}")
             };
         }
-        if code == ErrorCode::Unavailable && lost_connection(&status) {
+        if code == ErrorCode::Unavailable && lost {
             message = format!(
                 "the connection to the node was lost before the call finished ({message}); \
                  retry it on a new connection (a write may or may not have taken effect)"

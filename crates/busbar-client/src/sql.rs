@@ -375,7 +375,7 @@ async fn collect_json(
 }
 
 async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
-    let mut decoder = busbar_ipc::Decoder::new(crate::timeseries::NODE_MESSAGE_LIMIT);
+    let mut decoder = crate::timeseries::node_ipc();
     let mut batches = Vec::new();
     let arrow = |e: busbar_ipc::Malformed| protocol(&format!("bad Arrow IPC: {e}"));
     while let Some(response) = responses.next().await.transpose()? {

@@ -227,7 +227,12 @@ const COLUMN_FIELD: u32 = 4;
 /// trusted for size (a result is as big as the caller asked for, and the
 /// decoder only ever holds bytes that arrived); the checks in busbar-ipc
 /// still keep malformed bytes from panicking the caller's process.
-pub(crate) const NODE_MESSAGE_LIMIT: usize = isize::MAX as usize;
+const NODE_MESSAGE_LIMIT: usize = isize::MAX as usize;
+
+/// A decoder for an Arrow IPC stream a node sends.
+pub(crate) fn node_ipc() -> busbar_ipc::Decoder {
+    busbar_ipc::Decoder::new(NODE_MESSAGE_LIMIT)
+}
 
 /// Turns the pieces of a read into series headers and record batches,
 /// whichever form the points come in.
@@ -241,7 +246,7 @@ struct SeriesDecoder {
 impl Default for SeriesDecoder {
     fn default() -> Self {
         SeriesDecoder {
-            ipc: busbar_ipc::Decoder::new(NODE_MESSAGE_LIMIT),
+            ipc: node_ipc(),
             columns: ColumnsDecoder::default(),
             ready: Default::default(),
         }
@@ -286,7 +291,7 @@ impl SeriesDecoder {
         match part {
             ReadPart::Series(info) => {
                 self.columns.finish()?;
-                self.ipc = busbar_ipc::Decoder::new(NODE_MESSAGE_LIMIT);
+                self.ipc = node_ipc();
                 self.ready.push_back(SeriesChunk::Start(info));
             }
             ReadPart::Columns(header) => self.columns.header(header)?,

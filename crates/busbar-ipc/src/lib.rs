@@ -41,9 +41,9 @@ std::thread_local! {
 /// here, the parquet reader in the CLI), turning a panic into `None`;
 /// [`quiet_caught_panics`] keeps such panics out of the log.
 pub fn caught<T>(work: impl FnOnce() -> T) -> Option<T> {
-    CATCHING.set(true);
+    let outer = CATCHING.replace(true); // nested calls leave it set
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
-    CATCHING.set(false);
+    CATCHING.set(outer);
     outcome.ok()
 }
 
@@ -100,6 +100,16 @@ enum State {
     Finished,
 }
 
+impl State {
+    /// Before a message: nothing of its prefix read yet.
+    fn next_prefix() -> State {
+        State::Prefix {
+            bytes: [0; 8],
+            have: 0,
+        }
+    }
+}
+
 /// Follows an IPC stream's framing across pieces of any size and refuses
 /// the first message that is not sound (see the crate's documentation).
 #[derive(Debug)]
@@ -112,10 +122,7 @@ impl Gate {
     /// `max_message_bytes` bounds one message's metadata and its body.
     pub fn new(max_message_bytes: usize) -> Gate {
         Gate {
-            state: State::Prefix {
-                bytes: [0; 8],
-                have: 0,
-            },
+            state: State::next_prefix(),
             max_message_bytes,
         }
     }
@@ -227,10 +234,7 @@ impl Gate {
 
     fn next_message_if_done(&mut self) {
         if matches!(self.state, State::Body { left: 0 }) {
-            self.state = State::Prefix {
-                bytes: [0; 8],
-                have: 0,
-            };
+            self.state = State::next_prefix();
         }
     }
 }

@@ -195,3 +195,8 @@ fn a_schema_arrow_ipc_cannot_convert_is_refused_where_it_would_panic() {
     let error = decode_in_pieces(found, usize::from(pieces).max(1), 1 << 20).unwrap_err();
     assert!(error.0.contains("does not know"), "{error}");
 }
+
+#[test]
+fn a_stream_of_no_bytes_is_one_without_batches() {
+    assert_eq!(Decoder::new(1 << 20).finish(), Ok(None));
+}

@@ -67,8 +67,8 @@ pub struct Started {
     pub metrics: Option<SocketAddr>,
 }
 
-/// A TCP connection counted in the `busbar_connections` gauge while open.
-/// An accepted connection: counted while open, and closed once the peer
+/// An accepted connection: counted in the `busbar_connections` gauge while
+/// open, and closed once the peer
 /// has sent nothing for the idle timeout. Healthy peers answer the
 /// keepalive pings the node sends every third of that, so the cut only
 /// meets silent ones, above all one that finished its TLS handshake (or

@@ -144,12 +144,12 @@ pub fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
     (name, value)
 }
 
-/// Rows as an aligned table, columns in the statement's order.
 /// "1 row affected", "2 rows affected".
 pub fn rows_affected(count: u64) -> String {
     format!("{count} row{} affected", if count == 1 { "" } else { "s" })
 }
 
+/// Rows as an aligned table, columns in the statement's order.
 pub fn print_table(columns: &[String], rows: &[serde_json::Value]) {
     let cell = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "NULL".to_string(),
@@ -358,18 +358,14 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 );
             }
         }
-        // -p as in POSIX mkdir: parents made, an existing folder is fine.
-        Command::Mkdir {
-            path,
-            parents: true,
-        } => {
-            client
-                .ensure(&path, ResourceKind::Folder, true)
-                .await
-                .map_err(e)?;
-        }
         Command::Mkdir { path, parents } => {
-            client.mkdir(&path, parents).await.map_err(e)?;
+            // -p as in POSIX mkdir: parents made, an existing folder is fine.
+            let made = if parents {
+                client.ensure(&path, ResourceKind::Folder, true).await
+            } else {
+                client.mkdir(&path, false).await
+            };
+            made.map_err(e)?;
         }
         Command::Rm { path, recursive } => {
             client.rm(&path, recursive).await.map_err(e)?;

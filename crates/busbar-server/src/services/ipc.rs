@@ -72,15 +72,12 @@ pub fn read_batches(
         Error::invalid_argument(format!("the Arrow IPC stream is malformed: {e}"))
     };
     let mut decoder = busbar_ipc::Decoder::new(max_message_bytes);
-    let mut empty = true;
     while let Some(piece) = pieces.blocking_recv() {
-        let piece = piece?;
-        empty &= piece.is_empty();
-        for batch in decoder.decode(arrow_buffer::Buffer::from(piece)) {
+        for batch in decoder.decode(arrow_buffer::Buffer::from(piece?)) {
             take(&batch.map_err(bad)?)?;
         }
     }
-    if !empty && let Some(batch) = decoder.finish().map_err(bad)? {
+    if let Some(batch) = decoder.finish().map_err(bad)? {
         take(&batch)?;
     }
     Ok(())

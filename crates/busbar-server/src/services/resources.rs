@@ -17,7 +17,6 @@ pub struct ResourcesService {
 }
 
 impl ResourcesService {
-    /// A resource as returned to clients; series carry their definition.
     /// `Create` with `exist_ok` of a path that exists: the resource when it
     /// is what was asked for (same kind, same series definition).
     async fn existing(
@@ -54,6 +53,7 @@ impl ResourcesService {
         reply(self.resource_pb(Arc::unwrap_or_clone(record)))
     }
 
+    /// A resource as returned to clients; series carry their definition.
     fn resource_pb(&self, record: ResourceRecord) -> pb::Resource {
         let series = (record.kind == ResourceKind::Timeseries)
             .then(|| self.node.timeseries.spec(&record.id).ok())

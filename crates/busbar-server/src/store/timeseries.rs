@@ -14,6 +14,7 @@ use arrow_array::{
     Array, ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use busbar_proto::v1::PointFlag;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -642,9 +643,10 @@ impl<'c> SeriesWrite<'c> {
             // A null value is a missing point, as pandas and pyarrow
             // spell one: stored as NaN with the MISSING flag, which is how
             // reads give it back (docs/data.md).
-            let (flag, value) = match values.is_null(i) {
-                true => (flags.value(i) | MISSING_FLAG, f64::NAN),
-                false => (flags.value(i), values.value(i)),
+            let (flag, value) = if values.is_null(i) {
+                (flags.value(i) | PointFlag::Missing as u32, f64::NAN)
+            } else {
+                (flags.value(i), values.value(i))
             };
             self.pending.push(time, flag, value);
             if self.pending.len() == CHUNK_POINTS {
@@ -691,9 +693,6 @@ impl<'c> SeriesWrite<'c> {
 }
 
 type Columns = (TimestampMillisecondArray, UInt32Array, Float64Array);
-
-/// The flag bit of a missing point (`flags` 1; docs/data.md).
-pub const MISSING_FLAG: u32 = 1;
 
 /// Checks a batch of points as a write does (schema, types, casts), for the
 /// fuzz targets; returns its row count.
