@@ -20,7 +20,8 @@ from .errors import InvalidArgument
 
 _TARGET_KEYS = (
     "config_path", "config_json", "address", "ca", "fingerprint", "server_name",
-    "user", "password", "token", "key_name", "private_key", "timeout",
+    "user", "password", "token", "key_name", "private_key", "certificate",
+    "certificate_key", "timeout",
     "connect_timeout", "connections",
 )
 
@@ -56,7 +57,8 @@ def _address(address: str, scheme: str) -> str:
 
 
 def _pem(ca: Any) -> Optional[str]:
-    """A CA given as PEM text (str or bytes) or as the path of a PEM file."""
+    """A CA (or a client certificate or key) given as PEM text (str or
+    bytes) or as the path of a PEM file."""
     if isinstance(ca, (bytes, bytearray)):
         try:
             ca = bytes(ca).decode("ascii")
@@ -70,7 +72,7 @@ def _pem(ca: Any) -> Optional[str]:
         with open(ca, encoding="ascii") as file:
             return file.read()
     except OSError as error:
-        raise InvalidArgument(f"cannot read the CA file {ca!r}: {error}; pass the PEM "
+        raise InvalidArgument(f"cannot read the PEM file {ca!r}: {error}; pass the PEM "
                               "text or the path of a PEM file") from None
 
 
@@ -136,16 +138,23 @@ class _ConnectionBase:
                  fingerprint: Optional[str] = None, server_name: Optional[str] = None,
                  user: Optional[str] = None, password: Optional[str] = None,
                  token: Optional[str] = None, key_name: Optional[str] = None,
-                 private_key: Optional[str] = None, timeout: Optional[float] = None,
+                 private_key: Optional[str] = None, certificate: Any = None,
+                 certificate_key: Any = None, timeout: Optional[float] = None,
                  connect_timeout: Optional[float] = None,
                  connections: Optional[int] = None) -> Any:
         """Connects over TLS, trusting ``ca`` (PEM text as str or bytes, or
         the path of a PEM file; may be given by position) and/or the server
-        certificate ``fingerprint`` (hex SHA-256)."""
+        certificate ``fingerprint`` (hex SHA-256).
+
+        ``certificate`` and ``certificate_key`` (PEM, like ``ca``) present a
+        client certificate the node's CA issued: alone they log in as its
+        identity; beside another credential they are only presented, for a
+        node that requires certificates."""
         return cls._connect(_target(
             address=_address(address, "https"), ca=_pem(ca), fingerprint=fingerprint,
             server_name=server_name, user=user, password=password, token=token,
-            key_name=key_name, private_key=private_key, timeout=timeout,
+            key_name=key_name, private_key=private_key, certificate=_pem(certificate),
+            certificate_key=_pem(certificate_key), timeout=timeout,
             connect_timeout=connect_timeout, connections=connections))
 
     # --- the connection ---------------------------------------------------
@@ -256,6 +265,31 @@ class _ConnectionBase:
         """Creates a password identity (admin only)."""
         request = {"name": name, "password": password, "admin": admin}
         return self._rpc("busbar.v1.Auth/CreateUser", request, timeout)
+
+    def new_certificate(self, name: str, *, days: Optional[int] = None, create: bool = False,
+                        admin: bool = False, timeout: Optional[float] = None) -> Any:
+        """A client certificate for ``name`` from the node's CA (admin of /
+        only), over a key pair made in this process: a dict with
+        ``certificate_pem``, ``private_key_pem``, ``ca_pem``, ``fingerprint``
+        and ``expires_ms``. Pass the PEMs to ``with_tls(certificate=,
+        certificate_key=)``. ``create`` makes the CERTIFICATE identity (with
+        ``admin`` on / or not); otherwise the identity exists (a renewal).
+        ``days`` defaults to 90 (at most 3650)."""
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool)
+                                 or not 1 <= days <= 3650):
+            raise InvalidArgument(f"bad days {days!r}: use a whole number from 1 to 3650")
+        return self._core.new_certificate(name, days or 0, create, admin, timeout)
+
+    def certificates(self, identity: str, *, timeout: Optional[float] = None) -> Any:
+        """The client certificates issued to ``identity`` (admin of / only)."""
+        return self._rpc("busbar.v1.Auth/ListCertificates", {"identity": identity}, timeout,
+                         "certificates")
+
+    def revoke_certificate(self, fingerprint: str, *, timeout: Optional[float] = None) -> None:
+        """Revokes a client certificate by its hex SHA-256 fingerprint: the
+        node refuses it in every handshake from now on and its sessions end."""
+        return self._then(self._rpc("busbar.v1.Auth/RevokeCertificate",
+                                    {"fingerprint": fingerprint}, timeout), lambda _: None)
 
     def create_token(self, name: str, *, ttl: Optional[float] = None,
                      timeout: Optional[float] = None) -> Any:

@@ -42,7 +42,9 @@ class Connection:
                  fingerprint: Optional[str] = ..., server_name: Optional[str] = ...,
                  user: Optional[str] = ..., password: Optional[str] = ...,
                  token: Optional[str] = ..., key_name: Optional[str] = ...,
-                 private_key: Optional[str] = ..., timeout: Optional[float] = ...,
+                 private_key: Optional[str] = ...,
+                 certificate: Union[str, bytes, "os.PathLike[str]", None] = ...,
+                 certificate_key: Union[str, bytes, "os.PathLike[str]", None] = ..., timeout: Optional[float] = ...,
                  connect_timeout: Optional[float] = ...,
                  connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @property
@@ -77,6 +79,13 @@ class Connection:
                timeout: Optional[float] = ...) -> Awaitable[List[_JSON]]: ...
     def create_user(self, name: str, password: str, *, admin: bool = ...,
                     timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
+    def new_certificate(self, name: str, *, days: Optional[int] = ..., create: bool = ...,
+                        admin: bool = ...,
+                        timeout: Optional[float] = ...) -> Awaitable[Dict[str, Any]]: ...
+    def certificates(self, identity: str, *,
+                     timeout: Optional[float] = ...) -> Awaitable[List[Dict[str, Any]]]: ...
+    def revoke_certificate(self, fingerprint: str, *,
+                           timeout: Optional[float] = ...) -> Awaitable[None]: ...
     def create_token(self, name: str, *, ttl: Optional[float] = ...,
                      timeout: Optional[float] = ...) -> Awaitable[str]: ...
     def emit(self, room: str, event: str, *args: Any,

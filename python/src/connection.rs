@@ -67,6 +67,8 @@ pub(crate) struct Target {
     token: Option<String>,
     key_name: Option<String>,
     private_key: Option<String>,
+    certificate: Option<String>,
+    certificate_key: Option<String>,
     timeout: Option<f64>,
     connect_timeout: Option<f64>,
     connections: Option<usize>,
@@ -122,6 +124,16 @@ impl Target {
             }
             (None, None) => {}
             _ => return Err(invalid("key_name= and private_key= go together")),
+        }
+        // A certificate with no other credential is the credential; beside
+        // one, it is only presented (for nodes that require certificates).
+        match (self.certificate, self.certificate_key) {
+            (Some(certificate), Some(key)) if credentials.contains(&true) => {
+                options = options.client_certificate(certificate, key)
+            }
+            (Some(certificate), Some(key)) => options = options.certificate(certificate, key),
+            (None, None) => {}
+            _ => return Err(invalid("certificate= and certificate_key= go together")),
         }
         if let Some(timeout) = duration(self.timeout, "timeout")? {
             options = options.timeout(timeout);
@@ -434,6 +446,35 @@ impl Core {
         self.run(py, timeout, Scope::Call, |c| async move {
             let result = c.run_procedure(&database, &name, given?).await?;
             Ok(SqlTable(result))
+        })
+    }
+
+    /// A key pair made here and a client certificate for it from the node's
+    /// CA (see `Client::new_certificate`), as a dict.
+    #[pyo3(signature = (name, days, create, admin, timeout=None))]
+    fn new_certificate<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        days: u32,
+        create: bool,
+        admin: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let issued = c
+                .new_certificate(&name, days, create.then_some(admin))
+                .await?;
+            Ok(serde_json::json!({
+                "certificate_pem": issued.certificate_pem,
+                "private_key_pem": issued.private_key_pem,
+                "ca_pem": issued.ca_pem,
+                "fingerprint": issued.info.fingerprint,
+                "identity": issued.info.identity,
+                "serial": issued.info.serial,
+                "created_ms": issued.info.created_ms,
+                "expires_ms": issued.info.expires_ms,
+            }))
         })
     }
 

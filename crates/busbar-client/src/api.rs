@@ -93,6 +93,71 @@ impl Client {
         Ok(())
     }
 
+    /// Has the node's CA sign a client certificate over the holder's public
+    /// key (`request.public_key`: DER SubjectPublicKeyInfo, ECDSA P-256 or
+    /// Ed25519), creating the CERTIFICATE identity when `request.create`.
+    pub async fn issue_certificate(
+        &self,
+        request: pb::IssueCertificateRequest,
+    ) -> Result<pb::IssueCertificateResponse> {
+        Ok(self
+            .auth_client()
+            .issue_certificate(request)
+            .await?
+            .into_inner())
+    }
+
+    /// Makes a key pair here (the private key never leaves this process)
+    /// and has the node's CA sign a client certificate over its public key
+    /// for `name`, valid `days` (0: 90). `create`: make the CERTIFICATE
+    /// identity, with admin on / or not; `None`: the identity exists (a
+    /// renewal, or a certificate for a password user).
+    pub async fn new_certificate(
+        &self,
+        name: &str,
+        days: u32,
+        create: Option<bool>,
+    ) -> Result<crate::NewCertificate> {
+        let (public_key, private_key_pem) = crate::tls::client_key_pair()?;
+        let issued = self
+            .issue_certificate(pb::IssueCertificateRequest {
+                name: name.into(),
+                public_key: public_key.into(),
+                days,
+                create: create.is_some(),
+                admin: create.unwrap_or(false),
+            })
+            .await?;
+        Ok(crate::NewCertificate {
+            certificate_pem: issued.certificate_pem,
+            private_key_pem,
+            ca_pem: issued.ca_pem,
+            info: issued.info.unwrap_or_default(),
+        })
+    }
+
+    /// The client certificates issued to an identity.
+    pub async fn certificates(&self, identity: &str) -> Result<Vec<pb::CertificateInfo>> {
+        let request = pb::ListCertificatesRequest {
+            identity: identity.into(),
+        };
+        Ok(self
+            .auth_client()
+            .list_certificates(request)
+            .await?
+            .into_inner()
+            .certificates)
+    }
+
+    /// Revokes a client certificate by its hex SHA-256 fingerprint.
+    pub async fn revoke_certificate(&self, fingerprint: &str) -> Result<()> {
+        let request = pb::RevokeCertificateRequest {
+            fingerprint: fingerprint.into(),
+        };
+        self.auth_client().revoke_certificate(request).await?;
+        Ok(())
+    }
+
     /// Creates an API token for the caller; returns its secret (shown once) and info.
     pub async fn create_token(
         &self,

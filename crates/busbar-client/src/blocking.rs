@@ -6,6 +6,7 @@ use crate::{
     BoxStream, ConnectOptions, Grant, Identity, NodeStatus, PublishSummary, Resource, ResourceKind,
     Result, Right, RoomEvent, TokenInfo,
 };
+use busbar_proto::v1 as pb;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -53,6 +54,10 @@ blocking! {
     fn register_key(&self, name: &str, public_key_base64: &str, admin: bool) -> Identity;
     fn identities(&self) -> Vec<Identity>;
     fn revoke_identity(&self, name: &str) -> ();
+    fn issue_certificate(&self, request: pb::IssueCertificateRequest) -> pb::IssueCertificateResponse;
+    fn new_certificate(&self, name: &str, days: u32, create: Option<bool>) -> crate::NewCertificate;
+    fn certificates(&self, identity: &str) -> Vec<pb::CertificateInfo>;
+    fn revoke_certificate(&self, fingerprint: &str) -> ();
     fn create_token(&self, name: &str, ttl: Option<Duration>) -> (String, TokenInfo);
     fn tokens(&self) -> Vec<TokenInfo>;
     fn revoke_token(&self, name: &str) -> ();

@@ -50,6 +50,9 @@ pub enum Credential {
         name: String,
         key: ed25519_dalek::SigningKey,
     },
+    /// The identity of the client certificate the connection presents
+    /// (see [`ConnectOptions::certificate`]).
+    Certificate,
 }
 
 impl std::fmt::Debug for Credential {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for Credential {
             Credential::Password { user, .. } => write!(f, "Password({user})"),
             Credential::Token(_) => write!(f, "Token(..)"),
             Credential::Key { name, .. } => write!(f, "Key({name})"),
+            Credential::Certificate => write!(f, "Certificate"),
         }
     }
 }
@@ -86,6 +90,7 @@ impl Credential {
                     key: ed25519_dalek::SigningKey::from_bytes(&seed),
                 }
             }
+            CredentialConfig::Certificate { .. } => Credential::Certificate,
         })
     }
 }
@@ -123,6 +128,7 @@ pub struct ConnectOptions {
     server_name: Option<String>,
     ca_pem: Option<String>,
     fingerprint: Option<String>,
+    client_certificate: Option<crate::tls::ClientCertificate>,
     credential: Option<Credential>,
     timeout: Option<Duration>,
     connect_timeout: Duration,
@@ -151,6 +157,7 @@ impl ConnectOptions {
             server_name: None,
             ca_pem: None,
             fingerprint: None,
+            client_certificate: None,
             credential: None,
             timeout: None,
             connect_timeout: Duration::from_secs(10),
@@ -176,6 +183,17 @@ impl ConnectOptions {
             .as_ref()
             .map(Credential::from_config)
             .transpose()?;
+        if let Some(presented) = &config.client_certificate {
+            options =
+                options.client_certificate(&presented.certificate_pem, &presented.private_key_pem);
+        }
+        if let Some(CredentialConfig::Certificate {
+            certificate_pem,
+            private_key_pem,
+        }) = &config.credential
+        {
+            options = options.client_certificate(certificate_pem, private_key_pem);
+        }
         Ok(options)
     }
 
@@ -214,6 +232,33 @@ impl ConnectOptions {
         self.credential = Some(Credential::Key {
             name: name.into(),
             key,
+        });
+        self
+    }
+
+    /// Logs in as the identity of a client certificate the node's CA issued
+    /// (`busbar identity new NAME --cert`), presented in the TLS handshake.
+    pub fn certificate(
+        self,
+        certificate_pem: impl Into<String>,
+        private_key_pem: impl Into<String>,
+    ) -> Self {
+        let mut options = self.client_certificate(certificate_pem, private_key_pem);
+        options.credential = Some(Credential::Certificate);
+        options
+    }
+
+    /// Presents a client certificate in the TLS handshake without logging
+    /// in with it: for a node started with `--client-certs required`, where
+    /// a password, token or key then picks the identity.
+    pub fn client_certificate(
+        mut self,
+        certificate_pem: impl Into<String>,
+        private_key_pem: impl Into<String>,
+    ) -> Self {
+        self.client_certificate = Some(crate::tls::ClientCertificate {
+            certificate_pem: certificate_pem.into(),
+            private_key_pem: private_key_pem.into(),
         });
         self
     }
@@ -454,6 +499,7 @@ impl Client {
             let config = crate::tls::client_config(
                 options.ca_pem.as_deref(),
                 options.fingerprint.as_deref(),
+                options.client_certificate.as_ref(),
             )?;
             let server_name = options.server_name.clone().unwrap_or_else(|| host.clone());
             let server_name = rustls::pki_types::ServerName::try_from(server_name.clone())
@@ -472,6 +518,7 @@ impl Client {
                         None => Box::new(tcp),
                     };
                     let stream = connector.connect(server_name, io).await?;
+                    let stream = crate::tls::ReadAhead::first_bytes(stream).await?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
                 }
             });
@@ -640,6 +687,9 @@ impl Client {
                     nonce: challenge.nonce,
                     signature: signature.into(),
                 })
+            }
+            Credential::Certificate => {
+                pb::login_request::Credential::Certificate(pb::CertificateCredential {})
             }
         };
         let mut request = tonic::Request::new(pb::LoginRequest {

@@ -12,8 +12,10 @@
 //! }
 //! ```
 //! Credentials: `{"kind": "password", "user", "password"}`,
-//! `{"kind": "token", "token"}` or `{"kind": "key", "name", "private_key"}`
-//! (standard base64 of the 32-byte Ed25519 seed).
+//! `{"kind": "token", "token"}`, `{"kind": "key", "name", "private_key"}`
+//! (standard base64 of the 32-byte Ed25519 seed) or
+//! `{"kind": "certificate", "certificate_pem", "private_key_pem"}` (a client
+//! certificate the node's CA issued, presented in the TLS handshake).
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -35,14 +37,38 @@ pub struct ClientConfig {
     pub server_fingerprint_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialConfig>,
+    /// A client certificate presented in the TLS handshake without logging
+    /// in with it, for nodes that require one (`--client-certs required`);
+    /// the credential still picks the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificateConfig {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum CredentialConfig {
-    Password { user: String, password: String },
-    Token { token: String },
-    Key { name: String, private_key: String },
+    Password {
+        user: String,
+        password: String,
+    },
+    Token {
+        token: String,
+    },
+    Key {
+        name: String,
+        private_key: String,
+    },
+    Certificate {
+        certificate_pem: String,
+        private_key_pem: String,
+    },
 }
 
 impl ClientConfig {

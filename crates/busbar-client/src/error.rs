@@ -112,8 +112,64 @@ fn lost_connection(status: &tonic::Status) -> bool {
     false
 }
 
+/// The rustls error among a status's causes, if the call failed in TLS.
+/// tokio-rustls wraps it in an `io::Error`, whose `source()` skips the
+/// wrapped error itself, so each `io::Error` is opened by hand.
+fn tls_cause(status: &tonic::Status) -> Option<&rustls::Error> {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        cause = error.source();
+    }
+    None
+}
+
+/// What it means when the node ends the TLS handshake over this client's
+/// certificate (the alert it sends names the reason).
+fn refused_certificate(status: &tonic::Status) -> Option<&'static str> {
+    use rustls::AlertDescription as Alert;
+    let rustls::Error::AlertReceived(alert) = tls_cause(status)? else {
+        return None;
+    };
+    Some(match alert {
+        Alert::CertificateRevoked => {
+            "the node refused this client certificate: it has been revoked; ask an admin for a new one (busbar identity cert NAME)"
+        }
+        Alert::CertificateExpired => {
+            "the node refused this client certificate: it has expired or is not yet valid; ask an admin for a new one (busbar identity cert NAME), and check this machine's clock"
+        }
+        Alert::UnknownCA | Alert::BadCertificate | Alert::UnsupportedCertificate => {
+            "the node refused this client certificate: it was not issued by this node's CA; use the config `busbar identity new NAME --cert` wrote against this node"
+        }
+        Alert::CertificateRequired => {
+            "the node requires a client certificate (it runs with --client-certs required); connect with a config from `busbar identity new NAME --cert`"
+        }
+        _ => return None,
+    })
+}
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Error {
+        if let Some(reason) = refused_certificate(&status) {
+            let cause = std::error::Error::source(&status).map(chain);
+            return Error {
+                code: ErrorCode::Unauthenticated,
+                message: format!(
+                    "{reason} ({})",
+                    cause.as_deref().unwrap_or(status.message())
+                ),
+                trace_id: None,
+            };
+        }
         let metadata = status.metadata();
         let lost = lost_connection(&status);
         let code = metadata

@@ -34,7 +34,7 @@ pub use api::{
     BoxStream, Grant, Identity, NodeEvent, NodeStatus, Resource, ResourceKind, Right, TokenInfo,
 };
 pub use client::{Client, ConnectOptions, Credential, Io, Transport};
-pub use config::{ClientConfig, CredentialConfig};
+pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
@@ -48,6 +48,7 @@ pub use timeseries::{
     Curve, Interval, POINTS_SCHEMA, Resolution, SeriesChunk, SeriesData, SeriesInfo, SeriesSpec,
     WriteSeriesResponse, curve_name, flags, parse_curve, parse_resolution, points, resolution_name,
 };
+pub use tls::NewCertificate;
 pub use wires::PublishSummary;
 
 /// The generated protocol types, for fields this API does not wrap.

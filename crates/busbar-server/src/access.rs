@@ -51,6 +51,8 @@ pub struct CallerInfo {
     pub token_expires_ms: i64,
     /// The fingerprint of the identity's current password hash, if it has one.
     pub password: Option<Arc<str>>,
+    /// Hex fingerprint of the client certificate the session came from, if any.
+    pub certificate: Option<Arc<str>>,
 }
 
 /// A session from a password login ends when the password changes.
@@ -77,7 +79,8 @@ fn token_expired() -> Error {
 struct Caches {
     /// Verified session token → its caller and the session's expiry.
     sessions: HashMap<String, (Caller, i64)>,
-    callers: HashMap<(String, Option<String>), Caller>,
+    /// By identity id, API token id and certificate fingerprint.
+    callers: HashMap<(String, Option<String>, Option<String>), Caller>,
     resources: HashMap<String, Option<Arc<ResourceRecord>>>,
     /// Identity name → path → right.
     rights: HashMap<Arc<str>, HashMap<String, Option<Right>>>,
@@ -180,7 +183,7 @@ impl AccessControl {
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let principal = auth.verify_session(token)?;
-        let caller = self.caller(&principal).await?;
+        let caller = self.caller(auth, &principal).await?;
         self.remember(generation, |c| {
             c.sessions
                 .insert(token.to_string(), (caller.clone(), principal.expires_ms));
@@ -189,8 +192,12 @@ impl AccessControl {
     }
 
     /// Checks that the session's identity (and API token) are still live.
-    pub async fn caller(&self, principal: &Principal) -> Result<Caller> {
-        let key = (principal.identity_id.clone(), principal.token_id.clone());
+    pub async fn caller(&self, auth: &Authenticator, principal: &Principal) -> Result<Caller> {
+        let key = (
+            principal.identity_id.clone(),
+            principal.token_id.clone(),
+            principal.certificate.clone(),
+        );
         let cached = self.caches().callers.get(&key).cloned();
         if let Some(caller) = cached {
             if caller.token_expires_ms != 0 && caller.token_expires_ms < crate::store::now_ms() {
@@ -225,6 +232,9 @@ impl AccessControl {
                 }
             }
         }
+        if let Some(fingerprint) = &principal.certificate {
+            auth.live_certificate(fingerprint).await?;
+        }
         let groups = self.store.groups_of(&identity.name).await?;
         let caller = Caller::new(CallerInfo {
             identity_id: identity.id.into(),
@@ -236,6 +246,7 @@ impl AccessControl {
                 .password_hash
                 .as_deref()
                 .map(|hash| crate::auth::password_fingerprint(hash).into()),
+            certificate: principal.certificate.as_deref().map(Arc::from),
         });
         self.remember(generation, |c| {
             c.callers.insert(key, caller.clone());

@@ -8,7 +8,9 @@
 
 use crate::error::{Error, Result};
 use crate::login_throttle::LoginThrottle;
-use crate::store::{IdentityKind, IdentityRecord, NewIdentity, Store, TokenRecord, now_ms};
+use crate::store::{
+    CertificateRecord, IdentityKind, IdentityRecord, NewIdentity, Store, TokenRecord, now_ms,
+};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -43,6 +45,9 @@ pub struct Principal {
     /// For a session from a password login: the fingerprint of the password
     /// hash it was issued under, so a changed password ends it.
     pub password: Option<String>,
+    /// Hex fingerprint of the client certificate the session came from, if
+    /// any; revoking the certificate ends the session too.
+    pub certificate: Option<String>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -59,6 +64,26 @@ struct SessionClaims {
     /// fingerprint of the password hash, for sessions from a password login
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pw: Option<String>,
+    /// hex fingerprint of the client certificate the session came from
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crt: Option<String>,
+}
+
+/// The credential a session comes from, where it outlives the login: calls
+/// check it is still live, and a refresh keeps it.
+#[derive(Debug, Clone, Default)]
+pub enum SessionSource {
+    /// A password or a signed nonce: checked once, at login.
+    #[default]
+    Login,
+    /// An API token (its id).
+    Token(String),
+    /// A client certificate: hex fingerprint and expiry (epoch ms); the
+    /// session never outlives the certificate.
+    Certificate {
+        fingerprint: String,
+        expires_ms: i64,
+    },
 }
 
 /// Signs and checks credentials.
@@ -188,17 +213,29 @@ impl Authenticator {
         Ok(())
     }
 
-    fn issue(&self, identity: &IdentityRecord, token_id: Option<String>) -> (String, i64) {
-        let exp = now_ms() + self.session_ttl.as_millis() as i64;
+    fn issue(&self, identity: &IdentityRecord, source: SessionSource) -> (String, i64) {
+        let mut exp = now_ms() + self.session_ttl.as_millis() as i64;
+        let (mut pw, mut tok, mut crt) = (None, None, None);
+        match source {
+            SessionSource::Login => {
+                pw = identity.password_hash.as_deref().map(password_fingerprint)
+            }
+            SessionSource::Token(id) => tok = Some(id),
+            SessionSource::Certificate {
+                fingerprint,
+                expires_ms,
+            } => {
+                exp = exp.min(expires_ms);
+                crt = Some(fingerprint);
+            }
+        }
         let claims = SessionClaims {
             id: identity.id.clone(),
             n: identity.name.clone(),
             exp,
-            pw: match token_id {
-                None => identity.password_hash.as_deref().map(password_fingerprint),
-                Some(_) => None,
-            },
-            tok: token_id,
+            pw,
+            tok,
+            crt,
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let tag = URL_SAFE_NO_PAD.encode(self.mac(body.as_bytes()).finalize().into_bytes());
@@ -234,18 +271,72 @@ impl Authenticator {
             token_id: claims.tok,
             expires_ms: claims.exp,
             password: claims.pw,
+            certificate: claims.crt,
         })
     }
 
-    /// Renews the caller's session for another full lifetime.
-    /// A new session for the caller of a live one, from the same API token if
-    /// it came from one (so revoking the token still ends it).
-    pub fn refresh(
+    /// A new session for the caller of a live one, for another full lifetime,
+    /// from the same API token or client certificate if it came from one (so
+    /// revoking that still ends it, and a certificate's expiry still bounds it).
+    pub async fn refresh(
         &self,
         caller: &crate::access::Caller,
         identity: &IdentityRecord,
-    ) -> (String, i64) {
-        self.issue(identity, caller.token_id.as_deref().map(str::to_string))
+    ) -> Result<(String, i64)> {
+        let source = if let Some(token_id) = &caller.token_id {
+            SessionSource::Token(token_id.to_string())
+        } else if let Some(fingerprint) = &caller.certificate {
+            let record = self.live_certificate(fingerprint).await?;
+            SessionSource::Certificate {
+                fingerprint: fingerprint.to_string(),
+                expires_ms: record.expires_ms,
+            }
+        } else {
+            SessionSource::Login
+        };
+        Ok(self.issue(identity, source))
+    }
+
+    /// The record of a certificate this node issued, if it is neither revoked nor expired.
+    pub async fn live_certificate(&self, fingerprint_hex: &str) -> Result<CertificateRecord> {
+        let fingerprint = hex::decode(fingerprint_hex).unwrap_or_default();
+        match self.store.certificate(&fingerprint).await? {
+            Some(record) if record.revoked => Err(Error::unauthenticated(format!(
+                "the client certificate {fingerprint_hex} has been revoked; ask an admin for a new one (busbar identity cert)"
+            ))),
+            Some(record) if record.expires_ms < now_ms() => Err(Error::unauthenticated(format!(
+                "the client certificate {fingerprint_hex} expired; ask an admin for a new one (busbar identity cert)"
+            ))),
+            Some(record) => Ok(record),
+            None => Err(Error::unauthenticated(format!(
+                "the client certificate {fingerprint_hex} was not issued by this node's `busbar identity` commands, so it names no identity here"
+            ))),
+        }
+    }
+
+    /// Logs in as the identity of the client certificate the connection
+    /// presented (the TLS handshake has checked its chain, dates and
+    /// revocation; this finds whose it is and checks it again).
+    pub async fn login_certificate(
+        &self,
+        presented: Option<&[u8]>,
+    ) -> Result<(IdentityRecord, String, i64)> {
+        let der = presented.ok_or_else(|| {
+            Error::unauthenticated(
+                "certificate login needs a client certificate in the TLS handshake, and this connection presented none; connect with the config `busbar identity new NAME --cert` wrote",
+            )
+        })?;
+        let fingerprint = hex::encode(Sha256::digest(der));
+        let record = self.live_certificate(&fingerprint).await?;
+        let identity = self.active_identity(&record.identity_id).await?;
+        let (session, exp) = self.issue(
+            &identity,
+            SessionSource::Certificate {
+                fingerprint,
+                expires_ms: record.expires_ms,
+            },
+        );
+        Ok((identity, session, exp))
     }
 
     /// Checks a user's password. `peer` is the caller's address, for the
@@ -278,7 +369,7 @@ impl Authenticator {
                         "identity {user} has been revoked; ask an admin for a new one"
                     )));
                 }
-                let (session, exp) = self.issue(&identity, None);
+                let (session, exp) = self.issue(&identity, SessionSource::Login);
                 Ok((identity, session, exp))
             }
             _ => Err(wrong()),
@@ -312,7 +403,7 @@ impl Authenticator {
             )));
         }
         let identity = self.active_identity(&record.identity_id).await?;
-        let (session, exp) = self.issue(&identity, Some(record.id));
+        let (session, exp) = self.issue(&identity, SessionSource::Token(record.id));
         Ok((identity, session, exp))
     }
 
@@ -359,7 +450,7 @@ impl Authenticator {
                 "bad signature: the nonce was not signed with the private key registered for {name}; check the client config holds that identity's key"
             ))
         })?;
-        let (session, exp) = self.issue(&identity, None);
+        let (session, exp) = self.issue(&identity, SessionSource::Login);
         Ok((identity, session, exp))
     }
 

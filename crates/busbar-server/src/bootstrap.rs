@@ -4,9 +4,10 @@
 
 use crate::auth::Authenticator;
 use crate::error::{Error, Result};
-use crate::store::Store;
-use crate::tls::{TlsMaterial, write_private};
+use crate::store::{CertificateRecord, Store};
+use crate::tls::{ClientCertificates, TlsMaterial, write_private};
 use base64::Engine;
+use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -25,12 +26,59 @@ pub fn dial_address(bound: SocketAddr, tls: bool) -> String {
 }
 
 /// Makes sure the admin identity exists and `admin.json` can log in as it.
+/// Whether a `client_certificate` section of admin.json holds a
+/// certificate the store knows as neither revoked nor expired.
+async fn still_live(auth: &Authenticator, section: &serde_json::Value) -> bool {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let Some(pem) = section.get("certificate_pem").and_then(|p| p.as_str()) else {
+        return false;
+    };
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else {
+        return false;
+    };
+    let fingerprint = hex::encode(sha2::Sha256::digest(der.as_ref()));
+    auth.live_certificate(&fingerprint).await.is_ok()
+}
+
+/// A client certificate for the admin, so admin.json can connect to a node
+/// that requires one (`client_certs = "required"`); the admin still logs
+/// in with its password. Issued for a year; a new one replaces it at the
+/// next start once it has expired or been revoked.
+async fn admin_transport_certificate(
+    store: &dyn Store,
+    certificates: &ClientCertificates,
+) -> Result<serde_json::Value> {
+    use rcgen::PublicKeyData;
+    let admin = store
+        .identity_by_name(ADMIN_NAME)
+        .await?
+        .ok_or_else(|| Error::internal("the admin identity is missing"))?;
+    let key = rcgen::KeyPair::generate()
+        .map_err(|e| Error::internal(format!("generating the admin's key failed: {e}")))?;
+    let issued = certificates.issue(ADMIN_NAME, &key.subject_public_key_info(), 365)?;
+    store
+        .create_certificate(CertificateRecord {
+            fingerprint: issued.fingerprint,
+            identity_id: admin.id,
+            serial: issued.serial,
+            created_ms: issued.created_ms,
+            expires_ms: issued.expires_ms,
+            revoked: false,
+        })
+        .await?;
+    Ok(serde_json::json!({
+        "certificate_pem": issued.pem,
+        "private_key_pem": key.serialize_pem(),
+    }))
+}
+
 pub async fn ensure_admin(
     data_dir: &Path,
     store: &dyn Store,
     auth: &Authenticator,
     address: &str,
     tls: Option<&TlsMaterial>,
+    transport_certificate: Option<&ClientCertificates>,
 ) -> Result<std::path::PathBuf> {
     let path = data_dir.join("admin.json");
     let existing: Option<serde_json::Value> = std::fs::read_to_string(&path)
@@ -70,6 +118,15 @@ pub async fn ensure_admin(
         config["server_name"] = "localhost".into();
         config["ca_pem"] = tls.ca_pem.clone().into();
         config["server_fingerprint_sha256"] = tls.fingerprint.clone().into();
+    }
+    if let Some(certificates) = transport_certificate {
+        let kept = existing
+            .as_ref()
+            .and_then(|config| config.get("client_certificate").cloned());
+        config["client_certificate"] = match kept {
+            Some(kept) if still_live(auth, &kept).await => kept,
+            _ => admin_transport_certificate(store, certificates).await?,
+        };
     }
     let text = serde_json::to_string_pretty(&config)
         .map_err(|e| Error::internal(format!("cannot encode admin.json: {e}")))?;

@@ -59,6 +59,10 @@ pub struct Settings {
     /// 90). Healthy clients answer the node's keepalive pings, sent every
     /// third of this (at most every 30 s), so only silent peers meet it.
     pub idle_timeout_seconds: Option<f64>,
+    /// Client certificates (mTLS): "optional" (the default: a client may
+    /// present one the node's CA issued, and log in with it), "required"
+    /// (every connection must present one) or "off" (none is asked for).
+    pub client_certs: Option<String>,
 }
 
 impl Settings {
@@ -98,6 +102,7 @@ impl Settings {
                 .handshake_timeout_seconds
                 .or(weaker.handshake_timeout_seconds),
             idle_timeout_seconds: self.idle_timeout_seconds.or(weaker.idle_timeout_seconds),
+            client_certs: self.client_certs.or(weaker.client_certs),
         }
     }
 }
@@ -124,6 +129,38 @@ pub struct ServerConfig {
     pub sql_memory_bytes: usize,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    pub client_certs: ClientCerts,
+}
+
+/// Whether the TLS handshake asks for a client certificate (see
+/// [`Settings::client_certs`]). A certificate that is presented must chain
+/// to the node's CA, be in date and not be revoked, in every mode but `Off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    Off,
+    Optional,
+    Required,
+}
+
+impl ClientCerts {
+    fn parse(value: Option<&str>, insecure: bool) -> Result<ClientCerts> {
+        let mode = match value.unwrap_or("optional") {
+            "off" => ClientCerts::Off,
+            "optional" => ClientCerts::Optional,
+            "required" => ClientCerts::Required,
+            other => {
+                return Err(Error::invalid_argument(format!(
+                    "bad client_certs {other:?}: use optional, required or off"
+                )));
+            }
+        };
+        if insecure && mode == ClientCerts::Required {
+            return Err(Error::invalid_argument(
+                "client_certs = required needs TLS, and the node is set to serve plaintext (insecure)",
+            ));
+        }
+        Ok(mode)
+    }
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -187,13 +224,15 @@ impl ServerConfig {
                 )));
             }
         }
+        let insecure = settings.insecure.unwrap_or(false);
         Ok(ServerConfig {
+            client_certs: ClientCerts::parse(settings.client_certs.as_deref(), insecure)?,
             data_dir: settings
                 .data
                 .unwrap_or_else(|| PathBuf::from("busbar-data")),
             listen,
             hostnames,
-            insecure: settings.insecure.unwrap_or(false),
+            insecure,
             grace_period: seconds("grace_seconds", settings.grace_seconds, 5.0, 0.0, 3600.0)?,
             metrics_listen,
             session_ttl: seconds(

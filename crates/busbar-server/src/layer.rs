@@ -122,7 +122,7 @@ impl CallLayer {
         let caller = if flight && token.starts_with(crate::auth::TOKEN_PREFIX) {
             let (_, session, _) = self.auth.login_token(token).await?;
             let principal = self.auth.verify_session(&session)?;
-            self.access.caller(&principal).await?
+            self.access.caller(&self.auth, &principal).await?
         } else {
             self.access.authenticate(&self.auth, token).await?
         };

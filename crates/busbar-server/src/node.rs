@@ -43,6 +43,9 @@ pub struct Node {
     pub started: Instant,
     pub started_ms: i64,
     pub tls: bool,
+    /// The CA that issues client certificates, and the revoked ones (none
+    /// on a plaintext node).
+    pub certificates: Option<Arc<crate::tls::ClientCertificates>>,
     pub lifecycle: watch::Sender<Lifecycle>,
     pub members: Mutex<HashMap<String, LocalMember>>,
     /// Open SQL databases (DATABASE resources).

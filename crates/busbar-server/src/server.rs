@@ -25,7 +25,6 @@ use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
     sessions_server::SessionsServer, sql_server::SqlServer, wires_server::WiresServer,
 };
-use futures::StreamExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -197,6 +196,139 @@ fn keepalive_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 3).min(Duration::from_secs(30))
 }
 
+/// Connections accepted but not yet taken by the server. Each holds a
+/// counted connection, so the connection limit bounds what waits here too.
+const ACCEPTED_QUEUE: usize = 1024;
+
+/// Accepts connections on the node's port: counts them against the limit,
+/// and runs each one's handshake in its own task so a slow client delays
+/// nobody else.
+struct Acceptor {
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    max_connections: i64,
+    idle: Duration,
+}
+
+impl Acceptor {
+    /// Accepts until the returned stream is dropped (the server stopped),
+    /// then closes the listening socket. `handshake` turns an accepted
+    /// connection into what the server reads, or drops it.
+    fn spawn<S, H, F>(self, handshake: H) -> impl futures::Stream<Item = std::io::Result<S>>
+    where
+        S: Send + 'static,
+        H: Fn(CountedStream) -> F + Send + Sync + 'static,
+        F: Future<Output = Option<S>> + Send + 'static,
+    {
+        let (ready, incoming) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
+        let handshake = Arc::new(handshake);
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = self.listener.accept() => accepted,
+                    _ = ready.closed() => return,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of descriptors (EMFILE) or memory: retrying at
+                        // once would spin a core, so accepting pauses briefly.
+                        tracing::warn!(%error, "accepting a connection failed; pausing 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                // Bounded: past the limit a new connection is closed at once, so
+                // a flood of idle connections cannot exhaust memory or descriptors.
+                if self.metrics.connections.get() >= self.max_connections {
+                    if self.metrics.refused_connections.inc().is_multiple_of(1000) {
+                        tracing::warn!(
+                            max_connections = self.max_connections,
+                            "connection limit reached; closing new connections"
+                        );
+                    }
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                self.metrics.connections.inc();
+                let stream = CountedStream::new(stream, self.metrics.clone(), self.idle);
+                let (handshake, ready) = (handshake.clone(), ready.clone());
+                // The handshake's future is made inside the task, not
+                // captured by it, and the finished stream waits for a slot
+                // rather than inside a send: the task's memory holds the
+                // handshake or one copy of the stream, not both (a pending
+                // connection cost 16 KiB the other way, 7 with tonic's TLS).
+                tokio::spawn(async move {
+                    if let Some(stream) = handshake(stream).await
+                        && let Ok(slot) = ready.reserve().await
+                    {
+                        slot.send(Ok(stream));
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(incoming)
+    }
+}
+
+/// How long a connection whose client certificate was refused is held open
+/// (sending nothing, reading and discarding) so the client reads the alert.
+const REFUSAL_LINGER: Duration = Duration::from_secs(2);
+
+/// The TLS handshake of one connection, within `timeout` (so silent
+/// connections cannot hold the connection limit).
+async fn handshake(
+    tls: &tokio_rustls::TlsAcceptor,
+    stream: CountedStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<CountedStream>> {
+    let peer = stream.inner.peer_addr().ok();
+    let (error, io) = match tokio::time::timeout(timeout, tls.accept(stream).into_fallible()).await
+    {
+        Ok(Ok(stream)) => return Some(stream),
+        Ok(Err(failed)) => failed,
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let refused_certificate = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        });
+    if !refused_certificate {
+        tracing::debug!(?peer, %error, "TLS handshake failed");
+        return None;
+    }
+    // An operator wants to see who was turned away. In TLS 1.3 the client
+    // has finished its side of the handshake and is already sending its
+    // first bytes: closing now would answer them with a reset that can
+    // destroy the alert (naming the reason) before the client reads it.
+    // So the node says nothing more, ends its side, and drains a moment.
+    tracing::info!(?peer, %error, "TLS handshake refused the client certificate");
+    // Boxed, so the buffer it reads into costs only connections refused,
+    // not every pending handshake's task.
+    Box::pin(linger(io)).await;
+    None
+}
+
+/// Ends the node's side of a refused connection and reads (discarding) what
+/// the client still sends, for at most [`REFUSAL_LINGER`].
+async fn linger(mut io: CountedStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        let _ = io.shutdown().await;
+        let mut sink = vec![0u8; 4096];
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
 fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::unavailable(format!("{what}: {e}"))
 }
@@ -239,6 +371,14 @@ pub async fn serve(
         Some(tls::ensure(&config.data_dir, &config.hostnames)?)
     };
 
+    let certificates = match &tls_material {
+        Some(_) => Some(Arc::new(
+            tls::ClientCertificates::load(&config.data_dir, store.as_ref()).await?,
+        )),
+        None => None,
+    };
+    let config_handshake_timeout = config.handshake_timeout;
+
     let listener =
         listen(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
     let bound = listener
@@ -251,6 +391,9 @@ pub async fn serve(
         &auth,
         &address,
         tls_material.as_ref(),
+        certificates
+            .as_deref()
+            .filter(|_| config.client_certs == crate::config::ClientCerts::Required),
     )
     .await?;
     let metrics_listener = crate::metrics::bind(config.metrics_listen)
@@ -276,6 +419,7 @@ pub async fn serve(
         started: Instant::now(),
         started_ms: now_ms(),
         tls: tls_material.is_some(),
+        certificates,
         lifecycle,
         members: Default::default(),
         sql: Arc::new(crate::store::SqlDatabases::new(&config.data_dir)),
@@ -324,7 +468,7 @@ pub async fn serve(
                 .max_encoding_message_size(limit)
         };
     }
-    let mut builder = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // Pings keep a healthy connection's bytes coming well inside the
         // idle timeout (CountedStream).
@@ -336,18 +480,6 @@ pub async fn serve(
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
-    if let Some(material) = &tls_material {
-        let identity = tonic::transport::Identity::from_pem(&material.cert_pem, &material.key_pem);
-        builder = builder
-            .tls_config(
-                // A client that does not finish its handshake in time is cut,
-                // so silent connections cannot hold the connection limit.
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(identity)
-                    .timeout(config.handshake_timeout),
-            )
-            .map_err(|e| Error::internal(format!("TLS configuration: {e}")))?;
-    }
     let router = builder
         .layer(CallLayer {
             auth,
@@ -396,42 +528,12 @@ pub async fn serve(
         }
     });
 
-    let counted = metrics.clone();
-    let max_connections = config.max_connections as i64;
-    let idle = config.idle_timeout;
-    let incoming =
-        tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |accepted| {
-            let metrics = counted.clone();
-            async move {
-                let stream = match accepted {
-                    Ok(stream) => stream,
-                    Err(error) => {
-                        // Out of descriptors (EMFILE) or memory: retrying at
-                        // once would spin a core, so accepting pauses briefly.
-                        tracing::warn!(%error, "accepting a connection failed; pausing 100 ms");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        return None;
-                    }
-                };
-                // Bounded: past the limit a new connection is closed at once, so
-                // a flood of idle connections cannot exhaust memory or descriptors.
-                if metrics.connections.get() >= max_connections {
-                    if metrics.refused_connections.inc() % 1000 == 0 {
-                        tracing::warn!(
-                            max_connections,
-                            "connection limit reached; closing new connections"
-                        );
-                    }
-                    return None;
-                }
-                let _ = stream.set_nodelay(true);
-                metrics.connections.inc();
-                Some(Ok::<_, std::io::Error>(CountedStream::new(
-                    stream, metrics, idle,
-                )))
-            }
-        });
-
+    let acceptor = Acceptor {
+        listener,
+        metrics: metrics.clone(),
+        max_connections: config.max_connections as i64,
+        idle: config.idle_timeout,
+    };
     on_started(&Started {
         address,
         bound,
@@ -457,7 +559,33 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
         stopping.stop();
     };
-    let served = router.serve_with_incoming_shutdown(incoming, graceful);
+    // TLS is done here rather than by tonic so the handshake can check
+    // client certificates against the revoked set (tonic takes only a CA).
+    let certificates = node.certificates.clone();
+    let served = async move {
+        match (&tls_material, &certificates) {
+            (Some(material), Some(certificates)) => {
+                let rustls_config =
+                    tls::server_config(material, config.client_certs, certificates)?;
+                let tls = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config));
+                let timeout = config_handshake_timeout;
+                let incoming = acceptor.spawn(move |stream| {
+                    let tls = tls.clone();
+                    async move { handshake(&tls, stream, timeout).await }
+                });
+                router
+                    .serve_with_incoming_shutdown(incoming, graceful)
+                    .await
+            }
+            _ => {
+                let incoming = acceptor.spawn(|stream| async move { Some(stream) });
+                router
+                    .serve_with_incoming_shutdown(incoming, graceful)
+                    .await
+            }
+        }
+        .map_err(|e| Error::internal(format!("server failed: {e}")))
+    };
     // Connections that do not close within a few seconds of the stop are dropped.
     let mut lifecycle = node.lifecycle();
     let hard_stop = async move {
@@ -467,7 +595,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_secs(3)).await;
     };
     tokio::select! {
-        result = served => result.map_err(|e| Error::internal(format!("server failed: {e}")))?,
+        result = served => result?,
         _ = hard_stop => tracing::warn!("connections still open 3 s after stop; closing them"),
     }
     tracing::info!("stopped");

@@ -1,11 +1,16 @@
 //! TLS material of a node: on first start a CA and a server certificate are
 //! generated into `<data>/tls/`; the server certificate is re-issued (by the
-//! same CA) when the set of names it must cover changes.
+//! same CA) when the set of names it must cover changes. The same CA issues
+//! client certificates (mTLS), which the handshake checks against it.
 
+use crate::config::ClientCerts;
 use crate::error::{Error, Result};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
 use sha2::{Digest, Sha256};
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 /// What a node serves with and what its clients need to trust it.
 #[derive(Clone)]
@@ -27,7 +32,7 @@ fn tls_error(e: rcgen::Error) -> Error {
 }
 
 /// CA parameters are fixed, so the issuer can be rebuilt from the stored key.
-fn ca_params() -> Result<CertificateParams> {
+pub fn ca_params() -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params
@@ -114,10 +119,307 @@ pub fn ensure(data_dir: &Path, hostnames: &[String]) -> Result<TlsMaterial> {
 }
 
 fn rustls_pemfile_first_cert(pem: &str) -> Result<Vec<u8>> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
     CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
         .and_then(|c| c.ok())
         .map(|c| c.to_vec())
         .ok_or_else(|| Error::internal("server.pem holds no certificate"))
+}
+
+/// SubjectPublicKeyInfo DER prefixes of the key kinds a client certificate
+/// may hold; the key's bytes follow. Both are fixed-length encodings, so a
+/// prefix and a length identify the algorithm without an ASN.1 parser.
+const P256_SPKI_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// The public key of a client certificate's holder, who keeps the private key.
+struct HolderKey {
+    raw: Vec<u8>,
+    algorithm: &'static rcgen::SignatureAlgorithm,
+}
+
+impl HolderKey {
+    fn from_spki(der: &[u8]) -> Result<HolderKey> {
+        if let Some(point) = der.strip_prefix(&P256_SPKI_PREFIX[..])
+            && point.len() == 65
+            && point[0] == 0x04
+        {
+            return Ok(HolderKey {
+                raw: point.to_vec(),
+                algorithm: &rcgen::PKCS_ECDSA_P256_SHA256,
+            });
+        }
+        if let Some(key) = der.strip_prefix(&ED25519_SPKI_PREFIX[..])
+            && key.len() == 32
+        {
+            return Ok(HolderKey {
+                raw: key.to_vec(),
+                algorithm: &rcgen::PKCS_ED25519,
+            });
+        }
+        Err(Error::invalid_argument(
+            "bad public_key: expected the DER SubjectPublicKeyInfo of an ECDSA P-256 (uncompressed) or Ed25519 key",
+        ))
+    }
+}
+
+impl rcgen::PublicKeyData for HolderKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.raw
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.algorithm
+    }
+}
+
+/// A client certificate just issued.
+pub struct IssuedCertificate {
+    pub pem: String,
+    /// SHA-256 of the DER.
+    pub fingerprint: Vec<u8>,
+    pub serial: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
+/// Longest validity of a client certificate, in days.
+pub const MAX_CERTIFICATE_DAYS: u32 = 3650;
+/// Validity when the request names none.
+pub const DEFAULT_CERTIFICATE_DAYS: u32 = 90;
+
+/// The node's CA as the issuer of client certificates (mTLS), and the
+/// fingerprints of the revoked ones, which the TLS handshake refuses.
+pub struct ClientCertificates {
+    issuer: Issuer<'static, KeyPair>,
+    pub ca_pem: String,
+    roots: Arc<rustls::RootCertStore>,
+    revoked: RwLock<HashSet<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for ClientCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificates").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertificates {
+    /// The CA in `<data_dir>/tls` (made by [`ensure`]) and the revoked set
+    /// as the store has it.
+    pub async fn load(
+        data_dir: &Path,
+        store: &dyn crate::store::Store,
+    ) -> Result<ClientCertificates> {
+        let dir = data_dir.join("tls");
+        let ca_key_path = dir.join("ca.key");
+        let ca_pem_path = dir.join("ca.pem");
+        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
+        let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io("read", &ca_pem_path))?;
+        let issuer = Issuer::new(
+            ca_params()?,
+            KeyPair::from_pem(&key_pem).map_err(tls_error)?,
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pemfile_first_cert(&ca_pem)?.into())
+            .map_err(|e| Error::internal(format!("the node's CA certificate is unusable: {e}")))?;
+        let certificates = ClientCertificates {
+            issuer,
+            ca_pem,
+            roots: Arc::new(roots),
+            revoked: RwLock::default(),
+        };
+        certificates.reload(store).await?;
+        Ok(certificates)
+    }
+
+    /// Re-reads the revoked set (after an identity, and so its certificates, is revoked).
+    pub async fn reload(&self, store: &dyn crate::store::Store) -> Result<()> {
+        let revoked: HashSet<Vec<u8>> = store.revoked_certificates().await?.into_iter().collect();
+        *self.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked;
+        Ok(())
+    }
+
+    /// Refuses this certificate in every handshake from now on.
+    pub fn revoke(&self, fingerprint: Vec<u8>) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fingerprint);
+    }
+
+    fn is_revoked(&self, der: &[u8]) -> bool {
+        let fingerprint = Sha256::digest(der);
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(fingerprint.as_slice())
+    }
+
+    /// Signs a client certificate for `name` over the holder's public key
+    /// (DER SubjectPublicKeyInfo), valid from now for `days`.
+    pub fn issue(&self, name: &str, public_key: &[u8], days: u32) -> Result<IssuedCertificate> {
+        let days = if days == 0 {
+            DEFAULT_CERTIFICATE_DAYS
+        } else {
+            days
+        };
+        if days > MAX_CERTIFICATE_DAYS {
+            return Err(Error::invalid_argument(format!(
+                "bad days {days}: a client certificate lives 1 to {MAX_CERTIFICATE_DAYS} days"
+            )));
+        }
+        let key = HolderKey::from_spki(public_key)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_error)?;
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Busbar");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let mut serial = crate::auth::random_bytes::<16>();
+        serial[0] &= 0x7f; // positive, as X.509 wants
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        // A few minutes back, for clients whose clocks run a little behind.
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::days(days.into());
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| Error::internal(format!("signing the client certificate failed: {e}")))?;
+        Ok(IssuedCertificate {
+            pem: cert.pem(),
+            fingerprint: Sha256::digest(cert.der()).to_vec(),
+            serial: hex::encode(serial),
+            created_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
+            expires_ms: (params.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+        })
+    }
+}
+
+/// rustls's chain, date and usage checks against the node's CA, then the
+/// revoked set: a revoked certificate fails the handshake with the
+/// `certificate_revoked` alert, which clients report by name.
+#[derive(Debug)]
+struct ClientCertVerifier {
+    chain: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    certificates: Arc<ClientCertificates>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.chain.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.chain.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chain.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self
+            .chain
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.certificates.is_revoked(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.chain.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.chain.supported_verify_schemes()
+    }
+}
+
+/// The node's rustls config: its server certificate, h2, and client
+/// certificates as `mode` says.
+pub fn server_config(
+    material: &TlsMaterial,
+    mode: ClientCerts,
+    certificates: &Arc<ClientCertificates>,
+) -> Result<rustls::ServerConfig> {
+    let setup = |e: &dyn std::fmt::Display| Error::internal(format!("TLS configuration: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| setup(&e))?;
+    let builder = if mode == ClientCerts::Off {
+        builder.with_no_client_auth()
+    } else {
+        let chain = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            certificates.roots.clone(),
+            provider,
+        );
+        let chain = if mode == ClientCerts::Optional {
+            chain.allow_unauthenticated()
+        } else {
+            chain
+        };
+        builder.with_client_cert_verifier(Arc::new(ClientCertVerifier {
+            chain: chain.build().map_err(|e| setup(&e))?,
+            certificates: certificates.clone(),
+        }))
+    };
+    let chain = CertificateDer::pem_slice_iter(material.cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| setup(&e))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())
+        .map_err(|e| setup(&e))?;
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| setup(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holder_keys_of_both_kinds_are_recognised_and_others_refused() {
+        for algorithm in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let key = KeyPair::generate_for(algorithm).unwrap();
+            let holder =
+                HolderKey::from_spki(&rcgen::PublicKeyData::subject_public_key_info(&key)).unwrap();
+            assert_eq!(holder.raw, key.public_key_raw());
+        }
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let p384 = rcgen::PublicKeyData::subject_public_key_info(&p384);
+        for bad in [&p384[..], b"", &P256_SPKI_PREFIX[..]] {
+            let err = HolderKey::from_spki(bad).err().expect("refused");
+            assert!(
+                err.message.contains("SubjectPublicKeyInfo"),
+                "{}",
+                err.message
+            );
+        }
+    }
 }

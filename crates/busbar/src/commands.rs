@@ -17,7 +17,8 @@ type Outcome = Result<(), String>;
 
 #[derive(Subcommand)]
 pub enum IdentityCommand {
-    /// Create a key-pair identity; writes a client config holding its private key.
+    /// Create a key-pair identity (or, with --cert, a client-certificate
+    /// one); writes a client config holding its private key.
     New {
         name: String,
         /// Where to write the config [default: ./<name>.json]
@@ -26,10 +27,32 @@ pub enum IdentityCommand {
         /// Give it admin on /.
         #[arg(long)]
         admin: bool,
+        /// Log in with a client certificate the node's CA signs (mTLS)
+        /// instead of a signed nonce.
+        #[arg(long)]
+        cert: bool,
+        /// With --cert: days the certificate is valid [default: 90; at most 3650]
+        #[arg(long, requires = "cert")]
+        days: Option<u32>,
     },
+    /// Issue another client certificate to a certificate identity (to renew
+    /// one before it expires); writes a new client config.
+    Cert {
+        name: String,
+        /// Where to write the config [default: ./<name>.json]
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid [default: 90; at most 3650]
+        #[arg(long)]
+        days: Option<u32>,
+    },
+    /// List the client certificates of an identity.
+    Certs { name: String },
+    /// Revoke one client certificate by its fingerprint (as `certs` lists it).
+    RevokeCert { fingerprint: String },
     /// List identities.
     List,
-    /// Revoke an identity (and its tokens); its name stays reserved.
+    /// Revoke an identity (and its tokens and certificates); its name stays reserved.
     Revoke { name: String },
 }
 
@@ -242,6 +265,55 @@ fn kind_name(kind: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
+/// Where `identity new` / `identity cert` write the new config: never over an existing file.
+fn config_out(name: &str, out: Option<PathBuf>) -> Result<PathBuf, String> {
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.json")));
+    if out.exists() {
+        return Err(format!(
+            "{} already exists; pass --out to write elsewhere",
+            out.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// Epoch milliseconds as an RFC 3339 UTC time.
+fn utc_text(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+/// Has the node's CA sign a certificate over a key pair made here (see
+/// [`Client::new_certificate`]) and writes a client config holding both.
+/// `create`: make the identity, with admin or not; `None`: it exists.
+async fn write_certificate_config(
+    client: &Client,
+    file: ClientConfig,
+    name: &str,
+    out: &Path,
+    days: Option<u32>,
+    create: Option<bool>,
+) -> Outcome {
+    let issued = client
+        .new_certificate(name, days.unwrap_or(0), create)
+        .await
+        .map_err(|e| e.to_string())?;
+    let new_config = ClientConfig {
+        ca_pem: Some(issued.ca_pem),
+        credential: Some(CredentialConfig::Certificate {
+            certificate_pem: issued.certificate_pem,
+            private_key_pem: issued.private_key_pem,
+        }),
+        // The caller's own transport certificate stays the caller's.
+        client_certificate: None,
+        ..file
+    };
+    new_config.write(out).map_err(|e| e.to_string())?;
+    println!("{}", out.display());
+    Ok(())
+}
+
 pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outcome {
     let (client, file) = connect(config, timeout).await?;
     let e = |error: busbar_client::Error| error.to_string();
@@ -262,17 +334,46 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 "connections": status.connections,
             }));
         }
-        Command::Identity(IdentityCommand::New { name, out, admin }) => {
+        Command::Identity(IdentityCommand::New {
+            name,
+            out,
+            admin,
+            cert: true,
+            days,
+        }) => {
+            let out = config_out(&name, out)?;
+            write_certificate_config(&client, file, &name, &out, days, Some(admin)).await?;
+        }
+        Command::Identity(IdentityCommand::Cert { name, out, days }) => {
+            let out = config_out(&name, out)?;
+            write_certificate_config(&client, file, &name, &out, days, None).await?;
+        }
+        Command::Identity(IdentityCommand::Certs { name }) => {
+            for cert in client.certificates(&name).await.map_err(e)? {
+                let state = if cert.revoked {
+                    "revoked"
+                } else if cert.expires_ms < busbar_server::store::now_ms() {
+                    "expired"
+                } else {
+                    "live"
+                };
+                println!(
+                    "{}  expires {}  {state}",
+                    cert.fingerprint,
+                    utc_text(cert.expires_ms)
+                );
+            }
+        }
+        Command::Identity(IdentityCommand::RevokeCert { fingerprint }) => {
+            client.revoke_certificate(&fingerprint).await.map_err(e)?
+        }
+        Command::Identity(IdentityCommand::New {
+            name, out, admin, ..
+        }) => {
             let seed = rand::random::<[u8; 32]>();
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
             let b64 = base64::engine::general_purpose::STANDARD;
-            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.json")));
-            if out.exists() {
-                return Err(format!(
-                    "{} already exists; pass --out to write elsewhere",
-                    out.display()
-                ));
-            }
+            let out = config_out(&name, out)?;
             client
                 .register_key(&name, &b64.encode(key.verifying_key().as_bytes()), admin)
                 .await
@@ -282,6 +383,8 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                     name: name.clone(),
                     private_key: b64.encode(seed),
                 }),
+                // The caller's own transport certificate stays the caller's.
+                client_certificate: None,
                 ..file
             };
             new_config.write(&out).map_err(e)?;
@@ -298,7 +401,12 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                     .map(|(_, name)| *name)
                     .collect::<Vec<_>>()
                     .join(",");
-                println!("{:<24} {:<5} {}", identity.name, kind.to_lowercase(), flags);
+                println!(
+                    "{:<24} {:<11} {}",
+                    identity.name,
+                    kind.to_lowercase(),
+                    flags
+                );
             }
         }
         Command::Identity(IdentityCommand::Revoke { name }) => {

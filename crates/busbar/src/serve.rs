@@ -62,6 +62,9 @@ pub struct ServeArgs {
     /// Seconds a connection may send nothing (not even a keepalive answer) before it is closed [default: 90]
     #[arg(long = "idle-timeout", env = "BUSBAR_IDLE_TIMEOUT_SECONDS")]
     idle_timeout_seconds: Option<f64>,
+    /// Client certificates (mTLS): optional, required or off [default: optional]
+    #[arg(long, env = "BUSBAR_CLIENT_CERTS")]
+    client_certs: Option<String>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -105,6 +108,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         sql_memory_bytes: args.sql_memory_bytes,
         handshake_timeout_seconds: args.handshake_timeout_seconds,
         idle_timeout_seconds: args.idle_timeout_seconds,
+        client_certs: args.client_certs,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

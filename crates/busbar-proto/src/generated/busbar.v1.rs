@@ -40,7 +40,7 @@ pub struct ChallengeResponse {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct LoginRequest {
-    #[prost(oneof = "login_request::Credential", tags = "1, 2, 3")]
+    #[prost(oneof = "login_request::Credential", tags = "1, 2, 3, 4")]
     pub credential: ::core::option::Option<login_request::Credential>,
 }
 /// Nested message and enum types in `LoginRequest`.
@@ -53,6 +53,8 @@ pub mod login_request {
         Token(::prost::alloc::string::String),
         #[prost(message, tag = "3")]
         Key(super::KeyCredential),
+        #[prost(message, tag = "4")]
+        Certificate(super::CertificateCredential),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -73,6 +75,10 @@ pub struct KeyCredential {
     #[prost(bytes = "bytes", tag = "3")]
     pub signature: ::prost::bytes::Bytes,
 }
+/// Log in as the identity of the client certificate this connection presented
+/// in its TLS handshake (the certificate itself is the proof).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateCredential {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Session {
     #[prost(string, tag = "1")]
@@ -128,6 +134,71 @@ pub struct RevokeIdentityRequest {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RevokeIdentityResponse {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IssueCertificateRequest {
+    /// the CERTIFICATE identity the certificate is for
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// DER SubjectPublicKeyInfo of the holder's key: ECDSA P-256 or Ed25519.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub public_key: ::prost::bytes::Bytes,
+    /// validity; 0: 90 days; at most 3650
+    #[prost(uint32, tag = "3")]
+    pub days: u32,
+    /// create the identity if it does not exist
+    #[prost(bool, tag = "4")]
+    pub create: bool,
+    /// with create: give it admin on "/"
+    #[prost(bool, tag = "5")]
+    pub admin: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IssueCertificateResponse {
+    #[prost(string, tag = "1")]
+    pub certificate_pem: ::prost::alloc::string::String,
+    /// the node's CA, which also signed its server certificate
+    #[prost(string, tag = "2")]
+    pub ca_pem: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub info: ::core::option::Option<CertificateInfo>,
+    #[prost(message, optional, tag = "4")]
+    pub identity: ::core::option::Option<Identity>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateInfo {
+    /// hex SHA-256 of the certificate (DER)
+    #[prost(string, tag = "1")]
+    pub fingerprint: ::prost::alloc::string::String,
+    /// identity name
+    #[prost(string, tag = "2")]
+    pub identity: ::prost::alloc::string::String,
+    /// hex
+    #[prost(string, tag = "3")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(int64, tag = "4")]
+    pub created_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub expires_ms: i64,
+    #[prost(bool, tag = "6")]
+    pub revoked: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListCertificatesRequest {
+    #[prost(string, tag = "1")]
+    pub identity: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListCertificatesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub certificates: ::prost::alloc::vec::Vec<CertificateInfo>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeCertificateRequest {
+    #[prost(string, tag = "1")]
+    pub fingerprint: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RevokeCertificateResponse {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CreateTokenRequest {
     /// a label, unique per identity
@@ -200,6 +271,8 @@ pub enum IdentityKind {
     User = 1,
     /// logs in by signing a nonce with its Ed25519 private key
     Key = 2,
+    /// logs in with a client certificate the node's CA issued (mTLS)
+    Certificate = 3,
 }
 impl IdentityKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -211,6 +284,7 @@ impl IdentityKind {
             Self::Unspecified => "IDENTITY_KIND_UNSPECIFIED",
             Self::User => "USER",
             Self::Key => "KEY",
+            Self::Certificate => "CERTIFICATE",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -219,6 +293,7 @@ impl IdentityKind {
             "IDENTITY_KIND_UNSPECIFIED" => Some(Self::Unspecified),
             "USER" => Some(Self::User),
             "KEY" => Some(Self::Key),
+            "CERTIFICATE" => Some(Self::Certificate),
             _ => None,
         }
     }
@@ -510,6 +585,82 @@ pub mod auth_client {
                 .insert(GrpcMethod::new("busbar.v1.Auth", "RevokeIdentity"));
             self.inner.unary(req, path, codec).await
         }
+        /// Client certificates (mTLS) issued by the node's CA (admin of "/" only).
+        /// The caller keeps the private key: it sends only the public key.
+        pub async fn issue_certificate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::IssueCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::IssueCertificateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Auth/IssueCertificate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Auth", "IssueCertificate"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn list_certificates(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListCertificatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCertificatesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Auth/ListCertificates",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Auth", "ListCertificates"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// A revoked certificate is refused in the TLS handshake from then on, and
+        /// sessions logged in with it end.
+        pub async fn revoke_certificate(
+            &mut self,
+            request: impl tonic::IntoRequest<super::RevokeCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeCertificateResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Auth/RevokeCertificate",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Auth", "RevokeCertificate"));
+            self.inner.unary(req, path, codec).await
+        }
         /// API tokens of the caller (an admin of "/" may name another identity).
         pub async fn create_token(
             &mut self,
@@ -697,6 +848,31 @@ pub mod auth_server {
             request: tonic::Request<super::RevokeIdentityRequest>,
         ) -> std::result::Result<
             tonic::Response<super::RevokeIdentityResponse>,
+            tonic::Status,
+        >;
+        /// Client certificates (mTLS) issued by the node's CA (admin of "/" only).
+        /// The caller keeps the private key: it sends only the public key.
+        async fn issue_certificate(
+            &self,
+            request: tonic::Request<super::IssueCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::IssueCertificateResponse>,
+            tonic::Status,
+        >;
+        async fn list_certificates(
+            &self,
+            request: tonic::Request<super::ListCertificatesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListCertificatesResponse>,
+            tonic::Status,
+        >;
+        /// A revoked certificate is refused in the TLS handshake from then on, and
+        /// sessions logged in with it end.
+        async fn revoke_certificate(
+            &self,
+            request: tonic::Request<super::RevokeCertificateRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::RevokeCertificateResponse>,
             tonic::Status,
         >;
         /// API tokens of the caller (an admin of "/" may name another identity).
@@ -1192,6 +1368,141 @@ pub mod auth_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RevokeIdentitySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Auth/IssueCertificate" => {
+                    #[allow(non_camel_case_types)]
+                    struct IssueCertificateSvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::IssueCertificateRequest>
+                    for IssueCertificateSvc<T> {
+                        type Response = super::IssueCertificateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::IssueCertificateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::issue_certificate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = IssueCertificateSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Auth/ListCertificates" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListCertificatesSvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::ListCertificatesRequest>
+                    for ListCertificatesSvc<T> {
+                        type Response = super::ListCertificatesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListCertificatesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::list_certificates(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListCertificatesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Auth/RevokeCertificate" => {
+                    #[allow(non_camel_case_types)]
+                    struct RevokeCertificateSvc<T: Auth>(pub Arc<T>);
+                    impl<
+                        T: Auth,
+                    > tonic::server::UnaryService<super::RevokeCertificateRequest>
+                    for RevokeCertificateSvc<T> {
+                        type Response = super::RevokeCertificateResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::RevokeCertificateRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Auth>::revoke_certificate(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RevokeCertificateSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

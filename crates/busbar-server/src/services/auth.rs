@@ -5,7 +5,7 @@ use crate::access::{Caller, CallerInfo};
 use crate::error::{Error, Result};
 use crate::node::{Node, caller};
 use crate::paths::validate_identity_name;
-use crate::store::{IdentityKind, IdentityRecord, TokenRecord};
+use crate::store::{CertificateRecord, IdentityKind, IdentityRecord, NewIdentity, TokenRecord};
 use base64::Engine;
 use busbar_proto::v1::{self as pb, auth_server::Auth, login_request::Credential};
 use std::sync::Arc;
@@ -26,16 +26,14 @@ impl AuthService {
             token_id: None,
             token_expires_ms: 0,
             password: None,
+            certificate: None,
         });
         let admin = self.node.access.is_root_admin(&as_caller).await?;
         Ok(pb::Identity {
             id: record.id,
             home: format!("/home/{}", record.name),
             name: record.name,
-            kind: match record.kind {
-                IdentityKind::User => pb::IdentityKind::User,
-                IdentityKind::Key => pb::IdentityKind::Key,
-            } as i32,
+            kind: record.kind as i32,
             admin,
             created_ms: record.created_ms,
             revoked: record.revoked,
@@ -77,6 +75,14 @@ impl AuthService {
             .ok_or_else(|| Error::not_found(format!("no identity named {name}")))
     }
 
+    fn certificates(&self) -> Result<&Arc<crate::tls::ClientCertificates>> {
+        self.node.certificates.as_ref().ok_or_else(|| {
+            Error::failed_precondition(
+                "this node serves plaintext (--insecure), so it has no CA and takes no client certificates",
+            )
+        })
+    }
+
     /// The identity a token call is about: the caller, or (for admins of "/") the named one.
     async fn token_owner(&self, caller: &Caller, named: &str) -> Result<IdentityRecord> {
         if named.is_empty() || named == &*caller.name {
@@ -85,6 +91,17 @@ impl AuthService {
         self.require_root_admin(caller, "managing another identity's tokens")
             .await?;
         self.identity_named(named).await
+    }
+}
+
+fn certificate_pb(record: CertificateRecord, identity: &str) -> pb::CertificateInfo {
+    pb::CertificateInfo {
+        fingerprint: hex::encode(&record.fingerprint),
+        identity: identity.to_string(),
+        serial: record.serial,
+        created_ms: record.created_ms,
+        expires_ms: record.expires_ms,
+        revoked: record.revoked,
     }
 }
 
@@ -117,15 +134,20 @@ impl Auth for AuthService {
     async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::Session> {
         let auth = &self.node.auth;
         let peer = request.remote_addr().map(|a| a.ip());
+        let presented = request.peer_certs();
         let outcome = match request.into_inner().credential {
             Some(Credential::Password(p)) => {
                 auth.login_password(&p.user, &p.password, peer).await?
             }
             Some(Credential::Token(token)) => auth.login_token(&token).await?,
             Some(Credential::Key(k)) => auth.login_key(&k.name, &k.nonce, &k.signature).await?,
+            Some(Credential::Certificate(_)) => {
+                auth.login_certificate(presented.as_ref().and_then(|c| c.first()).map(|c| &c[..]))
+                    .await?
+            }
             None => {
                 return Err(Error::invalid_argument(
-                    "login needs a credential: password, token or key",
+                    "login needs a credential: password, token, key or certificate",
                 )
                 .into());
             }
@@ -136,7 +158,7 @@ impl Auth for AuthService {
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::Session> {
         let caller = caller(&request)?;
         let identity = self.identity_named(&caller.name).await?;
-        let (token, expires_ms) = self.node.auth.refresh(&caller, &identity);
+        let (token, expires_ms) = self.node.auth.refresh(&caller, &identity).await?;
         reply(self.session_pb((identity, token, expires_ms)).await?)
     }
 
@@ -225,8 +247,118 @@ impl Auth for AuthService {
             .into());
         }
         self.node.store.revoke_identity(&name).await?;
+        if let Some(certificates) = &self.node.certificates {
+            certificates.reload(self.node.store.as_ref()).await?;
+        }
         self.node.access.invalidate().await;
         reply(pb::RevokeIdentityResponse {})
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Reply<pb::IssueCertificateResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "issuing client certificates")
+            .await?;
+        let r = request.into_inner();
+        let certificates = self.certificates()?;
+        validate_identity_name(&r.name)?;
+        // Everything is checked before anything is written: a bad key or
+        // validity creates no identity.
+        let issued = certificates.issue(&r.name, &r.public_key, r.days)?;
+        let identity = match self.node.store.identity_by_name(&r.name).await? {
+            Some(identity) if identity.revoked => {
+                return Err(Error::failed_precondition(format!(
+                    "identity {} has been revoked; it gets no new certificates",
+                    r.name
+                ))
+                .into());
+            }
+            Some(_) if r.create => {
+                return Err(Error::already_exists(format!(
+                    "identity {} already exists; issue it another certificate with `busbar identity cert {}`",
+                    r.name, r.name
+                ))
+                .into());
+            }
+            Some(identity) => identity,
+            None if r.create => {
+                self.node
+                    .store
+                    .create_identity(NewIdentity {
+                        name: r.name.clone(),
+                        kind: IdentityKind::Certificate,
+                        password_hash: None,
+                        public_key: None,
+                        admin: r.admin,
+                    })
+                    .await?
+            }
+            None => {
+                return Err(Error::not_found(format!(
+                    "no identity named {}; create it with the certificate (create = true, or `busbar identity new {} --cert`)",
+                    r.name, r.name
+                ))
+                .into());
+            }
+        };
+        let record = CertificateRecord {
+            fingerprint: issued.fingerprint,
+            identity_id: identity.id.clone(),
+            serial: issued.serial,
+            created_ms: issued.created_ms,
+            expires_ms: issued.expires_ms,
+            revoked: false,
+        };
+        self.node.store.create_certificate(record.clone()).await?;
+        self.node.access.invalidate().await;
+        reply(pb::IssueCertificateResponse {
+            certificate_pem: issued.pem,
+            ca_pem: certificates.ca_pem.clone(),
+            info: Some(certificate_pb(record, &identity.name)),
+            identity: Some(self.identity_pb(identity).await?),
+        })
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<pb::ListCertificatesRequest>,
+    ) -> Reply<pb::ListCertificatesResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "listing client certificates")
+            .await?;
+        let identity = self.identity_named(&request.get_ref().identity).await?;
+        let records = self.node.store.list_certificates(&identity.id).await?;
+        reply(pb::ListCertificatesResponse {
+            certificates: records
+                .into_iter()
+                .map(|record| certificate_pb(record, &identity.name))
+                .collect(),
+        })
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Reply<pb::RevokeCertificateResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "revoking client certificates")
+            .await?;
+        let certificates = self.certificates()?;
+        let given = request.into_inner().fingerprint;
+        let fingerprint = hex::decode(given.trim().replace(':', ""))
+            .ok()
+            .filter(|bytes| bytes.len() == 32)
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "bad fingerprint {given:?}: expected 64 hex digits of SHA-256, as `busbar identity certs NAME` lists them"
+                ))
+            })?;
+        let record = self.node.store.revoke_certificate(&fingerprint).await?;
+        certificates.revoke(record.fingerprint);
+        self.node.access.invalidate().await;
+        reply(pb::RevokeCertificateResponse {})
     }
 
     async fn create_token(

@@ -47,11 +47,8 @@ impl Right {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdentityKind {
-    User = 1,
-    Key = 2,
-}
+/// How an identity logs in: the proto's enum, stored as its number.
+pub use busbar_proto::v1::IdentityKind;
 
 #[derive(Debug, Clone)]
 pub struct IdentityRecord {
@@ -75,6 +72,19 @@ pub struct TokenRecord {
     pub hash: Vec<u8>,
     pub created_ms: i64,
     /// 0: never expires.
+    pub expires_ms: i64,
+    pub revoked: bool,
+}
+
+/// A client certificate the node's CA issued (mTLS).
+#[derive(Debug, Clone)]
+pub struct CertificateRecord {
+    /// SHA-256 of the certificate (DER): what a TLS handshake presents.
+    pub fingerprint: Vec<u8>,
+    pub identity_id: String,
+    /// Hex serial number.
+    pub serial: String,
+    pub created_ms: i64,
     pub expires_ms: i64,
     pub revoked: bool,
 }
@@ -174,6 +184,15 @@ pub trait Store: Send + Sync + 'static {
     async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
     async fn list_tokens(&self, identity_id: &str) -> Result<Vec<TokenRecord>>;
     async fn revoke_token(&self, identity_id: &str, name: &str) -> Result<()>;
+
+    async fn create_certificate(&self, certificate: CertificateRecord) -> Result<()>;
+    async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>>;
+    async fn list_certificates(&self, identity_id: &str) -> Result<Vec<CertificateRecord>>;
+    /// Marks a certificate revoked; NOT_FOUND if no certificate has that fingerprint.
+    async fn revoke_certificate(&self, fingerprint: &[u8]) -> Result<CertificateRecord>;
+    /// Fingerprints of every revoked certificate that has not yet expired
+    /// (an expired one is refused for its dates anyway).
+    async fn revoked_certificates(&self) -> Result<Vec<Vec<u8>>>;
 
     async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>>;
     /// The path of the resource with this id (ids survive moves).

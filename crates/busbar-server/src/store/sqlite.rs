@@ -39,6 +39,15 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked     INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (identity_id, name) WHERE revoked = 0;
+CREATE TABLE IF NOT EXISTS certificates (
+    fingerprint BLOB PRIMARY KEY,
+    identity_id TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    expires_ms  INTEGER NOT NULL,
+    revoked     INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS certificates_identity ON certificates (identity_id);
 CREATE TABLE IF NOT EXISTS resources (
     id         TEXT PRIMARY KEY,
     path       TEXT NOT NULL UNIQUE,
@@ -102,11 +111,7 @@ fn identity_row(row: &Row) -> rusqlite::Result<IdentityRecord> {
     Ok(IdentityRecord {
         id: row.get(0)?,
         name: row.get(1)?,
-        kind: if row.get::<_, i32>(2)? == IdentityKind::Key as i32 {
-            IdentityKind::Key
-        } else {
-            IdentityKind::User
-        },
+        kind: IdentityKind::try_from(row.get::<_, i32>(2)?).unwrap_or(IdentityKind::User),
         password_hash: row.get(3)?,
         public_key: row.get(4)?,
         created_ms: row.get(5)?,
@@ -127,6 +132,19 @@ fn token_row(row: &Row) -> rusqlite::Result<TokenRecord> {
     })
 }
 const TOKEN_COLUMNS: &str = "id, identity_id, name, hash, created_ms, expires_ms, revoked";
+
+fn certificate_row(row: &Row) -> rusqlite::Result<CertificateRecord> {
+    Ok(CertificateRecord {
+        fingerprint: row.get(0)?,
+        identity_id: row.get(1)?,
+        serial: row.get(2)?,
+        created_ms: row.get(3)?,
+        expires_ms: row.get(4)?,
+        revoked: row.get::<_, i64>(5)? != 0,
+    })
+}
+const CERTIFICATE_COLUMNS: &str =
+    "fingerprint, identity_id, serial, created_ms, expires_ms, revoked";
 
 fn resource_row(row: &Row) -> rusqlite::Result<ResourceRecord> {
     Ok(ResourceRecord {
@@ -378,10 +396,12 @@ impl Store for SqliteStore {
                 return Err(Error::not_found(format!("no identity named {name}")));
             };
             tx.execute("UPDATE identities SET revoked = 1 WHERE id = ?1", [&id])?;
-            tx.execute(
-                "UPDATE tokens SET revoked = 1 WHERE identity_id = ?1",
-                [&id],
-            )?;
+            for table in ["tokens", "certificates"] {
+                tx.execute(
+                    &format!("UPDATE {table} SET revoked = 1 WHERE identity_id = ?1"),
+                    [&id],
+                )?;
+            }
             tx.commit()?;
             Ok(())
         })
@@ -505,6 +525,88 @@ impl Store for SqliteStore {
                 return Err(Error::not_found(format!("no live token named {name}")));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_certificate(&self, certificate: CertificateRecord) -> Result<()> {
+        self.run(move |conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO certificates ({CERTIFICATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, 0)"
+                ),
+                params![
+                    certificate.fingerprint,
+                    certificate.identity_id,
+                    certificate.serial,
+                    certificate.created_ms,
+                    certificate.expires_ms
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>> {
+        let fingerprint = fingerprint.to_vec();
+        self.run(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!(
+                        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE fingerprint = ?1"
+                    ),
+                    [fingerprint],
+                    certificate_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_certificates(&self, identity_id: &str) -> Result<Vec<CertificateRecord>> {
+        let identity_id = identity_id.to_string();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE identity_id = ?1 ORDER BY created_ms"
+            ))?;
+            let rows = stmt.query_map([identity_id], certificate_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_certificate(&self, fingerprint: &[u8]) -> Result<CertificateRecord> {
+        let fingerprint = fingerprint.to_vec();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE certificates SET revoked = 1 WHERE fingerprint = ?1",
+                [&fingerprint],
+            )?;
+            conn.query_row(
+                &format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE fingerprint = ?1"),
+                [&fingerprint],
+                certificate_row,
+            )
+            .optional()?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no certificate with fingerprint {}; list them with busbar identity certs NAME",
+                    hex::encode(&fingerprint)
+                ))
+            })
+        })
+        .await
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<Vec<u8>>> {
+        let now = now_ms();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT fingerprint FROM certificates WHERE revoked = 1 AND expires_ms >= ?1",
+            )?;
+            let rows = stmt.query_map([now], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<Vec<u8>>>>()?)
         })
         .await
     }

@@ -17,11 +17,7 @@ async fn password_token_and_key_logins_over_tls() {
     assert!(status.tls);
     assert_eq!(admin.whoami().await.unwrap().name, "admin");
 
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
-    let bob = node.user("bob", "bob-password").await.unwrap();
+    let bob = node.new_user(&admin, "bob", "bob-password").await;
     assert_eq!(bob.whoami().await.unwrap().home, "/home/bob");
 
     let (token, _) = bob.create_token("ci", None).await.unwrap();

@@ -122,6 +122,12 @@ impl Node {
         path
     }
 
+    /// Creates a password user (as `admin`) and connects as it.
+    pub async fn new_user(&self, admin: &Client, user: &str, password: &str) -> Client {
+        admin.create_user(user, password, false).await.unwrap();
+        self.user(user, password).await.unwrap()
+    }
+
     /// Connects as a password user.
     pub async fn user(&self, user: &str, password: &str) -> busbar_client::Result<Client> {
         let config = self.config_with(

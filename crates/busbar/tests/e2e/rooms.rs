@@ -336,11 +336,7 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
     }
 
     // A missing right ends the stream; the error comes back from emit or finish.
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
-    let bob = node.user("bob", "bob-password").await.unwrap();
+    let bob = node.new_user(&admin, "bob", "bob-password").await;
     let denied = bob.emitter("/home/admin/chat");
     let mut outcome = Ok(());
     for _ in 0..1_000 {

@@ -189,11 +189,7 @@ async fn read_rights_allow_reads_and_the_engine_refuses_disguised_writes() {
         )
         .await
         .unwrap();
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
-    let bob = node.user("bob", "bob-password").await.unwrap();
+    let bob = node.new_user(&admin, "bob", "bob-password").await;
     assert_error(
         bob.sql(DB, "SELECT * FROM items").await,
         ErrorCode::PermissionDenied,
