@@ -7,7 +7,9 @@ reflection, the way a generic client (grpcurl, Postman, a new language) would.
 from __future__ import annotations
 
 import time
+import uuid
 
+import busbar
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -213,3 +215,34 @@ def test_plaintext_to_tls_port_fails_fast(busbar_node):
         elapsed = time.monotonic() - started
     assert excinfo.value.code() == grpc.StatusCode.UNAVAILABLE, excinfo.value
     assert elapsed < CALL_TIMEOUT_S / 2, f"took {elapsed:.1f} s to fail"
+
+
+def test_a_client_certificate_logs_in_from_stock_grpcio(dynamic, token, busbar_node):
+    """mTLS with grpcio's own TLS (BoringSSL): a certificate the node's CA
+    issued is presented in the handshake and Login takes it as the credential."""
+    # The certificate comes from the SDK; everything after is stock grpcio.
+    with busbar.Connection.from_config(busbar_node.data_dir / "admin.json") as admin:
+        issued = admin.new_certificate(f"grpcio-{uuid.uuid4().hex[:8]}", create=True)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=issued["ca_pem"].encode(),
+        private_key=issued["private_key_pem"].encode(),
+        certificate_chain=issued["certificate_pem"].encode(),
+    )
+    options = [("grpc.ssl_target_name_override", busbar_node.admin["server_name"])]
+    with grpc.secure_channel(busbar_node.address, creds, options=options) as channel:
+        with_cert = Dynamic(channel, dynamic.pool)
+        LoginRequest = dynamic.message("busbar.v1.LoginRequest")
+        CertificateCredential = dynamic.message("busbar.v1.CertificateCredential")
+        session = with_cert.unary("busbar.v1.Auth/Login",
+                                  LoginRequest(certificate=CertificateCredential()))
+        assert session.identity.name == issued["identity"]
+        status = with_cert.unary("busbar.v1.Node/Status",
+                                 metadata=[("authorization", f"Bearer {session.token}")])
+        assert status.tls is True
+    # The same Login over a connection that presented no certificate says so.
+    with pytest.raises(grpc.RpcError) as excinfo:
+        dynamic.unary("busbar.v1.Auth/Login",
+                      dynamic.message("busbar.v1.LoginRequest")(
+                          certificate=dynamic.message("busbar.v1.CertificateCredential")()))
+    assert excinfo.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "presented none" in excinfo.value.details()
