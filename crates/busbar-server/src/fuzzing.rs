@@ -3,7 +3,7 @@
 //! as a client or a file would send them and must not panic, hang or hold
 //! memory without bound; where a decoder has an invariant, it is asserted.
 
-use crate::store::{Budget, SqlParam, SqlParams, execute_on, sandbox};
+use crate::sql::{Budget, SqlParam, SqlParams, execute_on, sandbox};
 use std::time::Duration;
 
 /// Resource paths: a path that normalises is a fixed point of normalising,
@@ -12,9 +12,9 @@ pub fn path(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(normal) = crate::paths::normalize(text) {
+    if let Ok(normal) = crate::resources::paths::normalize(text) {
         assert_eq!(
-            crate::paths::normalize(&normal).as_deref(),
+            crate::resources::paths::normalize(&normal).as_deref(),
             Ok(normal.as_str())
         );
         assert!(normal == "/" || !normal.ends_with('/'));
@@ -35,7 +35,7 @@ pub fn config(data: &[u8]) {
 
 /// A Flight SQL statement ticket as a client sends it back.
 pub fn flight_ticket(data: &[u8]) {
-    let _ = crate::services::flight_sql::ParsedTicket::decode(data);
+    let _ = crate::sql::flight_sql::ParsedTicket::decode(data);
 }
 
 /// A Flight SQL command (a protobuf `Any`) as DoGet, GetFlightInfo and
@@ -60,7 +60,7 @@ pub fn series_points(data: &[u8]) {
         for batch in decoder.decode(arrow_buffer::Buffer::from(piece.to_vec())) {
             match batch {
                 Ok(batch) => {
-                    let _ = crate::store::timeseries::check_points(&batch);
+                    let _ = crate::timeseries::store::check_points(&batch);
                 }
                 Err(_) => return,
             }

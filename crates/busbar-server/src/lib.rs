@@ -1,25 +1,29 @@
-//! The Busbar server as a library: configuration, the `Store` and `Bus`
-//! seams, authentication, access control, and the gRPC services of
-//! `busbar.v1`. The `busbar` binary's `serve` command calls [`serve`].
+//! The Busbar server as a library: [`serve`] runs a node from a
+//! [`ServerConfig`]. The `busbar` binary's `serve` command calls it.
+//!
+//! The crate is arranged by job (docs/architecture.md): `auth`, `resources`,
+//! `rooms`, `wires`, `sql`, `timeseries`, `node` (status and lifecycle),
+//! each with its gRPC service; `store` (metadata) and `bus` are the seams
+//! to the backends; `grpc` holds what the services share.
 
-pub mod access;
-pub mod auth;
-pub mod bootstrap;
-pub mod bus;
+mod auth;
+mod bootstrap;
+mod bus;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
-mod layer;
-pub mod login_throttle;
-pub mod metrics;
-pub mod node;
-pub mod paths;
+mod grpc;
+mod metrics;
+mod node;
+mod resources;
+mod rooms;
 mod server;
-pub mod services;
-pub mod sessions;
-pub mod store;
+mod sql;
+mod store;
+mod timeseries;
 pub mod tls;
+mod wires;
 
 pub use config::{ServerConfig, Settings};
 pub use error::{Error, ErrorCode, Result};

@@ -1,25 +1,24 @@
 //! Assembles a node from its configuration and serves it until shutdown.
 
-use crate::access::AccessControl;
 use crate::auth::Authenticator;
+use crate::auth::access::AccessControl;
+use crate::auth::service::AuthService;
 use crate::bootstrap;
 use crate::bus::{Bus, LocalBus};
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
-use crate::layer::CallLayer;
+use crate::grpc::flight::BusbarFlight;
+use crate::grpc::layer::CallLayer;
 use crate::metrics::{KindLabels, Metrics};
+use crate::node::service::NodeService;
 use crate::node::{Lifecycle, Node};
-use crate::services::flight::BusbarFlight;
-use crate::services::{auth::AuthService, node::NodeService, resources::ResourcesService};
-use crate::services::{
-    rooms::{self, RoomsService},
-    sessions::SessionsService,
-    sql::SqlService,
-    timeseries::{self, TimeSeriesService},
-    wires::WiresService,
-};
+use crate::resources::ResourcesService;
+use crate::rooms::{self, RoomsService};
+use crate::sql::{service::SqlService, sessions_service::SessionsService};
 use crate::store::{SqliteStore, Store, now_ms};
+use crate::timeseries::{self, service::TimeSeriesService};
 use crate::tls;
+use crate::wires::WiresService;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use busbar_proto::v1::{
     auth_server::AuthServer, node_server::NodeServer, resources_server::ResourcesServer,
@@ -407,7 +406,7 @@ pub async fn serve(
         tokio::spawn(metrics.clone().serve(listener));
     }
 
-    crate::store::sandbox::limit_memory(config.sql_memory_bytes);
+    crate::sql::sandbox::limit_memory(config.sql_memory_bytes);
     let (lifecycle, _) = tokio::sync::watch::channel(Lifecycle::Serving);
     let node = Arc::new(Node {
         store,
@@ -422,9 +421,9 @@ pub async fn serve(
         certificates,
         lifecycle,
         members: Default::default(),
-        sql: Arc::new(crate::store::SqlDatabases::new(&config.data_dir)),
-        timeseries: Arc::new(crate::store::TimeSeriesStore::new(&config.data_dir)),
-        sessions: Arc::new(crate::sessions::DataSessions::new(
+        sql: Arc::new(crate::sql::SqlDatabases::new(&config.data_dir)),
+        timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
+        sessions: Arc::new(crate::sql::sessions::DataSessions::new(
             config.data_session_idle,
             config.max_data_sessions,
         )),
@@ -434,7 +433,7 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
     const SERVICES: [&str; 9] = [
-        crate::services::flight::SERVICE_NAME,
+        crate::grpc::flight::SERVICE_NAME,
         "busbar.v1.Auth",
         "busbar.v1.Sessions",
         "busbar.v1.Sql",
@@ -502,7 +501,7 @@ pub async fn serve(
             SessionsServer,
             SessionsService { node: node.clone() }
         ))
-        .add_service(timeseries::router(
+        .add_service(timeseries::service::router(
             TimeSeriesService { node: node.clone() },
             limit,
         ))

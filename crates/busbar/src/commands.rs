@@ -352,7 +352,7 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
             for cert in client.certificates(&name).await.map_err(e)? {
                 let state = if cert.revoked {
                     "revoked"
-                } else if cert.expires_ms < busbar_server::store::now_ms() {
+                } else if cert.expires_ms < jiff::Timestamp::now().as_millisecond() {
                     "expired"
                 } else {
                     "live"

@@ -50,10 +50,10 @@ impl Format {
 /// A time: RFC 3339 with an offset, a naive date-time (UTC), a date
 /// (midnight UTC) or epoch milliseconds.
 pub fn parse_time(text: &str) -> Result<i64, String> {
-    busbar_server::store::timeseries::parse_time(text).map_err(|e| e.message)
+    busbar_types::parse_time(text).map_err(|bad| bad.to_string())
 }
 
-pub use busbar_server::store::timeseries::show_time;
+pub use busbar_types::show_time;
 
 /// Every batch of points in a file (read whole, so a broken file is found
 /// before anything is sent).

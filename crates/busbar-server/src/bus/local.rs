@@ -169,6 +169,7 @@ impl Bus for LocalBus {
         }
     }
 
+    #[cfg(test)]
     fn subscriber_count(&self, subject: &str) -> usize {
         self.subjects.snapshot(subject).map_or(0, |list| list.len())
     }

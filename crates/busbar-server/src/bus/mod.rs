@@ -90,6 +90,7 @@ pub trait Bus: Send + Sync + 'static {
 
     fn subscribe(&self, subject: &str, options: SubscribeOptions) -> Subscription;
 
-    /// Subscribers of `subject` on this node.
+    /// Subscribers of `subject` on this node (for tests of a backend).
+    #[cfg(test)]
     fn subscriber_count(&self, subject: &str) -> usize;
 }

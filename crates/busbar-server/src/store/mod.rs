@@ -1,21 +1,12 @@
-//! `Store`: everything durable. Nothing outside this module knows which
-//! backend runs; the embedded one is SQLite under the data directory. Every
-//! write is durable (fsynced) before the call returns, so a write acknowledged
-//! to a client survives `kill -9`.
+//! `Store`: the node's metadata (identities, credentials, resources,
+//! grants, secrets). Nothing outside this module knows which backend runs;
+//! the embedded one is SQLite (`meta.db`) under the data directory. Every
+//! write is durable (fsynced) before the call returns, so a write
+//! acknowledged to a client survives `kill -9`.
 
-pub mod points_wire;
-pub mod procedures;
-mod sql;
-mod sqlite;
-pub mod timeseries;
-mod writers;
+mod embedded;
 
-pub(crate) use sql::run_each;
-pub use sql::sandbox::{self, Budget, StopOnDrop};
-pub use sql::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
-
-pub use sqlite::SqliteStore;
-pub use timeseries::TimeSeriesStore;
+pub use embedded::SqliteStore;
 
 use crate::error::Result;
 use async_trait::async_trait;

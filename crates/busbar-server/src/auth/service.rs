@@ -1,0 +1,451 @@
+//! `busbar.v1.Auth`: login, sessions, identities, API tokens, groups.
+
+use crate::auth::access::{Caller, CallerInfo};
+use crate::error::{Error, Result};
+use crate::grpc::{Reply, reply};
+use crate::node::{Node, caller};
+use crate::resources::paths::validate_identity_name;
+use crate::store::{CertificateRecord, IdentityKind, IdentityRecord, NewIdentity, TokenRecord};
+use base64::Engine;
+use busbar_proto::v1::{self as pb, auth_server::Auth, login_request::Credential};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::Request;
+
+pub struct AuthService {
+    pub node: Arc<Node>,
+}
+
+impl AuthService {
+    async fn identity_pb(&self, record: IdentityRecord) -> Result<pb::Identity> {
+        let groups = self.node.store.groups_of(&record.name).await?;
+        let as_caller = Caller::new(CallerInfo {
+            identity_id: record.id.clone().into(),
+            name: record.name.clone().into(),
+            groups: groups.clone().into(),
+            token_id: None,
+            token_expires_ms: 0,
+            password: None,
+            certificate: None,
+        });
+        let admin = self.node.access.is_root_admin(&as_caller).await?;
+        Ok(pb::Identity {
+            id: record.id,
+            home: format!("/home/{}", record.name),
+            name: record.name,
+            kind: record.kind as i32,
+            admin,
+            created_ms: record.created_ms,
+            revoked: record.revoked,
+            groups,
+            public_key: record
+                .public_key
+                .map(|key| base64::engine::general_purpose::STANDARD.encode(key))
+                .unwrap_or_default(),
+        })
+    }
+
+    async fn session_pb(
+        &self,
+        (record, token, expires_ms): (IdentityRecord, String, i64),
+    ) -> Result<pb::Session> {
+        Ok(pb::Session {
+            token,
+            expires_ms,
+            identity: Some(self.identity_pb(record).await?),
+        })
+    }
+
+    async fn require_root_admin(&self, caller: &Caller, what: &str) -> Result<()> {
+        if self.node.access.is_root_admin(caller).await? {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "{} lacks admin on /, which {what} needs; ask an admin",
+                caller.name
+            )))
+        }
+    }
+
+    async fn identity_named(&self, name: &str) -> Result<IdentityRecord> {
+        self.node
+            .store
+            .identity_by_name(name)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("no identity named {name}")))
+    }
+
+    fn certificates(&self) -> Result<&Arc<crate::tls::ClientCertificates>> {
+        self.node.certificates.as_ref().ok_or_else(|| {
+            Error::failed_precondition(
+                "this node serves plaintext (--insecure), so it has no CA and takes no client certificates",
+            )
+        })
+    }
+
+    /// The identity a token call is about: the caller, or (for admins of "/") the named one.
+    async fn token_owner(&self, caller: &Caller, named: &str) -> Result<IdentityRecord> {
+        if named.is_empty() || named == &*caller.name {
+            return self.identity_named(&caller.name).await;
+        }
+        self.require_root_admin(caller, "managing another identity's tokens")
+            .await?;
+        self.identity_named(named).await
+    }
+}
+
+fn certificate_pb(record: CertificateRecord, identity: &str) -> pb::CertificateInfo {
+    pb::CertificateInfo {
+        fingerprint: hex::encode(&record.fingerprint),
+        identity: identity.to_string(),
+        serial: record.serial,
+        created_ms: record.created_ms,
+        expires_ms: record.expires_ms,
+        revoked: record.revoked,
+    }
+}
+
+fn token_pb(record: TokenRecord, identity: &str) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: record.id,
+        name: record.name,
+        identity: identity.to_string(),
+        created_ms: record.created_ms,
+        expires_ms: record.expires_ms,
+        revoked: record.revoked,
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn challenge(
+        &self,
+        request: Request<pb::ChallengeRequest>,
+    ) -> Reply<pb::ChallengeResponse> {
+        let name = request.into_inner().name;
+        validate_identity_name(&name)?;
+        let (nonce, expires_ms) = self.node.auth.challenge(&name);
+        reply(pb::ChallengeResponse {
+            nonce: nonce.into(),
+            expires_ms,
+        })
+    }
+
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Reply<pb::Session> {
+        let auth = &self.node.auth;
+        let peer = request.remote_addr().map(|a| a.ip());
+        let presented = request.peer_certs();
+        let outcome = match request.into_inner().credential {
+            Some(Credential::Password(p)) => {
+                auth.login_password(&p.user, &p.password, peer).await?
+            }
+            Some(Credential::Token(token)) => auth.login_token(&token).await?,
+            Some(Credential::Key(k)) => auth.login_key(&k.name, &k.nonce, &k.signature).await?,
+            Some(Credential::Certificate(_)) => {
+                auth.login_certificate(presented.as_ref().and_then(|c| c.first()).map(|c| &c[..]))
+                    .await?
+            }
+            None => {
+                return Err(Error::invalid_argument(
+                    "login needs a credential: password, token, key or certificate",
+                )
+                .into());
+            }
+        };
+        reply(self.session_pb(outcome).await?)
+    }
+
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::Session> {
+        let caller = caller(&request)?;
+        let identity = self.identity_named(&caller.name).await?;
+        let (token, expires_ms) = self.node.auth.refresh(&caller, &identity).await?;
+        reply(self.session_pb((identity, token, expires_ms)).await?)
+    }
+
+    async fn who_am_i(&self, request: Request<pb::WhoAmIRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        reply(
+            self.identity_pb(self.identity_named(&caller.name).await?)
+                .await?,
+        )
+    }
+
+    async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "creating users").await?;
+        let r = request.into_inner();
+        let record = self
+            .node
+            .auth
+            .create_user(&r.name, &r.password, r.admin)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(self.identity_pb(record).await?)
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<pb::SetPasswordRequest>,
+    ) -> Reply<pb::SetPasswordResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let name = if r.name.is_empty() {
+            caller.name.to_string()
+        } else {
+            r.name
+        };
+        if *name != *caller.name {
+            self.require_root_admin(&caller, "setting another user's password")
+                .await?;
+        }
+        self.node.auth.set_password(&name, &r.password).await?;
+        // Sessions issued under the old password end at once (access.rs).
+        self.node.access.invalidate().await;
+        reply(pb::SetPasswordResponse {})
+    }
+
+    async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "registering key identities")
+            .await?;
+        let r = request.into_inner();
+        let record = self
+            .node
+            .auth
+            .register_key(&r.name, &r.public_key, r.admin)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(self.identity_pb(record).await?)
+    }
+
+    async fn list_identities(
+        &self,
+        request: Request<pb::ListIdentitiesRequest>,
+    ) -> Reply<pb::ListIdentitiesResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "listing identities")
+            .await?;
+        let mut identities = Vec::new();
+        for record in self.node.store.list_identities().await? {
+            identities.push(self.identity_pb(record).await?);
+        }
+        reply(pb::ListIdentitiesResponse { identities })
+    }
+
+    async fn revoke_identity(
+        &self,
+        request: Request<pb::RevokeIdentityRequest>,
+    ) -> Reply<pb::RevokeIdentityResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "revoking identities")
+            .await?;
+        let name = request.into_inner().name;
+        if *name == *caller.name {
+            return Err(Error::failed_precondition(
+                "you cannot revoke your own identity; ask another admin",
+            )
+            .into());
+        }
+        self.node.store.revoke_identity(&name).await?;
+        if let Some(certificates) = &self.node.certificates {
+            certificates.reload(self.node.store.as_ref()).await?;
+        }
+        self.node.access.invalidate().await;
+        reply(pb::RevokeIdentityResponse {})
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Reply<pb::IssueCertificateResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "issuing client certificates")
+            .await?;
+        let r = request.into_inner();
+        let certificates = self.certificates()?;
+        validate_identity_name(&r.name)?;
+        // Everything is checked before anything is written: a bad key or
+        // validity creates no identity.
+        let issued = certificates.issue(&r.name, &r.public_key, r.days)?;
+        let identity = match self.node.store.identity_by_name(&r.name).await? {
+            Some(identity) if identity.revoked => {
+                return Err(Error::failed_precondition(format!(
+                    "identity {} has been revoked; it gets no new certificates",
+                    r.name
+                ))
+                .into());
+            }
+            Some(_) if r.create => {
+                return Err(Error::already_exists(format!(
+                    "identity {} already exists; issue it another certificate with `busbar identity cert {}`",
+                    r.name, r.name
+                ))
+                .into());
+            }
+            Some(identity) => identity,
+            None if r.create => {
+                self.node
+                    .store
+                    .create_identity(NewIdentity {
+                        name: r.name.clone(),
+                        kind: IdentityKind::Certificate,
+                        password_hash: None,
+                        public_key: None,
+                        admin: r.admin,
+                    })
+                    .await?
+            }
+            None => {
+                return Err(Error::not_found(format!(
+                    "no identity named {}; create it with the certificate (create = true, or `busbar identity new {} --cert`)",
+                    r.name, r.name
+                ))
+                .into());
+            }
+        };
+        let record = CertificateRecord {
+            fingerprint: issued.fingerprint,
+            identity_id: identity.id.clone(),
+            serial: issued.serial,
+            created_ms: issued.created_ms,
+            expires_ms: issued.expires_ms,
+            revoked: false,
+        };
+        self.node.store.create_certificate(record.clone()).await?;
+        self.node.access.invalidate().await;
+        reply(pb::IssueCertificateResponse {
+            certificate_pem: issued.pem,
+            ca_pem: certificates.ca_pem.clone(),
+            info: Some(certificate_pb(record, &identity.name)),
+            identity: Some(self.identity_pb(identity).await?),
+        })
+    }
+
+    async fn list_certificates(
+        &self,
+        request: Request<pb::ListCertificatesRequest>,
+    ) -> Reply<pb::ListCertificatesResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "listing client certificates")
+            .await?;
+        let identity = self.identity_named(&request.get_ref().identity).await?;
+        let records = self.node.store.list_certificates(&identity.id).await?;
+        reply(pb::ListCertificatesResponse {
+            certificates: records
+                .into_iter()
+                .map(|record| certificate_pb(record, &identity.name))
+                .collect(),
+        })
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Reply<pb::RevokeCertificateResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "revoking client certificates")
+            .await?;
+        let certificates = self.certificates()?;
+        let given = request.into_inner().fingerprint;
+        let fingerprint = hex::decode(given.trim().replace(':', ""))
+            .ok()
+            .filter(|bytes| bytes.len() == 32)
+            .ok_or_else(|| {
+                Error::invalid_argument(format!(
+                    "bad fingerprint {given:?}: expected 64 hex digits of SHA-256, as `busbar identity certs NAME` lists them"
+                ))
+            })?;
+        let record = self.node.store.revoke_certificate(&fingerprint).await?;
+        certificates.revoke(record.fingerprint);
+        self.node.access.invalidate().await;
+        reply(pb::RevokeCertificateResponse {})
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if r.ttl_seconds < 0 {
+            return Err(Error::invalid_argument(
+                "ttl_seconds must be 0 (never expires) or positive",
+            )
+            .into());
+        }
+        let owner = self.token_owner(&caller, &r.identity).await?;
+        let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds as u64));
+        let (token, record) = self.node.auth.create_token(&owner, &r.name, ttl).await?;
+        reply(pb::CreateTokenResponse {
+            token,
+            info: Some(token_pb(record, &owner.name)),
+        })
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Reply<pb::ListTokensResponse> {
+        let caller = caller(&request)?;
+        let owner = self
+            .token_owner(&caller, &request.get_ref().identity)
+            .await?;
+        let tokens = self.node.store.list_tokens(&owner.id).await?;
+        reply(pb::ListTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| token_pb(t, &owner.name))
+                .collect(),
+        })
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let owner = self.token_owner(&caller, &r.identity).await?;
+        self.node.store.revoke_token(&owner.id, &r.name).await?;
+        self.node.access.invalidate().await;
+        reply(pb::RevokeTokenResponse {})
+    }
+
+    async fn add_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Reply<pb::GroupMemberResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "managing groups").await?;
+        let r = request.into_inner();
+        validate_identity_name(&r.group)?;
+        self.identity_named(&r.identity).await?;
+        self.node
+            .store
+            .add_group_member(&r.group, &r.identity)
+            .await?;
+        self.node.access.invalidate().await;
+        reply(pb::GroupMemberResponse {})
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::GroupMemberRequest>,
+    ) -> Reply<pb::GroupMemberResponse> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, "managing groups").await?;
+        let r = request.into_inner();
+        if !self
+            .node
+            .store
+            .remove_group_member(&r.group, &r.identity)
+            .await?
+        {
+            return Err(
+                Error::not_found(format!("{} is not in group {}", r.identity, r.group)).into(),
+            );
+        }
+        self.node.access.invalidate().await;
+        reply(pb::GroupMemberResponse {})
+    }
+}

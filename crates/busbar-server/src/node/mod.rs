@@ -1,0 +1,175 @@
+//! The shared state of one running node, handed to every service.
+
+pub mod service;
+
+use crate::auth::Authenticator;
+use crate::auth::access::{AccessControl, Caller};
+use crate::bus::Bus;
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::resources::paths;
+use crate::sql::{Budget, StopOnDrop};
+use crate::store::{Store, now_ms};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{Notify, watch};
+
+/// Where a node is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Serving,
+    /// Announced; still serving until the grace period ends.
+    ShuttingDown {
+        grace_ms: i64,
+        at_ms: i64,
+    },
+    /// Grace period over: open streams end with UNAVAILABLE.
+    Stopped,
+}
+
+/// A room member on this node, so `Leave` can end its stream.
+pub struct LocalMember {
+    pub identity_id: std::sync::Arc<str>,
+    pub leave: Arc<Notify>,
+}
+
+pub struct Node {
+    pub config: ServerConfig,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub access: Arc<AccessControl>,
+    pub auth: Arc<Authenticator>,
+    pub metrics: Arc<Metrics>,
+    pub node_id: String,
+    pub started: Instant,
+    pub started_ms: i64,
+    pub tls: bool,
+    /// The CA that issues client certificates, and the revoked ones (none
+    /// on a plaintext node).
+    pub certificates: Option<Arc<crate::tls::ClientCertificates>>,
+    pub lifecycle: watch::Sender<Lifecycle>,
+    pub members: Mutex<HashMap<String, LocalMember>>,
+    /// Open SQL databases (DATABASE resources).
+    pub sql: Arc<crate::sql::SqlDatabases>,
+    /// Time series files (TIMESERIES resources).
+    pub timeseries: Arc<crate::timeseries::TimeSeriesStore>,
+    /// Open data sessions.
+    pub sessions: Arc<crate::sql::sessions::DataSessions>,
+}
+
+impl Node {
+    /// What one call's SQL may spend: until the call's deadline (its
+    /// `grpc-timeout`) or the node's `max_statement_seconds`, whichever comes
+    /// first, and at most `max_result_bytes` of result. Hold the
+    /// [`StopOnDrop`] for as long as the call lives.
+    pub fn sql_budget(&self, metadata: &tonic::metadata::MetadataMap) -> (Budget, StopOnDrop) {
+        Budget::new(
+            call_timeout(metadata),
+            self.config.max_statement,
+            self.config.max_result_bytes,
+        )
+    }
+
+    /// A resource path as a request gives it: a path (normalised, see
+    /// [`paths::normalize`]) or `id:<uuid>`, the resource with that id
+    /// wherever it has moved (docs/security.md: an unknown id is NOT_FOUND;
+    /// the rights checks that follow are the path's).
+    pub async fn path(&self, given: &str) -> Result<String> {
+        let Some(id) = given.strip_prefix("id:") else {
+            return paths::normalize(given);
+        };
+        let id = id.trim();
+        match self.store.resource_path(id).await? {
+            Some(path) => Ok(path),
+            None => Err(Error::not_found(format!(
+                "no resource has id {id:?}; ids look like id:3f2c…, as `get` and `ls` show them"
+            ))),
+        }
+    }
+
+    pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    pub fn members(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalMember>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn begin_shutdown(&self) {
+        let grace_ms = self.config.grace_period.as_millis() as i64;
+        self.lifecycle.send_replace(Lifecycle::ShuttingDown {
+            grace_ms,
+            at_ms: now_ms(),
+        });
+    }
+
+    pub fn stop(&self) {
+        self.lifecycle.send_replace(Lifecycle::Stopped);
+    }
+}
+
+/// Resolves once the node has stopped serving streams.
+pub async fn stopped(mut lifecycle: watch::Receiver<Lifecycle>) -> Error {
+    let _ = lifecycle
+        .wait_for(|state| *state == Lifecycle::Stopped)
+        .await;
+    Error::unavailable(
+        "the node stopped after its shutdown grace period; reconnect to another node or retry",
+    )
+}
+
+/// The authenticated caller the call layer attached to a request.
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Error::unauthenticated("this call needs a session; log in first").into())
+}
+
+/// The time a call has left, from its `grpc-timeout` header (1 to 8 digits
+/// and a unit: H, M, S, m, u or n); `None` when it has none or a bad one
+/// (tonic refuses a bad one before a service sees the call).
+pub fn call_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::call_timeout;
+    use std::time::Duration;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        let with = |value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            call_timeout(&metadata)
+        };
+        assert_eq!(with("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(with("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(with("123456789S"), None);
+        assert_eq!(with("S"), None);
+        assert_eq!(with("5x"), None);
+        assert_eq!(call_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+}

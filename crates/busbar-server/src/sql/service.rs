@@ -1,0 +1,447 @@
+//! `busbar.v1.Sql`: statements on DATABASE resources, results as Arrow IPC or JSON.
+
+use super::flight_statements::MAX_BOUND_ROWS as MAX_MANY_ROWS;
+use crate::auth::access::Caller;
+use crate::error::{Error, Result};
+use crate::grpc::ipc::IpcPieces;
+use crate::grpc::{Reply, reply};
+use crate::node::{Node, caller};
+use crate::sql::procedures::{self, Arguments, Procedure};
+use crate::sql::sessions::DataSession;
+use crate::sql::{
+    Budget, SqlDatabases, SqlParam, SqlParams, SqlSummary, StopOnDrop, execute_on, run_each,
+    sandbox,
+};
+use crate::store::{ResourceKind, Right};
+use arrow_array::{Array, RecordBatch, cast::AsArray, types};
+use arrow_schema::DataType;
+use base64::Engine;
+use busbar_proto::v1::{self as pb, execute_response::Part, sql_server::Sql, sql_value::Kind};
+use futures::Stream;
+use rusqlite::Connection;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Request, Status};
+
+pub struct SqlService {
+    pub node: Arc<Node>,
+}
+
+/// Record batches queued between the engine and the network.
+const BATCH_QUEUE: usize = 4;
+
+fn param(value: pb::SqlValue) -> Result<SqlParam> {
+    Ok(match value.kind {
+        None | Some(Kind::Null(_)) => SqlParam::Null,
+        Some(Kind::Integer(i)) => SqlParam::Integer(i),
+        Some(Kind::Real(r)) => SqlParam::Real(r),
+        Some(Kind::Text(t)) => SqlParam::Text(t),
+        Some(Kind::Blob(b)) => SqlParam::Blob(b.to_vec()),
+        Some(Kind::Boolean(b)) => SqlParam::Boolean(b),
+        Some(Kind::TimestampMs(ms)) => SqlParam::TimestampMs(ms),
+    })
+}
+
+fn rfc3339(ms: i64) -> serde_json::Value {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map_or(serde_json::Value::Null, serde_json::Value::String)
+}
+
+/// Rows of a batch as JSON objects (column name → value).
+pub fn json_rows(batch: &RecordBatch) -> Vec<serde_json::Value> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let schema = batch.schema();
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = (0..batch.num_rows())
+        .map(|_| serde_json::Map::new())
+        .collect();
+    for (column, field) in batch.columns().iter().zip(schema.fields()) {
+        for (row, object) in rows.iter_mut().enumerate() {
+            let value = if column.is_null(row) {
+                serde_json::Value::Null
+            } else {
+                match field.data_type() {
+                    DataType::Int64 => column.as_primitive::<types::Int64Type>().value(row).into(),
+                    DataType::Float64 => serde_json::Number::from_f64(
+                        column.as_primitive::<types::Float64Type>().value(row),
+                    )
+                    .map_or(serde_json::Value::Null, serde_json::Value::Number),
+                    DataType::Boolean => column.as_boolean().value(row).into(),
+                    DataType::Binary => b64.encode(column.as_binary::<i32>().value(row)).into(),
+                    DataType::Timestamp(..) => rfc3339(
+                        column
+                            .as_primitive::<types::TimestampMillisecondType>()
+                            .value(row),
+                    ),
+                    _ => column.as_string::<i32>().value(row).into(),
+                }
+            };
+            object.insert(field.name().clone(), value);
+        }
+    }
+    rows.into_iter().map(serde_json::Value::Object).collect()
+}
+
+fn summary_pb(summary: SqlSummary) -> pb::ExecuteSummary {
+    pb::ExecuteSummary {
+        rows: summary.rows,
+        rows_affected: summary.rows_affected,
+        last_insert_rowid: summary.last_insert_rowid,
+        columns: summary
+            .columns
+            .into_iter()
+            .map(|(name, declared_type, arrow)| pb::SqlColumn {
+                name,
+                declared_type,
+                arrow_type: arrow.to_string(),
+            })
+            .collect(),
+    }
+}
+
+type Responses = Pin<Box<dyn Stream<Item = Result<pb::ExecuteResponse, Status>> + Send>>;
+
+fn part(part: Part) -> Result<pb::ExecuteResponse, Status> {
+    Ok(pb::ExecuteResponse { part: Some(part) })
+}
+
+/// Streams what a running statement sends to its sink: Arrow IPC pieces or
+/// JSON rows, then the summary. Errors before the first row fail the call
+/// itself (syntax, parameters, rights).
+///
+/// `stop` lives as long as the reply does: when the caller goes away (or its
+/// deadline passes before the first row), dropping it stops the statement.
+async fn respond(
+    mut running: tokio::task::JoinHandle<Result<SqlSummary>>,
+    mut batches: mpsc::Receiver<RecordBatch>,
+    json: bool,
+    stop: StopOnDrop,
+) -> Reply<Responses> {
+    let first = batches.recv().await;
+    if first.is_none() {
+        let summary = running.await.map_err(Error::from)??;
+        return reply(Box::pin(futures::stream::iter([part(Part::Summary(
+            summary_pb(summary),
+        ))])));
+    }
+    let (out, responses) = mpsc::channel::<Result<pb::ExecuteResponse, Status>>(BATCH_QUEUE);
+    tokio::spawn(async move {
+        let _stop = stop;
+        let mut pieces = IpcPieces::default();
+        let mut schema = None;
+        let mut next = first;
+        while let Some(batch) = next {
+            let encoded = if json {
+                Ok(vec![Part::JsonRows(
+                    serde_json::Value::Array(json_rows(&batch)).to_string(),
+                )])
+            } else {
+                schema.get_or_insert_with(|| batch.schema());
+                pieces
+                    .batch(&batch)
+                    .map(|bytes| bytes.into_iter().map(Part::ArrowIpc).collect())
+            };
+            let encoded = match encoded {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    let _ = out.send(Err(error.into())).await;
+                    return;
+                }
+            };
+            for piece in encoded {
+                if out.send(part(piece)).await.is_err() {
+                    return; // the caller went away; dropping `batches` stops the engine
+                }
+            }
+            next = tokio::select! {
+                next = batches.recv() => next,
+                // The caller left while the statement works on its next rows.
+                () = out.closed() => return,
+            };
+        }
+        if let Some(schema) = schema {
+            for piece in pieces.finish(&schema).unwrap_or_default() {
+                let _ = out.send(part(Part::ArrowIpc(piece))).await;
+            }
+        }
+        let last = match (&mut running).await {
+            Ok(Ok(summary)) => part(Part::Summary(summary_pb(summary))),
+            Ok(Err(error)) => Err(error.into()),
+            Err(error) => Err(Error::from(error).into()),
+        };
+        let _ = out.send(last).await;
+    });
+    reply(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+        responses,
+    )))
+}
+
+fn params(
+    positional: Vec<pb::SqlValue>,
+    named: impl IntoIterator<Item = (String, pb::SqlValue)>,
+) -> Result<SqlParams> {
+    Ok(SqlParams {
+        positional: positional.into_iter().map(param).collect::<Result<_>>()?,
+        named: named
+            .into_iter()
+            .map(|(k, v)| Ok((k, param(v)?)))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn procedure_pb(p: Procedure) -> pb::Procedure {
+    pb::Procedure {
+        name: p.name,
+        params: p.params,
+        body: p.body,
+        created_ms: p.created_ms,
+    }
+}
+
+/// A database the caller may use, and whether it may only read.
+struct Target {
+    id: String,
+    read_only: bool,
+    session: Option<Arc<DataSession>>,
+}
+
+impl SqlService {
+    async fn target(&self, caller: &Caller, database: &str, session: &str) -> Result<Target> {
+        let path = self.node.path(database).await?;
+        let record = self
+            .node
+            .access
+            .require_resource(caller, &path, Right::Read)
+            .await?;
+        if record.kind != ResourceKind::Database {
+            return Err(Error::failed_precondition(format!(
+                "{path} is a {}, not a database",
+                record.kind.name()
+            )));
+        }
+        let read_only = self.node.access.right(caller, &path).await? < Some(Right::Write);
+        let session = if session.is_empty() {
+            None
+        } else {
+            Some(self.node.sessions.get(session, &caller.identity_id)?)
+        };
+        Ok(Target {
+            id: record.id.clone(),
+            read_only,
+            session,
+        })
+    }
+
+    /// `Execute` with `rows` (executemany): the statement once per row, in
+    /// one transaction; a session's earlier work is kept if a row fails.
+    async fn execute_many(
+        &self,
+        target: Target,
+        request: pb::ExecuteRequest,
+        budget: Budget,
+    ) -> Reply<Responses> {
+        if !request.params.is_empty() || !request.named.is_empty() {
+            return Err(Error::invalid_argument(
+                "executemany binds each row's parameters: leave params and named empty",
+            )
+            .into());
+        }
+        if request.rows.len() > MAX_MANY_ROWS {
+            return Err(Error::invalid_argument(format!(
+                "{} rows in one executemany; at most {MAX_MANY_ROWS}: split them",
+                request.rows.len()
+            ))
+            .into());
+        }
+        let rows = request
+            .rows
+            .into_iter()
+            .map(|row| params(row.params, row.named))
+            .collect::<Result<Vec<_>>>()?;
+        let sql = request.sql;
+        let changed = if target.session.is_some() {
+            self.on_connection(target, move |conn| {
+                sandbox::control(conn, "SAVEPOINT executemany")?;
+                let changed = budget.run(conn, || run_each(conn, &sql, &rows));
+                if changed.is_err() && !conn.is_autocommit() {
+                    sandbox::control(conn, "ROLLBACK TO executemany")?;
+                }
+                if !conn.is_autocommit() {
+                    sandbox::control(conn, "RELEASE executemany")?;
+                }
+                changed
+            })
+            .await?
+        } else {
+            self.node
+                .sql
+                .execute_each(&target.id, sql, rows, target.read_only, budget)
+                .await?
+        };
+        let summary = SqlSummary {
+            rows_affected: changed,
+            ..SqlSummary::default()
+        };
+        reply(Box::pin(futures::stream::iter([part(Part::Summary(
+            summary_pb(summary),
+        ))])))
+    }
+
+    async fn writable(&self, caller: &Caller, database: &str) -> Result<Target> {
+        let target = self.target(caller, database, "").await?;
+        if target.read_only {
+            return Err(Error::permission_denied(format!(
+                "changing procedures needs write on {database}"
+            )));
+        }
+        Ok(target)
+    }
+
+    async fn on_connection<T: Send + 'static>(
+        &self,
+        target: Target,
+        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let databases = self.node.sql.clone();
+        tokio::task::spawn_blocking(move || with_connection(&databases, &target, work)).await?
+    }
+}
+
+/// Runs `work` on the right connection: the session's transaction on the
+/// database, else a read-only connection for read-rights callers, else the
+/// database's writer. Blocks: call it on the blocking pool.
+fn with_connection<T>(
+    databases: &SqlDatabases,
+    target: &Target,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(session) = &target.session {
+        let mut held = session.work()?;
+        let conn = held.database(&target.id, !target.read_only, || {
+            databases.connect(&target.id)
+        })?;
+        let result = work(conn);
+        if conn.is_autocommit() {
+            let why = match &result {
+                Err(error) => error.message.clone(),
+                Ok(_) => "the session's transaction ended inside a statement".into(),
+            };
+            return Err(session.abandon(&mut held, &why));
+        }
+        session.touch();
+        return result;
+    }
+    if target.read_only {
+        return work(&databases.connect_read_only(&target.id)?);
+    }
+    let writer = databases.writer(&target.id)?;
+    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+    work(&conn)
+}
+
+#[tonic::async_trait]
+impl Sql for SqlService {
+    type ExecuteStream = Responses;
+
+    async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
+        let caller = caller(&request)?;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
+        let r = request.into_inner();
+        let target = self.target(&caller, &r.database, &r.session).await?;
+        if !r.rows.is_empty() {
+            return self.execute_many(target, r, budget).await;
+        }
+        let params = params(r.params, r.named)?;
+        let json = r.format == pb::ResultFormat::Json as i32;
+        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let databases = self.node.sql.clone();
+        let running = if target.session.is_some() {
+            tokio::task::spawn_blocking(move || {
+                with_connection(&databases, &target, |conn| {
+                    execute_on(conn, &r.sql, &params, target.read_only, &sink, &budget)
+                })
+            })
+        } else {
+            tokio::spawn(async move {
+                databases
+                    .execute(&target.id, r.sql, params, target.read_only, sink, budget)
+                    .await
+            })
+        };
+        respond(running, batches, json, stop).await
+    }
+
+    async fn create_procedure(
+        &self,
+        request: Request<pb::CreateProcedureRequest>,
+    ) -> Reply<pb::Procedure> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.writable(&caller, &r.database).await?;
+        let procedure = Procedure {
+            name: r.name,
+            params: r.params,
+            body: r.body,
+            created_ms: 0,
+        };
+        let made = self
+            .on_connection(target, move |conn| {
+                procedures::create(conn, &procedure, r.replace)
+            })
+            .await?;
+        reply(procedure_pb(made))
+    }
+
+    async fn drop_procedure(
+        &self,
+        request: Request<pb::DropProcedureRequest>,
+    ) -> Reply<pb::DropProcedureResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.writable(&caller, &r.database).await?;
+        self.on_connection(target, move |conn| procedures::drop(conn, &r.name))
+            .await?;
+        reply(pb::DropProcedureResponse {})
+    }
+
+    async fn list_procedures(
+        &self,
+        request: Request<pb::ListProceduresRequest>,
+    ) -> Reply<pb::ListProceduresResponse> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let target = self.target(&caller, &r.database, "").await?;
+        let list = self.on_connection(target, procedures::list).await?;
+        reply(pb::ListProceduresResponse {
+            procedures: list.into_iter().map(procedure_pb).collect(),
+        })
+    }
+
+    type RunProcedureStream = Responses;
+
+    async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
+        let caller = caller(&request)?;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
+        let r = request.into_inner();
+        let target = self.target(&caller, &r.database, &r.session).await?;
+        let given = params(r.args, r.kwargs)?;
+        let args = Arguments {
+            positional: given.positional,
+            named: given.named.into_iter().collect(),
+        };
+        let json = r.format == pb::ResultFormat::Json as i32;
+        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let databases = self.node.sql.clone();
+        let running = tokio::task::spawn_blocking(move || {
+            with_connection(&databases, &target, |conn| {
+                procedures::run(conn, &r.name, args, &sink, &budget)
+            })
+        });
+        respond(running, batches, json, stop).await
+    }
+}

@@ -1,0 +1,261 @@
+//! Data sessions: server-side workspaces. A session holds one open SQLite
+//! transaction per database or series it touched, so its own calls read its
+//! uncommitted changes and nobody else sees them until commit. Sessions that
+//! sit idle longer than the node's idle timeout are rolled back by a sweeper.
+//!
+//! A session that touched a database or series holds that file's writer lock
+//! until it ends: other writers wait up to SQLite's busy timeout (5 s) and
+//! then get CONFLICT, while readers go on reading the last committed state.
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::sql::sandbox;
+use crate::store::now_ms;
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The open transactions of one session.
+#[derive(Default)]
+pub struct Work {
+    databases: HashMap<String, Connection>,
+    series: HashMap<String, Connection>,
+}
+
+impl Work {
+    fn begin<'w>(
+        map: &'w mut HashMap<String, Connection>,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&'w Connection> {
+        if !map.contains_key(id) {
+            let conn = open()?;
+            // IMMEDIATE takes the writer lock now, so a later write in the
+            // session can never fail on a snapshot another writer moved on.
+            sandbox::control(
+                &conn,
+                if write {
+                    "BEGIN IMMEDIATE"
+                } else {
+                    "BEGIN DEFERRED"
+                },
+            )?;
+            map.insert(id.to_string(), conn);
+        }
+        Ok(&map[id])
+    }
+
+    /// The session's transaction on a database, begun on first use.
+    pub fn database(
+        &mut self,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&Connection> {
+        Self::begin(&mut self.databases, id, write, open)
+    }
+
+    /// The session's transaction on a series, begun on first use.
+    pub fn series(
+        &mut self,
+        id: &str,
+        write: bool,
+        open: impl FnOnce() -> Result<Connection>,
+    ) -> Result<&Connection> {
+        Self::begin(&mut self.series, id, write, open)
+    }
+
+    /// The session's transaction on a series if it has one.
+    pub fn series_if_open(&self, id: &str) -> Option<&Connection> {
+        self.series.get(id)
+    }
+
+    /// Commits every transaction, databases first. Each file commits
+    /// atomically; should one commit fail, the ones after it roll back.
+    fn commit(&mut self) -> Result<(u32, u32)> {
+        let counts = (self.databases.len() as u32, self.series.len() as u32);
+        let mut failed: Option<Error> = None;
+        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
+            if failed.is_some() {
+                continue; // dropping the connection rolls its transaction back
+            }
+            if let Err(error) = sandbox::control(&conn, "COMMIT") {
+                failed = Some(Error::from(error));
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(counts),
+        }
+    }
+
+    fn rollback(&mut self) -> (u32, u32) {
+        let counts = (self.databases.len() as u32, self.series.len() as u32);
+        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
+            let _ = sandbox::control(&conn, "ROLLBACK");
+        }
+        counts
+    }
+}
+
+pub struct DataSession {
+    pub id: String,
+    owner: Arc<str>,
+    last_used_ms: AtomicI64,
+    work: Mutex<Work>,
+    /// Why the session was rolled back under its owner, once it was.
+    lost: Mutex<Option<String>>,
+}
+
+impl DataSession {
+    /// Rolls the whole session back because one of its transactions was
+    /// lost (SQLite rolls a transaction back when a statement that writes is
+    /// stopped); its next use says why. Returns the error to give now.
+    pub fn abandon(&self, work: &mut Work, why: &str) -> Error {
+        work.rollback();
+        let message = format!(
+            "{why}; SQLite rolled back the session's transaction, so session {} was rolled back \
+             as a whole: nothing it did is kept. Open a new session",
+            self.id
+        );
+        *self.lost.lock().unwrap_or_else(|p| p.into_inner()) = Some(message.clone());
+        Error::failed_precondition(message)
+    }
+
+    /// The session's transactions; calls in one session take turns. A call
+    /// that waited its turn behind the one that lost the session is refused.
+    pub fn work(&self) -> Result<MutexGuard<'_, Work>> {
+        let work = self.lock_work();
+        match self.lost() {
+            Some(message) => Err(Error::failed_precondition(message)),
+            None => Ok(work),
+        }
+    }
+
+    fn lock_work(&self) -> MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The open sessions of a node.
+pub struct DataSessions {
+    open: Mutex<HashMap<String, Arc<DataSession>>>,
+    pub idle: Duration,
+    max: usize,
+    /// Random per process, part of every session id: a session named by a
+    /// client after a restart is known to have been lost with the node.
+    incarnation: String,
+}
+
+impl DataSessions {
+    pub fn new(idle: Duration, max: usize) -> DataSessions {
+        DataSessions {
+            open: Mutex::new(HashMap::new()),
+            idle,
+            max,
+            incarnation: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<DataSession>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn open(&self, owner: &Arc<str>) -> Result<Arc<DataSession>> {
+        let mut open = self.lock();
+        if open.len() >= self.max {
+            return Err(Error {
+                code: ErrorCode::ResourceExhausted,
+                message: format!(
+                    "this node has {} open sessions, its limit (max_data_sessions); commit or roll back some",
+                    self.max
+                ),
+            });
+        }
+        let session = Arc::new(DataSession {
+            id: format!("ses_{}_{}", self.incarnation, uuid::Uuid::new_v4().simple()),
+            owner: owner.clone(),
+            last_used_ms: AtomicI64::new(now_ms()),
+            work: Mutex::new(Work::default()),
+            lost: Mutex::new(None),
+        });
+        open.insert(session.id.clone(), session.clone());
+        Ok(session)
+    }
+
+    /// An open session of `owner`, marked as used now.
+    pub fn get(&self, id: &str, owner: &str) -> Result<Arc<DataSession>> {
+        let session = self.lock().get(id).cloned().ok_or_else(|| {
+            let incarnation = id.strip_prefix("ses_").and_then(|rest| rest.split_once('_'));
+            match incarnation {
+                Some((of, _)) if of != self.incarnation => Error::not_found(format!(
+                    "session {id:?} was lost when the node restarted: sessions live in the node's memory, so a restart rolls back what they had not committed; open a new one"
+                )),
+                _ => Error::not_found(format!(
+                    "no open session {id:?}: it was committed, rolled back, or expired after {} s idle",
+                    self.idle.as_secs()
+                )),
+            }
+        })?;
+        if &*session.owner != owner {
+            return Err(Error::permission_denied(format!(
+                "session {id:?} belongs to another identity"
+            )));
+        }
+        if let Some(message) = session.lost() {
+            self.lock().remove(id);
+            return Err(Error::failed_precondition(message));
+        }
+        session.touch();
+        Ok(session)
+    }
+
+    /// When an unused session expires, epoch ms.
+    pub fn expires_ms(&self, session: &DataSession) -> i64 {
+        session.last_used_ms.load(Ordering::Relaxed) + self.idle.as_millis() as i64
+    }
+
+    /// Ends a session: commits it, or rolls it back. Returns how many
+    /// databases and series it held.
+    pub fn end(&self, id: &str, owner: &str, commit: bool) -> Result<(u32, u32)> {
+        let session = self.get(id, owner)?;
+        self.lock().remove(id);
+        let mut work = session.lock_work();
+        if let Some(message) = session.lost() {
+            return Err(Error::failed_precondition(message));
+        }
+        if commit {
+            work.commit()
+        } else {
+            Ok(work.rollback())
+        }
+    }
+
+    /// Rolls back sessions idle past the timeout; returns how many.
+    pub fn expire(&self) -> usize {
+        let now = now_ms();
+        let expired: Vec<Arc<DataSession>> = {
+            let mut open = self.lock();
+            let ids: Vec<String> = open
+                .values()
+                .filter(|s| self.expires_ms(s) <= now)
+                .map(|s| s.id.clone())
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for session in &expired {
+            session.lock_work().rollback();
+        }
+        expired.len()
+    }
+}

@@ -1,0 +1,509 @@
+//! `busbar.v1.TimeSeries`: points of TIMESERIES resources, read as Arrow IPC
+//! streams or in the columns form, written as Arrow IPC streams.
+
+use crate::auth::access::Caller;
+use crate::error::{Error, Result};
+use crate::grpc::ipc::{Piece, read_batches};
+use crate::grpc::one_method::OneMethod;
+use crate::grpc::zero_copy::{self, LoneBytes};
+use crate::grpc::{Reply, reply};
+use crate::node::{Node, caller};
+use crate::sql::sessions::DataSession;
+use crate::store::{ResourceKind, ResourceRecord, Right};
+use crate::timeseries::points_wire::{self, PointsColumns, PointsMessage};
+use crate::timeseries::store::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
+use arrow_array::RecordBatch;
+use busbar_proto::v1::{
+    self as pb,
+    read_series_response::Part as ReadPart,
+    time_series_server::{TimeSeries, TimeSeriesServer},
+    write_series_request::Part as WritePart,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use rusqlite::Connection;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Request, Status, Streaming};
+
+#[derive(Clone)]
+pub struct TimeSeriesService {
+    pub node: Arc<Node>,
+}
+
+/// `busbar.v1.TimeSeries` as served.
+pub type TimeSeriesRouter = OneMethod<TimeSeriesServer<TimeSeriesService>>;
+
+/// Serves `busbar.v1.TimeSeries`: `Read` answers through
+/// [`zero_copy`](super::zero_copy), so the columns and IPC pieces storage
+/// made go to the connection without another copy; the other methods go to
+/// the generated server.
+pub fn router(service: TimeSeriesService, max_message_bytes: usize) -> TimeSeriesRouter {
+    let generated = TimeSeriesServer::new(service.clone())
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let read = move |request: http::Request<tonic::body::Body>| {
+        let service = service.clone();
+        Box::pin(async move {
+            let request = match zero_copy::unary_request(request, max_message_bytes).await {
+                Ok(request) => request,
+                Err(status) => return status.into_http(),
+            };
+            match service.read(request).await {
+                Ok(stream) => zero_copy::response(stream.into_inner()),
+                Err(status) => status.into_http(),
+            }
+        }) as futures::future::BoxFuture<'static, _>
+    };
+    OneMethod::new(generated, "/busbar.v1.TimeSeries/Read", Arc::new(read))
+}
+
+impl LoneBytes for pb::ReadSeriesResponse {
+    fn lone_bytes(&self) -> Option<(u32, &Bytes)> {
+        match &self.part {
+            Some(ReadPart::ArrowIpc(bytes)) => Some((2, bytes)),
+            Some(ReadPart::Column(bytes)) => Some((4, bytes)),
+            _ => None,
+        }
+    }
+}
+
+/// Batches and pieces queued between storage and the network, each way.
+const QUEUE: usize = 4;
+
+pub fn spec_from_pb(spec: Option<pb::SeriesSpec>) -> Result<SeriesSpec> {
+    let spec = spec.ok_or_else(|| {
+        Error::invalid_argument("a time series needs a definition: at least its resolution")
+    })?;
+    let resolution = Resolution::from_i32(spec.resolution).ok_or_else(|| {
+        Error::invalid_argument(format!(
+            "bad resolution {}: use BREAKPOINT, MIN1, MIN5, MIN10, MIN15, MIN30, HOUR, DAY, WEEK, MONTH or YEAR",
+            spec.resolution
+        ))
+    })?;
+    let curve = match spec.curve {
+        0 | 1 => Curve::Staircase,
+        2 => Curve::PiecewiseLinear,
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "bad curve {other}: use STAIRCASE or PIECEWISE_LINEAR"
+            )));
+        }
+    };
+    let spec = SeriesSpec {
+        resolution,
+        unit: spec.unit,
+        curve,
+        time_zone: (!spec.time_zone.is_empty()).then_some(spec.time_zone),
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn spec_pb(spec: &SeriesSpec) -> pb::SeriesSpec {
+    pb::SeriesSpec {
+        resolution: spec.resolution as i32,
+        unit: spec.unit.clone(),
+        curve: spec.curve as i32,
+        time_zone: spec.time_zone.clone().unwrap_or_default(),
+    }
+}
+
+/// The series at `path`, if the caller has `right` on it.
+pub(super) async fn resolve(
+    node: &Node,
+    caller: &Caller,
+    path: &str,
+    right: Right,
+) -> Result<ResourceRecord> {
+    let path = node.path(path).await?;
+    let record = node.access.require_resource(caller, &path, right).await?;
+    if record.kind != ResourceKind::Timeseries {
+        return Err(Error::failed_precondition(format!(
+            "{path} is a {}, not a time series",
+            record.kind.name()
+        )));
+    }
+    Ok(Arc::unwrap_or_clone(record))
+}
+
+impl TimeSeriesService {
+    fn session(&self, caller: &Caller, id: &str) -> Result<Option<Arc<DataSession>>> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        self.node.sessions.get(id, &caller.identity_id).map(Some)
+    }
+}
+
+/// Runs `work` on a connection that sees the session's changes when there is
+/// a session holding this series, or on a fresh reader otherwise.
+fn with_reader<T>(
+    node: &Node,
+    session: Option<&DataSession>,
+    id: &str,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(session) = session {
+        let held = session.work()?;
+        if let Some(conn) = held.series_if_open(id) {
+            return work(conn);
+        }
+    }
+    work(&*node.timeseries.reader(id)?)
+}
+
+fn info(
+    node: &Node,
+    session: Option<&DataSession>,
+    record: &ResourceRecord,
+) -> Result<pb::SeriesInfo> {
+    with_reader(node, session, &record.id, |conn| {
+        info_on(node, conn, record)
+    })
+}
+
+/// A series' header, from `conn`.
+fn info_on(node: &Node, conn: &Connection, record: &ResourceRecord) -> Result<pb::SeriesInfo> {
+    let spec = node.timeseries.spec(&record.id)?;
+    let extent = store::extent(conn)?;
+    Ok(pb::SeriesInfo {
+        path: record.path.clone(),
+        spec: Some(spec_pb(&spec)),
+        points: extent.points,
+        first_ms: extent.first_ms,
+        last_ms: extent.last_ms,
+    })
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadSeriesResponse, Status>> + Send>>;
+
+fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
+    Ok(pb::ReadSeriesResponse { part: Some(part) })
+}
+
+/// How storage reads the points of one series into messages of type `M`
+/// (`points_wire::read` or `read_columns`).
+pub(super) type PointsReader<M> =
+    fn(&Connection, Option<i64>, Option<i64>, &mut dyn FnMut(M) -> Result<()>) -> Result<u64>;
+
+/// Where a read's responses go.
+type Out = mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>;
+
+/// One series' points to read: which, through which session, and the
+/// interval.
+pub(super) struct Reading {
+    pub session: Option<Arc<DataSession>>,
+    pub id: String,
+    pub range: (Option<i64>, Option<i64>),
+}
+
+/// The header of a series read, sent as soon as it is made.
+type Header = (ResourceRecord, oneshot::Sender<pb::SeriesInfo>);
+
+impl Reading {
+    /// Reads the points in a blocking thread, chunk by chunk into a bounded
+    /// queue of ready-made messages; the task's result says how many points
+    /// were read.
+    pub(super) fn start<M: Send + 'static>(
+        self,
+        node: &Arc<Node>,
+        reader: PointsReader<M>,
+    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
+        self.start_after(node, None, reader)
+    }
+
+    /// As [`Reading::start`], making the series' header first, on the same
+    /// connection and in the same snapshot as the points (so its count and
+    /// extent agree with them even while writers commit), in the same
+    /// blocking thread.
+    fn start_after<M: Send + 'static>(
+        self,
+        node: &Arc<Node>,
+        header: Option<Header>,
+        reader: PointsReader<M>,
+    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
+        let (sink, messages) = mpsc::channel::<M>(QUEUE);
+        let node = node.clone();
+        let reading = tokio::task::spawn_blocking(move || {
+            with_reader(&node, self.session.as_deref(), &self.id, |conn| {
+                // A session's connection already reads in its transaction.
+                let _snapshot = match conn.is_autocommit() {
+                    true => Some(conn.unchecked_transaction()?),
+                    false => None,
+                };
+                if let Some((record, made)) = header {
+                    // Nobody waiting for it means the caller went away.
+                    made.send(info_on(&node, conn, &record)?)
+                        .map_err(|_| Error::cancelled("the caller went away"))?;
+                }
+                reader(conn, self.range.0, self.range.1, &mut |message| {
+                    sink.blocking_send(message)
+                        .map_err(|_| Error::cancelled("the caller went away"))
+                })
+            })
+        });
+        (messages, reading)
+    }
+}
+
+/// The pieces of one batch in the columns form: its header, then each
+/// column that is not a rule.
+fn columns_parts(batch: PointsColumns) -> impl Iterator<Item = ReadPart> {
+    let header = pb::PointColumns {
+        // A stored chunk holds at most CHUNK_POINTS rows.
+        rows: batch.rows as u32,
+        times: batch.times.rule().map(|step| pb::TimeStep {
+            first_ms: step.first_ms,
+            step_ms: step.step_ms,
+        }),
+        flags: batch.flags.rule().copied(),
+    };
+    std::iter::once(ReadPart::Columns(header))
+        .chain(batch.times.into_values().map(ReadPart::Column))
+        .chain(batch.flags.into_values().map(ReadPart::Column))
+        .chain(std::iter::once(ReadPart::Column(batch.values)))
+}
+
+/// How one form frames a series' points: what goes before them, the
+/// pieces of each message storage makes, and what goes after them.
+struct Framing<M, P> {
+    reader: PointsReader<M>,
+    before: Option<ReadPart>,
+    parts: fn(M) -> P,
+    after: Option<ReadPart>,
+}
+
+/// Arrow IPC: the schema, one IPC message per stored chunk as storage made
+/// it, the end marker.
+fn ipc_framing() -> Framing<PointsMessage, Option<ReadPart>> {
+    Framing {
+        reader: points_wire::read,
+        before: Some(ReadPart::ArrowIpc(points_wire::SCHEMA_MESSAGE.clone())),
+        parts: |message| Some(ReadPart::ArrowIpc(message.framed())),
+        after: Some(ReadPart::ArrowIpc(Bytes::from_static(
+            &points_wire::END_OF_STREAM,
+        ))),
+    }
+}
+
+/// Columns: per stored chunk a header and the columns that are not rules.
+fn columns_framing() -> Framing<PointsColumns, impl Iterator<Item = ReadPart>> {
+    Framing {
+        reader: points_wire::read_columns,
+        before: None,
+        parts: columns_parts,
+        after: None,
+    }
+}
+
+/// Streams one series: its header, then its points framed by `framing`.
+/// `Ok(false)` when the caller went away.
+async fn send_series<M, P>(
+    node: &Arc<Node>,
+    reading: Reading,
+    record: ResourceRecord,
+    framing: Framing<M, P>,
+    out: &Out,
+) -> Result<bool>
+where
+    M: Send + 'static,
+    P: IntoIterator<Item = ReadPart>,
+{
+    let (made, header) = oneshot::channel();
+    let (mut messages, read) = reading.start_after(node, Some((record, made)), framing.reader);
+    let Ok(header) = header.await else {
+        // The header failed: the task says why.
+        read.await??;
+        return Err(Error::internal("a series read ended without its header"));
+    };
+    let parts = std::iter::once(ReadPart::Series(header)).chain(framing.before);
+    for part in parts {
+        if out.send(read_part(part)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    while let Some(message) = messages.recv().await {
+        for part in (framing.parts)(message) {
+            if out.send(read_part(part)).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    read.await??;
+    match framing.after {
+        Some(part) => Ok(out.send(read_part(part)).await.is_ok()),
+        None => Ok(true),
+    }
+}
+
+#[tonic::async_trait]
+impl TimeSeries for TimeSeriesService {
+    async fn describe(&self, request: Request<pb::DescribeSeriesRequest>) -> Reply<pb::SeriesInfo> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        let record = resolve(&self.node, &caller, &r.path, Right::Read).await?;
+        let session = self.session(&caller, &r.session)?;
+        let node = self.node.clone();
+        let info = tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
+            .await
+            .map_err(Error::from)??;
+        reply(info)
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<pb::ReadSeriesRequest>) -> Reply<ReadStream> {
+        let caller = caller(&request)?;
+        let r = request.into_inner();
+        if r.paths.is_empty() {
+            return Err(Error::invalid_argument("name at least one series to read").into());
+        }
+        let form = pb::PointsForm::try_from(r.form).map_err(|_| {
+            Error::invalid_argument(format!(
+                "bad points form {}: use POINTS_ARROW_IPC (0) or POINTS_COLUMNS (1)",
+                r.form
+            ))
+        })?;
+        // Every series is checked before anything streams.
+        let mut records = Vec::with_capacity(r.paths.len());
+        for path in &r.paths {
+            records.push(resolve(&self.node, &caller, path, Right::Read).await?);
+        }
+        let session = self.session(&caller, &r.session)?;
+        let range = (r.start_ms, r.end_ms);
+        let node = self.node.clone();
+        let (out, responses) = mpsc::channel(QUEUE);
+        tokio::spawn(async move {
+            for record in records {
+                let reading = Reading {
+                    session: session.clone(),
+                    id: record.id.clone(),
+                    range,
+                };
+                let sent = match form {
+                    pb::PointsForm::PointsArrowIpc => {
+                        send_series(&node, reading, record, ipc_framing(), &out).await
+                    }
+                    pb::PointsForm::PointsColumns => {
+                        send_series(&node, reading, record, columns_framing(), &out).await
+                    }
+                };
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        let _ = out.send(Err(error.into())).await;
+                        return;
+                    }
+                }
+            }
+            if let Some(session) = &session {
+                session.touch();
+            }
+        });
+        reply(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+            responses,
+        )))
+    }
+
+    async fn write(
+        &self,
+        request: Request<Streaming<pb::WriteSeriesRequest>>,
+    ) -> Reply<pb::WriteSeriesResponse> {
+        let caller = caller(&request)?;
+        let mut inbound = request.into_inner();
+        let header = match inbound.next().await {
+            Some(Ok(pb::WriteSeriesRequest {
+                part: Some(WritePart::Header(header)),
+            })) => header,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(Error::invalid_argument(
+                    "a write starts with its header (path and interval), then the Arrow IPC stream",
+                )
+                .into());
+            }
+        };
+        let record = resolve(&self.node, &caller, &header.path, Right::Write).await?;
+        let session = self.session(&caller, &header.session)?;
+        let (pieces, reader) = mpsc::channel::<Piece>(QUEUE);
+        let node = self.node.clone();
+        let range = (header.start_ms, header.end_ms);
+        let writing = tokio::task::spawn_blocking(move || {
+            let limit = node.config.max_message_bytes;
+            write_points(&node, session.as_deref(), &record.id, range, |take| {
+                read_batches(reader, limit, take)
+            })
+        });
+        while let Some(message) = inbound.next().await {
+            let piece = match message {
+                Ok(pb::WriteSeriesRequest {
+                    part: Some(WritePart::ArrowIpc(bytes)),
+                }) => Ok(bytes),
+                Ok(_) => Err(Error::invalid_argument(
+                    "the header comes once, first; the messages after it carry arrow_ipc",
+                )),
+                Err(status) => Err(Error::cancelled(format!(
+                    "the write stream broke off: {}",
+                    status.message()
+                ))),
+            };
+            let failed = piece.is_err();
+            // The writer stops reading once it has failed; its error wins.
+            if pieces.send(piece).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(pieces);
+        let summary = writing.await.map_err(Error::from)??;
+        reply(pb::WriteSeriesResponse {
+            points_written: summary.written,
+            points_deleted: summary.deleted,
+            start_ms: summary.start_ms,
+            end_ms: summary.end_ms,
+        })
+    }
+}
+
+/// Replaces an interval of a series with the points `source` hands over, in
+/// a transaction of its own or inside a session (under a savepoint, so a
+/// rejected write leaves the session's earlier work alone). Blocks: run it
+/// on the blocking pool.
+pub(super) fn write_points(
+    node: &Node,
+    session: Option<&DataSession>,
+    id: &str,
+    range: (Option<i64>, Option<i64>),
+    source: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()>,
+) -> Result<WriteSummary> {
+    let spec = node.timeseries.spec(id)?;
+    let write = |conn: &Connection| -> Result<WriteSummary> {
+        let mut write = SeriesWrite::new(conn, &spec, range.0, range.1)?;
+        source(&mut |batch| write.push(batch))?;
+        write.finish()
+    };
+    match session {
+        Some(session) => {
+            let mut work = session.work()?;
+            let conn = work.series(id, true, || node.timeseries.open_writer(id))?;
+            conn.execute_batch("SAVEPOINT series_write")?;
+            let result = write(conn);
+            if result.is_err() {
+                conn.execute_batch("ROLLBACK TO series_write")?;
+            }
+            conn.execute_batch("RELEASE series_write")?;
+            session.touch();
+            result
+        }
+        None => {
+            let writer = node.timeseries.writer(id)?;
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let summary = write(&tx)?;
+            tx.commit()?;
+            Ok(summary)
+        }
+    }
+}
