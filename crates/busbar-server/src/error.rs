@@ -74,26 +74,6 @@ impl From<Error> for Status {
     }
 }
 
-impl From<rusqlite::Error> for Error {
-    fn from(error: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(failure, _) = &error
-            && matches!(
-                failure.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            )
-        {
-            return Error {
-                code: ErrorCode::Conflict,
-                message: "the data is locked by another writer (an open session holds it until \
-                          it commits or rolls back); retry"
-                    .into(),
-            };
-        }
-        tracing::error!(%error, "storage failure");
-        Error::internal(format!("storage failure: {error}; see the server log"))
-    }
-}
-
 impl From<tokio::task::JoinError> for Error {
     fn from(error: tokio::task::JoinError) -> Self {
         Error::internal(format!("storage task failed: {error}"))

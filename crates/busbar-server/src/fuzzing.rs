@@ -3,8 +3,7 @@
 //! as a client or a file would send them and must not panic, hang or hold
 //! memory without bound; where a decoder has an invariant, it is asserted.
 
-use crate::sql::{Budget, SqlParam, SqlParams, execute_on, sandbox};
-use std::time::Duration;
+use crate::sql::{SqlParam, SqlParams};
 
 /// Resource paths: a path that normalises is a fixed point of normalising,
 /// with no empty, "." or ".." component and no control character.
@@ -60,7 +59,7 @@ pub fn series_points(data: &[u8]) {
         for batch in decoder.decode(arrow_buffer::Buffer::from(piece.to_vec())) {
             match batch {
                 Ok(batch) => {
-                    let _ = crate::timeseries::store::check_points(&batch);
+                    let _ = crate::timeseries::model::check_points(&batch);
                 }
                 Err(_) => return,
             }
@@ -80,20 +79,9 @@ pub fn sql(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
-    let conn = rusqlite::Connection::open_in_memory().expect("in-memory database");
-    sandbox::harden(&conn).expect("sandbox");
-    conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB)")
-        .expect("table");
     let params = SqlParams {
         positional: rest.iter().map(|&b| SqlParam::Integer(b.into())).collect(),
         named: Vec::new(),
     };
-    let (sink, batches) = tokio::sync::mpsc::channel(4);
-    drop(batches); // the first batch ends the run: prepare and bind are what is fuzzed
-    let (budget, _running) = Budget::new(Some(Duration::from_millis(100)), Duration::MAX, 1 << 20);
-    let _ = execute_on(&conn, text, &params, false, &sink, &budget);
-    assert!(conn.is_autocommit(), "user SQL left a transaction open");
-    // SAFETY: a valid handle; index 2 is the first attached database, if any.
-    let attached = unsafe { rusqlite::ffi::sqlite3_db_name(conn.handle(), 2) };
-    assert!(attached.is_null(), "user SQL attached a database");
+    crate::sql::embedded::fuzz_statement(text, &params);
 }

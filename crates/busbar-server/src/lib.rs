@@ -19,6 +19,7 @@ mod node;
 mod resources;
 mod rooms;
 mod server;
+mod sessions;
 mod sql;
 mod store;
 mod timeseries;

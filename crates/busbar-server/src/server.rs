@@ -14,7 +14,8 @@ use crate::node::service::NodeService;
 use crate::node::{Lifecycle, Node};
 use crate::resources::ResourcesService;
 use crate::rooms::{self, RoomsService};
-use crate::sql::{service::SqlService, sessions_service::SessionsService};
+use crate::sessions::service::SessionsService;
+use crate::sql::service::SqlService;
 use crate::store::{SqliteStore, Store, now_ms};
 use crate::timeseries::{self, service::TimeSeriesService};
 use crate::tls;
@@ -406,7 +407,7 @@ pub async fn serve(
         tokio::spawn(metrics.clone().serve(listener));
     }
 
-    crate::sql::sandbox::limit_memory(config.sql_memory_bytes);
+    crate::sql::embedded::sandbox::limit_memory(config.sql_memory_bytes);
     let (lifecycle, _) = tokio::sync::watch::channel(Lifecycle::Serving);
     let node = Arc::new(Node {
         store,
@@ -423,7 +424,7 @@ pub async fn serve(
         members: Default::default(),
         sql: Arc::new(crate::sql::SqlDatabases::new(&config.data_dir)),
         timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
-        sessions: Arc::new(crate::sql::sessions::DataSessions::new(
+        sessions: Arc::new(crate::sessions::DataSessions::new(
             config.data_session_idle,
             config.max_data_sessions,
         )),

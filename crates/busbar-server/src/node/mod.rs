@@ -52,11 +52,11 @@ pub struct Node {
     pub lifecycle: watch::Sender<Lifecycle>,
     pub members: Mutex<HashMap<String, LocalMember>>,
     /// Open SQL databases (DATABASE resources).
-    pub sql: Arc<crate::sql::SqlDatabases>,
+    pub sql: Arc<dyn crate::sql::SqlEngine>,
     /// Time series files (TIMESERIES resources).
-    pub timeseries: Arc<crate::timeseries::TimeSeriesStore>,
+    pub timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
     /// Open data sessions.
-    pub sessions: Arc<crate::sql::sessions::DataSessions>,
+    pub sessions: Arc<crate::sessions::DataSessions>,
 }
 
 impl Node {

@@ -25,7 +25,7 @@ impl ResourcesService {
         caller: &Caller,
         path: &str,
         kind: ResourceKind,
-        series: Option<&crate::timeseries::store::SeriesSpec>,
+        series: Option<&crate::timeseries::SeriesSpec>,
     ) -> Reply<pb::Resource> {
         let record = self
             .node
@@ -47,19 +47,20 @@ impl ResourcesService {
             )));
         }
         if let Some(wanted) = series
-            && *self.node.timeseries.spec(&record.id)? != *wanted
+            && *self.node.timeseries.spec(&record.id).await? != *wanted
         {
             return Err(already("with another definition".into()));
         }
-        reply(self.resource_pb(Arc::unwrap_or_clone(record)))
+        reply(self.resource_pb(Arc::unwrap_or_clone(record)).await)
     }
 
     /// A resource as returned to clients; series carry their definition.
-    fn resource_pb(&self, record: ResourceRecord) -> pb::Resource {
-        let series = (record.kind == ResourceKind::Timeseries)
-            .then(|| self.node.timeseries.spec(&record.id).ok())
-            .flatten()
-            .map(|spec| crate::timeseries::service::spec_pb(&spec));
+    async fn resource_pb(&self, record: ResourceRecord) -> pb::Resource {
+        let series = match record.kind {
+            ResourceKind::Timeseries => self.node.timeseries.spec(&record.id).await.ok(),
+            _ => None,
+        }
+        .map(|spec| crate::timeseries::service::spec_pb(&spec));
         pb::Resource {
             series,
             ..resource_pb(record)
@@ -184,7 +185,7 @@ impl Resources for ResourcesService {
             .access
             .require_resource(&caller, &path, Right::Read)
             .await?;
-        reply(self.resource_pb(Arc::unwrap_or_clone(record)))
+        reply(self.resource_pb(Arc::unwrap_or_clone(record)).await)
     }
 
     async fn list(
@@ -203,7 +204,8 @@ impl Resources for ResourcesService {
             .list_resources(&path, request.get_ref().recursive)
             .await?;
         reply(pb::ListResourcesResponse {
-            resources: records.into_iter().map(|r| self.resource_pb(r)).collect(),
+            resources: futures::future::join_all(records.into_iter().map(|r| self.resource_pb(r)))
+                .await,
         })
     }
 
@@ -275,7 +277,7 @@ impl Resources for ResourcesService {
             return Err(error.into());
         }
         self.node.access.invalidate().await;
-        reply(self.resource_pb(record))
+        reply(self.resource_pb(record).await)
     }
 
     async fn delete(
@@ -308,7 +310,7 @@ impl Resources for ResourcesService {
             .await?;
         let record = self.node.store.move_resource(&from, &to).await?;
         self.node.access.invalidate().await;
-        reply(self.resource_pb(record))
+        reply(self.resource_pb(record).await)
     }
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {

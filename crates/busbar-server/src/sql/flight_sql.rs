@@ -15,8 +15,7 @@ use crate::grpc::flight::{
     FlightDataStream, caller_of, checked_flight_data, encode, flight_error, info,
 };
 use crate::node::Node;
-use crate::sql::{Budget, Description, SqlParam, SqlParams};
-use crate::store::{ResourceKind, Right};
+use crate::sql::{Budget, Database, Description, SqlParam, SqlParams};
 use arrow_array::{Array, ArrayRef, RecordBatch, cast::AsArray, types};
 use arrow_cast::{CastOptions, cast_with_options};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -44,13 +43,6 @@ pub const DATABASE_HEADER: &str = "x-busbar-database";
 const BATCH_QUEUE: usize = 4;
 /// SQLite calls its one database `main`; Busbar shows it as catalog and schema.
 const CATALOG: &str = "main";
-
-/// A database the caller may use, resolved from its path.
-struct Target {
-    path: String,
-    id: String,
-    read_only: bool,
-}
 
 /// A bound value inside a ticket (reals by bit pattern, so NaN survives JSON).
 #[derive(Serialize, Deserialize)]
@@ -296,39 +288,30 @@ impl FlightSql {
     }
 
     /// The database at `path`, if `caller` may read it.
-    async fn open(&self, caller: &Caller, path: &str) -> Result<Target> {
-        let path = self.node.path(path).await?;
-        let access = &self.node.access;
-        let database = access.require_resource(caller, &path, Right::Read).await?;
-        if database.kind != ResourceKind::Database {
-            return Err(Error::failed_precondition(format!(
-                "{path} is a {}, not a database; name a database in {DATABASE_HEADER}",
-                database.kind.name()
-            )));
-        }
-        let read_only = access.right(caller, &path).await? < Some(Right::Write);
-        Ok(Target {
-            path,
-            id: database.id.clone(),
-            read_only,
-        })
+    async fn open(&self, caller: &Caller, path: &str) -> Result<Database> {
+        let hint = format!("; name a database in {DATABASE_HEADER}");
+        crate::sql::open(&self.node, caller, path, &hint).await
     }
 
     /// The caller's prepared statement and its database, rights checked again.
-    async fn prepared_target(&self, caller: &Caller, handle: &[u8]) -> Result<(Prepared, Target)> {
+    async fn prepared_target(
+        &self,
+        caller: &Caller,
+        handle: &[u8],
+    ) -> Result<(Prepared, Database)> {
         let prepared = self.prepared.get(&caller.identity_id, handle)?;
         let target = self.open(caller, &prepared.database).await?;
         Ok((prepared, target))
     }
 
     /// The caller and the database its `x-busbar-database` header names.
-    async fn target<T: Sync>(&self, request: &Request<T>) -> Result<(Caller, Target)> {
+    async fn target<T: Sync>(&self, request: &Request<T>) -> Result<(Caller, Database)> {
         let (caller, path) = (caller_of(request)?, database_path(request)?);
         let target = self.open(&caller, &path).await?;
         Ok((caller, target))
     }
 
-    fn refuse_writes(target: &Target, description: &Description) -> Result<()> {
+    fn refuse_writes(target: &Database, description: &Description) -> Result<()> {
         if target.read_only && !description.read_only {
             return Err(Error::permission_denied(format!(
                 "this statement writes, and the caller holds only read on {}; ask an admin for \
@@ -344,7 +327,7 @@ impl FlightSql {
     /// ticket; its ticket then yields no rows. Others run on DoGet.
     async fn statement_info(
         &self,
-        target: &Target,
+        target: &Database,
         sql: String,
         params: SqlParams,
         description: &Description,
@@ -357,10 +340,9 @@ impl FlightSql {
             self.node
                 .sql
                 .execute_each(
-                    &target.id,
+                    target.clone().into(),
                     sql.clone(),
                     vec![params.clone()],
-                    target.read_only,
                     budget,
                 )
                 .await?;
@@ -403,7 +385,7 @@ impl FlightSql {
         let description = self
             .node
             .sql
-            .describe(&target.id, query.query.clone(), None, budget.clone())
+            .describe(&target, query.query.clone(), None, budget.clone())
             .await?;
         if !description.parameters.is_empty() {
             return Err(Error::invalid_argument(format!(
@@ -453,7 +435,7 @@ impl FlightSql {
             .node
             .sql
             .describe(
-                &target.id,
+                &target,
                 prepared.sql.clone(),
                 Some(params.clone()),
                 budget.clone(),
@@ -486,10 +468,9 @@ impl FlightSql {
         }
         let (sink, mut batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
         let databases = self.node.sql.clone();
-        let (id, read_only) = (target.id, target.read_only);
         let running = tokio::spawn(async move {
             databases
-                .execute(&id, ticket.sql, params, read_only, sink, budget)
+                .execute(target.into(), ticket.sql, params, sink, budget)
                 .await
         });
         // Errors before the first batch (rights, SQL) fail the call itself.
@@ -540,10 +521,9 @@ impl FlightSql {
             .node
             .sql
             .execute_each(
-                &target.id,
+                target.clone().into(),
                 update.query,
                 vec![SqlParams::default()],
-                target.read_only,
                 budget,
             )
             .await?;
@@ -560,7 +540,7 @@ impl FlightSql {
         let description = self
             .node
             .sql
-            .describe(&target.id, create.query.clone(), None, budget)
+            .describe(&target, create.query.clone(), None, budget)
             .await?;
         Self::refuse_writes(&target, &description)?;
         let parameter_schema = Schema::new(
@@ -668,7 +648,7 @@ impl FlightSql {
         let changed = self
             .node
             .sql
-            .execute_each(&target.id, prepared.sql, rows, target.read_only, budget)
+            .execute_each(target.clone().into(), prepared.sql, rows, budget)
             .await?;
         Ok(changed as i64)
     }
@@ -723,11 +703,11 @@ impl FlightSql {
                 let (_, target) = self.target(&request).await?;
                 let include_schema = c.include_schema;
                 let mut builder = c.into_builder();
-                for (name, kind) in self.tables(&target, &budget).await? {
+                for (name, kind) in self.node.sql.tables(&target, budget.clone()).await? {
                     let schema = if include_schema {
                         let sql = format!("SELECT * FROM \"{}\"", name.replace('"', "\"\""));
                         let description = (self.node.sql)
-                            .describe(&target.id, sql, None, budget.clone())
+                            .describe(&target, sql, None, budget.clone())
                             .await?;
                         schema_of(&description.columns)
                     } else {
@@ -755,32 +735,6 @@ impl FlightSql {
         };
         let batch = built.map_err(|e| Error::internal(format!("catalog data: {e}")))?;
         Ok(encode(batch.schema(), futures::stream::iter([Ok(batch)])))
-    }
-
-    /// Tables and views (name, "table" or "view"), SQLite's own left out.
-    async fn tables(&self, target: &Target, budget: &Budget) -> Result<Vec<(String, String)>> {
-        let (sink, mut batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
-        let databases = self.node.sql.clone();
-        let (id, budget) = (target.id.clone(), budget.clone());
-        let running = tokio::spawn(async move {
-            let sql = "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') \
-                       AND name NOT LIKE 'sqlite_%' ORDER BY name";
-            databases
-                .execute(&id, sql.into(), SqlParams::default(), true, sink, budget)
-                .await
-        });
-        let mut tables = Vec::new();
-        while let Some(batch) = batches.recv().await {
-            let (names, kinds) = (
-                batch.column(0).as_string::<i32>(),
-                batch.column(1).as_string::<i32>(),
-            );
-            for row in 0..batch.num_rows() {
-                tables.push((names.value(row).to_string(), kinds.value(row).to_string()));
-            }
-        }
-        running.await??;
-        Ok(tables)
     }
 }
 

@@ -1,20 +1,184 @@
-//! SQL databases, one job in one place: the engine that owns every
-//! connection and transaction of a DATABASE resource (`engine`, with its
-//! sandbox, prepared statements, stored procedures and the writer pool),
-//! data sessions (a transaction held across calls), and the services that
-//! reach it: `busbar.v1.Sql`, `busbar.v1.Sessions` and Flight SQL.
+//! SQL databases, one job in one place. The services (`busbar.v1.Sql`
+//! in `service`, Flight SQL in `flight_sql`) check rights with [`open`] and
+//! reach storage only through the [`SqlEngine`] trait; the embedded engine
+//! (`embedded`: one SQLite file per database, sandboxed) is the only code
+//! that holds connections and transactions. A cluster's engine fills the
+//! same trait on PostgreSQL (docs/architecture.md).
 
-mod engine;
+mod budget;
+pub mod embedded;
 pub mod flight_sql;
 mod flight_statements;
-mod prepared;
-pub mod procedures;
-pub mod sandbox;
 pub mod service;
-pub mod sessions;
-pub mod sessions_service;
-pub(crate) mod writers;
 
-pub(crate) use engine::run_each;
-pub use engine::{Description, SqlDatabases, SqlParam, SqlParams, SqlSummary, execute_on};
-pub use sandbox::{Budget, StopOnDrop};
+pub use budget::{Budget, StopOnDrop};
+pub use busbar_types::SqlParam;
+pub use embedded::SqlDatabases;
+
+use crate::auth::access::Caller;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::sessions::DataSession;
+use crate::store::{ResourceKind, Right};
+use arrow_array::RecordBatch;
+use arrow_schema::DataType;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Parameters: by position (`?`, `?NNN`) or by name (`:name`, `@name`, `$name`).
+#[derive(Debug, Clone, Default)]
+pub struct SqlParams {
+    pub positional: Vec<SqlParam>,
+    pub named: Vec<(String, SqlParam)>,
+}
+
+/// What a statement did besides returning rows.
+#[derive(Debug, Clone, Default)]
+pub struct SqlSummary {
+    pub rows: u64,
+    pub rows_affected: u64,
+    pub last_insert_rowid: i64,
+    /// Column name, declared type, Arrow type.
+    pub columns: Vec<(String, String, DataType)>,
+}
+
+/// A statement's shape without running it to completion (Flight SQL's
+/// prepared statements).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Description {
+    /// Result columns: name and Arrow type.
+    pub columns: Vec<(String, DataType)>,
+    /// Parameter names in order (`:name`, `?3`; empty for a bare `?`).
+    pub parameters: Vec<String>,
+    /// Whether the engine says the statement does not write.
+    pub read_only: bool,
+}
+
+/// A stored procedure: named, parameterized SQL kept in its database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Procedure {
+    pub name: String,
+    pub params: Vec<String>,
+    pub body: String,
+    pub created_ms: i64,
+}
+
+/// Arguments of a procedure run: by position or by name.
+#[derive(Debug, Clone, Default)]
+pub struct Arguments {
+    pub positional: Vec<SqlParam>,
+    pub named: HashMap<String, SqlParam>,
+}
+
+/// A database a call may use, as the rights check found it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub path: String,
+    /// The resource id, which names its storage.
+    pub id: String,
+    /// The caller holds read but not write: nothing it runs may write.
+    pub read_only: bool,
+}
+
+/// Where a call's SQL runs: its database and, when the call names one, the
+/// data session whose transaction on that database it joins.
+#[derive(Clone)]
+pub struct On {
+    pub database: Database,
+    pub session: Option<Arc<DataSession>>,
+}
+
+impl From<Database> for On {
+    fn from(database: Database) -> On {
+        On {
+            database,
+            session: None,
+        }
+    }
+}
+
+/// Where result batches go, as the engine fills them.
+pub type Rows = mpsc::Sender<RecordBatch>;
+
+/// Everything the services ask of SQL databases. Each method runs under
+/// `budget` where it takes one; with `on.database.read_only` nothing may
+/// write (the engine's own judgement of the statement, not its text).
+#[async_trait]
+pub trait SqlEngine: Send + Sync + 'static {
+    /// Makes the storage of a new DATABASE resource.
+    fn create(&self, id: &str) -> Result<()>;
+    /// Drops the storage of a deleted one.
+    fn remove(&self, id: &str);
+    /// Runs one statement, sending its rows to `rows`.
+    async fn execute(
+        &self,
+        on: On,
+        sql: String,
+        params: SqlParams,
+        rows: Rows,
+        budget: Budget,
+    ) -> Result<SqlSummary>;
+    /// Runs one statement once per parameter row, all or none (in a
+    /// session, the session's earlier work is kept if a row fails).
+    /// Returns the rows changed in total.
+    async fn execute_each(
+        &self,
+        on: On,
+        sql: String,
+        rows: Vec<SqlParams>,
+        budget: Budget,
+    ) -> Result<u64>;
+    /// A statement's columns and parameters; with `params`, a statement that
+    /// does not write may be run a little to type expression columns.
+    async fn describe(
+        &self,
+        database: &Database,
+        sql: String,
+        params: Option<SqlParams>,
+        budget: Budget,
+    ) -> Result<Description>;
+    /// The user's tables and views: name and "table" or "view".
+    async fn tables(&self, database: &Database, budget: Budget) -> Result<Vec<(String, String)>>;
+    async fn create_procedure(
+        &self,
+        on: On,
+        procedure: Procedure,
+        replace: bool,
+    ) -> Result<Procedure>;
+    async fn drop_procedure(&self, on: On, name: String) -> Result<()>;
+    async fn list_procedures(&self, on: On) -> Result<Vec<Procedure>>;
+    /// Runs a procedure atomically, sending the rows of its last statement.
+    async fn run_procedure(
+        &self,
+        on: On,
+        name: String,
+        args: Arguments,
+        rows: Rows,
+        budget: Budget,
+    ) -> Result<SqlSummary>;
+}
+
+/// The database `given` names (a path or `id:<uuid>`), if `caller` may read
+/// it: the one rights rule of `Sql`, `Sessions` and Flight SQL. `hint` ends
+/// the message when the resource is not a database.
+pub async fn open(node: &Node, caller: &Caller, given: &str, hint: &str) -> Result<Database> {
+    let path = node.path(given).await?;
+    let record = node
+        .access
+        .require_resource(caller, &path, Right::Read)
+        .await?;
+    if record.kind != ResourceKind::Database {
+        return Err(Error::failed_precondition(format!(
+            "{path} is a {}, not a database{hint}",
+            record.kind.name()
+        )));
+    }
+    let read_only = node.access.right(caller, &path).await? < Some(Right::Write);
+    Ok(Database {
+        id: record.id.clone(),
+        path,
+        read_only,
+    })
+}

@@ -6,19 +6,12 @@ use crate::error::{Error, Result};
 use crate::grpc::ipc::IpcPieces;
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller};
-use crate::sql::procedures::{self, Arguments, Procedure};
-use crate::sql::sessions::DataSession;
-use crate::sql::{
-    Budget, SqlDatabases, SqlParam, SqlParams, SqlSummary, StopOnDrop, execute_on, run_each,
-    sandbox,
-};
-use crate::store::{ResourceKind, Right};
+use crate::sql::{Arguments, Budget, On, Procedure, SqlParam, SqlParams, SqlSummary, StopOnDrop};
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
 use base64::Engine;
 use busbar_proto::v1::{self as pb, execute_response::Part, sql_server::Sql, sql_value::Kind};
 use futures::Stream;
-use rusqlite::Connection;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -203,45 +196,24 @@ fn procedure_pb(p: Procedure) -> pb::Procedure {
     }
 }
 
-/// A database the caller may use, and whether it may only read.
-struct Target {
-    id: String,
-    read_only: bool,
-    session: Option<Arc<DataSession>>,
-}
-
 impl SqlService {
-    async fn target(&self, caller: &Caller, database: &str, session: &str) -> Result<Target> {
-        let path = self.node.path(database).await?;
-        let record = self
-            .node
-            .access
-            .require_resource(caller, &path, Right::Read)
-            .await?;
-        if record.kind != ResourceKind::Database {
-            return Err(Error::failed_precondition(format!(
-                "{path} is a {}, not a database",
-                record.kind.name()
-            )));
-        }
-        let read_only = self.node.access.right(caller, &path).await? < Some(Right::Write);
+    /// Where the call's SQL runs: a database the caller may read, in the
+    /// named data session if any.
+    async fn on(&self, caller: &Caller, database: &str, session: &str) -> Result<On> {
+        let database = crate::sql::open(&self.node, caller, database, "").await?;
         let session = if session.is_empty() {
             None
         } else {
             Some(self.node.sessions.get(session, &caller.identity_id)?)
         };
-        Ok(Target {
-            id: record.id.clone(),
-            read_only,
-            session,
-        })
+        Ok(On { database, session })
     }
 
     /// `Execute` with `rows` (executemany): the statement once per row, in
     /// one transaction; a session's earlier work is kept if a row fails.
     async fn execute_many(
         &self,
-        target: Target,
+        on: On,
         request: pb::ExecuteRequest,
         budget: Budget,
     ) -> Reply<Responses> {
@@ -263,26 +235,11 @@ impl SqlService {
             .into_iter()
             .map(|row| params(row.params, row.named))
             .collect::<Result<Vec<_>>>()?;
-        let sql = request.sql;
-        let changed = if target.session.is_some() {
-            self.on_connection(target, move |conn| {
-                sandbox::control(conn, "SAVEPOINT executemany")?;
-                let changed = budget.run(conn, || run_each(conn, &sql, &rows));
-                if changed.is_err() && !conn.is_autocommit() {
-                    sandbox::control(conn, "ROLLBACK TO executemany")?;
-                }
-                if !conn.is_autocommit() {
-                    sandbox::control(conn, "RELEASE executemany")?;
-                }
-                changed
-            })
-            .await?
-        } else {
-            self.node
-                .sql
-                .execute_each(&target.id, sql, rows, target.read_only, budget)
-                .await?
-        };
+        let changed = self
+            .node
+            .sql
+            .execute_each(on, request.sql, rows, budget)
+            .await?;
         let summary = SqlSummary {
             rows_affected: changed,
             ..SqlSummary::default()
@@ -292,56 +249,16 @@ impl SqlService {
         ))])))
     }
 
-    async fn writable(&self, caller: &Caller, database: &str) -> Result<Target> {
-        let target = self.target(caller, database, "").await?;
-        if target.read_only {
+    /// Where a procedure change runs: it needs write on the database.
+    async fn writable(&self, caller: &Caller, database: &str) -> Result<On> {
+        let on = self.on(caller, database, "").await?;
+        if on.database.read_only {
             return Err(Error::permission_denied(format!(
                 "changing procedures needs write on {database}"
             )));
         }
-        Ok(target)
+        Ok(on)
     }
-
-    async fn on_connection<T: Send + 'static>(
-        &self,
-        target: Target,
-        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let databases = self.node.sql.clone();
-        tokio::task::spawn_blocking(move || with_connection(&databases, &target, work)).await?
-    }
-}
-
-/// Runs `work` on the right connection: the session's transaction on the
-/// database, else a read-only connection for read-rights callers, else the
-/// database's writer. Blocks: call it on the blocking pool.
-fn with_connection<T>(
-    databases: &SqlDatabases,
-    target: &Target,
-    work: impl FnOnce(&Connection) -> Result<T>,
-) -> Result<T> {
-    if let Some(session) = &target.session {
-        let mut held = session.work()?;
-        let conn = held.database(&target.id, !target.read_only, || {
-            databases.connect(&target.id)
-        })?;
-        let result = work(conn);
-        if conn.is_autocommit() {
-            let why = match &result {
-                Err(error) => error.message.clone(),
-                Ok(_) => "the session's transaction ended inside a statement".into(),
-            };
-            return Err(session.abandon(&mut held, &why));
-        }
-        session.touch();
-        return result;
-    }
-    if target.read_only {
-        return work(&databases.connect_read_only(&target.id)?);
-    }
-    let writer = databases.writer(&target.id)?;
-    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-    work(&conn)
 }
 
 #[tonic::async_trait]
@@ -352,27 +269,16 @@ impl Sql for SqlService {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
         let r = request.into_inner();
-        let target = self.target(&caller, &r.database, &r.session).await?;
+        let on = self.on(&caller, &r.database, &r.session).await?;
         if !r.rows.is_empty() {
-            return self.execute_many(target, r, budget).await;
+            return self.execute_many(on, r, budget).await;
         }
         let params = params(r.params, r.named)?;
         let json = r.format == pb::ResultFormat::Json as i32;
         let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
-        let databases = self.node.sql.clone();
-        let running = if target.session.is_some() {
-            tokio::task::spawn_blocking(move || {
-                with_connection(&databases, &target, |conn| {
-                    execute_on(conn, &r.sql, &params, target.read_only, &sink, &budget)
-                })
-            })
-        } else {
-            tokio::spawn(async move {
-                databases
-                    .execute(&target.id, r.sql, params, target.read_only, sink, budget)
-                    .await
-            })
-        };
+        let engine = self.node.sql.clone();
+        let running =
+            tokio::spawn(async move { engine.execute(on, r.sql, params, sink, budget).await });
         respond(running, batches, json, stop).await
     }
 
@@ -382,7 +288,7 @@ impl Sql for SqlService {
     ) -> Reply<pb::Procedure> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let target = self.writable(&caller, &r.database).await?;
+        let on = self.writable(&caller, &r.database).await?;
         let procedure = Procedure {
             name: r.name,
             params: r.params,
@@ -390,9 +296,9 @@ impl Sql for SqlService {
             created_ms: 0,
         };
         let made = self
-            .on_connection(target, move |conn| {
-                procedures::create(conn, &procedure, r.replace)
-            })
+            .node
+            .sql
+            .create_procedure(on, procedure, r.replace)
             .await?;
         reply(procedure_pb(made))
     }
@@ -403,9 +309,8 @@ impl Sql for SqlService {
     ) -> Reply<pb::DropProcedureResponse> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let target = self.writable(&caller, &r.database).await?;
-        self.on_connection(target, move |conn| procedures::drop(conn, &r.name))
-            .await?;
+        let on = self.writable(&caller, &r.database).await?;
+        self.node.sql.drop_procedure(on, r.name).await?;
         reply(pb::DropProcedureResponse {})
     }
 
@@ -415,8 +320,8 @@ impl Sql for SqlService {
     ) -> Reply<pb::ListProceduresResponse> {
         let caller = caller(&request)?;
         let r = request.into_inner();
-        let target = self.target(&caller, &r.database, "").await?;
-        let list = self.on_connection(target, procedures::list).await?;
+        let on = self.on(&caller, &r.database, "").await?;
+        let list = self.node.sql.list_procedures(on).await?;
         reply(pb::ListProceduresResponse {
             procedures: list.into_iter().map(procedure_pb).collect(),
         })
@@ -428,7 +333,7 @@ impl Sql for SqlService {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
         let r = request.into_inner();
-        let target = self.target(&caller, &r.database, &r.session).await?;
+        let on = self.on(&caller, &r.database, &r.session).await?;
         let given = params(r.args, r.kwargs)?;
         let args = Arguments {
             positional: given.positional,
@@ -436,12 +341,9 @@ impl Sql for SqlService {
         };
         let json = r.format == pb::ResultFormat::Json as i32;
         let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
-        let databases = self.node.sql.clone();
-        let running = tokio::task::spawn_blocking(move || {
-            with_connection(&databases, &target, |conn| {
-                procedures::run(conn, &r.name, args, &sink, &budget)
-            })
-        });
+        let engine = self.node.sql.clone();
+        let running =
+            tokio::spawn(async move { engine.run_procedure(on, r.name, args, sink, budget).await });
         respond(running, batches, json, stop).await
     }
 }

@@ -14,14 +14,14 @@
 //!   `PutResult` carries the write summary as JSON.
 //! - `ListFlights` lists every series the caller may read.
 
-use super::service::{Reading, resolve, write_points};
+use super::service::{resolve, start_read};
 use crate::error::{Error, Result};
 use crate::grpc::flight::FlightDataStream;
 use crate::grpc::flight::{caller_of, checked_flight_data, flight_error, info};
 use crate::node::Node;
 use crate::store::{ResourceKind, ResourceRecord, Right};
-use crate::timeseries::points_wire;
-use crate::timeseries::store::{POINTS_SCHEMA, parse_time};
+use crate::timeseries::model::{POINTS_SCHEMA, parse_time};
+use crate::timeseries::{PointsSink, SeriesRead};
 use arrow_array::RecordBatch;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{
@@ -118,11 +118,7 @@ async fn series_info(
     if points.start.is_some() || points.end.is_some() {
         return Ok(info);
     }
-    let (node, id) = (node.clone(), record.id.clone());
-    let extent = tokio::task::spawn_blocking(move || {
-        crate::timeseries::store::extent(&*node.timeseries.reader(&id)?)
-    })
-    .await??;
+    let extent = node.timeseries.extent(None, &record.id).await?;
     Ok(info.with_total_records(extent.points as i64))
 }
 
@@ -174,12 +170,12 @@ pub async fn do_get(
     let caller = caller_of(&request)?;
     let points = Points::from_json(&request.get_ref().ticket, "ticket")?;
     let record = resolve(node, &caller, &points.path, Right::Read).await?;
-    let reading = Reading {
+    let read = SeriesRead {
         session: None,
         id: record.id,
         range: points.range(),
     };
-    let (messages, reading) = reading.start(node, points_wire::read);
+    let (messages, reading) = start_read(node, read, None, PointsSink::Ipc);
     // Storage's IPC messages go out as they are: metadata and body of each
     // are the FlightData's header and body, after the schema.
     let schema = FlightData::from(SchemaAsIpc::new(
@@ -226,13 +222,14 @@ pub async fn do_put(
     let writing = {
         let node = node.clone();
         let range = points.range();
-        tokio::task::spawn_blocking(move || {
-            write_points(&node, None, &record.id, range, |take| {
+        tokio::spawn(async move {
+            let source = Box::new(move |take: &mut dyn FnMut(&RecordBatch) -> Result<()>| {
                 while let Some(batch) = received.blocking_recv() {
                     take(&batch?)?;
                 }
                 Ok(())
-            })
+            });
+            node.timeseries.write(None, &record.id, range, source).await
         })
     };
     while let Some(item) = batches.try_next().await.map_err(flight_error).transpose() {

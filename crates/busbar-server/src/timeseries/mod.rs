@@ -1,10 +1,76 @@
-//! Time series, one job in one place: the model and storage (`store`), the
-//! points' wire format (`points_wire`), and the services that reach it:
-//! `busbar.v1.TimeSeries` and its Arrow Flight tickets.
+//! Time series, one job in one place. The services (`busbar.v1.TimeSeries`
+//! in `service`, Arrow Flight tickets in `flight`) check rights and reach
+//! storage only through the [`SeriesEngine`] trait; `model` is what every
+//! backend shares (a series' definition and grid, how points are checked).
+//! The embedded engine (`embedded`: one SQLite file per series, points in
+//! column chunks sent without another copy) is the only code that holds
+//! connections and transactions. A cluster's engine fills the same trait on
+//! PostgreSQL (docs/architecture.md).
 
+pub mod embedded;
 pub mod flight;
-pub mod points_wire;
+pub mod model;
 pub mod service;
-pub mod store;
 
-pub use store::TimeSeriesStore;
+pub use embedded::{PointsColumns, PointsMessage, TimeSeriesStore};
+pub use model::{Extent, SeriesSpec, WriteSummary};
+
+use crate::error::Result;
+use crate::sessions::DataSession;
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// One series' points to read: which, through which session (whose
+/// uncommitted writes it then sees), and the interval `[start, end)`.
+#[derive(Clone)]
+pub struct SeriesRead {
+    pub session: Option<Arc<DataSession>>,
+    pub id: String,
+    pub range: (Option<i64>, Option<i64>),
+}
+
+/// Where a read's points go, in the form the caller asked for: framed Arrow
+/// IPC messages, or the columns form. Bounded: the engine waits for room.
+pub enum PointsSink {
+    Ipc(mpsc::Sender<PointsMessage>),
+    Columns(mpsc::Sender<PointsColumns>),
+}
+
+/// Hands a write's record batches, in order, to the function it is given;
+/// called once, on the engine's blocking thread.
+pub type BatchSource =
+    Box<dyn FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()> + Send>;
+
+/// Everything the services ask of time series.
+#[async_trait]
+pub trait SeriesEngine: Send + Sync + 'static {
+    /// Makes the storage of a new TIMESERIES resource.
+    fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()>;
+    /// Drops the storage of a deleted one.
+    fn remove(&self, id: &str);
+    /// A series' definition.
+    async fn spec(&self, id: &str) -> Result<Arc<SeriesSpec>>;
+    /// How many points a series holds and where they start and end.
+    async fn extent(&self, session: Option<Arc<DataSession>>, id: &str) -> Result<Extent>;
+    /// Reads points into `sink` in one snapshot; `header`, when given,
+    /// first gets the extent from that same snapshot (so it agrees with the
+    /// points even while writers commit). Returns how many points were read.
+    async fn read(
+        &self,
+        read: SeriesRead,
+        header: Option<oneshot::Sender<Extent>>,
+        sink: PointsSink,
+    ) -> Result<u64>;
+    /// Replaces `range` of a series with the points `source` hands over,
+    /// all or nothing: in a transaction of its own, or inside `session`
+    /// (where a rejected write leaves the session's earlier work alone).
+    async fn write(
+        &self,
+        session: Option<Arc<DataSession>>,
+        id: &str,
+        range: (Option<i64>, Option<i64>),
+        source: BatchSource,
+    ) -> Result<WriteSummary>;
+}

@@ -8,10 +8,11 @@ use crate::grpc::one_method::OneMethod;
 use crate::grpc::zero_copy::{self, LoneBytes};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller};
-use crate::sql::sessions::DataSession;
+use crate::sessions::DataSession;
 use crate::store::{ResourceKind, ResourceRecord, Right};
-use crate::timeseries::points_wire::{self, PointsColumns, PointsMessage};
-use crate::timeseries::store::{self, Curve, Resolution, SeriesSpec, SeriesWrite, WriteSummary};
+use crate::timeseries::embedded::points_wire;
+use crate::timeseries::model::{Curve, Resolution, SeriesSpec};
+use crate::timeseries::{PointsColumns, PointsMessage, PointsSink, SeriesRead};
 use arrow_array::RecordBatch;
 use busbar_proto::v1::{
     self as pb,
@@ -21,7 +22,6 @@ use busbar_proto::v1::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use rusqlite::Connection;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -137,37 +137,23 @@ impl TimeSeriesService {
     }
 }
 
-/// Runs `work` on a connection that sees the session's changes when there is
-/// a session holding this series, or on a fresh reader otherwise.
-fn with_reader<T>(
+/// A series' header as `session` sees it.
+async fn info(
     node: &Node,
-    session: Option<&DataSession>,
-    id: &str,
-    work: impl FnOnce(&Connection) -> Result<T>,
-) -> Result<T> {
-    if let Some(session) = session {
-        let held = session.work()?;
-        if let Some(conn) = held.series_if_open(id) {
-            return work(conn);
-        }
-    }
-    work(&*node.timeseries.reader(id)?)
-}
-
-fn info(
-    node: &Node,
-    session: Option<&DataSession>,
+    session: Option<Arc<DataSession>>,
     record: &ResourceRecord,
 ) -> Result<pb::SeriesInfo> {
-    with_reader(node, session, &record.id, |conn| {
-        info_on(node, conn, record)
-    })
+    let extent = node.timeseries.extent(session, &record.id).await?;
+    info_of(node, record, extent).await
 }
 
-/// A series' header, from `conn`.
-fn info_on(node: &Node, conn: &Connection, record: &ResourceRecord) -> Result<pb::SeriesInfo> {
-    let spec = node.timeseries.spec(&record.id)?;
-    let extent = store::extent(conn)?;
+/// A series' header from its extent.
+async fn info_of(
+    node: &Node,
+    record: &ResourceRecord,
+    extent: crate::timeseries::Extent,
+) -> Result<pb::SeriesInfo> {
+    let spec = node.timeseries.spec(&record.id).await?;
     Ok(pb::SeriesInfo {
         path: record.path.clone(),
         spec: Some(spec_pb(&spec)),
@@ -183,69 +169,25 @@ fn read_part(part: ReadPart) -> Result<pb::ReadSeriesResponse, Status> {
     Ok(pb::ReadSeriesResponse { part: Some(part) })
 }
 
-/// How storage reads the points of one series into messages of type `M`
-/// (`points_wire::read` or `read_columns`).
-pub(super) type PointsReader<M> =
-    fn(&Connection, Option<i64>, Option<i64>, &mut dyn FnMut(M) -> Result<()>) -> Result<u64>;
+/// Where the engine sends one form of points: the sink of that form.
+pub(super) type ToSink<M> = fn(mpsc::Sender<M>) -> PointsSink;
 
 /// Where a read's responses go.
 type Out = mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>;
 
-/// One series' points to read: which, through which session, and the
-/// interval.
-pub(super) struct Reading {
-    pub session: Option<Arc<DataSession>>,
-    pub id: String,
-    pub range: (Option<i64>, Option<i64>),
-}
-
-/// The header of a series read, sent as soon as it is made.
-type Header = (ResourceRecord, oneshot::Sender<pb::SeriesInfo>);
-
-impl Reading {
-    /// Reads the points in a blocking thread, chunk by chunk into a bounded
-    /// queue of ready-made messages; the task's result says how many points
-    /// were read.
-    pub(super) fn start<M: Send + 'static>(
-        self,
-        node: &Arc<Node>,
-        reader: PointsReader<M>,
-    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
-        self.start_after(node, None, reader)
-    }
-
-    /// As [`Reading::start`], making the series' header first, on the same
-    /// connection and in the same snapshot as the points (so its count and
-    /// extent agree with them even while writers commit), in the same
-    /// blocking thread.
-    fn start_after<M: Send + 'static>(
-        self,
-        node: &Arc<Node>,
-        header: Option<Header>,
-        reader: PointsReader<M>,
-    ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
-        let (sink, messages) = mpsc::channel::<M>(QUEUE);
-        let node = node.clone();
-        let reading = tokio::task::spawn_blocking(move || {
-            with_reader(&node, self.session.as_deref(), &self.id, |conn| {
-                // A session's connection already reads in its transaction.
-                let _snapshot = match conn.is_autocommit() {
-                    true => Some(conn.unchecked_transaction()?),
-                    false => None,
-                };
-                if let Some((record, made)) = header {
-                    // Nobody waiting for it means the caller went away.
-                    made.send(info_on(&node, conn, &record)?)
-                        .map_err(|_| Error::cancelled("the caller went away"))?;
-                }
-                reader(conn, self.range.0, self.range.1, &mut |message| {
-                    sink.blocking_send(message)
-                        .map_err(|_| Error::cancelled("the caller went away"))
-                })
-            })
-        });
-        (messages, reading)
-    }
+/// Starts reading one series' points into a bounded queue of ready-made
+/// messages; the task's result says how many points were read. With
+/// `header`, the extent from the same snapshot comes first.
+pub(super) fn start_read<M: Send + 'static>(
+    node: &Arc<Node>,
+    read: SeriesRead,
+    header: Option<oneshot::Sender<crate::timeseries::Extent>>,
+    to_sink: ToSink<M>,
+) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
+    let (sink, messages) = mpsc::channel::<M>(QUEUE);
+    let engine = node.timeseries.clone();
+    let reading = tokio::spawn(async move { engine.read(read, header, to_sink(sink)).await });
+    (messages, reading)
 }
 
 /// The pieces of one batch in the columns form: its header, then each
@@ -269,7 +211,7 @@ fn columns_parts(batch: PointsColumns) -> impl Iterator<Item = ReadPart> {
 /// How one form frames a series' points: what goes before them, the
 /// pieces of each message storage makes, and what goes after them.
 struct Framing<M, P> {
-    reader: PointsReader<M>,
+    to_sink: ToSink<M>,
     before: Option<ReadPart>,
     parts: fn(M) -> P,
     after: Option<ReadPart>,
@@ -279,7 +221,7 @@ struct Framing<M, P> {
 /// it, the end marker.
 fn ipc_framing() -> Framing<PointsMessage, Option<ReadPart>> {
     Framing {
-        reader: points_wire::read,
+        to_sink: PointsSink::Ipc,
         before: Some(ReadPart::ArrowIpc(points_wire::SCHEMA_MESSAGE.clone())),
         parts: |message| Some(ReadPart::ArrowIpc(message.framed())),
         after: Some(ReadPart::ArrowIpc(Bytes::from_static(
@@ -291,7 +233,7 @@ fn ipc_framing() -> Framing<PointsMessage, Option<ReadPart>> {
 /// Columns: per stored chunk a header and the columns that are not rules.
 fn columns_framing() -> Framing<PointsColumns, impl Iterator<Item = ReadPart>> {
     Framing {
-        reader: points_wire::read_columns,
+        to_sink: PointsSink::Columns,
         before: None,
         parts: columns_parts,
         after: None,
@@ -302,7 +244,7 @@ fn columns_framing() -> Framing<PointsColumns, impl Iterator<Item = ReadPart>> {
 /// `Ok(false)` when the caller went away.
 async fn send_series<M, P>(
     node: &Arc<Node>,
-    reading: Reading,
+    reading: SeriesRead,
     record: ResourceRecord,
     framing: Framing<M, P>,
     out: &Out,
@@ -311,13 +253,14 @@ where
     M: Send + 'static,
     P: IntoIterator<Item = ReadPart>,
 {
-    let (made, header) = oneshot::channel();
-    let (mut messages, read) = reading.start_after(node, Some((record, made)), framing.reader);
-    let Ok(header) = header.await else {
+    let (made, extent) = oneshot::channel();
+    let (mut messages, read) = start_read(node, reading, Some(made), framing.to_sink);
+    let Ok(extent) = extent.await else {
         // The header failed: the task says why.
         read.await??;
         return Err(Error::internal("a series read ended without its header"));
     };
+    let header = info_of(node, &record, extent).await?;
     let parts = std::iter::once(ReadPart::Series(header)).chain(framing.before);
     for part in parts {
         if out.send(read_part(part)).await.is_err() {
@@ -345,11 +288,7 @@ impl TimeSeries for TimeSeriesService {
         let r = request.into_inner();
         let record = resolve(&self.node, &caller, &r.path, Right::Read).await?;
         let session = self.session(&caller, &r.session)?;
-        let node = self.node.clone();
-        let info = tokio::task::spawn_blocking(move || info(&node, session.as_deref(), &record))
-            .await
-            .map_err(Error::from)??;
-        reply(info)
+        reply(info(&self.node, session, &record).await?)
     }
 
     type ReadStream = ReadStream;
@@ -377,7 +316,7 @@ impl TimeSeries for TimeSeriesService {
         let (out, responses) = mpsc::channel(QUEUE);
         tokio::spawn(async move {
             for record in records {
-                let reading = Reading {
+                let reading = SeriesRead {
                     session: session.clone(),
                     id: record.id.clone(),
                     range,
@@ -431,11 +370,14 @@ impl TimeSeries for TimeSeriesService {
         let (pieces, reader) = mpsc::channel::<Piece>(QUEUE);
         let node = self.node.clone();
         let range = (header.start_ms, header.end_ms);
-        let writing = tokio::task::spawn_blocking(move || {
-            let limit = node.config.max_message_bytes;
-            write_points(&node, session.as_deref(), &record.id, range, |take| {
+        let limit = node.config.max_message_bytes;
+        let writing = tokio::spawn(async move {
+            let source = Box::new(move |take: &mut dyn FnMut(&RecordBatch) -> Result<()>| {
                 read_batches(reader, limit, take)
-            })
+            });
+            node.timeseries
+                .write(session, &record.id, range, source)
+                .await
         });
         while let Some(message) = inbound.next().await {
             let piece = match message {
@@ -464,46 +406,5 @@ impl TimeSeries for TimeSeriesService {
             start_ms: summary.start_ms,
             end_ms: summary.end_ms,
         })
-    }
-}
-
-/// Replaces an interval of a series with the points `source` hands over, in
-/// a transaction of its own or inside a session (under a savepoint, so a
-/// rejected write leaves the session's earlier work alone). Blocks: run it
-/// on the blocking pool.
-pub(super) fn write_points(
-    node: &Node,
-    session: Option<&DataSession>,
-    id: &str,
-    range: (Option<i64>, Option<i64>),
-    source: impl FnOnce(&mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()>,
-) -> Result<WriteSummary> {
-    let spec = node.timeseries.spec(id)?;
-    let write = |conn: &Connection| -> Result<WriteSummary> {
-        let mut write = SeriesWrite::new(conn, &spec, range.0, range.1)?;
-        source(&mut |batch| write.push(batch))?;
-        write.finish()
-    };
-    match session {
-        Some(session) => {
-            let mut work = session.work()?;
-            let conn = work.series(id, true, || node.timeseries.open_writer(id))?;
-            conn.execute_batch("SAVEPOINT series_write")?;
-            let result = write(conn);
-            if result.is_err() {
-                conn.execute_batch("ROLLBACK TO series_write")?;
-            }
-            conn.execute_batch("RELEASE series_write")?;
-            session.touch();
-            result
-        }
-        None => {
-            let writer = node.timeseries.writer(id)?;
-            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let summary = write(&tx)?;
-            tx.commit()?;
-            Ok(summary)
-        }
     }
 }

@@ -1,10 +1,10 @@
 //! Stored procedures: named, parameterized SQL kept in the database they run
 //! in (table `busbar_procedures`), run atomically: every statement or none.
 
-use super::engine::{sql_error, stream_rows, value};
 use super::sandbox::{self, Budget};
-use super::{SqlParam, SqlSummary};
+use super::{sql_error, stream_rows, value};
 use crate::error::{Error, Result};
+use crate::sql::{Arguments, Procedure, SqlParam, SqlSummary};
 use crate::store::now_ms;
 use arrow_array::RecordBatch;
 use rusqlite::{Connection, OptionalExtension};
@@ -17,21 +17,6 @@ const TABLE: &str = "CREATE TABLE IF NOT EXISTS busbar_procedures (
     body TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 )";
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Procedure {
-    pub name: String,
-    pub params: Vec<String>,
-    pub body: String,
-    pub created_ms: i64,
-}
-
-/// Arguments of a run: by position or by name.
-#[derive(Debug, Clone, Default)]
-pub struct Arguments {
-    pub positional: Vec<SqlParam>,
-    pub named: HashMap<String, SqlParam>,
-}
 
 fn identifier(what: &str, name: &str) -> Result<()> {
     let mut chars = name.chars();

@@ -6,194 +6,30 @@
 //! scan over a few large rows, and a write replaces whole chunks except at the
 //! interval's two edges.
 
+pub mod points_wire;
+
+pub use points_wire::{PointsColumns, PointsMessage};
+
 use crate::error::{Error, Result};
-use crate::sql::writers::{SharedWriter, WriterPool};
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, UInt32Type};
-use arrow_array::{
-    Array, ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+use crate::sessions::DataSession;
+use crate::sql::embedded::transaction::SqliteTransaction;
+use crate::sql::embedded::writers::{SharedWriter, WriterPool};
+use crate::sql::embedded::{Held, in_session};
+use crate::timeseries::model::{
+    Extent, Grid, SeriesSpec, WriteSummary, columns, row_error, show_time,
 };
-use arrow_schema::{DataType, TimeUnit};
+use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
+use arrow_array::{Array, RecordBatch};
+use async_trait::async_trait;
 use busbar_proto::v1::PointFlag;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 /// Points per stored chunk (about 640 KiB of column data when full).
 pub const CHUNK_POINTS: usize = 32 * 1024;
-
-/// The schema of every table of points (shared with the client).
-pub use busbar_types::POINTS_SCHEMA;
-
-/// How far apart a series' points are; numbered as `busbar.v1.Resolution`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    Breakpoint = 1,
-    Min1 = 2,
-    Min5 = 3,
-    Min10 = 4,
-    Min15 = 5,
-    Min30 = 6,
-    Hour = 7,
-    Day = 8,
-    Week = 9,
-    Month = 10,
-    Year = 11,
-}
-
-impl Resolution {
-    pub fn from_i32(value: i32) -> Option<Resolution> {
-        use Resolution::*;
-        [
-            Breakpoint, Min1, Min5, Min10, Min15, Min30, Hour, Day, Week, Month, Year,
-        ]
-        .into_iter()
-        .find(|r| *r as i32 == value)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Resolution::Breakpoint => "breakpoint",
-            Resolution::Min1 => "1-minute",
-            Resolution::Min5 => "5-minute",
-            Resolution::Min10 => "10-minute",
-            Resolution::Min15 => "15-minute",
-            Resolution::Min30 => "30-minute",
-            Resolution::Hour => "hourly",
-            Resolution::Day => "daily",
-            Resolution::Week => "weekly",
-            Resolution::Month => "monthly",
-            Resolution::Year => "yearly",
-        }
-    }
-
-    /// The grid step of sub-daily resolutions, in milliseconds.
-    fn step_ms(self) -> Option<i64> {
-        let minutes = match self {
-            Resolution::Min1 => 1,
-            Resolution::Min5 => 5,
-            Resolution::Min10 => 10,
-            Resolution::Min15 => 15,
-            Resolution::Min30 => 30,
-            Resolution::Hour => 60,
-            _ => return None,
-        };
-        Some(minutes * 60_000)
-    }
-}
-
-/// How values between points are read; numbered as `busbar.v1.Curve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Curve {
-    Staircase = 1,
-    PiecewiseLinear = 2,
-}
-
-/// A series' definition, fixed at creation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesSpec {
-    pub resolution: Resolution,
-    pub unit: String,
-    pub curve: Curve,
-    /// IANA zone name; `None` is UTC.
-    pub time_zone: Option<String>,
-}
-
-impl SeriesSpec {
-    /// Checks a requested definition: resolution set, a known time zone.
-    pub fn validate(&self) -> Result<jiff::tz::TimeZone> {
-        match &self.time_zone {
-            None => Ok(jiff::tz::TimeZone::UTC),
-            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
-                Error::invalid_argument(format!(
-                    "unknown time zone {name:?}: use an IANA name such as \"Europe/Oslo\""
-                ))
-            }),
-        }
-    }
-
-    fn to_json(&self) -> String {
-        serde_json::json!({
-            "resolution": self.resolution as i32,
-            "unit": self.unit,
-            "curve": self.curve as i32,
-            "time_zone": self.time_zone,
-        })
-        .to_string()
-    }
-
-    fn from_json(text: &str) -> Option<SeriesSpec> {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
-        Some(SeriesSpec {
-            resolution: Resolution::from_i32(value["resolution"].as_i64()? as i32)?,
-            unit: value["unit"].as_str()?.to_string(),
-            curve: match value["curve"].as_i64()? {
-                2 => Curve::PiecewiseLinear,
-                _ => Curve::Staircase,
-            },
-            time_zone: value["time_zone"].as_str().map(str::to_string),
-        })
-    }
-}
-
-/// The grid a series' timestamps must sit on.
-struct Grid {
-    resolution: Resolution,
-    zone: jiff::tz::TimeZone,
-    utc: bool,
-}
-
-impl Grid {
-    fn new(spec: &SeriesSpec) -> Result<Grid> {
-        Ok(Grid {
-            resolution: spec.resolution,
-            utc: spec.time_zone.is_none(),
-            zone: spec.validate()?,
-        })
-    }
-
-    /// Milliseconds of local wall-clock time since the epoch, for `ms` UTC.
-    fn local_ms(&self, ms: i64) -> Option<i64> {
-        if self.utc {
-            return Some(ms);
-        }
-        let instant = jiff::Timestamp::from_millisecond(ms).ok()?;
-        let offset = self.zone.to_offset(instant);
-        Some(ms + i64::from(offset.seconds()) * 1000)
-    }
-
-    fn holds(&self, ms: i64) -> bool {
-        const DAY: i64 = 86_400_000;
-        if self.resolution == Resolution::Breakpoint {
-            return true;
-        }
-        let Some(local) = self.local_ms(ms) else {
-            return false;
-        };
-        if let Some(step) = self.resolution.step_ms() {
-            return local.rem_euclid(step) == 0;
-        }
-        if local.rem_euclid(DAY) != 0 {
-            return false;
-        }
-        let day = local.div_euclid(DAY);
-        match self.resolution {
-            Resolution::Day => true,
-            // 1970-01-01 was a Thursday; weeks start on Monday.
-            Resolution::Week => (day + 3).rem_euclid(7) == 0,
-            Resolution::Month | Resolution::Year => {
-                let Ok(date) = jiff::civil::Date::new(1970, 1, 1)
-                    .and_then(|epoch| epoch.checked_add(jiff::Span::new().days(day)))
-                else {
-                    return false;
-                };
-                date.day() == 1 && (self.resolution == Resolution::Month || date.month() == 1)
-            }
-            _ => true,
-        }
-    }
-}
 
 /// Columns of points, in time order.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -233,6 +69,8 @@ impl Points {
     /// The points as a record batch of [`POINTS_SCHEMA`].
     #[cfg(test)]
     pub fn into_batch(self) -> RecordBatch {
+        use crate::timeseries::model::POINTS_SCHEMA;
+        use arrow_array::{ArrayRef, Float64Array, TimestampMillisecondArray, UInt32Array};
         let columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMillisecondArray::from(self.times).with_timezone("UTC")),
             Arc::new(UInt32Array::from(self.flags)),
@@ -468,15 +306,6 @@ fn compact(conn: &Connection, from: i64, to: i64) -> Result<()> {
     merge(&mut group)
 }
 
-/// What a write did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct WriteSummary {
-    pub written: u64,
-    pub deleted: u64,
-    pub start_ms: i64,
-    pub end_ms: i64,
-}
-
 /// Replaces an interval of one series with new points, batch by batch, inside
 /// the caller's transaction. Points are checked as they arrive; the first bad
 /// row fails the write, and the caller rolls the transaction back.
@@ -492,17 +321,6 @@ pub struct SeriesWrite<'c> {
     last: Option<i64>,
     row: u64,
     summary: WriteSummary,
-}
-
-fn row_error(row: u64, what: impl std::fmt::Display) -> Error {
-    Error::invalid_argument(format!("row {row}: {what}; nothing was written"))
-}
-
-pub use busbar_types::show_time;
-
-/// A time as users write it (see [`busbar_types::parse_time`]), as epoch ms.
-pub fn parse_time(text: &str) -> Result<i64> {
-    busbar_types::parse_time(text).map_err(|bad| Error::invalid_argument(bad.to_string()))
 }
 
 impl<'c> SeriesWrite<'c> {
@@ -660,115 +478,6 @@ impl<'c> SeriesWrite<'c> {
     }
 }
 
-type Columns = (TimestampMillisecondArray, UInt32Array, Float64Array);
-
-/// Checks a batch of points as a write does (schema, types, casts), for the
-/// fuzz targets; returns its row count.
-#[doc(hidden)]
-pub fn check_points(batch: &RecordBatch) -> Result<usize> {
-    columns(batch, 0).map(|(times, _, _)| times.len())
-}
-
-/// The three columns of a batch as the stored types, or an error naming what
-/// is wrong with the schema.
-fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {
-    let schema = batch.schema();
-    let want = "utc_time: timestamp[ms, tz=UTC], flags: uint32, value: float64";
-    if schema.fields().len() != 3 {
-        return Err(Error::invalid_argument(format!(
-            "the table has {} columns; points have three: {want}",
-            schema.fields().len()
-        )));
-    }
-    let column = |name: &str| -> Result<&ArrayRef> {
-        batch.column_by_name(name).ok_or_else(|| {
-            Error::invalid_argument(format!(
-                "the table has no column {name:?} (it has {}); points have {want}",
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-    };
-    let times = column("utc_time")?;
-    let flags = column("flags")?;
-    let values = column("value")?;
-    let times = match times.data_type() {
-        // Arrow timestamps count from the epoch in UTC whether or not they
-        // carry a zone, so naive ones are UTC and aware ones need no shift.
-        DataType::Timestamp(unit, _) => {
-            let per_ms: i64 = match unit {
-                TimeUnit::Second => 0,
-                TimeUnit::Millisecond => 1,
-                TimeUnit::Microsecond => 1_000,
-                TimeUnit::Nanosecond => 1_000_000,
-            };
-            let raw = arrow_cast::cast(times, &DataType::Int64)
-                .map_err(|e| Error::invalid_argument(format!("utc_time: {e}")))?;
-            let raw = raw.as_primitive::<arrow_array::types::Int64Type>();
-            let mut out = Vec::with_capacity(raw.len());
-            for (i, value) in raw.values().iter().enumerate() {
-                let ms = match per_ms {
-                    0 => value.checked_mul(1000),
-                    1 => Some(*value),
-                    n if value % n == 0 || raw.is_null(i) => Some(value / n),
-                    _ => {
-                        return Err(row_error(
-                            rows_before + i as u64 + 1,
-                            "utc_time has a fraction of a millisecond; timestamps are stored in whole milliseconds",
-                        ));
-                    }
-                };
-                out.push(ms.ok_or_else(|| {
-                    row_error(rows_before + i as u64 + 1, "utc_time is out of range")
-                })?);
-            }
-            TimestampMillisecondArray::new(out.into(), raw.nulls().cloned())
-        }
-        other => {
-            return Err(Error::invalid_argument(format!(
-                "utc_time is {other}; it must be a timestamp (points have {want})"
-            )));
-        }
-    };
-    let widen = |array: &ArrayRef,
-                 name: &str,
-                 to: &DataType,
-                 ok: fn(&DataType) -> bool|
-     -> Result<ArrayRef> {
-        if !ok(array.data_type()) {
-            return Err(Error::invalid_argument(format!(
-                "{name} is {}; points have {want}",
-                array.data_type()
-            )));
-        }
-        let safe = arrow_cast::CastOptions {
-            safe: false,
-            ..Default::default()
-        };
-        arrow_cast::cast_with_options(array, to, &safe)
-            .map_err(|e| Error::invalid_argument(format!("{name}: {e}")))
-    };
-    let flags = widen(flags, "flags", &DataType::UInt32, DataType::is_integer)?;
-    let values = widen(values, "value", &DataType::Float64, DataType::is_numeric)?;
-    Ok((
-        times,
-        flags.as_primitive::<UInt32Type>().clone(),
-        values.as_primitive::<Float64Type>().clone(),
-    ))
-}
-
-/// A series' extent.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Extent {
-    pub points: u64,
-    pub first_ms: Option<i64>,
-    pub last_ms: Option<i64>,
-}
-
 pub fn extent(conn: &Connection) -> Result<Extent> {
     Ok(conn.query_row(
         "SELECT coalesce(sum(count), 0), min(start_ms), max(last_ms) FROM chunks",
@@ -807,7 +516,7 @@ struct IdleReaders {
 /// A read-only connection to one series file, lent by the store; it goes
 /// back to the store's idle readers when dropped.
 pub struct Reader<'s> {
-    store: &'s TimeSeriesStore,
+    store: &'s SeriesFiles,
     id: &'s str,
     conn: Option<Connection>,
 }
@@ -839,7 +548,8 @@ impl Drop for Reader<'_> {
 }
 
 /// The series files of a node, with their definitions cached.
-pub struct TimeSeriesStore {
+/// The files of a node's time series.
+pub struct SeriesFiles {
     dir: PathBuf,
     specs: Mutex<HashMap<String, Arc<SeriesSpec>>>,
     writers: WriterPool,
@@ -848,9 +558,27 @@ pub struct TimeSeriesStore {
     idle: Mutex<IdleReaders>,
 }
 
+/// The node's time series; cheap to clone (clones share the files, specs,
+/// writers and idle readers).
+#[derive(Clone)]
+pub struct TimeSeriesStore(Arc<SeriesFiles>);
+
 impl TimeSeriesStore {
     pub fn new(data_dir: &Path) -> TimeSeriesStore {
-        TimeSeriesStore {
+        TimeSeriesStore(Arc::new(SeriesFiles::new(data_dir)))
+    }
+}
+
+impl std::ops::Deref for TimeSeriesStore {
+    type Target = SeriesFiles;
+    fn deref(&self) -> &SeriesFiles {
+        &self.0
+    }
+}
+
+impl SeriesFiles {
+    fn new(data_dir: &Path) -> SeriesFiles {
+        SeriesFiles {
             dir: data_dir.join("timeseries"),
             specs: Mutex::new(HashMap::new()),
             writers: WriterPool::default(),
@@ -938,7 +666,7 @@ impl TimeSeriesStore {
     }
 
     /// Creates the file of a new TIMESERIES resource.
-    pub fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
+    fn create_file(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
         spec.validate()?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", self.dir.display())))?;
@@ -974,7 +702,7 @@ impl TimeSeriesStore {
     }
 
     /// Removes a deleted series' files.
-    pub fn remove(&self, id: &str) {
+    fn remove_file(&self, id: &str) {
         self.lock_specs().remove(id);
         self.lock_current().remove(id);
         let mut idle = self.lock_idle();
@@ -994,7 +722,7 @@ impl TimeSeriesStore {
     }
 
     /// A series' definition (cached after the first read of its file).
-    pub fn spec(&self, id: &str) -> Result<Arc<SeriesSpec>> {
+    pub fn spec_of(&self, id: &str) -> Result<Arc<SeriesSpec>> {
         if let Some(spec) = self.lock_specs().get(id) {
             return Ok(spec.clone());
         }
@@ -1018,9 +746,135 @@ impl TimeSeriesStore {
     }
 }
 
+/// Runs `work` on a connection that sees the session's changes when
+/// `session` holds this series, or on a fresh reader otherwise. Blocks.
+fn with_reader<T>(
+    store: &TimeSeriesStore,
+    session: Option<&DataSession>,
+    id: &str,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(session) = session {
+        let mut held = session.work()?;
+        if let Some(transaction) = held.series_if_open(id) {
+            return work(SqliteTransaction::connection(transaction));
+        }
+    }
+    work(&*store.reader(id)?)
+}
+
+/// Replaces an interval with the points `source` hands over, on `conn`
+/// inside the caller's transaction.
+fn write_on(
+    conn: &Connection,
+    spec: &SeriesSpec,
+    range: (Option<i64>, Option<i64>),
+    source: BatchSource,
+) -> Result<WriteSummary> {
+    let mut write = SeriesWrite::new(conn, spec, range.0, range.1)?;
+    source(&mut |batch| write.push(batch))?;
+    write.finish()
+}
+
+#[async_trait]
+impl SeriesEngine for TimeSeriesStore {
+    fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
+        self.create_file(id, spec)
+    }
+
+    fn remove(&self, id: &str) {
+        self.remove_file(id)
+    }
+
+    async fn spec(&self, id: &str) -> Result<Arc<SeriesSpec>> {
+        let (store, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || store.spec_of(&id)).await?
+    }
+
+    async fn extent(&self, session: Option<Arc<DataSession>>, id: &str) -> Result<Extent> {
+        let (store, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || with_reader(&store, session.as_deref(), &id, extent))
+            .await?
+    }
+
+    async fn read(
+        &self,
+        read: SeriesRead,
+        header: Option<oneshot::Sender<Extent>>,
+        sink: PointsSink,
+    ) -> Result<u64> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let gone = || Error::cancelled("the caller went away");
+            with_reader(&store, read.session.as_deref(), &read.id, |conn| {
+                // A session's connection already reads in its transaction.
+                let _snapshot = match conn.is_autocommit() {
+                    true => Some(conn.unchecked_transaction()?),
+                    false => None,
+                };
+                if let Some(header) = header {
+                    // Nobody waiting for it means the caller went away.
+                    header.send(extent(conn)?).map_err(|_| gone())?;
+                }
+                let (from, to) = read.range;
+                match sink {
+                    PointsSink::Ipc(sink) => points_wire::read(conn, from, to, &mut |message| {
+                        sink.blocking_send(message).map_err(|_| gone())
+                    }),
+                    PointsSink::Columns(sink) => {
+                        points_wire::read_columns(conn, from, to, &mut |columns| {
+                            sink.blocking_send(columns).map_err(|_| gone())
+                        })
+                    }
+                }
+            })
+        })
+        .await?
+    }
+
+    async fn write(
+        &self,
+        session: Option<Arc<DataSession>>,
+        id: &str,
+        range: (Option<i64>, Option<i64>),
+        source: BatchSource,
+    ) -> Result<WriteSummary> {
+        let (store, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || {
+            let spec = store.spec_of(&id)?;
+            match session {
+                Some(session) => {
+                    let connect = || store.open_writer(&id);
+                    in_session(&session, Held::Series, &id, true, connect, |conn| {
+                        conn.execute_batch("SAVEPOINT series_write")?;
+                        let result = write_on(conn, &spec, range, source);
+                        if result.is_err() {
+                            conn.execute_batch("ROLLBACK TO series_write")?;
+                        }
+                        conn.execute_batch("RELEASE series_write")?;
+                        result
+                    })
+                }
+                None => {
+                    let writer = store.writer(&id)?;
+                    let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let summary = write_on(&tx, &spec, range, source)?;
+                    tx.commit()?;
+                    Ok(summary)
+                }
+            }
+        })
+        .await?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeseries::model::{Curve, Resolution};
+    use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMillisecondType;
 
     fn spec(resolution: Resolution, zone: Option<&str>) -> SeriesSpec {
@@ -1066,7 +920,7 @@ mod tests {
 
     fn all(conn: &Connection) -> Vec<i64> {
         let mut out = Vec::new();
-        super::super::points_wire::read(conn, None, None, &mut |message| {
+        super::points_wire::read(conn, None, None, &mut |message| {
             out.extend(
                 message
                     .batch()?
@@ -1119,7 +973,7 @@ mod tests {
         from: Option<i64>,
         to: Option<i64>,
     ) -> (Points, usize, usize) {
-        use super::super::points_wire::{Column, read_columns};
+        use super::points_wire::{Column, read_columns};
         let mut out = Points::default();
         let (mut time_rules, mut flag_rules) = (0, 0);
         read_columns(conn, from, to, &mut |batch| {
@@ -1148,7 +1002,7 @@ mod tests {
 
     fn all_in_ipc(conn: &Connection, from: Option<i64>, to: Option<i64>) -> Points {
         let mut out = Points::default();
-        super::super::points_wire::read(conn, from, to, &mut |message| {
+        super::points_wire::read(conn, from, to, &mut |message| {
             let batch = message.batch()?;
             let column = |i: usize| batch.column(i).to_data().buffers()[0].clone();
             out.times
@@ -1211,8 +1065,8 @@ mod tests {
         // A step that does not match the chunk's extent is damage.
         conn.execute("UPDATE chunks SET step_ms = 7 WHERE start_ms = 0", [])
             .unwrap();
-        let error = super::super::points_wire::read_columns(&conn, None, None, &mut |_| Ok(()))
-            .unwrap_err();
+        let error =
+            super::points_wire::read_columns(&conn, None, None, &mut |_| Ok(())).unwrap_err();
         assert!(error.message.contains("does not match"), "{error}");
     }
 
@@ -1256,7 +1110,7 @@ mod tests {
         // The old chunk and the new one merged into one written now.
         assert_eq!((time_rules, flag_rules), (0, 1));
         assert_eq!(
-            store.spec("old").unwrap().resolution,
+            store.spec_of("old").unwrap().resolution,
             Resolution::Breakpoint
         );
     }

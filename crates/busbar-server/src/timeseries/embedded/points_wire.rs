@@ -14,8 +14,9 @@
 //! form writes such a column out into its message; the columns form sends
 //! the rule itself.
 
-use super::store::{CHUNK_POINTS, POINTS_SCHEMA, checked_step, corrupt};
+use super::{CHUNK_POINTS, checked_step, corrupt};
 use crate::error::Result;
+use crate::timeseries::model::POINTS_SCHEMA;
 use bytes::Bytes;
 use rusqlite::Connection;
 use rusqlite::blob::Blob;

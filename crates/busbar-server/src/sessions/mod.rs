@@ -1,88 +1,85 @@
-//! Data sessions: server-side workspaces. A session holds one open SQLite
+//! Data sessions: server-side workspaces. A session holds one open
 //! transaction per database or series it touched, so its own calls read its
 //! uncommitted changes and nobody else sees them until commit. Sessions that
 //! sit idle longer than the node's idle timeout are rolled back by a sweeper.
 //!
-//! A session that touched a database or series holds that file's writer lock
-//! until it ends: other writers wait up to SQLite's busy timeout (5 s) and
-//! then get CONFLICT, while readers go on reading the last committed state.
+//! Backend-neutral: a session holds each transaction as its backend made it
+//! (a [`Transaction`]), and only that backend looks inside. With the
+//! embedded backend a session that touched a database or series holds that
+//! file's writer lock until it ends: other writers wait up to SQLite's busy
+//! timeout (5 s) and then get CONFLICT, while readers go on reading the last
+//! committed state.
+
+pub mod service;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::sql::sandbox;
 use crate::store::now_ms;
-use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// One open transaction of a session on one database or series, as the
+/// backend that began it holds it.
+pub trait Transaction: Send + 'static {
+    fn commit(self: Box<Self>) -> Result<()>;
+    fn rollback(self: Box<Self>);
+    /// For the backend that made it, to reach its own type.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
 /// The open transactions of one session.
 #[derive(Default)]
 pub struct Work {
-    databases: HashMap<String, Connection>,
-    series: HashMap<String, Connection>,
+    databases: HashMap<String, Box<dyn Transaction>>,
+    series: HashMap<String, Box<dyn Transaction>>,
 }
 
 impl Work {
     fn begin<'w>(
-        map: &'w mut HashMap<String, Connection>,
+        map: &'w mut HashMap<String, Box<dyn Transaction>>,
         id: &str,
-        write: bool,
-        open: impl FnOnce() -> Result<Connection>,
-    ) -> Result<&'w Connection> {
+        begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
+    ) -> Result<&'w mut dyn Transaction> {
         if !map.contains_key(id) {
-            let conn = open()?;
-            // IMMEDIATE takes the writer lock now, so a later write in the
-            // session can never fail on a snapshot another writer moved on.
-            sandbox::control(
-                &conn,
-                if write {
-                    "BEGIN IMMEDIATE"
-                } else {
-                    "BEGIN DEFERRED"
-                },
-            )?;
-            map.insert(id.to_string(), conn);
+            map.insert(id.to_string(), begin()?);
         }
-        Ok(&map[id])
+        Ok(map.get_mut(id).expect("inserted above").as_mut())
     }
 
-    /// The session's transaction on a database, begun on first use.
+    /// The session's transaction on a database, begun with `begin` on first use.
     pub fn database(
         &mut self,
         id: &str,
-        write: bool,
-        open: impl FnOnce() -> Result<Connection>,
-    ) -> Result<&Connection> {
-        Self::begin(&mut self.databases, id, write, open)
+        begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
+    ) -> Result<&mut dyn Transaction> {
+        Self::begin(&mut self.databases, id, begin)
     }
 
-    /// The session's transaction on a series, begun on first use.
+    /// The session's transaction on a series, begun with `begin` on first use.
     pub fn series(
         &mut self,
         id: &str,
-        write: bool,
-        open: impl FnOnce() -> Result<Connection>,
-    ) -> Result<&Connection> {
-        Self::begin(&mut self.series, id, write, open)
+        begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
+    ) -> Result<&mut dyn Transaction> {
+        Self::begin(&mut self.series, id, begin)
     }
 
     /// The session's transaction on a series if it has one.
-    pub fn series_if_open(&self, id: &str) -> Option<&Connection> {
-        self.series.get(id)
+    pub fn series_if_open(&mut self, id: &str) -> Option<&mut dyn Transaction> {
+        self.series.get_mut(id).map(|t| t.as_mut())
     }
 
-    /// Commits every transaction, databases first. Each file commits
-    /// atomically; should one commit fail, the ones after it roll back.
+    /// Commits every transaction, databases first. Each commits atomically;
+    /// should one commit fail, the ones after it roll back.
     fn commit(&mut self) -> Result<(u32, u32)> {
         let counts = (self.databases.len() as u32, self.series.len() as u32);
         let mut failed: Option<Error> = None;
-        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
+        for (_, transaction) in self.databases.drain().chain(self.series.drain()) {
             if failed.is_some() {
-                continue; // dropping the connection rolls its transaction back
-            }
-            if let Err(error) = sandbox::control(&conn, "COMMIT") {
-                failed = Some(Error::from(error));
+                transaction.rollback();
+            } else if let Err(error) = transaction.commit() {
+                failed = Some(error);
             }
         }
         match failed {
@@ -93,8 +90,8 @@ impl Work {
 
     fn rollback(&mut self) -> (u32, u32) {
         let counts = (self.databases.len() as u32, self.series.len() as u32);
-        for (_, conn) in self.databases.drain().chain(self.series.drain()) {
-            let _ = sandbox::control(&conn, "ROLLBACK");
+        for (_, transaction) in self.databases.drain().chain(self.series.drain()) {
+            transaction.rollback();
         }
         counts
     }
@@ -111,12 +108,12 @@ pub struct DataSession {
 
 impl DataSession {
     /// Rolls the whole session back because one of its transactions was
-    /// lost (SQLite rolls a transaction back when a statement that writes is
-    /// stopped); its next use says why. Returns the error to give now.
+    /// lost (SQLite, for one, rolls a transaction back when a statement that
+    /// writes is stopped); its next use says why. Returns the error to give now.
     pub fn abandon(&self, work: &mut Work, why: &str) -> Error {
         work.rollback();
         let message = format!(
-            "{why}; SQLite rolled back the session's transaction, so session {} was rolled back \
+            "{why}; the database rolled back the session's transaction, so session {} was rolled back \
              as a whole: nothing it did is kept. Open a new session",
             self.id
         );

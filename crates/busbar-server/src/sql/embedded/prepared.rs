@@ -3,26 +3,15 @@
 //! without running it to completion, and one statement run once per
 //! parameter row inside one transaction.
 
-use super::engine::{SqlDatabases, SqlParams, arrow_type, bind, inferred_type, sql_error};
 use super::sandbox::{self, Budget};
+use super::{SqlDatabases, arrow_type, bind, inferred_type, sql_error};
 use crate::error::{Error, Result};
+use crate::sql::{Description, SqlParams};
 use arrow_schema::DataType;
 use rusqlite::Connection;
-use std::sync::Arc;
 
 /// Rows a description may read to type columns that have no declared type.
 const DESCRIBE_ROWS: usize = 100;
-
-/// A statement's shape, from `prepare` (and, for expression columns, its first rows).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Description {
-    /// Result columns: name and Arrow type.
-    pub columns: Vec<(String, DataType)>,
-    /// Parameter names in order (`:name`, `?3`; empty for a bare `?`).
-    pub parameters: Vec<String>,
-    /// Whether SQLite says the statement does not write.
-    pub read_only: bool,
-}
 
 impl SqlDatabases {
     /// Describes one statement. Columns take their declared types as
@@ -30,8 +19,8 @@ impl SqlDatabases {
     /// is typed from its first non-NULL value in the first rows, read only
     /// when the statement does not write and `params` are given (or it takes
     /// none); Utf8 otherwise. Nothing is written.
-    pub async fn describe(
-        self: &Arc<Self>,
+    pub(super) async fn describe_on(
+        &self,
         id: &str,
         sql: String,
         params: Option<SqlParams>,
@@ -50,8 +39,8 @@ impl SqlDatabases {
     /// run applies or none does. Returns the rows changed in total. With
     /// `read_only` it runs on a read-only connection, so SQLite refuses any
     /// write.
-    pub async fn execute_each(
-        self: &Arc<Self>,
+    pub(super) async fn execute_each_alone(
+        &self,
         id: &str,
         sql: String,
         rows: Vec<SqlParams>,

@@ -3,53 +3,45 @@
 //! on tokio's blocking pool; rows become Arrow record batches typed from the
 //! columns' declared types.
 
-use super::sandbox::{self, Budget};
-use super::writers::{SharedWriter, WriterPool};
+mod prepared;
+pub mod procedures;
+pub mod sandbox;
+pub mod transaction;
+pub(crate) mod writers;
+
 use crate::error::{Error, Result};
+use crate::sessions::DataSession;
+use crate::sql::{
+    Arguments, Budget, Database, Description, On, Procedure, Rows, SqlEngine, SqlParam, SqlParams,
+    SqlSummary,
+};
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use prepared::run_each;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-pub use super::prepared::Description;
-pub(crate) use super::prepared::run_each;
+use transaction::SqliteTransaction;
+use writers::{SharedWriter, WriterPool};
 
 /// Rows per record batch.
 const BATCH_ROWS: usize = 8192;
 /// Bytes of values after which a record batch goes out before it is full.
 const BATCH_BYTES: usize = 8 << 20;
 
-/// A bound parameter value (shared with the client).
-pub use busbar_types::SqlParam;
-
-/// Parameters: by position (`?`, `?NNN`) or by name (`:name`, `@name`, `$name`).
-#[derive(Debug, Clone, Default)]
-pub struct SqlParams {
-    pub positional: Vec<SqlParam>,
-    pub named: Vec<(String, SqlParam)>,
-}
-
-/// What a statement did besides returning rows.
-#[derive(Debug, Clone, Default)]
-pub struct SqlSummary {
-    pub rows: u64,
-    pub rows_affected: u64,
-    pub last_insert_rowid: i64,
-    /// Column name, declared type, Arrow type.
-    pub columns: Vec<(String, String, DataType)>,
-}
-
-/// The SQL databases of a node, with their writer connections kept for reuse.
+/// The SQL databases of a node, with their writer connections kept for
+/// reuse. Cheap to clone: clones share the writers.
+#[derive(Clone)]
 pub struct SqlDatabases {
-    dir: PathBuf,
-    writers: WriterPool,
+    dir: Arc<Path>,
+    writers: Arc<WriterPool>,
 }
 
 pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
@@ -102,7 +94,7 @@ pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
                 Error::failed_precondition(format!("constraint failed: {msg}"))
             }
             rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => {
-                // One wording for every lock wait that ran out (see error.rs).
+                // One wording for every lock wait that ran out (see transaction.rs).
                 Error::from(error)
             }
             _ => Error::invalid_argument(format!("SQL error: {msg}")),
@@ -120,8 +112,8 @@ pub(crate) fn sql_error(error: rusqlite::Error) -> Error {
 impl SqlDatabases {
     pub fn new(data_dir: &Path) -> SqlDatabases {
         SqlDatabases {
-            dir: data_dir.join("databases"),
-            writers: WriterPool::default(),
+            dir: data_dir.join("databases").into(),
+            writers: Arc::default(),
         }
     }
 
@@ -160,8 +152,8 @@ impl SqlDatabases {
     }
 
     /// Creates the database file of a new DATABASE resource.
-    pub fn create(&self, id: &str) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
+    fn create_file(&self, id: &str) -> Result<()> {
+        std::fs::create_dir_all(&*self.dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", self.dir.display())))?;
         let conn = Self::open_writer(&self.file(id), true)?;
         self.writers.keep(id, Arc::new(Mutex::new(conn)));
@@ -169,7 +161,7 @@ impl SqlDatabases {
     }
 
     /// Removes a deleted database's files.
-    pub fn remove(&self, id: &str) {
+    fn remove_files(&self, id: &str) {
         self.writers.remove(id);
         let file = self.file(id);
         for suffix in ["", "-wal", "-shm"] {
@@ -188,8 +180,8 @@ impl SqlDatabases {
     /// Statements that do not write, and every statement when `read_only`,
     /// run on a read-only connection: SQLite itself refuses any write,
     /// whatever the statement's text.
-    pub async fn execute(
-        self: &Arc<Self>,
+    async fn execute_alone(
+        &self,
         id: &str,
         sql: String,
         params: SqlParams,
@@ -544,4 +536,233 @@ fn mismatch(name: &str, declared: &str, row: usize, value: ValueRef<'_>) -> Erro
         kind_name(value),
         row + 1
     ))
+}
+
+/// Runs `work` on the right connection: the session's transaction on the
+/// database, else a read-only connection for read-rights callers, else the
+/// database's writer. Blocks: call it on the blocking pool.
+fn with_connection<T>(
+    databases: &SqlDatabases,
+    on: &On,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let database = &on.database;
+    if let Some(session) = &on.session {
+        let connect = || databases.connect(&database.id);
+        return in_session(
+            session,
+            Held::Database,
+            &database.id,
+            !database.read_only,
+            connect,
+            work,
+        );
+    }
+    if database.read_only {
+        return work(&databases.connect_read_only(&database.id)?);
+    }
+    let writer = databases.writer(&database.id)?;
+    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+    work(&conn)
+}
+
+/// What a session's transaction is on.
+pub(crate) enum Held {
+    Database,
+    Series,
+}
+
+/// Runs `work` inside `session`'s transaction on the file `id` (a database
+/// or a series), begun with a connection from `connect` on first use. A
+/// statement that ended the transaction (SQLite rolls back a write it
+/// stopped) loses the whole session, which says so.
+pub(crate) fn in_session<T>(
+    session: &DataSession,
+    held_as: Held,
+    id: &str,
+    write: bool,
+    connect: impl FnOnce() -> Result<Connection>,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    let mut held = session.work()?;
+    let begin = || SqliteTransaction::begin(connect()?, write);
+    let transaction = match held_as {
+        Held::Database => held.database(id, begin)?,
+        Held::Series => held.series(id, begin)?,
+    };
+    let conn = SqliteTransaction::connection(transaction);
+    let result = work(conn);
+    if conn.is_autocommit() {
+        let why = match &result {
+            Err(error) => error.message.clone(),
+            Ok(_) => "the session's transaction ended inside a statement".into(),
+        };
+        return Err(session.abandon(&mut held, &why));
+    }
+    session.touch();
+    result
+}
+
+impl SqlDatabases {
+    /// Runs `work` with a connection for `on` on the blocking pool.
+    async fn on_connection<T: Send + 'static>(
+        &self,
+        on: On,
+        work: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let databases = self.clone();
+        tokio::task::spawn_blocking(move || with_connection(&databases, &on, work)).await?
+    }
+}
+
+#[async_trait]
+impl SqlEngine for SqlDatabases {
+    fn create(&self, id: &str) -> Result<()> {
+        self.create_file(id)
+    }
+
+    fn remove(&self, id: &str) {
+        self.remove_files(id)
+    }
+
+    async fn execute(
+        &self,
+        on: On,
+        sql: String,
+        params: SqlParams,
+        rows: Rows,
+        budget: Budget,
+    ) -> Result<SqlSummary> {
+        if on.session.is_none() {
+            return self
+                .execute_alone(
+                    &on.database.id,
+                    sql,
+                    params,
+                    on.database.read_only,
+                    rows,
+                    budget,
+                )
+                .await;
+        }
+        let read_only = on.database.read_only;
+        self.on_connection(on, move |conn| {
+            execute_on(conn, &sql, &params, read_only, &rows, &budget)
+        })
+        .await
+    }
+
+    async fn execute_each(
+        &self,
+        on: On,
+        sql: String,
+        rows: Vec<SqlParams>,
+        budget: Budget,
+    ) -> Result<u64> {
+        if on.session.is_none() {
+            return self
+                .execute_each_alone(&on.database.id, sql, rows, on.database.read_only, budget)
+                .await;
+        }
+        self.on_connection(on, move |conn| {
+            sandbox::control(conn, "SAVEPOINT executemany")?;
+            let changed = budget.run(conn, || run_each(conn, &sql, &rows));
+            if changed.is_err() && !conn.is_autocommit() {
+                sandbox::control(conn, "ROLLBACK TO executemany")?;
+            }
+            if !conn.is_autocommit() {
+                sandbox::control(conn, "RELEASE executemany")?;
+            }
+            changed
+        })
+        .await
+    }
+
+    async fn describe(
+        &self,
+        database: &Database,
+        sql: String,
+        params: Option<SqlParams>,
+        budget: Budget,
+    ) -> Result<Description> {
+        self.describe_on(&database.id, sql, params, budget).await
+    }
+
+    async fn tables(&self, database: &Database, budget: Budget) -> Result<Vec<(String, String)>> {
+        let databases = self.clone();
+        let id = database.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = databases.connect_read_only(&id)?;
+            budget.run(&reader, || {
+                // SQLite's own tables (sqlite_%) are left out.
+                let mut stmt = sandbox::prepare(
+                    &reader,
+                    "SELECT name, type FROM sqlite_schema WHERE type IN ('table', 'view') \
+                     AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                )?;
+                let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            })
+        })
+        .await?
+    }
+
+    async fn create_procedure(
+        &self,
+        on: On,
+        procedure: Procedure,
+        replace: bool,
+    ) -> Result<Procedure> {
+        self.on_connection(on, move |conn| {
+            procedures::create(conn, &procedure, replace)
+        })
+        .await
+    }
+
+    async fn drop_procedure(&self, on: On, name: String) -> Result<()> {
+        self.on_connection(on, move |conn| procedures::drop(conn, &name))
+            .await
+    }
+
+    async fn list_procedures(&self, on: On) -> Result<Vec<Procedure>> {
+        self.on_connection(on, procedures::list).await
+    }
+
+    async fn run_procedure(
+        &self,
+        on: On,
+        name: String,
+        args: Arguments,
+        rows: Rows,
+        budget: Budget,
+    ) -> Result<SqlSummary> {
+        self.on_connection(on, move |conn| {
+            procedures::run(conn, &name, args, &rows, &budget)
+        })
+        .await
+    }
+}
+
+/// The fuzz target `sql` (see `crate::fuzzing`): one statement with
+/// `params` on a sandboxed in-memory database. Whatever it is, the
+/// connection stays in autocommit (no transaction left open) and no
+/// database is attached.
+#[doc(hidden)]
+pub fn fuzz_statement(text: &str, params: &SqlParams) {
+    let conn = Connection::open_in_memory().expect("in-memory database");
+    sandbox::harden(&conn).expect("sandbox");
+    conn.execute_batch("CREATE TABLE t (a INTEGER, b TEXT, c BLOB)")
+        .expect("table");
+    let (sink, batches) = tokio::sync::mpsc::channel(4);
+    drop(batches); // the first batch ends the run: prepare and bind are what is fuzzed
+    let (budget, _running) = Budget::new(
+        Some(std::time::Duration::from_millis(100)),
+        std::time::Duration::MAX,
+        1 << 20,
+    );
+    let _ = execute_on(&conn, text, params, false, &sink, &budget);
+    assert!(conn.is_autocommit(), "user SQL left a transaction open");
+    // SAFETY: a valid handle; index 2 is the first attached database, if any.
+    let attached = unsafe { rusqlite::ffi::sqlite3_db_name(conn.handle(), 2) };
+    assert!(attached.is_null(), "user SQL attached a database");
 }

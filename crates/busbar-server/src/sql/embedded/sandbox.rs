@@ -14,14 +14,12 @@
 //!
 //! docs/security.md lists the same values; a change here changes it there.
 
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, Result};
+pub use crate::sql::budget::{Budget, INTERRUPTED};
 use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 /// Per-connection limits (`sqlite3_limit`), in the order docs/security.md lists them.
 pub const LIMITS: [(Limit, i32); 11] = [
@@ -319,7 +317,7 @@ pub fn prepare<'c>(conn: &'c Connection, sql: &str) -> Result<rusqlite::Statemen
              writes a file; the node looks after its databases' files itself)",
         ));
     }
-    conn.prepare(sql).map_err(super::engine::sql_error)
+    conn.prepare(sql).map_err(super::sql_error)
 }
 
 /// The first word of a statement, after blanks and comments.
@@ -489,78 +487,12 @@ pub fn take_refusal() -> Option<String> {
     REFUSED.with(|r| r.borrow_mut().take())
 }
 
-/// How long and how much one call's SQL may run, and whether its caller is
-/// still there. Cloned into the blocking task that runs the statement.
-#[derive(Clone, Debug)]
-pub struct Budget {
-    deadline: Instant,
-    /// Which limit `deadline` is, for the error message.
-    deadline_is: &'static str,
-    limit: Duration,
-    stopped: Arc<AtomicBool>,
-    /// Arrow bytes one call may return.
-    pub max_result_bytes: usize,
-}
-
-/// Stops the statements of a [`Budget`] when dropped: held by the call's
-/// future (or the task streaming its reply), so a cancelled, timed-out or
-/// disconnected call stops its statement.
-#[derive(Debug)]
-pub struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// VM instructions between two checks of the budget: a check is an atomic
 /// load and a clock read, so this costs well under 1% of a statement.
 const CHECK_EVERY: i32 = 1000;
 
+/// Budgets are enforced on SQLite by its progress handler.
 impl Budget {
-    /// A budget ending at the call's deadline (`timeout`, from `grpc-timeout`)
-    /// or the node's ceiling, whichever comes first.
-    pub fn new(
-        timeout: Option<Duration>,
-        ceiling: Duration,
-        max_result_bytes: usize,
-    ) -> (Budget, StopOnDrop) {
-        let (limit, deadline_is) = match timeout {
-            Some(timeout) if timeout < ceiling => (timeout, "the call's deadline"),
-            _ => (ceiling, "the node's limit (max_statement_seconds)"),
-        };
-        let stopped = Arc::new(AtomicBool::new(false));
-        let budget = Budget {
-            deadline: Instant::now() + limit,
-            deadline_is,
-            limit,
-            stopped: stopped.clone(),
-            max_result_bytes,
-        };
-        (budget, StopOnDrop(stopped))
-    }
-
-    /// Why statements of this budget must stop now, if they must.
-    pub fn exhausted(&self) -> Option<Error> {
-        if self.stopped.load(Ordering::Relaxed) {
-            return Some(Error::cancelled(
-                "the call was cancelled or its client went away; its statement was stopped",
-            ));
-        }
-        if Instant::now() >= self.deadline {
-            return Some(Error {
-                code: ErrorCode::Timeout,
-                message: format!(
-                    "the statement ran past {} ({:.3} s) and was stopped",
-                    self.deadline_is,
-                    self.limit.as_secs_f64()
-                ),
-            });
-        }
-        None
-    }
-
     /// Runs `work` on `conn` with this budget's progress handler installed;
     /// an interrupted statement's error says why it was stopped.
     pub fn run<T>(&self, conn: &Connection, work: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -573,22 +505,13 @@ impl Budget {
         conn.progress_handler(0, None::<fn() -> bool>);
         result.map_err(|error| self.explain(error))
     }
-
-    /// An interrupted statement's error, replaced by why this budget stopped it.
-    pub fn explain(&self, error: Error) -> Error {
-        if error.code == ErrorCode::Cancelled && error.message.ends_with(INTERRUPTED) {
-            return self.exhausted().unwrap_or(error);
-        }
-        error
-    }
 }
-
-/// The message [`super::engine::sql_error`] gives an interrupted statement.
-pub const INTERRUPTED: &str = "the statement was interrupted";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorCode;
+    use std::time::{Duration, Instant};
 
     fn sandboxed() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
@@ -598,7 +521,7 @@ mod tests {
 
     fn refused(conn: &Connection, sql: &str) -> String {
         let error = conn.execute_batch(sql).expect_err(sql);
-        let error = super::super::engine::sql_error(error);
+        let error = super::super::sql_error(error);
         assert_eq!(error.code, ErrorCode::PermissionDenied, "{sql}: {error:?}");
         error.message
     }
@@ -724,7 +647,7 @@ mod tests {
                     [],
                     |r| r.get::<_, i64>(0),
                 )
-                .map_err(super::super::engine::sql_error)
+                .map_err(super::super::sql_error)
             })
             .unwrap_err();
         assert_eq!(error.code, ErrorCode::Timeout, "{error:?}");

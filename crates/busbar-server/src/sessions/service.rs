@@ -12,7 +12,7 @@ pub struct SessionsService {
 }
 
 impl SessionsService {
-    fn info(&self, session: &crate::sql::sessions::DataSession) -> pb::SessionInfo {
+    fn info(&self, session: &crate::sessions::DataSession) -> pb::SessionInfo {
         pb::SessionInfo {
             session: session.id.clone(),
             idle_timeout_ms: self.node.sessions.idle.as_millis() as i64,

@@ -1,0 +1,312 @@
+//! The time-series model every backend shares: a series' definition
+//! (resolution, curve, unit, time zone) and the grid its timestamps sit on,
+//! how a batch of points is checked, and what reads and writes report.
+
+use crate::error::{Error, Result};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, UInt32Type};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use arrow_schema::{DataType, TimeUnit};
+
+/// The schema of every table of points (shared with the client).
+pub use busbar_types::POINTS_SCHEMA;
+
+/// How far apart a series' points are; numbered as `busbar.v1.Resolution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    Breakpoint = 1,
+    Min1 = 2,
+    Min5 = 3,
+    Min10 = 4,
+    Min15 = 5,
+    Min30 = 6,
+    Hour = 7,
+    Day = 8,
+    Week = 9,
+    Month = 10,
+    Year = 11,
+}
+
+impl Resolution {
+    pub fn from_i32(value: i32) -> Option<Resolution> {
+        use Resolution::*;
+        [
+            Breakpoint, Min1, Min5, Min10, Min15, Min30, Hour, Day, Week, Month, Year,
+        ]
+        .into_iter()
+        .find(|r| *r as i32 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolution::Breakpoint => "breakpoint",
+            Resolution::Min1 => "1-minute",
+            Resolution::Min5 => "5-minute",
+            Resolution::Min10 => "10-minute",
+            Resolution::Min15 => "15-minute",
+            Resolution::Min30 => "30-minute",
+            Resolution::Hour => "hourly",
+            Resolution::Day => "daily",
+            Resolution::Week => "weekly",
+            Resolution::Month => "monthly",
+            Resolution::Year => "yearly",
+        }
+    }
+
+    /// The grid step of sub-daily resolutions, in milliseconds.
+    fn step_ms(self) -> Option<i64> {
+        let minutes = match self {
+            Resolution::Min1 => 1,
+            Resolution::Min5 => 5,
+            Resolution::Min10 => 10,
+            Resolution::Min15 => 15,
+            Resolution::Min30 => 30,
+            Resolution::Hour => 60,
+            _ => return None,
+        };
+        Some(minutes * 60_000)
+    }
+}
+
+/// How values between points are read; numbered as `busbar.v1.Curve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Curve {
+    Staircase = 1,
+    PiecewiseLinear = 2,
+}
+
+/// A series' definition, fixed at creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesSpec {
+    pub resolution: Resolution,
+    pub unit: String,
+    pub curve: Curve,
+    /// IANA zone name; `None` is UTC.
+    pub time_zone: Option<String>,
+}
+
+impl SeriesSpec {
+    /// Checks a requested definition: resolution set, a known time zone.
+    pub fn validate(&self) -> Result<jiff::tz::TimeZone> {
+        match &self.time_zone {
+            None => Ok(jiff::tz::TimeZone::UTC),
+            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+                Error::invalid_argument(format!(
+                    "unknown time zone {name:?}: use an IANA name such as \"Europe/Oslo\""
+                ))
+            }),
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::json!({
+            "resolution": self.resolution as i32,
+            "unit": self.unit,
+            "curve": self.curve as i32,
+            "time_zone": self.time_zone,
+        })
+        .to_string()
+    }
+
+    pub(crate) fn from_json(text: &str) -> Option<SeriesSpec> {
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(SeriesSpec {
+            resolution: Resolution::from_i32(value["resolution"].as_i64()? as i32)?,
+            unit: value["unit"].as_str()?.to_string(),
+            curve: match value["curve"].as_i64()? {
+                2 => Curve::PiecewiseLinear,
+                _ => Curve::Staircase,
+            },
+            time_zone: value["time_zone"].as_str().map(str::to_string),
+        })
+    }
+}
+
+/// The grid a series' timestamps must sit on.
+pub(crate) struct Grid {
+    pub(crate) resolution: Resolution,
+    pub(crate) zone: jiff::tz::TimeZone,
+    pub(crate) utc: bool,
+}
+
+impl Grid {
+    pub(crate) fn new(spec: &SeriesSpec) -> Result<Grid> {
+        Ok(Grid {
+            resolution: spec.resolution,
+            utc: spec.time_zone.is_none(),
+            zone: spec.validate()?,
+        })
+    }
+
+    /// Milliseconds of local wall-clock time since the epoch, for `ms` UTC.
+    fn local_ms(&self, ms: i64) -> Option<i64> {
+        if self.utc {
+            return Some(ms);
+        }
+        let instant = jiff::Timestamp::from_millisecond(ms).ok()?;
+        let offset = self.zone.to_offset(instant);
+        Some(ms + i64::from(offset.seconds()) * 1000)
+    }
+
+    pub(crate) fn holds(&self, ms: i64) -> bool {
+        const DAY: i64 = 86_400_000;
+        if self.resolution == Resolution::Breakpoint {
+            return true;
+        }
+        let Some(local) = self.local_ms(ms) else {
+            return false;
+        };
+        if let Some(step) = self.resolution.step_ms() {
+            return local.rem_euclid(step) == 0;
+        }
+        if local.rem_euclid(DAY) != 0 {
+            return false;
+        }
+        let day = local.div_euclid(DAY);
+        match self.resolution {
+            Resolution::Day => true,
+            // 1970-01-01 was a Thursday; weeks start on Monday.
+            Resolution::Week => (day + 3).rem_euclid(7) == 0,
+            Resolution::Month | Resolution::Year => {
+                let Ok(date) = jiff::civil::Date::new(1970, 1, 1)
+                    .and_then(|epoch| epoch.checked_add(jiff::Span::new().days(day)))
+                else {
+                    return false;
+                };
+                date.day() == 1 && (self.resolution == Resolution::Month || date.month() == 1)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteSummary {
+    pub written: u64,
+    pub deleted: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+/// A series' extent.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extent {
+    pub points: u64,
+    pub first_ms: Option<i64>,
+    pub last_ms: Option<i64>,
+}
+
+pub(crate) fn row_error(row: u64, what: impl std::fmt::Display) -> Error {
+    Error::invalid_argument(format!("row {row}: {what}; nothing was written"))
+}
+
+pub use busbar_types::show_time;
+
+/// A time as users write it (see [`busbar_types::parse_time`]), as epoch ms.
+pub fn parse_time(text: &str) -> Result<i64> {
+    busbar_types::parse_time(text).map_err(|bad| Error::invalid_argument(bad.to_string()))
+}
+
+pub(crate) type Columns = (TimestampMillisecondArray, UInt32Array, Float64Array);
+
+/// Checks a batch of points as a write does (schema, types, casts), for the
+/// fuzz targets; returns its row count.
+#[doc(hidden)]
+pub fn check_points(batch: &RecordBatch) -> Result<usize> {
+    columns(batch, 0).map(|(times, _, _)| times.len())
+}
+
+/// The three columns of a batch as the stored types, or an error naming what
+/// is wrong with the schema.
+pub(crate) fn columns(batch: &RecordBatch, rows_before: u64) -> Result<Columns> {
+    let schema = batch.schema();
+    let want = "utc_time: timestamp[ms, tz=UTC], flags: uint32, value: float64";
+    if schema.fields().len() != 3 {
+        return Err(Error::invalid_argument(format!(
+            "the table has {} columns; points have three: {want}",
+            schema.fields().len()
+        )));
+    }
+    let column = |name: &str| -> Result<&ArrayRef> {
+        batch.column_by_name(name).ok_or_else(|| {
+            Error::invalid_argument(format!(
+                "the table has no column {name:?} (it has {}); points have {want}",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    };
+    let times = column("utc_time")?;
+    let flags = column("flags")?;
+    let values = column("value")?;
+    let times = match times.data_type() {
+        // Arrow timestamps count from the epoch in UTC whether or not they
+        // carry a zone, so naive ones are UTC and aware ones need no shift.
+        DataType::Timestamp(unit, _) => {
+            let per_ms: i64 = match unit {
+                TimeUnit::Second => 0,
+                TimeUnit::Millisecond => 1,
+                TimeUnit::Microsecond => 1_000,
+                TimeUnit::Nanosecond => 1_000_000,
+            };
+            let raw = arrow_cast::cast(times, &DataType::Int64)
+                .map_err(|e| Error::invalid_argument(format!("utc_time: {e}")))?;
+            let raw = raw.as_primitive::<arrow_array::types::Int64Type>();
+            let mut out = Vec::with_capacity(raw.len());
+            for (i, value) in raw.values().iter().enumerate() {
+                let ms = match per_ms {
+                    0 => value.checked_mul(1000),
+                    1 => Some(*value),
+                    n if value % n == 0 || raw.is_null(i) => Some(value / n),
+                    _ => {
+                        return Err(row_error(
+                            rows_before + i as u64 + 1,
+                            "utc_time has a fraction of a millisecond; timestamps are stored in whole milliseconds",
+                        ));
+                    }
+                };
+                out.push(ms.ok_or_else(|| {
+                    row_error(rows_before + i as u64 + 1, "utc_time is out of range")
+                })?);
+            }
+            TimestampMillisecondArray::new(out.into(), raw.nulls().cloned())
+        }
+        other => {
+            return Err(Error::invalid_argument(format!(
+                "utc_time is {other}; it must be a timestamp (points have {want})"
+            )));
+        }
+    };
+    let widen = |array: &ArrayRef,
+                 name: &str,
+                 to: &DataType,
+                 ok: fn(&DataType) -> bool|
+     -> Result<ArrayRef> {
+        if !ok(array.data_type()) {
+            return Err(Error::invalid_argument(format!(
+                "{name} is {}; points have {want}",
+                array.data_type()
+            )));
+        }
+        let safe = arrow_cast::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow_cast::cast_with_options(array, to, &safe)
+            .map_err(|e| Error::invalid_argument(format!("{name}: {e}")))
+    };
+    let flags = widen(flags, "flags", &DataType::UInt32, DataType::is_integer)?;
+    let values = widen(values, "value", &DataType::Float64, DataType::is_numeric)?;
+    Ok((
+        times,
+        flags.as_primitive::<UInt32Type>().clone(),
+        values.as_primitive::<Float64Type>().clone(),
+    ))
+}
