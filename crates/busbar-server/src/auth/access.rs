@@ -8,7 +8,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::bus::{Bus, BusMessage, Overflow, SubscribeOptions};
 use crate::error::{Error, Result};
 use crate::resources::paths;
-use crate::store::{ResourceRecord, Right, Store};
+use crate::store::{LowerName, ResourceRecord, Right, Store};
 use bytes::Bytes;
 /// The caches hash on every call (a session token, paths): foldhash, seeded
 /// per map, is several times faster than the default SipHash on such keys,

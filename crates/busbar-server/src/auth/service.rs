@@ -67,6 +67,17 @@ impl AuthService {
         }
     }
 
+    /// A request's message, once its caller is shown to hold admin on "/".
+    async fn from_root_admin<T>(
+        &self,
+        request: Request<T>,
+        what: &str,
+    ) -> std::result::Result<T, tonic::Status> {
+        let caller = caller(&request)?;
+        self.require_root_admin(&caller, what).await?;
+        Ok(request.into_inner())
+    }
+
     async fn identity_named(&self, name: &str) -> Result<IdentityRecord> {
         self.node
             .store
@@ -171,9 +182,7 @@ impl Auth for AuthService {
     }
 
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Reply<pb::Identity> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "creating users").await?;
-        let r = request.into_inner();
+        let r = self.from_root_admin(request, "creating users").await?;
         let record = self
             .node
             .auth
@@ -205,10 +214,9 @@ impl Auth for AuthService {
     }
 
     async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "registering key identities")
+        let r = self
+            .from_root_admin(request, "registering key identities")
             .await?;
-        let r = request.into_inner();
         let record = self
             .node
             .auth
@@ -222,9 +230,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::ListIdentitiesRequest>,
     ) -> Reply<pb::ListIdentitiesResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "listing identities")
-            .await?;
+        self.from_root_admin(request, "listing identities").await?;
         let mut identities = Vec::new();
         for record in self.node.store.list_identities().await? {
             identities.push(self.identity_pb(record).await?);
@@ -258,10 +264,9 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Reply<pb::IssueCertificateResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "issuing client certificates")
+        let r = self
+            .from_root_admin(request, "issuing client certificates")
             .await?;
-        let r = request.into_inner();
         let certificates = self.certificates()?;
         validate_identity_name(&r.name)?;
         // Everything is checked before anything is written: a bad key or
@@ -325,10 +330,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::ListCertificatesRequest>,
     ) -> Reply<pb::ListCertificatesResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "listing client certificates")
+        let r = self
+            .from_root_admin(request, "listing client certificates")
             .await?;
-        let identity = self.identity_named(&request.get_ref().identity).await?;
+        let identity = self.identity_named(&r.identity).await?;
         let records = self.node.store.list_certificates(&identity.id).await?;
         reply(pb::ListCertificatesResponse {
             certificates: records
@@ -342,11 +347,11 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Reply<pb::RevokeCertificateResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "revoking client certificates")
-            .await?;
+        let given = self
+            .from_root_admin(request, "revoking client certificates")
+            .await?
+            .fingerprint;
         let certificates = self.certificates()?;
-        let given = request.into_inner().fingerprint;
         let fingerprint = hex::decode(given.trim().replace(':', ""))
             .ok()
             .filter(|bytes| bytes.len() == 32)
@@ -415,9 +420,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Reply<pb::GroupMemberResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "managing groups").await?;
-        let r = request.into_inner();
+        let r = self.from_root_admin(request, "managing groups").await?;
         validate_identity_name(&r.group)?;
         self.identity_named(&r.identity).await?;
         self.node
@@ -432,9 +435,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Reply<pb::GroupMemberResponse> {
-        let caller = caller(&request)?;
-        self.require_root_admin(&caller, "managing groups").await?;
-        let r = request.into_inner();
+        let r = self.from_root_admin(request, "managing groups").await?;
         if !self
             .node
             .store

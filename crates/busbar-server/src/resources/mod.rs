@@ -7,7 +7,7 @@ use crate::bus::BusMessage;
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller};
-use crate::store::{ResourceKind, ResourceRecord, Right};
+use crate::store::{LowerName, ResourceKind, ResourceRecord, Right, known};
 use busbar_proto::v1::{self as pb, resources_server::Resources};
 use prost::Message;
 use std::sync::Arc;
@@ -86,7 +86,7 @@ pub fn subject(kind: ResourceKind, id: &str) -> String {
 }
 
 fn right(value: i32) -> Result<Right> {
-    Right::from_i32(value).ok_or_else(|| {
+    known::<Right>(value).ok_or_else(|| {
         Error::invalid_argument(format!(
             "bad right {value}: use READ (1), WRITE (2) or ADMIN (3)"
         ))
@@ -213,7 +213,7 @@ impl Resources for ResourcesService {
         let caller = caller(&request)?;
         let r = request.into_inner();
         let path = self.node.path(&r.path).await?;
-        let kind = match ResourceKind::from_i32(r.kind) {
+        let kind = match known::<ResourceKind>(r.kind) {
             Some(
                 kind @ (ResourceKind::Folder
                 | ResourceKind::Room

@@ -9,7 +9,7 @@ use crate::grpc::one_method::OneMethod;
 use crate::grpc::{Reply, reply};
 use crate::node::{LocalMember, Node, caller, stopped};
 use crate::resources::subject;
-use crate::store::{ResourceKind, ResourceRecord, Right};
+use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{
     self as pb, room_event::Kind, rooms_server::Rooms, rooms_server::RoomsServer,
 };

@@ -19,7 +19,7 @@ use crate::auth::access::Caller;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::sessions::DataSession;
-use crate::store::{ResourceKind, Right};
+use crate::store::{LowerName, ResourceKind, Right};
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 use async_trait::async_trait;

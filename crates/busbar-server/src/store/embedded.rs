@@ -150,7 +150,7 @@ fn resource_row(row: &Row) -> rusqlite::Result<ResourceRecord> {
     Ok(ResourceRecord {
         id: row.get(0)?,
         path: row.get(1)?,
-        kind: ResourceKind::from_i32(row.get(2)?).unwrap_or(ResourceKind::Folder),
+        kind: known(row.get(2)?).unwrap_or(ResourceKind::Folder),
         owner: row.get(3)?,
         created_ms: row.get(4)?,
     })
@@ -785,7 +785,7 @@ impl Store for SqliteStore {
                     Ok(GrantRecord {
                         path: r.get(0)?,
                         principal: r.get(1)?,
-                        right: Right::from_i32(r.get(2)?).unwrap_or(Right::Read),
+                        right: known(r.get(2)?).unwrap_or(Right::Read),
                     })
                 })?;
                 for row in rows {

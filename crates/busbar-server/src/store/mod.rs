@@ -11,30 +11,30 @@ pub use embedded::SqliteStore;
 use crate::error::Result;
 use async_trait::async_trait;
 
-/// Rights on a resource, weakest first; a stronger right implies the weaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Right {
-    Read = 1,
-    Write = 2,
-    Admin = 3,
+/// Rights (weakest first; a stronger right implies the weaker) and resource
+/// kinds: the proto's enums, stored as their numbers.
+pub use busbar_proto::v1::{ResourceKind, Right};
+
+/// A proto enum's value by number, if it names one (UNSPECIFIED does not).
+pub fn known<E: TryFrom<i32> + PartialEq + Default>(value: i32) -> Option<E> {
+    E::try_from(value).ok().filter(|e| *e != E::default())
 }
 
-impl Right {
-    pub fn from_i32(value: i32) -> Option<Right> {
-        match value {
-            1 => Some(Right::Read),
-            2 => Some(Right::Write),
-            3 => Some(Right::Admin),
-            _ => None,
-        }
-    }
+/// The lower-case name of a right or kind, as messages say it ("read",
+/// "database").
+pub trait LowerName {
+    fn name(self) -> String;
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Right::Read => "read",
-            Right::Write => "write",
-            Right::Admin => "admin",
-        }
+impl LowerName for Right {
+    fn name(self) -> String {
+        self.as_str_name().to_lowercase()
+    }
+}
+
+impl LowerName for ResourceKind {
+    fn name(self) -> String {
+        self.as_str_name().to_lowercase()
     }
 }
 
@@ -78,42 +78,6 @@ pub struct CertificateRecord {
     pub created_ms: i64,
     pub expires_ms: i64,
     pub revoked: bool,
-}
-
-/// Resource kinds, numbered as `busbar.v1.ResourceKind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceKind {
-    Folder = 1,
-    Room = 2,
-    Wire = 3,
-    Database = 4,
-    Timeseries = 5,
-    Service = 6,
-}
-
-impl ResourceKind {
-    pub fn from_i32(value: i32) -> Option<ResourceKind> {
-        Some(match value {
-            1 => ResourceKind::Folder,
-            2 => ResourceKind::Room,
-            3 => ResourceKind::Wire,
-            4 => ResourceKind::Database,
-            5 => ResourceKind::Timeseries,
-            6 => ResourceKind::Service,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ResourceKind::Folder => "folder",
-            ResourceKind::Room => "room",
-            ResourceKind::Wire => "wire",
-            ResourceKind::Database => "database",
-            ResourceKind::Timeseries => "timeseries",
-            ResourceKind::Service => "service",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -13,34 +13,22 @@ use arrow_schema::{DataType, TimeUnit};
 /// The schema of every table of points (shared with the client).
 pub use busbar_types::POINTS_SCHEMA;
 
-/// How far apart a series' points are; numbered as `busbar.v1.Resolution`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    Breakpoint = 1,
-    Min1 = 2,
-    Min5 = 3,
-    Min10 = 4,
-    Min15 = 5,
-    Min30 = 6,
-    Hour = 7,
-    Day = 8,
-    Week = 9,
-    Month = 10,
-    Year = 11,
+/// How far apart a series' points are, and how values between them are
+/// read: the proto's enums.
+pub use busbar_proto::v1::{Curve, Resolution};
+
+/// What a resolution means to the grid and to messages.
+pub trait ResolutionGrid {
+    /// In messages: "hourly", "15-minute".
+    fn describe(self) -> &'static str;
+    /// The grid step of sub-daily resolutions, in milliseconds.
+    fn step_ms(self) -> Option<i64>;
 }
 
-impl Resolution {
-    pub fn from_i32(value: i32) -> Option<Resolution> {
-        use Resolution::*;
-        [
-            Breakpoint, Min1, Min5, Min10, Min15, Min30, Hour, Day, Week, Month, Year,
-        ]
-        .into_iter()
-        .find(|r| *r as i32 == value)
-    }
-
-    pub fn name(self) -> &'static str {
+impl ResolutionGrid for Resolution {
+    fn describe(self) -> &'static str {
         match self {
+            Resolution::Unspecified => "unspecified",
             Resolution::Breakpoint => "breakpoint",
             Resolution::Min1 => "1-minute",
             Resolution::Min5 => "5-minute",
@@ -55,7 +43,6 @@ impl Resolution {
         }
     }
 
-    /// The grid step of sub-daily resolutions, in milliseconds.
     fn step_ms(self) -> Option<i64> {
         let minutes = match self {
             Resolution::Min1 => 1,
@@ -68,13 +55,6 @@ impl Resolution {
         };
         Some(minutes * 60_000)
     }
-}
-
-/// How values between points are read; numbered as `busbar.v1.Curve`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Curve {
-    Staircase = 1,
-    PiecewiseLinear = 2,
 }
 
 /// A series' definition, fixed at creation.
@@ -113,7 +93,7 @@ impl SeriesSpec {
     pub(crate) fn from_json(text: &str) -> Option<SeriesSpec> {
         let value: serde_json::Value = serde_json::from_str(text).ok()?;
         Some(SeriesSpec {
-            resolution: Resolution::from_i32(value["resolution"].as_i64()? as i32)?,
+            resolution: crate::store::known(value["resolution"].as_i64()? as i32)?,
             unit: value["unit"].as_str()?.to_string(),
             curve: match value["curve"].as_i64()? {
                 2 => Curve::PiecewiseLinear,

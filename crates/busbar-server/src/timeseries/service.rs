@@ -9,7 +9,7 @@ use crate::grpc::zero_copy::{self, LoneBytes};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller};
 use crate::sessions::DataSession;
-use crate::store::{ResourceKind, ResourceRecord, Right};
+use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use crate::timeseries::embedded::points_wire;
 use crate::timeseries::model::{Curve, Resolution, SeriesSpec};
 use crate::timeseries::{PointsColumns, PointsMessage, PointsSink, SeriesRead};
@@ -76,7 +76,7 @@ pub fn spec_from_pb(spec: Option<pb::SeriesSpec>) -> Result<SeriesSpec> {
     let spec = spec.ok_or_else(|| {
         Error::invalid_argument("a time series needs a definition: at least its resolution")
     })?;
-    let resolution = Resolution::from_i32(spec.resolution).ok_or_else(|| {
+    let resolution = crate::store::known::<Resolution>(spec.resolution).ok_or_else(|| {
         Error::invalid_argument(format!(
             "bad resolution {}: use BREAKPOINT, MIN1, MIN5, MIN10, MIN15, MIN30, HOUR, DAY, WEEK, MONTH or YEAR",
             spec.resolution

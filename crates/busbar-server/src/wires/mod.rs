@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
 use crate::resources::subject;
-use crate::store::{ResourceKind, ResourceRecord, Right};
+use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{self as pb, wires_server::Wires};
 use futures::Stream;
 use std::pin::Pin;

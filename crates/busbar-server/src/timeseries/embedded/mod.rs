@@ -16,7 +16,7 @@ use crate::sql::embedded::transaction::SqliteTransaction;
 use crate::sql::embedded::writers::{SharedWriter, WriterPool};
 use crate::sql::embedded::{Held, in_session};
 use crate::timeseries::model::{
-    Extent, Grid, SeriesSpec, WriteSummary, columns, row_error, show_time,
+    Extent, Grid, ResolutionGrid, SeriesSpec, WriteSummary, columns, row_error, show_time,
 };
 use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
 use arrow_array::{Array, RecordBatch};
@@ -412,7 +412,7 @@ impl<'c> SeriesWrite<'c> {
                     format!(
                         "{} is not on the series' {} grid{}",
                         show_time(time),
-                        self.grid.resolution.name(),
+                        self.grid.resolution.describe(),
                         if self.grid.utc {
                             String::new()
                         } else {
