@@ -13,6 +13,7 @@ series), all returning ``pyarrow.Table``.
 from __future__ import annotations
 
 import atexit
+import os
 from typing import Any, Optional
 
 from . import _core, errors
@@ -27,16 +28,21 @@ from .errors import BusbarError
 
 
 def set_spin_limit(seconds: float) -> None:
-    """Sets the most a call spins for its answer before it sleeps.
+    """Lets a call spin for its answer, at most ``seconds``, before it sleeps.
 
-    A blocking call waits for its answer by spinning (GIL released) for an
-    adaptive window of at most ``seconds``, then sleeps; an awaited call keeps
-    its event loop turning for such a window instead of letting it sleep in
-    its selector. On virtual machines waking a sleeping thread costs tens of
-    microseconds, often most of a short call's round trip. The window grows
-    while answers come within the limit and shrinks when they do not, and one
-    thread per process spins at a time. Stream reads and sends never spin.
-    Default 0.0002 (200 us); 0 turns spinning off; at most 0.01. Raises
+    Spinning is off by default (0). Turned on, a blocking call waits for its
+    answer by spinning (GIL released) for an adaptive window of at most
+    ``seconds``, then sleeps; an awaited call keeps its event loop turning for
+    such a window instead of letting it sleep in its selector. It is opt-in
+    because it spends your CPU, and it pays only on virtual machines whose
+    host does not poll before halting an idle vCPU (halt-polling off): there
+    waking a sleeping thread costs tens of microseconds, often most of a
+    short call's round trip; elsewhere the kernel already does this. The
+    window grows while answers come within the limit and shrinks when they do
+    not, and one thread per process spins at a time. Stream reads and sends
+    never spin. 0.0002 (200 us, Linux haltpoll's default) is a good limit; 0
+    turns spinning off; at most 0.01. The environment variable
+    ``BUSBAR_SPIN_LIMIT`` (seconds) sets it when busbar is imported. Raises
     ``busbar.errors.InvalidArgument`` (and keeps the old limit) for anything
     else."""
     _core.set_spin_limit(seconds)
@@ -46,6 +52,24 @@ def spin_limit() -> float:
     """The most a call spins before it sleeps, in seconds."""
     return _core.spin_limit()
 
+
+def _spin_limit_from_environment() -> None:
+    """``BUSBAR_SPIN_LIMIT`` (seconds; unset or empty: off) opts the whole
+    process in to spinning without a code change; a bad value stops the
+    import, naming the variable, rather than running without what was asked."""
+    given = os.environ.get("BUSBAR_SPIN_LIMIT", "").strip()
+    if not given:
+        return
+    try:
+        _core.set_spin_limit(float(given))
+    except (ValueError, errors.InvalidArgument) as error:
+        why = error.message if isinstance(error, errors.InvalidArgument) else "not a number"
+        raise errors.InvalidArgument(
+            f"bad BUSBAR_SPIN_LIMIT={given!r} in the environment ({why}): use seconds from 0 "
+            "to 0.01, e.g. 0.0002, or unset it to leave spinning off") from None
+
+
+_spin_limit_from_environment()
 
 # Before the interpreter finalizes, let runtime threads that are handing a
 # result to an event loop finish (see bridge.rs).

@@ -26,20 +26,6 @@ _TARGET_KEYS = (
 )
 
 
-_RESOURCES = "busbar.v1.Resources/"
-_KINDS = {"folder": "FOLDER", "room": "ROOM", "wire": "WIRE", "database": "DATABASE"}
-# Time series need a definition: conn.timeseries.create.
-_RIGHTS = {"read": "READ", "write": "WRITE", "admin": "ADMIN"}
-
-
-def _choice(value: Any, names: Dict[str, str], what: str) -> str:
-    """The protocol's name for one of a few choices, checked here."""
-    found = names.get(value.lower()) if isinstance(value, str) else None
-    if found is None:
-        raise InvalidArgument(f"bad {what} {value!r}: use one of {', '.join(names)}")
-    return found
-
-
 def _target(**given: Any) -> Dict[str, Any]:
     return {key: given.get(key) for key in _TARGET_KEYS}
 
@@ -176,19 +162,13 @@ class _ConnectionBase:
         state = "closed" if self.closed else self.address
         return f"<{type(self).__module__}.{type(self).__name__} {state}>"
 
-    def _rpc(self, method: str, request: Dict[str, Any], timeout: Optional[float],
-             pick: Optional[str] = None) -> Any:
-        """A busbar RPC by name; ``pick`` takes one field of the reply."""
-        reply = self._core.call(method, request, timeout)
-        return reply if pick is None else self._then(reply, lambda r: r[pick])
-
     def status(self, *, timeout: Optional[float] = None) -> Any:
         """The node's version, uptime, store, bus and TLS state."""
-        return self._rpc("busbar.v1.Node/Status", {}, timeout)
+        return self._core.status(timeout)
 
     def whoami(self, *, timeout: Optional[float] = None) -> Any:
         """The identity this connection is logged in as."""
-        return self._rpc("busbar.v1.Auth/WhoAmI", {}, timeout)
+        return self._core.whoami(timeout)
 
     # --- calls ------------------------------------------------------------
 
@@ -208,12 +188,11 @@ class _ConnectionBase:
 
     def ls(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
         """The children of a folder (everything below it with ``recursive``)."""
-        return self._rpc(_RESOURCES + "List", {"path": path, "recursive": recursive}, timeout,
-                         "resources")
+        return self._core.ls(path, recursive, timeout)
 
     def get(self, path: str, *, timeout: Optional[float] = None) -> Any:
         """The resource at ``path``."""
-        return self._rpc(_RESOURCES + "Get", {"path": path}, timeout)
+        return self._core.get(path, timeout)
 
     def create(self, path: str, kind: str, *, parents: bool = False, exist_ok: bool = False,
                timeout: Optional[float] = None) -> Any:
@@ -221,9 +200,7 @@ class _ConnectionBase:
         too with ``parents``). With ``exist_ok`` an existing resource of that
         kind is returned instead of raising AlreadyExists (one of another
         kind still raises)."""
-        request = {"path": path, "kind": _choice(kind, _KINDS, "kind"), "parents": parents,
-                   "exist_ok": exist_ok}
-        return self._rpc(_RESOURCES + "Create", request, timeout)
+        return self._core.create(path, kind, parents, exist_ok, timeout)
 
     def mkdir(self, path: str, *, parents: bool = False, exist_ok: bool = False,
               timeout: Optional[float] = None) -> Any:
@@ -232,39 +209,33 @@ class _ConnectionBase:
 
     def rm(self, path: str, *, recursive: bool = False, timeout: Optional[float] = None) -> Any:
         """Deletes a resource (a non-empty folder needs ``recursive``); returns how many."""
-        return self._rpc(_RESOURCES + "Delete", {"path": path, "recursive": recursive}, timeout,
-                         "deleted")
+        return self._core.rm(path, recursive, timeout)
 
     def mv(self, source: str, destination: str, *, timeout: Optional[float] = None) -> Any:
         """Moves or renames a resource."""
-        return self._rpc(_RESOURCES + "Move", {"from": source, "to": destination}, timeout)
+        return self._core.mv(source, destination, timeout)
 
     def grant(self, path: str, principal: str, right: str, *,
               timeout: Optional[float] = None) -> Any:
         """Grants "read", "write" or "admin" on ``path`` to an identity or
         "group:<name>"; returns the grants set on ``path``."""
-        request = {"path": path, "principal": principal,
-                   "right": _choice(right, _RIGHTS, "right")}
-        return self._rpc(_RESOURCES + "Grant", request, timeout, "grants")
+        return self._core.grant(path, principal, right, timeout)
 
     def revoke(self, path: str, principal: str, *, timeout: Optional[float] = None) -> Any:
         """Removes the grant set on ``path`` for ``principal``."""
-        return self._rpc(_RESOURCES + "Revoke", {"path": path, "principal": principal}, timeout,
-                         "grants")
+        return self._core.revoke(path, principal, timeout)
 
     def grants(self, path: str, *, effective: bool = False,
                timeout: Optional[float] = None) -> Any:
         """Grants set on ``path`` (with ``effective``, inherited ones too)."""
-        return self._rpc(_RESOURCES + "ListGrants", {"path": path, "effective": effective},
-                         timeout, "grants")
+        return self._core.grants(path, effective, timeout)
 
     # --- identities -------------------------------------------------------
 
     def create_user(self, name: str, password: str, *, admin: bool = False,
                     timeout: Optional[float] = None) -> Any:
         """Creates a password identity (admin only)."""
-        request = {"name": name, "password": password, "admin": admin}
-        return self._rpc("busbar.v1.Auth/CreateUser", request, timeout)
+        return self._core.create_user(name, password, admin, timeout)
 
     def new_certificate(self, name: str, *, days: Optional[int] = None, create: bool = False,
                         admin: bool = False, timeout: Optional[float] = None) -> Any:
@@ -282,30 +253,27 @@ class _ConnectionBase:
 
     def certificates(self, identity: str, *, timeout: Optional[float] = None) -> Any:
         """The client certificates issued to ``identity`` (admin of / only)."""
-        return self._rpc("busbar.v1.Auth/ListCertificates", {"identity": identity}, timeout,
-                         "certificates")
+        return self._core.certificates(identity, timeout)
 
     def revoke_certificate(self, fingerprint: str, *, timeout: Optional[float] = None) -> None:
         """Revokes a client certificate by its hex SHA-256 fingerprint: the
         node refuses it in every handshake from now on and its sessions end."""
-        return self._then(self._rpc("busbar.v1.Auth/RevokeCertificate",
-                                    {"fingerprint": fingerprint}, timeout), lambda _: None)
+        return self._core.revoke_certificate(fingerprint, timeout)
 
     def create_token(self, name: str, *, ttl: Optional[float] = None,
                      timeout: Optional[float] = None) -> Any:
         """Creates an API token for this identity; returns its secret (shown once)."""
         if ttl is not None and not (isinstance(ttl, (int, float)) and ttl > 0):
             raise InvalidArgument(f"bad ttl {ttl!r}: use a positive number of seconds")
-        request = {"name": name, "ttl_seconds": 0 if ttl is None else max(1, int(ttl))}
-        return self._rpc("busbar.v1.Auth/CreateToken", request, timeout, "token")
+        ttl_seconds = None if ttl is None else max(1, int(ttl))
+        return self._core.create_token(name, ttl_seconds, timeout)
 
     # --- events and data --------------------------------------------------
 
     def emit(self, room: str, event: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """Emits ``event`` to every member of ``room`` without joining; returns
         how many members it reached."""
-        request = {"path": room, "event": event, "args": list(args)}
-        return self._rpc("busbar.v1.Rooms/Emit", request, timeout, "delivered")
+        return self._core.emit(room, event, args, timeout)
 
     def wire(self, path: str) -> "Wire":
         return Wire(self, path)

@@ -6,15 +6,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
-def _with_summary(result: Any) -> Any:
-    """The table, with the statement's summary in its schema metadata."""
-    table, summary = result
-    metadata = dict(table.schema.metadata or {})
-    metadata[b"busbar.rows_affected"] = str(summary["rows_affected"]).encode()
-    metadata[b"busbar.last_insert_rowid"] = str(summary["last_insert_rowid"]).encode()
-    return table.replace_schema_metadata(metadata)
-
-
 class Database:
     """The SQL database at ``path`` (a DATABASE resource)."""
 
@@ -37,8 +28,7 @@ class Database:
         The schema metadata holds ``busbar.rows_affected`` and
         ``busbar.last_insert_rowid``.
         """
-        conn = self.connection
-        return conn._then(conn._core.sql(self.path, sql, params, timeout), _with_summary)
+        return self.connection._core.sql(self.path, sql, params, timeout)
 
     def executemany(self, sql: str, rows: Any, *, timeout: Optional[float] = None) -> Any:
         """Runs one statement once per row of parameters (each a list, tuple
@@ -53,24 +43,19 @@ class Database:
         both); returns the rows of its last statement as a ``pyarrow.Table``.
         Its statements run atomically: if one fails, none took effect.
         (``timeout`` is this call's deadline, not an argument.)"""
-        conn = self.connection
-        result = conn._core.run_procedure(self.path, procedure, list(args) or None,
-                                          kwargs or None, timeout)
-        return conn._then(result, _with_summary)
+        return self.connection._core.run_procedure(self.path, procedure, list(args) or None,
+                                                   kwargs or None, timeout)
 
     def create_procedure(self, name: str, params: Any, body: str, *, replace: bool = False,
                          timeout: Optional[float] = None) -> Any:
         """Stores a procedure: ``body`` holds statements using ``:name``
         parameters from ``params`` (in positional order)."""
-        request = {"database": self.path, "name": name, "params": list(params), "body": body,
-                   "replace": replace}
-        return self.connection._rpc("busbar.v1.Sql/CreateProcedure", request, timeout)
+        return self.connection._core.create_procedure(self.path, name, list(params), body,
+                                                      replace, timeout)
 
     def drop_procedure(self, name: str, *, timeout: Optional[float] = None) -> Any:
-        request = {"database": self.path, "name": name}
-        return self.connection._rpc("busbar.v1.Sql/DropProcedure", request, timeout)
+        return self.connection._core.drop_procedure(self.path, name, timeout)
 
     def procedures(self, *, timeout: Optional[float] = None) -> Any:
         """The database's procedures (name, params, body)."""
-        return self.connection._rpc("busbar.v1.Sql/ListProcedures", {"database": self.path},
-                                    timeout, "procedures")
+        return self.connection._core.procedures(self.path, timeout)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, List, Optional, Sequence, Union
 
-from . import _core
 from ._bridge import epoch_ms
 from .errors import InvalidArgument
 
@@ -109,17 +108,13 @@ class TimeSeries:
         returned instead of raising AlreadyExists."""
         if not isinstance(resolution, str) or not isinstance(curve, str):
             raise InvalidArgument("resolution and curve are names such as '15min' and 'linear'")
-        names = _core.series_names(resolution, curve)
-        series = {"resolution": names[0], "unit": unit, "curve": names[1],
-                  "time_zone": time_zone or ""}
-        request = {"path": path, "kind": "TIMESERIES", "parents": parents, "series": series,
-                   "exist_ok": exist_ok}
-        return self.connection._rpc("busbar.v1.Resources/Create", request, timeout)
+        return self.connection._core.create_series(path, resolution, unit, curve, time_zone,
+                                                   parents, exist_ok, timeout)
 
     def describe(self, path: str, *, timeout: Optional[float] = None) -> Any:
-        """A series' definition, point count and first and last times."""
-        return self.connection._rpc("busbar.v1.TimeSeries/Describe",
-                                    {"path": path, "session": ""}, timeout)
+        """A series' definition, point count and first and last times (in a
+        session: as the session sees them)."""
+        return self.connection._core.describe_series(path, timeout)
 
     def read(self, path: Union[str, Sequence[str]], start: Any = None, end: Any = None, *,
              timeout: Optional[float] = None) -> Any:

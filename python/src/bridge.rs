@@ -206,16 +206,20 @@ fn poll_here<F: Future + ?Sized>(
 }
 
 /// How long a blocking call spins for its outcome before it parks
-/// (`busbar.set_spin_limit`; see `busbar_client::spin` for why).
-static SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
+/// (`busbar.set_spin_limit`; see `busbar_client::spin` for why). Off until
+/// the user opts in: spinning spends the user's CPU, and it pays only on
+/// virtual machines where nothing polls before an idle vCPU halts (the
+/// host's halt-polling off, no guest haltpoll); elsewhere the kernel
+/// already does this.
+static SPIN: SpinWait = SpinWait::new(std::time::Duration::ZERO);
 
 /// How long an awaited call keeps its event loop turning (polling instead of
 /// sleeping in its selector) for the answer: the same rule, on the loop's
-/// thread (`busbar._bridge.spin`), with a window of its own.
-static LOOP_SPIN: SpinWait = SpinWait::new(busbar_client::spin::DEFAULT_LIMIT);
+/// thread (`busbar._bridge.spin`), with a window of its own; off as `SPIN`.
+static LOOP_SPIN: SpinWait = SpinWait::new(std::time::Duration::ZERO);
 
 /// `busbar.set_spin_limit(seconds)`: the most a blocking call spins before
-/// it parks; 0 turns spinning off.
+/// it parks; 0 (the default) turns spinning off.
 #[pyfunction]
 pub(crate) fn set_spin_limit(py: Python<'_>, seconds: Bound<'_, PyAny>) -> PyResult<()> {
     let invalid = |why: String| {

@@ -3,14 +3,18 @@
 //! decides whether the caller gets the result or an awaitable.
 
 use crate::bridge::{Face, finish};
-use crate::convert::{ToPython, invalid, py_to_json};
+use crate::convert::{
+    ToPython, invalid, message_to_json, messages_to_json, py_to_json, py_to_json_list,
+};
 use crate::data::{CoreSession, SeriesTables, procedure_args};
 use crate::sql::{SqlTable, statement, statements};
 use crate::streams::{
     CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
 };
-use base64::Engine;
-use busbar_client::{Client, ClientConfig, ConnectOptions, Error, ErrorCode, Interval};
+use busbar_client::{
+    Client, ClientConfig, ConnectOptions, Error, ErrorCode, Interval, ResourceKind, Right,
+    SeriesSpec,
+};
 use pyo3::prelude::*;
 use serde_json::Value;
 use std::sync::{Arc, Mutex, RwLock};
@@ -111,16 +115,7 @@ impl Target {
         }
         match (self.key_name, self.private_key) {
             (Some(name), Some(key)) => {
-                let seed = base64::engine::general_purpose::STANDARD
-                    .decode(key.trim())
-                    .ok()
-                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                    .ok_or_else(|| {
-                        invalid(
-                            "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
-                        )
-                    })?;
-                options = options.key(name, ed25519_dalek::SigningKey::from_bytes(&seed));
+                options = options.credential(busbar_client::Credential::key(name, &key)?);
             }
             (None, None) => {}
             _ => return Err(invalid("key_name= and private_key= go together")),
@@ -206,6 +201,59 @@ impl ToPython for Opened {
             Opened::Wire(subscription) => subscription.to_python(py),
         }
     }
+}
+
+/// The kinds `create` makes, by the names the SDK takes (time series need
+/// a definition: `create_series`).
+const KINDS: [(&str, ResourceKind); 4] = [
+    ("folder", ResourceKind::Folder),
+    ("room", ResourceKind::Room),
+    ("wire", ResourceKind::Wire),
+    ("database", ResourceKind::Database),
+];
+
+/// Rights by the names the SDK takes.
+const RIGHTS: [(&str, Right); 3] = [
+    ("read", Right::Read),
+    ("write", Right::Write),
+    ("admin", Right::Admin),
+];
+
+/// One of a few choices named by a Python str in any case; anything else
+/// is INVALID_ARGUMENT naming the choices.
+fn choice<T: Copy>(
+    given: &Bound<'_, PyAny>,
+    choices: &[(&str, T)],
+    what: &str,
+) -> Result<T, Error> {
+    let name = given.extract::<String>().ok();
+    let found = choices.iter().find(|(choice, _)| {
+        name.as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case(choice))
+    });
+    found.map(|(_, value)| *value).ok_or_else(|| {
+        let names: Vec<&str> = choices.iter().map(|(choice, _)| *choice).collect();
+        let shown = given.repr().map(|r| r.to_string()).unwrap_or_default();
+        invalid(format!(
+            "bad {what} {shown}: use one of {}",
+            names.join(", ")
+        ))
+    })
+}
+
+/// A series definition from the names Python gives (any of the spellings
+/// `busbar_client::parse_resolution` and `parse_curve` take).
+fn series_spec(
+    resolution: &str,
+    unit: String,
+    curve: &str,
+    time_zone: Option<String>,
+) -> Result<SeriesSpec, Error> {
+    let mut spec = SeriesSpec::new(busbar_client::parse_resolution(resolution)?)
+        .unit(unit)
+        .curve(busbar_client::parse_curve(curve)?);
+    spec.time_zone = time_zone.filter(|zone| !zone.is_empty());
+    Ok(spec)
 }
 
 /// One connection to a node.
@@ -347,6 +395,198 @@ impl Core {
         })
     }
 
+    /// The node's status (a dict).
+    #[pyo3(signature = (timeout=None))]
+    fn status<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, |c| async move {
+            Ok(message_to_json(&c.status().await?))
+        })
+    }
+
+    /// The identity this connection is logged in as (a dict).
+    #[pyo3(signature = (timeout=None))]
+    fn whoami<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, |c| async move {
+            Ok(message_to_json(&c.whoami().await?))
+        })
+    }
+
+    /// The resources below `path` (a list of dicts).
+    #[pyo3(signature = (path, recursive, timeout=None))]
+    fn ls<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        recursive: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.ls(&path, recursive).await?))
+        })
+    }
+
+    /// The resource at `path` (a dict).
+    #[pyo3(signature = (path, timeout=None))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(message_to_json(&c.get(&path).await?))
+        })
+    }
+
+    /// Creates a resource of `kind` ("folder", "room", "wire" or
+    /// "database"); with `exist_ok` an existing one of that kind is
+    /// returned. The result is the resource (a dict).
+    #[pyo3(signature = (path, kind, parents, exist_ok, timeout=None))]
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        kind: Bound<'py, PyAny>,
+        parents: bool,
+        exist_ok: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let kind = choice(&kind, &KINDS, "kind");
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let kind = kind?;
+            let made = if exist_ok {
+                c.ensure(&path, kind, parents).await?
+            } else {
+                c.create(&path, kind, parents).await?
+            };
+            Ok(message_to_json(&made))
+        })
+    }
+
+    /// Deletes a resource; the result is how many were deleted.
+    #[pyo3(signature = (path, recursive, timeout=None))]
+    fn rm<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        recursive: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.rm(&path, recursive).await
+        })
+    }
+
+    /// Moves a resource; the result is it at its new path (a dict).
+    #[pyo3(signature = (source, destination, timeout=None))]
+    fn mv<'py>(
+        &self,
+        py: Python<'py>,
+        source: String,
+        destination: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(message_to_json(&c.mv(&source, &destination).await?))
+        })
+    }
+
+    /// Grants `right` ("read", "write" or "admin"); the result is the
+    /// grants set on `path` (a list of dicts).
+    #[pyo3(signature = (path, principal, right, timeout=None))]
+    fn grant<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        principal: String,
+        right: Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let right = choice(&right, &RIGHTS, "right");
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.grant(&path, &principal, right?).await?))
+        })
+    }
+
+    /// Removes `principal`'s grant on `path`; the result is the grants left.
+    #[pyo3(signature = (path, principal, timeout=None))]
+    fn revoke<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        principal: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.revoke(&path, &principal).await?))
+        })
+    }
+
+    /// The grants set on `path` (with `effective`, inherited ones too).
+    #[pyo3(signature = (path, effective, timeout=None))]
+    fn grants<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        effective: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.grants(&path, effective).await?))
+        })
+    }
+
+    /// Creates a password identity; the result is it (a dict).
+    #[pyo3(signature = (name, password, admin, timeout=None))]
+    fn create_user<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        password: String,
+        admin: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(message_to_json(
+                &c.create_user(&name, &password, admin).await?,
+            ))
+        })
+    }
+
+    /// Creates an API token for the caller, valid `ttl_seconds` (None:
+    /// until revoked); the result is its secret.
+    #[pyo3(signature = (name, ttl_seconds=None, timeout=None))]
+    fn create_token<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        ttl_seconds: Option<u64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ttl = ttl_seconds.map(Duration::from_secs);
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let (secret, _info) = c.create_token(&name, ttl).await?;
+            Ok(secret)
+        })
+    }
+
+    /// Emits `event` with `args` (a list or tuple) to the room at `path`
+    /// without joining; the result is how many members it reached.
+    #[pyo3(signature = (path, event, args, timeout=None))]
+    fn emit<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        event: String,
+        args: Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = py_to_json_list(&args);
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.emit(&path, &event, args?).await
+        })
+    }
+
     /// Opens a stream of the resource at `path`: joins a "room" (a
     /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
     #[pyo3(signature = (kind, path, timeout=None))]
@@ -393,7 +633,7 @@ impl Core {
         Ok(CorePublisher::start(self.face, client, path))
     }
 
-    /// Runs one SQL statement; the result is (pyarrow.Table, summary dict).
+    /// Runs one SQL statement; the result is a pyarrow.Table (see `SqlTable`).
     #[pyo3(signature = (database, sql, params=None, timeout=None))]
     fn sql<'py>(
         &self,
@@ -424,14 +664,12 @@ impl Core {
         let statements = statements(py, &rows);
         self.run(py, timeout, Scope::Call, |c| async move {
             let summary = c.sql_many(&database, &sql, statements?).await?;
-            Ok(crate::convert::message_to_json(
-                &summary,
-                "busbar.v1.ExecuteSummary",
-            ))
+            Ok(message_to_json(&summary))
         })
     }
 
-    /// Runs a stored procedure; the result is (pyarrow.Table, summary dict).
+    /// Runs a stored procedure; the result is a pyarrow.Table of its last
+    /// statement's rows (see `SqlTable`).
     #[pyo3(signature = (database, name, args=None, kwargs=None, timeout=None))]
     fn run_procedure<'py>(
         &self,
@@ -446,6 +684,58 @@ impl Core {
         self.run(py, timeout, Scope::Call, |c| async move {
             let result = c.run_procedure(&database, &name, given?).await?;
             Ok(SqlTable(result))
+        })
+    }
+
+    /// Stores a procedure; the result is it (a dict).
+    #[pyo3(signature = (database, name, params, body, replace, timeout=None))]
+    #[allow(clippy::too_many_arguments)] // the SDK method's arguments, one for one
+    fn create_procedure<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        name: String,
+        params: Vec<String>,
+        body: String,
+        replace: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let params: Vec<&str> = params.iter().map(String::as_str).collect();
+            let made = c
+                .create_procedure(&database, &name, &params, &body, replace)
+                .await?;
+            Ok(message_to_json(&made))
+        })
+    }
+
+    /// Drops a procedure; the result is the reply's (empty) dict.
+    #[pyo3(signature = (database, name, timeout=None))]
+    fn drop_procedure<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        name: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.drop_procedure(&database, &name).await?;
+            Ok(message_to_json(
+                &busbar_client::proto::DropProcedureResponse {},
+            ))
+        })
+    }
+
+    /// A database's procedures (a list of dicts).
+    #[pyo3(signature = (database, timeout=None))]
+    fn procedures<'py>(
+        &self,
+        py: Python<'py>,
+        database: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.procedures(&database).await?))
         })
     }
 
@@ -478,6 +768,33 @@ impl Core {
         })
     }
 
+    /// The client certificates issued to `identity` (a list of dicts).
+    #[pyo3(signature = (identity, timeout=None))]
+    fn certificates<'py>(
+        &self,
+        py: Python<'py>,
+        identity: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.certificates(&identity).await?))
+        })
+    }
+
+    /// Revokes a client certificate by its hex SHA-256 fingerprint.
+    #[pyo3(signature = (fingerprint, timeout=None))]
+    fn revoke_certificate<'py>(
+        &self,
+        py: Python<'py>,
+        fingerprint: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.revoke_certificate(&fingerprint).await?;
+            Ok(None::<Value>) // None in Python (a unit `()` would be an empty tuple)
+        })
+    }
+
     /// Opens a data session (a `CoreSession`).
     #[pyo3(signature = (timeout=None))]
     fn session<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
@@ -486,6 +803,49 @@ impl Core {
             // The session outlives this call's deadline.
             let session = Client::clone(&c).session().await?;
             Ok(CoreSession::new(face, session))
+        })
+    }
+
+    /// Creates a time series of a resolution and curve given by any of
+    /// their names; with `exist_ok` an existing one of the same definition
+    /// is returned. The result is the resource (a dict).
+    #[pyo3(signature = (path, resolution, unit, curve, time_zone, parents, exist_ok, timeout=None))]
+    #[allow(clippy::too_many_arguments)] // the SDK method's arguments, one for one
+    fn create_series<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        resolution: &str,
+        unit: String,
+        curve: &str,
+        time_zone: Option<String>,
+        parents: bool,
+        exist_ok: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let spec = series_spec(resolution, unit, curve, time_zone);
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let spec = spec?;
+            let made = if exist_ok {
+                c.ensure_series(&path, &spec, parents).await?
+            } else {
+                c.create_series(&path, &spec, parents).await?
+            };
+            Ok(message_to_json(&made))
+        })
+    }
+
+    /// A series' definition, point count and first and last times (a
+    /// dict); in a session, as the session sees it.
+    #[pyo3(signature = (path, timeout=None))]
+    fn describe_series<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(message_to_json(&c.describe_series(&path).await?))
         })
     }
 

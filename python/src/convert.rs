@@ -180,16 +180,44 @@ pub(crate) fn py_to_bytes(value: &Bound<'_, PyAny>) -> Result<bytes::Bytes, Erro
         })
 }
 
-/// A protocol message as the same JSON `call()` returns for it.
-/// `name` is the message's full name, e.g. `busbar.v1.Resource`.
-pub(crate) fn message_to_json<M: prost::Message>(message: &M, name: &str) -> Value {
+/// Protocol messages that reach Python as dicts, with their full names
+/// (the generated types carry none; the descriptor set is looked up by it).
+pub(crate) trait ProtoMessage: prost::Message {
+    const FULL_NAME: &'static str;
+}
+
+macro_rules! proto_messages {
+    ($($name:ident),*) => {$(
+        impl ProtoMessage for busbar_proto::v1::$name {
+            const FULL_NAME: &'static str = concat!("busbar.v1.", stringify!($name));
+        }
+    )*};
+}
+
+proto_messages!(
+    NodeStatus,
+    Identity,
+    Resource,
+    Grant,
+    CertificateInfo,
+    Procedure,
+    DropProcedureResponse,
+    SeriesInfo,
+    ExecuteSummary,
+    PublishSummary
+);
+
+/// A protocol message as the same JSON `call()` returns for it (proto field
+/// names, enums by name, 64-bit integers as numbers, every field present),
+/// so typed calls give Python the dicts the dynamic path always gave.
+pub(crate) fn message_to_json<M: ProtoMessage>(message: &M) -> Value {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     let pool = POOL.get_or_init(|| {
         DescriptorPool::decode(busbar_proto::FILE_DESCRIPTOR_SET)
             .expect("busbar-proto's descriptor set decodes")
     });
     let descriptor = pool
-        .get_message_by_name(name)
+        .get_message_by_name(M::FULL_NAME)
         .expect("every busbar message is in the descriptor set");
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
         .expect("a message decodes as itself");
@@ -200,4 +228,9 @@ pub(crate) fn message_to_json<M: prost::Message>(message: &M, name: &str) -> Val
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .expect("a message serializes to JSON")
+}
+
+/// Protocol messages as a list of the dicts `message_to_json` makes.
+pub(crate) fn messages_to_json<M: ProtoMessage>(messages: &[M]) -> Value {
+    Value::Array(messages.iter().map(message_to_json).collect())
 }

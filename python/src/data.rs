@@ -160,24 +160,3 @@ impl CoreSession {
         })
     }
 }
-
-/// The protocol's names of a resolution and a curve given in any of their
-/// spellings (busbar-client's one table, shared with the CLI).
-#[pyfunction]
-pub(crate) fn series_names(
-    py: Python<'_>,
-    resolution: &str,
-    curve: &str,
-) -> PyResult<(String, String)> {
-    let raise = |error: Error| crate::convert::to_pyerr(py, &error);
-    Ok((
-        busbar_client::parse_resolution(resolution)
-            .map_err(raise)?
-            .as_str_name()
-            .to_string(),
-        busbar_client::parse_curve(curve)
-            .map_err(raise)?
-            .as_str_name()
-            .to_string(),
-    ))
-}

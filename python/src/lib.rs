@@ -18,7 +18,6 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(bridge::at_exit, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::set_spin_limit, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::spin_limit, module)?)?;
-    module.add_function(wrap_pyfunction!(data::series_names, module)?)?;
     module.add_class::<connection::Core>()?;
     module.add_class::<data::CoreSession>()?;
     module.add_class::<streams::CoreCall>()?;

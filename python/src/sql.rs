@@ -1,7 +1,7 @@
 //! SQL statements from Python parameters, results to `pyarrow.Table`
 //! through the Arrow C stream interface (no per-row Python objects).
 
-use crate::convert::{ToPython, invalid, message_to_json};
+use crate::convert::{ToPython, invalid};
 use busbar_client::{Error, SqlParam, SqlResult, Statement};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
@@ -102,7 +102,9 @@ pub(crate) fn statements(py: Python<'_>, rows: &Bound<'_, PyAny>) -> Result<Vec<
     Ok(statements)
 }
 
-/// A statement's result on its way to Python.
+/// A statement's result on its way to Python: a `pyarrow.Table` whose
+/// schema metadata holds the statement's summary (`busbar.rows_affected`,
+/// `busbar.last_insert_rowid`), beside any metadata the node sent.
 pub(crate) struct SqlTable(pub(crate) SqlResult);
 
 impl ToPython for SqlTable {
@@ -113,9 +115,19 @@ impl ToPython for SqlTable {
             summary,
         } = self.0;
         // A statement without a result set gives a table without columns.
-        let schema = schema.unwrap_or_else(|| std::sync::Arc::new(arrow_schema::Schema::empty()));
-        let table = crate::data::pyarrow_table(py, batches, schema)?;
-        let summary = message_to_json(&summary, "busbar.v1.ExecuteSummary").to_python(py)?;
-        Ok((table, summary).into_pyobject(py)?.into_any().unbind())
+        let mut schema = schema.map_or_else(arrow_schema::Schema::empty, |s| (*s).clone());
+        schema.metadata.extend([
+            (
+                "busbar.rows_affected".to_string(),
+                summary.rows_affected.to_string(),
+            ),
+            (
+                "busbar.last_insert_rowid".to_string(),
+                summary.last_insert_rowid.to_string(),
+            ),
+        ]);
+        // The batches keep their own schema: a table's batches need the same
+        // fields, not the same metadata.
+        crate::data::pyarrow_table(py, batches, std::sync::Arc::new(schema)).map(Bound::unbind)
     }
 }

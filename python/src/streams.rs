@@ -240,10 +240,7 @@ async fn summary(task: Option<PublishTask>) -> Result<Value, Error> {
     let summary = task
         .await
         .map_err(|e| Error::new(ErrorCode::Cancelled, format!("the publish ended: {e}")))??;
-    Ok(crate::convert::message_to_json(
-        &summary,
-        "busbar.v1.PublishSummary",
-    ))
+    Ok(crate::convert::message_to_json(&summary))
 }
 
 #[pymethods]

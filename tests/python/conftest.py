@@ -75,6 +75,16 @@ class BusbarNode:
         return self.stderr_path.read_text(errors="replace")
 
 
+
+def cli(node, *args: str, stdin: str | None = None) -> str:
+    """`busbar --config <node's admin.json> ARGS...`, which must succeed; its stdout."""
+    result = subprocess.run(
+        [str(busbar_bin()), "--config", str(node.data_dir / "admin.json"), *args],
+        input=stdin, capture_output=True, text=True, env=clean_env(), timeout=60,
+    )
+    assert result.returncode == 0, f"busbar {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
 def _pump_lines(stream, lines: list[str], q: "queue.Queue[str | None]") -> None:
     """Read a child's stdout to EOF: keeps the pipe drained for the node's whole life."""
     for line in stream:

@@ -8,13 +8,12 @@ every identity are listed with what they answer."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import busbar_bin, clean_env
+from conftest import cli
 
 DB = "/home/admin/fa-db"
 SERIES = "/home/admin/fa-series"
@@ -25,14 +24,6 @@ HEADER = "x-busbar-database"
 #: The FlightService methods (arrow's Flight.proto), each covered below.
 FLIGHT_METHODS = {"Handshake", "ListFlights", "GetFlightInfo", "PollFlightInfo", "GetSchema",
                   "DoGet", "DoPut", "DoExchange", "DoAction", "ListActions"}
-
-
-def cli(node, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [str(busbar_bin()), "--config", str(node.data_dir / "admin.json"), *args],
-        input=stdin, capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert result.returncode == 0, f"busbar {' '.join(args)}: {result.stderr}"
-    return result.stdout
 
 
 def varint(n: int) -> bytes:

@@ -6,27 +6,17 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 
 import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import busbar_bin, clean_env
+from conftest import cli
 
 SERIES = "/home/admin/flight-wind"
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 HOUR = datetime.timedelta(hours=1)
-
-
-def cli(node, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [str(busbar_bin()), "--config", str(node.data_dir / "admin.json"), *args],
-        input=stdin, capture_output=True, text=True, env=clean_env(), timeout=60,
-    )
-    assert result.returncode == 0, f"busbar {' '.join(args)}: {result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

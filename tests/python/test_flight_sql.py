@@ -4,7 +4,6 @@ driver (its Go core) and pyarrow.flight, over TLS pinned to the node's CA."""
 from __future__ import annotations
 
 import datetime
-import subprocess
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
@@ -12,19 +11,10 @@ import pyarrow.flight as flight
 import pytest
 from adbc_driver_flightsql import DatabaseOptions
 
-from conftest import busbar_bin, clean_env
+from conftest import cli
 
 DB = "/home/admin/flightshop"
 HEADER = "adbc.flight.sql.rpc.call_header.x-busbar-database"
-
-
-def cli(node, *args: str, stdin: str | None = None) -> str:
-    result = subprocess.run(
-        [str(busbar_bin()), "--config", str(node.data_dir / "admin.json"), *args],
-        input=stdin, capture_output=True, text=True, env=clean_env(), timeout=60,
-    )
-    assert result.returncode == 0, f"busbar {' '.join(args)}: {result.stderr}"
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

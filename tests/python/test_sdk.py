@@ -23,7 +23,7 @@ import pytest
 import busbar
 import busbar.aio
 from busbar import errors
-from conftest import REPO_ROOT, busbar_bin, clean_env, run_node
+from conftest import REPO_ROOT, busbar_bin, clean_env, cli, run_node
 from faces import END, Face
 
 
@@ -59,15 +59,6 @@ def home(face, conn):
         face.run(conn.rm(path, recursive=True))
     except errors.BusbarError:
         pass
-
-
-def cli(node, *args, input=None):
-    """Runs the busbar CLI as admin against `node`."""
-    result = subprocess.run(
-        [str(busbar_bin()), "--config", str(node.data_dir / "admin.json"), *args],
-        input=input, capture_output=True, text=True, env=clean_env(), timeout=60)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 # --- connecting -------------------------------------------------------------
@@ -252,6 +243,32 @@ def test_client_side_validation_raises_busbar_errors(face, conn, home):
 
 
 # --- calls ------------------------------------------------------------------
+
+def test_sdk_methods_answer_the_dicts_a_dynamic_call_does(face, conn, home):
+    """The SDK's methods call the typed client; what they return is what
+    `call` returns for the same RPC, key for key and type for type."""
+    series = f"{home}/meter"
+    face.run(conn.timeseries.create(series, resolution="15min", unit="MW"))
+    face.run(conn.create(f"{home}/db", "database"))
+    db = conn.sql(f"{home}/db")
+    face.run(db.create_procedure("p", ["a"], "SELECT :a AS x"))
+    face.run(conn.grant(home, "group:readers", "read"))
+    pairs = [
+        (conn.whoami(), "busbar.v1.Auth/WhoAmI", {}, None),
+        (conn.get(series), "busbar.v1.Resources/Get", {"path": series}, None),
+        (conn.ls(home), "busbar.v1.Resources/List", {"path": home}, "resources"),
+        (conn.grants(home, effective=True), "busbar.v1.Resources/ListGrants",
+         {"path": home, "effective": True}, "grants"),
+        (db.procedures(), "busbar.v1.Sql/ListProcedures", {"database": db.path}, "procedures"),
+        (conn.timeseries.describe(series), "busbar.v1.TimeSeries/Describe", {"path": series},
+         None),
+    ]
+    for typed, method, request, field in pairs:
+        dynamic = face.run(conn.call(method, request))
+        assert face.run(typed) == (dynamic if field is None else dynamic[field]), method
+    status, dynamic = face.run(conn.status()), face.run(conn.call("busbar.v1.Node/Status", {}))
+    assert {k: type(v) for k, v in status.items()} == {k: type(v) for k, v in dynamic.items()}
+
 
 def test_unary_call(face, conn):
     reply = face.run(conn.call("busbar.v1.Node/Status", {}, timeout=5))
@@ -581,11 +598,32 @@ def test_spin_limit_refuses_bad_values_and_keeps_the_old_one(bad):
     assert busbar.spin_limit() == before
 
 
+_SPIN_LIMIT_SCRIPT = "import busbar; print(busbar.spin_limit())"
+
+
+@pytest.mark.parametrize("given, limit", [(None, 0.0), ("", 0.0), ("0.0002", 0.0002),
+                                          (" 1e-3 ", 0.001), ("0", 0.0)])
+def test_spinning_is_off_unless_the_environment_asks(given, limit):
+    env = clean_env() if given is None else clean_env(BUSBAR_SPIN_LIMIT=given)
+    result = subprocess.run([sys.executable, "-c", _SPIN_LIMIT_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(limit)
+
+
+@pytest.mark.parametrize("given", ["fast", "-1", "nan", "0.02", "200us"])
+def test_a_bad_spin_limit_in_the_environment_stops_the_import(given):
+    result = subprocess.run([sys.executable, "-c", _SPIN_LIMIT_SCRIPT],
+                            env=clean_env(BUSBAR_SPIN_LIMIT=given),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "InvalidArgument" in result.stderr and "BUSBAR_SPIN_LIMIT" in result.stderr
+
+
 def test_calls_work_with_spinning_off_and_on(face, conn):
     before = busbar.spin_limit()
-    assert before == pytest.approx(0.0002)  # the documented default
     try:
-        for limit in (0, 0.01, 0.0002):
+        for limit in (0.0002, 0.01, 0):
             busbar.set_spin_limit(limit)
             assert busbar.spin_limit() == pytest.approx(limit)
             for _ in range(20):

@@ -79,6 +79,7 @@ blocking! {
     fn procedures(&self, database: &str) -> Vec<crate::Procedure>;
     fn run_procedure(&self, database: &str, name: &str, args: crate::ProcedureArgs) -> crate::SqlResult;
     fn create_series(&self, path: &str, spec: &crate::SeriesSpec, parents: bool) -> Resource;
+    fn ensure_series(&self, path: &str, spec: &crate::SeriesSpec, parents: bool) -> Resource;
     fn describe_series(&self, path: &str) -> crate::SeriesInfo;
     fn read_series(&self, path: &str, interval: crate::Interval) -> crate::SeriesData;
     fn read_many_series(&self, paths: &[&str], interval: crate::Interval) -> Vec<crate::SeriesData>;

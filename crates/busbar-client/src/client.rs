@@ -4,7 +4,7 @@
 //! once per connection; calls carry the session token.
 
 use crate::config::{ClientConfig, CredentialConfig};
-use crate::error::{Error, ErrorCode, Result};
+use crate::error::{Error, ErrorCode, Result, TransportFailure};
 use base64::Engine;
 use busbar_proto::v1 as pb;
 use ed25519_dalek::Signer;
@@ -67,6 +67,24 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// A key-pair credential from the private key as configs hold it:
+    /// standard base64 of the 32-byte Ed25519 seed.
+    pub fn key(name: impl Into<String>, private_key_base64: &str) -> Result<Credential> {
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(private_key_base64.trim())
+            .ok()
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| {
+                Error::invalid_argument(
+                    "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
+                )
+            })?;
+        Ok(Credential::Key {
+            name: name.into(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        })
+    }
+
     /// A credential from a client config's `credential` section.
     pub fn from_config(config: &CredentialConfig) -> Result<Credential> {
         Ok(match config {
@@ -75,21 +93,7 @@ impl Credential {
                 password: password.clone(),
             },
             CredentialConfig::Token { token } => Credential::Token(token.clone()),
-            CredentialConfig::Key { name, private_key } => {
-                let seed = base64::engine::general_purpose::STANDARD
-                    .decode(private_key.trim())
-                    .ok()
-                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                    .ok_or_else(|| {
-                        Error::invalid_argument(
-                            "bad private_key: expected standard base64 of a 32-byte Ed25519 seed",
-                        )
-                    })?;
-                Credential::Key {
-                    name: name.clone(),
-                    key: ed25519_dalek::SigningKey::from_bytes(&seed),
-                }
-            }
+            CredentialConfig::Key { name, private_key } => Credential::key(name, private_key)?,
             CredentialConfig::Certificate { .. } => Credential::Certificate,
         })
     }
@@ -225,6 +229,12 @@ impl ConnectOptions {
 
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.credential = Some(Credential::Token(token.into()));
+        self
+    }
+
+    /// Logs in with `credential` (see [`Credential`]).
+    pub fn credential(mut self, credential: Credential) -> Self {
+        self.credential = Some(credential);
         self
     }
 
@@ -382,64 +392,44 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Explains the usual reasons a first call fails at the transport level.
+/// Explains the usual reasons a first call fails at the transport level,
+/// from what the error's causes were (see [`TransportFailure`]).
 fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
-    // hyper reports a connection the server closed during the handshake as
-    // "operation was canceled" (CANCELLED) just as often as UNAVAILABLE.
-    if !matches!(
-        error.code(),
-        ErrorCode::Unavailable
-            | ErrorCode::Internal
-            | ErrorCode::Unimplemented
-            | ErrorCode::Cancelled
-    ) {
+    let Some(failure) = error.transport() else {
         return error;
-    }
-    let text = error.message().to_lowercase();
-    if text.contains("deadline has elapsed") {
-        // tonic's connect timeout: something accepted the connection (or the
-        // packets went nowhere) and no TLS or HTTP/2 answer came in time.
-        return Error::new(
+    };
+    let (code, hint) = match (failure, tls) {
+        (TransportFailure::Refused, _) => (
+            ErrorCode::Unavailable,
+            "nothing listens there: is `busbar serve` running, and is the address right?",
+        ),
+        // Something accepted the connection (or the packets went nowhere)
+        // and no TLS or HTTP/2 answer came in time.
+        (TransportFailure::TimedOut, _) => (
             ErrorCode::Timeout,
-            format!(
-                "cannot reach {address}: no answer within the connect timeout; is the address that of a Busbar node, and does the network let the packets through? ({})",
-                error.message()
-            ),
-        );
-    }
-    let hint = if tls
-        && (text.contains("certificate")
-            || text.contains("fingerprint")
-            || text.contains("unknownissuer"))
-    {
-        "the server's certificate is not trusted: use the CA and fingerprint from the node's admin.json"
-    } else if tls
-        && (text.contains("corrupt message")
-            || text.contains("invalidcontenttype")
-            || text.contains("record overflow")
-            || text.contains("tls"))
-    {
-        "TLS handshake failed: the server may be plaintext (started with --insecure); connect with http://"
-    } else if !tls
-        && (text.contains("h2 protocol error")
-            || text.contains("connection reset")
-            || text.contains("broken pipe")
-            || text.contains("connection closed")
-            || text.contains("frame")
-            || text.contains("unexpected end")
-            || text.contains("handshake"))
-    {
-        "the server closed the plaintext HTTP/2 connection: it probably requires TLS (the default); connect with https:// and the CA from its admin.json"
-    } else if text.contains("connection refused") {
-        "nothing listens there: is `busbar serve` running, and is the address right?"
-    } else {
-        return Error::new(
-            error.code(),
-            format!("cannot reach {address}: {}", error.message()),
-        );
+            "no answer within the connect timeout; is the address that of a Busbar node, and does the network let the packets through?",
+        ),
+        (TransportFailure::UntrustedServer, _) => (
+            ErrorCode::Unavailable,
+            "the server's certificate is not trusted: use the CA and fingerprint from the node's admin.json",
+        ),
+        (TransportFailure::NotTls, _) => (
+            ErrorCode::Unavailable,
+            "TLS handshake failed: the server may be plaintext (started with --insecure); connect with http://",
+        ),
+        (TransportFailure::Broken, false) => (
+            ErrorCode::Unavailable,
+            "the server closed the plaintext HTTP/2 connection: it probably requires TLS (the default); connect with https:// and the CA from its admin.json",
+        ),
+        (TransportFailure::Broken, true) => {
+            return Error::new(
+                error.code(),
+                format!("cannot reach {address}: {}", error.message()),
+            );
+        }
     };
     Error::new(
-        ErrorCode::Unavailable,
+        code,
         format!("cannot reach {address}: {hint} ({})", error.message()),
     )
 }

@@ -26,6 +26,13 @@ pub(crate) struct DescriptorCache {
     pool: Mutex<DescriptorPool>,
 }
 
+impl DescriptorCache {
+    /// The descriptors learnt so far (a poisoned lock still holds them).
+    fn pool(&self) -> std::sync::MutexGuard<'_, DescriptorPool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Messages a streaming call buffers in each direction before waiting.
 const STREAM_BUFFER: usize = 64;
 
@@ -206,12 +213,7 @@ impl Client {
                     _ => {}
                 }
             }
-            let pool = self
-                .inner
-                .descriptors
-                .pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let pool = self.inner.descriptors.pool();
             for file in &files {
                 for dependency in &file.dependency {
                     if !seen.contains(dependency)
@@ -223,12 +225,7 @@ impl Client {
                 }
             }
         }
-        let mut pool = self
-            .inner
-            .descriptors
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.inner.descriptors.pool();
         pool.add_file_descriptor_protos(files).map_err(|e| {
             Error::new(
                 ErrorCode::Internal,
@@ -241,12 +238,7 @@ impl Client {
     pub async fn describe(&self, method: &str) -> Result<MethodDescriptor> {
         let (service_name, method_name) = split_method(method)?;
         let lookup = || {
-            let pool = self
-                .inner
-                .descriptors
-                .pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let pool = self.inner.descriptors.pool();
             pool.get_service_by_name(service_name)
         };
         let service = match lookup() {

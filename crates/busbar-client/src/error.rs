@@ -11,6 +11,25 @@ pub struct Error {
     code: ErrorCode,
     message: String,
     trace_id: Option<String>,
+    /// What failed below gRPC, when something did: read from the error's
+    /// causes (their types, never their text), so a first call that fails
+    /// can say why the node could not be reached.
+    transport: Option<TransportFailure>,
+}
+
+/// Why a connection failed below gRPC, as its causes' types tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransportFailure {
+    /// Nothing accepted the TCP connection.
+    Refused,
+    /// No answer within the connect timeout.
+    TimedOut,
+    /// The server's certificate was not trusted (CA, name or pin).
+    UntrustedServer,
+    /// What came back was not TLS (a plaintext server?).
+    NotTls,
+    /// The connection broke during or right after its handshake.
+    Broken,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -21,7 +40,13 @@ impl Error {
             code,
             message: message.into(),
             trace_id: None,
+            transport: None,
         }
+    }
+
+    /// Why the connection failed below gRPC, if it did.
+    pub(crate) fn transport(&self) -> Option<TransportFailure> {
+        self.transport
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -157,6 +182,36 @@ fn refused_certificate(status: &tonic::Status) -> Option<&'static str> {
     })
 }
 
+/// What a failed call's causes say about the connection under it.
+fn transport_failure(status: &tonic::Status) -> Option<TransportFailure> {
+    if let Some(tls) = tls_cause(status) {
+        return Some(match tls {
+            rustls::Error::InvalidCertificate(_) | rustls::Error::General(_) => {
+                TransportFailure::UntrustedServer
+            }
+            _ => TransportFailure::NotTls,
+        });
+    }
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.is::<tokio::time::error::Elapsed>() {
+            return Some(TransportFailure::TimedOut);
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => TransportFailure::Refused,
+                std::io::ErrorKind::TimedOut => TransportFailure::TimedOut,
+                _ => TransportFailure::Broken,
+            });
+        }
+        if error.is::<hyper::Error>() || error.is::<h2::Error>() {
+            return Some(TransportFailure::Broken);
+        }
+        cause = error.source();
+    }
+    None
+}
+
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Error {
         if let Some(reason) = refused_certificate(&status) {
@@ -168,8 +223,10 @@ impl From<tonic::Status> for Error {
                     cause.as_deref().unwrap_or(status.message())
                 ),
                 trace_id: None,
+                transport: None,
             };
         }
+        let transport = transport_failure(&status);
         let metadata = status.metadata();
         let lost = lost_connection(&status);
         let code = metadata
@@ -219,6 +276,7 @@ impl From<tonic::Status> for Error {
             code,
             message,
             trace_id,
+            transport,
         }
     }
 }

@@ -20,7 +20,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The limit when none is set: haltpoll's default.
+/// The limit to opt in with, when one is wanted: haltpoll's default.
+/// Spinning is off unless a program asks for it.
 pub const DEFAULT_LIMIT: Duration = Duration::from_micros(200);
 
 /// The largest limit accepted: beyond it a wait is no longer "soon".

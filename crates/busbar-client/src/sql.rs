@@ -13,44 +13,8 @@ use futures::StreamExt;
 
 pub use pb::{ExecuteSummary, SqlColumn};
 
-/// A parameter value for a statement.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SqlParam {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(String),
-    Blob(Vec<u8>),
-    Boolean(bool),
-    /// Epoch milliseconds, UTC.
-    TimestampMs(i64),
-}
-
-macro_rules! param_from {
-    ($($t:ty => $variant:ident $(via $conv:expr)?),* $(,)?) => {
-        $(impl From<$t> for SqlParam {
-            fn from(value: $t) -> SqlParam {
-                SqlParam::$variant($( $conv )?(value))
-            }
-        })*
-    };
-}
-
-param_from! {
-    i64 => Integer,
-    i32 => Integer via i64::from,
-    f64 => Real,
-    String => Text,
-    &str => Text via String::from,
-    bool => Boolean,
-    Vec<u8> => Blob,
-}
-
-impl<T: Into<SqlParam>> From<Option<T>> for SqlParam {
-    fn from(value: Option<T>) -> SqlParam {
-        value.map_or(SqlParam::Null, Into::into)
-    }
-}
+/// A parameter value for a statement (one definition with the node's).
+pub use busbar_types::SqlParam;
 
 fn to_proto(param: SqlParam) -> pb::SqlValue {
     let kind = match param {

@@ -9,14 +9,13 @@ use crate::pieces::Piece;
 use crate::point_columns::ColumnsDecoder;
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow_buffer::ScalarBuffer;
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use busbar_proto::v1::{
     self as pb, read_series_response::Part as ReadPart, time_series_client::TimeSeriesClient,
     write_series_request::Part as WritePart,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 pub use pb::{Curve, Resolution, SeriesInfo, WriteSeriesResponse};
 
@@ -31,18 +30,8 @@ pub mod flags {
     pub const NOT_OK: u32 = 4;
 }
 
-/// The schema of every table of points.
-pub static POINTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new(
-            "utc_time",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("flags", DataType::UInt32, false),
-        Field::new("value", DataType::Float64, false),
-    ]))
-});
+/// The schema of every table of points (one definition with the node's).
+pub use busbar_types::POINTS_SCHEMA;
 
 /// A record batch of points from three columns of equal length.
 pub fn points(times_ms: Vec<i64>, flags: Vec<u32>, values: Vec<f64>) -> Result<RecordBatch> {
@@ -335,12 +324,34 @@ impl Client {
         spec: &SeriesSpec,
         parents: bool,
     ) -> Result<Resource> {
+        self.create_series_request(path, spec, parents, false).await
+    }
+
+    /// Like [`create_series`](Self::create_series), but an existing series
+    /// of the same definition is returned instead of ALREADY_EXISTS (one of
+    /// another definition, or another kind of resource, is still an error).
+    pub async fn ensure_series(
+        &self,
+        path: &str,
+        spec: &SeriesSpec,
+        parents: bool,
+    ) -> Result<Resource> {
+        self.create_series_request(path, spec, parents, true).await
+    }
+
+    async fn create_series_request(
+        &self,
+        path: &str,
+        spec: &SeriesSpec,
+        parents: bool,
+        exist_ok: bool,
+    ) -> Result<Resource> {
         self.create_resource(pb::CreateResourceRequest {
             path: path.into(),
             kind: pb::ResourceKind::Timeseries as i32,
             parents,
             series: Some(spec.to_proto()),
-            exist_ok: false,
+            exist_ok,
         })
         .await
     }

@@ -68,7 +68,7 @@ impl AuthService {
     }
 
     /// A request's message, once its caller is shown to hold admin on "/".
-    async fn from_root_admin<T>(
+    async fn admin_request<T>(
         &self,
         request: Request<T>,
         what: &str,
@@ -182,7 +182,7 @@ impl Auth for AuthService {
     }
 
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Reply<pb::Identity> {
-        let r = self.from_root_admin(request, "creating users").await?;
+        let r = self.admin_request(request, "creating users").await?;
         let record = self
             .node
             .auth
@@ -215,7 +215,7 @@ impl Auth for AuthService {
 
     async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
         let r = self
-            .from_root_admin(request, "registering key identities")
+            .admin_request(request, "registering key identities")
             .await?;
         let record = self
             .node
@@ -230,7 +230,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::ListIdentitiesRequest>,
     ) -> Reply<pb::ListIdentitiesResponse> {
-        self.from_root_admin(request, "listing identities").await?;
+        self.admin_request(request, "listing identities").await?;
         let mut identities = Vec::new();
         for record in self.node.store.list_identities().await? {
             identities.push(self.identity_pb(record).await?);
@@ -265,7 +265,7 @@ impl Auth for AuthService {
         request: Request<pb::IssueCertificateRequest>,
     ) -> Reply<pb::IssueCertificateResponse> {
         let r = self
-            .from_root_admin(request, "issuing client certificates")
+            .admin_request(request, "issuing client certificates")
             .await?;
         let certificates = self.certificates()?;
         validate_identity_name(&r.name)?;
@@ -331,7 +331,7 @@ impl Auth for AuthService {
         request: Request<pb::ListCertificatesRequest>,
     ) -> Reply<pb::ListCertificatesResponse> {
         let r = self
-            .from_root_admin(request, "listing client certificates")
+            .admin_request(request, "listing client certificates")
             .await?;
         let identity = self.identity_named(&r.identity).await?;
         let records = self.node.store.list_certificates(&identity.id).await?;
@@ -348,7 +348,7 @@ impl Auth for AuthService {
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Reply<pb::RevokeCertificateResponse> {
         let given = self
-            .from_root_admin(request, "revoking client certificates")
+            .admin_request(request, "revoking client certificates")
             .await?
             .fingerprint;
         let certificates = self.certificates()?;
@@ -420,7 +420,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Reply<pb::GroupMemberResponse> {
-        let r = self.from_root_admin(request, "managing groups").await?;
+        let r = self.admin_request(request, "managing groups").await?;
         validate_identity_name(&r.group)?;
         self.identity_named(&r.identity).await?;
         self.node
@@ -435,7 +435,7 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::GroupMemberRequest>,
     ) -> Reply<pb::GroupMemberResponse> {
-        let r = self.from_root_admin(request, "managing groups").await?;
+        let r = self.admin_request(request, "managing groups").await?;
         if !self
             .node
             .store

@@ -42,15 +42,7 @@ async fn password_token_and_key_logins_over_tls() {
 
     // The CLI's `identity new` writes a config that logs in as the new identity.
     let out = node.dir.path().join("carol.json");
-    let created = node
-        .cli(&["identity", "new", "carol", "--out", out.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
+    node.cli_ok(&["identity", "new", "carol", "--out", out.to_str().unwrap()]);
     let carol = Client::from_config_file(&out).await.unwrap();
     assert_eq!(carol.whoami().await.unwrap().name, "carol");
 

@@ -122,6 +122,24 @@ impl Node {
         path
     }
 
+    /// The admin, with a new resource of `kind` at `path`.
+    pub async fn admin_with(&self, path: &str, kind: busbar_client::ResourceKind) -> Client {
+        let admin = self.admin().await;
+        admin.create(path, kind, false).await.unwrap();
+        admin
+    }
+
+    /// The admin, with a new database at `path` after `statements` ran on it.
+    pub async fn admin_with_database(&self, path: &str, statements: &[&str]) -> Client {
+        let admin = self
+            .admin_with(path, busbar_client::ResourceKind::Database)
+            .await;
+        for statement in statements {
+            admin.sql(path, *statement).await.unwrap();
+        }
+        admin
+    }
+
     /// Creates a password user (as `admin`) and connects as it.
     pub async fn new_user(&self, admin: &Client, user: &str, password: &str) -> Client {
         admin.create_user(user, password, false).await.unwrap();
@@ -135,6 +153,11 @@ impl Node {
             serde_json::json!({"kind": "password", "user": user, "password": password}),
         );
         Client::from_config_file(config).await
+    }
+
+    /// `busbar --config admin.json ARGS...`, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        succeeded(args, self.cli(args))
     }
 
     /// `busbar --config admin.json ARGS...`
@@ -196,6 +219,18 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Runs `command` (made from `args`), which must succeed; its stdout.
+#[track_caller]
+pub fn succeeded(args: &[&str], mut command: Command) -> String {
+    let output = command.output().expect("the CLI runs");
+    assert!(
+        output.status.success(),
+        "busbar {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
 /// Asserts an error's code and that its message mentions `words`.

@@ -229,11 +229,9 @@ async fn a_pooled_client_spreads_calls_over_its_connections() {
 #[tokio::test]
 async fn room_memberships_rejoin_after_the_node_restarts() {
     let mut node = Node::start(&[]);
-    let admin = node.admin().await;
-    admin
-        .create("/home/admin/chat", ResourceKind::Room, false)
-        .await
-        .unwrap();
+    let admin = node
+        .admin_with("/home/admin/chat", ResourceKind::Room)
+        .await;
     let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
     let before = member.member_id().to_string();
 

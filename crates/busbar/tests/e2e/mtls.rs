@@ -12,13 +12,7 @@ use std::path::Path;
 fn identity_cli(node: &Node, args: &[&str]) -> String {
     let mut all = vec!["identity"];
     all.extend_from_slice(args);
-    let output = node.cli(&all).output().unwrap();
-    assert!(
-        output.status.success(),
-        "busbar identity {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    node.cli_ok(&all)
 }
 
 fn credential_of(config: &Path) -> serde_json::Value {

@@ -36,11 +36,9 @@ async fn collect(room: &mut busbar_client::RoomMembership, count: usize) -> Vec<
 #[tokio::test]
 async fn three_members_in_two_processes_get_every_event_once_in_order() {
     let node = Node::start(&[]);
-    let admin = node.admin().await;
-    admin
-        .create("/home/admin/chat", ResourceKind::Room, false)
-        .await
-        .unwrap();
+    let admin = node
+        .admin_with("/home/admin/chat", ResourceKind::Room)
+        .await;
     admin
         .create_user("bob", "bob-password", false)
         .await
@@ -154,11 +152,9 @@ async fn three_members_in_two_processes_get_every_event_once_in_order() {
 #[tokio::test]
 async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
     let node = Node::start(&[]);
-    let admin = node.admin().await;
-    admin
-        .create("/home/admin/chat", ResourceKind::Room, false)
-        .await
-        .unwrap();
+    let admin = node
+        .admin_with("/home/admin/chat", ResourceKind::Room)
+        .await;
     let mut a = admin.join("/home/admin/chat").await.unwrap();
     let mut b = admin.join("/home/admin/chat").await.unwrap();
     assert_eq!(a.emit_peers("to-peers", vec!["x".into()]).await.unwrap(), 1);
@@ -204,11 +200,9 @@ async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
 #[tokio::test]
 async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
     let node = Node::start(&["--room-queue", "16"]);
-    let admin = node.admin().await;
-    admin
-        .create("/home/admin/chat", ResourceKind::Room, false)
-        .await
-        .unwrap();
+    let admin = node
+        .admin_with("/home/admin/chat", ResourceKind::Room)
+        .await;
     // Separate connections, so HTTP/2 flow control on one cannot hold the other.
     let mut slow = node.admin().await.join("/home/admin/chat").await.unwrap();
     let mut fast = node.admin().await.join("/home/admin/chat").await.unwrap();
@@ -268,11 +262,9 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
 async fn an_emitter_streams_events_in_order_without_round_trips() {
     // A queue larger than the burst: this test is about order, not slow consumers.
     let node = Node::start(&["--room-queue", "8192"]);
-    let admin = node.admin().await;
-    admin
-        .create("/home/admin/chat", ResourceKind::Room, false)
-        .await
-        .unwrap();
+    let admin = node
+        .admin_with("/home/admin/chat", ResourceKind::Room)
+        .await;
     let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
     let mut me = admin.join("/home/admin/chat").await.unwrap();
 

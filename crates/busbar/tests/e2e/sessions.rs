@@ -5,27 +5,20 @@ use crate::harness::{Node, assert_error};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use busbar_client::{
-    Client, ErrorCode, Interval, ProcedureArgs, Resolution, ResourceKind, Right, SeriesSpec, flags,
-    points,
+    Client, ErrorCode, Interval, ProcedureArgs, Resolution, Right, SeriesSpec, flags, points,
 };
 
 const DB: &str = "/home/admin/bank";
 
 async fn bank(node: &Node) -> Client {
-    let admin = node.admin().await;
-    admin
-        .create(DB, ResourceKind::Database, false)
-        .await
-        .unwrap();
-    admin
-        .sql(DB, "CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))")
-        .await
-        .unwrap();
-    admin
-        .sql(DB, "INSERT INTO accounts VALUES ('alice', 100), ('bob', 0)")
-        .await
-        .unwrap();
-    admin
+    node.admin_with_database(
+        DB,
+        &[
+            "CREATE TABLE accounts (name TEXT PRIMARY KEY, balance INTEGER NOT NULL CHECK (balance >= 0))",
+            "INSERT INTO accounts VALUES ('alice', 100), ('bob', 0)",
+        ],
+    )
+    .await
 }
 
 async fn balances(client: &Client) -> Vec<i64> {
@@ -153,16 +146,8 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
         .map(|p| p.name)
         .collect();
     assert_eq!(names, vec!["total", "transfer"]);
-    let out = node
-        .cli(&["proc", "run", DB, "total", "min=50"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "total\n-----\n90\n");
+    let out = node.cli_ok(&["proc", "run", DB, "total", "min=50"]);
+    assert_eq!(out, "total\n-----\n90\n");
     let out = node.cli(&["proc", "list", DB]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("from, to, amount"));
     admin.drop_procedure(DB, "total").await.unwrap();

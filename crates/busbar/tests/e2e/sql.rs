@@ -5,21 +5,16 @@ use crate::harness::{Node, assert_error};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
 use arrow_schema::{DataType, TimeUnit};
-use busbar_client::{ErrorCode, ResourceKind, Right, SqlParam, Statement};
+use busbar_client::{ErrorCode, Right, SqlParam, Statement};
 
 const DB: &str = "/home/admin/shop";
 
 async fn shop(node: &Node) -> busbar_client::Client {
-    let admin = node.admin().await;
-    admin
-        .create(DB, ResourceKind::Database, false)
-        .await
-        .unwrap();
-    admin
-        .sql(DB, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, photo BLOB, in_stock BOOLEAN, added TIMESTAMP)")
-        .await
-        .unwrap();
-    admin
+    node.admin_with_database(
+        DB,
+        &["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, photo BLOB, in_stock BOOLEAN, added TIMESTAMP)"],
+    )
+    .await
 }
 
 #[tokio::test]

@@ -514,27 +514,16 @@ async fn time_zones_naive_aware_and_daylight_saving_edges() {
     );
 
     // The CLI reads aware and naive times: +01:00 and the same instant in UTC.
-    let out = node
-        .cli(&[
-            "ts",
-            "read",
-            utc_path,
-            "--start",
-            "2026-01-01T01:00:00+01:00",
-            "--end",
-            "2026-01-01T01:00:00",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "utc_time,flags,value\n2026-01-01T00:00:00Z,0,1\n"
-    );
+    let out = node.cli_ok(&[
+        "ts",
+        "read",
+        utc_path,
+        "--start",
+        "2026-01-01T01:00:00+01:00",
+        "--end",
+        "2026-01-01T01:00:00",
+    ]);
+    assert_eq!(out, "utc_time,flags,value\n2026-01-01T00:00:00Z,0,1\n");
 }
 
 #[tokio::test]
@@ -593,15 +582,7 @@ async fn ten_million_points_round_trip_exactly_and_survive_kill_9() {
 async fn the_cli_creates_writes_reads_and_lists_series_in_every_file_format() {
     let node = Node::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = node.cli(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| node.cli_ok(args);
     run(&[
         "ts",
         "create",
