@@ -11,10 +11,9 @@ use crate::metrics::Metrics;
 use crate::resources::paths;
 use crate::sql::{Budget, StopOnDrop};
 use crate::store::{Store, now_ms};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// Where a node is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +26,6 @@ pub enum Lifecycle {
     },
     /// Grace period over: open streams end with UNAVAILABLE.
     Stopped,
-}
-
-/// A room member on this node, so `Leave` can end its stream.
-pub struct LocalMember {
-    pub identity_id: std::sync::Arc<str>,
-    pub leave: Arc<Notify>,
 }
 
 pub struct Node {
@@ -50,7 +43,8 @@ pub struct Node {
     /// on a plaintext node).
     pub certificates: Option<Arc<crate::tls::ClientCertificates>>,
     pub lifecycle: watch::Sender<Lifecycle>,
-    pub members: Mutex<HashMap<String, LocalMember>>,
+    /// Room members joined through this node.
+    pub members: crate::rooms::LocalMembers,
     /// Open SQL databases (DATABASE resources).
     pub sql: Arc<dyn crate::sql::SqlEngine>,
     /// Time series files (TIMESERIES resources).
@@ -91,10 +85,6 @@ impl Node {
 
     pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
         self.lifecycle.subscribe()
-    }
-
-    pub fn members(&self) -> std::sync::MutexGuard<'_, HashMap<String, LocalMember>> {
-        self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn begin_shutdown(&self) {

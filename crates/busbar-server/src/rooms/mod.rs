@@ -7,7 +7,7 @@ use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
 use crate::grpc::one_method::OneMethod;
 use crate::grpc::{Reply, reply};
-use crate::node::{LocalMember, Node, caller, stopped};
+use crate::node::{Node, caller, stopped};
 use crate::resources::subject;
 use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{
@@ -20,6 +20,56 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tonic::{Request, Status, Streaming};
+
+/// A room member on this node, so `Leave` can end its stream.
+struct LocalMember {
+    identity_id: Arc<str>,
+    leave: Arc<Notify>,
+}
+
+/// The room members joined through this node, by member id: the registry
+/// `Join` adds to, a member's stream removes itself from, and `Leave` asks.
+#[derive(Default)]
+pub struct LocalMembers(std::sync::Mutex<std::collections::HashMap<String, LocalMember>>);
+
+impl LocalMembers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, LocalMember>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a member; the returned notifier fires when it is asked to leave.
+    fn insert(&self, member_id: &str, identity_id: &Arc<str>) -> Arc<Notify> {
+        let leave = Arc::new(Notify::new());
+        self.lock().insert(
+            member_id.to_string(),
+            LocalMember {
+                identity_id: identity_id.clone(),
+                leave: leave.clone(),
+            },
+        );
+        leave
+    }
+
+    fn remove(&self, member_id: &str) {
+        self.lock().remove(member_id);
+    }
+
+    /// Asks a member of `identity_id` to leave.
+    fn leave(&self, member_id: &str, identity_id: &str) -> Result<()> {
+        match self.lock().get(member_id) {
+            Some(member) if &*member.identity_id == identity_id => {
+                member.leave.notify_one();
+                Ok(())
+            }
+            Some(_) => Err(Error::permission_denied(format!(
+                "member {member_id} belongs to another identity; only its own identity can leave"
+            ))),
+            None => Err(Error::not_found(format!(
+                "no member {member_id} on this node; it has already left, or joined through another node"
+            ))),
+        }
+    }
+}
 
 pub struct RoomsService {
     pub node: Arc<Node>,
@@ -58,7 +108,7 @@ struct Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.node.members().remove(&self.member_id);
+        self.node.members.remove(&self.member_id);
     }
 }
 
@@ -145,14 +195,7 @@ impl RoomsService {
                 tag: Some(member_id.clone()),
             },
         );
-        let leave = Arc::new(Notify::new());
-        self.node.members().insert(
-            member_id.clone(),
-            LocalMember {
-                identity_id: caller.identity_id.clone(),
-                leave: leave.clone(),
-            },
-        );
+        let leave = self.node.members.insert(&member_id, &caller.identity_id);
         let joined = pb::RoomEvent {
             kind: Kind::Joined as i32,
             room: room.id.clone(),
@@ -295,21 +338,8 @@ impl Rooms for RoomsService {
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Reply<pb::LeaveResponse> {
         let caller = caller(&request)?;
         let member_id = &request.get_ref().member_id;
-        let members = self.node.members();
-        match members.get(member_id) {
-            Some(member) if member.identity_id == caller.identity_id => {
-                member.leave.notify_one();
-                reply(pb::LeaveResponse {})
-            }
-            Some(_) => Err(Error::permission_denied(format!(
-                "member {member_id} belongs to another identity; only its own identity can leave"
-            ))
-            .into()),
-            None => Err(Error::not_found(format!(
-                "no member {member_id} on this node; it has already left, or joined through another node"
-            ))
-            .into()),
-        }
+        self.node.members.leave(member_id, &caller.identity_id)?;
+        reply(pb::LeaveResponse {})
     }
 
     async fn emit(&self, request: Request<pb::EmitRequest>) -> Reply<pb::EmitResponse> {
