@@ -184,20 +184,16 @@ impl State {
 
 /// Splits the body's DATA frames into messages.
 struct Framer<M> {
-    /// The key of the `bytes` field (field number, wire type 2) as one byte.
-    key: u8,
+    /// The number of the `bytes` field a piece is alone in.
+    field: u32,
     state: State,
     ready: VecDeque<Piece<M>>,
 }
 
 impl<M: prost::Message + Default> Framer<M> {
     fn new(field: u32) -> Framer<M> {
-        assert!(
-            (1..16).contains(&field),
-            "the key of field {field} is not one byte"
-        );
         Framer {
-            key: (field << 3 | 2) as u8,
+            field,
             state: State::START,
             ready: VecDeque::new(),
         }
@@ -268,7 +264,7 @@ impl<M: prost::Message + Default> Framer<M> {
             return Ok(());
         };
         let len = *len;
-        if let Some((contents, at)) = lone_field(bytes, self.key, len) {
+        if let Some((contents, at)) = lone_field(bytes, self.field, len) {
             let mut out = MutableBuffer::with_capacity(contents);
             out.extend_from_slice(&bytes[at..]);
             let left = contents - out.len();
@@ -311,23 +307,20 @@ impl<M: prost::Message + Default> Framer<M> {
     }
 }
 
-/// When `lead` (the first bytes of a message of `len` bytes) starts with the
-/// key `key` and a complete length that covers the rest of the message
-/// exactly: that length and where the contents start.
-fn lone_field(lead: &[u8], key: u8, len: usize) -> Option<(usize, usize)> {
-    if lead.first() != Some(&key) {
-        return None;
+/// When `lead` (the first bytes of a message of `len` bytes) starts with
+/// the key of the length-delimited field `field` (prost reads it) and a
+/// complete length that covers the rest of the message exactly: that length
+/// and where the contents start.
+fn lone_field(lead: &[u8], field: u32, len: usize) -> Option<(usize, usize)> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let mut rest = lead;
+    match decode_key(&mut rest).ok()? {
+        (tag, WireType::LengthDelimited) if tag == field => {}
+        _ => return None,
     }
-    let mut value: u64 = 0;
-    for (i, byte) in lead.iter().skip(1).take(10).enumerate() {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            let at = 2 + i;
-            let contents = usize::try_from(value).ok()?;
-            return (at.checked_add(contents)? == len).then_some((contents, at));
-        }
-    }
-    None
+    let contents = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+    let at = lead.len() - rest.len();
+    (at.checked_add(contents)? == len).then_some((contents, at))
 }
 
 #[cfg(test)]
@@ -421,6 +414,28 @@ mod tests {
         assert!(frame(&garbage, 1).is_err());
     }
 
+    /// A field whose key takes two bytes (numbers from 16 on) is found as
+    /// well: prost reads the key, nothing assumes its width.
+    #[test]
+    fn a_lone_field_with_a_two_byte_key_is_a_piece() {
+        let mut message = Vec::new();
+        prost::encoding::bytes::encode(300, &Bytes::from_static(b"column"), &mut message);
+        let mut stream = vec![0];
+        stream.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        stream.extend_from_slice(&message);
+        for step in [1, 3, stream.len()] {
+            let mut framer = Framer::<pb::ReadSeriesResponse>::new(300);
+            for part in stream.chunks(step) {
+                framer.push(Bytes::copy_from_slice(part)).unwrap();
+            }
+            framer.finish().unwrap();
+            match framer.ready.pop_front() {
+                Some(Piece::Bytes(bytes)) => assert_eq!(bytes.as_slice(), b"column"),
+                other => panic!("not a piece: {other:?}"),
+            }
+        }
+    }
+
     type Frames = Vec<http_body::Frame<Bytes>>;
 
     /// Calls a service that answers `head` and then `frames`.
@@ -497,11 +512,13 @@ mod tests {
 
     #[test]
     fn a_lone_field_needs_its_key_and_a_length_that_covers_the_message() {
-        assert_eq!(lone_field(&[0x12, 0x03, 1, 2, 3], 0x12, 5), Some((3, 2)));
-        assert_eq!(lone_field(&[0x12, 0x80, 0x01], 0x12, 131), Some((128, 3)));
-        assert_eq!(lone_field(&[0x12, 0x03, 1, 2, 3], 0x12, 6), None);
-        assert_eq!(lone_field(&[0x0a, 0x03, 1, 2, 3], 0x12, 5), None);
-        assert_eq!(lone_field(&[0x12, 0x80], 0x12, 200), None);
-        assert_eq!(lone_field(&[], 0x12, 0), None);
+        // 0x12 is field 2, length-delimited; 0x0a field 1; 0x10 field 2 as a varint.
+        assert_eq!(lone_field(&[0x12, 0x03, 1, 2, 3], 2, 5), Some((3, 2)));
+        assert_eq!(lone_field(&[0x12, 0x80, 0x01], 2, 131), Some((128, 3)));
+        assert_eq!(lone_field(&[0x12, 0x03, 1, 2, 3], 2, 6), None);
+        assert_eq!(lone_field(&[0x0a, 0x03, 1, 2, 3], 2, 5), None);
+        assert_eq!(lone_field(&[0x10, 0x03, 1, 2, 3], 2, 5), None);
+        assert_eq!(lone_field(&[0x12, 0x80], 2, 200), None);
+        assert_eq!(lone_field(&[], 2, 0), None);
     }
 }

@@ -6,7 +6,6 @@
 pub mod flight;
 pub(crate) mod ipc;
 pub(crate) mod layer;
-pub(crate) mod one_method;
 pub(crate) mod zero_copy;
 
 use tonic::{Response, Status};

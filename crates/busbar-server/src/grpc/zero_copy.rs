@@ -10,12 +10,20 @@
 //! request is read and decoded as tonic does it, and the final status goes in
 //! the trailers (or, for a call that fails before streaming, in the headers
 //! of a trailers-only response), so clients and the node's call layer see an
-//! ordinary gRPC call.
+//! ordinary gRPC call. [`OneMethod`] routes the one method of a service
+//! that answers this way here, and its other methods to the generated
+//! server.
+//!
+//! tonic's `Codec` cannot express this: an encoder writes each message into
+//! tonic's buffer, which is the copy this avoids.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
+use std::sync::Arc;
 use tonic::Status;
+use tonic::body::Body;
 
 /// A field shorter than this is encoded with the rest of its message: two
 /// chunks for a few bytes would cost more than the copy.
@@ -107,15 +115,15 @@ where
 /// its own `Bytes`; anything else encoded whole.
 fn chunks<M: LoneBytes>(message: &M) -> Vec<http_body::Frame<Bytes>> {
     if let Some((field, contents)) = message.lone_bytes().filter(|(_, b)| b.len() >= SPLIT_AT) {
-        let key = u64::from(field << 3 | 2);
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
         let len = contents.len() as u64;
-        let lead =
-            prost::encoding::encoded_len_varint(key) + prost::encoding::encoded_len_varint(len);
+        let lead = key_len(field) + encoded_len_varint(len);
         let mut head = BytesMut::with_capacity(PREFIX + lead);
         head.put_u8(0);
         head.put_u32((lead + contents.len()) as u32);
-        prost::encoding::encode_varint(key, &mut head);
-        prost::encoding::encode_varint(len, &mut head);
+        // The field's key and length as prost writes them; its contents follow.
+        encode_key(field, WireType::LengthDelimited, &mut head);
+        encode_varint(len, &mut head);
         return vec![
             http_body::Frame::data(head.freeze()),
             http_body::Frame::data(contents.clone()),
@@ -139,6 +147,64 @@ fn trailers(status: &Status) -> http_body::Frame<Bytes> {
             .expect("a plain status encodes");
     }
     http_body::Frame::trailers(headers)
+}
+
+// --- the service that routes one method here ---
+
+/// Answers the one method's requests, whole.
+pub type Handler =
+    Arc<dyn Fn(http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
+
+/// `generated`, except that requests for `path` ("/package.Service/Method")
+/// go to `handler`.
+#[derive(Clone)]
+pub struct OneMethod<G> {
+    generated: G,
+    path: &'static str,
+    handler: Handler,
+}
+
+impl<G> OneMethod<G> {
+    pub fn new(generated: G, path: &'static str, handler: Handler) -> OneMethod<G> {
+        OneMethod {
+            generated,
+            path,
+            handler,
+        }
+    }
+}
+
+impl<G: tonic::server::NamedService> tonic::server::NamedService for OneMethod<G> {
+    const NAME: &'static str = G::NAME;
+}
+
+impl<G> tower::Service<http::Request<Body>> for OneMethod<G>
+where
+    G: tower::Service<
+            http::Request<Body>,
+            Response = http::Response<Body>,
+            Error = std::convert::Infallible,
+        >,
+    G::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.generated.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() != self.path {
+            return Box::pin(self.generated.call(request));
+        }
+        let answer = (self.handler)(request);
+        Box::pin(async move { Ok(answer.await) })
+    }
 }
 
 #[cfg(test)]

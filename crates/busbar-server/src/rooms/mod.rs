@@ -5,7 +5,7 @@
 use crate::auth::access::Caller;
 use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
 use crate::error::{Error, Result};
-use crate::grpc::one_method::OneMethod;
+use crate::grpc::zero_copy::OneMethod;
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
 use crate::resources::subject;

@@ -4,7 +4,7 @@
 use crate::auth::access::Caller;
 use crate::error::{Error, Result};
 use crate::grpc::ipc::{Piece, read_batches};
-use crate::grpc::one_method::OneMethod;
+use crate::grpc::zero_copy::OneMethod;
 use crate::grpc::zero_copy::{self, LoneBytes};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller};
