@@ -115,51 +115,8 @@ pub fn curve_name(curve: Curve) -> &'static str {
     name_of(&CURVE_NAMES, curve)
 }
 
-/// A series' definition: how far apart points are, their unit, how values
-/// between points are read, and the time zone its calendar follows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesSpec {
-    pub resolution: Resolution,
-    pub unit: String,
-    pub curve: Curve,
-    /// IANA zone, e.g. "Europe/Oslo"; `None` is UTC.
-    pub time_zone: Option<String>,
-}
-
-impl SeriesSpec {
-    pub fn new(resolution: Resolution) -> SeriesSpec {
-        SeriesSpec {
-            resolution,
-            unit: String::new(),
-            curve: Curve::Staircase,
-            time_zone: None,
-        }
-    }
-
-    pub fn unit(mut self, unit: impl Into<String>) -> SeriesSpec {
-        self.unit = unit.into();
-        self
-    }
-
-    pub fn curve(mut self, curve: Curve) -> SeriesSpec {
-        self.curve = curve;
-        self
-    }
-
-    pub fn time_zone(mut self, zone: impl Into<String>) -> SeriesSpec {
-        self.time_zone = Some(zone.into());
-        self
-    }
-
-    fn to_proto(&self) -> pb::SeriesSpec {
-        pb::SeriesSpec {
-            resolution: self.resolution as i32,
-            unit: self.unit.clone(),
-            curve: self.curve as i32,
-            time_zone: self.time_zone.clone().unwrap_or_default(),
-        }
-    }
-}
+/// A series' definition (one definition with the node's).
+pub use busbar_types::SeriesSpec;
 
 /// A half-open interval `[start, end)` in epoch milliseconds UTC; an open
 /// end reaches the first or last point.

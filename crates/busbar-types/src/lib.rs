@@ -1,6 +1,6 @@
 //! What a Busbar client and node agree on beyond the proto, defined once for
-//! both ends: the Arrow schema of time-series points, the values a SQL
-//! statement binds, and how users write times.
+//! both ends: the Arrow schema of time-series points, a series' definition,
+//! the values a SQL statement binds, and how users write times.
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use std::sync::{Arc, LazyLock};
@@ -19,6 +19,57 @@ pub static POINTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("value", DataType::Float64, false),
     ]))
 });
+
+/// How far apart a series' points are, and how values between them read.
+pub use busbar_proto::v1::{Curve, Resolution};
+
+/// A series' definition, fixed at creation: how far apart points are, their
+/// unit, how values between points are read, and the time zone its
+/// calendar follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesSpec {
+    pub resolution: Resolution,
+    pub unit: String,
+    pub curve: Curve,
+    /// IANA zone, e.g. "Europe/Oslo"; `None` is UTC.
+    pub time_zone: Option<String>,
+}
+
+impl SeriesSpec {
+    pub fn new(resolution: Resolution) -> SeriesSpec {
+        SeriesSpec {
+            resolution,
+            unit: String::new(),
+            curve: Curve::Staircase,
+            time_zone: None,
+        }
+    }
+
+    pub fn unit(mut self, unit: impl Into<String>) -> SeriesSpec {
+        self.unit = unit.into();
+        self
+    }
+
+    pub fn curve(mut self, curve: Curve) -> SeriesSpec {
+        self.curve = curve;
+        self
+    }
+
+    pub fn time_zone(mut self, zone: impl Into<String>) -> SeriesSpec {
+        self.time_zone = Some(zone.into());
+        self
+    }
+
+    /// As the protocol carries it.
+    pub fn to_proto(&self) -> busbar_proto::v1::SeriesSpec {
+        busbar_proto::v1::SeriesSpec {
+            resolution: self.resolution as i32,
+            unit: self.unit.clone(),
+            curve: self.curve as i32,
+            time_zone: self.time_zone.clone().unwrap_or_default(),
+        }
+    }
+}
 
 /// One value bound to a SQL statement's parameter.
 #[derive(Debug, Clone, PartialEq)]

@@ -60,7 +60,7 @@ impl ResourcesService {
             ResourceKind::Timeseries => self.node.timeseries.spec(&record.id).await.ok(),
             _ => None,
         }
-        .map(|spec| crate::timeseries::service::spec_pb(&spec));
+        .map(|spec| spec.to_proto());
         pb::Resource {
             series,
             ..resource_pb(record)

@@ -15,7 +15,7 @@ pub use busbar_types::POINTS_SCHEMA;
 
 /// How far apart a series' points are, and how values between them are
 /// read: the proto's enums.
-pub use busbar_proto::v1::{Curve, Resolution};
+pub use busbar_types::{Curve, Resolution};
 
 /// What a resolution means to the grid and to messages.
 pub trait ResolutionGrid {
@@ -60,50 +60,18 @@ impl ResolutionGrid for Resolution {
     }
 }
 
-/// A series' definition, fixed at creation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesSpec {
-    pub resolution: Resolution,
-    pub unit: String,
-    pub curve: Curve,
-    /// IANA zone name; `None` is UTC.
-    pub time_zone: Option<String>,
-}
+/// A series' definition (one definition with the client's).
+pub use busbar_types::SeriesSpec;
 
-impl SeriesSpec {
-    /// Checks a requested definition: resolution set, a known time zone.
-    pub fn validate(&self) -> Result<jiff::tz::TimeZone> {
-        match &self.time_zone {
-            None => Ok(jiff::tz::TimeZone::UTC),
-            Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
-                Error::invalid_argument(format!(
-                    "unknown time zone {name:?}: use an IANA name such as \"Europe/Oslo\""
-                ))
-            }),
-        }
-    }
-
-    pub(crate) fn to_json(&self) -> String {
-        serde_json::json!({
-            "resolution": self.resolution as i32,
-            "unit": self.unit,
-            "curve": self.curve as i32,
-            "time_zone": self.time_zone,
-        })
-        .to_string()
-    }
-
-    pub(crate) fn from_json(text: &str) -> Option<SeriesSpec> {
-        let value: serde_json::Value = serde_json::from_str(text).ok()?;
-        Some(SeriesSpec {
-            resolution: crate::store::known(value["resolution"].as_i64()? as i32)?,
-            unit: value["unit"].as_str()?.to_string(),
-            curve: match value["curve"].as_i64()? {
-                2 => Curve::PiecewiseLinear,
-                _ => Curve::Staircase,
-            },
-            time_zone: value["time_zone"].as_str().map(str::to_string),
-        })
+/// The time zone a definition names, checked: UTC when it names none.
+pub fn time_zone_of(spec: &SeriesSpec) -> Result<jiff::tz::TimeZone> {
+    match &spec.time_zone {
+        None => Ok(jiff::tz::TimeZone::UTC),
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|_| {
+            Error::invalid_argument(format!(
+                "unknown time zone {name:?}: use an IANA name such as \"Europe/Oslo\""
+            ))
+        }),
     }
 }
 
@@ -119,7 +87,7 @@ impl Grid {
         Ok(Grid {
             resolution: spec.resolution,
             utc: spec.time_zone.is_none(),
-            zone: spec.validate()?,
+            zone: time_zone_of(spec)?,
         })
     }
 

@@ -97,17 +97,8 @@ pub fn spec_from_pb(spec: Option<pb::SeriesSpec>) -> Result<SeriesSpec> {
         curve,
         time_zone: (!spec.time_zone.is_empty()).then_some(spec.time_zone),
     };
-    spec.validate()?;
+    crate::timeseries::model::time_zone_of(&spec)?;
     Ok(spec)
-}
-
-pub fn spec_pb(spec: &SeriesSpec) -> pb::SeriesSpec {
-    pb::SeriesSpec {
-        resolution: spec.resolution as i32,
-        unit: spec.unit.clone(),
-        curve: spec.curve as i32,
-        time_zone: spec.time_zone.clone().unwrap_or_default(),
-    }
 }
 
 /// The series at `path`, if the caller has `right` on it.
@@ -156,7 +147,7 @@ async fn info_of(
     let spec = node.timeseries.spec(&record.id).await?;
     Ok(pb::SeriesInfo {
         path: record.path.clone(),
-        spec: Some(spec_pb(&spec)),
+        spec: Some(spec.to_proto()),
         points: extent.points,
         first_ms: extent.first_ms,
         last_ms: extent.last_ms,

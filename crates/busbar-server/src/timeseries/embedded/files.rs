@@ -3,6 +3,7 @@
 //! migration a file made by an older node gets when it is opened.
 
 use super::*;
+use crate::timeseries::model::{Curve, time_zone_of};
 
 /// Columns `chunks` gained after the first release. A file made before
 /// them gets them the first time a node opens it; its old chunks hold NULL
@@ -179,7 +180,7 @@ impl SeriesFiles {
 
     /// Creates the file of a new TIMESERIES resource.
     pub(super) fn create_file(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
-        spec.validate()?;
+        time_zone_of(spec)?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", self.dir.display())))?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -205,7 +206,7 @@ impl SeriesFiles {
         )?;
         conn.execute(
             "INSERT INTO spec (id, definition) VALUES (1, ?1)",
-            [spec.to_json()],
+            [spec_to_json(spec)],
         )?;
         self.lock_current().insert(id.to_string());
         self.lock_specs()
@@ -245,7 +246,7 @@ impl SeriesFiles {
             })
             .optional()?
             .ok_or_else(|| corrupt("no definition"))?;
-        let spec = Arc::new(SeriesSpec::from_json(&text).ok_or_else(|| corrupt("bad definition"))?);
+        let spec = Arc::new(spec_from_json(&text).ok_or_else(|| corrupt("bad definition"))?);
         self.lock_specs().insert(id.to_string(), spec.clone());
         Ok(spec)
     }
@@ -256,4 +257,29 @@ impl SeriesFiles {
     pub fn writer(&self, id: &str) -> Result<SharedWriter> {
         self.writers.get(id, || self.open_writer(id))
     }
+}
+
+/// A definition as a series file stores it.
+pub(super) fn spec_to_json(spec: &SeriesSpec) -> String {
+    serde_json::json!({
+        "resolution": spec.resolution as i32,
+        "unit": spec.unit,
+        "curve": spec.curve as i32,
+        "time_zone": spec.time_zone,
+    })
+    .to_string()
+}
+
+/// A definition from a series file.
+fn spec_from_json(text: &str) -> Option<SeriesSpec> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    Some(SeriesSpec {
+        resolution: crate::store::known(value["resolution"].as_i64()? as i32)?,
+        unit: value["unit"].as_str()?.to_string(),
+        curve: match value["curve"].as_i64()? {
+            2 => Curve::PiecewiseLinear,
+            _ => Curve::Staircase,
+        },
+        time_zone: value["time_zone"].as_str().map(str::to_string),
+    })
 }

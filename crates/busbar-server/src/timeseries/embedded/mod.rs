@@ -374,8 +374,11 @@ mod tests {
                      count INTEGER NOT NULL, times BLOB NOT NULL, flags BLOB NOT NULL, vals BLOB NOT NULL);",
             )
             .unwrap();
-            old.execute("INSERT INTO spec VALUES (1, ?1)", [spec.to_json()])
-                .unwrap();
+            old.execute(
+                "INSERT INTO spec VALUES (1, ?1)",
+                [files::spec_to_json(&spec)],
+            )
+            .unwrap();
             old.execute(
                 "INSERT INTO chunks VALUES (10, 30, 3, ?1, ?2, ?3)",
                 params![
