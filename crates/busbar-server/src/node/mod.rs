@@ -28,29 +28,33 @@ pub enum Lifecycle {
     Stopped,
 }
 
+/// What every service of a node holds: the node's configuration and a
+/// handle to each part (the seams to storage and the bus, access control,
+/// the engines of each job, the registries), shared, and visible to the
+/// crate only: nothing outside the server reaches into a running node.
 pub struct Node {
-    pub config: ServerConfig,
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn Bus>,
-    pub access: Arc<AccessControl>,
-    pub auth: Arc<Authenticator>,
-    pub metrics: Arc<Metrics>,
-    pub node_id: String,
-    pub started: Instant,
-    pub started_ms: i64,
-    pub tls: bool,
+    pub(crate) config: ServerConfig,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) access: Arc<AccessControl>,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) node_id: String,
+    pub(crate) started: Instant,
+    pub(crate) started_ms: i64,
+    pub(crate) tls: bool,
     /// The CA that issues client certificates, and the revoked ones (none
     /// on a plaintext node).
-    pub certificates: Option<Arc<crate::tls::ClientCertificates>>,
-    pub lifecycle: watch::Sender<Lifecycle>,
+    pub(crate) certificates: Option<Arc<crate::tls::ClientCertificates>>,
+    pub(crate) lifecycle: watch::Sender<Lifecycle>,
     /// Room members joined through this node.
-    pub members: crate::rooms::LocalMembers,
+    pub(crate) members: crate::rooms::LocalMembers,
     /// Open SQL databases (DATABASE resources).
-    pub sql: Arc<dyn crate::sql::SqlEngine>,
+    pub(crate) sql: Arc<dyn crate::sql::SqlEngine>,
     /// Time series files (TIMESERIES resources).
-    pub timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
+    pub(crate) timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
     /// Open data sessions.
-    pub sessions: Arc<crate::sessions::DataSessions>,
+    pub(crate) sessions: Arc<crate::sessions::DataSessions>,
 }
 
 impl Node {
