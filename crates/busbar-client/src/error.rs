@@ -115,47 +115,37 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A status's causes, outermost first.
+fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    std::iter::successors(std::error::Error::source(status), |error| error.source())
+}
+
 /// True when tonic reports a broken connection (the node died or the
 /// network went) as INTERNAL or UNKNOWN: the status did not come from the
 /// node (no busbar error code) and its cause is a transport error, not text.
 fn lost_connection(status: &tonic::Status) -> bool {
-    if !matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) {
-        return false;
-    }
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if error.is::<std::io::Error>() || error.is::<hyper::Error>() {
-            return true;
-        }
-        if let Some(h2) = error.downcast_ref::<h2::Error>()
-            && (h2.is_io() || h2.is_go_away())
-        {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
+    matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown)
+        && causes(status).any(|error| {
+            error.is::<std::io::Error>()
+                || error.is::<hyper::Error>()
+                || error
+                    .downcast_ref::<h2::Error>()
+                    .is_some_and(|h2| h2.is_io() || h2.is_go_away())
+        })
 }
 
 /// The rustls error among a status's causes, if the call failed in TLS.
 /// tokio-rustls wraps it in an `io::Error`, whose `source()` skips the
 /// wrapped error itself, so each `io::Error` is opened by hand.
 fn tls_cause(status: &tonic::Status) -> Option<&rustls::Error> {
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
-        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        if let Some(tls) = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(tls);
-        }
-        cause = error.source();
-    }
-    None
+    causes(status).find_map(|error| {
+        error.downcast_ref::<rustls::Error>().or_else(|| {
+            error
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        })
+    })
 }
 
 /// What it means when the node ends the TLS handshake over this client's
@@ -192,8 +182,7 @@ fn transport_failure(status: &tonic::Status) -> Option<TransportFailure> {
             _ => TransportFailure::NotTls,
         });
     }
-    let mut cause = std::error::Error::source(status);
-    while let Some(error) = cause {
+    causes(status).find_map(|error| {
         if error.is::<tokio::time::error::Elapsed>() {
             return Some(TransportFailure::TimedOut);
         }
@@ -204,12 +193,8 @@ fn transport_failure(status: &tonic::Status) -> Option<TransportFailure> {
                 _ => TransportFailure::Broken,
             });
         }
-        if error.is::<hyper::Error>() || error.is::<h2::Error>() {
-            return Some(TransportFailure::Broken);
-        }
-        cause = error.source();
-    }
-    None
+        (error.is::<hyper::Error>() || error.is::<h2::Error>()).then_some(TransportFailure::Broken)
+    })
 }
 
 impl From<tonic::Status> for Error {

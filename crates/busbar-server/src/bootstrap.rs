@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use crate::store::{CertificateRecord, Store};
 use crate::tls::{ClientCertificates, TlsMaterial, write_private};
 use base64::Engine;
-use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -36,7 +35,7 @@ async fn still_live(auth: &Authenticator, section: &serde_json::Value) -> bool {
     let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else {
         return false;
     };
-    let fingerprint = hex::encode(sha2::Sha256::digest(der.as_ref()));
+    let fingerprint = hex::encode(crate::tls::fingerprint(&der));
     auth.live_certificate(&fingerprint).await.is_ok()
 }
 

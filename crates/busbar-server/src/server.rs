@@ -282,16 +282,17 @@ async fn handshake(
     stream: CountedStream,
     timeout: Duration,
 ) -> Option<tokio_rustls::server::TlsStream<CountedStream>> {
-    let peer = stream.inner.peer_addr().ok();
     let (error, io) = match tokio::time::timeout(timeout, tls.accept(stream).into_fallible()).await
     {
         Ok(Ok(stream)) => return Some(stream),
         Ok(Err(failed)) => failed,
         Err(_) => {
-            tracing::debug!(?peer, "TLS handshake timed out");
+            tracing::debug!("a TLS handshake timed out");
             return None;
         }
     };
+    // Only a failed handshake asks who the peer was.
+    let peer = io.inner.peer_addr().ok();
     let refused_certificate = error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -371,13 +372,20 @@ pub async fn serve(
         Some(tls::ensure(&config.data_dir, &config.hostnames)?)
     };
 
-    let certificates = match &tls_material {
-        Some(_) => Some(Arc::new(
-            tls::ClientCertificates::load(&config.data_dir, store.as_ref()).await?,
-        )),
-        None => None,
+    // TLS is done by the node rather than by tonic so the handshake can
+    // check client certificates against the revoked set (tonic takes only a
+    // CA). Built before listening, so a bad setting stops the start.
+    let (certificates, tls_acceptor) = match &tls_material {
+        Some(material) => {
+            let certificates = Arc::new(
+                tls::ClientCertificates::load(&config.data_dir, material, store.as_ref()).await?,
+            );
+            let rustls_config = tls::server_config(material, config.client_certs, &certificates)?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config));
+            (Some(certificates), Some(acceptor))
+        }
+        None => (None, None),
     };
-    let config_handshake_timeout = config.handshake_timeout;
 
     let listener =
         listen(config.listen).map_err(io_error(format!("cannot listen on {}", config.listen)))?;
@@ -418,7 +426,6 @@ pub async fn serve(
         node_id: uuid::Uuid::new_v4().to_string(),
         started: Instant::now(),
         started_ms: now_ms(),
-        tls: tls_material.is_some(),
         certificates,
         lifecycle,
         members: Default::default(),
@@ -559,25 +566,19 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
         stopping.stop();
     };
-    // TLS is done here rather than by tonic so the handshake can check
-    // client certificates against the revoked set (tonic takes only a CA).
-    let certificates = node.certificates.clone();
+    let handshake_timeout = config.handshake_timeout;
     let served = async move {
-        match (&tls_material, &certificates) {
-            (Some(material), Some(certificates)) => {
-                let rustls_config =
-                    tls::server_config(material, config.client_certs, certificates)?;
-                let tls = tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config));
-                let timeout = config_handshake_timeout;
+        match tls_acceptor {
+            Some(tls) => {
                 let incoming = acceptor.spawn(move |stream| {
                     let tls = tls.clone();
-                    async move { handshake(&tls, stream, timeout).await }
+                    async move { handshake(&tls, stream, handshake_timeout).await }
                 });
                 router
                     .serve_with_incoming_shutdown(incoming, graceful)
                     .await
             }
-            _ => {
+            None => {
                 let incoming = acceptor.spawn(|stream| async move { Some(stream) });
                 router
                     .serve_with_incoming_shutdown(incoming, graceful)

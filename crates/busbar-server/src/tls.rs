@@ -45,6 +45,19 @@ pub fn ca_params() -> Result<CertificateParams> {
     Ok(params)
 }
 
+/// The node's CA as an issuer, from its key (its parameters are fixed).
+fn ca_issuer(key_path: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let key_pem = std::fs::read_to_string(key_path).map_err(io("read", key_path))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(tls_error)?;
+    Ok(Issuer::new(ca_params()?, key))
+}
+
+/// The SHA-256 of a certificate (DER): its fingerprint, as pinned by
+/// clients and as the store and the revoked set know client certificates.
+pub fn fingerprint(der: &[u8]) -> Vec<u8> {
+    Sha256::digest(der).to_vec()
+}
+
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -93,9 +106,7 @@ pub fn ensure(data_dir: &Path, hostnames: &[String]) -> Result<TlsMaterial> {
     let wanted = names.join("\n");
     let current = std::fs::read_to_string(&names_path).unwrap_or_default();
     if current != wanted || !cert_path.exists() || !key_path.exists() {
-        let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
-        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_error)?;
-        let issuer = Issuer::new(ca_params()?, ca_key);
+        let issuer = ca_issuer(&ca_key_path)?;
         let key = KeyPair::generate().map_err(tls_error)?;
         let mut params = CertificateParams::new(names.clone()).map_err(tls_error)?;
         params
@@ -114,7 +125,7 @@ pub fn ensure(data_dir: &Path, hostnames: &[String]) -> Result<TlsMaterial> {
         ca_pem,
         cert_pem,
         key_pem,
-        fingerprint: hex::encode(Sha256::digest(der)),
+        fingerprint: hex::encode(fingerprint(&der)),
     })
 }
 
@@ -208,21 +219,15 @@ impl std::fmt::Debug for ClientCertificates {
 }
 
 impl ClientCertificates {
-    /// The CA in `<data_dir>/tls` (made by [`ensure`]) and the revoked set
-    /// as the store has it.
+    /// The CA of `material` (its key in `<data_dir>/tls`, made by
+    /// [`ensure`]) and the revoked set as the store has it.
     pub async fn load(
         data_dir: &Path,
+        material: &TlsMaterial,
         store: &dyn crate::store::Store,
     ) -> Result<ClientCertificates> {
-        let dir = data_dir.join("tls");
-        let ca_key_path = dir.join("ca.key");
-        let ca_pem_path = dir.join("ca.pem");
-        let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
-        let ca_pem = std::fs::read_to_string(&ca_pem_path).map_err(io("read", &ca_pem_path))?;
-        let issuer = Issuer::new(
-            ca_params()?,
-            KeyPair::from_pem(&key_pem).map_err(tls_error)?,
-        );
+        let issuer = ca_issuer(&data_dir.join("tls").join("ca.key"))?;
+        let ca_pem = material.ca_pem.clone();
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(rustls_pemfile_first_cert(&ca_pem)?.into())
@@ -253,11 +258,10 @@ impl ClientCertificates {
     }
 
     fn is_revoked(&self, der: &[u8]) -> bool {
-        let fingerprint = Sha256::digest(der);
         self.revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(fingerprint.as_slice())
+            .contains(&fingerprint(der))
     }
 
     /// Signs a client certificate for `name` over the holder's public key
@@ -294,7 +298,7 @@ impl ClientCertificates {
             .map_err(|e| Error::internal(format!("signing the client certificate failed: {e}")))?;
         Ok(IssuedCertificate {
             pem: cert.pem(),
-            fingerprint: Sha256::digest(cert.der()).to_vec(),
+            fingerprint: fingerprint(cert.der()),
             serial: hex::encode(serial),
             created_ms: (now.unix_timestamp_nanos() / 1_000_000) as i64,
             expires_ms: (params.not_after.unix_timestamp_nanos() / 1_000_000) as i64,

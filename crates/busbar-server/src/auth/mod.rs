@@ -330,7 +330,7 @@ impl Authenticator {
                 "certificate login needs a client certificate in the TLS handshake, and this connection presented none; connect with the config `busbar identity new NAME --cert` wrote",
             )
         })?;
-        let fingerprint = hex::encode(Sha256::digest(der));
+        let fingerprint = hex::encode(crate::tls::fingerprint(der));
         let record = self.live_certificate(&fingerprint).await?;
         let identity = self.active_identity(&record.identity_id).await?;
         let (session, exp) = self.issue(

@@ -42,9 +42,8 @@ pub struct Node {
     pub(crate) node_id: String,
     pub(crate) started: Instant,
     pub(crate) started_ms: i64,
-    pub(crate) tls: bool,
-    /// The CA that issues client certificates, and the revoked ones (none
-    /// on a plaintext node).
+    /// The CA that issues client certificates, and the revoked ones; none
+    /// exactly when the node serves plaintext.
     pub(crate) certificates: Option<Arc<crate::tls::ClientCertificates>>,
     pub(crate) lifecycle: watch::Sender<Lifecycle>,
     /// Room members joined through this node.

@@ -24,7 +24,7 @@ impl node_server::Node for NodeService {
             started_ms: node.started_ms,
             store: node.store.backend().to_string(),
             bus: node.bus.backend().to_string(),
-            tls: node.tls,
+            tls: node.certificates.is_some(),
             connections: node.metrics.connections.get().max(0) as u64,
         })
     }

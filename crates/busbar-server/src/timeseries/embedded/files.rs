@@ -235,9 +235,14 @@ impl SeriesFiles {
     }
 
     /// A series' definition (cached after the first read of its file).
+    /// A series' definition if this process has read it already.
+    pub(super) fn cached_spec(&self, id: &str) -> Option<Arc<SeriesSpec>> {
+        self.lock_specs().get(id).cloned()
+    }
+
     pub fn spec_of(&self, id: &str) -> Result<Arc<SeriesSpec>> {
-        if let Some(spec) = self.lock_specs().get(id) {
-            return Ok(spec.clone());
+        if let Some(spec) = self.cached_spec(id) {
+            return Ok(spec);
         }
         let conn = self.reader(id)?;
         let text: String = conn

@@ -76,6 +76,10 @@ impl SeriesEngine for TimeSeriesStore {
     }
 
     async fn spec(&self, id: &str) -> Result<Arc<SeriesSpec>> {
+        // Definitions never change: a cached one needs no trip to a thread.
+        if let Some(spec) = self.cached_spec(id) {
+            return Ok(spec);
+        }
         let (store, id) = (self.clone(), id.to_string());
         tokio::task::spawn_blocking(move || store.spec_of(&id)).await?
     }
