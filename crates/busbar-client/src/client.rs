@@ -627,6 +627,11 @@ impl Client {
         RoomsClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
+    pub(crate) fn mesh_client(&self) -> pb::mesh_client::MeshClient<Intercepted> {
+        pb::mesh_client::MeshClient::with_interceptor(self.inner.channel(), self.context())
+            .max_decoding_message_size(usize::MAX)
+    }
+
     pub(crate) fn wires_client(&self) -> WiresClient<Intercepted> {
         WiresClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)

@@ -180,8 +180,12 @@ impl Client {
                 ),
                 _ => Error::from(status),
             };
+            // With the session: provided services are shown to the callers
+            // who may call them.
+            let mut request = tonic::Request::new(futures::stream::iter(requests));
+            self.context().decorate(request.metadata_mut());
             let mut responses = reflection
-                .server_reflection_info(futures::stream::iter(requests))
+                .server_reflection_info(request)
                 .await
                 .map_err(unknown)?
                 .into_inner();

@@ -20,6 +20,7 @@ mod config;
 mod dynamic;
 mod error;
 mod json;
+mod mesh;
 mod pieces;
 mod point_columns;
 mod rooms;
@@ -33,10 +34,12 @@ mod wires;
 pub use api::{
     BoxStream, Grant, Identity, NodeEvent, NodeStatus, Resource, ResourceKind, Right, TokenInfo,
 };
+pub use busbar_proto::v1::{ProviderInfo, ServiceInfo};
 pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
+pub use mesh::{CallContext, Offer, Provided, ProviderCall};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
 pub use sessions::{Session, SessionEnded};
 pub use sql::{

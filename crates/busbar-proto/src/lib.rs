@@ -27,3 +27,25 @@ pub const TRACE_ID_METADATA_KEY: &str = "x-trace-id";
 /// is a long random, signed value, which is what RFC 7541 §7.1.3 asks of
 /// values that may be indexed.
 pub const SESSION_METADATA_KEY: &str = "x-busbar-session";
+
+/// The gRPC status code each stable [`v1::ErrorCode`] travels as, on the
+/// node and on a mesh provider alike.
+pub fn grpc_code(code: v1::ErrorCode) -> tonic::Code {
+    use tonic::Code;
+    use v1::ErrorCode;
+    match code {
+        ErrorCode::Unspecified | ErrorCode::Internal => Code::Internal,
+        ErrorCode::InvalidArgument => Code::InvalidArgument,
+        ErrorCode::NotFound => Code::NotFound,
+        ErrorCode::AlreadyExists => Code::AlreadyExists,
+        ErrorCode::PermissionDenied => Code::PermissionDenied,
+        ErrorCode::Unauthenticated => Code::Unauthenticated,
+        ErrorCode::SlowConsumer | ErrorCode::ResourceExhausted => Code::ResourceExhausted,
+        ErrorCode::Timeout => Code::DeadlineExceeded,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Conflict => Code::Aborted,
+        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
+        ErrorCode::Unimplemented => Code::Unimplemented,
+        ErrorCode::Cancelled => Code::Cancelled,
+    }
+}

@@ -63,6 +63,12 @@ pub struct Settings {
     /// present one the node's CA issued, and log in with it), "required"
     /// (every connection must present one) or "off" (none is asked for).
     pub client_certs: Option<String>,
+    /// How the large `bytes` fields of time-series reads and the events of
+    /// room joins are framed: "zero-copy" (the default: written to the
+    /// connection without another copy, room events encoded once for all
+    /// members) or "tonic" (every message encoded by tonic's generated
+    /// server). A switch for measuring the trick and for ruling it out.
+    pub framing: Option<String>,
 }
 
 impl Settings {
@@ -103,6 +109,7 @@ impl Settings {
                 .or(weaker.handshake_timeout_seconds),
             idle_timeout_seconds: self.idle_timeout_seconds.or(weaker.idle_timeout_seconds),
             client_certs: self.client_certs.or(weaker.client_certs),
+            framing: self.framing.or(weaker.framing),
         }
     }
 }
@@ -130,6 +137,26 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     pub client_certs: ClientCerts,
+    pub framing: Framing,
+}
+
+/// See [`Settings::framing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    ZeroCopy,
+    Tonic,
+}
+
+impl Framing {
+    fn parse(value: Option<&str>) -> Result<Framing> {
+        match value.unwrap_or("zero-copy") {
+            "zero-copy" => Ok(Framing::ZeroCopy),
+            "tonic" => Ok(Framing::Tonic),
+            other => Err(Error::invalid_argument(format!(
+                "bad framing {other:?}: use zero-copy or tonic"
+            ))),
+        }
+    }
 }
 
 /// Whether the TLS handshake asks for a client certificate (see
@@ -227,6 +254,7 @@ impl ServerConfig {
         let insecure = settings.insecure.unwrap_or(false);
         Ok(ServerConfig {
             client_certs: ClientCerts::parse(settings.client_certs.as_deref(), insecure)?,
+            framing: Framing::parse(settings.framing.as_deref())?,
             data_dir: settings
                 .data
                 .unwrap_or_else(|| PathBuf::from("busbar-data")),
@@ -381,6 +409,13 @@ mod tests {
                 ..Default::default()
             })
             .contains("max_result_bytes")
+        );
+        assert!(
+            bad(Settings {
+                framing: Some("fast".into()),
+                ..Default::default()
+            })
+            .contains("bad framing \"fast\": use zero-copy or tonic")
         );
         assert!(
             toml::from_str::<Settings>("lisen = 1").is_err(),

@@ -4,7 +4,7 @@
 
 use busbar_proto::ERROR_CODE_METADATA_KEY;
 pub use busbar_proto::v1::ErrorCode;
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// A failure with a stable code and a message meant for the person calling.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,24 +44,7 @@ constructors! {
     unimplemented => Unimplemented,
 }
 
-/// The gRPC status code each stable code travels as.
-pub fn grpc_code(code: ErrorCode) -> Code {
-    match code {
-        ErrorCode::Unspecified | ErrorCode::Internal => Code::Internal,
-        ErrorCode::InvalidArgument => Code::InvalidArgument,
-        ErrorCode::NotFound => Code::NotFound,
-        ErrorCode::AlreadyExists => Code::AlreadyExists,
-        ErrorCode::PermissionDenied => Code::PermissionDenied,
-        ErrorCode::Unauthenticated => Code::Unauthenticated,
-        ErrorCode::SlowConsumer | ErrorCode::ResourceExhausted => Code::ResourceExhausted,
-        ErrorCode::Timeout => Code::DeadlineExceeded,
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::Conflict => Code::Aborted,
-        ErrorCode::FailedPrecondition => Code::FailedPrecondition,
-        ErrorCode::Unimplemented => Code::Unimplemented,
-        ErrorCode::Cancelled => Code::Cancelled,
-    }
-}
+pub use busbar_proto::grpc_code;
 
 impl From<Error> for Status {
     fn from(error: Error) -> Status {

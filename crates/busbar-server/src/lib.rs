@@ -14,6 +14,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod grpc;
+mod mesh;
 mod metrics;
 mod node;
 mod resources;

@@ -15,6 +15,16 @@ pub struct CallLabels {
     pub code: String,
 }
 
+/// Calls through the mesh: by service, the identity of the provider that
+/// answered, and the final gRPC code. Identities, not provider ids, so the
+/// label set stays bounded as providers come and go.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshLabels {
+    pub service: String,
+    pub provider: String,
+    pub code: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
@@ -111,6 +121,8 @@ pub struct Metrics {
     pub wire_bytes: Counter,
     /// Subscribers cut for falling behind, by kind ("room", "wire").
     pub slow_consumer_drops: Family<KindLabels, Counter>,
+    /// Calls routed to providers.
+    pub mesh_calls: Family<MeshLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -124,6 +136,7 @@ impl Default for Metrics {
             room_deliveries: Counter::default(),
             wire_bytes: Counter::default(),
             slow_consumer_drops: Family::default(),
+            mesh_calls: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -160,6 +173,11 @@ impl Default for Metrics {
             "slow_consumer_drops",
             "Subscribers cut for falling behind their bounded queue",
             metrics.slow_consumer_drops.clone(),
+        );
+        registry.register(
+            "mesh_calls",
+            "Calls routed to providers, by service, provider identity and gRPC code",
+            metrics.mesh_calls.clone(),
         );
         Metrics {
             registry,

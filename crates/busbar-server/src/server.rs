@@ -404,6 +404,7 @@ pub async fn serve(
             .filter(|_| config.client_certs == crate::config::ClientCerts::Required),
     )
     .await?;
+    bootstrap::ensure_folders(store.as_ref()).await?;
     let metrics_listener = crate::metrics::bind(config.metrics_listen)
         .await
         .map_err(io_error(format!(
@@ -436,11 +437,18 @@ pub async fn serve(
             config.max_data_sessions,
         )),
         config: config.clone(),
+        mesh: crate::mesh::Registry::new(crate::mesh::files::DescriptorFiles::own(&[
+            busbar_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ])?),
     });
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 9] = [
+    const SERVICES: [&str; 10] = [
+        "busbar.v1.Mesh",
         crate::grpc::flight::SERVICE_NAME,
         "busbar.v1.Auth",
         "busbar.v1.Sessions",
@@ -456,18 +464,18 @@ pub async fn serve(
             .set_service_status(service, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(busbar_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(busbar_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| Error::internal(format!("reflection: {e}")))?;
+    let reflection = crate::mesh::reflection::Reflection { node: node.clone() };
+    let reflection_v1 =
+        tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
+            reflection.clone(),
+        );
+    let reflection_v1alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
+            reflection,
+        );
 
     let limit = config.max_message_bytes;
+    use busbar_proto::v1::mesh_server::MeshServer;
     macro_rules! limited {
         ($server:ident, $service:expr) => {
             $server::new($service)
@@ -493,6 +501,7 @@ pub async fn serve(
             access,
             metrics: metrics.clone(),
         })
+        .layer(crate::mesh::MeshLayer { node: node.clone() })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -502,8 +511,16 @@ pub async fn serve(
             ResourcesServer,
             ResourcesService { node: node.clone() }
         ))
-        .add_service(rooms::router(RoomsService { node: node.clone() }, limit))
+        .add_service(rooms::router(
+            RoomsService { node: node.clone() },
+            limit,
+            config.framing,
+        ))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
+        .add_service(limited!(
+            MeshServer,
+            crate::mesh::MeshService { node: node.clone() }
+        ))
         .add_service(limited!(SqlServer, SqlService { node: node.clone() }))
         .add_service(limited!(
             SessionsServer,
@@ -512,6 +529,7 @@ pub async fn serve(
         .add_service(timeseries::service::router(
             TimeSeriesService { node: node.clone() },
             limit,
+            config.framing,
         ))
         .add_service(limited!(
             FlightServiceServer,

@@ -140,6 +140,23 @@ pub enum DbCommand {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Create the resource of a service at /services/NAME, so identities
+    /// granted write on it may provide it (a provider with write on
+    /// /services creates it itself on its first offer).
+    Create {
+        /// The service's protobuf full name, e.g. mesh.trust.Tokenizer
+        name: String,
+    },
+    /// List live services with their providers (identity, since when,
+    /// calls in flight, calls served).
+    Ls {
+        /// A service path or a folder [default: /services]
+        path: Option<String>,
+    },
+}
+
 /// A `--param`: NAME=VALUE is named, anything else positional; VALUE is JSON
 /// when it parses, else text.
 pub fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
@@ -591,6 +608,35 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 .create(&path, ResourceKind::Database, parents)
                 .await
                 .map_err(e)?;
+        }
+        Command::Service(ServiceCommand::Create { name }) => {
+            client
+                .create(&format!("/services/{name}"), ResourceKind::Service, false)
+                .await
+                .map_err(e)?;
+        }
+        Command::Service(ServiceCommand::Ls { path }) => {
+            let services = client
+                .services(path.as_deref().unwrap_or(""))
+                .await
+                .map_err(e)?;
+            for service in services {
+                println!("{}  ({})", service.name, service.methods.join(", "));
+                if service.providers.is_empty() {
+                    println!("  no provider");
+                }
+                for p in service.providers {
+                    let since = busbar_types::show_time(p.since_unix_ms);
+                    println!(
+                        "  {}  {}  since {since}  in flight {}  served {}{}",
+                        p.id,
+                        p.identity,
+                        p.calls_in_flight,
+                        p.calls_served,
+                        if p.draining { "  draining" } else { "" }
+                    );
+                }
+            }
         }
         Command::Sql {
             database,

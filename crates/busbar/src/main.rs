@@ -94,6 +94,9 @@ enum Command {
     /// SQL databases.
     #[command(subcommand)]
     Db(commands::DbCommand),
+    /// Mesh services: create, ls (live services and their providers).
+    #[command(subcommand)]
+    Service(commands::ServiceCommand),
     /// Run one SQL statement on a database; prints an aligned table.
     Sql {
         /// The database's path, e.g. /home/admin/shop

@@ -65,6 +65,9 @@ pub struct ServeArgs {
     /// Client certificates (mTLS): optional, required or off [default: optional]
     #[arg(long, env = "BUSBAR_CLIENT_CERTS")]
     client_certs: Option<String>,
+    /// Framing of time-series reads and room events: zero-copy or tonic [default: zero-copy]
+    #[arg(long, env = "BUSBAR_FRAMING")]
+    framing: Option<String>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -109,6 +112,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         handshake_timeout_seconds: args.handshake_timeout_seconds,
         idle_timeout_seconds: args.idle_timeout_seconds,
         client_certs: args.client_certs,
+        framing: args.framing,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

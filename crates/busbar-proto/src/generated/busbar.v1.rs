@@ -1855,6 +1855,609 @@ impl ErrorCode {
         }
     }
 }
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct FromProvider {
+    #[prost(oneof = "from_provider::Message", tags = "1, 2, 3, 4")]
+    pub message: ::core::option::Option<from_provider::Message>,
+}
+/// Nested message and enum types in `FromProvider`.
+pub mod from_provider {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Offer(super::Offer),
+        #[prost(message, tag = "2")]
+        Response(super::ProviderResponse),
+        #[prost(message, tag = "3")]
+        Credit(super::Credit),
+        #[prost(message, tag = "4")]
+        Drain(super::Drain),
+    }
+}
+/// The services a provider offers. Each is the resource
+/// /services/<full name> (kind SERVICE): offering needs write on it. A
+/// service resource that does not exist yet is created, owned by the
+/// provider's identity, when that identity has write on /services.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Offer {
+    /// Protobuf full names, e.g. "mesh.trust.Tokenizer".
+    #[prost(string, repeated, tag = "1")]
+    pub services: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// An encoded google.protobuf.FileDescriptorSet holding the files that
+    /// define the services and every file they import, except the
+    /// well-known types (google/protobuf/\*.proto), which the node has. A
+    /// method whose MethodOptions.idempotency_level is IDEMPOTENT or
+    /// NO_SIDE_EFFECTS may be retried on another provider when this one is lost
+    /// before answering.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub file_descriptor_set: ::prost::bytes::Bytes,
+    /// Calls this provider runs at once (0: 64; at most 65536). The node
+    /// balances by calls in flight per unit of concurrency; calls beyond it
+    /// wait at the provider.
+    #[prost(uint32, tag = "4")]
+    pub concurrency: u32,
+}
+/// A response message of a call and/or its end. A unary answer is one
+/// ProviderResponse carrying both.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProviderResponse {
+    #[prost(uint64, tag = "1")]
+    pub call: u64,
+    /// Present: one response message, the method's output type encoded.
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub message: ::core::option::Option<::prost::bytes::Bytes>,
+    /// Present: the call ends with this status (code 0 is OK).
+    #[prost(message, optional, tag = "3")]
+    pub end: ::core::option::Option<CallStatus>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CallStatus {
+    /// A gRPC status code (0 = OK).
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+    /// A busbar ErrorCode name (e.g. "NOT_FOUND"), passed to the caller as
+    /// its busbar-error-code; empty derives it from `code`.
+    #[prost(string, tag = "3")]
+    pub error_code: ::prost::alloc::string::String,
+}
+/// The receiver is ready for `messages` more messages of `call`. Each side
+/// starts with WINDOW messages of credit per call in each direction (see
+/// CallStart.window) and must not send beyond its credit.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Credit {
+    #[prost(uint64, tag = "1")]
+    pub call: u64,
+    #[prost(uint32, tag = "2")]
+    pub messages: u32,
+}
+/// The provider is stopping: the node routes no new calls to it; the calls
+/// in flight go on until they end or the provider closes its stream.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Drain {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ToProvider {
+    #[prost(oneof = "to_provider::Message", tags = "1, 2, 3, 4, 5")]
+    pub message: ::core::option::Option<to_provider::Message>,
+}
+/// Nested message and enum types in `ToProvider`.
+pub mod to_provider {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Message {
+        #[prost(message, tag = "1")]
+        Offered(super::Offered),
+        #[prost(message, tag = "2")]
+        Start(super::CallStart),
+        #[prost(message, tag = "3")]
+        Request(super::CallRequest),
+        #[prost(message, tag = "4")]
+        Credit(super::Credit),
+        #[prost(message, tag = "5")]
+        Cancel(super::CallCancel),
+    }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Offered {
+    /// The provider's id on this node, as `busbar service ls` shows it.
+    #[prost(string, tag = "1")]
+    pub provider: ::prost::alloc::string::String,
+    /// Paths of the service resources, in the order of Offer.services.
+    #[prost(string, repeated, tag = "2")]
+    pub paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A new call routed to this provider.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct CallStart {
+    #[prost(uint64, tag = "1")]
+    pub call: u64,
+    /// "/package.Service/Method".
+    #[prost(string, tag = "2")]
+    pub method: ::prost::alloc::string::String,
+    /// Time left until the caller's deadline in milliseconds; 0: none.
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
+    /// The caller's identity, authenticated by the node.
+    #[prost(string, tag = "4")]
+    pub caller: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub trace_id: ::prost::alloc::string::String,
+    /// The caller's x-\* metadata (ASCII values), names in lower case.
+    #[prost(map = "string, string", tag = "6")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// The first request message, when it came with the call.
+    #[prost(bytes = "bytes", optional, tag = "7")]
+    pub message: ::core::option::Option<::prost::bytes::Bytes>,
+    /// The caller sends no more request messages.
+    #[prost(bool, tag = "8")]
+    pub half_closed: bool,
+    /// Response messages the provider may send before more Credit (and
+    /// request messages the node may send before the provider's Credit).
+    #[prost(uint32, tag = "9")]
+    pub window: u32,
+}
+/// A request message of a streaming call and/or the caller's half-close.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CallRequest {
+    #[prost(uint64, tag = "1")]
+    pub call: u64,
+    #[prost(bytes = "bytes", optional, tag = "2")]
+    pub message: ::core::option::Option<::prost::bytes::Bytes>,
+    #[prost(bool, tag = "3")]
+    pub half_closed: bool,
+}
+/// The caller went away, cancelled, or its deadline passed: stop the
+/// handler. Send nothing more for the call.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CallCancel {
+    #[prost(uint64, tag = "1")]
+    pub call: u64,
+    #[prost(string, tag = "2")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListServicesRequest {
+    /// A service path or a folder ("/services" when empty).
+    #[prost(string, tag = "1")]
+    pub path: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListServicesResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub services: ::prost::alloc::vec::Vec<ServiceInfo>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServiceInfo {
+    /// "mesh.trust.Tokenizer"
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "/services/mesh.trust.Tokenizer"
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+    /// method names
+    #[prost(string, repeated, tag = "3")]
+    pub methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, repeated, tag = "4")]
+    pub providers: ::prost::alloc::vec::Vec<ProviderInfo>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ProviderInfo {
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub identity: ::prost::alloc::string::String,
+    #[prost(int64, tag = "3")]
+    pub since_unix_ms: i64,
+    #[prost(uint64, tag = "4")]
+    pub calls_in_flight: u64,
+    #[prost(uint64, tag = "5")]
+    pub calls_served: u64,
+    #[prost(bool, tag = "6")]
+    pub draining: bool,
+}
+/// Generated client implementations.
+pub mod mesh_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Mesh: clients provide services that other clients call through the node.
+    ///
+    /// A provider dials out and opens one Provide stream; it needs no inbound
+    /// port. Its services live exactly as long as that stream. A caller calls a
+    /// provided method like any other gRPC method, by its full name
+    /// ("/mesh.trust.Tokenizer/Apply"), and the node forwards the request and
+    /// response bytes between the two without decoding them.
+    #[derive(Debug, Clone)]
+    pub struct MeshClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl MeshClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> MeshClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> MeshClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            MeshClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// A provider's one stream. Its first message is an Offer; the node
+        /// answers Offered, or ends the stream with the reason (nothing offered).
+        /// Then the node sends the calls routed to this provider and the provider
+        /// answers them, many at once, each under its call id.
+        pub async fn provide(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::FromProvider>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::ToProvider>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Mesh/Provide");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Mesh", "Provide"));
+            self.inner.streaming(req, path, codec).await
+        }
+        /// Live services at or below a path ("/services" by default), with their
+        /// providers. Needs read on each service listed.
+        pub async fn list_services(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListServicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListServicesResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Mesh/ListServices",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Mesh", "ListServices"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod mesh_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with MeshServer.
+    #[async_trait]
+    pub trait Mesh: std::marker::Send + std::marker::Sync + 'static {
+        /// Server streaming response type for the Provide method.
+        type ProvideStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::ToProvider, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// A provider's one stream. Its first message is an Offer; the node
+        /// answers Offered, or ends the stream with the reason (nothing offered).
+        /// Then the node sends the calls routed to this provider and the provider
+        /// answers them, many at once, each under its call id.
+        async fn provide(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::FromProvider>>,
+        ) -> std::result::Result<tonic::Response<Self::ProvideStream>, tonic::Status>;
+        /// Live services at or below a path ("/services" by default), with their
+        /// providers. Needs read on each service listed.
+        async fn list_services(
+            &self,
+            request: tonic::Request<super::ListServicesRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListServicesResponse>,
+            tonic::Status,
+        >;
+    }
+    /// Mesh: clients provide services that other clients call through the node.
+    ///
+    /// A provider dials out and opens one Provide stream; it needs no inbound
+    /// port. Its services live exactly as long as that stream. A caller calls a
+    /// provided method like any other gRPC method, by its full name
+    /// ("/mesh.trust.Tokenizer/Apply"), and the node forwards the request and
+    /// response bytes between the two without decoding them.
+    #[derive(Debug)]
+    pub struct MeshServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> MeshServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for MeshServer<T>
+    where
+        T: Mesh,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/busbar.v1.Mesh/Provide" => {
+                    #[allow(non_camel_case_types)]
+                    struct ProvideSvc<T: Mesh>(pub Arc<T>);
+                    impl<T: Mesh> tonic::server::StreamingService<super::FromProvider>
+                    for ProvideSvc<T> {
+                        type Response = super::ToProvider;
+                        type ResponseStream = T::ProvideStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<
+                                tonic::Streaming<super::FromProvider>,
+                            >,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Mesh>::provide(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ProvideSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Mesh/ListServices" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListServicesSvc<T: Mesh>(pub Arc<T>);
+                    impl<T: Mesh> tonic::server::UnaryService<super::ListServicesRequest>
+                    for ListServicesSvc<T> {
+                        type Response = super::ListServicesResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListServicesRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Mesh>::list_services(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListServicesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for MeshServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "busbar.v1.Mesh";
+    impl<T> tonic::server::NamedService for MeshServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -36,6 +36,23 @@ const FLIGHT_PREFIX: &str = "/arrow.flight.protocol.FlightService/";
 /// list tells an anonymous caller nothing.
 const LIST_FLIGHTS: &str = "/arrow.flight.protocol.FlightService/ListFlights";
 
+/// Paths anyone may call without credentials: health and reflection (a
+/// reflection call that carries a valid session sees the provided services
+/// its caller may read as well).
+fn open_to_anyone(path: &str) -> bool {
+    path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+}
+
+/// The call's trace id, as the call layer settled it (the caller's, or a
+/// new one), for handlers that pass it on.
+#[derive(Clone)]
+pub(crate) struct TraceId(pub String);
+
+/// Marks a response to a method the node does not serve, so the call
+/// metrics count it under one label instead of the name the caller chose.
+#[derive(Clone, Copy)]
+pub(crate) struct UnlistedMethod;
+
 #[derive(Clone)]
 pub struct CallLayer {
     pub auth: Arc<Authenticator>,
@@ -105,7 +122,16 @@ impl CallLayer {
     async fn authenticate(&self, request: &mut Request<Body>) -> Result<(), Error> {
         let path = request.uri().path();
         let flight = path.starts_with(FLIGHT_PREFIX);
-        if !(flight || path.starts_with("/busbar.v1.")) || PUBLIC_METHODS.contains(&path) {
+        if PUBLIC_METHODS.contains(&path) {
+            return Ok(());
+        }
+        if open_to_anyone(path) {
+            // Credentials are optional here; bad ones count as none.
+            if let Some(token) = session_token(request)
+                && let Ok(caller) = self.access.authenticate(&self.auth, token).await
+            {
+                request.extensions_mut().insert(caller);
+            }
             return Ok(());
         }
         let Some(token) = session_token(request) else {
@@ -170,6 +196,9 @@ where
         // message, so lines a handler logs without the span (a storage
         // failure) still meet their trace id there.
         let span = tracing::debug_span!("call", method = %method, trace_id = %trace_id);
+        request
+            .extensions_mut()
+            .insert(TraceId(trace_id.to_string()));
         Box::pin(
             async move {
                 let mut response = match layer.authenticate(&mut request).await {
@@ -177,11 +206,13 @@ where
                     // Logged below with the other failures, on one line.
                     Err(error) => tonic::Status::from(error).into_http(),
                 };
+                let unlisted = response.extensions().get::<UnlistedMethod>().is_some();
                 let headers = response.headers_mut();
                 headers.insert(TRACE_ID.clone(), trace_header.clone());
                 let recorder = CallRecorder {
                     layer,
                     path,
+                    unlisted,
                     trace_id: trace_header,
                     span: tracing::Span::current(),
                 };
@@ -295,6 +326,8 @@ const GRPC_MESSAGE_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
 struct CallRecorder {
     layer: Arc<CallLayer>,
     path: Option<PathAndQuery>,
+    /// A method the node does not serve (see [`UnlistedMethod`]).
+    unlisted: bool,
     trace_id: HeaderValue,
     /// The call's span (with its trace id), entered when the outcome is logged.
     span: tracing::Span,
@@ -331,7 +364,7 @@ impl CallRecorder {
             );
         }
         // Unknown names share one label, so callers cannot grow the metrics without bound.
-        let method = if outcome.unknown_method {
+        let method = if outcome.unknown_method || self.unlisted {
             "<unknown>"
         } else {
             self.method()

@@ -17,6 +17,7 @@
 //! tonic's `Codec` cannot express this: an encoder writes each message into
 //! tonic's buffer, which is the copy this avoids.
 
+use crate::config::Framing;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
@@ -156,20 +157,25 @@ pub type Handler =
     Arc<dyn Fn(http::Request<Body>) -> BoxFuture<'static, http::Response<Body>> + Send + Sync>;
 
 /// `generated`, except that requests for `path` ("/package.Service/Method")
-/// go to `handler`.
+/// go to `handler` when the node frames that way ([`Framing::ZeroCopy`]).
 #[derive(Clone)]
 pub struct OneMethod<G> {
     generated: G,
     path: &'static str,
-    handler: Handler,
+    handler: Option<Handler>,
 }
 
 impl<G> OneMethod<G> {
-    pub fn new(generated: G, path: &'static str, handler: Handler) -> OneMethod<G> {
+    pub fn new(
+        generated: G,
+        path: &'static str,
+        handler: Handler,
+        framing: Framing,
+    ) -> OneMethod<G> {
         OneMethod {
             generated,
             path,
-            handler,
+            handler: (framing == Framing::ZeroCopy).then_some(handler),
         }
     }
 }
@@ -199,11 +205,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != self.path {
-            return Box::pin(self.generated.call(request));
+        match &self.handler {
+            Some(handler) if request.uri().path() == self.path => {
+                let answer = handler(request);
+                Box::pin(async move { Ok(answer.await) })
+            }
+            _ => Box::pin(self.generated.call(request)),
         }
-        let answer = (self.handler)(request);
-        Box::pin(async move { Ok(answer.await) })
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Node {
     pub(crate) timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
     /// Open data sessions.
     pub(crate) sessions: Arc<crate::sessions::DataSessions>,
+    /// Live provided services and their providers.
+    pub(crate) mesh: crate::mesh::Registry,
 }
 
 impl Node {

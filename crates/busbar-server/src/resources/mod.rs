@@ -219,7 +219,8 @@ impl Resources for ResourcesService {
                 | ResourceKind::Room
                 | ResourceKind::Wire
                 | ResourceKind::Database
-                | ResourceKind::Timeseries),
+                | ResourceKind::Timeseries
+                | ResourceKind::Service),
             ) => kind,
             Some(other) => {
                 return Err(Error {
@@ -233,7 +234,7 @@ impl Resources for ResourcesService {
             }
             None => {
                 return Err(Error::invalid_argument(format!(
-                    "bad kind {}: use FOLDER (1), ROOM (2), WIRE (3), DATABASE (4) or TIMESERIES (5)",
+                    "bad kind {}: use FOLDER (1), ROOM (2), WIRE (3), DATABASE (4), TIMESERIES (5) or SERVICE (6)",
                     r.kind
                 ))
                 .into());
@@ -251,6 +252,20 @@ impl Resources for ResourcesService {
             _ => None,
         };
         let parent = paths::parent(&path).unwrap_or("/");
+        if kind == ResourceKind::Service {
+            // A service's path is derived from its protobuf full name.
+            let folder = crate::mesh::files::SERVICES_FOLDER;
+            let name = path.strip_prefix(folder).and_then(|p| p.strip_prefix('/'));
+            match name {
+                Some(name) if parent == folder => crate::mesh::files::check_service_name(name)?,
+                _ => {
+                    return Err(Error::invalid_argument(format!(
+                        "a service lives at {folder}/<protobuf full name>, e.g. {folder}/mesh.trust.Tokenizer; not at {path}"
+                    ))
+                    .into());
+                }
+            }
+        }
         self.node
             .access
             .require(&caller, parent, Right::Write)

@@ -4,6 +4,7 @@
 
 use crate::auth::access::Caller;
 use crate::bus::{BusMessage, Ended, Overflow, SubscribeOptions, Subscription};
+use crate::config::Framing;
 use crate::error::{Error, Result};
 use crate::grpc::zero_copy::OneMethod;
 use crate::grpc::{Reply, reply};
@@ -403,7 +404,7 @@ impl Rooms for ArcRooms {
 /// Serves `busbar.v1.Rooms`: `Join` through a codec that writes each room
 /// event's bus payload (an encoded `RoomEvent`) verbatim, everything else
 /// through the generated server.
-pub fn router(service: RoomsService, max_message_bytes: usize) -> RoomsRouter {
+pub fn router(service: RoomsService, max_message_bytes: usize, framing: Framing) -> RoomsRouter {
     let service = Arc::new(service);
     let generated = RoomsServer::new(ArcRooms(service.clone()))
         .max_decoding_message_size(max_message_bytes)
@@ -426,7 +427,7 @@ pub fn router(service: RoomsService, max_message_bytes: usize) -> RoomsRouter {
             grpc.server_streaming(join, request).await
         }) as futures::future::BoxFuture<'static, _>
     };
-    OneMethod::new(generated, "/busbar.v1.Rooms/Join", Arc::new(join))
+    OneMethod::new(generated, "/busbar.v1.Rooms/Join", Arc::new(join), framing)
 }
 
 /// Decodes `JoinRequest`s; encodes already-encoded `RoomEvent`s by copying them.

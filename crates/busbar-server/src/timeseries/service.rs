@@ -2,6 +2,7 @@
 //! streams or in the columns form, written as Arrow IPC streams.
 
 use crate::auth::access::Caller;
+use crate::config;
 use crate::error::{Error, Result};
 use crate::grpc::ipc::{Piece, read_batches};
 use crate::grpc::zero_copy::OneMethod;
@@ -39,7 +40,11 @@ pub type TimeSeriesRouter = OneMethod<TimeSeriesServer<TimeSeriesService>>;
 /// [`zero_copy`](super::zero_copy), so the columns and IPC pieces storage
 /// made go to the connection without another copy; the other methods go to
 /// the generated server.
-pub fn router(service: TimeSeriesService, max_message_bytes: usize) -> TimeSeriesRouter {
+pub fn router(
+    service: TimeSeriesService,
+    max_message_bytes: usize,
+    framing: config::Framing,
+) -> TimeSeriesRouter {
     let generated = TimeSeriesServer::new(service.clone())
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
@@ -56,7 +61,12 @@ pub fn router(service: TimeSeriesService, max_message_bytes: usize) -> TimeSerie
             }
         }) as futures::future::BoxFuture<'static, _>
     };
-    OneMethod::new(generated, "/busbar.v1.TimeSeries/Read", Arc::new(read))
+    OneMethod::new(
+        generated,
+        "/busbar.v1.TimeSeries/Read",
+        Arc::new(read),
+        framing,
+    )
 }
 
 impl LoneBytes for pb::ReadSeriesResponse {

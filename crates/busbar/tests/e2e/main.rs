@@ -6,6 +6,7 @@ mod authorization;
 mod blocking;
 mod harness;
 mod lifecycle;
+mod mesh;
 mod mtls;
 mod resources;
 mod robustness;

@@ -58,8 +58,20 @@ async fn tree_operations() {
         admin
             .create("/home/admin/service", ResourceKind::Service, false)
             .await,
-        ErrorCode::Unimplemented,
-        "not available",
+        ErrorCode::InvalidArgument,
+        "a service lives at /services/<protobuf full name>",
+    );
+    // Where a service belongs, it is made (and a bad name refused).
+    admin
+        .create("/services/mesh.demo.Echo", ResourceKind::Service, false)
+        .await
+        .unwrap();
+    assert_error(
+        admin
+            .create("/services/not a name", ResourceKind::Service, false)
+            .await,
+        ErrorCode::InvalidArgument,
+        "bad service name",
     );
     assert_error(
         admin

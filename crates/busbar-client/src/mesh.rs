@@ -1,0 +1,450 @@
+//! Providing services through the node (mesh). A provider dials out: one
+//! stream to the node carries every call routed to it, so it needs no
+//! inbound port, and its services live exactly as long as that stream.
+//!
+//! ```no_run
+//! # async fn demo(client: busbar_client::Client, descriptors: Vec<u8>) -> busbar_client::Result<()> {
+//! use busbar_client::{Offer, ProviderCall};
+//! let offer = Offer::new(["mesh.demo.Echo"], descriptors);
+//! let provider = client
+//!     .provide(offer, |mut call: ProviderCall| async move {
+//!         while let Some(request) = call.next_request().await {
+//!             call.send(request).await?; // echo every request back
+//!         }
+//!         Ok(())
+//!     })
+//!     .await?;
+//! provider.close(std::time::Duration::from_secs(5)).await; // drains
+//! # Ok(()) }
+//! ```
+//!
+//! Callers call the provided methods like any other, by full name, through
+//! the node: the dynamic `call`/`stream`, or a tonic client pointed at the
+//! node.
+
+use crate::client::Client;
+use crate::error::{Error, ErrorCode, Result};
+use busbar_proto::v1::{self as pb, from_provider, to_provider};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+/// Messages queued to the node before handlers wait.
+const OUTBOUND: usize = 256;
+
+/// What a provider offers: services by protobuf full name, and the
+/// descriptors that define them (an encoded `FileDescriptorSet` with every
+/// file they import, save the well-known types).
+#[derive(Debug, Clone)]
+pub struct Offer {
+    pub services: Vec<String>,
+    pub file_descriptor_set: Vec<u8>,
+    /// Calls run at once (0: the node's default, 64); more wait here.
+    pub concurrency: u32,
+}
+
+impl Offer {
+    pub fn new<S: Into<String>>(
+        services: impl IntoIterator<Item = S>,
+        file_descriptor_set: Vec<u8>,
+    ) -> Offer {
+        Offer {
+            services: services.into_iter().map(Into::into).collect(),
+            file_descriptor_set,
+            concurrency: 0,
+        }
+    }
+
+    pub fn concurrency(mut self, calls: u32) -> Offer {
+        self.concurrency = calls;
+        self
+    }
+}
+
+/// Who called and how: what the node tells a provider about each call.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    /// "/package.Service/Method".
+    pub method: String,
+    /// The caller's identity, authenticated by the node.
+    pub caller: String,
+    pub trace_id: String,
+    /// The caller's `x-` metadata.
+    pub metadata: HashMap<String, String>,
+    /// When the caller stops waiting, if it set a deadline.
+    pub deadline: Option<Instant>,
+}
+
+impl CallContext {
+    /// Time left until the caller's deadline.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// One call routed to this provider. The handler reads requests with
+/// [`next_request`](Self::next_request), answers with [`send`](Self::send)
+/// and ends the call by returning: `Ok(())` or the error the caller gets.
+pub struct ProviderCall {
+    pub context: CallContext,
+    id: u64,
+    requests: mpsc::Receiver<Bytes>,
+    /// Request messages read since credit was last granted.
+    read: u32,
+    window: u32,
+    responses: Arc<Semaphore>,
+    streaming_response: bool,
+    /// A unary answer waits here to go out with the call's end, as one message.
+    held: Arc<Mutex<Option<Bytes>>>,
+    outbound: mpsc::Sender<pb::FromProvider>,
+}
+
+impl ProviderCall {
+    /// The next request message; `None` once the caller has sent its last.
+    pub async fn next_request(&mut self) -> Option<Bytes> {
+        let message = self.requests.recv().await?;
+        self.read += 1;
+        if self.read >= self.window / 2 {
+            let credit = from_provider::Message::Credit(pb::Credit {
+                call: self.id,
+                messages: self.read,
+            });
+            self.read = 0;
+            let _ = self
+                .outbound
+                .send(pb::FromProvider {
+                    message: Some(credit),
+                })
+                .await;
+        }
+        Some(message)
+    }
+
+    /// Sends a response message (an encoded message of the method's output
+    /// type); waits while the caller is behind.
+    pub async fn send(&mut self, message: Bytes) -> Result<()> {
+        if !self.streaming_response {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_some() {
+                return Err(Error::invalid_argument(format!(
+                    "{} answers with one message; this is a second",
+                    self.context.method
+                )));
+            }
+            *held = Some(message);
+            return Ok(());
+        }
+        self.responses
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorCode::Cancelled, "the call is over"))?
+            .forget();
+        self.respond(Some(message), None).await
+    }
+
+    async fn respond(&self, message: Option<Bytes>, end: Option<pb::CallStatus>) -> Result<()> {
+        let response = pb::ProviderResponse {
+            call: self.id,
+            message,
+            end,
+        };
+        self.outbound
+            .send(pb::FromProvider {
+                message: Some(from_provider::Message::Response(response)),
+            })
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::Unavailable,
+                    "the provider's stream to the node ended",
+                )
+            })
+    }
+}
+
+/// A call running at this provider: its handler's task, where its request
+/// messages go (until the caller half-closes) and its response credit.
+type RunningCall = (JoinHandle<()>, Option<mpsc::Sender<Bytes>>, Arc<Semaphore>);
+
+/// Calls running at this provider.
+#[derive(Default)]
+struct Running {
+    calls: HashMap<u64, RunningCall>,
+}
+
+/// A running provider. Dropping it cuts its stream at once (calls in flight
+/// fail at their callers with UNAVAILABLE); [`close`](Self::close) drains.
+pub struct Provided {
+    /// The provider's id on the node (`busbar service ls`).
+    pub id: String,
+    /// The paths of the service resources.
+    pub paths: Vec<String>,
+    outbound: Option<mpsc::Sender<pb::FromProvider>>,
+    running: Arc<Mutex<Running>>,
+    reader: JoinHandle<()>,
+}
+
+impl Provided {
+    /// Calls running now.
+    pub fn in_flight(&self) -> usize {
+        self.running.lock().map(|r| r.calls.len()).unwrap_or(0)
+    }
+
+    /// Stops taking calls (the node routes new ones elsewhere), lets those
+    /// in flight finish for up to `grace`, then ends the stream.
+    pub async fn close(mut self, grace: Duration) {
+        if let Some(outbound) = &self.outbound {
+            let _ = outbound
+                .send(pb::FromProvider {
+                    message: Some(from_provider::Message::Drain(pb::Drain {})),
+                })
+                .await;
+        }
+        let until = Instant::now() + grace;
+        while self.in_flight() > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Half-closes the stream; the node ends its side in turn.
+        self.outbound = None;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        self.reader.abort();
+        let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
+        for (task, _, _) in running.calls.into_values() {
+            task.abort();
+        }
+    }
+}
+
+impl Client {
+    /// Offers services to the node; every call routed to this provider runs
+    /// `handler` on a task of its own (aborted when the caller cancels or
+    /// its deadline passes). Returns once the node has accepted the offer.
+    pub async fn provide<F, Fut>(&self, offer: Offer, handler: F) -> Result<Provided>
+    where
+        F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        let (outbound, queued) = mpsc::channel(OUTBOUND);
+        let file_descriptor_set = offer.file_descriptor_set;
+        let concurrency = Arc::new(Semaphore::new(match offer.concurrency {
+            0 => 64,
+            n => n as usize,
+        }));
+        outbound
+            .send(pb::FromProvider {
+                message: Some(from_provider::Message::Offer(pb::Offer {
+                    services: offer.services,
+                    file_descriptor_set: file_descriptor_set.clone().into(),
+                    concurrency: offer.concurrency,
+                })),
+            })
+            .await
+            .expect("a new channel has room");
+        let mut inbound = self
+            .mesh_client()
+            .provide(tokio_stream::wrappers::ReceiverStream::new(queued))
+            .await?
+            .into_inner();
+        let offered = match inbound.message().await? {
+            Some(pb::ToProvider {
+                message: Some(to_provider::Message::Offered(offered)),
+            }) => offered,
+            _ => {
+                return Err(Error::new(
+                    ErrorCode::Internal,
+                    "the node did not answer the offer",
+                ));
+            }
+        };
+        let running = Arc::new(Mutex::new(Running::default()));
+        let handler = Arc::new(handler);
+        let streaming = server_streaming(&file_descriptor_set);
+        let reader = tokio::spawn(serve(
+            inbound,
+            outbound.clone(),
+            running.clone(),
+            handler,
+            concurrency,
+            streaming,
+        ));
+        Ok(Provided {
+            id: offered.provider,
+            paths: offered.paths,
+            outbound: Some(outbound),
+            running,
+            reader,
+        })
+    }
+
+    /// Live services at or below `path` ("/services" when empty), with
+    /// their providers.
+    pub async fn services(&self, path: &str) -> Result<Vec<pb::ServiceInfo>> {
+        Ok(self
+            .mesh_client()
+            .list_services(pb::ListServicesRequest { path: path.into() })
+            .await?
+            .into_inner()
+            .services)
+    }
+}
+
+/// Reads the node's messages for this provider until its stream ends.
+async fn serve<F, Fut>(
+    mut inbound: tonic::Streaming<pb::ToProvider>,
+    outbound: mpsc::Sender<pb::FromProvider>,
+    running: Arc<Mutex<Running>>,
+    handler: Arc<F>,
+    concurrency: Arc<Semaphore>,
+    streaming: HashMap<String, bool>,
+) where
+    F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    while let Some(Ok(message)) = inbound.next().await {
+        let Some(message) = message.message else {
+            continue;
+        };
+        match message {
+            to_provider::Message::Start(start) => {
+                let window = start.window.max(1);
+                let (requests_in, requests) = mpsc::channel(window as usize + 1);
+                if let Some(first) = start.message {
+                    let _ = requests_in.try_send(first);
+                }
+                let responses = Arc::new(Semaphore::new(window as usize));
+                let streaming_response = streaming.get(&start.method).copied().unwrap_or(true);
+                let call = ProviderCall {
+                    context: CallContext {
+                        method: start.method,
+                        caller: start.caller,
+                        trace_id: start.trace_id,
+                        metadata: start.metadata,
+                        deadline: (start.timeout_ms > 0)
+                            .then(|| Instant::now() + Duration::from_millis(start.timeout_ms)),
+                    },
+                    id: start.call,
+                    requests,
+                    read: 0,
+                    window,
+                    responses: responses.clone(),
+                    streaming_response,
+                    held: Arc::default(),
+                    outbound: outbound.clone(),
+                };
+                let task = tokio::spawn(run(
+                    call,
+                    handler.clone(),
+                    concurrency.clone(),
+                    running.clone(),
+                ));
+                let requests_in = (!start.half_closed).then_some(requests_in);
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .calls
+                    .insert(start.call, (task, requests_in, responses));
+            }
+            to_provider::Message::Request(request) => {
+                let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, requests, _)) = running.calls.get_mut(&request.call) {
+                    if let (Some(message), Some(queue)) = (request.message, requests.as_ref()) {
+                        let _ = queue.try_send(message);
+                    }
+                    if request.half_closed {
+                        *requests = None;
+                    }
+                }
+            }
+            to_provider::Message::Credit(credit) => {
+                let running = running.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, _, responses)) = running.calls.get(&credit.call) {
+                    responses.add_permits(credit.messages.min(1024) as usize);
+                }
+            }
+            to_provider::Message::Cancel(cancel) => {
+                let taken = running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .calls
+                    .remove(&cancel.call);
+                if let Some((task, _, _)) = taken {
+                    task.abort();
+                }
+            }
+            to_provider::Message::Offered(_) => {}
+        }
+    }
+}
+
+/// Runs one call's handler and sends its end.
+async fn run<F, Fut>(
+    call: ProviderCall,
+    handler: Arc<F>,
+    concurrency: Arc<Semaphore>,
+    running: Arc<Mutex<Running>>,
+) where
+    F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let _permit = concurrency.acquire_owned().await;
+    let id = call.id;
+    let outbound = call.outbound.clone();
+    let held = call.held.clone();
+    let result = handler(call).await;
+    let held = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let end = match result {
+        Ok(()) => pb::CallStatus::default(),
+        Err(error) => pb::CallStatus {
+            code: busbar_proto::grpc_code(error.code()) as i32,
+            message: error.message().to_string(),
+            error_code: error.code().as_str_name().to_string(),
+        },
+    };
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .calls
+        .remove(&id);
+    let _ = outbound
+        .send(pb::FromProvider {
+            message: Some(from_provider::Message::Response(pb::ProviderResponse {
+                call: id,
+                message: held,
+                end: Some(end),
+            })),
+        })
+        .await;
+}
+
+/// Whether each method ("/package.Service/Method") of the descriptor set
+/// streams its responses; a unary answer goes out with the call's end.
+fn server_streaming(file_descriptor_set: &[u8]) -> HashMap<String, bool> {
+    let mut pool = prost_reflect::DescriptorPool::global();
+    if pool
+        .decode_file_descriptor_set(file_descriptor_set)
+        .is_err()
+    {
+        // The node refuses such an offer, with the reason.
+        return HashMap::new();
+    }
+    pool.services()
+        .flat_map(|service| service.methods().collect::<Vec<_>>())
+        .map(|method| {
+            (
+                format!("/{}/{}", method.parent_service().full_name(), method.name()),
+                method.is_server_streaming(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,569 @@
+//! Calls to provided services: every method whose service is not the
+//! node's own comes here, goes to one provider of the service, and its
+//! request and response messages pass through as bytes.
+//!
+//! Flow control is per call and counted in messages: each side starts with
+//! [`WINDOW`] messages of credit in each direction and grants more as it
+//! passes messages on. So a slow caller slows its provider, a slow
+//! provider slows its caller, and what the node holds for one call is
+//! bounded by the window (and each message by the node's message limit).
+
+use super::registry::{CallSlot, MethodShape, Provider, ProviderEvent};
+use crate::auth::access::Caller;
+use crate::error::{Error, ErrorCode};
+use crate::grpc::layer::{TraceId, UnlistedMethod};
+use crate::metrics::MeshLabels;
+use crate::node::{Node, call_timeout};
+use crate::store::Right;
+use busbar_proto::v1::{self as pb, to_provider::Message as ToMessage};
+use bytes::{Buf, Bytes};
+use futures::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Request, Response, Status, Streaming};
+
+/// Messages of credit each way per call, before the receiver grants more.
+pub(crate) const WINDOW: u32 = 16;
+
+/// The most `x-` metadata entries passed to a provider per call.
+const MAX_METADATA: usize = 64;
+
+/// Services the node serves itself; any other goes to the mesh.
+pub(crate) fn is_own_service(path: &str) -> bool {
+    ["/busbar.v1.", "/grpc.", "/arrow.flight.protocol."]
+        .iter()
+        .any(|prefix| path.starts_with(prefix))
+}
+
+/// Passes messages through as their bytes.
+#[derive(Clone, Copy, Default)]
+struct PassThrough;
+struct PassEncoder;
+struct PassDecoder;
+
+impl Codec for PassThrough {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = PassEncoder;
+    type Decoder = PassDecoder;
+    fn encoder(&mut self) -> PassEncoder {
+        PassEncoder
+    }
+    fn decoder(&mut self) -> PassDecoder {
+        PassDecoder
+    }
+}
+
+impl Encoder for PassEncoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassDecoder {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Answers a call to a provided service.
+pub(crate) async fn serve_call(
+    node: Arc<Node>,
+    request: http::Request<Body>,
+) -> http::Response<Body> {
+    let limit = node.config.max_message_bytes;
+    let path = request.uri().path().to_string();
+    let (service, method) = match path.trim_start_matches('/').split_once('/') {
+        Some((service, method)) if !service.is_empty() && !method.is_empty() => {
+            (service.to_string(), method.to_string())
+        }
+        _ => return unlisted(Status::unimplemented("")),
+    };
+    let shape = node.mesh.shape(&service);
+    let Some((shape, method_shape)) =
+        shape.and_then(|s| s.methods.get(&method).copied().map(|m| (s, m)))
+    else {
+        let caller = request.extensions().get::<Caller>().cloned();
+        return not_live(&node, caller, &service).await;
+    };
+    let call = tower::service_fn(move |request: Request<Streaming<Bytes>>| {
+        let node = node.clone();
+        let route = Route {
+            service: service.clone(),
+            path: shape.path.clone(),
+            method: path.clone(),
+            shape: method_shape,
+        };
+        async move { start(node, route, request).await }
+    });
+    let mut grpc = tonic::server::Grpc::new(PassThrough)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    grpc.streaming(call, request).await
+}
+
+/// A response for a method the node does not route, marked so the call
+/// metrics count it under one label.
+fn unlisted(status: Status) -> http::Response<Body> {
+    let mut response = status.into_http();
+    response.extensions_mut().insert(UnlistedMethod);
+    response
+}
+
+/// A call to a service with no live provider: UNAVAILABLE when the service
+/// exists and the caller may call it, otherwise the unknown-method answer.
+async fn not_live(node: &Node, caller: Option<Caller>, service: &str) -> http::Response<Body> {
+    let Some(caller) = caller else {
+        return unlisted(Status::unimplemented(""));
+    };
+    let path = format!("{}/{service}", super::files::SERVICES_FOLDER);
+    let exists = matches!(node.access.resource(&path).await, Ok(Some(_)));
+    let may_call =
+        matches!(node.access.right(&caller, &path).await, Ok(Some(right)) if right >= Right::Read);
+    if exists && may_call {
+        return unlisted(Status::from(Error::unavailable(format!(
+            "no provider offers {service} at the moment; start one, or retry (busbar service ls shows the providers)"
+        ))));
+    }
+    unlisted(Status::unimplemented(""))
+}
+
+struct Route {
+    service: String,
+    path: String,
+    method: String,
+    shape: MethodShape,
+}
+
+/// What a provider is told about a call, kept to start it again elsewhere.
+struct Opening {
+    caller: Arc<str>,
+    trace_id: String,
+    metadata: std::collections::HashMap<String, String>,
+    deadline: Option<Instant>,
+}
+
+impl Opening {
+    fn start(
+        &self,
+        call: u64,
+        method: &str,
+        message: Option<Bytes>,
+        half_closed: bool,
+    ) -> pb::ToProvider {
+        let timeout_ms = self.deadline.map_or(0, |deadline| {
+            (deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as u64)
+                .max(1)
+        });
+        pb::ToProvider {
+            message: Some(ToMessage::Start(pb::CallStart {
+                call,
+                method: method.to_string(),
+                timeout_ms,
+                caller: self.caller.to_string(),
+                trace_id: self.trace_id.clone(),
+                metadata: self.metadata.clone(),
+                message,
+                half_closed,
+                window: WINDOW,
+            })),
+        }
+    }
+}
+
+/// The caller's `x-` metadata that travels to the provider.
+fn forwarded_metadata(
+    metadata: &tonic::metadata::MetadataMap,
+) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    for entry in metadata.iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry {
+            let name = key.as_str();
+            // The session is the caller's secret; the trace id travels on its own.
+            if !name.starts_with("x-")
+                || name == busbar_proto::SESSION_METADATA_KEY
+                || name == busbar_proto::TRACE_ID_METADATA_KEY
+                || out.len() >= MAX_METADATA
+            {
+                continue;
+            }
+            if let Ok(value) = value.to_str() {
+                out.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+    out
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+async fn start(
+    node: Arc<Node>,
+    route: Route,
+    request: Request<Streaming<Bytes>>,
+) -> Result<Response<ResponseStream>, Status> {
+    let caller = crate::node::caller(&request)?;
+    node.access
+        .require(&caller, &route.path, Right::Read)
+        .await?;
+    let opening = Opening {
+        caller: caller.name.clone(),
+        trace_id: request
+            .extensions()
+            .get::<TraceId>()
+            .map(|t| t.0.clone())
+            .unwrap_or_default(),
+        metadata: forwarded_metadata(request.metadata()),
+        deadline: call_timeout(request.metadata()).map(|t| Instant::now() + t),
+    };
+    let mut inbound = request.into_inner();
+    // A single request message comes with the call; it is kept for a
+    // retry when the method is idempotent.
+    let first = if route.shape.client_streaming {
+        None
+    } else {
+        match inbound.message().await? {
+            Some(message) => Some(message),
+            None => {
+                return Err(Error::invalid_argument(format!(
+                    "{} takes one request message and the call sent none",
+                    route.method
+                ))
+                .into());
+            }
+        }
+    };
+    let mut flight = Flight {
+        node,
+        retry: first.clone().filter(|_| route.shape.idempotent),
+        route,
+        opening,
+        at: None,
+        answered: false,
+        consumed: 0,
+        pending_end: None,
+        finished: false,
+        tried: Vec::new(),
+        pump: None,
+    };
+    flight.begin(first).await?;
+    if flight.route.shape.client_streaming {
+        flight.pump = Some(tokio::spawn(pump(
+            inbound,
+            flight.at.as_ref().expect("begun").clone(),
+        )));
+    }
+    let stream = futures::stream::unfold(flight, |mut flight| async move {
+        let item = flight.next().await?;
+        Some((item, flight))
+    });
+    Ok(Response::new(Box::pin(stream)))
+}
+
+/// Where a call runs: its provider, its id there and its channels.
+#[derive(Clone)]
+struct At {
+    provider: Arc<Provider>,
+    call: u64,
+    requests: Arc<Semaphore>,
+    responses: Arc<tokio::sync::Mutex<mpsc::Receiver<ProviderEvent>>>,
+}
+
+/// A call in flight through the node.
+struct Flight {
+    node: Arc<Node>,
+    route: Route,
+    opening: Opening,
+    /// The request, when the call may be retried on another provider.
+    retry: Option<Bytes>,
+    at: Option<At>,
+    /// A response message has gone to the caller: never retried after.
+    answered: bool,
+    /// Response messages passed on since credit was last granted.
+    consumed: u32,
+    pending_end: Option<Result<(), Status>>,
+    finished: bool,
+    tried: Vec<String>,
+    pump: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Flight {
+    /// Starts the call at the least loaded provider not yet tried.
+    async fn begin(&mut self, first: Option<Bytes>) -> Result<(), Status> {
+        loop {
+            let Some(provider) = self.node.mesh.pick(&self.route.service, &self.tried) else {
+                return Err(Error::unavailable(if self.tried.is_empty() {
+                    format!(
+                        "no provider offers {} at the moment; start one, or retry (busbar service ls shows the providers)",
+                        self.route.service
+                    )
+                } else {
+                    format!(
+                        "every provider of {} was lost or is draining; retry later",
+                        self.route.service
+                    )
+                })
+                .into());
+            };
+            self.tried.push(provider.id.clone());
+            let call = self.node.mesh.call_id();
+            let (sink, responses) = mpsc::channel(WINDOW as usize + 1);
+            let requests = Arc::new(Semaphore::new(WINDOW as usize));
+            let slot = CallSlot {
+                responses: sink,
+                request_credit: requests.clone(),
+            };
+            if !provider.add_call(call, slot) {
+                continue;
+            }
+            let half_closed = !self.route.shape.client_streaming;
+            let start = self
+                .opening
+                .start(call, &self.route.method, first.clone(), half_closed);
+            self.at = Some(At {
+                provider: provider.clone(),
+                call,
+                requests,
+                responses: Arc::new(tokio::sync::Mutex::new(responses)),
+            });
+            if provider.outbound.send(Ok(start)).await.is_err() {
+                // Gone between the pick and the send.
+                self.leave(None);
+                continue;
+            }
+            return Ok(());
+        }
+    }
+
+    /// Takes the call out of its provider's table; tells the provider to
+    /// stop when it was still running there.
+    fn leave(&mut self, cancel: Option<&str>) {
+        let Some(at) = self.at.take() else {
+            return;
+        };
+        at.provider.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if at.provider.end_call(at.call)
+            && let Some(reason) = cancel
+        {
+            let message = pb::ToProvider {
+                message: Some(ToMessage::Cancel(pb::CallCancel {
+                    call: at.call,
+                    reason: reason.to_string(),
+                })),
+            };
+            if let Err(mpsc::error::TrySendError::Full(message)) =
+                at.provider.outbound.try_send(Ok(message))
+            {
+                let outbound = at.provider.outbound.clone();
+                tokio::spawn(async move {
+                    let _ = outbound.send(message).await;
+                });
+            }
+        }
+        if let Some(pump) = self.pump.take() {
+            pump.abort();
+        }
+    }
+
+    fn count(&self, at: &At, code: &str) {
+        self.node
+            .metrics
+            .mesh_calls
+            .get_or_create(&MeshLabels {
+                service: self.route.service.clone(),
+                provider: at.provider.identity.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
+    }
+
+    /// Ends the call with `result`, counting it.
+    fn finish(
+        &mut self,
+        result: Result<(), Status>,
+        cancel: Option<&str>,
+    ) -> Option<Result<Bytes, Status>> {
+        self.finished = true;
+        if let Some(at) = self.at.clone() {
+            let code = match &result {
+                Ok(()) => "OK",
+                Err(status) => crate::metrics::GRPC_CODE_NAMES
+                    .get(status.code() as usize)
+                    .copied()
+                    .unwrap_or("UNKNOWN"),
+            };
+            self.count(&at, code);
+            at.provider.served.fetch_add(1, Ordering::Relaxed);
+        }
+        self.leave(cancel);
+        result.err().map(Err)
+    }
+
+    /// The next response message for the caller, or the call's end.
+    async fn next(&mut self) -> Option<Result<Bytes, Status>> {
+        loop {
+            if let Some(end) = self.pending_end.take() {
+                return self.finish(end, None);
+            }
+            if self.finished {
+                return None;
+            }
+            let at = self.at.clone()?;
+            let received = {
+                let mut responses = at.responses.lock().await;
+                match self.opening.deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, responses.recv()).await,
+                    None => Ok(responses.recv().await),
+                }
+            };
+            let event = match received {
+                Ok(event) => event,
+                Err(_) => {
+                    let status = Status::from(Error {
+                        code: ErrorCode::Timeout,
+                        message: format!(
+                            "the call's deadline passed while {} (provider {}) was answering it",
+                            self.route.service, at.provider.id
+                        ),
+                    });
+                    return self.finish(Err(status), Some("the caller's deadline passed"));
+                }
+            };
+            match event {
+                Some(ProviderEvent::Response(response)) => {
+                    if let Some(end) = response.end {
+                        self.pending_end = Some(end_status(end));
+                    }
+                    if let Some(message) = response.message {
+                        self.answered = true;
+                        self.grant(&at).await;
+                        return Some(Ok(message));
+                    }
+                }
+                Some(ProviderEvent::Broken(why)) => {
+                    let status = Status::from(Error::internal(format!(
+                        "provider {} of {} broke the mesh protocol: {why}",
+                        at.provider.id, self.route.service
+                    )));
+                    return self.finish(Err(status), Some("protocol violation"));
+                }
+                None => {
+                    // The provider is gone (its stream ended or was cut).
+                    if !self.answered
+                        && let Some(request) = self.retry.clone()
+                    {
+                        tracing::info!(service = %self.route.service, lost = %at.provider.id, "retrying an idempotent call on another provider");
+                        self.count(&at, "UNAVAILABLE");
+                        self.leave(None);
+                        if let Err(status) = self.begin(Some(request)).await {
+                            self.finished = true;
+                            return Some(Err(status));
+                        }
+                        continue;
+                    }
+                    let status = Status::from(Error::unavailable(format!(
+                        "provider {} ({}) of {} was lost before the call ended; {}",
+                        at.provider.id,
+                        at.provider.identity,
+                        self.route.service,
+                        if self.answered {
+                            "part of the answer had already arrived, so it was not retried"
+                        } else {
+                            "the method is not declared idempotent, so it was not retried"
+                        }
+                    )));
+                    return self.finish(Err(status), None);
+                }
+            }
+        }
+    }
+
+    /// Grants the provider more response credit once half the window has
+    /// gone to the caller.
+    async fn grant(&mut self, at: &At) {
+        self.consumed += 1;
+        if self.consumed < WINDOW / 2 {
+            return;
+        }
+        let credit = pb::ToProvider {
+            message: Some(ToMessage::Credit(pb::Credit {
+                call: at.call,
+                messages: self.consumed,
+            })),
+        };
+        self.consumed = 0;
+        let _ = at.provider.outbound.send(Ok(credit)).await;
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The caller went away (cancelled, disconnected) mid-call.
+            if let Some(at) = self.at.clone() {
+                self.count(&at, "CANCELLED");
+            }
+            self.leave(Some("the caller cancelled or went away"));
+        }
+    }
+}
+
+/// The caller's status from the provider's.
+fn end_status(end: pb::CallStatus) -> Result<(), Status> {
+    if end.code == 0 {
+        return Ok(());
+    }
+    let code = if (1..=16).contains(&end.code) {
+        tonic::Code::from(end.code)
+    } else {
+        tonic::Code::Unknown
+    };
+    let mut status = Status::new(code, end.message);
+    if let Some(known) = ErrorCode::from_str_name(&end.error_code)
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(known.as_str_name())
+    {
+        status
+            .metadata_mut()
+            .insert(busbar_proto::ERROR_CODE_METADATA_KEY, value);
+    }
+    Err(status)
+}
+
+/// Passes a client-streaming caller's messages to the provider as the
+/// provider grants credit; the caller's half-close ends it.
+async fn pump(mut inbound: Streaming<Bytes>, at: At) {
+    loop {
+        match at.requests.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return,
+        }
+        let (message, half_closed) = match inbound.message().await {
+            Ok(Some(message)) => (Some(message), false),
+            Ok(None) => (None, true),
+            // The caller's stream broke: the response side sees it too.
+            Err(_) => return,
+        };
+        let request = pb::ToProvider {
+            message: Some(ToMessage::Request(pb::CallRequest {
+                call: at.call,
+                message,
+                half_closed,
+            })),
+        };
+        if at.provider.outbound.send(Ok(request)).await.is_err() || half_closed {
+            return;
+        }
+    }
+}

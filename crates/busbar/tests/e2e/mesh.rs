@@ -1,0 +1,519 @@
+//! Mesh: providers dial out and offer services; callers call them through
+//! the node by full method name. Every call kind, context passed to the
+//! handler, balancing, a lost provider, idempotent retry, cancellation,
+//! rights and bad offers.
+
+use crate::harness::Node;
+use busbar_client::{Client, ErrorCode, MethodKind, Offer, Provided, ProviderCall, Right};
+use bytes::Bytes;
+use prost::Message;
+use prost_types::{
+    DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+    MethodDescriptorProto, MethodOptions, ServiceDescriptorProto, field_descriptor_proto,
+    method_options::IdempotencyLevel,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const ECHO: &str = "mesh.test.Echo";
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Text {
+    #[prost(string, tag = "1")]
+    text: String,
+}
+
+/// `mesh.test.Echo` with one method of each kind; `Say` is idempotent.
+/// `say_output` names Say's output type (another one redefines it).
+fn descriptors(say_output: &str) -> Vec<u8> {
+    let method = |name: &str, client: bool, server: bool, output: &str| MethodDescriptorProto {
+        name: Some(name.into()),
+        input_type: Some(".mesh.test.Text".into()),
+        output_type: Some(output.into()),
+        client_streaming: Some(client),
+        server_streaming: Some(server),
+        options: (name == "Say").then(|| MethodOptions {
+            idempotency_level: Some(IdempotencyLevel::Idempotent as i32),
+            ..Default::default()
+        }),
+    };
+    let text = |name: &str| DescriptorProto {
+        name: Some(name.into()),
+        field: vec![FieldDescriptorProto {
+            name: Some("text".into()),
+            number: Some(1),
+            label: Some(field_descriptor_proto::Label::Optional as i32),
+            r#type: Some(field_descriptor_proto::Type::String as i32),
+            json_name: Some("text".into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let file = FileDescriptorProto {
+        name: Some("mesh/test/echo.proto".into()),
+        package: Some("mesh.test".into()),
+        message_type: vec![text("Text"), text("Other")],
+        service: vec![ServiceDescriptorProto {
+            name: Some("Echo".into()),
+            method: vec![
+                method("Say", false, false, say_output),
+                method("Count", false, true, ".mesh.test.Text"),
+                method("Collect", true, false, ".mesh.test.Text"),
+                method("Chat", true, true, ".mesh.test.Text"),
+                method("Slow", false, false, ".mesh.test.Text"),
+            ],
+            options: None,
+        }],
+        syntax: Some("proto3".into()),
+        ..Default::default()
+    };
+    FileDescriptorSet { file: vec![file] }.encode_to_vec()
+}
+
+fn text(message: &Bytes) -> String {
+    Text::decode(message.clone()).expect("a Text").text
+}
+
+fn encode(text: String) -> Bytes {
+    Text { text }.encode_to_vec().into()
+}
+
+/// Counts handlers that were dropped before they finished (cancelled).
+#[derive(Default)]
+struct Counters {
+    cancelled: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+struct CancelGuard(Arc<Counters>, bool);
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A provider of Echo named `name`: Say answers "<name>: <text> from
+/// <caller> trace <id> deadline <yes/no>"; Count streams three copies;
+/// Collect joins what it is sent; Chat echoes each message; Slow sleeps.
+async fn provide(client: &Client, name: &'static str, counters: Arc<Counters>) -> Provided {
+    client
+        .provide(
+            Offer::new([ECHO], descriptors(".mesh.test.Text")),
+            move |mut call: ProviderCall| {
+                let counters = counters.clone();
+                async move {
+                    counters.calls.fetch_add(1, Ordering::SeqCst);
+                    let mut guard = CancelGuard(counters, false);
+                    let method = call.context.method.rsplit('/').next().unwrap().to_string();
+                    match method.as_str() {
+                        "Say" => {
+                            let request = call.next_request().await.unwrap();
+                            if text(&request) == "fail" {
+                                return Err(busbar_client::Error::new(
+                                    ErrorCode::NotFound,
+                                    format!("{name} found nothing to say"),
+                                ));
+                            }
+                            let context = &call.context;
+                            let reply =
+                                format!(
+                                    "{name}: {} from {} trace {} deadline {}",
+                                    text(&request),
+                                    context.caller,
+                                    context.trace_id,
+                                    context.time_left().is_some_and(|left| left > Duration::ZERO
+                                        && left <= Duration::from_secs(30)),
+                                );
+                            call.send(encode(reply)).await?;
+                        }
+                        "Count" => {
+                            let request = text(&call.next_request().await.unwrap());
+                            for i in 0..3 {
+                                call.send(encode(format!("{request} {i}"))).await?;
+                            }
+                        }
+                        "Collect" => {
+                            let mut all = Vec::new();
+                            while let Some(message) = call.next_request().await {
+                                all.push(text(&message));
+                            }
+                            call.send(encode(all.join(","))).await?;
+                        }
+                        "Chat" => {
+                            while let Some(message) = call.next_request().await {
+                                call.send(encode(format!("re: {}", text(&message)))).await?;
+                            }
+                        }
+                        "Slow" => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        _ => {
+                            return Err(busbar_client::Error::new(
+                                ErrorCode::NotFound,
+                                format!("{name} has nothing called {method}"),
+                            ));
+                        }
+                    }
+                    guard.1 = true;
+                    Ok(())
+                }
+            },
+        )
+        .await
+        .expect("the offer is accepted")
+}
+
+#[tokio::test]
+async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let counters = Arc::new(Counters::default());
+    let provider_client = node.admin().await;
+    let provided = provide(&provider_client, "one", counters.clone()).await;
+    assert_eq!(provided.paths, vec![format!("/services/{ECHO}")]);
+
+    // Unary, by name with JSON, found through reflection; the handler sees
+    // the caller, the trace id and the time left.
+    let caller = admin
+        .with_trace_id("trace-mesh-1")
+        .unwrap()
+        .with_timeout(Duration::from_secs(20));
+    let reply = caller
+        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["text"],
+        "one: hi from admin trace trace-mesh-1 deadline true"
+    );
+
+    // Server streaming.
+    let mut call = admin
+        .stream(
+            &format!("{ECHO}/Count"),
+            Some(serde_json::json!({"text": "n"})),
+        )
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(message) = call.next_message().await {
+        got.push(message.unwrap()["text"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["n 0", "n 1", "n 2"]);
+
+    // Client streaming: more messages than the window, so credit flows.
+    let mut call = admin
+        .stream(&format!("{ECHO}/Collect"), None)
+        .await
+        .unwrap();
+    assert_eq!(call.kind(), MethodKind::ClientStreaming);
+    for i in 0..40 {
+        call.send(serde_json::json!({"text": i.to_string()}))
+            .await
+            .unwrap();
+    }
+    call.close_send();
+    let joined = call.next_message().await.unwrap().unwrap();
+    let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    assert_eq!(joined["text"], expected.join(","));
+
+    // Bidirectional: each message answered in turn.
+    let mut call = admin.stream(&format!("{ECHO}/Chat"), None).await.unwrap();
+    for word in ["a", "b", "c"] {
+        call.send(serde_json::json!({"text": word})).await.unwrap();
+        let answer = call.next_message().await.unwrap().unwrap();
+        assert_eq!(answer["text"], format!("re: {word}"));
+    }
+    call.close_send();
+    assert!(call.next_message().await.is_none());
+
+    // A provider's error reaches the caller with its code and message.
+    let error = admin
+        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "fail"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
+    assert_eq!(error.message(), "one found nothing to say");
+    // A method the descriptor lacks is refused by the node.
+    let error = admin
+        .call(&format!("{ECHO}/Nope"), serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unimplemented, "{error}");
+
+    // The listing shows the provider and what it served.
+    let services = admin.services("").await.unwrap();
+    let echo = services.iter().find(|s| s.name == ECHO).expect("listed");
+    assert_eq!(echo.providers.len(), 1);
+    assert_eq!(echo.providers[0].identity, "admin");
+    assert!(echo.providers[0].calls_served >= 4, "{echo:?}");
+    assert_eq!(echo.methods, ["Chat", "Collect", "Count", "Say", "Slow"]);
+
+    // A caller whose deadline passes cancels the handler.
+    let before = counters.cancelled.load(Ordering::SeqCst);
+    let error = admin
+        .with_timeout(Duration::from_millis(300))
+        .call(&format!("{ECHO}/Slow"), serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Timeout, "{error}");
+    wait_for(|| counters.cancelled.load(Ordering::SeqCst) > before).await;
+
+    // Metrics count calls per service and provider identity.
+    let metrics = node.metrics_text();
+    assert!(
+        metrics.contains(&format!(
+            "busbar_mesh_calls_total{{service=\"{ECHO}\",provider=\"admin\",code=\"OK\"}}"
+        )),
+        "{metrics}"
+    );
+
+    // Closing drains: the service goes with its last provider.
+    provided.close(Duration::from_secs(2)).await;
+    wait_for_async(|| async { admin.services("").await.unwrap().is_empty() }).await;
+    let error = admin
+        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unavailable, "{error}");
+    assert!(error.message().contains("no provider offers"), "{error}");
+}
+
+#[tokio::test]
+async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    let (a, b) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
+    let client_a = node.admin().await;
+    let client_b = node.admin().await;
+    let provider_a = provide(&client_a, "a", a.clone()).await;
+    let provider_b = provide(&client_b, "b", b.clone()).await;
+    for i in 0..40 {
+        admin
+            .call(
+                &format!("{ECHO}/Say"),
+                serde_json::json!({"text": i.to_string()}),
+            )
+            .await
+            .unwrap();
+    }
+    let (served_a, served_b) = (
+        a.calls.load(Ordering::SeqCst),
+        b.calls.load(Ordering::SeqCst),
+    );
+    assert_eq!(served_a + served_b, 40);
+    assert!(
+        served_a >= 10 && served_b >= 10,
+        "a {served_a}, b {served_b}"
+    );
+
+    // A call in flight at a provider that disappears fails UNAVAILABLE
+    // (Slow is not idempotent), naming the loss.
+    let slow = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            admin
+                .call(&format!("{ECHO}/Slow"), serde_json::json!({}))
+                .await
+        })
+    };
+    wait_for(|| a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst) > 40).await;
+    let lost_a = a.calls.load(Ordering::SeqCst) > served_a;
+    let (gone, stays, stays_counters) = if lost_a {
+        (provider_a, provider_b, b.clone())
+    } else {
+        (provider_b, provider_a, a.clone())
+    };
+    drop(gone);
+    let error = slow.await.unwrap().unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Unavailable, "{error}");
+    assert!(error.message().contains("was lost"), "{error}");
+
+    // Every Say now lands on the provider that stays.
+    let before = stays_counters.calls.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        admin
+            .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(stays_counters.calls.load(Ordering::SeqCst), before + 5);
+    drop(stays);
+}
+
+#[tokio::test]
+async fn an_idempotent_call_moves_to_another_provider_when_its_own_is_lost() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    // A provider that takes Say and never answers, and one that answers.
+    let stuck_client = node.admin().await;
+    let stuck = stuck_client
+        .provide(
+            Offer::new([ECHO], descriptors(".mesh.test.Text")),
+            |_call: ProviderCall| async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+    let call = {
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            admin
+                .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "again"}))
+                .await
+        })
+    };
+    // The call is at the stuck provider (the only one) before the good one comes.
+    wait_for_async(|| async {
+        admin.services("").await.unwrap()[0].providers[0].calls_in_flight == 1
+    })
+    .await;
+    let good_client = node.admin().await;
+    let good = provide(&good_client, "good", Arc::new(Counters::default())).await;
+    drop(stuck);
+    let reply = call.await.unwrap().unwrap();
+    assert!(
+        reply["text"].as_str().unwrap().starts_with("good: again"),
+        "{reply}"
+    );
+    drop(good);
+}
+
+#[tokio::test]
+async fn rights_and_bad_offers_are_refused_and_change_nothing() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("eve", "eve-password", false)
+        .await
+        .unwrap();
+    let eve = node.user("eve", "eve-password").await.unwrap();
+
+    // Eve may not create a service (no write on /services)...
+    let error = eve
+        .provide(
+            Offer::new([ECHO], descriptors(".mesh.test.Text")),
+            |_| async { Ok(()) },
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
+    assert!(error.message().contains("busbar service create"), "{error}");
+    assert!(admin.get(&format!("/services/{ECHO}")).await.is_err());
+
+    // ...nor provide one that exists without write on it.
+    let counters = Arc::new(Counters::default());
+    let provider = provide(&admin, "admin", counters).await;
+    let error = eve
+        .provide(
+            Offer::new([ECHO], descriptors(".mesh.test.Text")),
+            |_| async { Ok(()) },
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+
+    // Calling needs read on the service; the listing hides it until then.
+    let error = eve
+        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    assert!(eve.services("").await.unwrap().is_empty());
+    admin
+        .grant(&format!("/services/{ECHO}"), "eve", Right::Read)
+        .await
+        .unwrap();
+    let reply = eve
+        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+        .await
+        .unwrap();
+    assert!(
+        reply["text"].as_str().unwrap().contains("from eve"),
+        "{reply}"
+    );
+
+    // Another definition of a live service is refused, naming both.
+    let error = admin
+        .provide(
+            Offer::new([ECHO], descriptors(".mesh.test.Other")),
+            |_| async { Ok(()) },
+        )
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(error.code(), ErrorCode::FailedPrecondition, "{error}");
+    assert!(
+        error.message().contains("is live with other methods"),
+        "{error}"
+    );
+
+    // Bad offers: undecodable descriptors, a missing service, a reserved
+    // package, a bad name.
+    for (services, set, expected) in [
+        (vec![ECHO], vec![0xff, 0xff], "not an encoded"),
+        (
+            vec!["mesh.test.Missing"],
+            descriptors(".mesh.test.Text"),
+            "defines no service",
+        ),
+        (
+            vec!["busbar.v1.Node"],
+            descriptors(".mesh.test.Text"),
+            "keeps for its own",
+        ),
+        (
+            vec!["bad name"],
+            descriptors(".mesh.test.Text"),
+            "bad service name",
+        ),
+        (
+            vec![],
+            descriptors(".mesh.test.Text"),
+            "at least one service",
+        ),
+    ] {
+        let error = admin
+            .provide(Offer::new(services, set), |_| async { Ok(()) })
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+        assert!(error.message().contains(expected), "{expected}: {error}");
+    }
+    let services = admin.services("").await.unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].providers.len(), 1);
+    drop(provider);
+}
+
+async fn wait_for(mut condition: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met in 5 s");
+}
+
+async fn wait_for_async<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met in 5 s");
+}
