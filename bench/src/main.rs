@@ -3,11 +3,12 @@
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]
 //! ```
 
 mod ctx;
 mod fanout;
+mod mesh;
 mod peers;
 mod procs;
 mod python;
@@ -25,8 +26,9 @@ use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "unary",
+    "mesh",
     "fanout",
     "wire",
     "timeseries",
@@ -43,7 +45,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -84,6 +86,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = if args.first().map(String::as_str) == Some("peer-server") {
         peers::serve_main(&args[1..])
+    } else if args.first().map(String::as_str) == Some("mesh-peer") {
+        mesh::peer_main(&args[1..])
     } else {
         parse_options(&args).and_then(|options| {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -179,6 +183,7 @@ async fn run(options: Options) -> Result<()> {
         let scenario_started = Instant::now();
         let result = match scenario {
             "unary" => unary::run(&ctx).await,
+            "mesh" => mesh::run(&ctx).await,
             "fanout" => fanout::run(&ctx).await,
             "wire" => wire::run(&ctx).await,
             "timeseries" => timeseries::run(&ctx).await,

@@ -218,33 +218,18 @@ pub struct Peers {
 
 impl Peers {
     pub fn start(tls: &crate::tls::Files, nats_url: Option<&str>) -> Result<Peers> {
-        let mut command = Command::new(std::env::current_exe()?);
-        command
-            .arg("peer-server")
-            .arg("--cert")
-            .arg(&tls.cert)
-            .arg("--key")
-            .arg(&tls.key)
-            .arg("--ca")
-            .arg(&tls.ca);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--cert".into(),
+            tls.cert.clone().into(),
+            "--key".into(),
+            tls.key.clone().into(),
+            "--ca".into(),
+            tls.ca.clone().into(),
+        ];
         if let Some(url) = nats_url {
-            command.args(["--nats", url]);
+            args.extend(["--nats".into(), url.into()]);
         }
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = spawn(command)?;
-        let stdin = child.stdin.take();
-        let lines = read_lines_until("peer-server", &mut child, Duration::from_secs(30), |l| {
-            l == "ready"
-        });
-        let guard = Guard {
-            name: "peer-server",
-            child: Some(child),
-            _stdin: stdin,
-        };
-        let lines = lines?;
+        let (guard, lines) = start_own("peer-server", &args)?;
         let tonic_address = lines
             .iter()
             .find_map(|l| l.strip_prefix("tonic "))
@@ -257,6 +242,29 @@ impl Peers {
             nats_responder,
         })
     }
+}
+
+/// Starts this binary as the child `mode` (`peer-server`, `mesh-peer`) with
+/// `args`; returns its guard and the lines it printed up to `ready`. The
+/// child serves until its stdin closes, which the guard holds open. Call it
+/// from the main thread (see [`spawn`]).
+pub fn start_own(mode: &'static str, args: &[std::ffi::OsString]) -> Result<(Guard, Vec<String>)> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg(mode)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = spawn(command)?;
+    let stdin = child.stdin.take();
+    let lines = read_lines_until(mode, &mut child, Duration::from_secs(30), |l| l == "ready");
+    let guard = Guard {
+        name: mode,
+        child: Some(child),
+        _stdin: stdin,
+    };
+    Ok((guard, lines?))
 }
 
 /// Resident memory of a process in KiB (VmRSS from /proc/<pid>/status).

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
-struct Measured {
-    samples: Samples,
+pub(crate) struct Measured {
+    pub(crate) samples: Samples,
     ok: u64,
     errors: u64,
     first_error: Option<String>,
@@ -35,7 +35,7 @@ struct Measured {
 
 impl Measured {
     /// Adds another measured turn of the same system.
-    fn add(&mut self, other: Measured) {
+    pub(crate) fn add(&mut self, other: Measured) {
         self.samples.merge(other.samples);
         self.ok += other.ok;
         self.errors += other.errors;
@@ -45,17 +45,23 @@ impl Measured {
         }
     }
 
-    fn throughput(&self) -> f64 {
+    pub(crate) fn throughput(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 }
 
 /// One call of a system under test.
-type Call = Arc<dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
+pub(crate) type Call =
+    Arc<dyn Fn() -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
 
 /// Runs `call` from `inflight` tasks until `duration` passes or `max_calls`
 /// were issued.
-async fn measure(inflight: usize, duration: Duration, max_calls: u64, call: &Call) -> Measured {
+pub(crate) async fn measure(
+    inflight: usize,
+    duration: Duration,
+    max_calls: u64,
+    call: &Call,
+) -> Measured {
     let issued = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
@@ -97,7 +103,7 @@ async fn measure(inflight: usize, duration: Duration, max_calls: u64, call: &Cal
     measured
 }
 
-fn error_note(system: &str, measured: &Measured) -> String {
+pub(crate) fn error_note(system: &str, measured: &Measured) -> String {
     match &measured.first_error {
         Some(error) => format!("{system}: {} failed calls, first: {error}", measured.errors),
         None => String::new(),

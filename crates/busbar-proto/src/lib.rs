@@ -49,3 +49,51 @@ pub fn grpc_code(code: v1::ErrorCode) -> tonic::Code {
         ErrorCode::Cancelled => Code::Cancelled,
     }
 }
+
+/// A gRPC codec that passes messages through as their encoded bytes: what
+/// the node forwards between a mesh caller and its provider, and what a
+/// client that already holds encoded messages sends.
+pub mod bytes_codec {
+    use bytes::{Buf, BufMut, Bytes};
+    use tonic::Status;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct BytesCodec;
+
+    #[derive(Debug)]
+    pub struct BytesEncoder;
+
+    #[derive(Debug)]
+    pub struct BytesDecoder;
+
+    impl Codec for BytesCodec {
+        type Encode = Bytes;
+        type Decode = Bytes;
+        type Encoder = BytesEncoder;
+        type Decoder = BytesDecoder;
+        fn encoder(&mut self) -> BytesEncoder {
+            BytesEncoder
+        }
+        fn decoder(&mut self) -> BytesDecoder {
+            BytesDecoder
+        }
+    }
+
+    impl Encoder for BytesEncoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put(item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for BytesDecoder {
+        type Item = Bytes;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            Ok(Some(src.copy_to_bytes(src.remaining())))
+        }
+    }
+}

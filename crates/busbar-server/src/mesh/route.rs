@@ -16,7 +16,7 @@ use crate::metrics::MeshLabels;
 use crate::node::{Node, call_timeout};
 use crate::store::Right;
 use busbar_proto::v1::{self as pb, to_provider::Message as ToMessage};
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +24,6 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Messages of credit each way per call, before the receiver grants more.
@@ -38,42 +37,6 @@ pub(crate) fn is_own_service(path: &str) -> bool {
     ["/busbar.v1.", "/grpc.", "/arrow.flight.protocol."]
         .iter()
         .any(|prefix| path.starts_with(prefix))
-}
-
-/// Passes messages through as their bytes.
-#[derive(Clone, Copy, Default)]
-struct PassThrough;
-struct PassEncoder;
-struct PassDecoder;
-
-impl Codec for PassThrough {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = PassEncoder;
-    type Decoder = PassDecoder;
-    fn encoder(&mut self) -> PassEncoder {
-        PassEncoder
-    }
-    fn decoder(&mut self) -> PassDecoder {
-        PassDecoder
-    }
-}
-
-impl Encoder for PassEncoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        bytes::BufMut::put(dst, item);
-        Ok(())
-    }
-}
-
-impl Decoder for PassDecoder {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
 }
 
 /// Answers a call to a provided service.
@@ -106,7 +69,7 @@ pub(crate) async fn serve_call(
         };
         async move { start(node, route, request).await }
     });
-    let mut grpc = tonic::server::Grpc::new(PassThrough)
+    let mut grpc = tonic::server::Grpc::new(busbar_proto::bytes_codec::BytesCodec)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     grpc.streaming(call, request).await

@@ -1,0 +1,409 @@
+//! Scenario: a mesh call, from a caller through the node to a provider and
+//! back, against NATS request/reply to a responder and against a direct
+//! gRPC call to the same handler without the node (the floor).
+//!
+//! One child process, `mesh-peer`, holds all three answering sides, each
+//! echoing a 64-byte payload: the Busbar provider (dialled out to the node,
+//! offering `bench.mesh.Echo`), a TLS tonic server serving the same method,
+//! and a NATS responder. The load generator (this process) calls each the
+//! way an application would: a stock tonic channel to the node with a
+//! bearer token (bytes in, bytes out, so no JSON in the way), a tonic
+//! channel to the direct server, one NATS client. p50/p99 latency and
+//! throughput at 1 and 64 calls in flight; the systems take turns.
+
+use crate::ctx::Ctx;
+use crate::procs::Result;
+use crate::report::{Better, Row, Target};
+use crate::unary::{Call, Measured, measure};
+use busbar_proto::bytes_codec::BytesCodec;
+use bytes::Bytes;
+use futures::StreamExt;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig,
+};
+
+const SERVICE: &str = "bench.mesh.Echo";
+const METHOD: &str = "/bench.mesh.Echo/Echo";
+const NATS_SUBJECT: &str = "bench.mesh.echo";
+const PAYLOAD_BYTES: usize = 64;
+
+/// `bench.mesh.Echo { rpc Echo(Payload) returns (Payload); }`,
+/// `Payload { bytes data = 1; }`, as an encoded FileDescriptorSet.
+fn descriptors() -> Vec<u8> {
+    use prost_types::{
+        DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
+        MethodDescriptorProto, ServiceDescriptorProto, field_descriptor_proto::Label,
+        field_descriptor_proto::Type,
+    };
+    let file = FileDescriptorProto {
+        name: Some("bench/mesh/echo.proto".into()),
+        package: Some("bench.mesh".into()),
+        message_type: vec![DescriptorProto {
+            name: Some("Payload".into()),
+            field: vec![FieldDescriptorProto {
+                name: Some("data".into()),
+                number: Some(1),
+                label: Some(Label::Optional as i32),
+                r#type: Some(Type::Bytes as i32),
+                json_name: Some("data".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        service: vec![ServiceDescriptorProto {
+            name: Some("Echo".into()),
+            method: vec![MethodDescriptorProto {
+                name: Some("Echo".into()),
+                input_type: Some(".bench.mesh.Payload".into()),
+                output_type: Some(".bench.mesh.Payload".into()),
+                ..Default::default()
+            }],
+            options: None,
+        }],
+        syntax: Some("proto3".into()),
+        ..Default::default()
+    };
+    FileDescriptorSet { file: vec![file] }.encode_to_vec()
+}
+
+/// The direct server: `/bench.mesh.Echo/Echo` answered with its request.
+#[derive(Clone)]
+struct DirectEcho;
+
+impl tonic::server::NamedService for DirectEcho {
+    const NAME: &'static str = SERVICE;
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for DirectEcho {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future =
+        futures::future::BoxFuture<'static, std::result::Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move {
+            let echo = tower::service_fn(|request: tonic::Request<Bytes>| async move {
+                Ok::<_, tonic::Status>(tonic::Response::new(request.into_inner()))
+            });
+            Ok(tonic::server::Grpc::new(BytesCodec)
+                .unary(echo, request)
+                .await)
+        })
+    }
+}
+
+struct PeerArgs {
+    config: std::path::PathBuf,
+    token: String,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    ca: std::path::PathBuf,
+    nats: Option<String>,
+}
+
+/// `busbar-bench mesh-peer --config ADMIN_JSON --token T --cert C --key K
+/// --ca CA [--nats URL]`: provides the echo service to the node, serves it
+/// directly and answers on NATS; prints `direct HOST:PORT` and `ready`,
+/// then serves until its stdin closes.
+pub fn peer_main(args: &[String]) -> Result<()> {
+    let mut parsed = PeerArgs {
+        config: Default::default(),
+        token: String::new(),
+        cert: Default::default(),
+        key: Default::default(),
+        ca: Default::default(),
+        nats: None,
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--config" => parsed.config = value.into(),
+            "--token" => parsed.token = value.clone(),
+            "--cert" => parsed.cert = value.into(),
+            "--key" => parsed.key = value.into(),
+            "--ca" => parsed.ca = value.into(),
+            "--nats" => parsed.nats = Some(value.clone()),
+            other => return Err(format!("mesh-peer: unknown flag {other}").into()),
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve_peer(parsed))
+}
+
+async fn serve_peer(args: PeerArgs) -> Result<()> {
+    // The provider, dialled out to the node.
+    let config = busbar_client::ClientConfig::from_file(&args.config)?;
+    let client = busbar_client::ConnectOptions::from_config(&config)?
+        .token(args.token.clone())
+        .connect()
+        .await?;
+    let offer = busbar_client::Offer::new([SERVICE], descriptors()).concurrency(1024);
+    let _provided = client
+        .provide(offer, |mut call: busbar_client::ProviderCall| async move {
+            if let Some(request) = call.next_request().await {
+                call.send(request).await?;
+            }
+            Ok(())
+        })
+        .await?;
+
+    // The same handler served directly.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let identity = Identity::from_pem(std::fs::read(&args.cert)?, std::fs::read(&args.key)?);
+    let router = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity))?
+        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(1024))
+        .add_service(DirectEcho);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(
+        |accepted| async move {
+            let stream = accepted.ok()?;
+            let _ = stream.set_nodelay(true);
+            Some(Ok::<_, std::io::Error>(stream))
+        },
+    );
+    tokio::spawn(async move {
+        if let Err(error) = router.serve_with_incoming(incoming).await {
+            eprintln!("mesh-peer: direct server failed: {error}");
+        }
+    });
+    println!("direct {address}");
+
+    // The NATS responder: the request's payload back.
+    if let Some(url) = &args.nats {
+        let nats = crate::peers::nats_connect(url, &args.ca).await?;
+        let mut requests = nats.subscribe(NATS_SUBJECT).await?;
+        let responder = nats.clone();
+        tokio::spawn(async move {
+            while let Some(message) = requests.next().await {
+                if let Some(reply) = message.reply
+                    && responder.publish(reply, message.payload).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        nats.flush().await?;
+        println!("nats ready");
+    }
+    println!("ready");
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    })
+    .await?;
+    Ok(())
+}
+
+/// A tonic channel with TLS trusting `ca_pem` for `domain`.
+async fn channel(address: &str, ca_pem: &[u8], domain: &str) -> Result<Channel> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(domain.to_string());
+    Ok(Endpoint::from_shared(address.to_string())?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await?)
+}
+
+/// One unary echo call over `channel`, with `token` as a bearer when given.
+fn grpc_call(channel: Channel, token: Option<String>) -> Call {
+    let payload: Bytes = vec![7u8; PAYLOAD_BYTES].into();
+    let request_bytes: Bytes = {
+        let mut encoded = vec![0x0a, PAYLOAD_BYTES as u8];
+        encoded.extend_from_slice(&payload);
+        encoded.into()
+    };
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    Arc::new(move || {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        let mut request = tonic::Request::new(request_bytes.clone());
+        if let Some(value) = &authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.parse().expect("ASCII token"));
+        }
+        Box::pin(async move {
+            grpc.ready().await.map_err(|e| e.to_string())?;
+            let path = http::uri::PathAndQuery::from_static(METHOD);
+            let response = grpc
+                .unary(request, path, BytesCodec)
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.get_ref().len() != PAYLOAD_BYTES + 2 {
+                return Err("the echo came back changed".to_string());
+            }
+            Ok(())
+        })
+    })
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let config_path = ctx.work_dir.join("busbar").join("admin.json");
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--config".into(),
+        config_path.into(),
+        "--token".into(),
+        ctx.busbar_token.clone().into(),
+        "--cert".into(),
+        ctx.tls.cert.clone().into(),
+        "--key".into(),
+        ctx.tls.key.clone().into(),
+        "--ca".into(),
+        ctx.tls.ca.clone().into(),
+    ];
+    if let Some(url) = &ctx.nats_url {
+        args.extend(["--nats".into(), url.into()]);
+    }
+    let (_peer, lines) = crate::procs::start_own("mesh-peer", &args)?;
+    let direct_address = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("direct "))
+        .ok_or("mesh-peer printed no direct address")?;
+
+    let node_channel = channel(
+        &ctx.busbar_config.address,
+        ctx.busbar_config
+            .ca_pem
+            .as_deref()
+            .ok_or("the node's admin.json has no CA")?
+            .as_bytes(),
+        ctx.busbar_config
+            .server_name
+            .as_deref()
+            .unwrap_or("localhost"),
+    )
+    .await?;
+    let direct_channel = channel(
+        &format!("https://{direct_address}"),
+        &std::fs::read(&ctx.tls.ca)?,
+        "localhost",
+    )
+    .await?;
+    // A stock gRPC client logs in once and sends the session as a bearer.
+    let session = ctx
+        .admin
+        .call(
+            "busbar.v1.Auth/Login",
+            serde_json::json!({"token": ctx.busbar_token}),
+        )
+        .await?;
+    let session = session["token"]
+        .as_str()
+        .ok_or("Auth/Login returned no session token")?
+        .to_string();
+    let mut systems: Vec<(&'static str, Call)> = vec![
+        ("busbar", grpc_call(node_channel, Some(session))),
+        ("direct", grpc_call(direct_channel, None)),
+    ];
+    if lines.iter().any(|l| l == "nats ready")
+        && let Some(nats) = ctx.nats_client().await?
+    {
+        let payload: Bytes = vec![7u8; PAYLOAD_BYTES + 2].into();
+        systems.push((
+            "nats",
+            Arc::new(move || {
+                let nats = nats.clone();
+                let payload = payload.clone();
+                Box::pin(async move {
+                    nats.request(NATS_SUBJECT, payload)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        ));
+    }
+    let rounds = ctx.pick(2u32, 4);
+    let warm = ctx.pick(Duration::from_millis(300), Duration::from_secs(1));
+    let turn = ctx.pick(Duration::from_millis(750), Duration::from_secs(2));
+    let mut rows = Vec::new();
+    for inflight in [1usize, 64] {
+        eprintln!("bench: mesh, {inflight} in flight");
+        let mut results: Vec<Measured> = systems.iter().map(|_| Measured::default()).collect();
+        for (_, call) in &systems {
+            let _ = measure(inflight, warm, 1_000_000, call).await;
+        }
+        for _ in 0..rounds {
+            for ((_, call), result) in systems.iter().zip(results.iter_mut()) {
+                result.add(measure(inflight, turn, 2_000_000, call).await);
+            }
+        }
+        let mut by_name: Vec<(&str, Measured)> =
+            systems.iter().map(|(name, _)| *name).zip(results).collect();
+        let mut take = |name: &str| {
+            by_name
+                .iter()
+                .position(|(n, _)| *n == name)
+                .map(|i| by_name.remove(i).1)
+        };
+        let mut b = take("busbar").expect("busbar measured");
+        let mut d = take("direct").expect("direct measured");
+        let mut n = take("nats");
+        let notes = [
+            format!(
+                "mesh: a {PAYLOAD_BYTES}-byte payload echoed by a provider in another process (mesh-peer); busbar: caller → node → provider → node → caller over TLS, a stock tonic channel with a bearer token; direct: the same handler as a tonic server, no node; nats: request/reply to a responder in the same process as the provider; {rounds} turns of {turn:?} each"
+            ),
+            crate::unary::error_note("busbar mesh", &b),
+            crate::unary::error_note("direct", &d),
+            n.as_ref()
+                .map_or(String::new(), |n| crate::unary::error_note("nats", n)),
+            ctx.nats_skipped.clone().unwrap_or_default(),
+        ];
+        let mut add = |row: Row| {
+            rows.push(notes.iter().fold(row, |row, note| row.note(note.clone())));
+        };
+        let p50 = b.samples.percentile_us(50.0);
+        add(Row::new(
+            format!("mesh call, {inflight} in flight: p50 latency"),
+            "µs",
+            Better::Lower,
+            p50,
+        )
+        .peer("nats", n.as_mut().map(|n| n.samples.percentile_us(50.0)))
+        .peer("direct", Some(d.samples.percentile_us(50.0)))
+        .target(Target::ratio_at_most("nats", 1.0)));
+        add(Row::new(
+            format!("mesh call, {inflight} in flight: p50 latency over the direct call"),
+            "µs",
+            Better::Lower,
+            p50,
+        )
+        .peer("direct", Some(d.samples.percentile_us(50.0)))
+        .target(Target::ratio_at_most("direct", 2.0)));
+        add(Row::new(
+            format!("mesh call, {inflight} in flight: p99 latency"),
+            "µs",
+            Better::Lower,
+            b.samples.percentile_us(99.0),
+        )
+        .peer("nats", n.as_mut().map(|n| n.samples.percentile_us(99.0)))
+        .peer("direct", Some(d.samples.percentile_us(99.0))));
+        add(Row::new(
+            format!("mesh call, {inflight} in flight: throughput"),
+            "calls/s",
+            Better::Higher,
+            b.throughput(),
+        )
+        .peer("nats", n.as_ref().map(Measured::throughput))
+        .peer("direct", Some(d.throughput()))
+        .target(Target::ratio_at_least("nats", 1.0)));
+    }
+    Ok(rows)
+}
