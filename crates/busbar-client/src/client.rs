@@ -627,6 +627,14 @@ impl Client {
         RoomsClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)
     }
+    pub(crate) fn transport_client(&self) -> pb::transport_client::TransportClient<Intercepted> {
+        pb::transport_client::TransportClient::with_interceptor(
+            self.inner.channel(),
+            self.context(),
+        )
+        .max_decoding_message_size(usize::MAX)
+    }
+
     pub(crate) fn mesh_client(&self) -> pb::mesh_client::MeshClient<Intercepted> {
         pb::mesh_client::MeshClient::with_interceptor(self.inner.channel(), self.context())
             .max_decoding_message_size(usize::MAX)

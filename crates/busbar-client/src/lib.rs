@@ -28,6 +28,7 @@ mod sessions;
 pub mod spin;
 mod sql;
 mod timeseries;
+mod transport;
 mod tls;
 mod wires;
 
@@ -39,6 +40,7 @@ pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
+pub use transport::{TransportMessage, TransportSession};
 pub use mesh::{CallContext, Offer, Provided, ProviderCall};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
 pub use sessions::{Session, SessionEnded};

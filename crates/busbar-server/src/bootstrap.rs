@@ -72,28 +72,29 @@ async fn admin_transport_certificate(
 }
 
 /// Creates the folders the node keeps (`/services`, where provided services
-/// live), owned by the admin, when they are missing. A resource of another
-/// kind already there is left alone, with a warning.
+/// live, and `/transport`, where transport sessions do), owned by the
+/// admin, when they are missing. A resource of another kind already there
+/// is left alone, with a warning.
 pub async fn ensure_folders(store: &dyn Store) -> Result<()> {
-    let folder = crate::mesh::files::SERVICES_FOLDER;
-    match store.resource(folder).await? {
-        None => {
-            store
-                .create_resource(
-                    folder,
-                    crate::store::ResourceKind::Folder,
-                    ADMIN_NAME,
-                    false,
-                )
-                .await?;
+    use crate::store::ResourceKind::Folder;
+    for folder in [
+        crate::mesh::files::SERVICES_FOLDER,
+        crate::transport::TRANSPORT_FOLDER,
+    ] {
+        match store.resource(folder).await? {
+            None => {
+                store
+                    .create_resource(folder, Folder, ADMIN_NAME, false)
+                    .await?;
+            }
+            Some(record) if record.kind != Folder => {
+                tracing::warn!(
+                    "{folder} is a {:?}, not a folder: what lives there cannot be made until it is moved away",
+                    record.kind
+                );
+            }
+            Some(_) => {}
         }
-        Some(record) if record.kind != crate::store::ResourceKind::Folder => {
-            tracing::warn!(
-                "{folder} is a {:?}, not a folder: providers cannot offer services until it is moved away",
-                record.kind
-            );
-        }
-        Some(_) => {}
     }
     Ok(())
 }

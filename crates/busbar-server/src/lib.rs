@@ -24,6 +24,7 @@ mod sessions;
 mod sql;
 mod store;
 mod timeseries;
+mod transport;
 pub mod tls;
 mod wires;
 

@@ -437,6 +437,10 @@ pub async fn serve(
             config.max_data_sessions,
         )),
         config: config.clone(),
+        transport: Arc::new(crate::transport::embedded::EmbeddedQueues::open(
+            &config.data_dir,
+        )?),
+        transport_waiters: Default::default(),
         mesh: crate::mesh::Registry::new(crate::mesh::files::DescriptorFiles::own(&[
             busbar_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -447,7 +451,8 @@ pub async fn serve(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.
-    const SERVICES: [&str; 10] = [
+    const SERVICES: [&str; 11] = [
+        "busbar.v1.Transport",
         "busbar.v1.Mesh",
         crate::grpc::flight::SERVICE_NAME,
         "busbar.v1.Auth",
@@ -476,6 +481,7 @@ pub async fn serve(
 
     let limit = config.max_message_bytes;
     use busbar_proto::v1::mesh_server::MeshServer;
+    use busbar_proto::v1::transport_server::TransportServer;
     macro_rules! limited {
         ($server:ident, $service:expr) => {
             $server::new($service)
@@ -517,6 +523,10 @@ pub async fn serve(
             config.framing,
         ))
         .add_service(limited!(WiresServer, WiresService { node: node.clone() }))
+        .add_service(limited!(
+            TransportServer,
+            crate::transport::service::TransportService { node: node.clone() }
+        ))
         .add_service(limited!(
             MeshServer,
             crate::mesh::MeshService { node: node.clone() }

@@ -157,6 +157,50 @@ pub enum ServiceCommand {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum SessionCommand {
+    /// Push a payload (PAYLOAD, or stdin when absent) to a topic; opens the
+    /// session first (creating it when missing).
+    Push {
+        session: String,
+        payload: Option<String>,
+        #[arg(long, default_value = "")]
+        topic: String,
+        /// Metadata KEY=VALUE; repeat for more.
+        #[arg(long = "meta")]
+        metadata: Vec<String>,
+    },
+    /// Pop the oldest payload of a topic to stdout; waits up to --timeout
+    /// seconds, and exits 1 with a message on stderr when none came.
+    Pop {
+        session: String,
+        #[arg(long, default_value = "")]
+        topic: String,
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Print the oldest payload of a topic without removing it.
+    Peek {
+        session: String,
+        #[arg(long, default_value = "")]
+        topic: String,
+    },
+    /// End a session: its queues are dropped.
+    Release { session: String },
+}
+
+/// `KEY=VALUE` pairs from the command line.
+fn key_values(pairs: &[String]) -> Result<std::collections::HashMap<String, String>, String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("bad --meta {pair:?}: use KEY=VALUE"))
+        })
+        .collect()
+}
+
 /// A `--param`: NAME=VALUE is named, anything else positional; VALUE is JSON
 /// when it parses, else text.
 pub fn sql_param(arg: &str) -> (Option<String>, SqlParam) {
@@ -608,6 +652,67 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 .create(&path, ResourceKind::Database, parents)
                 .await
                 .map_err(e)?;
+        }
+        Command::Session(SessionCommand::Push {
+            session,
+            payload,
+            topic,
+            metadata,
+        }) => {
+            let metadata = key_values(&metadata)?;
+            let payload = match payload {
+                Some(text) => Bytes::from(text),
+                None => {
+                    let mut all = Vec::new();
+                    tokio::io::stdin()
+                        .read_to_end(&mut all)
+                        .await
+                        .map_err(|error| format!("reading stdin: {error}"))?;
+                    Bytes::from(all)
+                }
+            };
+            client
+                .transport_open(&session, Default::default())
+                .await
+                .map_err(e)?;
+            client
+                .transport_push(&session, &topic, payload, metadata)
+                .await
+                .map_err(e)?;
+        }
+        Command::Session(SessionCommand::Pop {
+            session,
+            topic,
+            timeout,
+        }) => {
+            if !timeout.is_finite() || !(0.0..=300.0).contains(&timeout) {
+                return Err(format!("bad --timeout {timeout}: use 0 to 300 seconds"));
+            }
+            let waited = Duration::from_secs_f64(timeout);
+            let popped = client
+                .with_timeout(waited + Duration::from_secs(5))
+                .transport_pop(&session, &topic, waited, None)
+                .await
+                .map_err(e)?;
+            let Some(message) = popped else {
+                return Err(format!(
+                    "no message on topic {topic:?} of session {session} within {timeout} s"
+                ));
+            };
+            let mut stdout = tokio::io::stdout();
+            let _ = stdout.write_all(&message.payload).await;
+            let _ = stdout.flush().await;
+        }
+        Command::Session(SessionCommand::Peek { session, topic }) => {
+            if let Some(message) = client.transport_peek(&session, &topic).await.map_err(e)? {
+                let mut stdout = tokio::io::stdout();
+                let _ = stdout.write_all(&message.payload).await;
+                let _ = stdout.flush().await;
+            }
+        }
+        Command::Session(SessionCommand::Release { session }) => {
+            let dropped = client.transport_release(&session).await.map_err(e)?;
+            eprintln!("released {session}: {dropped} messages dropped");
         }
         Command::Service(ServiceCommand::Create { name }) => {
             client

@@ -97,6 +97,10 @@ enum Command {
     /// Mesh services: create, ls (live services and their providers).
     #[command(subcommand)]
     Service(commands::ServiceCommand),
+    /// Transport sessions: push and pop payloads by topic (two shells can
+    /// talk through one).
+    #[command(subcommand)]
+    Session(commands::SessionCommand),
     /// Run one SQL statement on a database; prints an aligned table.
     Sql {
         /// The database's path, e.g. /home/admin/shop

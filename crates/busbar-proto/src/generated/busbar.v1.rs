@@ -3810,6 +3810,8 @@ pub enum ResourceKind {
     Database = 4,
     Timeseries = 5,
     Service = 6,
+    /// a transport session: per-topic queues (busbar.v1.Transport)
+    Transport = 7,
 }
 impl ResourceKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -3825,6 +3827,7 @@ impl ResourceKind {
             Self::Database => "DATABASE",
             Self::Timeseries => "TIMESERIES",
             Self::Service => "SERVICE",
+            Self::Transport => "TRANSPORT",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -3837,6 +3840,7 @@ impl ResourceKind {
             "DATABASE" => Some(Self::Database),
             "TIMESERIES" => Some(Self::Timeseries),
             "SERVICE" => Some(Self::Service),
+            "TRANSPORT" => Some(Self::Transport),
             _ => None,
         }
     }
@@ -6661,6 +6665,939 @@ pub mod sql_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "busbar.v1.Sql";
     impl<T> tonic::server::NamedService for SqlServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct OpenTransportRequest {
+    /// The session id: 1 to 128 characters of letters, digits, '.', '\_', '-'.
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    /// Kept with the session when this call creates it.
+    #[prost(map = "string, string", tag = "2")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransportSession {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    /// /transport/<session>
+    #[prost(string, tag = "2")]
+    pub path: ::prost::alloc::string::String,
+    #[prost(map = "string, string", tag = "3")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// this call created it
+    #[prost(bool, tag = "4")]
+    pub created: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PushRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    /// "" is a topic like any other
+    #[prost(string, tag = "2")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: ::prost::bytes::Bytes,
+    #[prost(map = "string, string", tag = "4")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PushResponse {
+    /// the message's id in the session
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PopRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub topic: ::prost::alloc::string::String,
+    /// How long to wait for a message; 0 answers at once. At most 300000,
+    /// and never past the call's deadline.
+    #[prost(uint64, tag = "3")]
+    pub timeout_ms: u64,
+    ///
+    /// >
+    /// > 0: lease the message for this long instead of removing it (ack,
+    /// > nak or extend it by its receipt). At most 3600000.
+    #[prost(uint64, tag = "4")]
+    pub lease_ms: u64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TransportMessage {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub topic: ::prost::alloc::string::String,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub payload: ::prost::bytes::Bytes,
+    #[prost(map = "string, string", tag = "4")]
+    pub metadata: ::std::collections::HashMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    #[prost(int64, tag = "5")]
+    pub pushed_ms: i64,
+    /// Leased pops: what Ack/Nak/Extend take, and when the lease ends.
+    #[prost(string, tag = "6")]
+    pub receipt: ::prost::alloc::string::String,
+    #[prost(int64, tag = "7")]
+    pub lease_expires_ms: i64,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PopResponse {
+    /// Absent: no message (timed out, or an empty queue for Peek).
+    #[prost(message, optional, tag = "1")]
+    pub message: ::core::option::Option<TransportMessage>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PeekRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub topic: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub receipt: ::prost::alloc::string::String,
+    /// Extend only
+    #[prost(uint64, tag = "3")]
+    pub lease_ms: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseResponse {
+    /// Extend only
+    #[prost(int64, tag = "1")]
+    pub lease_expires_ms: i64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseRequest {
+    #[prost(string, tag = "1")]
+    pub session: ::prost::alloc::string::String,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReleaseResponse {
+    /// Messages that were still queued or leased, dropped with the session.
+    #[prost(uint64, tag = "1")]
+    pub dropped: u64,
+}
+/// Generated client implementations.
+pub mod transport_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    use tonic::codegen::http::Uri;
+    /// Transport sessions: a named exchange between parties, with one FIFO queue
+    /// per topic held by the node (the imesh/PTP Transport: push, pop, peek,
+    /// release). A session is the resource /transport/<id> (kind TRANSPORT).
+    /// Pushing needs write on it; popping, peeking and settling leases need
+    /// read; releasing needs admin (its creator has it).
+    ///
+    /// Delivery: a push is acknowledged once it is on disk (it survives kill -9
+    /// of the node). A plain pop removes the message in the same transaction
+    /// that hands it over: each message is given to at most one popper, exactly
+    /// once, unless the node dies between that commit and the answer reaching
+    /// the popper, when it is lost. A leased pop is at-least-once: the message
+    /// stays, hidden, until the popper acks it; a nak or an expired lease makes
+    /// it visible again, first in its queue.
+    #[derive(Debug, Clone)]
+    pub struct TransportClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl TransportClient<tonic::transport::Channel> {
+        /// Attempt to create a new client by connecting to a given endpoint.
+        pub async fn connect<D>(dst: D) -> Result<Self, tonic::transport::Error>
+        where
+            D: TryInto<tonic::transport::Endpoint>,
+            D::Error: Into<StdError>,
+        {
+            let conn = tonic::transport::Endpoint::new(dst)?.connect().await?;
+            Ok(Self::new(conn))
+        }
+    }
+    impl<T> TransportClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> TransportClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<
+                    <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                >,
+            >,
+            <T as tonic::codegen::Service<
+                http::Request<tonic::body::Body>,
+            >>::Error: Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            TransportClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Opens (creating it when missing: needs write on /transport) or joins
+        /// (needs read) a session.
+        pub async fn open(
+            &mut self,
+            request: impl tonic::IntoRequest<super::OpenTransportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TransportSession>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Open");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Open"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Appends to a topic's queue; when the queue is full, waits up to the
+        /// call's deadline (at most 30 s) for room, then fails RESOURCE_EXHAUSTED.
+        pub async fn push(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PushRequest>,
+        ) -> std::result::Result<tonic::Response<super::PushResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Push");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Push"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Takes the oldest message of a topic; waits up to timeout_ms for one.
+        pub async fn pop(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PopRequest>,
+        ) -> std::result::Result<tonic::Response<super::PopResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Pop");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Pop"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The oldest message of a topic, left in place; does not wait.
+        pub async fn peek(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PeekRequest>,
+        ) -> std::result::Result<tonic::Response<super::PopResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Peek");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Peek"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Settles a leased message: ack removes it, nak returns it to its queue.
+        pub async fn ack(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Ack");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Ack"));
+            self.inner.unary(req, path, codec).await
+        }
+        pub async fn nak(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/busbar.v1.Transport/Nak");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Transport", "Nak"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Extends a lease by lease_ms from now.
+        pub async fn extend(
+            &mut self,
+            request: impl tonic::IntoRequest<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Transport/Extend",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Transport", "Extend"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Ends the session: its queues are dropped, its resource deleted, and
+        /// pops waiting on it fail FAILED_PRECONDITION ("released").
+        pub async fn release(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ReleaseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ReleaseResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/busbar.v1.Transport/Release",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("busbar.v1.Transport", "Release"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod transport_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value,
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with TransportServer.
+    #[async_trait]
+    pub trait Transport: std::marker::Send + std::marker::Sync + 'static {
+        /// Opens (creating it when missing: needs write on /transport) or joins
+        /// (needs read) a session.
+        async fn open(
+            &self,
+            request: tonic::Request<super::OpenTransportRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::TransportSession>,
+            tonic::Status,
+        >;
+        /// Appends to a topic's queue; when the queue is full, waits up to the
+        /// call's deadline (at most 30 s) for room, then fails RESOURCE_EXHAUSTED.
+        async fn push(
+            &self,
+            request: tonic::Request<super::PushRequest>,
+        ) -> std::result::Result<tonic::Response<super::PushResponse>, tonic::Status>;
+        /// Takes the oldest message of a topic; waits up to timeout_ms for one.
+        async fn pop(
+            &self,
+            request: tonic::Request<super::PopRequest>,
+        ) -> std::result::Result<tonic::Response<super::PopResponse>, tonic::Status>;
+        /// The oldest message of a topic, left in place; does not wait.
+        async fn peek(
+            &self,
+            request: tonic::Request<super::PeekRequest>,
+        ) -> std::result::Result<tonic::Response<super::PopResponse>, tonic::Status>;
+        /// Settles a leased message: ack removes it, nak returns it to its queue.
+        async fn ack(
+            &self,
+            request: tonic::Request<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status>;
+        async fn nak(
+            &self,
+            request: tonic::Request<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status>;
+        /// Extends a lease by lease_ms from now.
+        async fn extend(
+            &self,
+            request: tonic::Request<super::LeaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::LeaseResponse>, tonic::Status>;
+        /// Ends the session: its queues are dropped, its resource deleted, and
+        /// pops waiting on it fail FAILED_PRECONDITION ("released").
+        async fn release(
+            &self,
+            request: tonic::Request<super::ReleaseRequest>,
+        ) -> std::result::Result<tonic::Response<super::ReleaseResponse>, tonic::Status>;
+    }
+    /// Transport sessions: a named exchange between parties, with one FIFO queue
+    /// per topic held by the node (the imesh/PTP Transport: push, pop, peek,
+    /// release). A session is the resource /transport/<id> (kind TRANSPORT).
+    /// Pushing needs write on it; popping, peeking and settling leases need
+    /// read; releasing needs admin (its creator has it).
+    ///
+    /// Delivery: a push is acknowledged once it is on disk (it survives kill -9
+    /// of the node). A plain pop removes the message in the same transaction
+    /// that hands it over: each message is given to at most one popper, exactly
+    /// once, unless the node dies between that commit and the answer reaching
+    /// the popper, when it is lost. A leased pop is at-least-once: the message
+    /// stays, hidden, until the popper acks it; a nak or an expired lease makes
+    /// it visible again, first in its queue.
+    #[derive(Debug)]
+    pub struct TransportServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> TransportServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for TransportServer<T>
+    where
+        T: Transport,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/busbar.v1.Transport/Open" => {
+                    #[allow(non_camel_case_types)]
+                    struct OpenSvc<T: Transport>(pub Arc<T>);
+                    impl<
+                        T: Transport,
+                    > tonic::server::UnaryService<super::OpenTransportRequest>
+                    for OpenSvc<T> {
+                        type Response = super::TransportSession;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::OpenTransportRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::open(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = OpenSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Push" => {
+                    #[allow(non_camel_case_types)]
+                    struct PushSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::PushRequest>
+                    for PushSvc<T> {
+                        type Response = super::PushResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PushRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::push(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PushSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Pop" => {
+                    #[allow(non_camel_case_types)]
+                    struct PopSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::PopRequest>
+                    for PopSvc<T> {
+                        type Response = super::PopResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PopRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::pop(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PopSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Peek" => {
+                    #[allow(non_camel_case_types)]
+                    struct PeekSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::PeekRequest>
+                    for PeekSvc<T> {
+                        type Response = super::PopResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PeekRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::peek(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PeekSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Ack" => {
+                    #[allow(non_camel_case_types)]
+                    struct AckSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::LeaseRequest>
+                    for AckSvc<T> {
+                        type Response = super::LeaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LeaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::ack(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = AckSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Nak" => {
+                    #[allow(non_camel_case_types)]
+                    struct NakSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::LeaseRequest>
+                    for NakSvc<T> {
+                        type Response = super::LeaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LeaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::nak(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = NakSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Extend" => {
+                    #[allow(non_camel_case_types)]
+                    struct ExtendSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::LeaseRequest>
+                    for ExtendSvc<T> {
+                        type Response = super::LeaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::LeaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::extend(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ExtendSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/busbar.v1.Transport/Release" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReleaseSvc<T: Transport>(pub Arc<T>);
+                    impl<T: Transport> tonic::server::UnaryService<super::ReleaseRequest>
+                    for ReleaseSvc<T> {
+                        type Response = super::ReleaseResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ReleaseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Transport>::release(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReleaseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => {
+                    Box::pin(async move {
+                        let mut response = http::Response::new(
+                            tonic::body::Body::default(),
+                        );
+                        let headers = response.headers_mut();
+                        headers
+                            .insert(
+                                tonic::Status::GRPC_STATUS,
+                                (tonic::Code::Unimplemented as i32).into(),
+                            );
+                        headers
+                            .insert(
+                                http::header::CONTENT_TYPE,
+                                tonic::metadata::GRPC_CONTENT_TYPE,
+                            );
+                        Ok(response)
+                    })
+                }
+            }
+        }
+    }
+    impl<T> Clone for TransportServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "busbar.v1.Transport";
+    impl<T> tonic::server::NamedService for TransportServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

@@ -56,6 +56,9 @@ pub struct Node {
     pub(crate) sessions: Arc<crate::sessions::DataSessions>,
     /// Live provided services and their providers.
     pub(crate) mesh: crate::mesh::Registry,
+    /// Transport sessions' queues, and who waits on them here.
+    pub(crate) transport: Arc<dyn crate::transport::QueueEngine>,
+    pub(crate) transport_waiters: crate::transport::Waiters,
 }
 
 impl Node {

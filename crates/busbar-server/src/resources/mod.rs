@@ -142,6 +142,14 @@ impl ResourcesService {
                     self.node.timeseries.remove(&record.id);
                     continue;
                 }
+                ResourceKind::Transport => {
+                    // A deleted session is a released one.
+                    if let Err(error) = self.node.transport.drop_session(&record.id).await {
+                        tracing::warn!(path = %record.path, "dropping a deleted session's queues: {}", error.message);
+                    }
+                    self.node.transport_waiters.wake_session(&record.id, true);
+                    continue;
+                }
                 _ => continue,
             };
             let message = BusMessage {

@@ -15,4 +15,5 @@ mod security;
 mod sessions;
 mod sql;
 mod timeseries;
+mod transport;
 mod wires;

@@ -1,0 +1,331 @@
+//! Transport sessions: FIFO queues by topic that parties push to and pop
+//! from through the node; rights, bounds, leases, release, and pushes that
+//! survive kill -9.
+
+use crate::harness::Node;
+use busbar_client::{ErrorCode, Right};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn parties_push_and_pop_in_order_by_topic_and_a_pop_waits_for_a_push() {
+    let node = Node::start(&[]);
+    let alice = node.admin().await;
+    let bob = node.admin().await;
+    let opened = alice
+        .transport_open("job-1", meta(&[("purpose", "test")]))
+        .await
+        .unwrap();
+    assert!(opened.created);
+    assert_eq!(opened.path, "/transport/job-1");
+    let joined = bob
+        .transport_open("job-1", meta(&[("ignored", "x")]))
+        .await
+        .unwrap();
+    assert!(!joined.created);
+    assert_eq!(joined.metadata, meta(&[("purpose", "test")]));
+
+    for i in 0..3 {
+        alice
+            .transport_push(
+                "job-1",
+                "a",
+                Bytes::from(format!("a{i}")),
+                meta(&[("trace", &i.to_string())]),
+            )
+            .await
+            .unwrap();
+    }
+    alice
+        .transport_push("job-1", "b", Bytes::from("b0"), HashMap::new())
+        .await
+        .unwrap();
+    // Peek leaves it; pops come in order, per topic, with their metadata.
+    let peeked = bob.transport_peek("job-1", "a").await.unwrap().unwrap();
+    assert_eq!(peeked.payload, "a0");
+    for i in 0..3 {
+        let message = bob
+            .transport_pop("job-1", "a", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.payload, format!("a{i}"));
+        assert_eq!(message.metadata["trace"], i.to_string());
+    }
+    assert!(
+        bob.transport_pop("job-1", "a", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        bob.transport_pop("job-1", "b", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        "b0"
+    );
+
+    // A pop that times out answers None after its wait.
+    let started = Instant::now();
+    let none = bob
+        .transport_pop("job-1", "a", Duration::from_millis(300), None)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    // A waiting pop takes a push made while it waits.
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            bob.transport_pop("job-1", "a", Duration::from_secs(20), None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice
+        .transport_push("job-1", "a", Bytes::from("late"), HashMap::new())
+        .await
+        .unwrap();
+    let message = waiting.await.unwrap().unwrap().unwrap();
+    assert_eq!(message.payload, "late");
+
+    // Release ends the session: a waiting pop fails, the path is free.
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            bob.transport_pop("job-1", "a", Duration::from_secs(20), None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice
+        .transport_push("job-1", "z", Bytes::from("left"), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(alice.transport_release("job-1").await.unwrap(), 1);
+    let error = waiting.await.unwrap().unwrap_err();
+    assert_eq!(error.code(), ErrorCode::FailedPrecondition, "{error}");
+    assert!(error.message().contains("was released"), "{error}");
+    let error = alice
+        .transport_push("job-1", "a", Bytes::from("x"), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
+}
+
+#[tokio::test]
+async fn leases_settle_once_and_rights_split_pushers_from_poppers() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .create_user("eve", "eve-password", false)
+        .await
+        .unwrap();
+    let eve = node.user("eve", "eve-password").await.unwrap();
+
+    // Eve may not create a session, nor use one she has no right on.
+    let error = eve.transport_open("s", HashMap::new()).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    admin.transport_open("s", HashMap::new()).await.unwrap();
+    let error = eve
+        .transport_pop("s", "", Duration::ZERO, None)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    // Read lets her pop, not push, nor release.
+    admin
+        .grant("/transport/s", "eve", Right::Read)
+        .await
+        .unwrap();
+    let error = eve
+        .transport_push("s", "", Bytes::from("x"), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    let error = eve.transport_release("s").await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+
+    // A leased message is hidden until settled; nak returns it first.
+    admin
+        .transport_push("s", "", Bytes::from("one"), HashMap::new())
+        .await
+        .unwrap();
+    admin
+        .transport_push("s", "", Bytes::from("two"), HashMap::new())
+        .await
+        .unwrap();
+    let leased = eve
+        .transport_pop("s", "", Duration::ZERO, Some(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased.payload, "one");
+    assert!(leased.lease_expires_ms > 0);
+    assert_eq!(
+        eve.transport_peek("s", "").await.unwrap().unwrap().payload,
+        "two"
+    );
+    eve.transport_nak("s", &leased.receipt).await.unwrap();
+    let error = eve.transport_ack("s", &leased.receipt).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        ErrorCode::NotFound,
+        "a settled receipt is stale: {error}"
+    );
+    let again = eve
+        .transport_pop("s", "", Duration::ZERO, Some(Duration::from_millis(300)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.payload, "one");
+    // An ended lease gives the message back.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let error = eve
+        .transport_extend("s", &again.receipt, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
+    let third = eve
+        .transport_pop("s", "", Duration::ZERO, Some(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.payload, "one");
+    let until = eve
+        .transport_extend("s", &third.receipt, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(until > third.lease_expires_ms);
+    eve.transport_ack("s", &third.receipt).await.unwrap();
+    assert_eq!(
+        eve.transport_pop("s", "", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .payload,
+        "two"
+    );
+
+    // Bad input changes nothing.
+    for bad in ["", "a/b", "..", &"x".repeat(129)] {
+        let error = admin.transport_open(bad, HashMap::new()).await.unwrap_err();
+        assert_eq!(error.code(), ErrorCode::InvalidArgument, "{bad:?}: {error}");
+    }
+    let error = admin
+        .transport_pop("s", "", Duration::ZERO, Some(Duration::from_secs(7200)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    let many: HashMap<String, String> = (0..100).map(|i| (format!("k{i}"), "v".into())).collect();
+    let error = admin
+        .transport_push("s", "", Bytes::from("x"), many)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+    assert!(admin.transport_peek("s", "").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_full_queue_holds_a_push_until_room_comes_or_its_deadline_passes() {
+    let node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin.transport_open("big", HashMap::new()).await.unwrap();
+    // Four 16 MB payloads fill a topic's 64 MiB.
+    let payload = Bytes::from(vec![1u8; 16_000_000]);
+    for _ in 0..4 {
+        admin
+            .transport_push("big", "t", payload.clone(), HashMap::new())
+            .await
+            .unwrap();
+    }
+    let error = admin
+        .with_timeout(Duration::from_millis(500))
+        .transport_push("big", "t", payload.clone(), HashMap::new())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::ResourceExhausted, "{error}");
+    assert!(error.message().contains("is full"), "{error}");
+    let pushing = {
+        let admin = admin.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            admin
+                .with_timeout(Duration::from_secs(20))
+                .transport_push("big", "t", payload, HashMap::new())
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pushing.is_finished(), "the push waits for room");
+    admin
+        .transport_pop("big", "t", Duration::ZERO, None)
+        .await
+        .unwrap()
+        .unwrap();
+    pushing.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_acknowledged_push_survives_kill_9_and_is_popped_once() {
+    let mut node = Node::start(&[]);
+    let admin = node.admin().await;
+    admin
+        .transport_open("durable", HashMap::new())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        admin
+            .transport_push("durable", "t", Bytes::from(format!("m{i}")), HashMap::new())
+            .await
+            .unwrap();
+    }
+    node.kill9();
+    node.restart();
+    let admin = node.admin().await;
+    for i in 0..20 {
+        let message = admin
+            .transport_pop("durable", "t", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.payload, format!("m{i}"));
+    }
+    assert!(
+        admin
+            .transport_pop("durable", "t", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The CLI: one shell pushes, another pops.
+    node.cli_ok(&[
+        "session",
+        "push",
+        "durable",
+        "hello from a shell",
+        "--topic",
+        "chat",
+    ]);
+    let popped = node.cli_ok(&[
+        "session",
+        "pop",
+        "durable",
+        "--topic",
+        "chat",
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(popped, "hello from a shell");
+}
