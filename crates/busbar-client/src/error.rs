@@ -81,25 +81,6 @@ impl std::error::Error for Error {}
 
 /// The stable code for a gRPC status that carries none (errors raised by the
 /// gRPC layer itself, or by a non-busbar server).
-fn code_for(code: tonic::Code) -> ErrorCode {
-    use tonic::Code;
-    match code {
-        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => ErrorCode::Internal,
-        Code::Cancelled => ErrorCode::Cancelled,
-        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
-        Code::DeadlineExceeded => ErrorCode::Timeout,
-        Code::NotFound => ErrorCode::NotFound,
-        Code::AlreadyExists => ErrorCode::AlreadyExists,
-        Code::PermissionDenied => ErrorCode::PermissionDenied,
-        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
-        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
-        Code::Aborted => ErrorCode::Conflict,
-        Code::Unimplemented => ErrorCode::Unimplemented,
-        Code::Unavailable => ErrorCode::Unavailable,
-        Code::Unauthenticated => ErrorCode::Unauthenticated,
-    }
-}
-
 /// The message of an error and every error that caused it.
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -228,7 +209,7 @@ impl From<tonic::Status> for Error {
                 } else if lost {
                     ErrorCode::Unavailable
                 } else {
-                    code_for(status.code())
+                    busbar_proto::error_code_for(status.code())
                 }
             });
         let trace_id = metadata

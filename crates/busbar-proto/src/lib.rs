@@ -50,6 +50,28 @@ pub fn grpc_code(code: v1::ErrorCode) -> tonic::Code {
     }
 }
 
+/// The stable code of a gRPC status that carries none (one tonic raised,
+/// or a peer that is not Busbar's).
+pub fn error_code_for(code: tonic::Code) -> v1::ErrorCode {
+    use tonic::Code;
+    use v1::ErrorCode;
+    match code {
+        Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => ErrorCode::Internal,
+        Code::Cancelled => ErrorCode::Cancelled,
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
+        Code::DeadlineExceeded => ErrorCode::Timeout,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::AlreadyExists => ErrorCode::AlreadyExists,
+        Code::PermissionDenied => ErrorCode::PermissionDenied,
+        Code::ResourceExhausted => ErrorCode::ResourceExhausted,
+        Code::FailedPrecondition => ErrorCode::FailedPrecondition,
+        Code::Aborted => ErrorCode::Conflict,
+        Code::Unimplemented => ErrorCode::Unimplemented,
+        Code::Unavailable => ErrorCode::Unavailable,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+    }
+}
+
 /// A gRPC codec that passes messages through as their encoded bytes: what
 /// the node forwards between a mesh caller and its provider, and what a
 /// client that already holds encoded messages sends.

@@ -254,7 +254,8 @@ impl Outcome {
 
 /// Reads the final gRPC status from `headers` (a trailers-only response's
 /// headers, or trailers), if they carry one, and gives failures that tonic
-/// raises on its own the stable codes Busbar promises:
+/// raises on its own the stable codes Busbar promises, from their gRPC
+/// code alone:
 /// - a request that does not decode (bad protobuf, invalid UTF-8 in a
 ///   string) is INVALID_ARGUMENT, not INTERNAL; one over the size limit is
 ///   RESOURCE_EXHAUSTED, as the gRPC spec asks;
@@ -282,19 +283,17 @@ fn classify(headers: &mut HeaderMap, method: &str) -> Option<(usize, bool)> {
     if code == 0 || headers.contains_key(&ERROR_CODE) {
         return Some((code, false));
     }
-    let message = headers
-        .get(&GRPC_MESSAGE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    // Every failure the node's handlers and the mesh make carries its
+    // stable code, so one without was raised by tonic below them, where
+    // the code alone says what happened (no message text is read):
     let (code, grpc, error_code) = match code {
-        13 if message.starts_with("failed%20to%20decode")
-            || message.starts_with("failed to decode") =>
-        {
-            (3, "3", ErrorCode::InvalidArgument)
-        }
-        11 if message.contains("too%20large") || message.contains("too large") => {
-            (8, "8", ErrorCode::ResourceExhausted)
-        }
+        // the request did not decode (prost's error, a frame cut short or
+        // with a compression flag the node did not offer);
+        13 => (3, "3", ErrorCode::InvalidArgument),
+        // a message over the size limit, which the gRPC spec calls
+        // RESOURCE_EXHAUSTED;
+        11 => (8, "8", ErrorCode::ResourceExhausted),
+        // an unknown method:
         12 => {
             let message = format!(
                 "unknown method {method}; list the methods with gRPC reflection (busbar call)"

@@ -493,14 +493,15 @@ fn end_status(end: pb::CallStatus) -> Result<(), Status> {
     } else {
         tonic::Code::Unknown
     };
+    // Always with a stable code (the provider's, or its status's), so the
+    // call layer takes the status as the provider gave it.
+    let stable = ErrorCode::from_str_name(&end.error_code)
+        .unwrap_or_else(|| busbar_proto::error_code_for(code));
     let mut status = Status::new(code, end.message);
-    if let Some(known) = ErrorCode::from_str_name(&end.error_code)
-        && let Ok(value) = tonic::metadata::MetadataValue::try_from(known.as_str_name())
-    {
-        status
-            .metadata_mut()
-            .insert(busbar_proto::ERROR_CODE_METADATA_KEY, value);
-    }
+    status.metadata_mut().insert(
+        busbar_proto::ERROR_CODE_METADATA_KEY,
+        tonic::metadata::MetadataValue::from_static(stable.as_str_name()),
+    );
     Err(status)
 }
 
