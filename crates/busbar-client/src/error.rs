@@ -200,10 +200,9 @@ impl From<tonic::Status> for Error {
             .and_then(|v| v.to_str().ok())
             .and_then(ErrorCode::from_str_name)
             .unwrap_or_else(|| {
-                // tonic reports the client side of a passed deadline as CANCELLED.
-                let timed_out = std::error::Error::source(&status)
-                    .is_some_and(|source| source.downcast_ref::<tonic::TimeoutExpired>().is_some())
-                    || status.message() == "Timeout expired";
+                // tonic reports the client side of a passed deadline as
+                // CANCELLED, caused by its TimeoutExpired.
+                let timed_out = causes(&status).any(|error| error.is::<tonic::TimeoutExpired>());
                 if timed_out {
                     ErrorCode::Timeout
                 } else if lost {

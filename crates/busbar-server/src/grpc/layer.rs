@@ -293,6 +293,9 @@ fn classify(headers: &mut HeaderMap, method: &str) -> Option<(usize, bool)> {
         // a message over the size limit, which the gRPC spec calls
         // RESOURCE_EXHAUSTED;
         11 => (8, "8", ErrorCode::ResourceExhausted),
+        // the call's grpc-timeout passed (tonic's server reports its own
+        // deadline as CANCELLED), which is DEADLINE_EXCEEDED;
+        1 => (4, "4", ErrorCode::Timeout),
         // an unknown method:
         12 => {
             let message = format!(
