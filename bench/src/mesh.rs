@@ -14,7 +14,7 @@
 use crate::ctx::Ctx;
 use crate::procs::Result;
 use crate::report::{Better, Row, Target};
-use crate::unary::{Call, Measured, measure};
+use crate::unary::{Call, Measured, TakenTurns};
 use busbar_proto::bytes_codec::BytesCodec;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -169,13 +169,7 @@ async fn serve_peer(args: PeerArgs) -> Result<()> {
         .tcp_nodelay(true)
         .max_concurrent_streams(Some(1024))
         .add_service(DirectEcho);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(
-        |accepted| async move {
-            let stream = accepted.ok()?;
-            let _ = stream.set_nodelay(true);
-            Some(Ok::<_, std::io::Error>(stream))
-        },
-    );
+    let incoming = crate::peers::nodelay_incoming(listener);
     tokio::spawn(async move {
         if let Err(error) = router.serve_with_incoming(incoming).await {
             eprintln!("mesh-peer: direct server failed: {error}");
@@ -330,29 +324,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             }),
         ));
     }
-    let rounds = ctx.pick(2u32, 4);
-    let warm = ctx.pick(Duration::from_millis(300), Duration::from_secs(1));
-    let turn = ctx.pick(Duration::from_millis(750), Duration::from_secs(2));
+    let (rounds, turn) = crate::unary::turns(ctx);
     let mut rows = Vec::new();
     for inflight in [1usize, 64] {
         eprintln!("bench: mesh, {inflight} in flight");
-        let mut results: Vec<Measured> = systems.iter().map(|_| Measured::default()).collect();
-        for (_, call) in &systems {
-            let _ = measure(inflight, warm, 1_000_000, call).await;
-        }
-        for _ in 0..rounds {
-            for ((_, call), result) in systems.iter().zip(results.iter_mut()) {
-                result.add(measure(inflight, turn, 2_000_000, call).await);
-            }
-        }
-        let mut by_name: Vec<(&str, Measured)> =
-            systems.iter().map(|(name, _)| *name).zip(results).collect();
-        let mut take = |name: &str| {
-            by_name
-                .iter()
-                .position(|(n, _)| *n == name)
-                .map(|i| by_name.remove(i).1)
-        };
+        let mut taken = TakenTurns::run(ctx, &systems, inflight).await;
+        let mut take = |name: &str| taken.take(name);
         let mut b = take("busbar").expect("busbar measured");
         let mut d = take("direct").expect("direct measured");
         let mut n = take("nats");

@@ -69,6 +69,18 @@ impl Node for BareNode {
     }
 }
 
+/// The connections a listener accepts, with Nagle off (as Busbar's node
+/// sets it); failed accepts are skipped.
+pub fn nodelay_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(|accepted| async move {
+        let stream = accepted.ok()?;
+        let _ = stream.set_nodelay(true);
+        Some(Ok(stream))
+    })
+}
+
 /// Connects to NATS over TLS, trusting the bench CA.
 pub async fn nats_connect(url: &str, ca: &Path) -> Result<async_nats::Client> {
     Ok(async_nats::ConnectOptions::new()
@@ -153,13 +165,7 @@ async fn serve(args: PeerArgs) -> Result<()> {
             started,
             started_ms,
         }));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(
-        |accepted| async move {
-            let stream = accepted.ok()?;
-            let _ = stream.set_nodelay(true);
-            Some(Ok::<_, std::io::Error>(stream))
-        },
-    );
+    let incoming = nodelay_incoming(listener);
     tokio::spawn(async move {
         if let Err(error) = router.serve_with_incoming(incoming).await {
             eprintln!("peer-server: tonic server failed: {error}");

@@ -103,6 +103,47 @@ pub(crate) async fn measure(
     measured
 }
 
+/// How many turns each system gets, and how long each lasts. The systems
+/// take turns so that a burst of noise from elsewhere on the machine lands
+/// on all of them rather than on one.
+pub(crate) fn turns(ctx: &Ctx) -> (u32, Duration) {
+    (
+        ctx.pick(2u32, 4),
+        ctx.pick(Duration::from_millis(750), Duration::from_secs(2)),
+    )
+}
+
+/// What each system measured over its turns, by name.
+pub(crate) struct TakenTurns(Vec<(&'static str, Measured)>);
+
+impl TakenTurns {
+    /// Warms every system up, then lets them take turns at `inflight`
+    /// calls in flight.
+    pub(crate) async fn run(
+        ctx: &Ctx,
+        systems: &[(&'static str, Call)],
+        inflight: usize,
+    ) -> TakenTurns {
+        let (rounds, turn) = turns(ctx);
+        let warm = ctx.pick(Duration::from_millis(300), Duration::from_secs(1));
+        let mut results: Vec<Measured> = systems.iter().map(|_| Measured::default()).collect();
+        for (_, call) in systems {
+            let _ = measure(inflight, warm, 1_000_000, call).await;
+        }
+        for _ in 0..rounds {
+            for ((_, call), result) in systems.iter().zip(results.iter_mut()) {
+                result.add(measure(inflight, turn, 2_000_000, call).await);
+            }
+        }
+        TakenTurns(systems.iter().map(|(name, _)| *name).zip(results).collect())
+    }
+
+    pub(crate) fn take(&mut self, name: &str) -> Option<Measured> {
+        let index = self.0.iter().position(|(n, _)| *n == name)?;
+        Some(self.0.remove(index).1)
+    }
+}
+
 pub(crate) fn error_note(system: &str, measured: &Measured) -> String {
     match &measured.first_error {
         Some(error) => format!("{system}: {} failed calls, first: {error}", measured.errors),
@@ -152,32 +193,12 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
             }),
         ));
     }
-    // The systems take turns, ROUNDS times, so a burst of noise from
-    // elsewhere on the machine lands on all of them rather than on one.
-    let rounds = ctx.pick(2u32, 4);
-    let warm = ctx.pick(Duration::from_millis(300), Duration::from_secs(1));
-    let turn = ctx.pick(Duration::from_millis(750), Duration::from_secs(2));
-
+    let (rounds, turn) = turns(ctx);
     let mut rows = Vec::new();
     for inflight in [1usize, 64] {
         eprintln!("bench: unary, {inflight} in flight");
-        let mut results: Vec<Measured> = systems.iter().map(|_| Measured::default()).collect();
-        for (_, call) in &systems {
-            let _ = measure(inflight, warm, 1_000_000, call).await;
-        }
-        for _ in 0..rounds {
-            for ((_, call), result) in systems.iter().zip(results.iter_mut()) {
-                result.add(measure(inflight, turn, 2_000_000, call).await);
-            }
-        }
-        let mut by_name: Vec<(&str, Measured)> =
-            systems.iter().map(|(name, _)| *name).zip(results).collect();
-        let mut take = |name: &str| {
-            by_name
-                .iter()
-                .position(|(n, _)| *n == name)
-                .map(|i| by_name.remove(i).1)
-        };
+        let mut taken = TakenTurns::run(ctx, &systems, inflight).await;
+        let mut take = |name: &str| taken.take(name);
         let mut b = take("busbar").expect("busbar measured");
         let mut t = take("tonic").expect("tonic measured");
         let mut n = take("nats");
