@@ -28,6 +28,9 @@ const PUBLIC_METHODS: &[&str] = &[
     "/arrow.flight.protocol.FlightService/Handshake",
 ];
 
+/// A mesh provider's stream.
+const PROVIDE: &str = "/busbar.v1.Mesh/Provide";
+
 /// Arrow Flight (and Flight SQL) calls, authenticated like busbar methods.
 const FLIGHT_PREFIX: &str = "/arrow.flight.protocol.FlightService/";
 
@@ -152,6 +155,12 @@ impl CallLayer {
         } else {
             self.access.authenticate(&self.auth, token).await?
         };
+        if path == PROVIDE {
+            // A provider's stream outlives the check made here: it checks
+            // its credentials again while it lasts (mesh/provide.rs).
+            let principal = self.auth.verify_session(token)?;
+            request.extensions_mut().insert(principal);
+        }
         request.extensions_mut().insert(caller);
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
 use crate::store::{LowerName, ResourceKind, Right, now_ms};
 use busbar_proto::v1::{self as pb, from_provider::Message as FromMessage, mesh_server::Mesh};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Status, Streaming};
+
+/// How often a provider's credentials are checked again while its stream
+/// lasts: a revoked identity, API token, certificate or changed password
+/// cuts it within this.
+const RECHECK_CREDENTIALS: Duration = Duration::from_secs(2);
 
 /// How long a new Provide stream may take to send its Offer.
 const OFFER_WAIT: Duration = Duration::from_secs(10);
@@ -104,14 +109,27 @@ async fn serve_provider(
     provider: Arc<Provider>,
     mut inbound: Streaming<pb::FromProvider>,
     files: Vec<String>,
+    principal: crate::auth::Principal,
     _ends_outbound: tokio::sync::oneshot::Sender<()>,
 ) {
     let stopped = stopped(node.lifecycle());
     tokio::pin!(stopped);
+    let mut recheck = tokio::time::interval(RECHECK_CREDENTIALS);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         let message = tokio::select! {
             message = inbound.message() => message,
             _ = &mut stopped => break "the node stopped".to_string(),
+            _ = recheck.tick() => {
+                match node.access.caller(&node.auth, &principal).await {
+                    Ok(_) => continue,
+                    Err(error) => {
+                        let reason = format!("its credentials no longer hold: {}", error.message);
+                        let _ = provider.outbound.try_send(Err(error.into()));
+                        break reason;
+                    }
+                }
+            }
         };
         let message = match message {
             Ok(Some(pb::FromProvider { message: Some(m) })) => m,
@@ -166,6 +184,33 @@ async fn serve_provider(
     node.mesh.remove(&provider, &files);
 }
 
+/// The messages queued to a provider, ending once `ended` fires and what
+/// was queued before it (a final error included) has gone out.
+fn until_ended(
+    queued: mpsc::Receiver<Result<pb::ToProvider, Status>>,
+    ended: tokio::sync::oneshot::Receiver<()>,
+) -> impl Stream<Item = Result<pb::ToProvider, Status>> {
+    futures::stream::unfold(
+        (queued, Some(ended)),
+        |(mut queued, mut ended)| async move {
+            loop {
+                let Some(signal) = ended.as_mut() else {
+                    let next = queued.recv().await?;
+                    return Some((next, (queued, None)));
+                };
+                tokio::select! {
+                    biased;
+                    next = queued.recv() => return next.map(|next| (next, (queued, ended))),
+                    _ = signal => {
+                        queued.close();
+                        ended = None;
+                    }
+                }
+            }
+        },
+    )
+}
+
 #[tonic::async_trait]
 impl Mesh for MeshService {
     type ProvideStream = ToProviderStream;
@@ -175,6 +220,11 @@ impl Mesh for MeshService {
         request: Request<Streaming<pb::FromProvider>>,
     ) -> Reply<Self::ProvideStream> {
         let caller = caller(&request)?;
+        let principal = request
+            .extensions()
+            .get::<crate::auth::Principal>()
+            .cloned()
+            .ok_or_else(|| Error::unauthenticated("a provider logs in with a session first"))?;
         let mut inbound = request.into_inner();
         let offer = first_offer(&mut inbound).await?;
         let offered = self
@@ -232,10 +282,10 @@ impl Mesh for MeshService {
             provider,
             inbound,
             files,
+            principal,
             ends_outbound,
         ));
-        let stream = tokio_stream::wrappers::ReceiverStream::new(queued).take_until(ended);
-        reply(Box::pin(stream) as ToProviderStream)
+        reply(Box::pin(until_ended(queued, ended)) as ToProviderStream)
     }
 
     async fn list_services(

@@ -492,6 +492,39 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     assert_eq!(services.len(), 1);
     assert_eq!(services[0].providers.len(), 1);
     drop(provider);
+
+    // A provider whose identity is revoked is cut while its stream lasts.
+    admin
+        .create_user("prov", "prov-password", false)
+        .await
+        .unwrap();
+    admin
+        .grant("/services", "prov", Right::Write)
+        .await
+        .unwrap();
+    let prov = node.user("prov", "prov-password").await.unwrap();
+    let provided = provide(&prov, "prov", Arc::new(Counters::default())).await;
+    wait_for_async(|| async {
+        admin
+            .services("")
+            .await
+            .unwrap()
+            .iter()
+            .any(|s| s.providers.iter().any(|p| p.identity == "prov"))
+    })
+    .await;
+    admin.revoke_identity("prov").await.unwrap();
+    wait_for_async(|| async {
+        admin
+            .services("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.providers.iter().all(|p| p.identity != "prov"))
+    })
+    .await;
+    assert!(node.log().contains("its credentials no longer hold"));
+    drop(provided);
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool) {
