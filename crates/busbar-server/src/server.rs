@@ -82,12 +82,21 @@ struct CountedStream {
     /// long; re-armed from `last_read` when it fires early, so a read costs
     /// one clock reading and no timer update.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Tells the node when the connection closes.
+    _open: Option<crate::node::connections::ConnectionGuard>,
 }
 
 impl CountedStream {
-    fn new(inner: TcpStream, metrics: Arc<Metrics>, idle: Duration) -> CountedStream {
+    fn new(
+        inner: TcpStream,
+        metrics: Arc<Metrics>,
+        idle: Duration,
+        connections: &Arc<crate::node::connections::Connections>,
+    ) -> CountedStream {
         let now = tokio::time::Instant::now();
+        let pair = inner.local_addr().ok().zip(inner.peer_addr().ok());
         CountedStream {
+            _open: pair.map(|pair| connections.opened(pair)),
             inner,
             metrics,
             idle,
@@ -206,6 +215,7 @@ const ACCEPTED_QUEUE: usize = 1024;
 struct Acceptor {
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    connections: Arc<crate::node::connections::Connections>,
     max_connections: i64,
     idle: Duration,
 }
@@ -251,7 +261,8 @@ impl Acceptor {
                 }
                 let _ = stream.set_nodelay(true);
                 self.metrics.connections.inc();
-                let stream = CountedStream::new(stream, self.metrics.clone(), self.idle);
+                let stream =
+                    CountedStream::new(stream, self.metrics.clone(), self.idle, &self.connections);
                 let (handshake, ready) = (handshake.clone(), ready.clone());
                 // The handshake's future is made inside the task, not
                 // captured by it, and the finished stream waits for a slot
@@ -441,6 +452,7 @@ pub async fn serve(
             &config.data_dir,
         )?),
         transport_waiters: Default::default(),
+        connections: Default::default(),
         mesh: crate::mesh::Registry::new(crate::mesh::files::DescriptorFiles::own(&[
             busbar_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -546,6 +558,28 @@ pub async fn serve(
             BusbarFlight::new(node.clone())
         ));
 
+    // Leases of popped transport messages go back to their queues as the
+    // connection that popped them closes.
+    let mut returns = node.connections.returns();
+    let returner = node.clone();
+    tokio::spawn(async move {
+        while let Some(leases) = returns.recv().await {
+            for lease in leases {
+                // A lease settled already is simply not there any more.
+                if returner
+                    .transport
+                    .nak(&lease.session, &lease.receipt)
+                    .await
+                    .is_ok()
+                {
+                    returner
+                        .transport_waiters
+                        .wake_session(&lease.session, false);
+                }
+            }
+        }
+    });
+
     // Idle data sessions are rolled back by one sweeper, a few times per timeout.
     let sweeper = node.sessions.clone();
     let sweep_every = (config.data_session_idle / 4).max(Duration::from_millis(250));
@@ -566,6 +600,7 @@ pub async fn serve(
     let acceptor = Acceptor {
         listener,
         metrics: metrics.clone(),
+        connections: node.connections.clone(),
         max_connections: config.max_connections as i64,
         idle: config.idle_timeout,
     };

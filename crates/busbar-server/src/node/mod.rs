@@ -1,5 +1,6 @@
 //! The shared state of one running node, handed to every service.
 
+pub(crate) mod connections;
 pub mod service;
 
 use crate::auth::Authenticator;
@@ -56,6 +57,8 @@ pub struct Node {
     pub(crate) sessions: Arc<crate::sessions::DataSessions>,
     /// Live provided services and their providers.
     pub(crate) mesh: crate::mesh::Registry,
+    /// Open connections, by socket pair.
+    pub(crate) connections: Arc<connections::Connections>,
     /// Transport sessions' queues, and who waits on them here.
     pub(crate) transport: Arc<dyn crate::transport::QueueEngine>,
     pub(crate) transport_waiters: crate::transport::Waiters,

@@ -227,6 +227,7 @@ impl Transport for TransportService {
         };
         let wait = wait_for(&request, Duration::from_millis(r.timeout_ms), MAX_POP_WAIT);
         let until = Instant::now() + wait;
+        let connection = crate::node::connections::socket_pair(&request);
         let r = request.into_inner();
         let waiter = self.node.transport_waiters.of(&session.id, &r.topic);
         loop {
@@ -242,6 +243,18 @@ impl Transport for TransportService {
                 .take(&session.id, &r.topic, lease)
                 .await?
             {
+                // A leased message is in the care of the popper's connection.
+                if let (Some(pair), Some(receipt)) = (connection, &message.receipt) {
+                    let held = crate::node::connections::HeldLease {
+                        session: session.id.clone(),
+                        receipt: receipt.clone(),
+                    };
+                    if !self.node.connections.hold(pair, held) {
+                        // The popper is gone already: the message goes back.
+                        let _ = self.node.transport.nak(&session.id, receipt).await;
+                        return Err(Error::cancelled("the popper's connection closed").into());
+                    }
+                }
                 // Room for a waiting push.
                 self.node.transport_waiters.wake(&session.id, &r.topic);
                 return reply(pb::PopResponse {

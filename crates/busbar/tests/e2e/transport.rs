@@ -217,6 +217,27 @@ async fn leases_settle_once_and_rights_split_pushers_from_poppers() {
         "two"
     );
 
+    // A lease goes back the moment its popper's connection closes.
+    admin
+        .transport_push("s", "", Bytes::from("three"), HashMap::new())
+        .await
+        .unwrap();
+    let popper = node.user("eve", "eve-password").await.unwrap();
+    let held = popper
+        .transport_pop("s", "", Duration::ZERO, Some(Duration::from_secs(600)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.payload, "three");
+    assert!(eve.transport_peek("s", "").await.unwrap().is_none());
+    drop(popper);
+    let back = eve
+        .transport_pop("s", "", Duration::from_secs(10), None)
+        .await
+        .unwrap()
+        .expect("the lease came back with the closed connection");
+    assert_eq!(back.payload, "three");
+
     // Bad input changes nothing.
     for bad in ["", "a/b", "..", &"x".repeat(129)] {
         let error = admin.transport_open(bad, HashMap::new()).await.unwrap_err();
