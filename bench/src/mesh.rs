@@ -29,6 +29,7 @@ const SERVICE: &str = "bench.mesh.Echo";
 const METHOD: &str = "/bench.mesh.Echo/Echo";
 const NATS_SUBJECT: &str = "bench.mesh.echo";
 const PAYLOAD_BYTES: usize = 64;
+const TRANSPORT_SESSION: &str = "bench-transport";
 
 /// `bench.mesh.Echo { rpc Echo(Payload) returns (Payload); }`,
 /// `Payload { bytes data = 1; }`, as an encoded FileDescriptorSet.
@@ -159,6 +160,40 @@ async fn serve_peer(args: PeerArgs) -> Result<()> {
             Ok(())
         })
         .await?;
+
+    // Transport: whatever comes on "req" goes back on "rep".
+    client
+        .transport_open(TRANSPORT_SESSION, Default::default())
+        .await?;
+    let echo = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let popped = echo
+                .transport_pop(TRANSPORT_SESSION, "req", Duration::from_secs(60), None)
+                .await;
+            match popped {
+                Ok(Some(message)) => {
+                    let pushed = echo
+                        .transport_push(
+                            TRANSPORT_SESSION,
+                            "rep",
+                            message.payload,
+                            Default::default(),
+                        )
+                        .await;
+                    if let Err(error) = pushed {
+                        eprintln!("mesh-peer: transport echo stopped: {error}");
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    eprintln!("mesh-peer: transport echo stopped: {error}");
+                    return;
+                }
+            }
+        }
+    });
 
     // The same handler served directly.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -306,23 +341,23 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         ("busbar", grpc_call(node_channel, Some(session))),
         ("direct", grpc_call(direct_channel, None)),
     ];
+    let mut nats_call: Option<Call> = None;
     if lines.iter().any(|l| l == "nats ready")
         && let Some(nats) = ctx.nats_client().await?
     {
         let payload: Bytes = vec![7u8; PAYLOAD_BYTES + 2].into();
-        systems.push((
-            "nats",
-            Arc::new(move || {
-                let nats = nats.clone();
-                let payload = payload.clone();
-                Box::pin(async move {
-                    nats.request(NATS_SUBJECT, payload)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                })
-            }),
-        ));
+        let call: Call = Arc::new(move || {
+            let nats = nats.clone();
+            let payload = payload.clone();
+            Box::pin(async move {
+                nats.request(NATS_SUBJECT, payload)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        systems.push(("nats", call.clone()));
+        nats_call = Some(call);
     }
     let (rounds, turn) = crate::unary::turns(ctx);
     let mut rows = Vec::new();
@@ -381,6 +416,67 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         .peer("nats", n.as_ref().map(Measured::throughput))
         .peer("direct", Some(d.throughput()))
         .target(Target::ratio_at_least("nats", 1.0)));
+    }
+    rows.extend(transport_round_trip(ctx, nats_call).await?);
+    Ok(rows)
+}
+
+/// Transport sessions: push a payload to topic "req" and pop the answer
+/// from "rep", which mesh-peer pops and pushes back; against the same NATS
+/// request/reply. One at a time: answers are not matched to requests.
+async fn transport_round_trip(ctx: &Ctx, nats: Option<Call>) -> Result<Vec<Row>> {
+    let client = ctx.busbar_client().await?;
+    client
+        .transport_open(TRANSPORT_SESSION, Default::default())
+        .await?;
+    let payload: Bytes = vec![7u8; PAYLOAD_BYTES + 2].into();
+    let round_trip: Call = Arc::new(move || {
+        let client = client.clone();
+        let payload = payload.clone();
+        Box::pin(async move {
+            client
+                .transport_push(TRANSPORT_SESSION, "req", payload, Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            match client
+                .transport_pop(TRANSPORT_SESSION, "rep", Duration::from_secs(5), None)
+                .await
+            {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err("no answer within 5 s".to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    });
+    let mut systems = vec![("busbar", round_trip)];
+    if let Some(nats) = nats {
+        systems.push(("nats", nats));
+    }
+    eprintln!("bench: transport round trip, 1 in flight");
+    let mut taken = TakenTurns::run(ctx, &systems, 1).await;
+    let mut b = taken.take("busbar").expect("busbar measured");
+    let mut n = taken.take("nats");
+    let notes = [
+        format!(
+            "transport: push {}-byte payload to topic req of a session, mesh-peer pops it and pushes it to rep, the caller pops it; every push is durable (on disk before it is acknowledged), NATS request/reply is not",
+            PAYLOAD_BYTES + 2
+        ),
+        crate::unary::error_note("busbar transport", &b),
+    ];
+    let mut rows = Vec::new();
+    for (p, label) in [(50.0, "p50"), (99.0, "p99")] {
+        rows.push(
+            notes.iter().fold(
+                Row::new(
+                    format!("transport push→pop round trip, 1 in flight: {label} latency"),
+                    "µs",
+                    Better::Lower,
+                    b.samples.percentile_us(p),
+                )
+                .peer("nats", n.as_mut().map(|n| n.samples.percentile_us(p))),
+                |row, note| row.note(note.clone()),
+            ),
+        );
     }
     Ok(rows)
 }
