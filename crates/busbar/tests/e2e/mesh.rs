@@ -118,15 +118,17 @@ async fn provide(client: &Client, name: &'static str, counters: Arc<Counters>) -
                                 ));
                             }
                             let context = &call.context;
-                            let reply =
-                                format!(
-                                    "{name}: {} from {} trace {} deadline {}",
-                                    text(&request),
-                                    context.caller,
-                                    context.trace_id,
-                                    context.time_left().is_some_and(|left| left > Duration::ZERO
-                                        && left <= Duration::from_secs(30)),
-                                );
+                            let in_time = context.time_left().is_some_and(|left| {
+                                left > Duration::ZERO && left <= Duration::from_secs(30)
+                            });
+                            let tenant =
+                                context.metadata.get("x-tenant").map_or("-", String::as_str);
+                            let reply = format!(
+                                "{name}: {} from {} trace {} deadline {in_time} tenant {tenant}",
+                                text(&request),
+                                context.caller,
+                                context.trace_id,
+                            );
                             call.send(encode(reply)).await?;
                         }
                         "Count" => {
@@ -166,7 +168,7 @@ async fn provide(client: &Client, name: &'static str, counters: Arc<Counters>) -
         .expect("the offer is accepted")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() {
     let node = Node::start(&[]);
     let admin = node.admin().await;
@@ -187,7 +189,7 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
         .unwrap();
     assert_eq!(
         reply["text"],
-        "one: hi from admin trace trace-mesh-1 deadline true"
+        "one: hi from admin trace trace-mesh-1 deadline true tenant -"
     );
 
     // Server streaming.
@@ -251,6 +253,60 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
     assert_eq!(echo.providers[0].identity, "admin");
     assert!(echo.providers[0].calls_served >= 4, "{echo:?}");
     assert_eq!(echo.methods, ["Chat", "Collect", "Count", "Say", "Slow"]);
+
+    // `busbar call` reaches the provided method by name.
+    // (The CLI runs while this runtime keeps serving the provider.)
+    let say = format!("{ECHO}/Say");
+    let printed = tokio::task::block_in_place(|| node.cli_ok(&["call", &say, r#"{"text":"cli"}"#]));
+    assert!(printed.contains("one: cli from admin"), "{printed}");
+
+    // So does a stock tonic client pointed at the node, with a session as
+    // bearer and x- metadata, which reaches the handler.
+    let config = node.admin_json();
+    let login = admin
+        .call(
+            "busbar.v1.Auth/Login",
+            serde_json::json!({"password": {
+                "user": "admin",
+                "password": config["credential"]["password"],
+            }}),
+        )
+        .await
+        .unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            config["ca_pem"].as_str().unwrap(),
+        ))
+        .domain_name("localhost");
+    let address = config["address"].as_str().unwrap().to_string();
+    let channel = tonic::transport::Endpoint::from_shared(address)
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(encode("stock".into()));
+    let bearer = format!("Bearer {}", login["token"].as_str().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-tenant", "blue".parse().unwrap());
+    let reply = grpc
+        .unary(
+            request,
+            http::uri::PathAndQuery::from_static("/mesh.test.Echo/Say"),
+            busbar_proto::bytes_codec::BytesCodec,
+        )
+        .await
+        .unwrap();
+    let said = text(reply.get_ref());
+    assert!(said.starts_with("one: stock from admin trace "), "{said}");
+    assert!(said.ends_with("deadline false tenant blue"), "{said}");
 
     // A caller whose deadline passes cancels the handler.
     let before = counters.cancelled.load(Ordering::SeqCst);
