@@ -8,6 +8,10 @@ loop. Both release the GIL while they wait on the network.
 Data: ``conn.sql(db).execute/run`` (SQL and stored procedures),
 ``conn.session()`` (commit/rollback) and ``conn.timeseries`` (Arrow time
 series), all returning ``pyarrow.Table``.
+
+Mesh: ``@busbar.interface`` declares a service as a class,
+``conn.provide(impl)`` serves it through the node, ``conn.remote(Iface)``
+calls it, ``busbar.context()`` tells a handler about its call.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Optional
 from . import _core, errors
 from ._connection import Wire, _ConnectionBase
 from ._core import __version__
+from ._mesh import CallContext, Provider, context, interface, method
 from ._rooms import Room, event, join_blocking
 from ._session import Session
 from ._sql import Database
@@ -86,6 +91,7 @@ class Connection(_ConnectionBase):
     _CALL = Call
     _SUBSCRIPTION = Subscription
     _SESSION = Session
+    _PROVIDER = Provider
 
     def __enter__(self) -> "Connection":
         return self
@@ -107,7 +113,8 @@ class Connection(_ConnectionBase):
 
 
 __all__ = [
-    "BusbarError", "Call", "Connection", "Database", "Room", "Session", "Subscription",
-    "TimeSeries", "Wire",
-    "__version__", "errors", "event", "set_spin_limit", "spin_limit",
+    "BusbarError", "Call", "CallContext", "Connection", "Database", "Provider", "Room", "Session",
+    "Subscription", "TimeSeries", "Wire",
+    "__version__", "context", "errors", "event", "interface", "method", "set_spin_limit",
+    "spin_limit",
 ]

@@ -4,13 +4,13 @@ import datetime
 import os
 import pyarrow
 from typing import (Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, TypeVar, Union, overload)
+                    Sequence, Type, TypeVar, Union, overload)
 
 from . import aio, errors
 from .errors import BusbarError as BusbarError
 from .types import (CertificateInfo, Empty, ExecuteSummary, Grant, Identity, NewCertificate,
-                    NodeStatus, Procedure, PublishSummary, Resource, SeriesInfo, SessionSummary,
-                    WriteSummary)
+                    NodeStatus, Procedure, PublishSummary, Resource, SeriesInfo, ServiceInfo,
+                    SessionSummary, WriteSummary)
 
 __version__: str
 
@@ -18,9 +18,58 @@ _JSON = Dict[str, Any]
 _Params = Union[Sequence[Any], Mapping[str, Any], None]
 _F = TypeVar("_F", bound=Callable[..., Any])
 _R = TypeVar("_R", bound="Room")
+_T = TypeVar("_T")
+_C = TypeVar("_C", bound=type)
 
 def event(name: str) -> Callable[[_F], _F]:
     """Marks a Room method as the handler of event ``name``."""
+
+def interface(name: str) -> Callable[[_C], _C]:
+    """Declares the class as the mesh service ``name`` (a protobuf full
+    name); unsupported type hints raise InvalidArgument here. Registers
+    nothing: ``conn.provide`` does."""
+
+@overload
+def method(name: _F) -> _F: ...
+@overload
+def method(name: Optional[str] = ..., *, idempotent: bool = ...) -> Callable[[_F], _F]:
+    """Marks a method of an interface, named ``name`` in the service
+    (default: the Python name); ``idempotent`` lets the node retry it on
+    another provider."""
+
+def context() -> CallContext:
+    """The context of the mesh call this handler serves; FailedPrecondition
+    outside a handler."""
+
+class CallContext:
+    """A mesh call as its handler sees it."""
+    method: str
+    caller: str
+    trace_id: str
+    metadata: Dict[str, str]
+    #: The caller's deadline as ``time.time()`` seconds, or None.
+    deadline: Optional[float]
+    def __init__(self, method: str, caller: str, trace_id: str, metadata: Dict[str, str],
+                 time_left: Optional[float]) -> None: ...
+    def time_left(self) -> Optional[float]:
+        """Seconds until the caller's deadline (0 once passed), or None."""
+
+class Provider:
+    """A running provider (``conn.provide``); ``close()`` drains it."""
+    services: List[str]
+    concurrency: int
+    def __init__(self, core: Any, offered: Any, concurrency: int) -> None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def paths(self) -> List[str]: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    def close(self, *, grace: float = ...) -> None: ...
+    def __enter__(self) -> "Provider": ...
+    def __exit__(self, *exc: Any) -> None: ...
 
 def set_spin_limit(seconds: float) -> None:
     """Lets a call spin for its answer (an awaited one: keep its loop
@@ -67,6 +116,11 @@ class Connection:
              timeout: Optional[float] = ...) -> _JSON: ...
     def stream(self, method: str, request: Optional[_JSON] = ..., *,
                timeout: Optional[float] = ...) -> "Call": ...
+    def provide(self, implementation: object, *, concurrency: Optional[int] = ...,
+                timeout: Optional[float] = ...) -> Provider: ...
+    def remote(self, interface: Type[_T], *, timeout: Optional[float] = ...) -> _T: ...
+    def services(self, path: str = ..., *,
+                 timeout: Optional[float] = ...) -> List[ServiceInfo]: ...
     def ls(self, path: str, *, recursive: bool = ...,
            timeout: Optional[float] = ...) -> List[Resource]: ...
     def get(self, path: str, *, timeout: Optional[float] = ...) -> Resource: ...
@@ -213,4 +267,4 @@ class Room:
     def leave(self, *, timeout: Optional[float] = ...) -> Any: ...
     def wait(self, timeout: Optional[float] = ...) -> Any: ...
 
-__all__ = ["BusbarError", "Call", "Connection", "Database", "Room", "Session", "Subscription", "TimeSeries", "Wire", "__version__", "errors", "event", "set_spin_limit", "spin_limit"]
+__all__ = ["BusbarError", "Call", "CallContext", "Connection", "Database", "Provider", "Room", "Session", "Subscription", "TimeSeries", "Wire", "__version__", "context", "errors", "event", "interface", "method", "set_spin_limit", "spin_limit"]

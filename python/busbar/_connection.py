@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional
 
-from . import _core
+from . import _core, _mesh
 from ._sql import Database
 from ._timeseries import TimeSeries
 from .errors import InvalidArgument
@@ -69,6 +69,7 @@ class _ConnectionBase:
     _CALL: Any = None
     _SUBSCRIPTION: Any = None
     _SESSION: Any = None
+    _PROVIDER: Any = None
 
     def __init__(self, core: Any) -> None:
         if not isinstance(core, _core.Core):
@@ -183,6 +184,34 @@ class _ConnectionBase:
         """Starts a server-, client- or bidi-streaming call; returns a Call.
         ``request`` is the first message (required for server streaming)."""
         return self._then(self._core.call(method, request, timeout, True), self._CALL)
+
+    # --- mesh -------------------------------------------------------------
+
+    def provide(self, implementation: Any, *, concurrency: Optional[int] = None,
+                timeout: Optional[float] = None) -> Any:
+        """Offers, through the node, every ``@busbar.interface`` the
+        implementation's class derives from; returns a Provider once the node
+        accepted the offer, which serves calls in the background until it is
+        closed. At most ``concurrency`` calls (default 64) run at once: plain
+        handlers on a pool of that many threads, ``async def`` ones (asyncio
+        face only) as tasks on the event loop. ``timeout`` bounds the offer."""
+        offered = _mesh.offer(implementation, self._ASYNC)
+        calls = _mesh.check_concurrency(concurrency)
+        opening = self._core.provide(offered.services, offered.descriptors, calls, timeout)
+        return self._then(opening, lambda core: self._PROVIDER(core, offered, calls))
+
+    def remote(self, interface: Any, *, timeout: Optional[float] = None) -> Any:
+        """A reference to the service ``interface`` (a ``@busbar.interface``
+        class) whose methods call it through the node, by name, with
+        ``timeout`` as each call's deadline. It is an instance of a subclass
+        of ``interface``; with the asyncio face its methods are awaited (and
+        streaming ones are async iterators)."""
+        return _mesh.remote(self, interface, timeout, self._ASYNC)
+
+    def services(self, path: str = "", *, timeout: Optional[float] = None) -> Any:
+        """Live services at or below ``path`` (default ``/services``) with
+        their methods and providers, as this identity may read them."""
+        return self._core.services(path, timeout)
 
     # --- resources --------------------------------------------------------
 

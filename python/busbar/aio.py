@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ._connection import Wire, _ConnectionBase
+from ._mesh import AsyncProvider as Provider
+from ._mesh import CallContext, context, interface, method
 from ._rooms import Room, event, join_async
 from ._session import AsyncSession as Session
 from ._session import Opening
@@ -26,6 +28,15 @@ class Connection(_ConnectionBase):
     _CALL = Call
     _SUBSCRIPTION = Subscription
     _SESSION = Session
+    _PROVIDER = Provider
+
+    def provide(self, implementation: Any, *, concurrency: Optional[int] = None,
+                timeout: Optional[float] = None) -> Any:
+        """Offers the implementation's interfaces: ``provider = await
+        conn.provide(impl)`` or ``async with conn.provide(impl) as provider:``;
+        see ``busbar.Connection.provide``."""
+        return Opening(super().provide(implementation, concurrency=concurrency,
+                                       timeout=timeout))
 
     def session(self, *, timeout: Optional[float] = None) -> Any:
         """Opens a data session: ``async with conn.session() as s:`` (or
@@ -76,5 +87,6 @@ class Connection(_ConnectionBase):
         return await publisher.finish()
 
 
-__all__ = ["Call", "Connection", "Database", "Opening", "Room", "Session", "Subscription",
-           "TimeSeries", "Wire", "event"]
+__all__ = ["Call", "CallContext", "Connection", "Database", "Opening", "Provider", "Room",
+           "Session", "Subscription", "TimeSeries", "Wire", "context", "event", "interface",
+           "method"]

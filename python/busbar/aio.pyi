@@ -3,16 +3,20 @@
 import datetime
 import os
 from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Generator,
-                    Generic, Iterable, List, Mapping, Optional, Sequence, TypeVar, Union,
-                    overload)
+                    Generic, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar,
+                    Union, overload)
 
 import pyarrow
 
+from . import CallContext as CallContext
 from . import Room as Room
+from . import context as context
 from . import event as event
+from . import interface as interface
+from . import method as method
 from .types import (CertificateInfo, Empty, ExecuteSummary, Grant, Identity, NewCertificate,
-                    NodeStatus, Procedure, PublishSummary, Resource, SeriesInfo, SessionSummary,
-                    WriteSummary)
+                    NodeStatus, Procedure, PublishSummary, Resource, SeriesInfo, ServiceInfo,
+                    SessionSummary, WriteSummary)
 
 _JSON = Dict[str, Any]
 _Params = Union[Sequence[Any], Mapping[str, Any], None]
@@ -25,6 +29,23 @@ class Opening(Generic[_T]):
     def __init__(self, opening: Any) -> None: ...
     def __await__(self) -> Generator[Any, None, _T]: ...
     async def __aenter__(self) -> _T: ...
+    async def __aexit__(self, *exc: Any) -> None: ...
+
+class Provider:
+    """A running provider (``await conn.provide(...)``); ``await close()`` drains it."""
+    services: List[str]
+    concurrency: int
+    def __init__(self, core: Any, offered: Any, concurrency: int) -> None: ...
+    @property
+    def id(self) -> str: ...
+    @property
+    def paths(self) -> List[str]: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def in_flight(self) -> int: ...
+    async def close(self, *, grace: float = ...) -> None: ...
+    async def __aenter__(self) -> "Provider": ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
 class Connection:
@@ -63,6 +84,13 @@ class Connection:
              timeout: Optional[float] = ...) -> Awaitable[_JSON]: ...
     def stream(self, method: str, request: Optional[_JSON] = ..., *,
                timeout: Optional[float] = ...) -> Awaitable["Call"]: ...
+    def provide(self, implementation: object, *, concurrency: Optional[int] = ...,
+                timeout: Optional[float] = ...) -> Opening[Provider]:
+        """Await it for the Provider, or use it in ``async with``."""
+    def remote(self, interface: Type[_T], *, timeout: Optional[float] = ...) -> Any:
+        """Made at once; its methods are awaited (streaming ones: async iterators)."""
+    def services(self, path: str = ..., *,
+                 timeout: Optional[float] = ...) -> Awaitable[List[ServiceInfo]]: ...
     def ls(self, path: str, *, recursive: bool = ...,
            timeout: Optional[float] = ...) -> Awaitable[List[Resource]]: ...
     def get(self, path: str, *, timeout: Optional[float] = ...) -> Awaitable[Resource]: ...
@@ -189,5 +217,6 @@ class Session:
     async def __aenter__(self) -> "Session": ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
-__all__ = ["Call", "Connection", "Database", "Opening", "Room", "Session", "Subscription",
-           "TimeSeries", "Wire", "event"]
+__all__ = ["Call", "CallContext", "Connection", "Database", "Opening", "Provider", "Room",
+           "Session", "Subscription", "TimeSeries", "Wire", "context", "event", "interface",
+           "method"]

@@ -199,8 +199,35 @@ class SessionSummary(TypedDict):
     series: int
 
 
+class ProviderInfo(TypedDict):
+    """One provider of a service, in ``ServiceInfo``."""
+
+    #: The provider's id on the node (``provider.id``).
+    id: str
+    #: The identity it logged in as.
+    identity: str
+    #: When it offered the service, epoch milliseconds UTC.
+    since_unix_ms: int
+    calls_in_flight: int
+    calls_served: int
+    #: Closing: the node routes it no new calls.
+    draining: bool
+
+
+class ServiceInfo(TypedDict):
+    """``conn.services(...)``: a live service of the mesh."""
+
+    #: The protobuf full name, "mesh.trust.Tokenizer".
+    name: str
+    #: "/services/mesh.trust.Tokenizer".
+    path: str
+    #: Method names, sorted.
+    methods: List[str]
+    providers: List[ProviderInfo]
+
+
 __all__ = [
     "CertificateInfo", "Empty", "ExecuteSummary", "Grant", "Identity", "NewCertificate",
-    "NodeStatus", "Procedure", "PublishSummary", "Resource", "SeriesInfo", "SeriesSpec",
-    "SessionSummary", "SqlColumn", "WriteSummary",
+    "NodeStatus", "Procedure", "ProviderInfo", "PublishSummary", "Resource", "SeriesInfo",
+    "SeriesSpec", "ServiceInfo", "SessionSummary", "SqlColumn", "WriteSummary",
 ]

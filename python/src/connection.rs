@@ -395,6 +395,40 @@ impl Core {
         })
     }
 
+    /// Offers `services`, defined by the encoded FileDescriptorSet
+    /// `descriptors`, running at most `concurrency` calls at once (0: the
+    /// default); the result is a `CoreProvider` once the node accepted the
+    /// offer. `timeout` bounds only the offer: the provider lasts until
+    /// it is closed.
+    #[pyo3(signature = (services, descriptors, concurrency, timeout=None))]
+    fn provide<'py>(
+        &self,
+        py: Python<'py>,
+        services: Vec<String>,
+        descriptors: Vec<u8>,
+        concurrency: u32,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let face = self.face;
+        self.run(py, timeout, Scope::Opening, move |c| async move {
+            crate::mesh::provide(face, c, services, descriptors, concurrency).await
+        })
+    }
+
+    /// Live services at or below `path` ("/services" when empty), with
+    /// their providers (a list of dicts).
+    #[pyo3(signature = (path, timeout=None))]
+    fn services<'py>(
+        &self,
+        py: Python<'py>,
+        path: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(messages_to_json(&c.services(&path).await?))
+        })
+    }
+
     /// The node's status (a dict).
     #[pyo3(signature = (timeout=None))]
     fn status<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {

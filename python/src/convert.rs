@@ -204,7 +204,8 @@ proto_messages!(
     DropProcedureResponse,
     SeriesInfo,
     ExecuteSummary,
-    PublishSummary
+    PublishSummary,
+    ServiceInfo
 );
 
 /// A protocol message as the same JSON `call()` returns for it (proto field

@@ -7,6 +7,7 @@ mod connection;
 mod convert;
 mod data;
 mod loop_io;
+mod mesh;
 mod sql;
 mod streams;
 
@@ -18,12 +19,15 @@ fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(bridge::at_exit, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::set_spin_limit, module)?)?;
     module.add_function(wrap_pyfunction!(bridge::spin_limit, module)?)?;
+    module.add_function(wrap_pyfunction!(mesh::interface_descriptors, module)?)?;
     module.add_class::<connection::Core>()?;
     module.add_class::<data::CoreSession>()?;
     module.add_class::<streams::CoreCall>()?;
     module.add_class::<streams::CoreSubscription>()?;
     module.add_class::<streams::CorePublisher>()?;
     module.add_class::<streams::CoreMembership>()?;
+    module.add_class::<mesh::CoreProvider>()?;
+    module.add_class::<mesh::CoreProviderCall>()?;
     module.add_class::<bridge::Doorbell>()?;
     module.add_class::<loop_io::LoopExec>()?;
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -1,5 +1,5 @@
-"""Every ```python block of docs/python.md, docs/security.md and of the README
-runs as written.
+"""Every ```python block of docs/python.md, docs/security.md, docs/mesh.md and
+of the README runs as written.
 
 Each block runs as its own script, in a directory holding a real node's
 data as ./busbar-data (so "busbar-data/admin.json" is found, as after
@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO_ROOT, clean_env
 
 DOCUMENTS = [REPO_ROOT / "docs" / "python.md", REPO_ROOT / "README.md",
-             REPO_ROOT / "docs" / "security.md"]
+             REPO_ROOT / "docs" / "security.md", REPO_ROOT / "docs" / "mesh.md"]
 BLOCK_TIMEOUT_S = 60
 
 
@@ -38,6 +38,7 @@ def python_blocks(path: Path) -> list[str]:
 def test_the_documents_have_examples():
     assert len(python_blocks(DOCUMENTS[0])) >= 10
     assert len(python_blocks(DOCUMENTS[1])) >= 2
+    assert len(python_blocks(DOCUMENTS[3])) >= 3
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)

@@ -41,17 +41,19 @@ def channel(busbar_node):
         yield ch
 
 
-def reflect(channel, **request) -> reflection_pb2.ServerReflectionResponse:
+def reflect(channel, metadata=(), **request) -> reflection_pb2.ServerReflectionResponse:
     """One request/response on the (bidirectional) reflection stream."""
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     req = reflection_pb2.ServerReflectionRequest(**request)
-    (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=CALL_TIMEOUT_S)
+    (resp,) = stub.ServerReflectionInfo(iter([req]), timeout=CALL_TIMEOUT_S,
+                                        metadata=metadata)
     assert not resp.HasField("error_response"), resp.error_response
     return resp
 
 
-def pool_for_symbols(channel, *symbols: str) -> descriptor_pool.DescriptorPool:
-    """A descriptor pool holding the files that define symbols and all their imports."""
+def pool_for_symbols(channel, *symbols: str, metadata=()) -> descriptor_pool.DescriptorPool:
+    """A descriptor pool holding the files that define symbols and all their
+    imports (``metadata``: a session, to see provided services)."""
     files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
 
     def take(resp):
@@ -60,12 +62,12 @@ def pool_for_symbols(channel, *symbols: str) -> descriptor_pool.DescriptorPool:
             files.setdefault(fdp.name, fdp)
 
     for symbol in symbols:
-        take(reflect(channel, file_containing_symbol=symbol))
+        take(reflect(channel, metadata, file_containing_symbol=symbol))
     # A server may or may not send the transitive imports along; ask for
     # whatever is still missing by file name.
     while missing := {d for f in files.values() for d in f.dependency} - files.keys():
         for name in missing:
-            take(reflect(channel, file_by_filename=name))
+            take(reflect(channel, metadata, file_by_filename=name))
 
     pool = descriptor_pool.DescriptorPool()
     added: set[str] = set()

@@ -21,6 +21,8 @@ mod dynamic;
 mod error;
 mod json;
 mod mesh;
+mod mesh_json;
+mod mesh_schema;
 mod pieces;
 mod point_columns;
 mod rooms;
@@ -28,8 +30,8 @@ mod sessions;
 pub mod spin;
 mod sql;
 mod timeseries;
-mod transport;
 mod tls;
+mod transport;
 mod wires;
 
 pub use api::{
@@ -40,8 +42,12 @@ pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
-pub use transport::{TransportMessage, TransportSession};
 pub use mesh::{CallContext, Offer, Provided, ProviderCall};
+pub use mesh_json::JsonCall;
+pub use mesh_schema::{
+    FieldSchema, InterfaceSchema, MessageSchema, MethodSchema, REPLY_FIELD, TypeSchema,
+    interface_descriptors,
+};
 pub use rooms::{EmitStreamSummary, RoomEmitter, RoomEvent, RoomEventKind, RoomMembership};
 pub use sessions::{Session, SessionEnded};
 pub use sql::{
@@ -54,6 +60,7 @@ pub use timeseries::{
     WriteSeriesResponse, curve_name, flags, parse_curve, parse_resolution, points, resolution_name,
 };
 pub use tls::NewCertificate;
+pub use transport::{TransportMessage, TransportSession};
 pub use wires::PublishSummary;
 
 /// The generated protocol types, for fields this API does not wrap.

@@ -24,8 +24,8 @@ mod sessions;
 mod sql;
 mod store;
 mod timeseries;
-mod transport;
 pub mod tls;
+mod transport;
 mod wires;
 
 pub use config::{ServerConfig, Settings};
