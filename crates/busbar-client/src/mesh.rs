@@ -186,6 +186,9 @@ pub struct Provided {
     /// The paths of the service resources.
     pub paths: Vec<String>,
     outbound: Option<mpsc::Sender<pb::FromProvider>>,
+    /// Ends the stream to the node (its handlers and reader hold senders
+    /// of the queue, so dropping ours alone would not).
+    closing: Option<tokio::sync::oneshot::Sender<()>>,
     running: Arc<Mutex<Running>>,
     reader: JoinHandle<()>,
 }
@@ -212,6 +215,7 @@ impl Provided {
         }
         // Half-closes the stream; the node ends its side in turn.
         self.outbound = None;
+        self.closing = None;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
     }
 }
@@ -251,9 +255,16 @@ impl Client {
             })
             .await
             .expect("a new channel has room");
-        let mut inbound = self
+        let (closing, closed) = tokio::sync::oneshot::channel::<()>();
+        // The stream lasts as long as the provider: a default deadline of
+        // this handle's calls must not end it.
+        let streaming = Client {
+            timeout: None,
+            ..self.clone()
+        };
+        let mut inbound = streaming
             .mesh_client()
-            .provide(tokio_stream::wrappers::ReceiverStream::new(queued))
+            .provide(tokio_stream::wrappers::ReceiverStream::new(queued).take_until(closed))
             .await?
             .into_inner();
         let offered = match inbound.message().await? {
@@ -282,6 +293,7 @@ impl Client {
             id: offered.provider,
             paths: offered.paths,
             outbound: Some(outbound),
+            closing: Some(closing),
             running,
             reader,
         })

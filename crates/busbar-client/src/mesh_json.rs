@@ -126,34 +126,27 @@ impl Client {
     {
         let methods = Arc::new(methods_of(&offer.file_descriptor_set)?);
         let handler = Arc::new(handler);
-        // The Provide stream lasts as long as the provider: a default
-        // deadline of this handle's calls must not end it.
-        let streaming = Client {
-            timeout: None,
-            ..self.clone()
-        };
-        streaming
-            .provide(offer, move |call: ProviderCall| {
-                let method = methods.get(&call.context.method).cloned();
-                let handler = handler.clone();
-                async move {
-                    let Some(method) = method else {
-                        return Err(Error::new(
-                            ErrorCode::Unimplemented,
-                            format!(
-                                "this provider's descriptors define no {}",
-                                call.context.method
-                            ),
-                        ));
-                    };
-                    handler(JsonCall {
-                        context: call.context.clone(),
-                        call,
-                        method,
-                    })
-                    .await
-                }
-            })
-            .await
+        self.provide(offer, move |call: ProviderCall| {
+            let method = methods.get(&call.context.method).cloned();
+            let handler = handler.clone();
+            async move {
+                let Some(method) = method else {
+                    return Err(Error::new(
+                        ErrorCode::Unimplemented,
+                        format!(
+                            "this provider's descriptors define no {}",
+                            call.context.method
+                        ),
+                    ));
+                };
+                handler(JsonCall {
+                    context: call.context.clone(),
+                    call,
+                    method,
+                })
+                .await
+            }
+        })
+        .await
     }
 }
