@@ -106,10 +106,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for DirectEcho {
 struct PeerArgs {
     config: std::path::PathBuf,
     token: String,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-    ca: std::path::PathBuf,
-    nats: Option<String>,
+    tls: crate::peers::PeerArgs,
 }
 
 /// `busbar-bench mesh-peer --config ADMIN_JSON --token T --cert C --key K
@@ -117,27 +114,19 @@ struct PeerArgs {
 /// directly and answers on NATS; prints `direct HOST:PORT` and `ready`,
 /// then serves until its stdin closes.
 pub fn peer_main(args: &[String]) -> Result<()> {
-    let mut parsed = PeerArgs {
-        config: Default::default(),
-        token: String::new(),
-        cert: Default::default(),
-        key: Default::default(),
-        ca: Default::default(),
-        nats: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--config" => parsed.config = value.into(),
-            "--token" => parsed.token = value.clone(),
-            "--cert" => parsed.cert = value.into(),
-            "--key" => parsed.key = value.into(),
-            "--ca" => parsed.ca = value.into(),
-            "--nats" => parsed.nats = Some(value.clone()),
-            other => return Err(format!("mesh-peer: unknown flag {other}").into()),
+    let (mut config, mut token) = (std::path::PathBuf::new(), String::new());
+    let tls = crate::peers::parse_with("mesh-peer", args, |flag, value| match flag {
+        "--config" => {
+            config = value.into();
+            true
         }
-    }
+        "--token" => {
+            token = value.to_string();
+            true
+        }
+        _ => false,
+    })?;
+    let parsed = PeerArgs { config, token, tls };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -198,7 +187,10 @@ async fn serve_peer(args: PeerArgs) -> Result<()> {
     // The same handler served directly.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
-    let identity = Identity::from_pem(std::fs::read(&args.cert)?, std::fs::read(&args.key)?);
+    let identity = Identity::from_pem(
+        std::fs::read(&args.tls.cert)?,
+        std::fs::read(&args.tls.key)?,
+    );
     let router = tonic::transport::Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity))?
         .tcp_nodelay(true)
@@ -213,8 +205,8 @@ async fn serve_peer(args: PeerArgs) -> Result<()> {
     println!("direct {address}");
 
     // The NATS responder: the request's payload back.
-    if let Some(url) = &args.nats {
-        let nats = crate::peers::nats_connect(url, &args.ca).await?;
+    if let Some(url) = &args.tls.nats {
+        let nats = crate::peers::nats_connect(url, &args.tls.ca).await?;
         let mut requests = nats.subscribe(NATS_SUBJECT).await?;
         let responder = nats.clone();
         tokio::spawn(async move {

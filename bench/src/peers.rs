@@ -108,14 +108,24 @@ pub async fn tonic_client(
     Ok(pb::node_client::NodeClient::new(channel))
 }
 
-struct PeerArgs {
-    cert: PathBuf,
-    key: PathBuf,
-    ca: PathBuf,
-    nats: Option<String>,
+pub struct PeerArgs {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub nats: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<PeerArgs> {
+    parse_with("peer-server", args, |_, _| false)
+}
+
+/// A child's `--cert C --key K --ca CA [--nats URL]`; other flags go to
+/// `extra`, which says whether it knew them.
+pub fn parse_with(
+    mode: &str,
+    args: &[String],
+    mut extra: impl FnMut(&str, &str) -> bool,
+) -> Result<PeerArgs> {
     let mut parsed = PeerArgs {
         cert: PathBuf::new(),
         key: PathBuf::new(),
@@ -130,7 +140,8 @@ fn parse(args: &[String]) -> Result<PeerArgs> {
             "--key" => parsed.key = value.into(),
             "--ca" => parsed.ca = value.into(),
             "--nats" => parsed.nats = Some(value.clone()),
-            other => return Err(format!("peer-server: unknown flag {other}").into()),
+            other if extra(other, value) => {}
+            other => return Err(format!("{mode}: unknown flag {other}").into()),
         }
     }
     Ok(parsed)

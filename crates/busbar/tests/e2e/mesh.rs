@@ -455,14 +455,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     let eve = node.user("eve", "eve-password").await.unwrap();
 
     // Eve may not create a service (no write on /services)...
-    let error = eve
-        .provide(
-            Offer::new([ECHO], descriptors(".mesh.test.Text")),
-            |_| async { Ok(()) },
-        )
-        .await
-        .err()
-        .expect("refused");
+    let error = refused_offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await;
     assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
     assert!(error.message().contains("busbar service create"), "{error}");
     assert!(admin.get(&format!("/services/{ECHO}")).await.is_err());
@@ -470,14 +463,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     // ...nor provide one that exists without write on it.
     let counters = Arc::new(Counters::default());
     let provider = provide(&admin, "admin", counters).await;
-    let error = eve
-        .provide(
-            Offer::new([ECHO], descriptors(".mesh.test.Text")),
-            |_| async { Ok(()) },
-        )
-        .await
-        .err()
-        .expect("refused");
+    let error = refused_offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await;
     assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
 
     // Calling needs read on the service; the listing hides it until then.
@@ -501,14 +487,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     );
 
     // Another definition of a live service is refused, naming both.
-    let error = admin
-        .provide(
-            Offer::new([ECHO], descriptors(".mesh.test.Other")),
-            |_| async { Ok(()) },
-        )
-        .await
-        .err()
-        .expect("refused");
+    let error = refused_offer(&admin, &[ECHO], descriptors(".mesh.test.Other")).await;
     assert_eq!(error.code(), ErrorCode::FailedPrecondition, "{error}");
     assert!(
         error.message().contains("is live with other methods"),
@@ -540,11 +519,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
             "at least one service",
         ),
     ] {
-        let error = admin
-            .provide(Offer::new(services, set), |_| async { Ok(()) })
-            .await
-            .err()
-            .expect("refused");
+        let error = refused_offer(&admin, &services, set).await;
         assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
         assert!(error.message().contains(expected), "{expected}: {error}");
     }
@@ -585,6 +560,17 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     .await;
     assert!(node.log().contains("its credentials no longer hold"));
     drop(provided);
+}
+
+/// The error an offer is refused with.
+async fn refused_offer(client: &Client, services: &[&str], set: Vec<u8>) -> busbar_client::Error {
+    client
+        .provide(Offer::new(services.iter().copied(), set), |_| async {
+            Ok(())
+        })
+        .await
+        .err()
+        .expect("the offer is refused")
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool) {

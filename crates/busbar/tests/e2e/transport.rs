@@ -8,6 +8,23 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// A pop of `topic` that waits (up to 20 s), started and given a moment to
+/// begin waiting.
+async fn waiting_pop(
+    client: &busbar_client::Client,
+    session: &'static str,
+    topic: &'static str,
+) -> tokio::task::JoinHandle<busbar_client::Result<Option<busbar_client::TransportMessage>>> {
+    let client = client.clone();
+    let waiting = tokio::spawn(async move {
+        client
+            .transport_pop(session, topic, Duration::from_secs(20), None)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    waiting
+}
+
 fn meta(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
         .iter()
@@ -85,14 +102,7 @@ async fn parties_push_and_pop_in_order_by_topic_and_a_pop_waits_for_a_push() {
     assert!(started.elapsed() >= Duration::from_millis(250));
 
     // A waiting pop takes a push made while it waits.
-    let waiting = {
-        let bob = bob.clone();
-        tokio::spawn(async move {
-            bob.transport_pop("job-1", "a", Duration::from_secs(20), None)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = waiting_pop(&bob, "job-1", "a").await;
     alice
         .transport_push("job-1", "a", Bytes::from("late"), HashMap::new())
         .await
@@ -101,14 +111,7 @@ async fn parties_push_and_pop_in_order_by_topic_and_a_pop_waits_for_a_push() {
     assert_eq!(message.payload, "late");
 
     // Release ends the session: a waiting pop fails, the path is free.
-    let waiting = {
-        let bob = bob.clone();
-        tokio::spawn(async move {
-            bob.transport_pop("job-1", "a", Duration::from_secs(20), None)
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = waiting_pop(&bob, "job-1", "a").await;
     alice
         .transport_push("job-1", "z", Bytes::from("left"), HashMap::new())
         .await
