@@ -11,7 +11,9 @@ series), all returning ``pyarrow.Table``.
 
 Mesh: ``@busbar.interface`` declares a service as a class,
 ``conn.provide(impl)`` serves it through the node, ``conn.remote(Iface)``
-calls it, ``busbar.context()`` tells a handler about its call.
+calls it, ``busbar.context()`` tells a handler about its call, and
+``conn.transport(id)`` opens a transport session (per-topic queues:
+``push``, ``pop``, ``peek``, ``release``).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from ._rooms import Room, event, join_blocking
 from ._session import Session
 from ._sql import Database
 from ._timeseries import TimeSeries
+from ._transport import TransportMessage, TransportSession
 from ._streams import Call, Subscription
-from .errors import BusbarError
+from .errors import BusbarError, SessionReleased
 
 
 def set_spin_limit(seconds: float) -> None:
@@ -92,6 +95,7 @@ class Connection(_ConnectionBase):
     _SUBSCRIPTION = Subscription
     _SESSION = Session
     _PROVIDER = Provider
+    _TRANSPORT = TransportSession
 
     def __enter__(self) -> "Connection":
         return self
@@ -114,7 +118,7 @@ class Connection(_ConnectionBase):
 
 __all__ = [
     "BusbarError", "Call", "CallContext", "Connection", "Database", "Provider", "Room", "Session",
-    "Subscription", "TimeSeries", "Wire",
+    "SessionReleased", "Subscription", "TimeSeries", "TransportMessage", "TransportSession", "Wire",
     "__version__", "context", "errors", "event", "interface", "method", "set_spin_limit",
     "spin_limit",
 ]

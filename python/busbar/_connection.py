@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any, Callable, Dict, Optional
 
-from . import _core, _mesh
+from . import _core, _mesh, _transport
 from ._sql import Database
 from ._timeseries import TimeSeries
 from .errors import InvalidArgument
@@ -70,6 +70,7 @@ class _ConnectionBase:
     _SUBSCRIPTION: Any = None
     _SESSION: Any = None
     _PROVIDER: Any = None
+    _TRANSPORT: Any = None
 
     def __init__(self, core: Any) -> None:
         if not isinstance(core, _core.Core):
@@ -212,6 +213,18 @@ class _ConnectionBase:
         """Live services at or below ``path`` (default ``/services``) with
         their methods and providers, as this identity may read them."""
         return self._core.services(path, timeout)
+
+    # --- transport sessions -----------------------------------------------
+
+    def transport(self, session_id: str, metadata: Optional[Dict[str, str]] = None, *,
+                  timeout: Optional[float] = None) -> Any:
+        """Opens the transport session ``session_id`` (1 to 128 letters,
+        digits, '.', '_', '-'), creating it when missing with ``metadata``
+        (a dict of str to str), or joins it; returns a TransportSession
+        with ``push``, ``pop``, ``pop_message``, ``peek`` and ``release``.
+        Leaving it (``with``) does not release it: ``release()`` is explicit."""
+        opening = self._core.transport_open(session_id, metadata, timeout)
+        return self._then(opening, lambda opened: self._TRANSPORT(self, opened))
 
     # --- resources --------------------------------------------------------
 

@@ -7,7 +7,7 @@ Rooms are the same :class:`busbar.Room` class; joined with an
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ._connection import Wire, _ConnectionBase
 from ._mesh import AsyncProvider as Provider
@@ -17,6 +17,8 @@ from ._session import AsyncSession as Session
 from ._session import Opening
 from ._sql import Database
 from ._timeseries import TimeSeries
+from ._transport import AsyncTransportMessage as TransportMessage
+from ._transport import AsyncTransportSession as TransportSession
 from ._streams import AsyncCall as Call
 from ._streams import AsyncSubscription as Subscription
 
@@ -29,6 +31,7 @@ class Connection(_ConnectionBase):
     _SUBSCRIPTION = Subscription
     _SESSION = Session
     _PROVIDER = Provider
+    _TRANSPORT = TransportSession
 
     def provide(self, implementation: Any, *, concurrency: Optional[int] = None,
                 timeout: Optional[float] = None) -> Any:
@@ -42,6 +45,13 @@ class Connection(_ConnectionBase):
         """Opens a data session: ``async with conn.session() as s:`` (or
         ``s = await conn.session()``); see ``busbar.Connection.session``."""
         return Opening(super().session(timeout=timeout))
+
+    def transport(self, session_id: str, metadata: Optional[Dict[str, str]] = None, *,
+                  timeout: Optional[float] = None) -> Any:
+        """Opens or joins a transport session: ``s = await
+        conn.transport(id)`` (or ``async with``, which does not release
+        it); see ``busbar.Connection.transport``."""
+        return Opening(super().transport(session_id, metadata, timeout=timeout))
 
     @classmethod
     def _connect(cls, target: Any) -> Any:
@@ -88,5 +98,5 @@ class Connection(_ConnectionBase):
 
 
 __all__ = ["Call", "CallContext", "Connection", "Database", "Opening", "Provider", "Room",
-           "Session", "Subscription", "TimeSeries", "Wire", "context", "event", "interface",
-           "method"]
+           "Session", "Subscription", "TimeSeries", "TransportMessage", "TransportSession", "Wire",
+           "context", "event", "interface", "method"]

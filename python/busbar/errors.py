@@ -62,9 +62,16 @@ for _name, _code, _doc, _extra in _CODES:
     globals()[_name] = _BY_CODE[_code]
 
 
+class SessionReleased(FailedPrecondition):  # type: ignore[misc,valid-type,name-defined]  # noqa: F821
+    """The transport session was released (or its resource deleted) while
+    a pop waited on it. Raised by a transport session's pops for every
+    FAILED_PRECONDITION the node answers them (the code, not the message,
+    decides): a pop of a session fails so only when it was released."""
+
+
 def _from_code(code: str, message: str, trace_id: Optional[str]) -> BusbarError:
     """The exception for a stable code (used by the Rust core)."""
     return _BY_CODE.get(code, InternalError)(message, code=code, trace_id=trace_id)
 
 
-__all__ = ["BusbarError"] + [name for name, *_ in _CODES]
+__all__ = ["BusbarError"] + [name for name, *_ in _CODES] + ["SessionReleased"]

@@ -11,6 +11,7 @@ use crate::sql::{SqlTable, statement, statements};
 use crate::streams::{
     CoreCall, CoreMembership, CorePublisher, CoreSubscription, MembershipEvents, Pull,
 };
+use crate::transport;
 use busbar_client::{
     Client, ClientConfig, ConnectOptions, Error, ErrorCode, Interval, ResourceKind, Right,
     SeriesSpec,
@@ -837,6 +838,121 @@ impl Core {
             // The session outlives this call's deadline.
             let session = Client::clone(&c).session().await?;
             Ok(CoreSession::new(face, session))
+        })
+    }
+
+    /// Opens (creating it when missing) or joins the transport session
+    /// `session`; the result is the session (a dict: session, path,
+    /// metadata, created).
+    #[pyo3(signature = (session, metadata=None, timeout=None))]
+    fn transport_open<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        metadata: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let metadata = transport::metadata(metadata.as_ref())?;
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let opened = c.transport_open(&session, metadata).await?;
+            Ok(serde_json::json!({
+                "session": opened.session,
+                "path": opened.path,
+                "metadata": opened.metadata,
+                "created": opened.created,
+            }))
+        })
+    }
+
+    /// Appends `payload` (bytes-like; TypeError otherwise) to `topic`'s
+    /// queue; the result is the message's id.
+    #[pyo3(signature = (session, topic, payload, metadata=None, timeout=None))]
+    fn transport_push<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        topic: String,
+        payload: Bound<'py, PyAny>,
+        metadata: Option<Bound<'py, PyAny>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = transport::payload(&payload)?;
+        let metadata = transport::metadata(metadata.as_ref())?;
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.transport_push(&session, &topic, payload, metadata).await
+        })
+    }
+
+    /// Takes the oldest message of `topic`, waiting up to `wait` seconds;
+    /// with `lease` (seconds) it is leased instead of removed. The result
+    /// is a message dict or None.
+    #[pyo3(signature = (session, topic, wait, lease=None, timeout=None))]
+    fn transport_pop<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        topic: String,
+        wait: f64,
+        lease: Option<f64>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let wait = transport::seconds(wait, "timeout");
+        let lease = lease.map(|l| transport::seconds(l, "lease")).transpose();
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            let popped = c.transport_pop(&session, &topic, wait?, lease?).await?;
+            Ok(transport::Popped(popped))
+        })
+    }
+
+    /// The oldest message of `topic`, left in place (a dict or None).
+    #[pyo3(signature = (session, topic, timeout=None))]
+    fn transport_peek<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        topic: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            Ok(transport::Popped(c.transport_peek(&session, &topic).await?))
+        })
+    }
+
+    /// Settles a leased message: "ack" removes it, "nak" returns it first
+    /// in its queue; "extend" moves its lease's end to `lease` seconds from
+    /// now. The result is the lease's end (epoch ms; 0 for ack and nak).
+    #[pyo3(signature = (session, receipt, action, lease=0.0, timeout=None))]
+    #[allow(clippy::too_many_arguments)] // the lease calls, one for one
+    fn transport_settle<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        receipt: String,
+        action: String,
+        lease: f64,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let lease = transport::seconds(lease, "lease");
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            match action.as_str() {
+                "ack" => c.transport_ack(&session, &receipt).await.map(|()| 0i64),
+                "nak" => c.transport_nak(&session, &receipt).await.map(|()| 0i64),
+                _ => c.transport_extend(&session, &receipt, lease?).await,
+            }
+            .map(serde_json::Value::from)
+        })
+    }
+
+    /// Ends the session; the result is how many messages were dropped.
+    #[pyo3(signature = (session, timeout=None))]
+    fn transport_release<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.run(py, timeout, Scope::Call, move |c| async move {
+            c.transport_release(&session).await
         })
     }
 

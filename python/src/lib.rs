@@ -10,6 +10,7 @@ mod loop_io;
 mod mesh;
 mod sql;
 mod streams;
+mod transport;
 
 use pyo3::prelude::*;
 
