@@ -227,3 +227,21 @@ def restartable_node(tmp_path) -> Iterator[RestartableNode]:
         yield node
     finally:
         node.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def face(request):
+    """Each test that takes it runs on both faces, blocking and asyncio."""
+    from faces import Face
+
+    f = Face(request.param)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def conn(face, busbar_node):
+    """A connection to the test node on the test's face."""
+    c = face.connect(busbar_node)
+    yield c
+    c.close()

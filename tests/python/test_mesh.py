@@ -33,20 +33,6 @@ from faces import END, Face
 STARTUP_S = 60  # a provider process: Python start, import, connect, offer
 
 
-@pytest.fixture(params=["sync", "async"])
-def face(request):
-    f = Face(request.param)
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def conn(face, busbar_node):
-    c = face.connect(busbar_node)
-    yield c
-    c.close()
-
-
 def unique(prefix: str = "Svc") -> str:
     return f"mesh.pytest.{prefix}{uuid.uuid4().hex[:8]}"
 

@@ -27,26 +27,12 @@ from conftest import REPO_ROOT, busbar_bin, clean_env, cli, run_node
 from faces import END, Face
 
 
-@pytest.fixture(params=["sync", "async"])
-def face(request):
-    f = Face(request.param)
-    yield f
-    f.close()
-
-
 @pytest.fixture
 def aio_face():
     """The asyncio face alone, for what only it has."""
     f = Face("async")
     yield f
     f.close()
-
-
-@pytest.fixture
-def conn(face, busbar_node):
-    c = face.connect(busbar_node)
-    yield c
-    c.close()
 
 
 @pytest.fixture

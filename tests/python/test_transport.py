@@ -18,21 +18,6 @@ import busbar
 import busbar.aio
 from busbar import errors
 from conftest import REPO_ROOT, clean_env
-from faces import Face
-
-
-@pytest.fixture(params=["sync", "async"])
-def face(request):
-    f = Face(request.param)
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def conn(face, busbar_node):
-    c = face.connect(busbar_node)
-    yield c
-    c.close()
 
 
 def unique(prefix: str = "s") -> str:

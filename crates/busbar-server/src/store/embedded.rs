@@ -88,19 +88,28 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `work` on the blocking pool with the connection.
     async fn run<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&mut conn)
-        })
-        .await?
+        run_locked(&self.conn, work).await
     }
+}
+
+/// Runs `work` on the blocking pool with the connection, locked (a
+/// poisoned lock still holds a usable connection).
+pub(crate) async fn run_locked<T, F>(conn: &Arc<Mutex<Connection>>, work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+{
+    let conn = conn.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut conn)
+    })
+    .await?
 }
 
 fn new_id() -> String {

@@ -4,7 +4,7 @@
 //! write is durable (fsynced) before the call returns, so a write
 //! acknowledged to a client survives `kill -9`.
 
-mod embedded;
+pub(crate) mod embedded;
 
 pub use embedded::SqliteStore;
 

@@ -67,12 +67,7 @@ impl EmbeddedQueues {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            work(&mut conn)
-        })
-        .await?
+        crate::store::embedded::run_locked(&self.conn, work).await
     }
 }
 
