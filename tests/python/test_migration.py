@@ -15,7 +15,7 @@ UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 
-from test_sdk import aio_face, conn, face, home  # noqa: F401,E402  (shared fixtures)
+from test_sdk import aio_face, home  # noqa: F401,E402  (shared fixtures; face and conn are in conftest)
 
 
 def test_a_pandas_round_trip_keeps_missing_points(face, conn, home):

@@ -10,7 +10,7 @@ import pytest
 
 from busbar import errors
 from conftest import run_node
-from test_sdk import aio_face, conn, face  # noqa: F401  (shared fixtures)
+from test_sdk import aio_face  # noqa: F401  (shared fixtures; face and conn are in conftest)
 
 
 def _with_certificate(face, node, issued, **credential):

@@ -22,7 +22,7 @@ T0 = dt.datetime(2026, 3, 29, 0, 0, tzinfo=UTC)
 HOUR = dt.timedelta(hours=1)
 
 
-from test_sdk import conn, face, home  # noqa: F401  (the shared two-face fixtures)
+from test_sdk import home  # noqa: F401  (shared fixtures; face and conn are in conftest)
 
 
 def bank(face, conn, home):
