@@ -14,7 +14,6 @@ use busbar_client::{CallContext, Client, Error, ErrorCode, InterfaceSchema, Json
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -70,85 +69,21 @@ pub(crate) async fn provide(
     let (calls_in, calls) = mpsc::channel(concurrency as usize);
     let sender = Arc::new(Mutex::new(Some(calls_in)));
     let handing = sender.clone();
-    let running = Arc::new(AtomicUsize::new(0));
-    let counting = running.clone();
     let offer = Offer::new(services, descriptors).concurrency(concurrency);
     let provided = client
         .provide_json(offer, move |call: JsonCall| {
             let sender = handing.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            hand_over(sender, call, Running::start(&counting))
+            hand_over(sender, call)
         })
         .await?;
     Ok(CoreProvider {
         face,
-        client,
         id: provided.id.clone(),
         paths: provided.paths.clone(),
         provided: Mutex::new(Some(provided)),
         sender,
         calls: Arc::new(tokio::sync::Mutex::new(calls)),
-        running,
     })
-}
-
-/// Counts a call among those handed to Python until its handler ends.
-struct Running(Arc<AtomicUsize>);
-
-impl Running {
-    fn start(count: &Arc<AtomicUsize>) -> Running {
-        count.fetch_add(1, Ordering::SeqCst);
-        Running(count.clone())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// How long a closing provider lets calls the node routed before it read
-/// the Drain arrive, before it counts what is still running.
-const SETTLE: Duration = Duration::from_millis(50);
-
-/// Drains `provided`: `Provided::close` sends Drain and waits for the calls
-/// in flight, then waits up to 5 s for the node to end the stream. The
-/// node ends it only once the provider's side has ended, and the client's
-/// reader task holds a sender of that side until the Provided is dropped,
-/// so `close` alone always waited those 5 s. Here the Provided is dropped
-/// (which ends the stream) as soon as the calls handed to Python are done.
-async fn drain(provided: busbar_client::Provided, grace: Duration, running: Arc<AtomicUsize>) {
-    let until = tokio::time::Instant::now() + grace;
-    let closing = provided.close(grace);
-    tokio::pin!(closing);
-    let settled = async {
-        tokio::time::sleep(SETTLE.min(grace)).await;
-        while running.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    tokio::select! {
-        _ = &mut closing => {}
-        _ = settled => {}
-    }
-}
-
-/// Waits (a few seconds at most) until the node no longer lists provider
-/// `id`: ending the stream is a message the node reads in its own time, and
-/// a closed provider should be gone for whoever looks next.
-async fn gone(client: &Client, id: &str, paths: &[String]) {
-    let Some(path) = paths.first() else { return };
-    let until = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::time::Instant::now() < until {
-        match client.services(path).await {
-            Ok(services)
-                if services
-                    .iter()
-                    .any(|s| s.providers.iter().any(|p| p.id == id)) => {}
-            _ => return,
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// One call's handler on the Rust side: hands the call to Python and waits
@@ -158,7 +93,6 @@ async fn gone(client: &Client, id: &str, paths: &[String]) {
 async fn hand_over(
     sender: Option<mpsc::Sender<CoreProviderCall>>,
     call: JsonCall,
-    _running: Running,
 ) -> Result<(), Error> {
     let closing = || Error::new(ErrorCode::Unavailable, "this provider is closing");
     let sender = sender.ok_or_else(closing)?;
@@ -194,8 +128,8 @@ async fn hand_over(
 }
 
 /// Drops a call's `JsonCall` once its handler is over, whoever still holds
-/// the Python object: it holds a sender of the provider's stream, which
-/// stays open, and the provider listed at the node, while one is left.
+/// the Python object (a handler may keep it): what the call holds at the
+/// provider goes with the call, not with Python's garbage collector.
 struct Release(Arc<tokio::sync::Mutex<Option<JsonCall>>>);
 
 impl Drop for Release {
@@ -266,8 +200,6 @@ fn over() -> Error {
 #[pyclass(frozen, module = "busbar._core")]
 pub(crate) struct CoreProvider {
     face: Face,
-    /// For `close` to see the provider gone.
-    client: Client,
     id: String,
     paths: Vec<String>,
     provided: Mutex<Option<busbar_client::Provided>>,
@@ -275,8 +207,6 @@ pub(crate) struct CoreProvider {
     /// `next_call` once the calls already handed over are taken.
     sender: Arc<Mutex<Option<mpsc::Sender<CoreProviderCall>>>>,
     calls: Arc<tokio::sync::Mutex<mpsc::Receiver<CoreProviderCall>>>,
-    /// Calls handed to Python whose handlers have not ended.
-    running: Arc<AtomicUsize>,
 }
 
 impl ToPython for CoreProvider {
@@ -352,18 +282,15 @@ impl CoreProvider {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let sender = self.sender.clone();
-        let running = self.running.clone();
         let grace = if grace.is_finite() && grace >= 0.0 {
             Ok(Duration::from_secs_f64(grace.min(1e6)))
         } else {
             Err(invalid(format!("bad grace {grace}: use 0 or more seconds")))
         };
-        let (client, id, paths) = (self.client.clone(), self.id.clone(), self.paths.clone());
         finish(py, self.face, async move {
             let grace = grace?;
             if let Some(provided) = provided {
-                drain(provided, grace, running).await;
-                gone(&client, &id, &paths).await;
+                provided.close(grace).await;
             }
             sender.lock().unwrap_or_else(|p| p.into_inner()).take();
             Ok(())

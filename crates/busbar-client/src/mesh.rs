@@ -189,6 +189,8 @@ pub struct Provided {
     /// Ends the stream to the node (its handlers and reader hold senders
     /// of the queue, so dropping ours alone would not).
     closing: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Fires when the node has read the Drain: no call comes after.
+    drained: Option<tokio::sync::oneshot::Receiver<()>>,
     running: Arc<Mutex<Running>>,
     reader: JoinHandle<()>,
 }
@@ -200,7 +202,9 @@ impl Provided {
     }
 
     /// Stops taking calls (the node routes new ones elsewhere), lets those
-    /// in flight finish for up to `grace`, then ends the stream.
+    /// in flight finish for up to `grace`, then ends the stream. Calls the
+    /// node routed here before it read the Drain count as in flight: close
+    /// waits for the node's answer to the Drain before it counts.
     pub async fn close(mut self, grace: Duration) {
         if let Some(outbound) = &self.outbound {
             let _ = outbound
@@ -210,6 +214,9 @@ impl Provided {
                 .await;
         }
         let until = Instant::now() + grace;
+        if let Some(drained) = self.drained.take() {
+            let _ = tokio::time::timeout_at(until.into(), drained).await;
+        }
         while self.in_flight() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -281,6 +288,7 @@ impl Client {
         let running = Arc::new(Mutex::new(Running::default()));
         let handler = Arc::new(handler);
         let streaming = server_streaming(&file_descriptor_set);
+        let (drained_in, drained) = tokio::sync::oneshot::channel();
         let reader = tokio::spawn(serve(
             inbound,
             outbound.clone(),
@@ -288,12 +296,14 @@ impl Client {
             handler,
             concurrency,
             streaming,
+            drained_in,
         ));
         Ok(Provided {
             id: offered.provider,
             paths: offered.paths,
             outbound: Some(outbound),
             closing: Some(closing),
+            drained: Some(drained),
             running,
             reader,
         })
@@ -319,10 +329,12 @@ async fn serve<F, Fut>(
     handler: Arc<F>,
     concurrency: Arc<Semaphore>,
     streaming: HashMap<String, bool>,
+    drained: tokio::sync::oneshot::Sender<()>,
 ) where
     F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
+    let mut drained = Some(drained);
     while let Some(Ok(message)) = inbound.next().await {
         let Some(message) = message.message else {
             continue;
@@ -392,6 +404,11 @@ async fn serve<F, Fut>(
                     .remove(&cancel.call);
                 if let Some((task, _, _)) = taken {
                     task.abort();
+                }
+            }
+            to_provider::Message::Drained(_) => {
+                if let Some(drained) = drained.take() {
+                    let _ = drained.send(());
                 }
             }
             to_provider::Message::Offered(_) => {}

@@ -1938,7 +1938,7 @@ pub struct Credit {
 pub struct Drain {}
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ToProvider {
-    #[prost(oneof = "to_provider::Message", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "to_provider::Message", tags = "1, 2, 3, 4, 5, 6")]
     pub message: ::core::option::Option<to_provider::Message>,
 }
 /// Nested message and enum types in `ToProvider`.
@@ -1955,6 +1955,10 @@ pub mod to_provider {
         Credit(super::Credit),
         #[prost(message, tag = "5")]
         Cancel(super::CallCancel),
+        /// The node read the provider's Drain: every call it routed here was
+        /// sent before this, and none comes after.
+        #[prost(message, tag = "6")]
+        Drained(super::Drain),
     }
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

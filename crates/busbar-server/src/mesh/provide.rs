@@ -10,7 +10,6 @@ use crate::node::{Node, caller, stopped};
 use crate::store::{LowerName, ResourceKind, Right, now_ms};
 use busbar_proto::v1::{self as pb, from_provider::Message as FromMessage, mesh_server::Mesh};
 use futures::Stream;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -166,6 +165,12 @@ async fn serve_provider(
             FromMessage::Drain(_) => {
                 provider.draining.store(true, Ordering::Relaxed);
                 tracing::info!(provider = %provider.id, "provider draining");
+                // After every Start sent before the flag was set, so the
+                // provider knows when it has all its calls.
+                let drained = pb::ToProvider {
+                    message: Some(pb::to_provider::Message::Drained(pb::Drain {})),
+                };
+                let _ = provider.outbound.send(Ok(drained)).await;
             }
             FromMessage::Offer(_) => {
                 let _ = provider
@@ -308,18 +313,8 @@ impl Mesh for MeshService {
                 .await?;
         }
         let mut services = Vec::new();
-        let mut readable = HashMap::new();
         for (shape, providers) in self.node.mesh.list(&path) {
-            let may_read = match readable.get(&shape.path) {
-                Some(may) => *may,
-                None => {
-                    let may =
-                        self.node.access.right(&caller, &shape.path).await? >= Some(Right::Read);
-                    readable.insert(shape.path.clone(), may);
-                    may
-                }
-            };
-            if !may_read {
+            if self.node.access.right(&caller, &shape.path).await? < Some(Right::Read) {
                 continue;
             }
             let mut methods: Vec<String> = shape.methods.keys().cloned().collect();

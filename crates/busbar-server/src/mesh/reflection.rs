@@ -108,22 +108,25 @@ impl Reflection {
     }
 }
 
-#[tonic::async_trait]
-impl v1::server_reflection_server::ServerReflection for Reflection {
-    type ServerReflectionInfoStream = Answers<v1::ServerReflectionResponse>;
-
-    async fn server_reflection_info(
-        &self,
-        request: Request<Streaming<v1::ServerReflectionRequest>>,
-    ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
+impl Reflection {
+    /// The answers to a reflection stream of either version: each request
+    /// is read as v1's (the messages are the same, field for field; see
+    /// [`convert`]) and each answer written back in the version asked.
+    fn answers<Q, A>(&self, request: Request<Streaming<Q>>) -> Answers<A>
+    where
+        Q: Message + Default + Send + 'static,
+        A: Message + Default + Send + 'static,
+    {
         let caller = request.extensions().get::<Caller>().cloned();
         let this = self.clone();
-        let answers = request.into_inner().then(move |request| {
+        Box::pin(request.into_inner().then(move |request| {
             let this = this.clone();
             let caller = caller.clone();
-            async move { Ok(this.answer(caller.as_ref(), request?).await) }
-        });
-        Ok(Response::new(Box::pin(answers)))
+            async move {
+                let request: v1::ServerReflectionRequest = convert(&request?)?;
+                convert(&this.answer(caller.as_ref(), request).await)
+            }
+        }))
     }
 }
 
@@ -134,6 +137,18 @@ fn convert<A: Message, B: Message + Default>(message: &A) -> Result<B, Status> {
 }
 
 #[tonic::async_trait]
+impl v1::server_reflection_server::ServerReflection for Reflection {
+    type ServerReflectionInfoStream = Answers<v1::ServerReflectionResponse>;
+
+    async fn server_reflection_info(
+        &self,
+        request: Request<Streaming<v1::ServerReflectionRequest>>,
+    ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
+        Ok(Response::new(self.answers(request)))
+    }
+}
+
+#[tonic::async_trait]
 impl v1alpha::server_reflection_server::ServerReflection for Reflection {
     type ServerReflectionInfoStream = Answers<v1alpha::ServerReflectionResponse>;
 
@@ -141,16 +156,6 @@ impl v1alpha::server_reflection_server::ServerReflection for Reflection {
         &self,
         request: Request<Streaming<v1alpha::ServerReflectionRequest>>,
     ) -> Result<Response<Self::ServerReflectionInfoStream>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
-        let this = self.clone();
-        let answers = request.into_inner().then(move |request| {
-            let this = this.clone();
-            let caller = caller.clone();
-            async move {
-                let request: v1::ServerReflectionRequest = convert(&request?)?;
-                convert(&this.answer(caller.as_ref(), request).await)
-            }
-        });
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(self.answers(request)))
     }
 }

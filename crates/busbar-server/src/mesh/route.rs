@@ -94,11 +94,16 @@ async fn not_live(node: &Node, caller: Option<Caller>, service: &str) -> http::R
     let may_call =
         matches!(node.access.right(&caller, &path).await, Ok(Some(right)) if right >= Right::Read);
     if exists && may_call {
-        return unlisted(Status::from(Error::unavailable(format!(
-            "no provider offers {service} at the moment; start one, or retry (busbar service ls shows the providers)"
-        ))));
+        return unlisted(no_provider(service).into());
     }
     unlisted(Status::unimplemented(""))
+}
+
+/// A call to a live service none of whose providers can take it.
+fn no_provider(service: &str) -> Error {
+    Error::unavailable(format!(
+        "no provider offers {service} at the moment; start one, or retry (busbar service ls shows the providers)"
+    ))
 }
 
 struct Route {
@@ -214,6 +219,7 @@ async fn start(
         route,
         opening,
         at: None,
+        responses: None,
         answered: false,
         consumed: 0,
         pending_end: None,
@@ -235,13 +241,13 @@ async fn start(
     Ok(Response::new(Box::pin(stream)))
 }
 
-/// Where a call runs: its provider, its id there and its channels.
+/// Where a call runs: its provider, its id there and the request credit
+/// the provider grants (shared with the request pump).
 #[derive(Clone)]
 struct At {
     provider: Arc<Provider>,
     call: u64,
     requests: Arc<Semaphore>,
-    responses: Arc<tokio::sync::Mutex<mpsc::Receiver<ProviderEvent>>>,
 }
 
 /// A call in flight through the node.
@@ -252,6 +258,8 @@ struct Flight {
     /// The request, when the call may be retried on another provider.
     retry: Option<Bytes>,
     at: Option<At>,
+    /// What the provider answers, while the call runs there.
+    responses: Option<mpsc::Receiver<ProviderEvent>>,
     /// A response message has gone to the caller: never retried after.
     answered: bool,
     /// Response messages passed on since credit was last granted.
@@ -267,18 +275,15 @@ impl Flight {
     async fn begin(&mut self, first: Option<Bytes>) -> Result<(), Status> {
         loop {
             let Some(provider) = self.node.mesh.pick(&self.route.service, &self.tried) else {
-                return Err(Error::unavailable(if self.tried.is_empty() {
-                    format!(
-                        "no provider offers {} at the moment; start one, or retry (busbar service ls shows the providers)",
-                        self.route.service
-                    )
+                let error = if self.tried.is_empty() {
+                    no_provider(&self.route.service)
                 } else {
-                    format!(
+                    Error::unavailable(format!(
                         "every provider of {} was lost or is draining; retry later",
                         self.route.service
-                    )
-                })
-                .into());
+                    ))
+                };
+                return Err(error.into());
             };
             self.tried.push(provider.id.clone());
             let call = self.node.mesh.call_id();
@@ -299,8 +304,8 @@ impl Flight {
                 provider: provider.clone(),
                 call,
                 requests,
-                responses: Arc::new(tokio::sync::Mutex::new(responses)),
             });
+            self.responses = Some(responses);
             if provider.outbound.send(Ok(start)).await.is_err() {
                 // Gone between the pick and the send.
                 self.leave(None);
@@ -313,6 +318,7 @@ impl Flight {
     /// Takes the call out of its provider's table; tells the provider to
     /// stop when it was still running there.
     fn leave(&mut self, cancel: Option<&str>) {
+        self.responses = None;
         let Some(at) = self.at.take() else {
             return;
         };
@@ -340,7 +346,11 @@ impl Flight {
         }
     }
 
-    fn count(&self, at: &At, code: &str) {
+    /// Counts the call's outcome at its provider.
+    fn count(&self, code: &str) {
+        let Some(at) = &self.at else {
+            return;
+        };
         self.node
             .metrics
             .mesh_calls
@@ -359,15 +369,15 @@ impl Flight {
         cancel: Option<&str>,
     ) -> Option<Result<Bytes, Status>> {
         self.finished = true;
-        if let Some(at) = self.at.clone() {
-            let code = match &result {
-                Ok(()) => "OK",
-                Err(status) => crate::metrics::GRPC_CODE_NAMES
-                    .get(status.code() as usize)
-                    .copied()
-                    .unwrap_or("UNKNOWN"),
-            };
-            self.count(&at, code);
+        let code = match &result {
+            Ok(()) => "OK",
+            Err(status) => crate::metrics::GRPC_CODE_NAMES
+                .get(status.code() as usize)
+                .copied()
+                .unwrap_or("UNKNOWN"),
+        };
+        self.count(code);
+        if let Some(at) = &self.at {
             at.provider.served.fetch_add(1, Ordering::Relaxed);
         }
         self.leave(cancel);
@@ -383,14 +393,12 @@ impl Flight {
             if self.finished {
                 return None;
             }
-            let at = self.at.clone()?;
-            let received = {
-                let mut responses = at.responses.lock().await;
-                match self.opening.deadline {
-                    Some(deadline) => tokio::time::timeout_at(deadline, responses.recv()).await,
-                    None => Ok(responses.recv().await),
-                }
+            let responses = self.responses.as_mut()?;
+            let received = match self.opening.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, responses.recv()).await,
+                None => Ok(responses.recv().await),
             };
+            let provider = &self.at.as_ref()?.provider;
             let event = match received {
                 Ok(event) => event,
                 Err(_) => {
@@ -398,7 +406,7 @@ impl Flight {
                         code: ErrorCode::Timeout,
                         message: format!(
                             "the call's deadline passed while {} (provider {}) was answering it",
-                            self.route.service, at.provider.id
+                            self.route.service, provider.id
                         ),
                     });
                     return self.finish(Err(status), Some("the caller's deadline passed"));
@@ -411,14 +419,14 @@ impl Flight {
                     }
                     if let Some(message) = response.message {
                         self.answered = true;
-                        self.grant(&at).await;
+                        self.grant().await;
                         return Some(Ok(message));
                     }
                 }
                 Some(ProviderEvent::Broken(why)) => {
                     let status = Status::from(Error::internal(format!(
                         "provider {} of {} broke the mesh protocol: {why}",
-                        at.provider.id, self.route.service
+                        provider.id, self.route.service
                     )));
                     return self.finish(Err(status), Some("protocol violation"));
                 }
@@ -427,8 +435,8 @@ impl Flight {
                     if !self.answered
                         && let Some(request) = self.retry.clone()
                     {
-                        tracing::info!(service = %self.route.service, lost = %at.provider.id, "retrying an idempotent call on another provider");
-                        self.count(&at, "UNAVAILABLE");
+                        tracing::info!(service = %self.route.service, lost = %provider.id, "retrying an idempotent call on another provider");
+                        self.count("UNAVAILABLE");
                         self.leave(None);
                         if let Err(status) = self.begin(Some(request)).await {
                             self.finished = true;
@@ -438,8 +446,8 @@ impl Flight {
                     }
                     let status = Status::from(Error::unavailable(format!(
                         "provider {} ({}) of {} was lost before the call ended; {}",
-                        at.provider.id,
-                        at.provider.identity,
+                        provider.id,
+                        provider.identity,
                         self.route.service,
                         if self.answered {
                             "part of the answer had already arrived, so it was not retried"
@@ -455,8 +463,11 @@ impl Flight {
 
     /// Grants the provider more response credit once half the window has
     /// gone to the caller.
-    async fn grant(&mut self, at: &At) {
+    async fn grant(&mut self) {
         self.consumed += 1;
+        let Some(at) = &self.at else {
+            return;
+        };
         if self.consumed < WINDOW / 2 {
             return;
         }
@@ -466,8 +477,9 @@ impl Flight {
                 messages: self.consumed,
             })),
         };
+        let outbound = at.provider.outbound.clone();
         self.consumed = 0;
-        let _ = at.provider.outbound.send(Ok(credit)).await;
+        let _ = outbound.send(Ok(credit)).await;
     }
 }
 
@@ -475,9 +487,7 @@ impl Drop for Flight {
     fn drop(&mut self) {
         if !self.finished {
             // The caller went away (cancelled, disconnected) mid-call.
-            if let Some(at) = self.at.clone() {
-                self.count(&at, "CANCELLED");
-            }
+            self.count("CANCELLED");
             self.leave(Some("the caller cancelled or went away"));
         }
     }
