@@ -26,7 +26,7 @@ use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use busbar_proto::v1::{self as pb, from_provider, to_provider};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -430,7 +430,17 @@ async fn run<F, Fut>(
     let id = call.id;
     let outbound = call.outbound.clone();
     let held = call.held.clone();
-    let result = handler(call).await;
+    // A handler that panics ends its call with INTERNAL at once, rather
+    // than leaving the caller to its deadline.
+    let result = std::panic::AssertUnwindSafe(async { handler(call).await })
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                "the provider's handler panicked",
+            ))
+        });
     let held = held.lock().unwrap_or_else(|p| p.into_inner()).take();
     let end = match result {
         Ok(()) => pb::CallStatus::default(),

@@ -311,6 +311,28 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
     assert!(said.starts_with("one: stock from admin trace "), "{said}");
     assert!(said.ends_with("deadline false tenant blue"), "{said}");
 
+    // A payload that is not the method's message reaches the provider as
+    // bytes; this handler panics decoding it, and the caller hears so at
+    // once, typed, instead of waiting out its deadline.
+    let mut request = tonic::Request::new(Bytes::from_static(&[0xff, 0xff, 0xff]));
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    request.set_timeout(Duration::from_secs(20));
+    let started = std::time::Instant::now();
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary::<Bytes, Bytes, _>(
+            request,
+            http::uri::PathAndQuery::from_static("/mesh.test.Echo/Say"),
+            busbar_proto::bytes_codec::BytesCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+    assert!(status.message().contains("panicked"), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     // A caller whose deadline passes cancels the handler.
     let before = counters.cancelled.load(Ordering::SeqCst);
     let error = admin
