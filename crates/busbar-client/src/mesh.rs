@@ -185,10 +185,10 @@ pub struct Provided {
     pub id: String,
     /// The paths of the service resources.
     pub paths: Vec<String>,
+    /// The queue to the node. The stream ends, after what is queued has
+    /// gone, once this and the senders of calls still running are dropped
+    /// (the reader holds only a weak one).
     outbound: Option<mpsc::Sender<pb::FromProvider>>,
-    /// Ends the stream to the node (its handlers and reader hold senders
-    /// of the queue, so dropping ours alone would not).
-    closing: Option<tokio::sync::oneshot::Sender<()>>,
     /// Fires when the node has read the Drain: no call comes after.
     drained: Option<tokio::sync::oneshot::Receiver<()>>,
     running: Arc<Mutex<Running>>,
@@ -222,7 +222,6 @@ impl Provided {
         }
         // Half-closes the stream; the node ends its side in turn.
         self.outbound = None;
-        self.closing = None;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
     }
 }
@@ -262,7 +261,6 @@ impl Client {
             })
             .await
             .expect("a new channel has room");
-        let (closing, closed) = tokio::sync::oneshot::channel::<()>();
         // The stream lasts as long as the provider: a default deadline of
         // this handle's calls must not end it.
         let streaming = Client {
@@ -271,7 +269,7 @@ impl Client {
         };
         let mut inbound = streaming
             .mesh_client()
-            .provide(tokio_stream::wrappers::ReceiverStream::new(queued).take_until(closed))
+            .provide(tokio_stream::wrappers::ReceiverStream::new(queued))
             .await?
             .into_inner();
         let offered = match inbound.message().await? {
@@ -291,7 +289,7 @@ impl Client {
         let (drained_in, drained) = tokio::sync::oneshot::channel();
         let reader = tokio::spawn(serve(
             inbound,
-            outbound.clone(),
+            outbound.downgrade(),
             running.clone(),
             handler,
             concurrency,
@@ -302,7 +300,6 @@ impl Client {
             id: offered.provider,
             paths: offered.paths,
             outbound: Some(outbound),
-            closing: Some(closing),
             drained: Some(drained),
             running,
             reader,
@@ -324,7 +321,7 @@ impl Client {
 /// Reads the node's messages for this provider until its stream ends.
 async fn serve<F, Fut>(
     mut inbound: tonic::Streaming<pb::ToProvider>,
-    outbound: mpsc::Sender<pb::FromProvider>,
+    outbound: mpsc::WeakSender<pb::FromProvider>,
     running: Arc<Mutex<Running>>,
     handler: Arc<F>,
     concurrency: Arc<Semaphore>,
@@ -341,6 +338,10 @@ async fn serve<F, Fut>(
         };
         match message {
             to_provider::Message::Start(start) => {
+                // Closed: the node was told (Drain), and takes none further.
+                let Some(outbound) = outbound.upgrade() else {
+                    continue;
+                };
                 let window = start.window.max(1);
                 let (requests_in, requests) = mpsc::channel(window as usize + 1);
                 if let Some(first) = start.message {
@@ -364,18 +365,18 @@ async fn serve<F, Fut>(
                     responses: responses.clone(),
                     streaming_response,
                     held: Arc::default(),
-                    outbound: outbound.clone(),
+                    outbound,
                 };
+                let requests_in = (!start.half_closed).then_some(requests_in);
+                // Listed before the handler can end (and unlist itself).
+                let mut listed = running.lock().unwrap_or_else(|p| p.into_inner());
                 let task = tokio::spawn(run(
                     call,
                     handler.clone(),
                     concurrency.clone(),
                     running.clone(),
                 ));
-                let requests_in = (!start.half_closed).then_some(requests_in);
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                listed
                     .calls
                     .insert(start.call, (task, requests_in, responses));
             }
