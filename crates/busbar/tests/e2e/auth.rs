@@ -11,8 +11,7 @@ fn b64(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn password_token_and_key_logins_over_tls() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     let status = admin.status().await.unwrap();
     assert!(status.tls);
     assert_eq!(admin.whoami().await.unwrap().name, "admin");
@@ -60,12 +59,7 @@ async fn password_token_and_key_logins_over_tls() {
 
 #[tokio::test]
 async fn each_rejection_says_which_and_what_to_do() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
+    let (node, admin, bob) = Node::start_with_user("bob", "bob-password").await;
     let unauthenticated = ErrorCode::Unauthenticated;
 
     let wrong_password = node.user("bob", "not-the-password").await;
@@ -91,7 +85,6 @@ async fn each_rejection_says_which_and_what_to_do() {
         "unknown API token",
     );
 
-    let bob = node.user("bob", "bob-password").await.unwrap();
     let (token, _) = bob.create_token("ci", None).await.unwrap();
     let by_token = token_login(token.clone()).await.unwrap();
     bob.revoke_token("ci").await.unwrap();

@@ -86,12 +86,12 @@ impl Node {
             }
         }
         // Restarts reuse the port, so clients' configs stay valid.
-        self.listen = self
-            .address
-            .rsplit("://")
-            .next()
-            .expect("host:port")
-            .to_string();
+        self.listen = self.host_port().to_string();
+    }
+
+    /// The node's `host:port`, for raw connections.
+    pub fn host_port(&self) -> &str {
+        self.address.rsplit("://").next().expect("host:port")
     }
 
     pub fn pid(&self) -> u32 {
@@ -143,6 +143,47 @@ impl Node {
     /// Creates a password user (as `admin`) and connects as it.
     pub async fn new_user(&self, admin: &Client, user: &str, password: &str) -> Client {
         admin.create_user(user, password, false).await.unwrap();
+        self.user(user, password).await.unwrap()
+    }
+
+    /// [`Node::start`], and the admin connected to it.
+    pub async fn start_with_admin(extra: &[&str]) -> (Node, Client) {
+        let node = Node::start(extra);
+        let admin = node.admin().await;
+        (node, admin)
+    }
+
+    /// [`Node::start`], and the admin with a new resource of `kind` at `path`.
+    pub async fn start_with(
+        extra: &[&str],
+        path: &str,
+        kind: busbar_client::ResourceKind,
+    ) -> (Node, Client) {
+        let node = Node::start(extra);
+        let admin = node.admin_with(path, kind).await;
+        (node, admin)
+    }
+
+    /// A fresh node (no extra flags), its admin, and a new password user
+    /// connected as itself: the cast of most rights tests.
+    pub async fn start_with_user(user: &str, password: &str) -> (Node, Client, Client) {
+        let (node, admin) = Node::start_with_admin(&[]).await;
+        let client = node.new_user(&admin, user, password).await;
+        (node, admin, client)
+    }
+
+    /// Creates a password user (as `admin`), grants it `right` on `path`
+    /// and connects as it.
+    pub async fn new_user_granted(
+        &self,
+        admin: &Client,
+        user: &str,
+        password: &str,
+        path: &str,
+        right: busbar_client::Right,
+    ) -> Client {
+        admin.create_user(user, password, false).await.unwrap();
+        admin.grant(path, user, right).await.unwrap();
         self.user(user, password).await.unwrap()
     }
 
@@ -248,6 +289,18 @@ pub fn assert_error<T>(
         error.message().contains(words),
         "{error:?} should mention {words:?}"
     );
+}
+
+/// Asserts a refusal for want of a right, and that it mentions `words`.
+#[track_caller]
+pub fn assert_denied<T>(result: busbar_client::Result<T>, words: &str) {
+    assert_error(result, busbar_client::ErrorCode::PermissionDenied, words);
+}
+
+/// Asserts an error's code, whatever its message says.
+#[track_caller]
+pub fn assert_code<T>(result: busbar_client::Result<T>, code: busbar_client::ErrorCode) {
+    assert_error(result, code, "");
 }
 
 /// Retries `attempt` every 100 ms for up to 5 s (a node restarting, a slot

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn kill_9_and_restart_keeps_everything_acknowledged() {
-    let mut node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (mut node, admin) = Node::start_with_admin(&[]).await;
     admin
         .create_user("bob", "bob-password", false)
         .await
@@ -41,16 +40,8 @@ async fn kill_9_and_restart_keeps_everything_acknowledged() {
     let bob = node.user("bob", "bob-password").await.unwrap();
     bob.mkdir("/shared/bobs", false).await.unwrap();
     let config = node.config_with("ci", serde_json::json!({"kind": "token", "token": token}));
-    assert_eq!(
-        Client::from_config_file(config)
-            .await
-            .unwrap()
-            .whoami()
-            .await
-            .unwrap()
-            .name,
-        "admin"
-    );
+    let by_token = Client::from_config_file(config).await.unwrap();
+    assert_eq!(by_token.whoami().await.unwrap().name, "admin");
     let config = node.config_with(
         "robot",
         serde_json::json!({"kind": "key", "name": "robot", "private_key": b64.encode(key.to_bytes())}),
@@ -71,8 +62,7 @@ async fn kill_9_and_restart_keeps_everything_acknowledged() {
 
 #[tokio::test]
 async fn shutdown_is_announced_and_served_out() {
-    let mut node = Node::start(&["--grace", "1.5"]);
-    let admin = node.admin().await;
+    let (mut node, admin) = Node::start_with_admin(&["--grace", "1.5"]).await;
     let mut events = admin.node_events().await.unwrap();
     let ready = events.next().await.unwrap().unwrap();
     assert_eq!(
@@ -102,8 +92,7 @@ async fn shutdown_is_announced_and_served_out() {
 
 #[tokio::test]
 async fn deadlines_and_trace_ids() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     // Hashing a password takes far longer than a millisecond.
     let result = admin
         .with_timeout(Duration::from_millis(1))
@@ -133,8 +122,7 @@ async fn deadlines_and_trace_ids() {
 
 #[tokio::test]
 async fn dynamic_calls_of_every_kind() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (_node, admin) = Node::start_with_admin(&[]).await;
 
     let status = admin
         .call("busbar.v1.Node/Status", serde_json::json!({}))
@@ -157,13 +145,8 @@ async fn dynamic_calls_of_every_kind() {
     // Client streaming: publish into a wire that a typed subscriber reads.
     let mut subscriber = admin.subscribe("/home/admin/pipe").await.unwrap();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let mut publish = admin
-        .stream(
-            "busbar.v1.Wires/Publish",
-            Some(serde_json::json!({"path": "/home/admin/pipe"})),
-        )
-        .await
-        .unwrap();
+    let publish_to = serde_json::json!({"path": "/home/admin/pipe"});
+    let mut publish = open_stream(&admin, "busbar.v1.Wires/Publish", publish_to).await;
     publish
         .send(serde_json::json!({"data": b64.encode("hello ")}))
         .await
@@ -179,13 +162,12 @@ async fn dynamic_calls_of_every_kind() {
     assert_eq!(subscriber.next().await.unwrap().unwrap(), "wire");
 
     // Bidirectional: the reflection service itself.
-    let mut reflection = admin
-        .stream(
-            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            Some(serde_json::json!({"list_services": ""})),
-        )
-        .await
-        .unwrap();
+    let mut reflection = open_stream(
+        &admin,
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        serde_json::json!({"list_services": ""}),
+    )
+    .await;
     let listed = reflection.next().await.unwrap().unwrap().to_string();
     assert!(listed.contains("busbar.v1.Rooms"), "{listed}");
 
@@ -228,10 +210,7 @@ async fn a_pooled_client_spreads_calls_over_its_connections() {
 
 #[tokio::test]
 async fn room_memberships_rejoin_after_the_node_restarts() {
-    let mut node = Node::start(&[]);
-    let admin = node
-        .admin_with("/home/admin/chat", ResourceKind::Room)
-        .await;
+    let (mut node, admin) = Node::start_with(&[], "/home/admin/chat", ResourceKind::Room).await;
     let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
     let before = member.member_id().to_string();
 
@@ -266,20 +245,25 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
     assert!(member.next().await.is_none());
 }
 
+/// A streaming call by name, opened with `first` as its first message.
+async fn open_stream(
+    client: &Client,
+    method: &str,
+    first: serde_json::Value,
+) -> busbar_client::DynamicCall {
+    client.stream(method, Some(first)).await.unwrap()
+}
+
 /// `Node/Events` called by name, past its first event (READY).
 async fn node_events(client: &Client) -> busbar_client::DynamicCall {
-    let mut events = client
-        .stream("busbar.v1.Node/Events", Some(serde_json::json!({})))
-        .await
-        .unwrap();
+    let mut events = open_stream(client, "busbar.v1.Node/Events", serde_json::json!({})).await;
     assert_eq!(events.next().await.unwrap().unwrap()["kind"], "READY");
     events
 }
 
 #[tokio::test]
 async fn calls_cut_by_the_node_dying_are_unavailable_with_a_clear_message() {
-    let mut node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (mut node, admin) = Node::start_with_admin(&[]).await;
     admin
         .create("/home/admin/pipe", busbar_client::ResourceKind::Wire, false)
         .await

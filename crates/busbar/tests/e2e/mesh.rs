@@ -3,7 +3,7 @@
 //! handler, balancing, a lost provider, idempotent retry, cancellation,
 //! rights and bad offers.
 
-use crate::harness::Node;
+use crate::harness::{Node, assert_code, assert_error};
 use busbar_client::{Client, ErrorCode, MethodKind, Offer, Provided, ProviderCall, Right};
 use bytes::Bytes;
 use prost::Message;
@@ -170,8 +170,7 @@ async fn provide(client: &Client, name: &'static str, counters: Arc<Counters>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     let counters = Arc::new(Counters::default());
     let provider_client = node.admin().await;
     // A default deadline of the provider's handle does not end its stream.
@@ -243,11 +242,12 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
     assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
     assert_eq!(error.message(), "one found nothing to say");
     // A method the descriptor lacks is refused by the node.
-    let error = admin
-        .call(&format!("{ECHO}/Nope"), serde_json::json!({}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::Unimplemented, "{error}");
+    assert_code(
+        admin
+            .call(&format!("{ECHO}/Nope"), serde_json::json!({}))
+            .await,
+        ErrorCode::Unimplemented,
+    );
 
     // The listing shows the provider and what it served.
     let services = admin.services("").await.unwrap();
@@ -335,12 +335,13 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
 
     // A caller whose deadline passes cancels the handler.
     let before = counters.cancelled.load(Ordering::SeqCst);
-    let error = admin
-        .with_timeout(Duration::from_millis(300))
-        .call(&format!("{ECHO}/Slow"), serde_json::json!({}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::Timeout, "{error}");
+    assert_code(
+        admin
+            .with_timeout(Duration::from_millis(300))
+            .call(&format!("{ECHO}/Slow"), serde_json::json!({}))
+            .await,
+        ErrorCode::Timeout,
+    );
     wait_for(|| counters.cancelled.load(Ordering::SeqCst) > before).await;
 
     // Metrics count calls per service and provider identity.
@@ -356,18 +357,18 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
     // The stream has ended by the time close returns.
     provided.close(Duration::from_secs(2)).await;
     assert!(admin.services("").await.unwrap().is_empty());
-    let error = admin
-        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::Unavailable, "{error}");
-    assert!(error.message().contains("no provider offers"), "{error}");
+    assert_error(
+        admin
+            .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+            .await,
+        ErrorCode::Unavailable,
+        "no provider offers",
+    );
 }
 
 #[tokio::test]
 async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     let (a, b) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
     let client_a = node.admin().await;
     let client_b = node.admin().await;
@@ -410,9 +411,7 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
         (provider_b, provider_a, a.clone())
     };
     drop(gone);
-    let error = slow.await.unwrap().unwrap_err();
-    assert_eq!(error.code(), ErrorCode::Unavailable, "{error}");
-    assert!(error.message().contains("was lost"), "{error}");
+    assert_error(slow.await.unwrap(), ErrorCode::Unavailable, "was lost");
 
     // Every Say now lands on the provider that stays.
     let before = stays_counters.calls.load(Ordering::SeqCst);
@@ -428,8 +427,7 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
 
 #[tokio::test]
 async fn an_idempotent_call_moves_to_another_provider_when_its_own_is_lost() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     // A provider that takes Say and never answers, and one that answers.
     let stuck_client = node.admin().await;
     let stuck = stuck_client
@@ -468,32 +466,30 @@ async fn an_idempotent_call_moves_to_another_provider_when_its_own_is_lost() {
 
 #[tokio::test]
 async fn rights_and_bad_offers_are_refused_and_change_nothing() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
-    admin
-        .create_user("eve", "eve-password", false)
-        .await
-        .unwrap();
-    let eve = node.user("eve", "eve-password").await.unwrap();
+    let (node, admin, eve) = Node::start_with_user("eve", "eve-password").await;
 
     // Eve may not create a service (no write on /services)...
-    let error = refused_offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await;
-    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
-    assert!(error.message().contains("busbar service create"), "{error}");
+    assert_error(
+        offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await,
+        ErrorCode::NotFound,
+        "busbar service create",
+    );
     assert!(admin.get(&format!("/services/{ECHO}")).await.is_err());
 
     // ...nor provide one that exists without write on it.
     let counters = Arc::new(Counters::default());
     let provider = provide(&admin, "admin", counters).await;
-    let error = refused_offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await;
-    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    assert_code(
+        offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await,
+        ErrorCode::PermissionDenied,
+    );
 
     // Calling needs read on the service; the listing hides it until then.
-    let error = eve
-        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::PermissionDenied, "{error}");
+    assert_code(
+        eve.call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
+            .await,
+        ErrorCode::PermissionDenied,
+    );
     assert!(eve.services("").await.unwrap().is_empty());
     admin
         .grant(&format!("/services/{ECHO}"), "eve", Right::Read)
@@ -509,11 +505,10 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     );
 
     // Another definition of a live service is refused, naming both.
-    let error = refused_offer(&admin, &[ECHO], descriptors(".mesh.test.Other")).await;
-    assert_eq!(error.code(), ErrorCode::FailedPrecondition, "{error}");
-    assert!(
-        error.message().contains("is live with other methods"),
-        "{error}"
+    assert_error(
+        offer(&admin, &[ECHO], descriptors(".mesh.test.Other")).await,
+        ErrorCode::FailedPrecondition,
+        "is live with other methods",
     );
 
     // Bad offers: undecodable descriptors, a missing service, a reserved
@@ -541,9 +536,11 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
             "at least one service",
         ),
     ] {
-        let error = refused_offer(&admin, &services, set).await;
-        assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
-        assert!(error.message().contains(expected), "{expected}: {error}");
+        assert_error(
+            offer(&admin, &services, set).await,
+            ErrorCode::InvalidArgument,
+            expected,
+        );
     }
     let services = admin.services("").await.unwrap();
     assert_eq!(services.len(), 1);
@@ -551,48 +548,39 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     drop(provider);
 
     // A provider whose identity is revoked is cut while its stream lasts.
-    admin
-        .create_user("prov", "prov-password", false)
-        .await
-        .unwrap();
-    admin
-        .grant("/services", "prov", Right::Write)
-        .await
-        .unwrap();
-    let prov = node.user("prov", "prov-password").await.unwrap();
+    let prov = node
+        .new_user_granted(&admin, "prov", "prov-password", "/services", Right::Write)
+        .await;
     let provided = provide(&prov, "prov", Arc::new(Counters::default())).await;
-    wait_for_async(|| async {
-        admin
-            .services("")
-            .await
-            .unwrap()
-            .iter()
-            .any(|s| s.providers.iter().any(|p| p.identity == "prov"))
-    })
-    .await;
+    wait_for_async(|| provides(&admin, "prov")).await;
     admin.revoke_identity("prov").await.unwrap();
-    wait_for_async(|| async {
-        admin
-            .services("")
-            .await
-            .unwrap()
-            .iter()
-            .all(|s| s.providers.iter().all(|p| p.identity != "prov"))
-    })
-    .await;
+    wait_for_async(|| async { !provides(&admin, "prov").await }).await;
     assert!(node.log().contains("its credentials no longer hold"));
     drop(provided);
 }
 
-/// The error an offer is refused with.
-async fn refused_offer(client: &Client, services: &[&str], set: Vec<u8>) -> busbar_client::Error {
+/// Offers `services` with a handler that answers nothing; for offers
+/// that should be refused.
+async fn offer(
+    client: &Client,
+    services: &[&str],
+    set: Vec<u8>,
+) -> busbar_client::Result<Provided> {
     client
         .provide(Offer::new(services.iter().copied(), set), |_| async {
             Ok(())
         })
         .await
-        .err()
-        .expect("the offer is refused")
+}
+
+/// Whether `identity` provides any service the node lists.
+async fn provides(admin: &Client, identity: &str) -> bool {
+    admin
+        .services("")
+        .await
+        .unwrap()
+        .iter()
+        .any(|s| s.providers.iter().any(|p| p.identity == identity))
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool) {

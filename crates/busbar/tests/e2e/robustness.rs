@@ -4,6 +4,7 @@ use crate::harness::{BUSBAR, Node, assert_error, eventually};
 use busbar_client::ErrorCode;
 use busbar_client::proto::{self as pb, auth_client::AuthClient};
 use bytes::{Buf, BufMut};
+use serde_json::json;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Sends and receives raw bytes, to put malformed protobuf on the wire.
@@ -62,8 +63,8 @@ async fn raw_call(
 
 #[tokio::test]
 async fn malformed_requests_get_clear_errors_and_the_server_stays_up() {
-    let node = Node::start(&["--insecure", "--max-message-bytes", "65536"]);
-    let admin = node.admin().await;
+    let (node, admin) =
+        Node::start_with_admin(&["--insecure", "--max-message-bytes", "65536"]).await;
     let before = admin.ls("/", true).await.unwrap();
 
     let channel = tonic::transport::Endpoint::from_shared(node.address.clone())
@@ -165,37 +166,36 @@ async fn malformed_requests_get_clear_errors_and_the_server_stays_up() {
     assert_error(bad_kind, ErrorCode::InvalidArgument, "bad kind");
 
     // The dynamic API: unknown service or method, JSON that does not fit.
-    assert_error(
-        admin.call("busbar.v1.Nope/X", serde_json::json!({})).await,
-        ErrorCode::Unimplemented,
-        "knows no service",
-    );
-    assert_error(
-        admin
-            .call("busbar.v1.Node/Nope", serde_json::json!({}))
-            .await,
-        ErrorCode::Unimplemented,
-        "has no method Nope",
-    );
-    assert_error(
-        admin
-            .call("busbar.v1.Resources/Get", serde_json::json!({"pth": "/"}))
-            .await,
-        ErrorCode::InvalidArgument,
-        "does not fit",
-    );
-    assert_error(
-        admin
-            .call("busbar.v1.Resources/Get", serde_json::json!({"path": 5}))
-            .await,
-        ErrorCode::InvalidArgument,
-        "does not fit",
-    );
-    assert_error(
-        admin.call("Status", serde_json::json!({})).await,
-        ErrorCode::InvalidArgument,
-        "bad method name",
-    );
+    let (unimplemented, invalid) = (ErrorCode::Unimplemented, ErrorCode::InvalidArgument);
+    for (method, body, code, words) in [
+        (
+            "busbar.v1.Nope/X",
+            json!({}),
+            unimplemented,
+            "knows no service",
+        ),
+        (
+            "busbar.v1.Node/Nope",
+            json!({}),
+            unimplemented,
+            "has no method Nope",
+        ),
+        (
+            "busbar.v1.Resources/Get",
+            json!({"pth": "/"}),
+            invalid,
+            "does not fit",
+        ),
+        (
+            "busbar.v1.Resources/Get",
+            json!({"path": 5}),
+            invalid,
+            "does not fit",
+        ),
+        ("Status", json!({}), invalid, "bad method name"),
+    ] {
+        assert_error(admin.call(method, body).await, code, words);
+    }
 
     // Nothing changed, and the node still answers.
     assert_eq!(admin.ls("/", true).await.unwrap(), before);

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 const PER_EMITTER: usize = 200;
+const CHAT: &str = "/home/admin/chat";
 
 /// Events from each sender, in arrival order, as (sender, seq).
 fn by_sender(events: &[(String, i64)]) -> HashMap<String, Vec<i64>> {
@@ -35,28 +36,25 @@ async fn collect(room: &mut busbar_client::RoomMembership, count: usize) -> Vec<
 
 #[tokio::test]
 async fn three_members_in_two_processes_get_every_event_once_in_order() {
-    let node = Node::start(&[]);
-    let admin = node
-        .admin_with("/home/admin/chat", ResourceKind::Room)
+    let (node, admin) = Node::start_with(&[], CHAT, ResourceKind::Room).await;
+    let bob = node
+        .new_user_granted(
+            &admin,
+            "bob",
+            "bob-password",
+            CHAT,
+            busbar_client::Right::Write,
+        )
         .await;
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
-    admin
-        .grant("/home/admin/chat", "bob", busbar_client::Right::Write)
-        .await
-        .unwrap();
-    let bob = node.user("bob", "bob-password").await.unwrap();
 
     // Member 3 lives in another process: the CLI's `room listen`.
     let mut listener = node
-        .cli(&["room", "listen", "/home/admin/chat"])
+        .cli(&["room", "listen", CHAT])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut a = admin.join("/home/admin/chat").await.unwrap();
-    let mut b = bob.join("/home/admin/chat").await.unwrap();
+    let mut a = admin.join(CHAT).await.unwrap();
+    let mut b = bob.join(CHAT).await.unwrap();
     // Wait until the CLI member has joined: a probe it must print.
     let mut cli_lines = BufReader::new(listener.stdout.take().unwrap()).lines();
     let cli_reader = std::thread::spawn(move || {
@@ -72,12 +70,7 @@ async fn three_members_in_two_processes_get_every_event_once_in_order() {
         events
     });
     loop {
-        if admin
-            .emit("/home/admin/chat", "probe", vec![])
-            .await
-            .unwrap()
-            == 3
-        {
+        if admin.emit(CHAT, "probe", vec![]).await.unwrap() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -86,14 +79,11 @@ async fn three_members_in_two_processes_get_every_event_once_in_order() {
     // Two emitters at once, each numbering its events.
     let emit_all = |client: busbar_client::Client| async move {
         for seq in 0..PER_EMITTER {
-            client
-                .emit("/home/admin/chat", "seq", vec![seq.into()])
-                .await
-                .unwrap();
+            client.emit(CHAT, "seq", vec![seq.into()]).await.unwrap();
         }
     };
     tokio::join!(emit_all(admin.clone()), emit_all(bob.clone()));
-    admin.rm("/home/admin/chat", false).await.unwrap();
+    admin.rm(CHAT, false).await.unwrap();
 
     let expected: Vec<i64> = (0..PER_EMITTER as i64).collect();
     for member in [&mut a, &mut b] {
@@ -151,12 +141,9 @@ async fn three_members_in_two_processes_get_every_event_once_in_order() {
 
 #[tokio::test]
 async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
-    let node = Node::start(&[]);
-    let admin = node
-        .admin_with("/home/admin/chat", ResourceKind::Room)
-        .await;
-    let mut a = admin.join("/home/admin/chat").await.unwrap();
-    let mut b = admin.join("/home/admin/chat").await.unwrap();
+    let (_node, admin) = Node::start_with(&[], CHAT, ResourceKind::Room).await;
+    let mut a = admin.join(CHAT).await.unwrap();
+    let mut b = admin.join(CHAT).await.unwrap();
     assert_eq!(a.emit_peers("to-peers", vec!["x".into()]).await.unwrap(), 1);
     assert_eq!(a.emit("to-all", vec![]).await.unwrap(), 2);
     let got_a = collect(&mut a, 1).await;
@@ -173,16 +160,10 @@ async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
     assert_eq!(collect(&mut a, 1).await[0].kind, RoomEventKind::Left);
     assert!(a.next().await.is_none());
     assert_error(a.leave().await, ErrorCode::NotFound, "no member");
-    assert_eq!(
-        admin
-            .emit("/home/admin/chat", "after", vec![])
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(admin.emit(CHAT, "after", vec![]).await.unwrap(), 1);
 
     assert_error(
-        admin.emit("/home/admin/chat", "", vec![]).await,
+        admin.emit(CHAT, "", vec![]).await,
         ErrorCode::InvalidArgument,
         "bad event name",
     );
@@ -199,13 +180,10 @@ async fn peers_only_emit_skips_the_sender_and_leave_ends_the_stream() {
 
 #[tokio::test]
 async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
-    let node = Node::start(&["--room-queue", "16"]);
-    let admin = node
-        .admin_with("/home/admin/chat", ResourceKind::Room)
-        .await;
+    let (node, admin) = Node::start_with(&["--room-queue", "16"], CHAT, ResourceKind::Room).await;
     // Separate connections, so HTTP/2 flow control on one cannot hold the other.
-    let mut slow = node.admin().await.join("/home/admin/chat").await.unwrap();
-    let mut fast = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let mut slow = node.admin().await.join(CHAT).await.unwrap();
+    let mut fast = node.admin().await.join(CHAT).await.unwrap();
     let fast_reader = tokio::spawn(async move {
         let mut count = 0usize;
         while let Some(Ok(_)) = fast.next().await {
@@ -219,7 +197,7 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
     let payload = serde_json::Value::String("x".repeat(16 * 1024));
     for _ in 0..4_000 {
         admin
-            .emit("/home/admin/chat", "big", vec![payload.clone()])
+            .emit(CHAT, "big", vec![payload.clone()])
             .await
             .unwrap();
     }
@@ -250,7 +228,7 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
             .contains("busbar_slow_consumer_drops_total{kind=\"room\"} 1")
     );
 
-    admin.rm("/home/admin/chat", false).await.unwrap();
+    admin.rm(CHAT, false).await.unwrap();
     assert_eq!(
         fast_reader.await.unwrap(),
         4_001,
@@ -261,12 +239,9 @@ async fn a_slow_member_is_cut_and_server_memory_stays_bounded() {
 #[tokio::test]
 async fn an_emitter_streams_events_in_order_without_round_trips() {
     // A queue larger than the burst: this test is about order, not slow consumers.
-    let node = Node::start(&["--room-queue", "8192"]);
-    let admin = node
-        .admin_with("/home/admin/chat", ResourceKind::Room)
-        .await;
-    let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
-    let mut me = admin.join("/home/admin/chat").await.unwrap();
+    let (node, admin) = Node::start_with(&["--room-queue", "8192"], CHAT, ResourceKind::Room).await;
+    let mut member = node.admin().await.join(CHAT).await.unwrap();
+    let mut me = admin.join(CHAT).await.unwrap();
 
     // Members read while the events stream in.
     let emitter = me.emitter();
@@ -292,9 +267,9 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
 
     // One emitter shared by tasks (emit takes &self): everything arrives,
     // each task's events in that task's order.
-    let mut member = node.admin().await.join("/home/admin/chat").await.unwrap();
+    let mut member = node.admin().await.join(CHAT).await.unwrap();
     let reader = tokio::spawn(async move { collect(&mut member, 4 * 250).await });
-    let shared = std::sync::Arc::new(admin.emitter("/home/admin/chat"));
+    let shared = std::sync::Arc::new(admin.emitter(CHAT));
     let tasks: Vec<_> = (0..4)
         .map(|task| {
             let shared = shared.clone();
@@ -329,7 +304,7 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
 
     // A missing right ends the stream; the error comes back from emit or finish.
     let bob = node.new_user(&admin, "bob", "bob-password").await;
-    let denied = bob.emitter("/home/admin/chat");
+    let denied = bob.emitter(CHAT);
     let mut outcome = Ok(());
     for _ in 0..1_000 {
         outcome = denied.emit("x", vec![]).await;
@@ -346,15 +321,11 @@ async fn an_emitter_streams_events_in_order_without_round_trips() {
 
 #[tokio::test]
 async fn one_emit_stream_sends_to_several_rooms_and_sees_a_revoked_right() {
-    let node = Node::start(&[]);
-    let admin = node.admin().await;
+    let (node, admin) = Node::start_with_admin(&[]).await;
     for room in ["/home/admin/a", "/home/admin/b"] {
         admin.create(room, ResourceKind::Room, false).await.unwrap();
     }
-    admin
-        .create_user("bob", "bob-password", false)
-        .await
-        .unwrap();
+    let bob = node.new_user(&admin, "bob", "bob-password").await;
     for room in ["/home/admin/a", "/home/admin/b"] {
         admin
             .grant(room, "bob", busbar_client::Right::Write)
@@ -363,7 +334,6 @@ async fn one_emit_stream_sends_to_several_rooms_and_sees_a_revoked_right() {
     }
     let mut in_a = admin.join("/home/admin/a").await.unwrap();
     let mut in_b = admin.join("/home/admin/b").await.unwrap();
-    let bob = node.user("bob", "bob-password").await.unwrap();
 
     // The generic streaming call: each message names its room.
     let mut call = bob

@@ -1,7 +1,7 @@
 //! Stored procedures and data sessions: arguments by position or name,
 //! atomic runs, isolation between sessions, commit, rollback, expiry.
 
-use crate::harness::{Node, assert_error};
+use crate::harness::{Node, assert_denied, assert_error};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use busbar_client::{
@@ -31,6 +31,14 @@ async fn balances(client: &Client) -> Vec<i64> {
         .iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
         .collect()
+}
+
+async fn points_in(client: &Client, series: &str) -> usize {
+    client
+        .read_series(series, Interval::all())
+        .await
+        .unwrap()
+        .num_points()
 }
 
 async fn create_total(admin: &Client) {
@@ -65,14 +73,8 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
         .run_procedure(DB, "transfer", by_position)
         .await
         .unwrap();
-    assert_eq!(
-        result.batches[0]
-            .column(1)
-            .as_primitive::<Int64Type>()
-            .values()
-            .to_vec(),
-        vec![70, 30]
-    );
+    let balances_after = result.batches[0].column(1).as_primitive::<Int64Type>();
+    assert_eq!(balances_after.values().to_vec(), vec![70, 30]);
     let by_name = ProcedureArgs::new()
         .kwarg("amount", 20)
         .kwarg("to", "alice")
@@ -94,30 +96,30 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
     );
 
     let both = ProcedureArgs::new().arg("bob").kwarg("to", "alice");
-    assert_error(
-        admin.run_procedure(DB, "transfer", both).await,
-        ErrorCode::InvalidArgument,
-        "not both",
-    );
-    assert_error(
-        admin
-            .run_procedure(DB, "transfer", ProcedureArgs::new().arg(1))
-            .await,
-        ErrorCode::InvalidArgument,
-        "takes 3 arguments (from, to, amount) but 1 were given",
-    );
-    assert_error(
-        admin
-            .run_procedure(DB, "transfer", ProcedureArgs::new().kwarg("sum", 1))
-            .await,
-        ErrorCode::InvalidArgument,
-        "has no parameter sum",
-    );
-    assert_error(
-        admin.run_procedure(DB, "nope", ProcedureArgs::new()).await,
-        ErrorCode::NotFound,
-        "no procedure named nope",
-    );
+    let invalid = ErrorCode::InvalidArgument;
+    for (name, args, code, words) in [
+        ("transfer", both, invalid, "not both"),
+        (
+            "transfer",
+            ProcedureArgs::new().arg(1),
+            invalid,
+            "takes 3 arguments (from, to, amount) but 1 were given",
+        ),
+        (
+            "transfer",
+            ProcedureArgs::new().kwarg("sum", 1),
+            invalid,
+            "has no parameter sum",
+        ),
+        (
+            "nope",
+            ProcedureArgs::new(),
+            ErrorCode::NotFound,
+            "no procedure named nope",
+        ),
+    ] {
+        assert_error(admin.run_procedure(DB, name, args).await, code, words);
+    }
     assert_error(
         admin
             .create_procedure(DB, "1bad", &[], "SELECT 1", false)
@@ -138,13 +140,8 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
         )
         .await
         .unwrap();
-    let names: Vec<String> = admin
-        .procedures(DB)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+    let procedures = admin.procedures(DB).await.unwrap();
+    let names: Vec<&str> = procedures.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["total", "transfer"]);
     let out = node.cli_ok(&["proc", "run", DB, "total", "min=50"]);
     assert_eq!(out, "total\n-----\n90\n");
@@ -158,12 +155,9 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
     );
 
     // Read rights run procedures that only read, and nothing that writes.
-    admin
-        .create_user("carol", "carol-password", false)
-        .await
-        .unwrap();
-    admin.grant(DB, "carol", Right::Read).await.unwrap();
-    let carol = node.user("carol", "carol-password").await.unwrap();
+    let carol = node
+        .new_user_granted(&admin, "carol", "carol-password", DB, Right::Read)
+        .await;
     create_total(&admin).await;
     assert_eq!(
         carol
@@ -174,7 +168,7 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
             .rows,
         1
     );
-    assert_error(
+    assert_denied(
         carol
             .run_procedure(
                 DB,
@@ -182,14 +176,12 @@ async fn procedures_take_args_or_kwargs_and_run_atomically() {
                 ProcedureArgs::new().arg("alice").arg("bob").arg(1),
             )
             .await,
-        ErrorCode::PermissionDenied,
         "read",
     );
-    assert_error(
+    assert_denied(
         carol
             .create_procedure(DB, "mine", &[], "SELECT 1", false)
             .await,
-        ErrorCode::PermissionDenied,
         "write",
     );
     assert_eq!(balances(&admin).await, vec![90, 10]);
@@ -221,23 +213,9 @@ async fn sessions_isolate_commit_and_roll_back_sql_and_series_together() {
         .unwrap();
     // The session reads its own changes; another client does not see them.
     assert_eq!(balances(&session).await, vec![1, 0]);
-    assert_eq!(
-        session
-            .read_series(series, Interval::all())
-            .await
-            .unwrap()
-            .num_points(),
-        3
-    );
+    assert_eq!(points_in(&session, series).await, 3);
     assert_eq!(balances(&other).await, vec![100, 0]);
-    assert_eq!(
-        other
-            .read_series(series, Interval::all())
-            .await
-            .unwrap()
-            .num_points(),
-        0
-    );
+    assert_eq!(points_in(&other, series).await, 0);
     // A second session cannot write the rows the first holds: it waits, then CONFLICT.
     let second = other.session().await.unwrap();
     let blocked = second
@@ -287,35 +265,17 @@ async fn sessions_isolate_commit_and_roll_back_sql_and_series_together() {
         ErrorCode::InvalidArgument,
         "row 2",
     );
-    assert_eq!(
-        session
-            .read_series(series, Interval::all())
-            .await
-            .unwrap()
-            .num_points(),
-        1
-    );
+    assert_eq!(points_in(&session, series).await, 1);
     let id = session.id().to_string();
     session.rollback().await.unwrap();
     assert_eq!(balances(&other).await, vec![1, 0]);
-    assert_eq!(
-        other
-            .read_series(series, Interval::all())
-            .await
-            .unwrap()
-            .num_points(),
-        3
-    );
+    assert_eq!(points_in(&other, series).await, 3);
 
     // An ended session is gone, and a session belongs to its identity.
     let raw = serde_json::json!({"session": id});
     let gone = admin.call("busbar.v1.Sessions/KeepAlive", raw).await;
     assert_error(gone, ErrorCode::NotFound, "no open session");
-    admin
-        .create_user("eve", "eve-password", false)
-        .await
-        .unwrap();
-    let eve = node.user("eve", "eve-password").await.unwrap();
+    let eve = node.new_user(&admin, "eve", "eve-password").await;
     let mine = admin.session().await.unwrap();
     let theirs = eve
         .call(

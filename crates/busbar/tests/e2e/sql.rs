@@ -1,7 +1,7 @@
 //! SQL databases: bound parameters, Arrow types, read-only rights enforced
 //! by the engine, clear errors, durability.
 
-use crate::harness::{Node, assert_error};
+use crate::harness::{Node, assert_denied, assert_error};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type, TimestampMillisecondType};
 use arrow_schema::{DataType, TimeUnit};
@@ -88,14 +88,9 @@ async fn parameters_types_and_nulls_round_trip_into_arrow() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        result.batches[0]
-            .column(0)
-            .as_primitive::<Int64Type>()
-            .value(0),
-        2
-    );
-    let echo = result.batches[0].column(1).as_primitive::<Int64Type>();
+    let batch = &result.batches[0];
+    assert_eq!(batch.column(0).as_primitive::<Int64Type>().value(0), 2);
+    let echo = batch.column(1).as_primitive::<Int64Type>();
     assert_eq!((echo.len(), echo.value(0)), (1, 7));
 
     // Many rows stream in several batches.
@@ -185,9 +180,8 @@ async fn read_rights_allow_reads_and_the_engine_refuses_disguised_writes() {
         .await
         .unwrap();
     let bob = node.new_user(&admin, "bob", "bob-password").await;
-    assert_error(
+    assert_denied(
         bob.sql(DB, "SELECT * FROM items").await,
-        ErrorCode::PermissionDenied,
         "bob lacks read on /home/admin/shop",
     );
 

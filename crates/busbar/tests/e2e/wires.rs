@@ -11,10 +11,7 @@ const MIB: usize = 1024 * 1024;
 
 #[tokio::test]
 async fn a_100_mib_pipe_arrives_intact() {
-    let node = Node::start(&[]);
-    let admin = node
-        .admin_with("/home/admin/pipe", ResourceKind::Wire)
-        .await;
+    let (node, admin) = Node::start_with(&[], "/home/admin/pipe", ResourceKind::Wire).await;
 
     let mut sub = node
         .cli(&["wire", "sub", "/home/admin/pipe"])
@@ -77,10 +74,12 @@ async fn a_100_mib_pipe_arrives_intact() {
 
 #[tokio::test]
 async fn a_stalled_subscriber_is_cut_after_the_stall_timeout() {
-    let node = Node::start(&["--wire-queue", "2", "--wire-stall", "0.5"]);
-    let admin = node
-        .admin_with("/home/admin/pipe", ResourceKind::Wire)
-        .await;
+    let (node, admin) = Node::start_with(
+        &["--wire-queue", "2", "--wire-stall", "0.5"],
+        "/home/admin/pipe",
+        ResourceKind::Wire,
+    )
+    .await;
     let mut stalled = node
         .admin()
         .await
