@@ -6,7 +6,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python python-package lint fmt codegen check-codegen examples clean bench chaos fuzz
+.PHONY: run build test test-rust test-python test-cluster cluster cluster-engines python-package lint fmt codegen check-codegen examples clean bench chaos fuzz
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
 run:
@@ -16,12 +16,35 @@ run:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## Every test: codegen up to date, Rust unit and end-to-end tests, examples, Python e2e tests.
-test: check-codegen test-rust test-python
+## Every test: codegen up to date, Rust unit and end-to-end tests, examples, Python e2e
+## tests, and the cluster tests on real PostgreSQL and NATS.
+test: check-codegen test-rust test-python test-cluster
 
 test-rust:
 	$(CARGO) build -p busbar
 	$(CARGO) test --workspace --all-targets
+
+## A cluster's engines from Debian's packages: PostgreSQL's server and nats-server.
+## Missing ones are installed (as root, or through sudo); the cluster tests fail without them.
+cluster-engines:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	{ command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; } || missing="$$missing nats-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing from Debian's packages"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing; \
+	fi
+
+## A local three-node cluster on PostgreSQL and NATS (data in ./cluster-data); Ctrl-C stops it.
+cluster: cluster-engines
+	$(CARGO) build --release -p busbar
+	sh scripts/cluster.sh target/release/busbar
+
+## Several nodes sharing a real PostgreSQL and NATS (crates/busbar/tests/cluster).
+test-cluster: cluster-engines
+	$(CARGO) build -p busbar
+	$(CARGO) test -p busbar --test cluster -- --ignored
 
 $(VENV)/.installed: tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -137,6 +137,8 @@ pub struct ConnectOptions {
     timeout: Option<Duration>,
     connect_timeout: Duration,
     connections: usize,
+    more_addresses: Vec<String>,
+    windows: (u32, u32),
     transport: Option<Arc<dyn Transport>>,
 }
 
@@ -166,8 +168,32 @@ impl ConnectOptions {
             timeout: None,
             connect_timeout: Duration::from_secs(10),
             connections: 1,
+            more_addresses: Vec::new(),
+            windows: (STREAM_WINDOW_BYTES, CONNECTION_WINDOW_BYTES),
             transport: None,
         }
+    }
+
+    /// More nodes of the same cluster, tried in turn after the address given
+    /// to [`ConnectOptions::new`]: the client uses the first that answers and
+    /// moves to the next when its connection is lost. Rooms rejoin and
+    /// streams are opened again there as after a reconnect; a call in flight
+    /// when the connection went fails (`UNAVAILABLE`).
+    pub fn addresses(
+        mut self,
+        more: impl IntoIterator<Item = impl Into<String>>,
+    ) -> ConnectOptions {
+        self.more_addresses = more.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// HTTP/2 flow-control windows: bytes the node may send on one call, and
+    /// on one connection, before this client has read them (defaults 2 MiB
+    /// and 32 MiB; `connect` refuses a stream window under 65,535, the
+    /// HTTP/2 default, or a connection window under the stream window).
+    pub fn windows(mut self, stream_bytes: u32, connection_bytes: u32) -> ConnectOptions {
+        self.windows = (stream_bytes, connection_bytes);
+        self
     }
 
     /// Runs the connection's background work and socket through `transport`.
@@ -179,6 +205,7 @@ impl ConnectOptions {
     /// Options from a client config (such as `admin.json`).
     pub fn from_config(config: &ClientConfig) -> Result<ConnectOptions> {
         let mut options = ConnectOptions::new(config.address.clone());
+        options.more_addresses = config.addresses.clone();
         options.server_name = config.server_name.clone();
         options.ca_pem = config.ca_pem.clone();
         options.fingerprint = config.server_fingerprint_sha256.clone();
@@ -394,6 +421,108 @@ fn now_ms() -> i64 {
 
 /// Explains the usual reasons a first call fails at the transport level,
 /// from what the error's causes were (see [`TransportFailure`]).
+/// One node a client may dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    address: String,
+    tls: bool,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    fn parse(given: &str) -> Result<Target> {
+        let address = given.trim_end_matches('/').to_string();
+        let bad = || {
+            Error::invalid_argument(format!(
+                "bad address {address:?}: use https://host:port or http://host:port"
+            ))
+        };
+        let uri: http::Uri = address.parse().map_err(|_| bad())?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(bad()),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::invalid_argument(format!("bad address {address:?}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Target {
+            address,
+            tls,
+            host,
+            port,
+        })
+    }
+}
+
+/// Opens a connection's socket: to the node in use, or, when it does not
+/// answer, to the next address in turn, which becomes the one in use
+/// (a cluster's nodes serve the same world, and a session from one is
+/// good on all). tonic dials again after a connection is lost, so a lost
+/// node's calls move on by themselves.
+struct Dialer {
+    targets: Vec<Target>,
+    current: AtomicUsize,
+    connector: Option<tokio_rustls::TlsConnector>,
+    server_name: Option<String>,
+    transport: Option<Arc<dyn Transport>>,
+    timeout: Duration,
+}
+
+impl Dialer {
+    async fn dial(&self) -> std::io::Result<Box<dyn Io>> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for step in 0..self.targets.len() {
+            let index = (first + step) % self.targets.len();
+            let attempt = tokio::time::timeout(self.timeout, self.dial_one(&self.targets[index]));
+            match attempt.await {
+                Ok(Ok(io)) => {
+                    if index != first {
+                        tracing::info!(address = %self.targets[index].address, "connected to the next node");
+                    }
+                    self.current.store(index, Ordering::Relaxed);
+                    return Ok(io);
+                }
+                Ok(Err(error)) => last_error = Some(error),
+                Err(_) => {
+                    last_error = Some(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} did not answer in time", self.targets[index].address),
+                    ))
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("no address to dial")))
+    }
+
+    async fn dial_one(&self, target: &Target) -> std::io::Result<Box<dyn Io>> {
+        let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = match &self.transport {
+            Some(transport) => transport.wrap(tcp)?,
+            None => Box::new(tcp),
+        };
+        let Some(connector) = &self.connector else {
+            return Ok(io);
+        };
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| target.host.clone());
+        let server_name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let stream = connector.connect(server_name, io).await?;
+        let stream = crate::tls::ReadAhead::first_bytes(stream).await?;
+        Ok(Box::new(stream))
+    }
+}
+
 fn connect_hint(error: Error, address: &str, tls: bool) -> Error {
     let Some(failure) = error.transport() else {
         return error;
@@ -443,81 +572,85 @@ impl Client {
                 options.connections
             )));
         }
-        let address = options.address.trim_end_matches('/').to_string();
-        let uri: http::Uri = address.parse().map_err(|_| {
-            Error::invalid_argument(format!(
-                "bad address {address:?}: use https://host:port or http://host:port"
-            ))
-        })?;
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
+        let (stream_window, connection_window) = options.windows;
+        if !(65_535..=1 << 30).contains(&stream_window)
+            || !(stream_window..=1 << 30).contains(&connection_window)
+        {
+            return Err(Error::invalid_argument(format!(
+                "bad windows ({stream_window}, {connection_window}): use a stream window of \
+                 65535 to 1073741824 bytes and a connection window from it to 1073741824"
+            )));
+        }
+        if options.address.is_empty() && options.more_addresses.is_empty() {
+            return Err(Error::invalid_argument(
+                "no address: give one (https://host:port) or a list of a cluster's nodes",
+            ));
+        }
+        let mut targets: Vec<Target> = Vec::new();
+        for given in std::iter::once(&options.address)
+            .chain(&options.more_addresses)
+            .filter(|a| !a.is_empty())
+        {
+            let target = Target::parse(given)?;
+            if targets.first().is_some_and(|first| first.tls != target.tls) {
                 return Err(Error::invalid_argument(format!(
-                    "bad address {address:?}: use https://host:port or http://host:port"
+                    "bad address {given:?}: a client's addresses are all https:// or all http://"
                 )));
             }
-        };
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::invalid_argument(format!("bad address {address:?}: no host")))?;
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let plain_uri = format!("http://{}", uri.authority().expect("has host"));
-        let mut endpoint = Endpoint::from_shared(plain_uri)
-            .map_err(|e| Error::invalid_argument(format!("bad address {address:?}: {e}")))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true)
-            // Large streamed messages (Arrow pieces) arrive in few frames,
-            // instead of 64 frames of 16 KiB per MiB, each handled and
-            // flow-controlled on its own.
-            .max_frame_size(MAX_FRAME_BYTES)
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            if !targets.contains(&target) {
+                targets.push(target);
+            }
+        }
+        let tls = targets[0].tls;
+        let address = targets[0].address.clone();
+        let attempts = targets.len() as u32;
+        let mut endpoint =
+            Endpoint::from_shared(format!("http://{}:{}", targets[0].host, targets[0].port))
+                .map_err(|e| Error::invalid_argument(format!("bad address {address:?}: {e}")))?
+                // Each address gets the whole connect timeout in turn.
+                .connect_timeout(options.connect_timeout * attempts)
+                .tcp_nodelay(true)
+                // Large streamed messages (Arrow pieces) arrive in few frames,
+                // instead of 64 frames of 16 KiB per MiB, each handled and
+                // flow-controlled on its own.
+                .max_frame_size(MAX_FRAME_BYTES)
+                .initial_stream_window_size(stream_window)
+                .initial_connection_window_size(connection_window)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .keep_alive_while_idle(true);
         if let Some(transport) = &options.transport {
             endpoint = endpoint.executor(TransportExecutor(transport.clone()));
         }
-        let transport = options.transport.clone();
-        let connections = options.connections;
-        let channels: Vec<Channel> = if tls {
+        let connector = if tls {
             let config = crate::tls::client_config(
                 options.ca_pem.as_deref(),
                 options.fingerprint.as_deref(),
                 options.client_certificate.as_ref(),
             )?;
-            let server_name = options.server_name.clone().unwrap_or_else(|| host.clone());
-            let server_name = rustls::pki_types::ServerName::try_from(server_name.clone())
-                .map_err(|_| Error::invalid_argument(format!("bad server name {server_name:?}")))?;
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-            let target = (host.clone(), port);
-            let dial = tower::service_fn(move |_: http::Uri| {
-                let (connector, server_name, target) =
-                    (connector.clone(), server_name.clone(), target.clone());
-                let transport = transport.clone();
-                async move {
-                    let tcp = tokio::net::TcpStream::connect(target).await?;
-                    tcp.set_nodelay(true)?;
-                    let io: Box<dyn Io> = match &transport {
-                        Some(transport) => transport.wrap(tcp)?,
-                        None => Box::new(tcp),
-                    };
-                    let stream = connector.connect(server_name, io).await?;
-                    let stream = crate::tls::ReadAhead::first_bytes(stream).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            });
-            (0..connections)
-                .map(|_| endpoint.connect_with_connector_lazy(dial.clone()))
-                .collect()
+            if let Some(name) = &options.server_name {
+                rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| Error::invalid_argument(format!("bad server name {name:?}")))?;
+            }
+            Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
         } else {
-            (0..connections).map(|_| endpoint.connect_lazy()).collect()
+            None
         };
+        let dialer = Arc::new(Dialer {
+            targets,
+            current: AtomicUsize::new(0),
+            connector,
+            server_name: options.server_name.clone(),
+            transport: options.transport.clone(),
+            timeout: options.connect_timeout,
+        });
+        let dial = tower::service_fn(move |_: http::Uri| {
+            let dialer = dialer.clone();
+            async move { dialer.dial().await.map(hyper_util::rt::TokioIo::new) }
+        });
+        let channels: Vec<Channel> = (0..options.connections)
+            .map(|_| endpoint.connect_with_connector_lazy(dial.clone()))
+            .collect();
         let inner = Arc::new(Inner {
             channels,
             next_channel: AtomicUsize::new(0),
@@ -762,6 +895,27 @@ async fn keep_session(inner: Weak<Inner>) {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn windows_out_of_range_are_refused_before_dialling() {
+        // Port 1 on loopback: a dial would fail with UNAVAILABLE, not this.
+        let options = ConnectOptions::new("http://127.0.0.1:1");
+        for (stream, connection) in [(1024, 1 << 20), (1 << 20, 65_535), (1 << 31, 1 << 31)] {
+            let error = options
+                .clone()
+                .windows(stream, connection)
+                .connect()
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), ErrorCode::InvalidArgument, "{error}");
+            assert!(error.message().contains("bad windows"), "{error}");
         }
     }
 }

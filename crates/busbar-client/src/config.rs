@@ -5,6 +5,7 @@
 //! ```json
 //! {
 //!   "address": "https://127.0.0.1:7070",
+//!   "addresses": ["https://127.0.0.1:7071"],
 //!   "server_name": "localhost",
 //!   "ca_pem": "-----BEGIN CERTIFICATE-----\n...",
 //!   "server_fingerprint_sha256": "9f86d0...",
@@ -25,7 +26,13 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// `https://host:port` (TLS) or `http://host:port` (plaintext).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
+    /// The nodes of a cluster, tried in turn: the client uses the first that
+    /// answers and moves to the next when its connection is lost (after
+    /// `address`, when both are given).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
     /// Name to verify the server certificate against (default: the address's host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,

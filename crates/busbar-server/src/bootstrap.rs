@@ -106,6 +106,7 @@ pub async fn ensure_admin(
     address: &str,
     tls: Option<&TlsMaterial>,
     transport_certificate: Option<&ClientCertificates>,
+    shared_store: bool,
 ) -> Result<std::path::PathBuf> {
     let path = data_dir.join("admin.json");
     let existing: Option<serde_json::Value> = std::fs::read_to_string(&path)
@@ -116,7 +117,11 @@ pub async fn ensure_admin(
         .and_then(|config| config.get("credential").cloned());
 
     let admin = store.identity_by_name(ADMIN_NAME).await?;
-    if admin.is_none() || credential.is_none() {
+    if shared_store && admin.is_some() && credential.is_none() {
+        // A cluster's admin was made by the node that started first; its
+        // operator holds the password, which another node must not reset.
+        tracing::info!(path = %path.display(), "the cluster's admin exists: this node's admin.json names no credential (use the first node's, or busbar user passwd)");
+    } else if admin.is_none() || credential.is_none() {
         // Either the first start, or admin.json was lost: whoever can read the
         // data directory is the node's operator, so a new password is issued.
         let password = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -144,7 +149,11 @@ pub async fn ensure_admin(
     if let Some(tls) = tls {
         config["server_name"] = "localhost".into();
         config["ca_pem"] = tls.ca_pem.clone().into();
-        config["server_fingerprint_sha256"] = tls.fingerprint.clone().into();
+        // A cluster's nodes each have their own certificate from the one CA:
+        // pinning this node's would keep a client from moving to another.
+        if !shared_store {
+            config["server_fingerprint_sha256"] = tls.fingerprint.clone().into();
+        }
     }
     if let Some(certificates) = transport_certificate {
         let kept = existing

@@ -69,6 +69,24 @@ pub struct Settings {
     /// members) or "tonic" (every message encoded by tonic's generated
     /// server). A switch for measuring the trick and for ruling it out.
     pub framing: Option<String>,
+    /// HTTP/2 flow-control window per stream: bytes a client may send on one
+    /// call before the node has read them (default 1 MiB).
+    pub stream_window_bytes: Option<usize>,
+    /// HTTP/2 flow-control window per connection (default 16 MiB; at least
+    /// the stream window). See the README's "How it behaves" for why it is
+    /// 16 times hyper's default.
+    pub connection_window_bytes: Option<usize>,
+    /// A cluster's PostgreSQL for metadata (`postgres://USER[:PASSWORD]@HOST:PORT/DB`,
+    /// `?sslmode=require` for TLS); with `bus`, this node joins the cluster
+    /// that shares them. Absent: the embedded store under `data`.
+    pub store: Option<String>,
+    /// PEM file of the CA that signed PostgreSQL's certificate.
+    pub store_ca: Option<PathBuf>,
+    /// A cluster's NATS (`nats://[USER:PASSWORD@]HOST:PORT`, several
+    /// separated by commas); goes with `store`.
+    pub bus: Option<String>,
+    /// PEM file of the CA that signed NATS's certificate (TLS to NATS).
+    pub bus_ca: Option<PathBuf>,
 }
 
 impl Settings {
@@ -110,6 +128,14 @@ impl Settings {
             idle_timeout_seconds: self.idle_timeout_seconds.or(weaker.idle_timeout_seconds),
             client_certs: self.client_certs.or(weaker.client_certs),
             framing: self.framing.or(weaker.framing),
+            stream_window_bytes: self.stream_window_bytes.or(weaker.stream_window_bytes),
+            connection_window_bytes: self
+                .connection_window_bytes
+                .or(weaker.connection_window_bytes),
+            store: self.store.or(weaker.store),
+            store_ca: self.store_ca.or(weaker.store_ca),
+            bus: self.bus.or(weaker.bus),
+            bus_ca: self.bus_ca.or(weaker.bus_ca),
         }
     }
 }
@@ -138,6 +164,14 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub client_certs: ClientCerts,
     pub framing: Framing,
+    pub stream_window_bytes: u32,
+    pub connection_window_bytes: u32,
+    /// PostgreSQL URL of a cluster's store (None: embedded).
+    pub store: Option<String>,
+    pub store_ca: Option<PathBuf>,
+    /// NATS URL of a cluster's bus (None: in-process).
+    pub bus: Option<String>,
+    pub bus_ca: Option<PathBuf>,
 }
 
 /// See [`Settings::framing`].
@@ -252,7 +286,65 @@ impl ServerConfig {
             }
         }
         let insecure = settings.insecure.unwrap_or(false);
+        // HTTP/2's own default (65,535) is the floor; past 1 GiB one
+        // connection could make the node hold more than any use needs.
+        let stream_window_bytes = count(
+            "stream_window_bytes",
+            settings.stream_window_bytes,
+            1 << 20,
+            65_535,
+            1 << 30,
+        )?;
+        // The connection window is 16 times hyper's 1 MiB default because h2
+        // (0.4.20 on) closes a connection with ENHANCE_YOUR_CALM
+        // ("too_many_data_frames") once the DATA frames under 256 B it holds
+        // unread cost more than half the connection window, at 256 B a
+        // frame. A client stream the node has stopped reading (a wire
+        // publisher held back by a full subscriber) fills its stream window
+        // with one frame per message: 64 B chunks, 71 B frames, 1 MiB in
+        // about 14,800 frames, counted as 2.6 MiB; at 1 MiB the publisher's
+        // whole connection was closed at 512 KiB. With 16 MiB (8 MiB counted)
+        // one stalled stream of frames of 29 B or more stays within it.
+        let connection_window_bytes = count(
+            "connection_window_bytes",
+            settings.connection_window_bytes,
+            (16 << 20).max(stream_window_bytes),
+            stream_window_bytes,
+            1 << 30,
+        )?;
+        let store = settings.store.filter(|url| !url.is_empty());
+        let bus = settings.bus.filter(|url| !url.is_empty());
+        if store.is_some() != bus.is_some() {
+            return Err(Error::invalid_argument(
+                "store and bus go together: a cluster node needs both a PostgreSQL (--store) \
+                 and a NATS (--bus); give neither for the embedded node",
+            ));
+        }
+        if let Some(url) = &store
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(Error::invalid_argument(format!(
+                "bad store {}: use postgres://USER@HOST:PORT/DATABASE",
+                crate::cluster::redacted(url)
+            )));
+        }
+        if let Some(url) = &bus
+            && !url
+                .split(',')
+                .all(|one| one.starts_with("nats://") || one.starts_with("tls://"))
+        {
+            return Err(Error::invalid_argument(format!(
+                "bad bus {}: use nats://HOST:PORT (or tls://), several separated by commas",
+                crate::cluster::redacted(url)
+            )));
+        }
         Ok(ServerConfig {
+            store,
+            store_ca: settings.store_ca,
+            bus,
+            bus_ca: settings.bus_ca,
+            stream_window_bytes: stream_window_bytes as u32,
+            connection_window_bytes: connection_window_bytes as u32,
             client_certs: ClientCerts::parse(settings.client_certs.as_deref(), insecure)?,
             framing: Framing::parse(settings.framing.as_deref())?,
             data_dir: settings
@@ -367,56 +459,34 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let bad = |s: Settings| ServerConfig::from_settings(s).unwrap_err().message;
-        assert!(
-            bad(Settings {
-                listen: Some("nowhere".into()),
-                ..Default::default()
-            })
-            .contains("listen")
-        );
-        assert!(
-            bad(Settings {
-                grace_seconds: Some(-1.0),
-                ..Default::default()
-            })
-            .contains("grace_seconds")
-        );
-        assert!(
-            bad(Settings {
-                room_queue: Some(0),
-                ..Default::default()
-            })
-            .contains("room_queue")
-        );
-        assert!(
-            bad(Settings {
-                hostnames: Some(vec!["a b".into()]),
-                ..Default::default()
-            })
-            .contains("hostname")
-        );
-        assert!(
-            bad(Settings {
-                max_statement_seconds: Some(0.0),
-                ..Default::default()
-            })
-            .contains("max_statement_seconds")
-        );
-        assert!(
-            bad(Settings {
-                max_result_bytes: Some(10),
-                ..Default::default()
-            })
-            .contains("max_result_bytes")
-        );
-        assert!(
-            bad(Settings {
-                framing: Some("fast".into()),
-                ..Default::default()
-            })
-            .contains("bad framing \"fast\": use zero-copy or tonic")
-        );
+        // Each as a TOML file would give it, so the keys are the documented ones.
+        let cases = [
+            ("listen = \"nowhere\"", "listen"),
+            ("grace_seconds = -1.0", "grace_seconds"),
+            ("room_queue = 0", "room_queue"),
+            ("hostnames = [\"a b\"]", "hostname"),
+            ("max_statement_seconds = 0.0", "max_statement_seconds"),
+            ("max_result_bytes = 10", "max_result_bytes"),
+            (
+                "framing = \"fast\"",
+                "bad framing \"fast\": use zero-copy or tonic",
+            ),
+            ("stream_window_bytes = 1024", "stream_window_bytes"),
+            ("store = \"postgres://u@h/db\"", "store and bus go together"),
+            (
+                "store = \"mysql://u:pw@h/db\"\nbus = \"nats://h:4222\"",
+                "bad store mysql://u@h/db",
+            ),
+            (
+                "stream_window_bytes = 4194304\nconnection_window_bytes = 1048576",
+                "bad connection_window_bytes: 1048576; use 4194304 to",
+            ),
+        ];
+        for (file, expected) in cases {
+            let settings: Settings = toml::from_str(file).unwrap();
+            let error = ServerConfig::from_settings(settings).unwrap_err().message;
+            assert!(error.contains(expected), "{file}: {error}");
+        }
         assert!(
             toml::from_str::<Settings>("lisen = 1").is_err(),
             "unknown keys are rejected"

@@ -125,6 +125,13 @@ pub struct Metrics {
     pub mesh_calls: Family<MeshLabels, Counter>,
 }
 
+/// Registers each named field of `metrics` under its own name.
+macro_rules! register {
+    ($registry:ident, $metrics:ident, $($field:ident: $help:literal),* $(,)?) => {
+        $($registry.register(stringify!($field), $help, $metrics.$field.clone());)*
+    };
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("busbar");
@@ -139,45 +146,21 @@ impl Default for Metrics {
             mesh_calls: Family::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "connections",
-            "Open client connections",
-            metrics.connections.clone(),
-        );
-        registry.register(
-            "refused_connections",
-            "Connections closed at accept because max_connections were open",
-            metrics.refused_connections.clone(),
+        register!(
+            registry,
+            metrics,
+            connections: "Open client connections",
+            refused_connections: "Connections closed at accept because max_connections were open",
+            room_events: "Events emitted into rooms",
+            room_deliveries: "Room events queued for members",
+            wire_bytes: "Bytes published into wires",
+            slow_consumer_drops: "Subscribers cut for falling behind their bounded queue",
+            mesh_calls: "Calls routed to providers, by service, provider identity and gRPC code",
         );
         registry.register(
             "calls",
             "Finished calls by method and gRPC code",
             metrics.calls.family.clone(),
-        );
-        registry.register(
-            "room_events",
-            "Events emitted into rooms",
-            metrics.room_events.clone(),
-        );
-        registry.register(
-            "room_deliveries",
-            "Room events queued for members",
-            metrics.room_deliveries.clone(),
-        );
-        registry.register(
-            "wire_bytes",
-            "Bytes published into wires",
-            metrics.wire_bytes.clone(),
-        );
-        registry.register(
-            "slow_consumer_drops",
-            "Subscribers cut for falling behind their bounded queue",
-            metrics.slow_consumer_drops.clone(),
-        );
-        registry.register(
-            "mesh_calls",
-            "Calls routed to providers, by service, provider identity and gRPC code",
-            metrics.mesh_calls.clone(),
         );
         Metrics {
             registry,

@@ -4,7 +4,7 @@ use crate::auth::Authenticator;
 use crate::auth::access::AccessControl;
 use crate::auth::service::AuthService;
 use crate::bootstrap;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::LocalBus;
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
 use crate::grpc::flight::BusbarFlight;
@@ -16,7 +16,7 @@ use crate::resources::ResourcesService;
 use crate::rooms::{self, RoomsService};
 use crate::sessions::service::SessionsService;
 use crate::sql::service::SqlService;
-use crate::store::{SqliteStore, Store, now_ms};
+use crate::store::now_ms;
 use crate::timeseries::{self, service::TimeSeriesService};
 use crate::tls;
 use crate::wires::WiresService;
@@ -39,22 +39,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 /// The largest HTTP/2 frame the node accepts (the protocol allows up to
 /// 16 MiB; the default is 16 KiB).
 const MAX_FRAME_BYTES: u32 = 1 << 20;
-
-/// HTTP/2 flow-control windows: how much a client may send on one stream,
-/// and on one connection, before the node has read it.
-///
-/// The connection window is larger than hyper's 1 MiB default because h2
-/// (0.4.20 on) closes a connection with ENHANCE_YOUR_CALM ("too_many_data_frames")
-/// once the DATA frames under 256 B it holds unread cost more than half the
-/// connection window, counting 256 B per frame. A client stream the node
-/// has stopped reading (a wire publisher held back by a full subscriber)
-/// fills its stream window with one frame per message: 64 B chunks, 71 B
-/// frames, filled 1 MiB with about 14,800 frames, counted as 2.6 MiB, and the
-/// publisher's whole connection was closed at 512 KiB. With 16 MiB (8 MiB
-/// counted), one stalled stream of frames of 29 B or more stays within it.
-/// What a connection can make the node hold is still bounded: 16 MiB.
-const STREAM_WINDOW_BYTES: u32 = 1 << 20;
-const CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
 
 /// How clients reach a started node.
 #[derive(Debug, Clone)]
@@ -359,20 +343,19 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let store = crate::cluster::open_store(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let drops = metrics.slow_consumer_drops.clone();
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new().with_slow_consumer_hook(Arc::new(
-        move |subject: &str| {
-            let kind = if subject.starts_with("wire.") {
-                "wire"
-            } else {
-                "room"
-            };
-            drops.get_or_create(&KindLabels { kind }).inc();
-        },
-    )));
-    let access = AccessControl::new(store.clone(), bus.clone());
+    let local_bus = LocalBus::new().with_slow_consumer_hook(Arc::new(move |subject: &str| {
+        let kind = if subject.starts_with("wire.") {
+            "wire"
+        } else {
+            "room"
+        };
+        drops.get_or_create(&KindLabels { kind }).inc();
+    }));
+    let bus = crate::cluster::open_bus(&config, local_bus).await?;
+    let access = AccessControl::new(store.clone(), bus.clone()).await;
     let auth = Arc::new(Authenticator::new(store.clone(), config.session_ttl).await?);
     let tls_material = if config.insecure {
         tracing::warn!(
@@ -380,6 +363,9 @@ pub async fn serve(
         );
         None
     } else {
+        if config.store.is_some() {
+            tls::adopt_cluster_ca(&config.data_dir, store.as_ref()).await?;
+        }
         Some(tls::ensure(&config.data_dir, &config.hostnames)?)
     };
 
@@ -413,6 +399,7 @@ pub async fn serve(
         certificates
             .as_deref()
             .filter(|_| config.client_certs == crate::config::ClientCerts::Required),
+        config.store.is_some(),
     )
     .await?;
     bootstrap::ensure_folders(store.as_ref()).await?;
@@ -511,8 +498,10 @@ pub async fn serve(
         // Streamed Arrow pieces arrive in few large frames rather than in
         // 16 KiB ones, each handled and flow-controlled on its own.
         .max_frame_size(Some(MAX_FRAME_BYTES))
-        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
+        // Settings (config.rs): the defaults and why are in the README's
+        // "How it behaves".
+        .initial_stream_window_size(Some(config.stream_window_bytes))
+        .initial_connection_window_size(Some(config.connection_window_bytes));
     let router = builder
         .layer(CallLayer {
             auth,

@@ -73,6 +73,45 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     file.sync_all().map_err(io("sync", path))
 }
 
+/// The name of the cluster's CA among the store's secrets.
+const CLUSTER_CA_SECRET: &str = "tls.cluster-ca";
+
+/// A new CA as `key PEM` NUL `certificate PEM` (empty if generation failed,
+/// which the caller reports).
+fn new_ca_secret() -> Vec<u8> {
+    let make = || -> Result<Vec<u8>> {
+        let key = KeyPair::generate().map_err(tls_error)?;
+        let cert = ca_params()?.self_signed(&key).map_err(tls_error)?;
+        Ok(format!("{}\0{}", key.serialize_pem(), cert.pem()).into_bytes())
+    };
+    make().unwrap_or_default()
+}
+
+/// Makes every node of a cluster use one CA, kept among the shared store's
+/// secrets (the first node to start makes it): so one `ca_pem` in a client
+/// config trusts every node, and a client certificate any node issued is
+/// taken by all. Writes it into `<data_dir>/tls` for [`ensure`], which then
+/// issues this node's server certificate from it.
+pub async fn adopt_cluster_ca(data_dir: &Path, store: &dyn crate::store::Store) -> Result<()> {
+    let secret = store.secret(CLUSTER_CA_SECRET, new_ca_secret).await?;
+    let text = String::from_utf8(secret).unwrap_or_default();
+    let Some((key_pem, ca_pem)) = text.split_once('\0') else {
+        return Err(Error::internal(
+            "the cluster's CA in the store is unreadable (or could not be generated)",
+        ));
+    };
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+    let ca_pem_path = dir.join("ca.pem");
+    if std::fs::read_to_string(&ca_pem_path).ok().as_deref() != Some(ca_pem) {
+        write_private(&dir.join("ca.key"), key_pem)?;
+        std::fs::write(&ca_pem_path, ca_pem).map_err(io("write", &ca_pem_path))?;
+        // A server certificate from another CA is issued again.
+        let _ = std::fs::remove_file(dir.join("names.txt"));
+    }
+    Ok(())
+}
+
 /// Loads or creates the node's TLS material in `<data_dir>/tls`.
 pub fn ensure(data_dir: &Path, hostnames: &[String]) -> Result<TlsMaterial> {
     let dir = data_dir.join("tls");

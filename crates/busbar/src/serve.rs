@@ -56,6 +56,24 @@ pub struct ServeArgs {
     /// Memory all SQL statements may hold at once (SQLite's heap limit) [default: 2147483648]
     #[arg(long, env = "BUSBAR_SQL_MEMORY_BYTES")]
     sql_memory_bytes: Option<usize>,
+    /// HTTP/2 window per call: bytes a client may send before the node reads them [default: 1048576]
+    #[arg(long, env = "BUSBAR_STREAM_WINDOW_BYTES")]
+    stream_window_bytes: Option<usize>,
+    /// HTTP/2 window per connection, at least the stream window [default: 16777216]
+    #[arg(long, env = "BUSBAR_CONNECTION_WINDOW_BYTES")]
+    connection_window_bytes: Option<usize>,
+    /// A cluster's PostgreSQL for metadata: postgres://USER[:PASSWORD]@HOST:PORT/DB (with --bus)
+    #[arg(long, env = "BUSBAR_STORE")]
+    store: Option<String>,
+    /// PEM file of the CA of PostgreSQL's certificate (with sslmode=require)
+    #[arg(long, env = "BUSBAR_STORE_CA")]
+    store_ca: Option<std::path::PathBuf>,
+    /// A cluster's NATS: nats://HOST:PORT, several separated by commas (with --store)
+    #[arg(long, env = "BUSBAR_BUS")]
+    bus: Option<String>,
+    /// PEM file of the CA of NATS's certificate (TLS to NATS)
+    #[arg(long, env = "BUSBAR_BUS_CA")]
+    bus_ca: Option<std::path::PathBuf>,
     /// Seconds a client has to finish its TLS handshake [default: 10]
     #[arg(long = "handshake-timeout", env = "BUSBAR_HANDSHAKE_TIMEOUT_SECONDS")]
     handshake_timeout_seconds: Option<f64>,
@@ -113,6 +131,12 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         idle_timeout_seconds: args.idle_timeout_seconds,
         client_certs: args.client_certs,
         framing: args.framing,
+        stream_window_bytes: args.stream_window_bytes,
+        connection_window_bytes: args.connection_window_bytes,
+        store: args.store,
+        store_ca: args.store_ca,
+        bus: args.bus,
+        bus_ca: args.bus_ca,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,

@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 const INVALIDATE_SUBJECT: &str = "_busbar.access.invalidate";
+
+/// In a cluster, the longest a node may act on an access decision it cached
+/// before a change made through another node (docs/cluster.md).
+const CLUSTER_CACHE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
 /// Entries per cache before it is cleared wholesale.
 const MAX_CACHED: usize = 65_536;
 
@@ -97,7 +101,7 @@ pub struct AccessControl {
 }
 
 impl AccessControl {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<AccessControl> {
+    pub async fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<AccessControl> {
         let access = Arc::new(AccessControl {
             store,
             bus: bus.clone(),
@@ -105,16 +109,33 @@ impl AccessControl {
             caches: RwLock::new(Caches::default()),
         });
         // Changes made through other nodes clear this node's cache too.
-        let mut invalidations = bus.subscribe(
-            INVALIDATE_SUBJECT,
-            SubscribeOptions {
-                capacity: 64,
-                overflow: Overflow::Backpressure {
-                    stall: std::time::Duration::from_secs(60),
+        let mut invalidations = bus
+            .subscribe(
+                INVALIDATE_SUBJECT,
+                SubscribeOptions {
+                    capacity: 64,
+                    overflow: Overflow::Backpressure {
+                        stall: std::time::Duration::from_secs(60),
+                    },
+                    tag: None,
                 },
-                tag: None,
-            },
-        );
+            )
+            .await;
+        if bus.backend() != "local" {
+            // NATS core may lose an invalidation (a node cut off from it for
+            // a moment): no cached decision outlives this, whatever happens.
+            let weak = Arc::downgrade(&access);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(CLUSTER_CACHE_MAX_AGE);
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(access) => access.clear_local(),
+                        None => break,
+                    }
+                }
+            });
+        }
         let weak = Arc::downgrade(&access);
         tokio::spawn(async move {
             while let Ok(Some(_)) = invalidations.next().await {
@@ -154,6 +175,13 @@ impl AccessControl {
             last: false,
         };
         self.bus.publish(INVALIDATE_SUBJECT, message, None).await;
+    }
+
+    /// `answer`, once the caches are cleared: how a call that changed who
+    /// may do what replies, so its caller's next call already sees it.
+    pub async fn changed<T>(&self, answer: T) -> T {
+        self.invalidate().await;
+        answer
     }
 
     /// Stores `value` unless the caches were cleared since `generation` was read.

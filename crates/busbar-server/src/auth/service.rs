@@ -3,7 +3,7 @@
 use crate::auth::access::{Caller, CallerInfo};
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, caller};
+use crate::node::{Node, caller, caller_and_message};
 use crate::resources::paths::validate_identity_name;
 use crate::store::{CertificateRecord, IdentityKind, IdentityRecord, NewIdentity, TokenRecord};
 use base64::Engine;
@@ -188,16 +188,15 @@ impl Auth for AuthService {
             .auth
             .create_user(&r.name, &r.password, r.admin)
             .await?;
-        self.node.access.invalidate().await;
-        reply(self.identity_pb(record).await?)
+        let identity = self.identity_pb(record).await?;
+        reply(self.node.access.changed(identity).await)
     }
 
     async fn set_password(
         &self,
         request: Request<pb::SetPasswordRequest>,
     ) -> Reply<pb::SetPasswordResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let name = if r.name.is_empty() {
             caller.name.to_string()
         } else {
@@ -209,8 +208,7 @@ impl Auth for AuthService {
         }
         self.node.auth.set_password(&name, &r.password).await?;
         // Sessions issued under the old password end at once (access.rs).
-        self.node.access.invalidate().await;
-        reply(pb::SetPasswordResponse {})
+        reply(self.node.access.changed(pb::SetPasswordResponse {}).await)
     }
 
     async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
@@ -222,8 +220,8 @@ impl Auth for AuthService {
             .auth
             .register_key(&r.name, &r.public_key, r.admin)
             .await?;
-        self.node.access.invalidate().await;
-        reply(self.identity_pb(record).await?)
+        let identity = self.identity_pb(record).await?;
+        reply(self.node.access.changed(identity).await)
     }
 
     async fn list_identities(
@@ -256,8 +254,12 @@ impl Auth for AuthService {
         if let Some(certificates) = &self.node.certificates {
             certificates.reload(self.node.store.as_ref()).await?;
         }
-        self.node.access.invalidate().await;
-        reply(pb::RevokeIdentityResponse {})
+        reply(
+            self.node
+                .access
+                .changed(pb::RevokeIdentityResponse {})
+                .await,
+        )
     }
 
     async fn issue_certificate(
@@ -317,13 +319,13 @@ impl Auth for AuthService {
             revoked: false,
         };
         self.node.store.create_certificate(record.clone()).await?;
-        self.node.access.invalidate().await;
-        reply(pb::IssueCertificateResponse {
+        let answer = pb::IssueCertificateResponse {
             certificate_pem: issued.pem,
             ca_pem: certificates.ca_pem.clone(),
             info: Some(certificate_pb(record, &identity.name)),
             identity: Some(self.identity_pb(identity).await?),
-        })
+        };
+        reply(self.node.access.changed(answer).await)
     }
 
     async fn list_certificates(
@@ -362,16 +364,19 @@ impl Auth for AuthService {
             })?;
         let record = self.node.store.revoke_certificate(&fingerprint).await?;
         certificates.revoke(record.fingerprint);
-        self.node.access.invalidate().await;
-        reply(pb::RevokeCertificateResponse {})
+        reply(
+            self.node
+                .access
+                .changed(pb::RevokeCertificateResponse {})
+                .await,
+        )
     }
 
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Reply<pb::CreateTokenResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         if r.ttl_seconds < 0 {
             return Err(Error::invalid_argument(
                 "ttl_seconds must be 0 (never expires) or positive",
@@ -408,12 +413,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Reply<pb::RevokeTokenResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let owner = self.token_owner(&caller, &r.identity).await?;
         self.node.store.revoke_token(&owner.id, &r.name).await?;
-        self.node.access.invalidate().await;
-        reply(pb::RevokeTokenResponse {})
+        reply(self.node.access.changed(pb::RevokeTokenResponse {}).await)
     }
 
     async fn add_group_member(
@@ -427,8 +430,7 @@ impl Auth for AuthService {
             .store
             .add_group_member(&r.group, &r.identity)
             .await?;
-        self.node.access.invalidate().await;
-        reply(pb::GroupMemberResponse {})
+        reply(self.node.access.changed(pb::GroupMemberResponse {}).await)
     }
 
     async fn remove_group_member(
@@ -446,7 +448,6 @@ impl Auth for AuthService {
                 Error::not_found(format!("{} is not in group {}", r.identity, r.group)).into(),
             );
         }
-        self.node.access.invalidate().await;
-        reply(pb::GroupMemberResponse {})
+        reply(self.node.access.changed(pb::GroupMemberResponse {}).await)
     }
 }

@@ -141,7 +141,7 @@ impl Bus for LocalBus {
         delivered
     }
 
-    fn subscribe(&self, subject: &str, options: SubscribeOptions) -> Subscription {
+    async fn subscribe(&self, subject: &str, options: SubscribeOptions) -> Subscription {
         let (sender, receiver) = mpsc::channel(options.capacity.max(1));
         let ended = Arc::new(OnceLock::new());
         let id = self.subjects.next_id.fetch_add(1, Ordering::Relaxed);
@@ -197,8 +197,12 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_excludes_tag() {
         let bus = LocalBus::new();
-        let mut a = bus.subscribe("s", options(8, Overflow::Disconnect, Some("a")));
-        let mut b = bus.subscribe("s", options(8, Overflow::Disconnect, Some("b")));
+        let mut a = bus
+            .subscribe("s", options(8, Overflow::Disconnect, Some("a")))
+            .await;
+        let mut b = bus
+            .subscribe("s", options(8, Overflow::Disconnect, Some("b")))
+            .await;
         assert_eq!(bus.publish("s", message("1"), None).await, 2);
         assert_eq!(bus.publish("s", message("2"), Some("a")).await, 1);
         assert_eq!(a.next().await.unwrap().unwrap().payload, "1");
@@ -215,8 +219,12 @@ mod tests {
         let bus = LocalBus::new().with_slow_consumer_hook(Arc::new(move |_| {
             counter.fetch_add(1, Ordering::Relaxed);
         }));
-        let mut slow = bus.subscribe("s", options(2, Overflow::Disconnect, None));
-        let mut fast = bus.subscribe("s", options(16, Overflow::Disconnect, None));
+        let mut slow = bus
+            .subscribe("s", options(2, Overflow::Disconnect, None))
+            .await;
+        let mut fast = bus
+            .subscribe("s", options(16, Overflow::Disconnect, None))
+            .await;
         for _ in 0..3 {
             bus.publish("s", message("x"), None).await;
             fast.next().await.unwrap();
@@ -232,7 +240,9 @@ mod tests {
     async fn backpressure_waits_then_cuts_a_stalled_subscriber() {
         let bus = LocalBus::new();
         let stall = Duration::from_millis(50);
-        let mut sub = bus.subscribe("w", options(1, Overflow::Backpressure { stall }, None));
+        let mut sub = bus
+            .subscribe("w", options(1, Overflow::Backpressure { stall }, None))
+            .await;
         assert_eq!(bus.publish("w", message("1"), None).await, 1);
         let bus2 = bus.clone();
         let reader = tokio::spawn(async move {
@@ -255,7 +265,9 @@ mod tests {
     #[tokio::test]
     async fn last_message_ends_subscriptions() {
         let bus = LocalBus::new();
-        let mut sub = bus.subscribe("r", options(4, Overflow::Disconnect, None));
+        let mut sub = bus
+            .subscribe("r", options(4, Overflow::Disconnect, None))
+            .await;
         bus.publish(
             "r",
             BusMessage {

@@ -6,8 +6,10 @@
 //! behaviours when it is full (see [`Overflow`]).
 
 mod local;
+mod nats;
 
 pub use local::LocalBus;
+pub use nats::{NatsBus, connect as connect_nats};
 
 use bytes::Bytes;
 use std::time::Duration;
@@ -88,7 +90,9 @@ pub trait Bus: Send + Sync + 'static {
     /// tagged `exclude`; returns how many subscribers it reached on this node.
     async fn publish(&self, subject: &str, message: BusMessage, exclude: Option<&str>) -> usize;
 
-    fn subscribe(&self, subject: &str, options: SubscribeOptions) -> Subscription;
+    /// Subscribes before it returns: a message published anywhere after
+    /// that reaches the subscription.
+    async fn subscribe(&self, subject: &str, options: SubscribeOptions) -> Subscription;
 
     /// Subscribers of `subject` on this node (for tests of a backend).
     #[cfg(test)]

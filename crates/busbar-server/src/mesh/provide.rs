@@ -224,6 +224,7 @@ impl Mesh for MeshService {
         &self,
         request: Request<Streaming<pb::FromProvider>>,
     ) -> Reply<Self::ProvideStream> {
+        self.node.refuse_in_cluster("mesh services")?;
         let caller = caller(&request)?;
         let principal = request
             .extensions()

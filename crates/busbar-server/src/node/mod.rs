@@ -65,6 +65,20 @@ pub struct Node {
 }
 
 impl Node {
+    /// Refuses a job that does not yet span a cluster's nodes (its data
+    /// would live on one node only and differ between them): SQL databases,
+    /// time series, mesh services and transport sessions. docs/cluster.md
+    /// says what a cluster serves today.
+    pub fn refuse_in_cluster(&self, what: &str) -> Result<(), Error> {
+        if self.config.store.is_none() {
+            return Ok(());
+        }
+        Err(Error::failed_precondition(format!(
+            "{what} are not yet shared by a cluster's nodes, so this node (--store, --bus) \
+             does not serve them; run them on an embedded node (docs/cluster.md)"
+        )))
+    }
+
     /// What one call's SQL may spend: until the call's deadline (its
     /// `grpc-timeout`) or the node's `max_statement_seconds`, whichever comes
     /// first, and at most `max_result_bytes` of result. Hold the
@@ -128,6 +142,12 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
         .get::<Caller>()
         .cloned()
         .ok_or_else(|| Error::unauthenticated("this call needs a session; log in first").into())
+}
+
+/// A call's caller and message, for handlers that need nothing else of it.
+pub fn caller_and_message<T>(request: tonic::Request<T>) -> Result<(Caller, T), tonic::Status> {
+    let caller = caller(&request)?;
+    Ok((caller, request.into_inner()))
 }
 
 /// The time a call has left, from its `grpc-timeout` header (1 to 8 digits

@@ -6,7 +6,7 @@ use crate::auth::access::Caller;
 use crate::bus::BusMessage;
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, caller};
+use crate::node::{Node, caller, caller_and_message};
 use crate::store::{LowerName, ResourceKind, ResourceRecord, Right, known};
 use busbar_proto::v1::{self as pb, resources_server::Resources};
 use prost::Message;
@@ -218,8 +218,7 @@ impl Resources for ResourcesService {
     }
 
     async fn create(&self, request: Request<pb::CreateResourceRequest>) -> Reply<pb::Resource> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let path = self.node.path(&r.path).await?;
         let kind = match known::<ResourceKind>(r.kind) {
             Some(
@@ -248,6 +247,12 @@ impl Resources for ResourcesService {
                 .into());
             }
         };
+        match kind {
+            ResourceKind::Database => self.node.refuse_in_cluster("SQL databases")?,
+            ResourceKind::Timeseries => self.node.refuse_in_cluster("time series")?,
+            ResourceKind::Service => self.node.refuse_in_cluster("mesh services")?,
+            _ => {}
+        }
         let series = match kind {
             ResourceKind::Timeseries => Some(crate::timeseries::service::spec_from_pb(r.series)?),
             _ if r.series.is_some() => {
@@ -299,8 +304,8 @@ impl Resources for ResourcesService {
             let _ = self.node.store.delete_resource(&path, false).await;
             return Err(error.into());
         }
-        self.node.access.invalidate().await;
-        reply(self.resource_pb(record).await)
+        let answer = self.resource_pb(record).await;
+        reply(self.node.access.changed(answer).await)
     }
 
     async fn delete(
@@ -332,13 +337,12 @@ impl Resources for ResourcesService {
             .require(&caller, paths::parent(&to).unwrap_or("/"), Right::Write)
             .await?;
         let record = self.node.store.move_resource(&from, &to).await?;
-        self.node.access.invalidate().await;
-        reply(self.resource_pb(record).await)
+        let answer = self.resource_pb(record).await;
+        reply(self.node.access.changed(answer).await)
     }
 
     async fn grant(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let path = self.node.path(&r.path).await?;
         let right = right(r.right)?;
         self.node
@@ -350,13 +354,12 @@ impl Resources for ResourcesService {
             .store
             .set_grant(&path, &r.principal, right)
             .await?;
-        self.node.access.invalidate().await;
-        reply(self.grants(&path, false).await?)
+        let answer = self.grants(&path, false).await?;
+        reply(self.node.access.changed(answer).await)
     }
 
     async fn revoke(&self, request: Request<pb::GrantRequest>) -> Reply<pb::GrantsResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let path = self.node.path(&r.path).await?;
         self.node
             .access
@@ -367,8 +370,8 @@ impl Resources for ResourcesService {
                 Error::not_found(format!("{} holds no grant set on {path}", r.principal)).into(),
             );
         }
-        self.node.access.invalidate().await;
-        reply(self.grants(&path, false).await?)
+        let answer = self.grants(&path, false).await?;
+        reply(self.node.access.changed(answer).await)
     }
 
     async fn list_grants(

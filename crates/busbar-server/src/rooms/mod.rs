@@ -188,14 +188,18 @@ impl RoomsService {
                 .await?,
         )?;
         let member_id = uuid::Uuid::new_v4().to_string();
-        let subscription = self.node.bus.subscribe(
-            &subject(ResourceKind::Room, &room.id),
-            SubscribeOptions {
-                capacity: self.node.config.room_queue,
-                overflow: Overflow::Disconnect,
-                tag: Some(member_id.clone()),
-            },
-        );
+        let subscription = self
+            .node
+            .bus
+            .subscribe(
+                &subject(ResourceKind::Room, &room.id),
+                SubscribeOptions {
+                    capacity: self.node.config.room_queue,
+                    overflow: Overflow::Disconnect,
+                    tag: Some(member_id.clone()),
+                },
+            )
+            .await;
         let leave = self.node.members.insert(&member_id, &caller.identity_id);
         let joined = pb::RoomEvent {
             kind: Kind::Joined as i32,

@@ -5,7 +5,7 @@ use crate::auth::access::Caller;
 use crate::error::{Error, Result};
 use crate::grpc::ipc::IpcPieces;
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, caller};
+use crate::node::{Node, caller, caller_and_message};
 use crate::sql::{Arguments, Budget, On, Procedure, SqlParam, SqlParams, SqlSummary, StopOnDrop};
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
@@ -286,8 +286,7 @@ impl Sql for SqlService {
         &self,
         request: Request<pb::CreateProcedureRequest>,
     ) -> Reply<pb::Procedure> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let on = self.writable(&caller, &r.database).await?;
         let procedure = Procedure {
             name: r.name,
@@ -307,8 +306,7 @@ impl Sql for SqlService {
         &self,
         request: Request<pb::DropProcedureRequest>,
     ) -> Reply<pb::DropProcedureResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let on = self.writable(&caller, &r.database).await?;
         self.node.sql.drop_procedure(on, r.name).await?;
         reply(pb::DropProcedureResponse {})
@@ -318,8 +316,7 @@ impl Sql for SqlService {
         &self,
         request: Request<pb::ListProceduresRequest>,
     ) -> Reply<pb::ListProceduresResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let on = self.on(&caller, &r.database, "").await?;
         let list = self.node.sql.list_procedures(on).await?;
         reply(pb::ListProceduresResponse {

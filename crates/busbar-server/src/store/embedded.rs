@@ -95,7 +95,33 @@ impl SqliteStore {
     {
         run_locked(&self.conn, work).await
     }
+
+    /// The row `sql` finds with `params`, if any.
+    async fn one<T, P>(&self, sql: String, params: P, row: RowReader<T>) -> Result<Option<T>>
+    where
+        T: Send + 'static,
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.run(move |conn| Ok(conn.query_row(&sql, params, row).optional()?))
+            .await
+    }
+
+    /// Every row `sql` finds with `params`, in its order.
+    async fn all<T, P>(&self, sql: String, params: P, row: RowReader<T>) -> Result<Vec<T>>
+    where
+        T: Send + 'static,
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.run(move |conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params, row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
 }
+
+type RowReader<T> = fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
 
 /// Runs `work` on the blocking pool with the connection, locked (a
 /// poisoned lock still holds a usable connection).
@@ -339,41 +365,29 @@ impl Store for SqliteStore {
     }
 
     async fn identity_by_name(&self, name: &str) -> Result<Option<IdentityRecord>> {
-        let name = name.to_string();
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE name = ?1"),
-                    [name],
-                    identity_row,
-                )
-                .optional()?)
-        })
+        self.one(
+            format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE name = ?1"),
+            [name.to_owned()],
+            identity_row,
+        )
         .await
     }
 
     async fn identity_by_id(&self, id: &str) -> Result<Option<IdentityRecord>> {
-        let id = id.to_string();
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE id = ?1"),
-                    [id],
-                    identity_row,
-                )
-                .optional()?)
-        })
+        self.one(
+            format!("SELECT {IDENTITY_COLUMNS} FROM identities WHERE id = ?1"),
+            [id.to_owned()],
+            identity_row,
+        )
         .await
     }
 
     async fn list_identities(&self) -> Result<Vec<IdentityRecord>> {
-        self.run(|conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {IDENTITY_COLUMNS} FROM identities ORDER BY name"
-            ))?;
-            let rows = stmt.query_map([], identity_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+        self.all(
+            format!("SELECT {IDENTITY_COLUMNS} FROM identities ORDER BY name"),
+            [],
+            identity_row,
+        )
         .await
     }
 
@@ -484,42 +498,31 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>> {
-        let hash = hash.to_vec();
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
-                    [hash],
-                    token_row,
-                )
-                .optional()?)
-        })
+        self.one(
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE hash = ?1"),
+            [hash.to_owned()],
+            token_row,
+        )
         .await
     }
 
     async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
-        let id = id.to_string();
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
-                    [id],
-                    token_row,
-                )
-                .optional()?)
-        })
+        self.one(
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = ?1"),
+            [id.to_owned()],
+            token_row,
+        )
         .await
     }
 
     async fn list_tokens(&self, identity_id: &str) -> Result<Vec<TokenRecord>> {
-        let identity_id = identity_id.to_string();
-        self.run(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+        self.all(
+            format!(
                 "SELECT {TOKEN_COLUMNS} FROM tokens WHERE identity_id = ?1 ORDER BY created_ms"
-            ))?;
-            let rows = stmt.query_map([identity_id], token_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+            ),
+            [identity_id.to_owned()],
+            token_row,
+        )
         .await
     }
 
@@ -558,31 +561,17 @@ impl Store for SqliteStore {
     }
 
     async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>> {
-        let fingerprint = fingerprint.to_vec();
-        self.run(move |conn| {
-            Ok(conn
-                .query_row(
-                    &format!(
-                        "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE fingerprint = ?1"
-                    ),
-                    [fingerprint],
-                    certificate_row,
-                )
-                .optional()?)
-        })
+        self.one(
+            format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE fingerprint = ?1"),
+            [fingerprint.to_owned()],
+            certificate_row,
+        )
         .await
     }
 
     async fn list_certificates(&self, identity_id: &str) -> Result<Vec<CertificateRecord>> {
-        let identity_id = identity_id.to_string();
-        self.run(move |conn| {
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE identity_id = ?1 ORDER BY created_ms"
-            ))?;
-            let rows = stmt.query_map([identity_id], certificate_row)?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .await
+        self.all(format!("SELECT {CERTIFICATE_COLUMNS} FROM certificates WHERE identity_id = ?1 ORDER BY created_ms"), [identity_id.to_owned()], certificate_row)
+            .await
     }
 
     async fn revoke_certificate(&self, fingerprint: &[u8]) -> Result<CertificateRecord> {

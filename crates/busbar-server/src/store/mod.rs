@@ -5,8 +5,10 @@
 //! acknowledged to a client survives `kill -9`.
 
 pub(crate) mod embedded;
+mod postgres;
 
 pub use embedded::SqliteStore;
+pub use postgres::PostgresStore;
 
 use crate::error::Result;
 use async_trait::async_trait;

@@ -8,7 +8,7 @@ use crate::grpc::ipc::{Piece, read_batches};
 use crate::grpc::zero_copy::OneMethod;
 use crate::grpc::zero_copy::{self, LoneBytes};
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, caller};
+use crate::node::{Node, caller, caller_and_message};
 use crate::sessions::DataSession;
 use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use crate::timeseries::embedded::points_wire;
@@ -285,8 +285,7 @@ where
 #[tonic::async_trait]
 impl TimeSeries for TimeSeriesService {
     async fn describe(&self, request: Request<pb::DescribeSeriesRequest>) -> Reply<pb::SeriesInfo> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let record = resolve(&self.node, &caller, &r.path, Right::Read).await?;
         let session = self.session(&caller, &r.session)?;
         reply(info(&self.node, session, &record).await?)
@@ -295,8 +294,7 @@ impl TimeSeries for TimeSeriesService {
     type ReadStream = ReadStream;
 
     async fn read(&self, request: Request<pb::ReadSeriesRequest>) -> Reply<ReadStream> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         if r.paths.is_empty() {
             return Err(Error::invalid_argument("name at least one series to read").into());
         }

@@ -5,7 +5,7 @@ use super::{LIMITS, Pushed, Stored, TRANSPORT_FOLDER};
 use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, call_timeout, caller};
+use crate::node::{Node, call_timeout, caller, caller_and_message};
 use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{self as pb, transport_server::Transport};
 use std::sync::Arc;
@@ -127,8 +127,8 @@ impl Transport for TransportService {
         &self,
         request: Request<pb::OpenTransportRequest>,
     ) -> Reply<pb::TransportSession> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        self.node.refuse_in_cluster("transport sessions")?;
+        let (caller, r) = caller_and_message(request)?;
         let path = session_path(&r.session)?;
         check_metadata(&r.metadata)?;
         let access = &self.node.access;
@@ -270,8 +270,7 @@ impl Transport for TransportService {
     }
 
     async fn peek(&self, request: Request<pb::PeekRequest>) -> Reply<pb::PopResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let session = self.session(&caller, &r.session, Right::Read).await?;
         let message = self.node.transport.peek(&session.id, &r.topic).await?;
         reply(pb::PopResponse {
@@ -280,16 +279,14 @@ impl Transport for TransportService {
     }
 
     async fn ack(&self, request: Request<pb::LeaseRequest>) -> Reply<pb::LeaseResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let session = self.session(&caller, &r.session, Right::Read).await?;
         self.node.transport.ack(&session.id, &r.receipt).await?;
         reply(pb::LeaseResponse::default())
     }
 
     async fn nak(&self, request: Request<pb::LeaseRequest>) -> Reply<pb::LeaseResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let session = self.session(&caller, &r.session, Right::Read).await?;
         self.node.transport.nak(&session.id, &r.receipt).await?;
         // Visible again: a waiting pop may take it.
@@ -298,8 +295,7 @@ impl Transport for TransportService {
     }
 
     async fn extend(&self, request: Request<pb::LeaseRequest>) -> Reply<pb::LeaseResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let session = self.session(&caller, &r.session, Right::Read).await?;
         let lease = Duration::from_millis(r.lease_ms);
         if lease.is_zero() || lease > MAX_LEASE {
@@ -321,8 +317,7 @@ impl Transport for TransportService {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Reply<pb::ReleaseResponse> {
-        let caller = caller(&request)?;
-        let r = request.into_inner();
+        let (caller, r) = caller_and_message(request)?;
         let session = self.session(&caller, &r.session, Right::Admin).await?;
         let dropped = self.node.transport.drop_session(&session.id).await?;
         self.node

@@ -121,16 +121,20 @@ impl Wires for WiresService {
                 .require_resource(&caller, &path, Right::Read)
                 .await?,
         )?;
-        let subscription = self.node.bus.subscribe(
-            &subject(ResourceKind::Wire, &wire.id),
-            SubscribeOptions {
-                capacity: self.node.config.wire_queue,
-                overflow: Overflow::Backpressure {
-                    stall: self.node.config.wire_stall,
+        let subscription = self
+            .node
+            .bus
+            .subscribe(
+                &subject(ResourceKind::Wire, &wire.id),
+                SubscribeOptions {
+                    capacity: self.node.config.wire_queue,
+                    overflow: Overflow::Backpressure {
+                        stall: self.node.config.wire_stall,
+                    },
+                    tag: None,
                 },
-                tag: None,
-            },
-        );
+            )
+            .await;
         let subscriber = Subscriber {
             node: self.node.clone(),
             path,

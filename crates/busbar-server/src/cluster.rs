@@ -1,0 +1,103 @@
+//! Which engines a node runs on: embedded (SQLite files and in-process
+//! channels, the default) or a cluster's shared PostgreSQL (`--store`) and
+//! NATS (`--bus`). Only this module and the backends themselves know.
+
+use crate::bus::{Bus, LocalBus, NatsBus, connect_nats};
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::store::{PostgresStore, SqliteStore, Store};
+use std::path::Path;
+use std::sync::Arc;
+
+/// TLS for PostgreSQL connections (used when the URL's `sslmode` asks).
+pub type PgTls = tokio_postgres_rustls::MakeRustlsConnect;
+
+/// `url` without its password, for logs and messages (credentials are never
+/// printed).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The metadata store `config` names.
+pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>> {
+    let Some(url) = &config.store else {
+        return Ok(Arc::new(SqliteStore::open(&config.data_dir)?));
+    };
+    let pg_config: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::invalid_argument(format!(
+            "bad store {}: {e}; use postgres://USER@HOST:PORT/DATABASE",
+            redacted(url)
+        ))
+    })?;
+    let tls = pg_tls(config.store_ca.as_deref())?;
+    let store = PostgresStore::open(pg_config, tls)
+        .await
+        .map_err(|e| Error {
+            code: e.code,
+            message: format!("store {}: {}", redacted(url), e.message),
+        })?;
+    tracing::info!(store = %redacted(url), "metadata in PostgreSQL");
+    Ok(Arc::new(store))
+}
+
+fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| {
+            Error::invalid_argument(format!("cannot read store_ca {}: {e}", ca.display()))
+        })?;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            let certificate = certificate.map_err(|e| {
+                Error::invalid_argument(format!("bad store_ca {}: {e}", ca.display()))
+            })?;
+            roots.add(certificate).map_err(|e| {
+                Error::invalid_argument(format!("bad store_ca {}: {e}", ca.display()))
+            })?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::internal(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+}
+
+/// The bus `config` names; `local` delivers within the node either way.
+pub async fn open_bus(config: &ServerConfig, local: LocalBus) -> Result<Arc<dyn Bus>> {
+    let Some(url) = &config.bus else {
+        return Ok(Arc::new(local));
+    };
+    let client = connect_nats(url, config.bus_ca.as_deref()).await?;
+    tracing::info!(bus = %redacted(url), "messages between nodes over NATS");
+    Ok(Arc::new(NatsBus::new(client, local)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            redacted("postgres://busbar:s3cret@db:5432/busbar?sslmode=require"),
+            "postgres://busbar@db:5432/busbar?sslmode=require"
+        );
+        assert_eq!(redacted("nats://a:b@h:4222"), "nats://a@h:4222");
+        assert_eq!(redacted("nats://h:4222"), "nats://h:4222");
+    }
+}

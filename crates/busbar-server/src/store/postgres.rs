@@ -1,0 +1,773 @@
+//! The cluster's `Store`: metadata in PostgreSQL, shared by every node.
+//! Each method is one transaction on a pooled connection; PostgreSQL makes
+//! a commit durable before it returns, so an acknowledged write survives the
+//! loss of any node. Uniqueness (names, paths, live token names) is kept by
+//! PostgreSQL's constraints, so two nodes racing to create the same thing
+//! give one success and one ALREADY_EXISTS.
+
+use super::*;
+use crate::error::{Error, ErrorCode};
+use crate::resources::paths;
+use deadpool_postgres::GenericClient;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+
+/// Tables in their own schema, so a database shared with other programs
+/// keeps them apart. Created under an advisory lock: nodes starting at the
+/// same moment would otherwise race on `CREATE ... IF NOT EXISTS`.
+const SCHEMA: &str = "
+CREATE SCHEMA IF NOT EXISTS busbar;
+CREATE TABLE IF NOT EXISTS busbar.secrets (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS busbar.identities (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    kind          INTEGER NOT NULL,
+    password_hash TEXT,
+    public_key    BYTEA,
+    created_ms    BIGINT NOT NULL,
+    revoked       BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS busbar.group_members (
+    grp      TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    PRIMARY KEY (grp, identity)
+);
+CREATE TABLE IF NOT EXISTS busbar.tokens (
+    id          TEXT PRIMARY KEY,
+    identity_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    hash        BYTEA NOT NULL UNIQUE,
+    created_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    revoked     BOOLEAN NOT NULL DEFAULT false
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON busbar.tokens (identity_id, name) WHERE NOT revoked;
+CREATE TABLE IF NOT EXISTS busbar.certificates (
+    fingerprint BYTEA PRIMARY KEY,
+    identity_id TEXT NOT NULL,
+    serial      TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL,
+    revoked     BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS certificates_identity ON busbar.certificates (identity_id);
+CREATE TABLE IF NOT EXISTS busbar.resources (
+    id         TEXT PRIMARY KEY,
+    path       TEXT COLLATE \"C\" NOT NULL UNIQUE,
+    kind       INTEGER NOT NULL,
+    owner      TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS busbar.grants (
+    path      TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    rights    INTEGER NOT NULL,
+    PRIMARY KEY (path, principal)
+);
+";
+
+/// Any number that no other program's advisory lock on the same database
+/// is likely to use ("busbar" in ASCII).
+const SCHEMA_LOCK: i64 = 0x6275_7362_6172;
+
+/// Connections one node keeps to PostgreSQL.
+const POOL_SIZE: usize = 16;
+
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let Some(db) = error.as_db_error() else {
+            // No answer from the server: connection lost, refused, timed out.
+            return Error {
+                code: ErrorCode::Unavailable,
+                message: format!("the metadata store (PostgreSQL) cannot be reached: {error}"),
+            };
+        };
+        let code = match *db.code() {
+            SqlState::UNIQUE_VIOLATION => ErrorCode::AlreadyExists,
+            SqlState::T_R_SERIALIZATION_FAILURE | SqlState::T_R_DEADLOCK_DETECTED => {
+                ErrorCode::Conflict
+            }
+            _ => ErrorCode::Internal,
+        };
+        Error {
+            code,
+            message: format!("metadata store: {}", db.message()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Backend(error) => error.into(),
+            other => Error {
+                code: ErrorCode::Unavailable,
+                message: format!("the metadata store (PostgreSQL) cannot be reached: {other}"),
+            },
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `config` (its TLS already chosen by `tls`), creates the
+    /// schema when missing and the root folders "/" and "/home".
+    pub async fn open(config: tokio_postgres::Config, tls: crate::cluster::PgTls) -> Result<Self> {
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                // A connection PostgreSQL closed (restart, failover) is
+                // found out before a call gets it, not by the call.
+                recycling_method: RecyclingMethod::Verified,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(std::time::Duration::from_secs(10)))
+            .create_timeout(Some(std::time::Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::invalid_argument(format!("bad store settings: {e}")))?;
+        let store = PostgresStore { pool };
+        let mut client = store.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await?;
+        tx.batch_execute(SCHEMA).await?;
+        for root in ["/", "/home"] {
+            tx.execute(
+                "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
+                 VALUES ($1, $2, $3, '', $4) ON CONFLICT (path) DO NOTHING",
+                &[&new_id(), &root, &(ResourceKind::Folder as i32), &now_ms()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        drop(client);
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The row `sql` finds with `params`, if any.
+    async fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        read: fn(&Row) -> T,
+    ) -> Result<Option<T>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client
+            .query_opt(&statement, params)
+            .await?
+            .as_ref()
+            .map(read))
+    }
+
+    /// Every row `sql` finds with `params`, in its order.
+    async fn all<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        read: fn(&Row) -> T,
+    ) -> Result<Vec<T>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client
+            .query(&statement, params)
+            .await?
+            .iter()
+            .map(read)
+            .collect())
+    }
+
+    /// Rows `sql` changed.
+    async fn change(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        Ok(client.execute(&statement, params).await?)
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn identity_row(row: &Row) -> IdentityRecord {
+    IdentityRecord {
+        id: row.get(0),
+        name: row.get(1),
+        kind: IdentityKind::try_from(row.get::<_, i32>(2)).unwrap_or(IdentityKind::User),
+        password_hash: row.get(3),
+        public_key: row.get(4),
+        created_ms: row.get(5),
+        revoked: row.get(6),
+    }
+}
+const IDENTITY_COLUMNS: &str = "id, name, kind, password_hash, public_key, created_ms, revoked";
+
+fn token_row(row: &Row) -> TokenRecord {
+    TokenRecord {
+        id: row.get(0),
+        identity_id: row.get(1),
+        name: row.get(2),
+        hash: row.get(3),
+        created_ms: row.get(4),
+        expires_ms: row.get(5),
+        revoked: row.get(6),
+    }
+}
+const TOKEN_COLUMNS: &str = "id, identity_id, name, hash, created_ms, expires_ms, revoked";
+
+fn certificate_row(row: &Row) -> CertificateRecord {
+    CertificateRecord {
+        fingerprint: row.get(0),
+        identity_id: row.get(1),
+        serial: row.get(2),
+        created_ms: row.get(3),
+        expires_ms: row.get(4),
+        revoked: row.get(5),
+    }
+}
+const CERTIFICATE_COLUMNS: &str =
+    "fingerprint, identity_id, serial, created_ms, expires_ms, revoked";
+
+fn resource_row(row: &Row) -> ResourceRecord {
+    ResourceRecord {
+        id: row.get(0),
+        path: row.get(1),
+        kind: known(row.get(2)).unwrap_or(ResourceKind::Folder),
+        owner: row.get(3),
+        created_ms: row.get(4),
+    }
+}
+const RESOURCE_COLUMNS: &str = "id, path, kind, owner, created_ms";
+
+async fn get_resource(db: &impl GenericClient, path: &str) -> Result<Option<ResourceRecord>> {
+    let sql = format!("SELECT {RESOURCE_COLUMNS} FROM busbar.resources WHERE path = $1");
+    Ok(db
+        .query_opt(&sql, &[&path])
+        .await?
+        .as_ref()
+        .map(resource_row))
+}
+
+/// Descendants of `path` (not `path` itself), ordered by path: a range scan
+/// on the unique index (the column sorts bytewise, "C"), as in the embedded
+/// store; `FOR UPDATE` holds them against a concurrent move or delete.
+async fn descendants(
+    db: &impl GenericClient,
+    path: &str,
+    lock: bool,
+) -> Result<Vec<ResourceRecord>> {
+    let (low, high) = if path == "/" {
+        ("/".to_string(), "0".to_string())
+    } else {
+        (format!("{path}/"), format!("{path}0"))
+    };
+    let sql = format!(
+        "SELECT {RESOURCE_COLUMNS} FROM busbar.resources WHERE path > $1 AND path < $2 \
+         ORDER BY path{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    Ok(db
+        .query(&sql, &[&low, &high])
+        .await?
+        .iter()
+        .map(resource_row)
+        .collect())
+}
+
+/// Creates `path` whose parent must exist as a folder, or with `parents`
+/// creates missing ancestors as folders (an ancestor another node creates
+/// at the same moment is taken as found).
+async fn create_resource_in(
+    db: &impl GenericClient,
+    path: &str,
+    kind: ResourceKind,
+    owner: &str,
+    parents: bool,
+) -> Result<ResourceRecord> {
+    let mut missing = Vec::new();
+    let mut at = path;
+    loop {
+        let parent = paths::parent(at).ok_or_else(|| Error::already_exists("/ already exists"))?;
+        match get_resource(db, parent).await? {
+            Some(found) if found.kind == ResourceKind::Folder => break,
+            Some(found) => {
+                return Err(Error::failed_precondition(format!(
+                    "{parent} is a {}, not a folder; resources live in folders",
+                    found.kind.name()
+                )));
+            }
+            None if parents => {
+                missing.push(parent.to_string());
+                at = parent;
+            }
+            None => {
+                return Err(Error::not_found(format!(
+                    "parent folder {parent} does not exist; create it first or pass parents"
+                )));
+            }
+        }
+    }
+    let insert = "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
+                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (path) DO NOTHING";
+    for folder in missing.iter().rev() {
+        let folder_kind = ResourceKind::Folder as i32;
+        db.execute(
+            insert,
+            &[&new_id(), folder, &folder_kind, &owner, &now_ms()],
+        )
+        .await?;
+    }
+    let record = ResourceRecord {
+        id: new_id(),
+        path: path.to_string(),
+        kind,
+        owner: owner.to_string(),
+        created_ms: now_ms(),
+    };
+    let inserted = db
+        .execute(
+            insert,
+            &[
+                &record.id,
+                &record.path,
+                &(kind as i32),
+                &record.owner,
+                &record.created_ms,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(Error::already_exists(format!("{path} already exists")));
+    }
+    Ok(record)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn secret(&self, name: &str, make: fn() -> Vec<u8>) -> Result<Vec<u8>> {
+        // Whoever inserts first wins; every node then reads the same value.
+        self.change(
+            "INSERT INTO busbar.secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &make()],
+        )
+        .await?;
+        self.one(
+            "SELECT value FROM busbar.secrets WHERE name = $1",
+            &[&name],
+            |row| row.get(0),
+        )
+        .await?
+        .ok_or_else(|| Error::internal(format!("secret {name} vanished after its insert")))
+    }
+
+    async fn create_identity(&self, new: NewIdentity) -> Result<IdentityRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let record = IdentityRecord {
+            id: new_id(),
+            name: new.name.clone(),
+            kind: new.kind,
+            password_hash: new.password_hash,
+            public_key: new.public_key,
+            created_ms: now_ms(),
+            revoked: false,
+        };
+        let inserted = tx
+            .execute(
+                &format!(
+                    "INSERT INTO busbar.identities ({IDENTITY_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, false) ON CONFLICT (name) DO NOTHING"
+                ),
+                &[
+                    &record.id,
+                    &record.name,
+                    &(record.kind as i32),
+                    &record.password_hash,
+                    &record.public_key,
+                    &record.created_ms,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(Error::already_exists(format!(
+                "identity {} already exists (names stay reserved after revocation)",
+                new.name
+            )));
+        }
+        let home = format!("/home/{}", record.name);
+        if get_resource(&tx, &home).await?.is_none() {
+            create_resource_in(&tx, &home, ResourceKind::Folder, &record.name, true).await?;
+        }
+        if new.admin {
+            tx.execute(
+                "INSERT INTO busbar.grants (path, principal, rights) VALUES ('/', $1, $2) \
+                 ON CONFLICT (path, principal) DO UPDATE SET rights = EXCLUDED.rights",
+                &[&record.name, &(Right::Admin as i32)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn identity_by_name(&self, name: &str) -> Result<Option<IdentityRecord>> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM busbar.identities WHERE name = $1");
+        self.one(&sql, &[&name], identity_row).await
+    }
+
+    async fn identity_by_id(&self, id: &str) -> Result<Option<IdentityRecord>> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM busbar.identities WHERE id = $1");
+        self.one(&sql, &[&id], identity_row).await
+    }
+
+    async fn list_identities(&self) -> Result<Vec<IdentityRecord>> {
+        let sql = format!("SELECT {IDENTITY_COLUMNS} FROM busbar.identities ORDER BY name");
+        self.all(&sql, &[], identity_row).await
+    }
+
+    async fn set_password_hash(&self, name: &str, hash: &str) -> Result<()> {
+        let changed = self
+            .change(
+                "UPDATE busbar.identities SET password_hash = $2 \
+                 WHERE name = $1 AND kind = $3 AND NOT revoked",
+                &[&name, &hash, &(IdentityKind::User as i32)],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(Error::not_found(format!("no active user named {name}")));
+        }
+        Ok(())
+    }
+
+    async fn revoke_identity(&self, name: &str) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: Option<String> = tx
+            .query_opt(
+                "UPDATE busbar.identities SET revoked = true WHERE name = $1 RETURNING id",
+                &[&name],
+            )
+            .await?
+            .map(|row| row.get(0));
+        let Some(id) = id else {
+            return Err(Error::not_found(format!("no identity named {name}")));
+        };
+        for table in ["tokens", "certificates"] {
+            tx.execute(
+                &format!("UPDATE busbar.{table} SET revoked = true WHERE identity_id = $1"),
+                &[&id],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_group_member(&self, group: &str, identity: &str) -> Result<()> {
+        self.change(
+            "INSERT INTO busbar.group_members (grp, identity) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&group, &identity],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_group_member(&self, group: &str, identity: &str) -> Result<bool> {
+        let sql = "DELETE FROM busbar.group_members WHERE grp = $1 AND identity = $2";
+        Ok(self.change(sql, &[&group, &identity]).await? > 0)
+    }
+
+    async fn groups_of(&self, identity: &str) -> Result<Vec<String>> {
+        let sql = "SELECT grp FROM busbar.group_members WHERE identity = $1 ORDER BY grp";
+        self.all(sql, &[&identity], |row| row.get(0)).await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)"
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &token.id,
+            &token.identity_id,
+            &token.name,
+            &token.hash,
+            &token.created_ms,
+            &token.expires_ms,
+        ];
+        match self.change(&sql, &params).await {
+            Err(error) if error.code == ErrorCode::AlreadyExists => {
+                Err(Error::already_exists(format!(
+                    "a token named {} already exists; revoke it or pick another name",
+                    token.name
+                )))
+            }
+            other => other.map(drop),
+        }
+    }
+
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM busbar.tokens WHERE hash = $1");
+        self.one(&sql, &[&hash], token_row).await
+    }
+
+    async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM busbar.tokens WHERE id = $1");
+        self.one(&sql, &[&id], token_row).await
+    }
+
+    async fn list_tokens(&self, identity_id: &str) -> Result<Vec<TokenRecord>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM busbar.tokens WHERE identity_id = $1 ORDER BY created_ms"
+        );
+        self.all(&sql, &[&identity_id], token_row).await
+    }
+
+    async fn revoke_token(&self, identity_id: &str, name: &str) -> Result<()> {
+        let changed = self
+            .change(
+                "UPDATE busbar.tokens SET revoked = true \
+                 WHERE identity_id = $1 AND name = $2 AND NOT revoked",
+                &[&identity_id, &name],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(Error::not_found(format!("no live token named {name}")));
+        }
+        Ok(())
+    }
+
+    async fn create_certificate(&self, certificate: CertificateRecord) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO busbar.certificates ({CERTIFICATE_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, false)"
+        );
+        self.change(
+            &sql,
+            &[
+                &certificate.fingerprint,
+                &certificate.identity_id,
+                &certificate.serial,
+                &certificate.created_ms,
+                &certificate.expires_ms,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>> {
+        let sql =
+            format!("SELECT {CERTIFICATE_COLUMNS} FROM busbar.certificates WHERE fingerprint = $1");
+        self.one(&sql, &[&fingerprint], certificate_row).await
+    }
+
+    async fn list_certificates(&self, identity_id: &str) -> Result<Vec<CertificateRecord>> {
+        let sql = format!(
+            "SELECT {CERTIFICATE_COLUMNS} FROM busbar.certificates \
+             WHERE identity_id = $1 ORDER BY created_ms"
+        );
+        self.all(&sql, &[&identity_id], certificate_row).await
+    }
+
+    async fn revoke_certificate(&self, fingerprint: &[u8]) -> Result<CertificateRecord> {
+        let sql = format!(
+            "UPDATE busbar.certificates SET revoked = true WHERE fingerprint = $1 \
+             RETURNING {CERTIFICATE_COLUMNS}"
+        );
+        self.one(&sql, &[&fingerprint], certificate_row)
+            .await?
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "no certificate with fingerprint {}; list them with busbar identity certs NAME",
+                    hex::encode(fingerprint)
+                ))
+            })
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<Vec<u8>>> {
+        let sql = "SELECT fingerprint FROM busbar.certificates WHERE revoked AND expires_ms >= $1";
+        self.all(sql, &[&now_ms()], |row| row.get(0)).await
+    }
+
+    async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>> {
+        get_resource(&self.client().await?, path).await
+    }
+
+    async fn resource_path(&self, id: &str) -> Result<Option<String>> {
+        let sql = "SELECT path FROM busbar.resources WHERE id = $1";
+        self.one(sql, &[&id], |row| row.get(0)).await
+    }
+
+    async fn create_resource(
+        &self,
+        path: &str,
+        kind: ResourceKind,
+        owner: &str,
+        parents: bool,
+    ) -> Result<ResourceRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let record = create_resource_in(&tx, path, kind, owner, parents).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn list_resources(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
+        let client = self.client().await?;
+        let Some(found) = get_resource(&client, path).await? else {
+            return Err(Error::not_found(format!("{path} does not exist")));
+        };
+        if found.kind != ResourceKind::Folder {
+            return Ok(vec![found]);
+        }
+        let mut all = descendants(&client, path, false).await?;
+        if !recursive {
+            let depth = if path == "/" {
+                1
+            } else {
+                path.matches('/').count() + 1
+            };
+            all.retain(|r| r.path.matches('/').count() == depth);
+        }
+        Ok(all)
+    }
+
+    async fn delete_resource(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
+        if path == "/" || path == "/home" {
+            return Err(Error::failed_precondition(format!(
+                "{path} cannot be deleted"
+            )));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(found) = get_resource(&tx, path).await? else {
+            return Err(Error::not_found(format!("{path} does not exist")));
+        };
+        let mut doomed = descendants(&tx, path, true).await?;
+        if !doomed.is_empty() && !recursive {
+            return Err(Error::failed_precondition(format!(
+                "{path} is not empty ({} resources below it); delete recursively to remove them too",
+                doomed.len()
+            )));
+        }
+        doomed.reverse();
+        doomed.push(found);
+        for record in &doomed {
+            tx.execute("DELETE FROM busbar.resources WHERE id = $1", &[&record.id])
+                .await?;
+            tx.execute("DELETE FROM busbar.grants WHERE path = $1", &[&record.path])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(doomed)
+    }
+
+    async fn move_resource(&self, from: &str, to: &str) -> Result<ResourceRecord> {
+        if paths::is_within(to, from) {
+            return Err(Error::invalid_argument(format!(
+                "cannot move {from} into itself ({to})"
+            )));
+        }
+        if from == "/" || from == "/home" {
+            return Err(Error::failed_precondition(format!(
+                "{from} cannot be moved"
+            )));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(moved_root) = get_resource(&tx, from).await? else {
+            return Err(Error::not_found(format!("{from} does not exist")));
+        };
+        if get_resource(&tx, to).await?.is_some() {
+            return Err(Error::already_exists(format!("{to} already exists")));
+        }
+        let parent = paths::parent(to).unwrap_or("/");
+        match get_resource(&tx, parent).await? {
+            Some(p) if p.kind == ResourceKind::Folder => {}
+            Some(_) => {
+                return Err(Error::failed_precondition(format!(
+                    "{parent} is not a folder"
+                )));
+            }
+            None => return Err(Error::not_found(format!("folder {parent} does not exist"))),
+        }
+        let mut moving = descendants(&tx, from, true).await?;
+        moving.insert(0, moved_root);
+        for record in &moving {
+            let new_path = format!("{to}{}", &record.path[from.len()..]);
+            tx.execute(
+                "UPDATE busbar.resources SET path = $2 WHERE id = $1",
+                &[&record.id, &new_path],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE busbar.grants SET path = $2 WHERE path = $1",
+                &[&record.path, &new_path],
+            )
+            .await?;
+        }
+        let moved = get_resource(&tx, to)
+            .await?
+            .ok_or_else(|| Error::internal(format!("{to} missing after its move")))?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn set_grant(&self, path: &str, principal: &str, right: Right) -> Result<()> {
+        // One statement, so a resource deleted meanwhile leaves no grant behind.
+        let changed = self
+            .change(
+                "INSERT INTO busbar.grants (path, principal, rights) \
+                 SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM busbar.resources WHERE path = $1) \
+                 ON CONFLICT (path, principal) DO UPDATE SET rights = EXCLUDED.rights",
+                &[&path, &principal, &(right as i32)],
+            )
+            .await?;
+        if changed == 0 {
+            return Err(Error::not_found(format!("{path} does not exist")));
+        }
+        Ok(())
+    }
+
+    async fn remove_grant(&self, path: &str, principal: &str) -> Result<bool> {
+        let sql = "DELETE FROM busbar.grants WHERE path = $1 AND principal = $2";
+        Ok(self.change(sql, &[&path, &principal]).await? > 0)
+    }
+
+    async fn grants_on(&self, paths: &[String]) -> Result<Vec<GrantRecord>> {
+        // One round trip for all of them, in the order they were asked for.
+        let sql = "SELECT g.path, g.principal, g.rights \
+                   FROM unnest($1::text[]) WITH ORDINALITY AS asked(path, n) \
+                   JOIN busbar.grants g ON g.path = asked.path \
+                   ORDER BY asked.n, g.principal";
+        self.all(sql, &[&paths], |row| GrantRecord {
+            path: row.get(0),
+            principal: row.get(1),
+            right: known(row.get(2)).unwrap_or(Right::Read),
+        })
+        .await
+    }
+}

@@ -1,0 +1,306 @@
+//! Cluster tests: real PostgreSQL and NATS processes and several
+//! `busbar serve --store ... --bus ...` processes sharing them. They need
+//! Debian's `postgresql` and `nats-server`, which `make test-cluster` (run by
+//! `make test`) installs, so they are marked ignored for a bare `cargo test`
+//! and run with `--ignored` there.
+
+mod engines;
+#[allow(dead_code)]
+#[path = "../e2e/harness.rs"]
+mod harness;
+
+use busbar_client::{Client, ErrorCode, ResourceKind, RoomEventKind};
+use engines::{Nats, Postgres};
+use futures::StreamExt;
+use harness::{Node, assert_error, eventually};
+use std::time::Duration;
+
+/// PostgreSQL, NATS and `count` nodes on them; the first node made the admin.
+struct Cluster {
+    nodes: Vec<Node>,
+    pg: Postgres,
+    _nats: Nats,
+}
+
+impl Cluster {
+    fn start(count: usize) -> Cluster {
+        let pg = Postgres::start();
+        let nats = Nats::start();
+        let (store, bus) = (pg.url(), nats.url());
+        let nodes = (0..count)
+            .map(|_| Node::start(&["--store", &store, "--bus", &bus]))
+            .collect();
+        Cluster {
+            nodes,
+            pg,
+            _nats: nats,
+        }
+    }
+
+    /// The admin, logged in on node `n` with the first node's credential.
+    async fn admin_on(&self, n: usize) -> Client {
+        let credential = self.nodes[0].admin_json()["credential"].clone();
+        let config = self.nodes[n].config_with("admin-here", credential);
+        Client::from_config_file(config)
+            .await
+            .expect("admin logs in")
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    let status = b.status().await.unwrap();
+    assert_eq!(
+        (status.store.as_str(), status.bus.as_str()),
+        ("postgres", "nats")
+    );
+    assert!(
+        cluster.nodes[1].admin_json()["credential"].is_null(),
+        "a later node leaves the cluster's admin password alone"
+    );
+
+    // Made through one node, used through the other.
+    a.create_user("bob", "bob-password", false).await.unwrap();
+    a.create("/home/admin/shared", ResourceKind::Folder, false)
+        .await
+        .unwrap();
+    let bob_on_b = cluster.nodes[1].user("bob", "bob-password").await.unwrap();
+    assert_error(
+        bob_on_b.ls("/home/admin/shared", false).await,
+        ErrorCode::PermissionDenied,
+        "",
+    );
+    b.grant("/home/admin/shared", "bob", busbar_client::Right::Read)
+        .await
+        .unwrap();
+    // A grant made on B reaches A's cache at once (an invalidation on the bus).
+    let bob_on_a = cluster.nodes[0].user("bob", "bob-password").await.unwrap();
+    bob_on_a.ls("/home/admin/shared", false).await.unwrap();
+    b.revoke("/home/admin/shared", "bob").await.unwrap();
+    eventually("the revoked grant refused on the other node", || async {
+        match bob_on_a.ls("/home/admin/shared", false).await {
+            Err(error) if error.code() == ErrorCode::PermissionDenied => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // An API token made on A, revoked on B, is refused by A.
+    let token = bob_on_a.create_token("ci", None).await.unwrap();
+    let token_config = cluster.nodes[0].config_with(
+        "bob-token",
+        serde_json::json!({"kind": "token", "token": token.0}),
+    );
+    let by_token = Client::from_config_file(&token_config).await.unwrap();
+    assert_eq!(by_token.whoami().await.unwrap().name, "bob");
+    bob_on_b.revoke_token("ci").await.unwrap();
+    eventually("the revoked token refused on the other node", || async {
+        match by_token.whoami().await {
+            Err(error) if error.code() == ErrorCode::Unauthenticated => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // The tree: moved and deleted through one node, seen so through the other.
+    a.create("/home/admin/t/x/y", ResourceKind::Room, true)
+        .await
+        .unwrap();
+    b.grant("/home/admin/t/x", "bob", busbar_client::Right::Read)
+        .await
+        .unwrap();
+    b.mv("/home/admin/t", "/home/admin/u").await.unwrap();
+    let below: Vec<String> = a
+        .ls("/home/admin/u", true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(below, ["/home/admin/u/x", "/home/admin/u/x/y"]);
+    assert_eq!(
+        a.grants("/home/admin/u/x", false).await.unwrap().len(),
+        1,
+        "grants move too"
+    );
+    assert_error(
+        a.rm("/home/admin/u", false).await,
+        ErrorCode::FailedPrecondition,
+        "not empty",
+    );
+    b.rm("/home/admin/u", true).await.unwrap();
+    assert!(a.get("/home/admin/u/x").await.is_err());
+
+    // Names are unique across the cluster.
+    assert_error(
+        b.create_user("bob", "other-password", false).await,
+        ErrorCode::AlreadyExists,
+        "bob",
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn room_members_and_wire_subscribers_on_other_nodes_get_everything_once_in_order() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    let mut on_a = a.join("/home/admin/chat").await.unwrap();
+    let mut on_b = b.join("/home/admin/chat").await.unwrap();
+    for seq in 0..100 {
+        a.emit("/home/admin/chat", "seq", vec![seq.into()])
+            .await
+            .unwrap();
+    }
+    b.emit("/home/admin/chat", "from-b", vec![]).await.unwrap();
+    a.rm("/home/admin/chat", false).await.unwrap();
+    for member in [&mut on_a, &mut on_b] {
+        let mut seqs = Vec::new();
+        let mut from_b = 0;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(20), member.next())
+                .await
+                .expect("events keep coming")
+                .expect("open")
+                .expect("no error");
+            match event.kind {
+                RoomEventKind::Deleted => break,
+                _ if event.event == "seq" => seqs.push(event.args[0].as_i64().unwrap()),
+                _ if event.event == "from-b" => from_b += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(seqs, (0..100).collect::<Vec<i64>>(), "once each, in order");
+        assert_eq!(from_b, 1, "the other node's emit arrives once");
+    }
+
+    // A wire: published through A, read through B, in order, nothing lost.
+    a.create("/home/admin/pipe", ResourceKind::Wire, false)
+        .await
+        .unwrap();
+    let mut reader = b.subscribe("/home/admin/pipe").await.unwrap();
+    let chunks: Vec<bytes::Bytes> = (0..200u32)
+        .map(|n| bytes::Bytes::from(n.to_be_bytes().to_vec()))
+        .collect();
+    a.publish("/home/admin/pipe", futures::stream::iter(chunks.clone()))
+        .await
+        .unwrap();
+    for expected in &chunks {
+        let got = tokio::time::timeout(Duration::from_secs(20), reader.next())
+            .await
+            .expect("chunks keep coming")
+            .expect("open")
+            .expect("no error");
+        assert_eq!(&got, expected);
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn what_a_cluster_does_not_share_yet_is_refused_and_a_killed_node_loses_nothing() {
+    let mut cluster = Cluster::start(2);
+    let a = cluster.admin_on(0).await;
+    for kind in [ResourceKind::Database, ResourceKind::Timeseries] {
+        assert_error(
+            a.create("/home/admin/data", kind, false).await,
+            ErrorCode::FailedPrecondition,
+            "not yet shared by a cluster",
+        );
+    }
+    assert!(a.get("/home/admin/data").await.is_err(), "nothing was made");
+
+    // Acknowledged writes through A outlive A (PostgreSQL has them).
+    for n in 0..20 {
+        a.create_user(&format!("user{n}"), "password-1234", false)
+            .await
+            .unwrap();
+    }
+    cluster.nodes[0].kill9();
+    let b = cluster.admin_on(1).await;
+    let names: Vec<String> = b
+        .identities()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|identity| identity.name)
+        .collect();
+    for n in 0..20 {
+        assert!(names.contains(&format!("user{n}")), "user{n} in {names:?}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn postgresql_down_fails_calls_clearly_and_the_cluster_recovers_by_itself() {
+    let cluster = Cluster::start(1);
+    let admin = cluster.admin_on(0).await;
+    cluster.pg.stop();
+    assert_error(
+        admin.create_user("carol", "carol-password", false).await,
+        ErrorCode::Unavailable,
+        "PostgreSQL",
+    );
+    cluster.pg.restart();
+    eventually("calls work again once PostgreSQL is back", || async {
+        admin.create_user("carol", "carol-password", false).await
+    })
+    .await;
+    assert_eq!(
+        cluster.nodes[0]
+            .user("carol", "carol-password")
+            .await
+            .unwrap()
+            .whoami()
+            .await
+            .unwrap()
+            .name,
+        "carol"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn a_client_given_every_node_moves_on_when_its_node_dies() {
+    let mut cluster = Cluster::start(2);
+    let on_b = cluster.admin_on(1).await;
+    on_b.create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+
+    // One config naming both nodes, A first.
+    let mut config = cluster.nodes[0].admin_json();
+    config["addresses"] = serde_json::json!([cluster.nodes[1].address]);
+    let path = cluster.nodes[0].dir.path().join("both.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let client = Client::from_config_file(&path).await.unwrap();
+    let mut member = client.join("/home/admin/chat").await.unwrap();
+    let before = member.member_id().to_string();
+
+    cluster.nodes[0].kill9();
+
+    // The membership goes on through B, announced as a rejoin.
+    let rejoined = tokio::time::timeout(Duration::from_secs(30), member.next())
+        .await
+        .expect("the membership goes on")
+        .expect("open")
+        .expect("no error");
+    assert_eq!(rejoined.kind, RoomEventKind::Rejoined);
+    assert_ne!(member.member_id(), before, "a new membership, on B");
+    on_b.emit("/home/admin/chat", "after", vec![])
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), member.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.event, "after");
+    // Plain calls go to B too, on the session A issued.
+    let identity = eventually("a call after the loss", || client.whoami()).await;
+    assert_eq!(identity.name, "admin");
+}
