@@ -257,22 +257,8 @@ fn create_resource_in(
         return Err(Error::already_exists(format!("{path} already exists")));
     }
     let parent = paths::parent(path).ok_or_else(|| Error::already_exists("/ already exists"))?;
-    match get_resource(conn, parent)? {
-        Some(found) if found.kind == ResourceKind::Folder => {}
-        Some(found) => {
-            return Err(Error::failed_precondition(format!(
-                "{parent} is a {}, not a folder; resources live in folders",
-                found.kind.name()
-            )));
-        }
-        None if parents => {
-            create_resource_in(conn, parent, ResourceKind::Folder, owner, true)?;
-        }
-        None => {
-            return Err(Error::not_found(format!(
-                "parent folder {parent} does not exist; create it first or pass parents"
-            )));
-        }
+    if !tree::check_parent(parent, get_resource(conn, parent)?.as_ref(), parents)? {
+        create_resource_in(conn, parent, ResourceKind::Folder, owner, true)?;
     }
     insert_resource(conn, path, kind, owner)
 }
@@ -646,20 +632,13 @@ impl Store for SqliteStore {
     async fn list_resources(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
         let path = path.to_string();
         self.run(move |conn| {
-            let Some(found) = get_resource(conn, &path)? else {
-                return Err(Error::not_found(format!("{path} does not exist")));
-            };
+            let found = get_resource(conn, &path)?.ok_or_else(|| tree::missing(&path))?;
             if found.kind != ResourceKind::Folder {
                 return Ok(vec![found]);
             }
             let mut all = descendants(conn, &path)?;
             if !recursive {
-                let depth = if path == "/" {
-                    1
-                } else {
-                    path.matches('/').count() + 1
-                };
-                all.retain(|r| r.path.matches('/').count() == depth);
+                tree::keep_children(&path, &mut all);
             }
             Ok(all)
         })
@@ -669,20 +648,11 @@ impl Store for SqliteStore {
     async fn delete_resource(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
         let path = path.to_string();
         self.run(move |conn| {
-            if path == "/" || path == "/home" {
-                return Err(Error::failed_precondition(format!("{path} cannot be deleted")));
-            }
+            tree::check_delete(&path, 0, recursive)?;
             let tx = conn.transaction()?;
-            let Some(found) = get_resource(&tx, &path)? else {
-                return Err(Error::not_found(format!("{path} does not exist")));
-            };
+            let found = get_resource(&tx, &path)?.ok_or_else(|| tree::missing(&path))?;
             let mut doomed = descendants(&tx, &path)?;
-            if !doomed.is_empty() && !recursive {
-                return Err(Error::failed_precondition(format!(
-                    "{path} is not empty ({} resources below it); delete recursively to remove them too",
-                    doomed.len()
-                )));
-            }
+            tree::check_delete(&path, doomed.len(), recursive)?;
             doomed.reverse();
             doomed.push(found);
             for record in &doomed {
@@ -698,37 +668,20 @@ impl Store for SqliteStore {
     async fn move_resource(&self, from: &str, to: &str) -> Result<ResourceRecord> {
         let (from, to) = (from.to_string(), to.to_string());
         self.run(move |conn| {
-            if paths::is_within(&to, &from) {
-                return Err(Error::invalid_argument(format!(
-                    "cannot move {from} into itself ({to})"
-                )));
-            }
-            if from == "/" || from == "/home" {
-                return Err(Error::failed_precondition(format!(
-                    "{from} cannot be moved"
-                )));
-            }
+            tree::check_move(&from, &to)?;
             let tx = conn.transaction()?;
             if get_resource(&tx, &from)?.is_none() {
-                return Err(Error::not_found(format!("{from} does not exist")));
+                return Err(tree::missing(&from));
             }
             if get_resource(&tx, &to)?.is_some() {
                 return Err(Error::already_exists(format!("{to} already exists")));
             }
             let parent = paths::parent(&to).unwrap_or("/");
-            match get_resource(&tx, parent)? {
-                Some(p) if p.kind == ResourceKind::Folder => {}
-                Some(_) => {
-                    return Err(Error::failed_precondition(format!(
-                        "{parent} is not a folder"
-                    )));
-                }
-                None => return Err(Error::not_found(format!("folder {parent} does not exist"))),
-            }
+            tree::check_move_parent(parent, get_resource(&tx, parent)?.as_ref())?;
             let mut moving = descendants(&tx, &from)?;
             moving.insert(0, get_resource(&tx, &from)?.expect("checked above"));
             for record in &moving {
-                let new_path = format!("{to}{}", &record.path[from.len()..]);
+                let new_path = tree::moved_path(record, &from, &to);
                 tx.execute(
                     "UPDATE resources SET path = ?2 WHERE id = ?1",
                     params![record.id, new_path],
@@ -749,7 +702,7 @@ impl Store for SqliteStore {
         let (path, principal) = (path.to_string(), principal.to_string());
         self.run(move |conn| {
             if get_resource(conn, &path)?.is_none() {
-                return Err(Error::not_found(format!("{path} does not exist")));
+                return Err(tree::missing(&path));
             }
             conn.execute(
                 "INSERT OR REPLACE INTO grants (path, principal, rights) VALUES (?1, ?2, ?3)",

@@ -176,6 +176,93 @@ pub trait Store: Send + Sync + 'static {
     async fn grants_on(&self, paths: &[String]) -> Result<Vec<GrantRecord>>;
 }
 
+/// The rules of the tree every backend keeps the same way.
+pub(crate) mod tree {
+    use super::{ResourceKind, ResourceRecord};
+    use crate::error::{Error, Result};
+    use crate::resources::paths;
+
+    /// Keeps the direct children of `path` among its descendants.
+    pub fn keep_children(path: &str, below: &mut Vec<ResourceRecord>) {
+        let depth = if path == "/" {
+            1
+        } else {
+            path.matches('/').count() + 1
+        };
+        below.retain(|r| r.path.matches('/').count() == depth);
+    }
+
+    pub fn missing(path: &str) -> Error {
+        Error::not_found(format!("{path} does not exist"))
+    }
+
+    /// Refuses to delete the roots, or a non-empty folder without `recursive`.
+    pub fn check_delete(path: &str, below: usize, recursive: bool) -> Result<()> {
+        if path == "/" || path == "/home" {
+            return Err(Error::failed_precondition(format!(
+                "{path} cannot be deleted"
+            )));
+        }
+        if below > 0 && !recursive {
+            return Err(Error::failed_precondition(format!(
+                "{path} is not empty ({below} resources below it); delete recursively to remove them too"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses to move a root, or a folder into itself.
+    pub fn check_move(from: &str, to: &str) -> Result<()> {
+        if paths::is_within(to, from) {
+            return Err(Error::invalid_argument(format!(
+                "cannot move {from} into itself ({to})"
+            )));
+        }
+        if from == "/" || from == "/home" {
+            return Err(Error::failed_precondition(format!(
+                "{from} cannot be moved"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks what a move's target parent turned out to be.
+    pub fn check_move_parent(parent: &str, found: Option<&ResourceRecord>) -> Result<()> {
+        match found {
+            Some(p) if p.kind == ResourceKind::Folder => Ok(()),
+            Some(_) => Err(Error::failed_precondition(format!(
+                "{parent} is not a folder"
+            ))),
+            None => Err(Error::not_found(format!("folder {parent} does not exist"))),
+        }
+    }
+
+    /// What a new resource's parent must be: a folder. `Ok(false)` when it
+    /// is missing and may be made (`parents`).
+    pub fn check_parent(
+        parent: &str,
+        found: Option<&ResourceRecord>,
+        parents: bool,
+    ) -> Result<bool> {
+        match found {
+            Some(found) if found.kind == ResourceKind::Folder => Ok(true),
+            Some(found) => Err(Error::failed_precondition(format!(
+                "{parent} is a {}, not a folder; resources live in folders",
+                super::LowerName::name(found.kind)
+            ))),
+            None if parents => Ok(false),
+            None => Err(Error::not_found(format!(
+                "parent folder {parent} does not exist; create it first or pass parents"
+            ))),
+        }
+    }
+
+    /// `record`'s path once its subtree moved from `from` to `to`.
+    pub fn moved_path(record: &ResourceRecord, from: &str, to: &str) -> String {
+        format!("{to}{}", &record.path[from.len()..])
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -307,24 +307,11 @@ async fn create_resource_in(
     let mut at = path;
     loop {
         let parent = paths::parent(at).ok_or_else(|| Error::already_exists("/ already exists"))?;
-        match get_resource(db, parent).await? {
-            Some(found) if found.kind == ResourceKind::Folder => break,
-            Some(found) => {
-                return Err(Error::failed_precondition(format!(
-                    "{parent} is a {}, not a folder; resources live in folders",
-                    found.kind.name()
-                )));
-            }
-            None if parents => {
-                missing.push(parent.to_string());
-                at = parent;
-            }
-            None => {
-                return Err(Error::not_found(format!(
-                    "parent folder {parent} does not exist; create it first or pass parents"
-                )));
-            }
+        if tree::check_parent(parent, get_resource(db, parent).await?.as_ref(), parents)? {
+            break;
         }
+        missing.push(parent.to_string());
+        at = parent;
     }
     let insert = "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (path) DO NOTHING";
@@ -637,42 +624,28 @@ impl Store for PostgresStore {
 
     async fn list_resources(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
         let client = self.client().await?;
-        let Some(found) = get_resource(&client, path).await? else {
-            return Err(Error::not_found(format!("{path} does not exist")));
-        };
+        let found = get_resource(&client, path)
+            .await?
+            .ok_or_else(|| tree::missing(path))?;
         if found.kind != ResourceKind::Folder {
             return Ok(vec![found]);
         }
         let mut all = descendants(&client, path, false).await?;
         if !recursive {
-            let depth = if path == "/" {
-                1
-            } else {
-                path.matches('/').count() + 1
-            };
-            all.retain(|r| r.path.matches('/').count() == depth);
+            tree::keep_children(path, &mut all);
         }
         Ok(all)
     }
 
     async fn delete_resource(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>> {
-        if path == "/" || path == "/home" {
-            return Err(Error::failed_precondition(format!(
-                "{path} cannot be deleted"
-            )));
-        }
+        tree::check_delete(path, 0, recursive)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(found) = get_resource(&tx, path).await? else {
-            return Err(Error::not_found(format!("{path} does not exist")));
-        };
+        let found = get_resource(&tx, path)
+            .await?
+            .ok_or_else(|| tree::missing(path))?;
         let mut doomed = descendants(&tx, path, true).await?;
-        if !doomed.is_empty() && !recursive {
-            return Err(Error::failed_precondition(format!(
-                "{path} is not empty ({} resources below it); delete recursively to remove them too",
-                doomed.len()
-            )));
-        }
+        tree::check_delete(path, doomed.len(), recursive)?;
         doomed.reverse();
         doomed.push(found);
         for record in &doomed {
@@ -686,38 +659,21 @@ impl Store for PostgresStore {
     }
 
     async fn move_resource(&self, from: &str, to: &str) -> Result<ResourceRecord> {
-        if paths::is_within(to, from) {
-            return Err(Error::invalid_argument(format!(
-                "cannot move {from} into itself ({to})"
-            )));
-        }
-        if from == "/" || from == "/home" {
-            return Err(Error::failed_precondition(format!(
-                "{from} cannot be moved"
-            )));
-        }
+        tree::check_move(from, to)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(moved_root) = get_resource(&tx, from).await? else {
-            return Err(Error::not_found(format!("{from} does not exist")));
-        };
+        let moved_root = get_resource(&tx, from)
+            .await?
+            .ok_or_else(|| tree::missing(from))?;
         if get_resource(&tx, to).await?.is_some() {
             return Err(Error::already_exists(format!("{to} already exists")));
         }
         let parent = paths::parent(to).unwrap_or("/");
-        match get_resource(&tx, parent).await? {
-            Some(p) if p.kind == ResourceKind::Folder => {}
-            Some(_) => {
-                return Err(Error::failed_precondition(format!(
-                    "{parent} is not a folder"
-                )));
-            }
-            None => return Err(Error::not_found(format!("folder {parent} does not exist"))),
-        }
+        tree::check_move_parent(parent, get_resource(&tx, parent).await?.as_ref())?;
         let mut moving = descendants(&tx, from, true).await?;
         moving.insert(0, moved_root);
         for record in &moving {
-            let new_path = format!("{to}{}", &record.path[from.len()..]);
+            let new_path = tree::moved_path(record, from, to);
             tx.execute(
                 "UPDATE busbar.resources SET path = $2 WHERE id = $1",
                 &[&record.id, &new_path],
@@ -747,7 +703,7 @@ impl Store for PostgresStore {
             )
             .await?;
         if changed == 0 {
-            return Err(Error::not_found(format!("{path} does not exist")));
+            return Err(tree::missing(path));
         }
         Ok(())
     }

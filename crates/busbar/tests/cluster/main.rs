@@ -12,7 +12,7 @@ mod harness;
 use busbar_client::{Client, ErrorCode, ResourceKind, RoomEventKind};
 use engines::{Nats, Postgres};
 use futures::StreamExt;
-use harness::{Node, assert_error, eventually};
+use harness::{Node, assert_error, eventually, next_event};
 use std::time::Duration;
 
 /// PostgreSQL, NATS and `count` nodes on them; the first node made the admin.
@@ -163,11 +163,7 @@ async fn room_members_and_wire_subscribers_on_other_nodes_get_everything_once_in
         let mut seqs = Vec::new();
         let mut from_b = 0;
         loop {
-            let event = tokio::time::timeout(Duration::from_secs(20), member.next())
-                .await
-                .expect("events keep coming")
-                .expect("open")
-                .expect("no error");
+            let event = next_event(member).await;
             match event.kind {
                 RoomEventKind::Deleted => break,
                 _ if event.event == "seq" => seqs.push(event.args[0].as_i64().unwrap()),
@@ -284,21 +280,13 @@ async fn a_client_given_every_node_moves_on_when_its_node_dies() {
     cluster.nodes[0].kill9();
 
     // The membership goes on through B, announced as a rejoin.
-    let rejoined = tokio::time::timeout(Duration::from_secs(30), member.next())
-        .await
-        .expect("the membership goes on")
-        .expect("open")
-        .expect("no error");
+    let rejoined = next_event(&mut member).await;
     assert_eq!(rejoined.kind, RoomEventKind::Rejoined);
     assert_ne!(member.member_id(), before, "a new membership, on B");
     on_b.emit("/home/admin/chat", "after", vec![])
         .await
         .unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), member.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut member).await;
     assert_eq!(event.event, "after");
     // Plain calls go to B too, on the session A issued.
     let identity = eventually("a call after the loss", || client.whoami()).await;

@@ -318,3 +318,12 @@ where
     }
     panic!("{what} did not happen within 5 s");
 }
+
+/// A membership's next event, which must come within 30 s, without error.
+pub async fn next_event(member: &mut busbar_client::RoomMembership) -> busbar_client::RoomEvent {
+    tokio::time::timeout(Duration::from_secs(30), futures::StreamExt::next(member))
+        .await
+        .expect("an event within 30 s")
+        .expect("the membership goes on")
+        .expect("no error")
+}

@@ -1,7 +1,7 @@
 //! Durability across kill -9, graceful shutdown, deadlines, trace ids, and
 //! the dynamic call API over every streaming kind.
 
-use crate::harness::{Node, assert_error, eventually};
+use crate::harness::{Node, assert_error, eventually, next_event};
 use base64::Engine;
 use busbar_client::{Client, ErrorCode, ResourceKind, Right};
 use futures::StreamExt;
@@ -216,10 +216,7 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
 
     node.restart(); // SIGKILL, then start again on the same data and port
 
-    let next = tokio::time::timeout(Duration::from_secs(30), member.next())
-        .await
-        .unwrap();
-    let rejoined = next.expect("the membership goes on").expect("no error");
+    let rejoined = next_event(&mut member).await;
     assert_eq!(rejoined.kind, busbar_client::RoomEventKind::Rejoined);
     assert_ne!(
         member.member_id(),
@@ -231,11 +228,7 @@ async fn room_memberships_rejoin_after_the_node_restarts() {
         admin.emit("/home/admin/chat", "after", vec![])
     })
     .await;
-    let event = tokio::time::timeout(Duration::from_secs(10), member.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let event = next_event(&mut member).await;
     assert_eq!(event.event, "after");
 
     // Final errors are not retried: deleting the room ends the membership.
