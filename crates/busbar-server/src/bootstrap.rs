@@ -4,7 +4,7 @@
 
 use crate::auth::Authenticator;
 use crate::error::{Error, Result};
-use crate::store::{CertificateRecord, Store};
+use crate::store::{CertificateRecord, NewResource, Store};
 use crate::tls::{ClientCertificates, TlsMaterial, write_private};
 use base64::Engine;
 use std::net::SocketAddr;
@@ -84,7 +84,7 @@ pub async fn ensure_folders(store: &dyn Store) -> Result<()> {
         match store.resource(folder).await? {
             None => {
                 store
-                    .create_resource(folder, Folder, ADMIN_NAME, false)
+                    .create_resource(NewResource::new(folder, Folder, ADMIN_NAME))
                     .await?;
             }
             Some(record) if record.kind != Folder => {

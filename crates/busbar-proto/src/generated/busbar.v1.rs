@@ -3978,6 +3978,7 @@ pub mod resources_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// One resource by path (needs read on it).
         pub async fn get(
             &mut self,
             request: impl tonic::IntoRequest<super::GetResourceRequest>,
@@ -3996,6 +3997,7 @@ pub mod resources_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Resources", "Get"));
             self.inner.unary(req, path, codec).await
         }
+        /// A folder's children, or everything below it (needs read on the folder).
         pub async fn list(
             &mut self,
             request: impl tonic::IntoRequest<super::ListResourcesRequest>,
@@ -4017,6 +4019,7 @@ pub mod resources_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Resources", "List"));
             self.inner.unary(req, path, codec).await
         }
+        /// A new resource, owned by the caller (needs write on the parent folder).
         pub async fn create(
             &mut self,
             request: impl tonic::IntoRequest<super::CreateResourceRequest>,
@@ -4038,6 +4041,7 @@ pub mod resources_client {
                 .insert(GrpcMethod::new("busbar.v1.Resources", "Create"));
             self.inner.unary(req, path, codec).await
         }
+        /// Deletes a resource, or a folder and all below it (write on its parent, or admin on it).
         pub async fn delete(
             &mut self,
             request: impl tonic::IntoRequest<super::DeleteResourceRequest>,
@@ -4062,6 +4066,7 @@ pub mod resources_client {
                 .insert(GrpcMethod::new("busbar.v1.Resources", "Delete"));
             self.inner.unary(req, path, codec).await
         }
+        /// Moves or renames, keeping ids and grants (as Delete, plus write on the new parent).
         pub async fn r#move(
             &mut self,
             request: impl tonic::IntoRequest<super::MoveResourceRequest>,
@@ -4080,6 +4085,7 @@ pub mod resources_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Resources", "Move"));
             self.inner.unary(req, path, codec).await
         }
+        /// Sets a principal's right on a resource (needs admin on it).
         pub async fn grant(
             &mut self,
             request: impl tonic::IntoRequest<super::GrantRequest>,
@@ -4100,6 +4106,7 @@ pub mod resources_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Resources", "Grant"));
             self.inner.unary(req, path, codec).await
         }
+        /// Removes the grant set on a resource for a principal (needs admin on it).
         pub async fn revoke(
             &mut self,
             request: impl tonic::IntoRequest<super::GrantRequest>,
@@ -4121,6 +4128,7 @@ pub mod resources_client {
                 .insert(GrpcMethod::new("busbar.v1.Resources", "Revoke"));
             self.inner.unary(req, path, codec).await
         }
+        /// The grants set on a resource, or with inherited ones (needs read on it).
         pub async fn list_grants(
             &mut self,
             request: impl tonic::IntoRequest<super::ListGrantsRequest>,
@@ -4157,10 +4165,12 @@ pub mod resources_server {
     /// Generated trait containing gRPC methods that should be implemented for use with ResourcesServer.
     #[async_trait]
     pub trait Resources: std::marker::Send + std::marker::Sync + 'static {
+        /// One resource by path (needs read on it).
         async fn get(
             &self,
             request: tonic::Request<super::GetResourceRequest>,
         ) -> std::result::Result<tonic::Response<super::Resource>, tonic::Status>;
+        /// A folder's children, or everything below it (needs read on the folder).
         async fn list(
             &self,
             request: tonic::Request<super::ListResourcesRequest>,
@@ -4168,10 +4178,12 @@ pub mod resources_server {
             tonic::Response<super::ListResourcesResponse>,
             tonic::Status,
         >;
+        /// A new resource, owned by the caller (needs write on the parent folder).
         async fn create(
             &self,
             request: tonic::Request<super::CreateResourceRequest>,
         ) -> std::result::Result<tonic::Response<super::Resource>, tonic::Status>;
+        /// Deletes a resource, or a folder and all below it (write on its parent, or admin on it).
         async fn delete(
             &self,
             request: tonic::Request<super::DeleteResourceRequest>,
@@ -4179,18 +4191,22 @@ pub mod resources_server {
             tonic::Response<super::DeleteResourceResponse>,
             tonic::Status,
         >;
+        /// Moves or renames, keeping ids and grants (as Delete, plus write on the new parent).
         async fn r#move(
             &self,
             request: tonic::Request<super::MoveResourceRequest>,
         ) -> std::result::Result<tonic::Response<super::Resource>, tonic::Status>;
+        /// Sets a principal's right on a resource (needs admin on it).
         async fn grant(
             &self,
             request: tonic::Request<super::GrantRequest>,
         ) -> std::result::Result<tonic::Response<super::GrantsResponse>, tonic::Status>;
+        /// Removes the grant set on a resource for a principal (needs admin on it).
         async fn revoke(
             &self,
             request: tonic::Request<super::GrantRequest>,
         ) -> std::result::Result<tonic::Response<super::GrantsResponse>, tonic::Status>;
+        /// The grants set on a resource, or with inherited ones (needs read on it).
         async fn list_grants(
             &self,
             request: tonic::Request<super::ListGrantsRequest>,
@@ -5430,6 +5446,7 @@ pub mod sessions_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
+        /// A new session of the caller's (refused past the node's max_data_sessions).
         pub async fn open(
             &mut self,
             request: impl tonic::IntoRequest<super::OpenSessionRequest>,
@@ -5448,6 +5465,7 @@ pub mod sessions_client {
             req.extensions_mut().insert(GrpcMethod::new("busbar.v1.Sessions", "Open"));
             self.inner.unary(req, path, codec).await
         }
+        /// Resets the session's idle timer.
         pub async fn keep_alive(
             &mut self,
             request: impl tonic::IntoRequest<super::SessionRequest>,
@@ -5527,10 +5545,12 @@ pub mod sessions_server {
     /// Generated trait containing gRPC methods that should be implemented for use with SessionsServer.
     #[async_trait]
     pub trait Sessions: std::marker::Send + std::marker::Sync + 'static {
+        /// A new session of the caller's (refused past the node's max_data_sessions).
         async fn open(
             &self,
             request: tonic::Request<super::OpenSessionRequest>,
         ) -> std::result::Result<tonic::Response<super::SessionInfo>, tonic::Status>;
+        /// Resets the session's idle timer.
         async fn keep_alive(
             &self,
             request: tonic::Request<super::SessionRequest>,

@@ -7,7 +7,7 @@ use crate::auth::access::Caller;
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
-use crate::store::{LowerName, ResourceKind, Right, now_ms};
+use crate::store::{LowerName, NewResource, ResourceKind, Right, now_ms};
 use busbar_proto::v1::{self as pb, from_provider::Message as FromMessage, mesh_server::Mesh};
 use futures::Stream;
 use std::pin::Pin;
@@ -67,7 +67,7 @@ impl MeshService {
                 match self
                     .node
                     .store
-                    .create_resource(path, ResourceKind::Service, &caller.name, false)
+                    .create_resource(NewResource::new(path, ResourceKind::Service, &caller.name))
                     .await
                 {
                     // Two providers creating it at once: the other one won.

@@ -7,7 +7,7 @@ use crate::bus::BusMessage;
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
-use crate::store::{LowerName, ResourceKind, ResourceRecord, Right, known};
+use crate::store::{LowerName, NewResource, ResourceKind, ResourceRecord, Right, known};
 use busbar_proto::v1::{self as pb, resources_server::Resources};
 use prost::Message;
 use std::sync::Arc;
@@ -286,7 +286,7 @@ impl Resources for ResourcesService {
         let record = match self
             .node
             .store
-            .create_resource(&path, kind, &caller.name, r.parents)
+            .create_resource(NewResource::new(&path, kind, &caller.name).parents(r.parents))
             .await
         {
             Err(error) if r.exist_ok && error.code == crate::error::ErrorCode::AlreadyExists => {

@@ -138,10 +138,6 @@ where
     .await?
 }
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn identity_row(row: &Row) -> rusqlite::Result<IdentityRecord> {
     Ok(IdentityRecord {
         id: row.get(0)?,
@@ -307,20 +303,9 @@ impl Store for SqliteStore {
                 .optional()?
                 .is_some();
             if exists {
-                return Err(Error::already_exists(format!(
-                    "identity {} already exists (names stay reserved after revocation)",
-                    new.name
-                )));
+                return Err(new.taken());
             }
-            let record = IdentityRecord {
-                id: new_id(),
-                name: new.name.clone(),
-                kind: new.kind,
-                password_hash: new.password_hash,
-                public_key: new.public_key,
-                created_ms: now_ms(),
-                revoked: false,
-            };
+            let record = new.record();
             tx.execute(
                 &format!(
                     "INSERT INTO identities ({IDENTITY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)"
@@ -612,13 +597,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_resource(
-        &self,
-        path: &str,
-        kind: ResourceKind,
-        owner: &str,
-        parents: bool,
-    ) -> Result<ResourceRecord> {
+    async fn create_resource(&self, new: NewResource<'_>) -> Result<ResourceRecord> {
+        let NewResource {
+            path,
+            kind,
+            owner,
+            parents,
+        } = new;
         let (path, owner) = (path.to_string(), owner.to_string());
         self.run(move |conn| {
             let tx = conn.transaction()?;
@@ -764,21 +749,21 @@ mod tests {
     async fn tree_create_list_move_delete() {
         let (_dir, store) = store();
         store
-            .create_resource("/a/b/c", ResourceKind::Room, "bob", true)
+            .create_resource(NewResource::new("/a/b/c", ResourceKind::Room, "bob").parents(true))
             .await
             .unwrap();
         let err = store
-            .create_resource("/a/b/c/d", ResourceKind::Room, "bob", false)
+            .create_resource(NewResource::new("/a/b/c/d", ResourceKind::Room, "bob").parents(false))
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::FailedPrecondition, "{err}");
         let err = store
-            .create_resource("/x/y", ResourceKind::Room, "bob", false)
+            .create_resource(NewResource::new("/x/y", ResourceKind::Room, "bob").parents(false))
             .await
             .unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
         store
-            .create_resource("/ab", ResourceKind::Wire, "bob", false)
+            .create_resource(NewResource::new("/ab", ResourceKind::Wire, "bob").parents(false))
             .await
             .unwrap();
 

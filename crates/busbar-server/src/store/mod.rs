@@ -112,6 +112,61 @@ pub struct NewIdentity {
     pub admin: bool,
 }
 
+/// A resource to create at `path`, owned by `owner`; with `parents`,
+/// missing ancestors are created as folders owned by `owner` too.
+#[derive(Debug, Clone, Copy)]
+pub struct NewResource<'a> {
+    pub path: &'a str,
+    pub kind: ResourceKind,
+    pub owner: &'a str,
+    pub parents: bool,
+}
+
+impl<'a> NewResource<'a> {
+    /// One whose parent folder must exist.
+    pub fn new(path: &'a str, kind: ResourceKind, owner: &'a str) -> Self {
+        NewResource {
+            path,
+            kind,
+            owner,
+            parents: false,
+        }
+    }
+
+    /// Missing ancestors are created as folders when `parents`.
+    pub fn parents(self, parents: bool) -> Self {
+        NewResource { parents, ..self }
+    }
+}
+
+impl NewIdentity {
+    /// The record a store keeps for it, under a fresh id.
+    pub fn record(&self) -> IdentityRecord {
+        IdentityRecord {
+            id: new_id(),
+            name: self.name.clone(),
+            kind: self.kind,
+            password_hash: self.password_hash.clone(),
+            public_key: self.public_key.clone(),
+            created_ms: now_ms(),
+            revoked: false,
+        }
+    }
+
+    /// The answer when its name is taken.
+    pub fn taken(&self) -> crate::error::Error {
+        crate::error::Error::already_exists(format!(
+            "identity {} already exists (names stay reserved after revocation)",
+            self.name
+        ))
+    }
+}
+
+/// A fresh id for a stored thing (identities, tokens, resources).
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// Durable state. Implementations make each method atomic and durable before
 /// returning; errors use the crate's error model (NOT_FOUND, ALREADY_EXISTS,
 /// FAILED_PRECONDITION with a message naming the thing).
@@ -154,15 +209,8 @@ pub trait Store: Send + Sync + 'static {
     async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>>;
     /// The path of the resource with this id (ids survive moves).
     async fn resource_path(&self, id: &str) -> Result<Option<String>>;
-    /// Creates `path` (its parent must be a folder); with `parents`, missing
-    /// ancestors are created as folders owned by `owner`.
-    async fn create_resource(
-        &self,
-        path: &str,
-        kind: ResourceKind,
-        owner: &str,
-        parents: bool,
-    ) -> Result<ResourceRecord>;
+    /// Creates a resource (its parent must be a folder, unless `parents`).
+    async fn create_resource(&self, new: NewResource<'_>) -> Result<ResourceRecord>;
     async fn list_resources(&self, path: &str, recursive: bool) -> Result<Vec<ResourceRecord>>;
     /// Deletes `path` (and with `recursive`, everything below it) with its
     /// grants; returns what was deleted, deepest first.

@@ -204,10 +204,6 @@ impl PostgresStore {
     }
 }
 
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn identity_row(row: &Row) -> IdentityRecord {
     IdentityRecord {
         id: row.get(0),
@@ -373,15 +369,7 @@ impl Store for PostgresStore {
     async fn create_identity(&self, new: NewIdentity) -> Result<IdentityRecord> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let record = IdentityRecord {
-            id: new_id(),
-            name: new.name.clone(),
-            kind: new.kind,
-            password_hash: new.password_hash,
-            public_key: new.public_key,
-            created_ms: now_ms(),
-            revoked: false,
-        };
+        let record = new.record();
         let inserted = tx
             .execute(
                 &format!(
@@ -399,10 +387,7 @@ impl Store for PostgresStore {
             )
             .await?;
         if inserted == 0 {
-            return Err(Error::already_exists(format!(
-                "identity {} already exists (names stay reserved after revocation)",
-                new.name
-            )));
+            return Err(new.taken());
         }
         let home = format!("/home/{}", record.name);
         if get_resource(&tx, &home).await?.is_none() {
@@ -608,13 +593,13 @@ impl Store for PostgresStore {
         self.one(sql, &[&id], |row| row.get(0)).await
     }
 
-    async fn create_resource(
-        &self,
-        path: &str,
-        kind: ResourceKind,
-        owner: &str,
-        parents: bool,
-    ) -> Result<ResourceRecord> {
+    async fn create_resource(&self, new: NewResource<'_>) -> Result<ResourceRecord> {
+        let NewResource {
+            path,
+            kind,
+            owner,
+            parents,
+        } = new;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let record = create_resource_in(&tx, path, kind, owner, parents).await?;

@@ -6,7 +6,7 @@ use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, call_timeout, caller, caller_and_message};
-use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
+use crate::store::{LowerName, NewResource, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{self as pb, transport_server::Transport};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -141,7 +141,11 @@ impl Transport for TransportService {
                 let made = self
                     .node
                     .store
-                    .create_resource(&path, ResourceKind::Transport, &caller.name, false)
+                    .create_resource(NewResource::new(
+                        &path,
+                        ResourceKind::Transport,
+                        &caller.name,
+                    ))
                     .await;
                 access.invalidate().await;
                 match made {
