@@ -35,6 +35,15 @@ fn status_message(started: Instant, started_ms: i64) -> pb::NodeStatus {
         bus: "local".into(),
         tls: true,
         connections: 0,
+        nodes: vec![pb::ClusterNode {
+            node_id: "00000000-0000-4000-8000-000000000000".into(),
+            address: "https://127.0.0.1:7070".into(),
+            connections: 1,
+            started_ms,
+            seen_ms: started_ms,
+        }],
+        store_healthy: true,
+        bus_healthy: true,
     }
 }
 

@@ -593,6 +593,7 @@ pub async fn serve(
         max_connections: config.max_connections as i64,
         idle: config.idle_timeout,
     };
+    tokio::spawn(node.clone().report_alive(address.clone()));
     on_started(&Started {
         address,
         bound,

@@ -393,6 +393,14 @@ pub async fn run(config: &Path, timeout: Option<f64>, command: Command) -> Outco
                 "bus": status.bus,
                 "tls": status.tls,
                 "connections": status.connections,
+                "store_healthy": status.store_healthy,
+                "bus_healthy": status.bus_healthy,
+                "nodes": status.nodes.iter().map(|n| serde_json::json!({
+                    "node_id": n.node_id,
+                    "address": n.address,
+                    "connections": n.connections,
+                    "seen_ms": n.seen_ms,
+                })).collect::<Vec<_>>(),
             }));
         }
         Command::Identity(IdentityCommand::New {

@@ -2464,7 +2464,7 @@ pub mod mesh_server {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct StatusRequest {}
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodeStatus {
     #[prost(string, tag = "1")]
     pub version: ::prost::alloc::string::String,
@@ -2485,6 +2485,30 @@ pub struct NodeStatus {
     /// currently open client streams of node events
     #[prost(uint64, tag = "8")]
     pub connections: u64,
+    /// The nodes sharing this node's store that reported in the last 15 s (a
+    /// cluster's nodes; this node alone when embedded), each reporting every 5 s.
+    #[prost(message, repeated, tag = "9")]
+    pub nodes: ::prost::alloc::vec::Vec<ClusterNode>,
+    /// Whether this node reaches its store and its bus right now.
+    #[prost(bool, tag = "10")]
+    pub store_healthy: bool,
+    #[prost(bool, tag = "11")]
+    pub bus_healthy: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterNode {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// where clients dial it
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "3")]
+    pub connections: u64,
+    #[prost(int64, tag = "4")]
+    pub started_ms: i64,
+    /// when it last reported
+    #[prost(int64, tag = "5")]
+    pub seen_ms: i64,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodeEventsRequest {}

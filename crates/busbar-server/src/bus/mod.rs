@@ -86,6 +86,11 @@ pub trait Bus: Send + Sync + 'static {
     /// Backend name, reported by `Node.Status`.
     fn backend(&self) -> &'static str;
 
+    /// Whether messages reach the other nodes right now.
+    fn healthy(&self) -> bool {
+        true
+    }
+
     /// Delivers `message` to every subscriber of `subject` except the one
     /// tagged `exclude`; returns how many subscribers it reached on this node.
     async fn publish(&self, subject: &str, message: BusMessage, exclude: Option<&str>) -> usize;

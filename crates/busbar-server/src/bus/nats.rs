@@ -133,6 +133,10 @@ impl Bus for NatsBus {
         "nats"
     }
 
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn publish(&self, subject: &str, message: BusMessage, exclude: Option<&str>) -> usize {
         let mut headers = HeaderMap::new();
         if let Some(tag) = exclude {

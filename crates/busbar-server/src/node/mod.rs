@@ -64,7 +64,36 @@ pub struct Node {
     pub(crate) transport_waiters: crate::transport::Waiters,
 }
 
+/// How often a node reports itself to the store, and how long a report
+/// keeps it listed.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LISTED_FOR_MS: i64 = 15_000;
+
 impl Node {
+    /// Reports this node to the store every few seconds until it stops
+    /// (the nodes `busbar status` lists), then takes it off the list.
+    pub(crate) async fn report_alive(self: Arc<Self>, address: String) {
+        let mut lifecycle = self.lifecycle();
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = lifecycle.wait_for(|state| *state == Lifecycle::Stopped) => break,
+            }
+            let report = crate::store::NodeRecord {
+                id: self.node_id.clone(),
+                address: address.clone(),
+                connections: self.metrics.connections.get().max(0) as u64,
+                started_ms: self.started_ms,
+                seen_ms: crate::store::now_ms(),
+            };
+            if let Err(error) = self.store.report_node(report).await {
+                tracing::warn!("cannot report this node to the store: {}", error.message);
+            }
+        }
+        let _ = self.store.forget_node(&self.node_id).await;
+    }
+
     /// Refuses a job that does not yet span a cluster's nodes (its data
     /// would live on one node only and differ between them): SQL databases,
     /// time series, mesh services and transport sessions. docs/cluster.md

@@ -17,7 +17,24 @@ pub struct NodeService {
 impl node_server::Node for NodeService {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Reply<pb::NodeStatus> {
         let node = &self.node;
+        let since = now_ms() - crate::node::LISTED_FOR_MS;
+        let (nodes, store_healthy) = match node.store.nodes(since).await {
+            Ok(nodes) => (nodes, true),
+            Err(_) => (Vec::new(), false),
+        };
         reply(pb::NodeStatus {
+            nodes: nodes
+                .into_iter()
+                .map(|n| pb::ClusterNode {
+                    node_id: n.id,
+                    address: n.address,
+                    connections: n.connections,
+                    started_ms: n.started_ms,
+                    seen_ms: n.seen_ms,
+                })
+                .collect(),
+            store_healthy,
+            bus_healthy: node.bus.healthy(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             node_id: node.node_id.clone(),
             uptime_ms: node.started.elapsed().as_millis() as i64,

@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS grants (
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Only this node uses an embedded store: its report needs no disk.
+    nodes: Mutex<Vec<NodeRecord>>,
 }
 
 impl SqliteStore {
@@ -85,6 +87,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            nodes: Mutex::default(),
         })
     }
 
@@ -731,6 +734,30 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn report_node(&self, node: NodeRecord) -> Result<()> {
+        let mut nodes = self.node_list();
+        nodes.retain(|known| known.id != node.id);
+        nodes.push(node);
+        Ok(())
+    }
+
+    async fn nodes(&self, since_ms: i64) -> Result<Vec<NodeRecord>> {
+        let mut nodes = self.node_list().clone();
+        nodes.retain(|node| node.seen_ms >= since_ms);
+        Ok(nodes)
+    }
+
+    async fn forget_node(&self, id: &str) -> Result<()> {
+        self.node_list().retain(|node| node.id != id);
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    fn node_list(&self) -> std::sync::MutexGuard<'_, Vec<NodeRecord>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

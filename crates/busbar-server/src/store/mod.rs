@@ -222,6 +222,23 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_grant(&self, path: &str, principal: &str) -> Result<bool>;
     /// Grants set on any of `paths`.
     async fn grants_on(&self, paths: &[String]) -> Result<Vec<GrantRecord>>;
+
+    /// Records that a node is alive (what `busbar status` lists).
+    async fn report_node(&self, node: NodeRecord) -> Result<()>;
+    /// The nodes that reported at `since_ms` or later, by start time.
+    async fn nodes(&self, since_ms: i64) -> Result<Vec<NodeRecord>>;
+    /// Forgets a node that stopped.
+    async fn forget_node(&self, id: &str) -> Result<()>;
+}
+
+/// A running node as it last reported itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: String,
+    pub address: String,
+    pub connections: u64,
+    pub started_ms: i64,
+    pub seen_ms: i64,
 }
 
 /// The rules of the tree every backend keeps the same way.

@@ -62,6 +62,13 @@ CREATE TABLE IF NOT EXISTS busbar.resources (
     owner      TEXT NOT NULL,
     created_ms BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS busbar.nodes (
+    id          TEXT PRIMARY KEY,
+    address     TEXT NOT NULL,
+    connections BIGINT NOT NULL,
+    started_ms  BIGINT NOT NULL,
+    seen_ms     BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS busbar.grants (
     path      TEXT NOT NULL,
     principal TEXT NOT NULL,
@@ -710,5 +717,47 @@ impl Store for PostgresStore {
             right: known(row.get(2)).unwrap_or(Right::Read),
         })
         .await
+    }
+
+    async fn report_node(&self, node: NodeRecord) -> Result<()> {
+        self.change(
+            "INSERT INTO busbar.nodes (id, address, connections, started_ms, seen_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET \
+             address = EXCLUDED.address, connections = EXCLUDED.connections, seen_ms = EXCLUDED.seen_ms",
+            &[
+                &node.id,
+                &node.address,
+                &(node.connections as i64),
+                &node.started_ms,
+                &node.seen_ms,
+            ],
+        )
+        .await?;
+        // Nodes gone for a minute are forgotten by whoever reports next.
+        self.change(
+            "DELETE FROM busbar.nodes WHERE seen_ms < $1",
+            &[&(node.seen_ms - 60_000)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn nodes(&self, since_ms: i64) -> Result<Vec<NodeRecord>> {
+        let sql = "SELECT id, address, connections, started_ms, seen_ms FROM busbar.nodes \
+                   WHERE seen_ms >= $1 ORDER BY started_ms, id";
+        self.all(sql, &[&since_ms], |row| NodeRecord {
+            id: row.get(0),
+            address: row.get(1),
+            connections: row.get::<_, i64>(2) as u64,
+            started_ms: row.get(3),
+            seen_ms: row.get(4),
+        })
+        .await
+    }
+
+    async fn forget_node(&self, id: &str) -> Result<()> {
+        self.change("DELETE FROM busbar.nodes WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
     }
 }

@@ -57,6 +57,12 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
         (status.store.as_str(), status.bus.as_str()),
         ("postgres", "nats")
     );
+    assert!(status.store_healthy && status.bus_healthy, "{status:?}");
+    let mut listed: Vec<&str> = status.nodes.iter().map(|n| n.address.as_str()).collect();
+    listed.sort();
+    let mut expected: Vec<&str> = cluster.nodes.iter().map(|n| n.address.as_str()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every node, as each reported itself");
     assert!(
         cluster.nodes[1].admin_json()["credential"].is_null(),
         "a later node leaves the cluster's admin password alone"
@@ -236,6 +242,11 @@ async fn postgresql_down_fails_calls_clearly_and_the_cluster_recovers_by_itself(
     let cluster = Cluster::start(1);
     let admin = cluster.admin_on(0).await;
     cluster.pg.stop();
+    // Status still answers when it can (from the caches), and says so.
+    match admin.status().await {
+        Ok(status) => assert!(!status.store_healthy, "{status:?}"),
+        Err(error) => assert_eq!(error.code(), ErrorCode::Unavailable, "{error}"),
+    }
     assert_error(
         admin.create_user("carol", "carol-password", false).await,
         ErrorCode::Unavailable,
