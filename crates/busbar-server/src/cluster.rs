@@ -29,10 +29,16 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// The metadata store `config` names.
-pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>> {
+/// The metadata store and transport queues `config` names.
+pub async fn open_store(
+    config: &ServerConfig,
+) -> Result<(Arc<dyn Store>, Arc<dyn crate::transport::QueueEngine>)> {
     let Some(url) = &config.store else {
-        return Ok(Arc::new(SqliteStore::open(&config.data_dir)?));
+        let queues = crate::transport::embedded::EmbeddedQueues::open(&config.data_dir)?;
+        return Ok((
+            Arc::new(SqliteStore::open(&config.data_dir)?),
+            Arc::new(queues),
+        ));
     };
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| {
         Error::invalid_argument(format!(
@@ -41,14 +47,18 @@ pub async fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>> {
         ))
     })?;
     let tls = pg_tls(config.store_ca.as_deref())?;
+    let in_store = |e: Error| Error {
+        code: e.code,
+        message: format!("store {}: {}", redacted(url), e.message),
+    };
     let store = PostgresStore::open(pg_config, tls)
         .await
-        .map_err(|e| Error {
-            code: e.code,
-            message: format!("store {}: {}", redacted(url), e.message),
-        })?;
-    tracing::info!(store = %redacted(url), "metadata in PostgreSQL");
-    Ok(Arc::new(store))
+        .map_err(in_store)?;
+    let queues = crate::transport::postgres::PostgresQueues::open(store.pool())
+        .await
+        .map_err(in_store)?;
+    tracing::info!(store = %redacted(url), "metadata and transport queues in PostgreSQL");
+    Ok((Arc::new(store), Arc::new(queues)))
 }
 
 fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {

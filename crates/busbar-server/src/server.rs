@@ -343,7 +343,7 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let store = crate::cluster::open_store(&config).await?;
+    let (store, queues) = crate::cluster::open_store(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let drops = metrics.slow_consumer_drops.clone();
     let local_bus = LocalBus::new().with_slow_consumer_hook(Arc::new(move |subject: &str| {
@@ -435,9 +435,7 @@ pub async fn serve(
             config.max_data_sessions,
         )),
         config: config.clone(),
-        transport: Arc::new(crate::transport::embedded::EmbeddedQueues::open(
-            &config.data_dir,
-        )?),
+        transport: queues,
         transport_waiters: Default::default(),
         connections: Default::default(),
         mesh: crate::mesh::Registry::new(crate::mesh::files::DescriptorFiles::own(&[
@@ -561,9 +559,7 @@ pub async fn serve(
                     .await
                     .is_ok()
                 {
-                    returner
-                        .transport_waiters
-                        .wake_session(&lease.session, false);
+                    returner.wake_transport_session(&lease.session, false).await;
                 }
             }
         }
@@ -594,6 +590,9 @@ pub async fn serve(
         idle: config.idle_timeout,
     };
     tokio::spawn(node.clone().report_alive(address.clone()));
+    if config.store.is_some() {
+        tokio::spawn(node.clone().hear_transport_wakes());
+    }
     on_started(&Started {
         address,
         bound,

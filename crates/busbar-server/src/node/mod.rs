@@ -69,7 +69,70 @@ pub struct Node {
 const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) const LISTED_FOR_MS: i64 = 15_000;
 
+/// Wake-ups of transport waiters, between a cluster's nodes: a push on one
+/// node wakes the pops waiting on another.
+const TRANSPORT_WAKE: &str = "_busbar.transport.wake";
+
 impl Node {
+    /// Wakes whoever waits on a transport queue, here and (in a cluster) on
+    /// every node.
+    pub(crate) async fn wake_queue(&self, session: &str, topic: &str) {
+        self.transport_waiters.wake(session, topic);
+        self.announce_wake(format!("q\0{session}\0{topic}")).await;
+    }
+
+    /// Wakes everyone waiting on a transport session; with `released`, tells
+    /// them it is gone.
+    pub(crate) async fn wake_transport_session(&self, session: &str, released: bool) {
+        self.transport_waiters.wake_session(session, released);
+        let kind = if released { "r" } else { "s" };
+        self.announce_wake(format!("{kind}\0{session}")).await;
+    }
+
+    async fn announce_wake(&self, what: String) {
+        if self.config.store.is_none() {
+            return;
+        }
+        let message = crate::bus::BusMessage {
+            payload: what.into(),
+            last: false,
+        };
+        self.bus.publish(TRANSPORT_WAKE, message, None).await;
+    }
+
+    /// Applies other nodes' transport wake-ups here while the node runs (a
+    /// cluster node's; a wake-up lost is made up by the pops' own rechecks).
+    pub(crate) async fn hear_transport_wakes(self: Arc<Self>) {
+        loop {
+            let options = crate::bus::SubscribeOptions {
+                capacity: 4096,
+                overflow: crate::bus::Overflow::Disconnect,
+                tag: None,
+            };
+            let mut wakes = self.bus.subscribe(TRANSPORT_WAKE, options).await;
+            while let Ok(Some(message)) = wakes.next().await {
+                let text = String::from_utf8_lossy(&message.payload);
+                let mut parts = text.split('\0');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("q"), Some(session), Some(topic)) => {
+                        self.transport_waiters.wake(session, topic)
+                    }
+                    (Some("s"), Some(session), None) => {
+                        self.transport_waiters.wake_session(session, false)
+                    }
+                    (Some("r"), Some(session), None) => {
+                        self.transport_waiters.wake_session(session, true)
+                    }
+                    _ => {}
+                }
+            }
+            if *self.lifecycle().borrow() == Lifecycle::Stopped {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Reports this node to the store every few seconds until it stops
     /// (the nodes `busbar status` lists), then takes it off the list.
     pub(crate) async fn report_alive(self: Arc<Self>, address: String) {
@@ -96,7 +159,7 @@ impl Node {
 
     /// Refuses a job that does not yet span a cluster's nodes (its data
     /// would live on one node only and differ between them): SQL databases,
-    /// time series, mesh services and transport sessions. docs/cluster.md
+    /// time series and mesh services. docs/cluster.md
     /// says what a cluster serves today.
     pub fn refuse_in_cluster(&self, what: &str) -> Result<(), Error> {
         if self.config.store.is_none() {

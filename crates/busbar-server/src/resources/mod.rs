@@ -147,7 +147,7 @@ impl ResourcesService {
                     if let Err(error) = self.node.transport.drop_session(&record.id).await {
                         tracing::warn!(path = %record.path, "dropping a deleted session's queues: {}", error.message);
                     }
-                    self.node.transport_waiters.wake_session(&record.id, true);
+                    self.node.wake_transport_session(&record.id, true).await;
                     continue;
                 }
                 _ => continue,

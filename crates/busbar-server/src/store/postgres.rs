@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS busbar.grants (
 
 /// Any number that no other program's advisory lock on the same database
 /// is likely to use ("busbar" in ASCII).
-const SCHEMA_LOCK: i64 = 0x6275_7362_6172;
+pub(crate) const SCHEMA_LOCK: i64 = 0x6275_7362_6172;
 
 /// Connections one node keeps to PostgreSQL.
 const POOL_SIZE: usize = 16;
@@ -160,6 +160,11 @@ impl PostgresStore {
         tx.commit().await?;
         drop(client);
         Ok(store)
+    }
+
+    /// The pool, for the cluster's other tables in the same database.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {

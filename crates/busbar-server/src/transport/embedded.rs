@@ -87,12 +87,6 @@ fn stored(row: &rusqlite::Row) -> rusqlite::Result<Stored> {
     })
 }
 
-fn stale(receipt: &str) -> Error {
-    Error::not_found(format!(
-        "no live lease has receipt {receipt:?}: it was settled already, or its lease ended and the message went back to its queue"
-    ))
-}
-
 #[async_trait::async_trait]
 impl QueueEngine for EmbeddedQueues {
     async fn open(
@@ -217,7 +211,7 @@ impl QueueEngine for EmbeddedQueues {
                 )
                 .map_err(storage)?;
             if removed == 0 {
-                return Err(stale(&receipt));
+                return Err(super::stale(&receipt));
             }
             Ok(())
         })
@@ -235,7 +229,7 @@ impl QueueEngine for EmbeddedQueues {
                 )
                 .map_err(storage)?;
             if changed == 0 {
-                return Err(stale(&receipt));
+                return Err(super::stale(&receipt));
             }
             Ok(())
         })
@@ -255,7 +249,7 @@ impl QueueEngine for EmbeddedQueues {
                 )
                 .map_err(storage)?;
             if changed == 0 {
-                return Err(stale(&receipt));
+                return Err(super::stale(&receipt));
             }
             Ok(until)
         })

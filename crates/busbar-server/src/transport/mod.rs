@@ -10,6 +10,7 @@
 //! - `service.rs` is busbar.v1.Transport.
 
 pub(crate) mod embedded;
+pub(crate) mod postgres;
 pub mod service;
 
 use crate::error::Result;
@@ -46,6 +47,13 @@ pub(crate) struct Stored {
     /// Leased pops only.
     pub receipt: Option<String>,
     pub lease_expires_ms: i64,
+}
+
+/// The answer to a receipt that is no live lease.
+pub(crate) fn stale(receipt: &str) -> crate::error::Error {
+    crate::error::Error::not_found(format!(
+        "no live lease has receipt {receipt:?}: it was settled already, or its lease ended and the message went back to its queue"
+    ))
 }
 
 /// What a push came to.

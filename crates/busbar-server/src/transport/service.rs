@@ -127,7 +127,6 @@ impl Transport for TransportService {
         &self,
         request: Request<pb::OpenTransportRequest>,
     ) -> Reply<pb::TransportSession> {
-        self.node.refuse_in_cluster("transport sessions")?;
         let (caller, r) = caller_and_message(request)?;
         let path = session_path(&r.session)?;
         check_metadata(&r.metadata)?;
@@ -193,7 +192,7 @@ impl Transport for TransportService {
                 .await?;
             match pushed {
                 Pushed::Queued(id) => {
-                    self.node.transport_waiters.wake(&session.id, &r.topic);
+                    self.node.wake_queue(&session.id, &r.topic).await;
                     return reply(pb::PushResponse { id });
                 }
                 Pushed::Full => {
@@ -260,7 +259,7 @@ impl Transport for TransportService {
                     }
                 }
                 // Room for a waiting push.
-                self.node.transport_waiters.wake(&session.id, &r.topic);
+                self.node.wake_queue(&session.id, &r.topic).await;
                 return reply(pb::PopResponse {
                     message: Some(message_pb(message)),
                 });
@@ -294,7 +293,7 @@ impl Transport for TransportService {
         let session = self.session(&caller, &r.session, Right::Read).await?;
         self.node.transport.nak(&session.id, &r.receipt).await?;
         // Visible again: a waiting pop may take it.
-        self.node.transport_waiters.wake_session(&session.id, false);
+        self.node.wake_transport_session(&session.id, false).await;
         reply(pb::LeaseResponse::default())
     }
 
@@ -329,7 +328,7 @@ impl Transport for TransportService {
             .delete_resource(&session.path, false)
             .await?;
         self.node.access.invalidate().await;
-        self.node.transport_waiters.wake_session(&session.id, true);
+        self.node.wake_transport_session(&session.id, true).await;
         reply(pb::ReleaseResponse { dropped })
     }
 }

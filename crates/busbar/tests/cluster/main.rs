@@ -10,9 +10,11 @@ mod engines;
 mod harness;
 
 use busbar_client::{Client, ErrorCode, ResourceKind, RoomEventKind};
+use bytes::Bytes;
 use engines::{Nats, Postgres};
 use futures::StreamExt;
 use harness::{Node, assert_error, eventually, next_event};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// PostgreSQL, NATS and `count` nodes on them; the first node made the admin.
@@ -302,4 +304,67 @@ async fn a_client_given_every_node_moves_on_when_its_node_dies() {
     // Plain calls go to B too, on the session A issued.
     let identity = eventually("a call after the loss", || client.whoami()).await;
     assert_eq!(identity.name, "admin");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn transport_queues_are_shared_durable_and_wake_pops_on_other_nodes() {
+    let mut cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.transport_open("job", HashMap::new()).await.unwrap();
+    b.transport_open("job", HashMap::new()).await.unwrap();
+
+    // A pop waiting on B is woken by a push through A.
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move {
+            b.transport_pop("job", "req", Duration::from_secs(20), None)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.transport_push("job", "req", Bytes::from("first"), HashMap::new())
+        .await
+        .unwrap();
+    let popped = waiting.await.unwrap().unwrap().expect("the push came");
+    assert_eq!(popped.payload, "first");
+
+    // A lease taken through B is settled through A, once.
+    a.transport_push("job", "req", Bytes::from("leased"), HashMap::new())
+        .await
+        .unwrap();
+    let leased = b
+        .transport_pop("job", "req", Duration::ZERO, Some(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .unwrap();
+    a.transport_ack("job", &leased.receipt).await.unwrap();
+    assert_error(
+        b.transport_ack("job", &leased.receipt).await,
+        ErrorCode::NotFound,
+        "no live lease",
+    );
+
+    // Pushed through A and acknowledged, then A is killed: B pops them all,
+    // in order, once.
+    for n in 0..10 {
+        a.transport_push("job", "req", Bytes::from(format!("m{n}")), HashMap::new())
+            .await
+            .unwrap();
+    }
+    cluster.nodes[0].kill9();
+    for n in 0..10 {
+        let message = b
+            .transport_pop("job", "req", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .expect("every acknowledged push is there");
+        assert_eq!(message.payload, format!("m{n}"));
+    }
+    assert!(
+        b.transport_pop("job", "req", Duration::ZERO, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
