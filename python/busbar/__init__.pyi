@@ -4,7 +4,7 @@ import datetime
 import os
 import pyarrow
 from typing import (Any, Awaitable, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, Type, TypeVar, Union, overload)
+                    Sequence, Type, TypeVar, Union, overload, type_check_only)
 
 from . import aio, errors
 from .errors import BusbarError as BusbarError
@@ -55,8 +55,10 @@ class CallContext:
     def time_left(self) -> Optional[float]:
         """Seconds until the caller's deadline (0 once passed), or None."""
 
-class Provider:
-    """A running provider (``conn.provide``); ``close()`` drains it."""
+# Each private `_...Base` here holds what a class's two faces have alike (as at
+# runtime); the asyncio face's class in aio.pyi subclasses it too.
+@type_check_only
+class _ProviderBase:
     services: List[str]
     concurrency: int
     def __init__(self, core: Any, offered: Any, concurrency: int) -> None: ...
@@ -68,6 +70,9 @@ class Provider:
     def closed(self) -> bool: ...
     @property
     def in_flight(self) -> int: ...
+
+class Provider(_ProviderBase):
+    """A running provider (``conn.provide``); ``close()`` drains it."""
     def close(self, *, grace: float = ...) -> None: ...
     def __enter__(self) -> "Provider": ...
     def __exit__(self, *exc: Any) -> None: ...
@@ -88,13 +93,13 @@ class Connection:
                     timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
                     connections: Optional[int] = ...) -> "Connection": ...
     @classmethod
-    def insecure(cls, address: str, *, user: Optional[str] = ..., password: Optional[str] = ...,
+    def insecure(cls, address: Union[str, Sequence[str]], *, user: Optional[str] = ..., password: Optional[str] = ...,
                  token: Optional[str] = ..., key_name: Optional[str] = ...,
                  private_key: Optional[str] = ..., timeout: Optional[float] = ...,
                  connect_timeout: Optional[float] = ...,
                  connections: Optional[int] = ...) -> "Connection": ...
     @classmethod
-    def with_tls(cls, address: str,
+    def with_tls(cls, address: Union[str, Sequence[str]],
                  ca: Union[str, bytes, "os.PathLike[str]", None] = ..., *,
                  fingerprint: Optional[str] = ...,
                  server_name: Optional[str] = ..., user: Optional[str] = ...,
@@ -230,14 +235,17 @@ class TimeSeries:
     def write(self, path: str, table: Any, start: _Time = ..., end: _Time = ..., *,
               timeout: Optional[float] = ...) -> WriteSummary: ...
 
-class Session:
-    """A data session; leaving ``with`` without ``commit()`` rolls it back."""
-    connection: Connection
+@type_check_only
+class _SessionBase:
     def __init__(self, core_session: Any, connection_class: Any) -> None: ...
     @property
     def id(self) -> str: ...
     @property
     def ended(self) -> bool: ...
+
+class Session(_SessionBase):
+    """A data session; leaving ``with`` without ``commit()`` rolls it back."""
+    connection: Connection
     def sql(self, database: str) -> Database: ...
     @property
     def timeseries(self) -> TimeSeries: ...
@@ -270,10 +278,8 @@ class Room:
     def leave(self, *, timeout: Optional[float] = ...) -> Any: ...
     def wait(self, timeout: Optional[float] = ...) -> Any: ...
 
-class TransportMessage:
-    """A popped or peeked message of a transport session; a leased one
-    (``pop_message(lease=...)``) is settled with ``ack``, ``nak`` or
-    ``extend``."""
+@type_check_only
+class _TransportMessageBase:
     id: int
     topic: str
     payload: bytes
@@ -284,18 +290,26 @@ class TransportMessage:
     def __init__(self, session: Any, found: Dict[str, Any]) -> None: ...
     @property
     def leased(self) -> bool: ...
+
+class TransportMessage(_TransportMessageBase):
+    """A popped or peeked message of a transport session; a leased one
+    (``pop_message(lease=...)``) is settled with ``ack``, ``nak`` or
+    ``extend``."""
     def ack(self) -> None: ...
     def nak(self) -> None: ...
     def extend(self, seconds: float) -> None: ...
 
-class TransportSession:
-    """A transport session (``conn.transport(id)``): per-topic queues.
-    Leaving ``with`` does not release it."""
+@type_check_only
+class _TransportSessionBase:
     id: str
     path: str
     metadata: Dict[str, str]
     created: bool
     def __init__(self, connection: Any, opened: Dict[str, Any]) -> None: ...
+
+class TransportSession(_TransportSessionBase):
+    """A transport session (``conn.transport(id)``): per-topic queues.
+    Leaving ``with`` does not release it."""
     def push(self, payload: Union[bytes, bytearray, memoryview],
              metadata: Optional[Dict[str, str]] = ..., topic: str = ...) -> int: ...
     def pop(self, timeout: float = ..., topic: str = ...) -> Optional[bytes]: ...

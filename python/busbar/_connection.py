@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 from . import _core, _mesh, _transport
 from ._sql import Database
@@ -19,7 +19,7 @@ from ._timeseries import TimeSeries
 from .errors import InvalidArgument
 
 _TARGET_KEYS = (
-    "config_path", "config_json", "address", "ca", "fingerprint", "server_name",
+    "config_path", "config_json", "address", "addresses", "ca", "fingerprint", "server_name",
     "user", "password", "token", "key_name", "private_key", "certificate",
     "certificate_key", "timeout",
     "connect_timeout", "connections",
@@ -30,7 +30,7 @@ def _target(**given: Any) -> Dict[str, Any]:
     return {key: given.get(key) for key in _TARGET_KEYS}
 
 
-def _address(address: str, scheme: str) -> str:
+def _one_address(address: str, scheme: str) -> str:
     if not isinstance(address, str) or not address:
         raise InvalidArgument(f"bad address {address!r}: use host:port")
     if "://" not in address:
@@ -40,6 +40,18 @@ def _address(address: str, scheme: str) -> str:
         raise InvalidArgument(f"bad address {address!r} for this constructor: "
                               f"use {scheme}://host:port or host:port (or Connection.{other})")
     return address
+
+
+def _address(address: Any, scheme: str) -> Dict[str, Any]:
+    """``address`` and ``addresses`` for the core: one node, or a cluster's
+    nodes in the order to try them (the client moves to the next when the
+    one it uses is lost)."""
+    if isinstance(address, (list, tuple)):
+        if not address:
+            raise InvalidArgument("no address: give host:port, or a list of a cluster's nodes")
+        first, *more = [_one_address(one, scheme) for one in address]
+        return {"address": first, "addresses": more}
+    return {"address": _one_address(address, scheme)}
 
 
 def _pem(ca: Any) -> Optional[str]:
@@ -110,19 +122,19 @@ class _ConnectionBase:
                                     connections=connections))
 
     @classmethod
-    def insecure(cls, address: str, *, user: Optional[str] = None,
+    def insecure(cls, address: Union[str, Sequence[str]], *, user: Optional[str] = None,
                  password: Optional[str] = None, token: Optional[str] = None,
                  key_name: Optional[str] = None, private_key: Optional[str] = None,
                  timeout: Optional[float] = None, connect_timeout: Optional[float] = None,
                  connections: Optional[int] = None) -> Any:
         """Connects in plaintext to a node started with ``--insecure``."""
         return cls._connect(_target(
-            address=_address(address, "http"), user=user, password=password, token=token,
+            **_address(address, "http"), user=user, password=password, token=token,
             key_name=key_name, private_key=private_key, timeout=timeout,
             connect_timeout=connect_timeout, connections=connections))
 
     @classmethod
-    def with_tls(cls, address: str, ca: Any = None, *,
+    def with_tls(cls, address: Union[str, Sequence[str]], ca: Any = None, *,
                  fingerprint: Optional[str] = None, server_name: Optional[str] = None,
                  user: Optional[str] = None, password: Optional[str] = None,
                  token: Optional[str] = None, key_name: Optional[str] = None,
@@ -130,7 +142,9 @@ class _ConnectionBase:
                  certificate_key: Any = None, timeout: Optional[float] = None,
                  connect_timeout: Optional[float] = None,
                  connections: Optional[int] = None) -> Any:
-        """Connects over TLS, trusting ``ca`` (PEM text as str or bytes, or
+        """Connects over TLS (to ``address``, ``host:port``, or to the first
+        that answers of a list of a cluster's nodes, moving to the next when
+        it is lost), trusting ``ca`` (PEM text as str or bytes, or
         the path of a PEM file; may be given by position) and/or the server
         certificate ``fingerprint`` (hex SHA-256).
 
@@ -139,7 +153,7 @@ class _ConnectionBase:
         identity; beside another credential they are only presented, for a
         node that requires certificates."""
         return cls._connect(_target(
-            address=_address(address, "https"), ca=_pem(ca), fingerprint=fingerprint,
+            **_address(address, "https"), ca=_pem(ca), fingerprint=fingerprint,
             server_name=server_name, user=user, password=password, token=token,
             key_name=key_name, private_key=private_key, certificate=_pem(certificate),
             certificate_key=_pem(certificate_key), timeout=timeout,

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import collections.abc
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -697,10 +698,6 @@ async def _serve_async(handler: _Handler, call: Any) -> None:
         raise
 
 
-def _unknown(call: Any) -> None:
-    call.finish("UNIMPLEMENTED", f"this provider does not implement {call.method}")
-
-
 class _ProviderBase:
     """A running provider: the services it offers and its id on the node."""
 
@@ -734,6 +731,14 @@ class _ProviderBase:
         state = " closed" if self.closed else ""
         return f"<busbar.Provider {self.id} {', '.join(self.services)}{state}>"
 
+    def _handler(self, call: Any) -> Optional[_Handler]:
+        """The handler of ``call``'s method, or None once the call is
+        refused (UNIMPLEMENTED) for want of one."""
+        handler = self._handlers.get(call.method)
+        if handler is None:
+            call.finish("UNIMPLEMENTED", f"this provider does not implement {call.method}")
+        return handler
+
     def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
         """The thread pool plain handlers run on: at most ``concurrency``
         threads, made as calls need them."""
@@ -760,9 +765,8 @@ class Provider(_ProviderBase):
             call = self._core.next_call(False)
             if call is None:
                 return
-            handler = self._handlers.get(call.method)
+            handler = self._handler(call)
             if handler is None:
-                _unknown(call)
                 continue
             try:
                 workers.submit(_serve, handler, call)
@@ -801,9 +805,8 @@ class AsyncProvider(_ProviderBase):
             call = await self._core.next_call(True)
             if call is None:
                 return
-            handler = self._handlers.get(call.method)
+            handler = self._handler(call)
             if handler is None:
-                _unknown(call)
                 continue
             task = self._loop.create_task(self._run(handler, call))
             self._tasks.add(task)
@@ -900,10 +903,12 @@ def _caller(m: _Method) -> Callable[..., Any]:
     return call
 
 
-def _send_all(m: _Method, stream: Any, items: Any) -> None:
+@contextlib.contextmanager
+def _sending(stream: Any) -> Iterator[None]:
+    """Ends the request side of ``stream`` however sending its items stops;
+    a failure other than the call's own cancels the call."""
     try:
-        for item in items:
-            stream.send(m.stream_message(item))
+        yield
     except BusbarError:
         pass  # the call ended; reading it says why
     except BaseException:
@@ -911,6 +916,12 @@ def _send_all(m: _Method, stream: Any, items: Any) -> None:
         raise
     finally:
         stream.end()
+
+
+def _send_all(m: _Method, stream: Any, items: Any) -> None:
+    with _sending(stream):
+        for item in items:
+            stream.send(m.stream_message(item))
 
 
 def _results(m: _Method, stream: Any) -> Iterator[Any]:
@@ -964,17 +975,10 @@ def _async_caller(m: _Method) -> Callable[..., Any]:
 
 
 async def _send_all_async(m: _Method, stream: Any, items: Any) -> None:
-    try:
+    with _sending(stream):
         if hasattr(items, "__aiter__"):
             async for item in items:
                 await stream.send(m.stream_message(item))
         else:
             for item in items:
                 await stream.send(m.stream_message(item))
-    except BusbarError:
-        pass  # the call ended; reading it says why
-    except BaseException:
-        stream.cancel()
-        raise
-    finally:
-        stream.end()

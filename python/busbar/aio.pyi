@@ -1,13 +1,14 @@
 """The asyncio face of busbar: the same names and arguments, awaited."""
 
-import datetime
 import os
 from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict, Generator,
-                    Generic, Iterable, List, Mapping, Optional, Sequence, Type, TypeVar,
-                    Union, overload)
+                    Generic, Iterable, List, Mapping, Optional, Sequence, Type, Union, overload)
 
 import pyarrow
 
+# The blocking face's stub defines what both faces' stubs use alike.
+from . import (_F, _JSON, _T, _Params, _ProviderBase, _SessionBase, _Time,
+               _TransportMessageBase, _TransportSessionBase)
 from . import CallContext as CallContext
 from . import Room as Room
 from . import context as context
@@ -18,11 +19,6 @@ from .types import (CertificateInfo, Empty, ExecuteSummary, Grant, Identity, New
                     NodeStatus, Procedure, PublishSummary, Resource, SeriesInfo, ServiceInfo,
                     SessionSummary, WriteSummary)
 
-_JSON = Dict[str, Any]
-_Params = Union[Sequence[Any], Mapping[str, Any], None]
-_F = TypeVar("_F", bound=Callable[..., Any])
-_T = TypeVar("_T")
-
 class Opening(Generic[_T]):
     """Await it for the object, or use it in ``async with`` (opened on
     enter, closed on exit)."""
@@ -31,19 +27,8 @@ class Opening(Generic[_T]):
     async def __aenter__(self) -> _T: ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
-class Provider:
+class Provider(_ProviderBase):
     """A running provider (``await conn.provide(...)``); ``await close()`` drains it."""
-    services: List[str]
-    concurrency: int
-    def __init__(self, core: Any, offered: Any, concurrency: int) -> None: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def paths(self) -> List[str]: ...
-    @property
-    def closed(self) -> bool: ...
-    @property
-    def in_flight(self) -> int: ...
     async def close(self, *, grace: float = ...) -> None: ...
     async def __aenter__(self) -> "Provider": ...
     async def __aexit__(self, *exc: Any) -> None: ...
@@ -55,13 +40,13 @@ class Connection:
                     timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
                     connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @classmethod
-    def insecure(cls, address: str, *, user: Optional[str] = ...,
+    def insecure(cls, address: Union[str, Sequence[str]], *, user: Optional[str] = ...,
                  password: Optional[str] = ..., token: Optional[str] = ...,
                  key_name: Optional[str] = ..., private_key: Optional[str] = ...,
                  timeout: Optional[float] = ..., connect_timeout: Optional[float] = ...,
                  connections: Optional[int] = ...) -> Opening["Connection"]: ...
     @classmethod
-    def with_tls(cls, address: str,
+    def with_tls(cls, address: Union[str, Sequence[str]],
                  ca: Union[str, bytes, "os.PathLike[str]", None] = ..., *,
                  fingerprint: Optional[str] = ..., server_name: Optional[str] = ...,
                  user: Optional[str] = ..., password: Optional[str] = ...,
@@ -181,8 +166,6 @@ class Database:
     def drop_procedure(self, name: str, *, timeout: Optional[float] = ...) -> Awaitable[Empty]: ...
     def procedures(self, *, timeout: Optional[float] = ...) -> Awaitable[List[Procedure]]: ...
 
-_Time = Union[datetime.datetime, datetime.date, str, int, None]
-
 class TimeSeries:
     """Time series (``conn.timeseries``), awaited."""
     OK: int
@@ -204,14 +187,9 @@ class TimeSeries:
     def write(self, path: str, table: Any, start: _Time = ..., end: _Time = ..., *,
               timeout: Optional[float] = ...) -> Awaitable[WriteSummary]: ...
 
-class Session:
+class Session(_SessionBase):
     """A data session; leaving ``async with`` without ``commit()`` rolls it back."""
     connection: Connection
-    def __init__(self, core_session: Any, connection_class: Any) -> None: ...
-    @property
-    def id(self) -> str: ...
-    @property
-    def ended(self) -> bool: ...
     def sql(self, database: str) -> Database: ...
     @property
     def timeseries(self) -> TimeSeries: ...
@@ -220,32 +198,17 @@ class Session:
     async def __aenter__(self) -> "Session": ...
     async def __aexit__(self, *exc: Any) -> None: ...
 
-class TransportMessage:
+class TransportMessage(_TransportMessageBase):
     """A popped or peeked message of a transport session; a leased one
     (``pop_message(lease=...)``) is settled with ``ack``, ``nak`` or
     ``extend``."""
-    id: int
-    topic: str
-    payload: bytes
-    metadata: Dict[str, str]
-    pushed_at: datetime.datetime
-    receipt: str
-    lease_expires: Optional[datetime.datetime]
-    def __init__(self, session: Any, found: Dict[str, Any]) -> None: ...
-    @property
-    def leased(self) -> bool: ...
     def ack(self) -> Awaitable[None]: ...
     def nak(self) -> Awaitable[None]: ...
     def extend(self, seconds: float) -> Awaitable[None]: ...
 
-class TransportSession:
+class TransportSession(_TransportSessionBase):
     """A transport session (``conn.transport(id)``): per-topic queues.
     Leaving ``with`` does not release it."""
-    id: str
-    path: str
-    metadata: Dict[str, str]
-    created: bool
-    def __init__(self, connection: Any, opened: Dict[str, Any]) -> None: ...
     def push(self, payload: Union[bytes, bytearray, memoryview],
              metadata: Optional[Dict[str, str]] = ..., topic: str = ...) -> Awaitable[int]: ...
     def pop(self, timeout: float = ..., topic: str = ...) -> Awaitable[Optional[bytes]]: ...

@@ -17,6 +17,18 @@ from __future__ import annotations
 from typing import List, TypedDict
 
 
+class ClusterNode(TypedDict):
+    """A node of ``NodeStatus["nodes"]``."""
+
+    node_id: str
+    #: Where clients dial it.
+    address: str
+    connections: int
+    started_ms: int
+    #: When it last reported itself (every 5 s).
+    seen_ms: int
+
+
 class NodeStatus(TypedDict):
     """``conn.status()``."""
 
@@ -31,6 +43,12 @@ class NodeStatus(TypedDict):
     tls: bool
     #: Client streams of node events open now.
     connections: int
+    #: The nodes sharing this node's store that reported in the last 15 s
+    #: (this node alone when embedded).
+    nodes: List[ClusterNode]
+    #: Whether this node reaches its store and its bus right now.
+    store_healthy: bool
+    bus_healthy: bool
 
 
 class Identity(TypedDict):
@@ -227,7 +245,7 @@ class ServiceInfo(TypedDict):
 
 
 __all__ = [
-    "CertificateInfo", "Empty", "ExecuteSummary", "Grant", "Identity", "NewCertificate",
+    "CertificateInfo", "ClusterNode", "Empty", "ExecuteSummary", "Grant", "Identity", "NewCertificate",
     "NodeStatus", "Procedure", "ProviderInfo", "PublishSummary", "Resource", "SeriesInfo",
     "SeriesSpec", "ServiceInfo", "SessionSummary", "SqlColumn", "WriteSummary",
 ]

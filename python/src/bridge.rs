@@ -5,6 +5,7 @@
 //! through the event loop.
 
 use crate::convert::{ToPython, to_pyerr};
+use crate::locked;
 use busbar_client::Error;
 use busbar_client::spin::SpinWait;
 use pyo3::prelude::*;
@@ -29,7 +30,7 @@ const RUNTIME_THREADS: usize = 1;
 /// to the parent's runtime and are not usable in the child.
 pub(crate) fn runtime() -> &'static Runtime {
     static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
-    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut slot = locked(&RUNTIME);
     let pid = std::process::id();
     match *slot {
         Some((owner, runtime)) if owner == pid => runtime,
@@ -353,7 +354,7 @@ struct Pending {
 #[pymethods]
 impl Pending {
     fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let work = self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let work = locked(&self.work).take();
         let work = work.ok_or_else(|| {
             to_pyerr(
                 py,
@@ -511,10 +512,7 @@ struct Bell {
 
 impl Bell {
     fn ring(&self, future: Py<PyAny>, outcome: Result<Convert, Error>) {
-        self.rung
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((future, outcome));
+        locked(&self.rung).push((future, outcome));
         if !self.signalled.swap(true, Ordering::AcqRel) {
             // Fails only when the reading end is gone, with the loop.
             let _ = (&self.writer).write_all(&[1]);
@@ -549,7 +547,7 @@ impl Doorbell {
         // queue means work queued after the take rings again.
         (&bell.reader).read_exact(&mut [0])?;
         bell.signalled.store(false, Ordering::Release);
-        let rung = std::mem::take(&mut *bell.rung.lock().unwrap_or_else(|p| p.into_inner()));
+        let rung = std::mem::take(&mut *locked(&bell.rung));
         let resolve = resolve_function(py)?;
         let mut first_failure = None;
         for (future, outcome) in rung {

@@ -64,6 +64,8 @@ pub(crate) struct Target {
     config_path: Option<String>,
     config_json: Option<String>,
     address: Option<String>,
+    /// More nodes of a cluster, tried in turn after `address`.
+    addresses: Option<Vec<String>>,
     ca: Option<String>,
     fingerprint: Option<String>,
     server_name: Option<String>,
@@ -84,7 +86,9 @@ impl Target {
         let mut options = match (self.config_path, self.config_json, self.address) {
             (Some(path), _, _) => ConnectOptions::from_config(&ClientConfig::from_file(path)?)?,
             (_, Some(json), _) => ConnectOptions::from_config(&ClientConfig::from_json(&json)?)?,
-            (_, _, Some(address)) => ConnectOptions::new(address),
+            (_, _, Some(address)) => {
+                ConnectOptions::new(address).addresses(self.addresses.unwrap_or_default())
+            }
             _ => return Err(invalid("give an address or a client config")),
         };
         if let Some(ca) = self.ca {
@@ -335,65 +339,151 @@ enum Scope {
     Opening,
 }
 
-#[pymethods]
-impl Core {
-    #[getter]
-    fn address(&self) -> PyResult<String> {
-        Python::attach(|py| {
-            self.client(None)
-                .map(|c| c.address().to_string())
-                .map_err(|e| crate::convert::to_pyerr(py, &e))
-        })
-    }
-
-    #[getter]
-    fn is_async(&self) -> bool {
-        self.face == Face::Asyncio
-    }
-
-    /// Drops this handle's connection (streams still open keep theirs).
-    fn close(&self) {
-        self.client
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-    }
-
-    #[getter]
-    fn closed(&self) -> bool {
-        self.client
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
-    }
-
-    /// Calls `method` by name: a unary call's reply (a dict), or with
-    /// `streaming` a started `CoreCall` (request: its first message).
-    #[pyo3(signature = (method, request=None, timeout=None, streaming=false))]
-    fn call<'py>(
-        &self,
-        py: Python<'py>,
-        method: String,
-        request: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
-        streaming: bool,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let request = request.map(|r| py_to_json(&r)).transpose();
-        if !streaming {
-            return self.run(py, timeout, Scope::Call, |c| async move {
-                let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
-                c.call(&method, request).await
-            });
+/// `Core`'s `#[pymethods]`, in one block as pyo3 wants them. After the
+/// methods written out in full come those that only check their arguments
+/// and make one client call: `fn name(args) { checks } Scope |client| { call }`
+/// makes a method of `args` and a last `timeout=None` that runs the checks
+/// while it holds the GIL, then the call by `Core::run` under `Scope`.
+/// `[self, py, timeout]` names those three for the checks and calls (a
+/// macro's own names are out of their reach).
+macro_rules! core_methods {
+    (
+        [$this:ident, $py:ident, $timeout:ident]
+        { $($written_out:tt)* }
+        $(
+            $(#[$attr:meta])*
+            fn $name:ident($($arg:ident: $ty:ty $(= $default:tt)?),* $(,)?)
+            $({ $($check:tt)* })?
+            $scope:ident |$client:ident| $call:block
+        )*
+    ) => {
+        #[pymethods]
+        impl Core {
+            $($written_out)*
+            $(
+                $(#[$attr])*
+                #[pyo3(signature = ($($arg $(= $default)?,)* $timeout = None))]
+                fn $name<'py>(
+                    &$this,
+                    $py: Python<'py>,
+                    $($arg: $ty,)*
+                    $timeout: Option<f64>,
+                ) -> PyResult<Bound<'py, PyAny>> {
+                    $($($check)*)?
+                    $this.run($py, $timeout, Scope::$scope, move |$client| async move $call)
+                }
+            )*
         }
-        let face = self.face;
-        let deadline = duration(timeout, "timeout")
-            .ok()
-            .flatten()
-            .map(|limit| tokio::time::Instant::now() + limit);
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let call = c.stream(&method, request?).await?;
-            Ok(CoreCall::new(face, call, deadline))
-        })
+    };
+}
+
+core_methods! {
+    [self, py, timeout]
+    {
+        #[getter]
+        fn address(&self) -> PyResult<String> {
+            Python::attach(|py| {
+                self.client(None)
+                    .map(|c| c.address().to_string())
+                    .map_err(|e| crate::convert::to_pyerr(py, &e))
+            })
+        }
+
+        #[getter]
+        fn is_async(&self) -> bool {
+            self.face == Face::Asyncio
+        }
+
+        /// Drops this handle's connection (streams still open keep theirs).
+        fn close(&self) {
+            self.client
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+        }
+
+        #[getter]
+        fn closed(&self) -> bool {
+            self.client
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+        }
+
+        /// Calls `method` by name: a unary call's reply (a dict), or with
+        /// `streaming` a started `CoreCall` (request: its first message).
+        #[pyo3(signature = (method, request=None, timeout=None, streaming=false))]
+        fn call<'py>(
+            &self,
+            py: Python<'py>,
+            method: String,
+            request: Option<Bound<'py, PyAny>>,
+            timeout: Option<f64>,
+            streaming: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let request = request.map(|r| py_to_json(&r)).transpose();
+            if !streaming {
+                return self.run(py, timeout, Scope::Call, |c| async move {
+                    let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
+                    c.call(&method, request).await
+                });
+            }
+            let face = self.face;
+            let deadline = duration(timeout, "timeout")
+                .ok()
+                .flatten()
+                .map(|limit| tokio::time::Instant::now() + limit);
+            self.run(py, timeout, Scope::Call, move |c| async move {
+                let call = c.stream(&method, request?).await?;
+                Ok(CoreCall::new(face, call, deadline))
+            })
+        }
+
+        /// Opens a stream of the resource at `path`: joins a "room" (a
+        /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
+        #[pyo3(signature = (kind, path, timeout=None))]
+        fn open<'py>(
+            &self,
+            py: Python<'py>,
+            kind: &str,
+            path: String,
+            timeout: Option<f64>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let face = self.face;
+            match kind {
+                "room" => self.run(py, timeout, Scope::Opening, move |client| async move {
+                    let membership = client.join(&path).await?;
+                    let member_id = Arc::new(Mutex::new(String::new()));
+                    let path = membership.path().to_string();
+                    let events = Pull::new(MembershipEvents::new(membership, member_id.clone()));
+                    Ok(Opened::Room(CoreMembership {
+                        face,
+                        client,
+                        path,
+                        member_id,
+                        events,
+                    }))
+                }),
+                _ => self.run(py, timeout, Scope::Opening, move |client| async move {
+                    let chunks = Pull::new(client.subscribe(&path).await?);
+                    Ok(Opened::Wire(CoreSubscription { face, chunks }))
+                }),
+            }
+        }
+
+        /// A publisher for the wire at `path` (starts the stream; no wait).
+        #[pyo3(signature = (path, timeout=None))]
+        fn publisher(
+            &self,
+            py: Python<'_>,
+            path: String,
+            timeout: Option<f64>,
+        ) -> PyResult<CorePublisher> {
+            let client = self
+                .client(timeout)
+                .map_err(|e| crate::convert::to_pyerr(py, &e))?;
+            Ok(CorePublisher::start(self.face, client, path))
+        }
     }
 
     /// Offers `services`, defined by the encoded FileDescriptorSet
@@ -401,569 +491,269 @@ impl Core {
     /// default); the result is a `CoreProvider` once the node accepted the
     /// offer. `timeout` bounds only the offer: the provider lasts until
     /// it is closed.
-    #[pyo3(signature = (services, descriptors, concurrency, timeout=None))]
-    fn provide<'py>(
-        &self,
-        py: Python<'py>,
-        services: Vec<String>,
-        descriptors: Vec<u8>,
-        concurrency: u32,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn provide(services: Vec<String>, descriptors: Vec<u8>, concurrency: u32) {
         let face = self.face;
-        self.run(py, timeout, Scope::Opening, move |c| async move {
-            crate::mesh::provide(face, c, services, descriptors, concurrency).await
-        })
+    } Opening |c| {
+        crate::mesh::provide(face, c, services, descriptors, concurrency).await
     }
 
     /// Live services at or below `path` ("/services" when empty), with
     /// their providers (a list of dicts).
-    #[pyo3(signature = (path, timeout=None))]
-    fn services<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.services(&path).await?))
-        })
+    fn services(path: String) Call |c| {
+        Ok(messages_to_json(&c.services(&path).await?))
     }
 
     /// The node's status (a dict).
-    #[pyo3(signature = (timeout=None))]
-    fn status<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, |c| async move {
-            Ok(message_to_json(&c.status().await?))
-        })
+    fn status() Call |c| {
+        Ok(message_to_json(&c.status().await?))
     }
 
     /// The identity this connection is logged in as (a dict).
-    #[pyo3(signature = (timeout=None))]
-    fn whoami<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, |c| async move {
-            Ok(message_to_json(&c.whoami().await?))
-        })
+    fn whoami() Call |c| {
+        Ok(message_to_json(&c.whoami().await?))
     }
 
     /// The resources below `path` (a list of dicts).
-    #[pyo3(signature = (path, recursive, timeout=None))]
-    fn ls<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        recursive: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.ls(&path, recursive).await?))
-        })
+    fn ls(path: String, recursive: bool) Call |c| {
+        Ok(messages_to_json(&c.ls(&path, recursive).await?))
     }
 
     /// The resource at `path` (a dict).
-    #[pyo3(signature = (path, timeout=None))]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(message_to_json(&c.get(&path).await?))
-        })
+    fn get(path: String) Call |c| {
+        Ok(message_to_json(&c.get(&path).await?))
     }
 
     /// Creates a resource of `kind` ("folder", "room", "wire" or
     /// "database"); with `exist_ok` an existing one of that kind is
     /// returned. The result is the resource (a dict).
-    #[pyo3(signature = (path, kind, parents, exist_ok, timeout=None))]
-    fn create<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        kind: Bound<'py, PyAny>,
-        parents: bool,
-        exist_ok: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn create(path: String, kind: Bound<'py, PyAny>, parents: bool, exist_ok: bool) {
         let kind = choice(&kind, &KINDS, "kind");
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let kind = kind?;
-            let made = if exist_ok {
-                c.ensure(&path, kind, parents).await?
-            } else {
-                c.create(&path, kind, parents).await?
-            };
-            Ok(message_to_json(&made))
-        })
+    } Call |c| {
+        let kind = kind?;
+        let made = if exist_ok {
+            c.ensure(&path, kind, parents).await?
+        } else {
+            c.create(&path, kind, parents).await?
+        };
+        Ok(message_to_json(&made))
     }
 
     /// Deletes a resource; the result is how many were deleted.
-    #[pyo3(signature = (path, recursive, timeout=None))]
-    fn rm<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        recursive: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.rm(&path, recursive).await
-        })
+    fn rm(path: String, recursive: bool) Call |c| {
+        c.rm(&path, recursive).await
     }
 
     /// Moves a resource; the result is it at its new path (a dict).
-    #[pyo3(signature = (source, destination, timeout=None))]
-    fn mv<'py>(
-        &self,
-        py: Python<'py>,
-        source: String,
-        destination: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(message_to_json(&c.mv(&source, &destination).await?))
-        })
+    fn mv(source: String, destination: String) Call |c| {
+        Ok(message_to_json(&c.mv(&source, &destination).await?))
     }
 
     /// Grants `right` ("read", "write" or "admin"); the result is the
     /// grants set on `path` (a list of dicts).
-    #[pyo3(signature = (path, principal, right, timeout=None))]
-    fn grant<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        principal: String,
-        right: Bound<'py, PyAny>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn grant(path: String, principal: String, right: Bound<'py, PyAny>) {
         let right = choice(&right, &RIGHTS, "right");
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.grant(&path, &principal, right?).await?))
-        })
+    } Call |c| {
+        Ok(messages_to_json(&c.grant(&path, &principal, right?).await?))
     }
 
     /// Removes `principal`'s grant on `path`; the result is the grants left.
-    #[pyo3(signature = (path, principal, timeout=None))]
-    fn revoke<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        principal: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.revoke(&path, &principal).await?))
-        })
+    fn revoke(path: String, principal: String) Call |c| {
+        Ok(messages_to_json(&c.revoke(&path, &principal).await?))
     }
 
     /// The grants set on `path` (with `effective`, inherited ones too).
-    #[pyo3(signature = (path, effective, timeout=None))]
-    fn grants<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        effective: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.grants(&path, effective).await?))
-        })
+    fn grants(path: String, effective: bool) Call |c| {
+        Ok(messages_to_json(&c.grants(&path, effective).await?))
     }
 
     /// Creates a password identity; the result is it (a dict).
-    #[pyo3(signature = (name, password, admin, timeout=None))]
-    fn create_user<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        password: String,
-        admin: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(message_to_json(
-                &c.create_user(&name, &password, admin).await?,
-            ))
-        })
+    fn create_user(name: String, password: String, admin: bool) Call |c| {
+        Ok(message_to_json(&c.create_user(&name, &password, admin).await?))
     }
 
     /// Creates an API token for the caller, valid `ttl_seconds` (None:
     /// until revoked); the result is its secret.
-    #[pyo3(signature = (name, ttl_seconds=None, timeout=None))]
-    fn create_token<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        ttl_seconds: Option<u64>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn create_token(name: String, ttl_seconds: Option<u64> = None) {
         let ttl = ttl_seconds.map(Duration::from_secs);
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let (secret, _info) = c.create_token(&name, ttl).await?;
-            Ok(secret)
-        })
+    } Call |c| {
+        let (secret, _info) = c.create_token(&name, ttl).await?;
+        Ok(secret)
     }
 
     /// Emits `event` with `args` (a list or tuple) to the room at `path`
     /// without joining; the result is how many members it reached.
-    #[pyo3(signature = (path, event, args, timeout=None))]
-    fn emit<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        event: String,
-        args: Bound<'py, PyAny>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn emit(path: String, event: String, args: Bound<'py, PyAny>) {
         let args = py_to_json_list(&args);
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.emit(&path, &event, args?).await
-        })
-    }
-
-    /// Opens a stream of the resource at `path`: joins a "room" (a
-    /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
-    #[pyo3(signature = (kind, path, timeout=None))]
-    fn open<'py>(
-        &self,
-        py: Python<'py>,
-        kind: &str,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        let face = self.face;
-        match kind {
-            "room" => self.run(py, timeout, Scope::Opening, move |client| async move {
-                let membership = client.join(&path).await?;
-                let member_id = Arc::new(Mutex::new(String::new()));
-                let path = membership.path().to_string();
-                let events = Pull::new(MembershipEvents::new(membership, member_id.clone()));
-                Ok(Opened::Room(CoreMembership {
-                    face,
-                    client,
-                    path,
-                    member_id,
-                    events,
-                }))
-            }),
-            _ => self.run(py, timeout, Scope::Opening, move |client| async move {
-                let chunks = Pull::new(client.subscribe(&path).await?);
-                Ok(Opened::Wire(CoreSubscription { face, chunks }))
-            }),
-        }
-    }
-
-    /// A publisher for the wire at `path` (starts the stream; no wait).
-    #[pyo3(signature = (path, timeout=None))]
-    fn publisher(
-        &self,
-        py: Python<'_>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<CorePublisher> {
-        let client = self
-            .client(timeout)
-            .map_err(|e| crate::convert::to_pyerr(py, &e))?;
-        Ok(CorePublisher::start(self.face, client, path))
+    } Call |c| {
+        c.emit(&path, &event, args?).await
     }
 
     /// Runs one SQL statement; the result is a pyarrow.Table (see `SqlTable`).
-    #[pyo3(signature = (database, sql, params=None, timeout=None))]
-    fn sql<'py>(
-        &self,
-        py: Python<'py>,
-        database: String,
-        sql: String,
-        params: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn sql(database: String, sql: String, params: Option<Bound<'py, PyAny>> = None) {
         let statement = statement(py, sql, params.as_ref());
-        self.run(py, timeout, Scope::Call, |c| async move {
-            let result = c.sql(&database, statement?).await?;
-            Ok(SqlTable(result))
-        })
+    } Call |c| {
+        let result = c.sql(&database, statement?).await?;
+        Ok(SqlTable(result))
     }
 
     /// Runs one statement once per row of parameters, in one round trip and
     /// one transaction; the result is the summary dict.
-    #[pyo3(signature = (database, sql, rows, timeout=None))]
-    fn sql_many<'py>(
-        &self,
-        py: Python<'py>,
-        database: String,
-        sql: String,
-        rows: Bound<'py, PyAny>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn sql_many(database: String, sql: String, rows: Bound<'py, PyAny>) {
         let statements = statements(py, &rows);
-        self.run(py, timeout, Scope::Call, |c| async move {
-            let summary = c.sql_many(&database, &sql, statements?).await?;
-            Ok(message_to_json(&summary))
-        })
+    } Call |c| {
+        let summary = c.sql_many(&database, &sql, statements?).await?;
+        Ok(message_to_json(&summary))
     }
 
     /// Runs a stored procedure; the result is a pyarrow.Table of its last
     /// statement's rows (see `SqlTable`).
-    #[pyo3(signature = (database, name, args=None, kwargs=None, timeout=None))]
-    fn run_procedure<'py>(
-        &self,
-        py: Python<'py>,
+    fn run_procedure(
         database: String,
         name: String,
-        args: Option<Bound<'py, PyAny>>,
-        kwargs: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        args: Option<Bound<'py, PyAny>> = None,
+        kwargs: Option<Bound<'py, PyAny>> = None,
+    ) {
         let given = procedure_args(py, args.as_ref(), kwargs.as_ref());
-        self.run(py, timeout, Scope::Call, |c| async move {
-            let result = c.run_procedure(&database, &name, given?).await?;
-            Ok(SqlTable(result))
-        })
+    } Call |c| {
+        let result = c.run_procedure(&database, &name, given?).await?;
+        Ok(SqlTable(result))
     }
 
     /// Stores a procedure; the result is it (a dict).
-    #[pyo3(signature = (database, name, params, body, replace, timeout=None))]
     #[allow(clippy::too_many_arguments)] // the SDK method's arguments, one for one
-    fn create_procedure<'py>(
-        &self,
-        py: Python<'py>,
+    fn create_procedure(
         database: String,
         name: String,
         params: Vec<String>,
         body: String,
         replace: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let params: Vec<&str> = params.iter().map(String::as_str).collect();
-            let made = c
-                .create_procedure(&database, &name, &params, &body, replace)
-                .await?;
-            Ok(message_to_json(&made))
-        })
+    ) Call |c| {
+        let params: Vec<&str> = params.iter().map(String::as_str).collect();
+        let made = c
+            .create_procedure(&database, &name, &params, &body, replace)
+            .await?;
+        Ok(message_to_json(&made))
     }
 
     /// Drops a procedure; the result is the reply's (empty) dict.
-    #[pyo3(signature = (database, name, timeout=None))]
-    fn drop_procedure<'py>(
-        &self,
-        py: Python<'py>,
-        database: String,
-        name: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.drop_procedure(&database, &name).await?;
-            Ok(message_to_json(
-                &busbar_client::proto::DropProcedureResponse {},
-            ))
-        })
+    fn drop_procedure(database: String, name: String) Call |c| {
+        c.drop_procedure(&database, &name).await?;
+        Ok(message_to_json(&busbar_client::proto::DropProcedureResponse {}))
     }
 
     /// A database's procedures (a list of dicts).
-    #[pyo3(signature = (database, timeout=None))]
-    fn procedures<'py>(
-        &self,
-        py: Python<'py>,
-        database: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.procedures(&database).await?))
-        })
+    fn procedures(database: String) Call |c| {
+        Ok(messages_to_json(&c.procedures(&database).await?))
     }
 
     /// A key pair made here and a client certificate for it from the node's
     /// CA (see `Client::new_certificate`), as a dict.
-    #[pyo3(signature = (name, days, create, admin, timeout=None))]
-    fn new_certificate<'py>(
-        &self,
-        py: Python<'py>,
-        name: String,
-        days: u32,
-        create: bool,
-        admin: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let issued = c
-                .new_certificate(&name, days, create.then_some(admin))
-                .await?;
-            Ok(serde_json::json!({
-                "certificate_pem": issued.certificate_pem,
-                "private_key_pem": issued.private_key_pem,
-                "ca_pem": issued.ca_pem,
-                "fingerprint": issued.info.fingerprint,
-                "identity": issued.info.identity,
-                "serial": issued.info.serial,
-                "created_ms": issued.info.created_ms,
-                "expires_ms": issued.info.expires_ms,
-            }))
-        })
+    fn new_certificate(name: String, days: u32, create: bool, admin: bool) Call |c| {
+        let issued = c
+            .new_certificate(&name, days, create.then_some(admin))
+            .await?;
+        Ok(serde_json::json!({
+            "certificate_pem": issued.certificate_pem,
+            "private_key_pem": issued.private_key_pem,
+            "ca_pem": issued.ca_pem,
+            "fingerprint": issued.info.fingerprint,
+            "identity": issued.info.identity,
+            "serial": issued.info.serial,
+            "created_ms": issued.info.created_ms,
+            "expires_ms": issued.info.expires_ms,
+        }))
     }
 
     /// The client certificates issued to `identity` (a list of dicts).
-    #[pyo3(signature = (identity, timeout=None))]
-    fn certificates<'py>(
-        &self,
-        py: Python<'py>,
-        identity: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(messages_to_json(&c.certificates(&identity).await?))
-        })
+    fn certificates(identity: String) Call |c| {
+        Ok(messages_to_json(&c.certificates(&identity).await?))
     }
 
     /// Revokes a client certificate by its hex SHA-256 fingerprint.
-    #[pyo3(signature = (fingerprint, timeout=None))]
-    fn revoke_certificate<'py>(
-        &self,
-        py: Python<'py>,
-        fingerprint: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.revoke_certificate(&fingerprint).await?;
-            Ok(None::<Value>) // None in Python (a unit `()` would be an empty tuple)
-        })
+    fn revoke_certificate(fingerprint: String) Call |c| {
+        c.revoke_certificate(&fingerprint).await?;
+        Ok(None::<Value>) // None in Python (a unit `()` would be an empty tuple)
     }
 
     /// Opens a data session (a `CoreSession`).
-    #[pyo3(signature = (timeout=None))]
-    fn session<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    fn session() {
         let face = self.face;
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            // The session outlives this call's deadline.
-            let session = Client::clone(&c).session().await?;
-            Ok(CoreSession::new(face, session))
-        })
+    } Call |c| {
+        // The session outlives this call's deadline.
+        let session = Client::clone(&c).session().await?;
+        Ok(CoreSession::new(face, session))
     }
 
     /// Opens (creating it when missing) or joins the transport session
     /// `session`; the result is the session (a dict: session, path,
     /// metadata, created).
-    #[pyo3(signature = (session, metadata=None, timeout=None))]
-    fn transport_open<'py>(
-        &self,
-        py: Python<'py>,
-        session: String,
-        metadata: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn transport_open(session: String, metadata: Option<Bound<'py, PyAny>> = None) {
         let metadata = transport::metadata(metadata.as_ref())?;
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let opened = c.transport_open(&session, metadata).await?;
-            Ok(serde_json::json!({
-                "session": opened.session,
-                "path": opened.path,
-                "metadata": opened.metadata,
-                "created": opened.created,
-            }))
-        })
+    } Call |c| {
+        let opened = c.transport_open(&session, metadata).await?;
+        Ok(serde_json::json!({
+            "session": opened.session,
+            "path": opened.path,
+            "metadata": opened.metadata,
+            "created": opened.created,
+        }))
     }
 
     /// Appends `payload` (bytes-like; TypeError otherwise) to `topic`'s
     /// queue; the result is the message's id.
-    #[pyo3(signature = (session, topic, payload, metadata=None, timeout=None))]
-    fn transport_push<'py>(
-        &self,
-        py: Python<'py>,
+    fn transport_push(
         session: String,
         topic: String,
         payload: Bound<'py, PyAny>,
-        metadata: Option<Bound<'py, PyAny>>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        metadata: Option<Bound<'py, PyAny>> = None,
+    ) {
         let payload = transport::payload(&payload)?;
         let metadata = transport::metadata(metadata.as_ref())?;
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.transport_push(&session, &topic, payload, metadata).await
-        })
+    } Call |c| {
+        c.transport_push(&session, &topic, payload, metadata).await
     }
 
     /// Takes the oldest message of `topic`, waiting up to `wait` seconds;
     /// with `lease` (seconds) it is leased instead of removed. The result
     /// is a message dict or None.
-    #[pyo3(signature = (session, topic, wait, lease=None, timeout=None))]
-    fn transport_pop<'py>(
-        &self,
-        py: Python<'py>,
-        session: String,
-        topic: String,
-        wait: f64,
-        lease: Option<f64>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn transport_pop(session: String, topic: String, wait: f64, lease: Option<f64> = None) {
         let wait = transport::seconds(wait, "timeout");
         let lease = lease.map(|l| transport::seconds(l, "lease")).transpose();
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let popped = c.transport_pop(&session, &topic, wait?, lease?).await?;
-            Ok(transport::Popped(popped))
-        })
+    } Call |c| {
+        let popped = c.transport_pop(&session, &topic, wait?, lease?).await?;
+        Ok(transport::Popped(popped))
     }
 
     /// The oldest message of `topic`, left in place (a dict or None).
-    #[pyo3(signature = (session, topic, timeout=None))]
-    fn transport_peek<'py>(
-        &self,
-        py: Python<'py>,
-        session: String,
-        topic: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(transport::Popped(c.transport_peek(&session, &topic).await?))
-        })
+    fn transport_peek(session: String, topic: String) Call |c| {
+        Ok(transport::Popped(c.transport_peek(&session, &topic).await?))
     }
 
     /// Settles a leased message: "ack" removes it, "nak" returns it first
     /// in its queue; "extend" moves its lease's end to `lease` seconds from
     /// now. The result is the lease's end (epoch ms; 0 for ack and nak).
-    #[pyo3(signature = (session, receipt, action, lease=0.0, timeout=None))]
     #[allow(clippy::too_many_arguments)] // the lease calls, one for one
-    fn transport_settle<'py>(
-        &self,
-        py: Python<'py>,
-        session: String,
-        receipt: String,
-        action: String,
-        lease: f64,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    fn transport_settle(session: String, receipt: String, action: String, lease: f64 = 0.0) {
         let lease = transport::seconds(lease, "lease");
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            match action.as_str() {
-                "ack" => c.transport_ack(&session, &receipt).await.map(|()| 0i64),
-                "nak" => c.transport_nak(&session, &receipt).await.map(|()| 0i64),
-                _ => c.transport_extend(&session, &receipt, lease?).await,
-            }
-            .map(serde_json::Value::from)
-        })
+    } Call |c| {
+        match action.as_str() {
+            "ack" => c.transport_ack(&session, &receipt).await.map(|()| 0i64),
+            "nak" => c.transport_nak(&session, &receipt).await.map(|()| 0i64),
+            _ => c.transport_extend(&session, &receipt, lease?).await,
+        }
+        .map(serde_json::Value::from)
     }
 
     /// Ends the session; the result is how many messages were dropped.
-    #[pyo3(signature = (session, timeout=None))]
-    fn transport_release<'py>(
-        &self,
-        py: Python<'py>,
-        session: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            c.transport_release(&session).await
-        })
+    fn transport_release(session: String) Call |c| {
+        c.transport_release(&session).await
     }
 
     /// Creates a time series of a resolution and curve given by any of
     /// their names; with `exist_ok` an existing one of the same definition
     /// is returned. The result is the resource (a dict).
-    #[pyo3(signature = (path, resolution, unit, curve, time_zone, parents, exist_ok, timeout=None))]
     #[allow(clippy::too_many_arguments)] // the SDK method's arguments, one for one
-    fn create_series<'py>(
-        &self,
-        py: Python<'py>,
+    fn create_series(
         path: String,
         resolution: &str,
         unit: String,
@@ -971,73 +761,49 @@ impl Core {
         time_zone: Option<String>,
         parents: bool,
         exist_ok: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+    ) {
         let spec = series_spec(resolution, unit, curve, time_zone);
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let spec = spec?;
-            let made = if exist_ok {
-                c.ensure_series(&path, &spec, parents).await?
-            } else {
-                c.create_series(&path, &spec, parents).await?
-            };
-            Ok(message_to_json(&made))
-        })
+    } Call |c| {
+        let spec = spec?;
+        let made = if exist_ok {
+            c.ensure_series(&path, &spec, parents).await?
+        } else {
+            c.create_series(&path, &spec, parents).await?
+        };
+        Ok(message_to_json(&made))
     }
 
     /// A series' definition, point count and first and last times (a
     /// dict); in a session, as the session sees it.
-    #[pyo3(signature = (path, timeout=None))]
-    fn describe_series<'py>(
-        &self,
-        py: Python<'py>,
-        path: String,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            Ok(message_to_json(&c.describe_series(&path).await?))
-        })
+    fn describe_series(path: String) Call |c| {
+        Ok(message_to_json(&c.describe_series(&path).await?))
     }
 
     /// Reads `[start_ms, end_ms)` of each series: a list of pyarrow.Tables.
-    #[pyo3(signature = (paths, start_ms=None, end_ms=None, timeout=None))]
-    fn read_series<'py>(
-        &self,
-        py: Python<'py>,
-        paths: Vec<String>,
-        start_ms: Option<i64>,
-        end_ms: Option<i64>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-            let interval = Interval { start_ms, end_ms };
-            Ok(SeriesTables(c.read_many_series(&paths, interval).await?))
-        })
+    fn read_series(paths: Vec<String>, start_ms: Option<i64> = None, end_ms: Option<i64> = None)
+    Call |c| {
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let interval = Interval { start_ms, end_ms };
+        Ok(SeriesTables(c.read_many_series(&paths, interval).await?))
     }
 
     /// Replaces `[start_ms, end_ms)` of a series with a table's points (any
     /// object with `__arrow_c_stream__`); returns the write summary.
-    #[pyo3(signature = (path, table, start_ms=None, end_ms=None, timeout=None))]
-    fn write_series<'py>(
-        &self,
-        py: Python<'py>,
+    fn write_series(
         path: String,
         table: pyo3_arrow::PyTable,
-        start_ms: Option<i64>,
-        end_ms: Option<i64>,
-        timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyAny>> {
+        start_ms: Option<i64> = None,
+        end_ms: Option<i64> = None,
+    ) {
         let (batches, _) = table.into_inner();
-        self.run(py, timeout, Scope::Call, move |c| async move {
-            let interval = Interval { start_ms, end_ms };
-            let written = c.write_series(&path, interval, batches).await?;
-            Ok(serde_json::json!({
-                "points_written": written.points_written,
-                "points_deleted": written.points_deleted,
-                "start_ms": written.start_ms,
-                "end_ms": written.end_ms,
-            }))
-        })
+    } Call |c| {
+        let interval = Interval { start_ms, end_ms };
+        let written = c.write_series(&path, interval, batches).await?;
+        Ok(serde_json::json!({
+            "points_written": written.points_written,
+            "points_deleted": written.points_deleted,
+            "start_ms": written.start_ms,
+            "end_ms": written.end_ms,
+        }))
     }
 }

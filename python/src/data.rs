@@ -4,6 +4,7 @@
 use crate::bridge::{Face, finish};
 use crate::connection::Core;
 use crate::convert::{ToPython, invalid};
+use crate::locked;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use busbar_client::{Error, ErrorCode, POINTS_SCHEMA, ProcedureArgs, SeriesData, Session};
@@ -115,10 +116,7 @@ impl CoreSession {
 
     #[getter]
     fn ended(&self) -> bool {
-        self.session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        locked(&self.session).is_none()
     }
 
     /// A connection whose data calls run in this session.
@@ -135,11 +133,7 @@ impl CoreSession {
         commit: bool,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let session = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let session = locked(&self.session).take();
         let limit = crate::connection::duration(timeout, "timeout");
         finish(py, self.face, async move {
             let session = session.ok_or_else(|| {

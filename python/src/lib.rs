@@ -13,6 +13,13 @@ mod streams;
 mod transport;
 
 use pyo3::prelude::*;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// `mutex` locked, poisoned or not: a panic while it was held is reported
+/// where it happened, and what it guards stays usable.
+pub(crate) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 #[pymodule]
 fn _core(module: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -18,6 +18,7 @@
 //! * A connection belongs to the loop that opened it (its socket is
 //!   registered there); `LoopTransport::check_here` refuses the others.
 
+use crate::locked;
 use pyo3::prelude::*;
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -83,7 +84,7 @@ impl Wake for Task {
 
 impl Task {
     pub(crate) fn abort(&self) {
-        self.work.lock().unwrap_or_else(|p| p.into_inner()).take();
+        locked(&self.work).take();
     }
 }
 
@@ -114,10 +115,7 @@ impl Exec {
     }
 
     fn push(&self, task: Arc<Task>) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(task);
+        locked(&self.queue).push_back(task);
         if !DRAINING.get() {
             self.ring();
         }
@@ -152,15 +150,11 @@ impl Exec {
         }
         let _runtime = crate::bridge::runtime().enter();
         for _ in 0..POLLS_PER_TURN {
-            let next = self
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let next = locked(&self.queue).pop_front();
             let Some(task) = next else { break };
             task.queued.store(false, Ordering::Release);
             let waker = Waker::from(task.clone());
-            let mut slot = task.work.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = locked(&task.work);
             if let Some(work) = slot.as_mut()
                 && work
                     .as_mut()
@@ -171,12 +165,7 @@ impl Exec {
             }
         }
         DRAINING.set(outer);
-        if !self
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+        if !locked(&self.queue).is_empty() {
             self.ring();
         }
     }
@@ -190,10 +179,7 @@ impl Exec {
 
     /// Wakes `waker` on the loop's next turn.
     fn next_turn(&self, waker: &Waker) {
-        self.next_turn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(waker.clone());
+        locked(&self.next_turn).push(waker.clone());
         self.ring();
     }
 }
@@ -230,8 +216,7 @@ impl LoopExec {
     fn ring(&self) -> PyResult<()> {
         (&self.0.reader).read_exact(&mut [0])?;
         self.0.signalled.store(false, Ordering::Release);
-        let waiting =
-            std::mem::take(&mut *self.0.next_turn.lock().unwrap_or_else(|p| p.into_inner()));
+        let waiting = std::mem::take(&mut *locked(&self.0.next_turn));
         let outer = DRAINING.replace(true);
         waiting.into_iter().for_each(Waker::wake);
         DRAINING.set(outer);
@@ -269,17 +254,9 @@ impl Ready {
             interest.writing.store(false, Ordering::Release);
             exec.event_loop(py)?
                 .call_method1("remove_writer", (interest.fd,))?;
-            interest
-                .write
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
+            locked(&interest.write).take()
         } else {
-            interest
-                .read
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
+            locked(&interest.read).take()
         };
         let outer = DRAINING.replace(true);
         if let Some(waker) = waker {
@@ -329,8 +306,7 @@ impl LoopIo {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let interest = &self.interest;
                 if writing {
-                    *interest.write.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(cx.waker().clone());
+                    *locked(&interest.write) = Some(cx.waker().clone());
                     if !interest.writing.swap(true, Ordering::AcqRel) {
                         let registered = Python::attach(|py| {
                             let ready = Py::new(
@@ -354,8 +330,7 @@ impl LoopIo {
                         }
                     }
                 } else {
-                    *interest.read.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(cx.waker().clone());
+                    *locked(&interest.read) = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }

@@ -10,6 +10,7 @@
 
 use crate::bridge::{Face, finish, finish_read, finish_send};
 use crate::convert::{ToPython, invalid, py_to_json, to_pyerr};
+use crate::locked;
 use busbar_client::{CallContext, Client, Error, ErrorCode, InterfaceSchema, JsonCall, Offer};
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
@@ -72,7 +73,7 @@ pub(crate) async fn provide(
     let offer = Offer::new(services, descriptors).concurrency(concurrency);
     let provided = client
         .provide_json(offer, move |call: JsonCall| {
-            let sender = handing.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let sender = locked(&handing).clone();
             hand_over(sender, call)
         })
         .await?;
@@ -246,20 +247,13 @@ impl CoreProvider {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.provided
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none()
+        locked(&self.provided).is_none()
     }
 
     /// Calls running now.
     #[getter]
     fn in_flight(&self) -> usize {
-        self.provided
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map_or(0, |p| p.in_flight())
+        locked(&self.provided).as_ref().map_or(0, |p| p.in_flight())
     }
 
     /// The next call routed here (a `CoreProviderCall`), or None once the
@@ -276,11 +270,7 @@ impl CoreProvider {
     /// for up to `grace` seconds, then the stream ends and `next_call`
     /// gives None. A second close does nothing.
     fn close<'py>(&self, py: Python<'py>, grace: f64) -> PyResult<Bound<'py, PyAny>> {
-        let provided = self
-            .provided
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let provided = locked(&self.provided).take();
         let sender = self.sender.clone();
         let grace = if grace.is_finite() && grace >= 0.0 {
             Ok(Duration::from_secs_f64(grace.min(1e6)))
@@ -292,7 +282,7 @@ impl CoreProvider {
             if let Some(provided) = provided {
                 provided.close(grace).await;
             }
-            sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+            locked(&sender).take();
             Ok(())
         })
     }
@@ -402,7 +392,7 @@ impl CoreProviderCall {
             }
             running
         });
-        if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(done) = locked(&self.done).take() {
             let _ = done.send(outcome);
         }
     }

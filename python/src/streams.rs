@@ -6,6 +6,7 @@
 
 use crate::bridge::{Face, finish, finish_read, finish_send, runtime};
 use crate::convert::{ToPython, invalid, py_to_bytes, py_to_json, py_to_json_list};
+use crate::locked;
 use busbar_client::{
     BoxStream, CallSender, Client, DynamicCall, Error, ErrorCode, PublishSummary, RoomEventKind,
     RoomMembership,
@@ -156,11 +157,7 @@ impl CoreCall {
         py: Python<'py>,
         message: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sender = locked(&self.sender).clone();
         let message = py_to_json(&message);
         finish_send(py, self.face, async move {
             let sender = sender.ok_or_else(|| {
@@ -172,7 +169,7 @@ impl CoreCall {
 
     /// Ends the request stream; responses keep coming.
     fn end(&self) {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        locked(&self.sender).take();
     }
 
     /// Cancels the call; reads raise Cancelled.
@@ -231,7 +228,7 @@ impl CorePublisher {
 }
 
 fn take(slot: &Mutex<Option<PublishTask>>) -> Option<PublishTask> {
-    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    locked(slot).take()
 }
 
 /// The publish's outcome: its summary as JSON, or why it failed.
@@ -248,11 +245,7 @@ impl CorePublisher {
     /// Queues one chunk; waits while the queue is full.
     fn send<'py>(&self, py: Python<'py>, chunk: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let chunk = py_to_bytes(&chunk);
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let sender = locked(&self.sender).clone();
         let slot = self.task.clone();
         finish_send(py, self.face, async move {
             let sender = sender.ok_or_else(|| invalid("this publisher has finished"))?;
@@ -267,14 +260,14 @@ impl CorePublisher {
 
     /// Ends the stream and returns the summary (a dict).
     fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        locked(&self.sender).take();
         let task = take(&self.task);
         finish(py, self.face, summary(task))
     }
 
     /// Abandons the publish.
     fn cancel(&self) {
-        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        locked(&self.sender).take();
         if let Some(task) = take(&self.task) {
             task.abort();
         }
@@ -300,7 +293,7 @@ pub(crate) struct MembershipEvents {
 
 impl MembershipEvents {
     pub(crate) fn new(membership: RoomMembership, member_id: Arc<Mutex<String>>) -> Self {
-        *member_id.lock().unwrap_or_else(|p| p.into_inner()) = membership.member_id().to_string();
+        *locked(&member_id) = membership.member_id().to_string();
         MembershipEvents {
             membership,
             member_id,
@@ -350,8 +343,7 @@ impl Stream for MembershipEvents {
                     RoomEventKind::Left => "left",
                     RoomEventKind::Deleted => "deleted",
                     RoomEventKind::Rejoined => {
-                        *this.member_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                            this.membership.member_id().to_string();
+                        *locked(&this.member_id) = this.membership.member_id().to_string();
                         "rejoined"
                     }
                 };
@@ -410,10 +402,7 @@ impl CoreMembership {
 
     #[getter]
     fn member_id(&self) -> String {
-        self.member_id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        locked(&self.member_id).clone()
     }
 
     #[getter]

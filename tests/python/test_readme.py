@@ -89,13 +89,19 @@ def test_readme_flight_series_example_runs(tmp_path, busbar_node_at):
     node = busbar_node_at(tmp_path / "busbar-data")
     subprocess.run([str(busbar_bin()), "ts", "create", "/home/admin/solar", "--resolution", "hour"],
                    cwd=tmp_path, env=clean_env(), check=True, capture_output=True, timeout=60)
-    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=clean_env(),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=TOUR_TIMEOUT_S)
-    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
-                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    result = run_example([sys.executable, "-c", example], tmp_path, node)
     assert "'points_written': 2" in result.stdout, result.stdout
     assert 'timestamp[ms, tz=UTC] [12.5, 13.0]' in result.stdout, result.stdout
+
+
+def run_example(args: list, cwd: Path, node) -> subprocess.CompletedProcess:
+    """Runs an example as a user would; fails with its output and the node's
+    if it does not succeed."""
+    result = subprocess.run(args, cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=TOUR_TIMEOUT_S)
+    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
+                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    return result
 
 
 def run_shell_tour(tour: str, tmp_path, busbar_node_at) -> str:
@@ -136,11 +142,7 @@ def test_readme_flight_sql_example_runs(tmp_path, busbar_node_at):
     node = busbar_node_at(tmp_path / "busbar-data")
     subprocess.run([str(busbar_bin()), "db", "create", "/home/admin/flight"], cwd=tmp_path,
                    env=clean_env(), check=True, capture_output=True, timeout=60)
-    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env=clean_env(),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=TOUR_TIMEOUT_S)
-    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
-                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    result = run_example([sys.executable, "-c", example], tmp_path, node)
     assert "'sensor': 't1', 'value': 21.5" in result.stdout
     assert "'sensor': 't2', 'value': None, 'at': None" in result.stdout
 
@@ -172,10 +174,6 @@ def test_rust_example_runs_against_a_node(tmp_path, busbar_node_at):
         pytest.fail(f"{example_bin} is missing: build it with "
                     "`cargo build -p busbar-client --examples` (make test does)", pytrace=False)
     node = busbar_node_at(tmp_path / "busbar-data")
-    result = subprocess.run([str(example_bin)], cwd=tmp_path, env=clean_env(),
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=TOUR_TIMEOUT_S)
-    assert result.returncode == 0, (f"--- stdout ---\n{result.stdout}\n--- stderr ---\n"
-                                    f"{result.stderr}\n--- node ---\n{node.stderr()}")
+    result = run_example([str(example_bin)], tmp_path, node)
     assert "admin sent greeting" in result.stdout
     assert "NotFound" in result.stdout

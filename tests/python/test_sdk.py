@@ -66,6 +66,17 @@ def test_constructors_and_credentials(face, busbar_node, tmp_path):
         user=cred["user"], password=cred["password"]))
     assert face.run(with_ca.whoami())["name"] == "admin"
 
+    # A list of nodes: the first that answers is used (nothing listens on
+    # port 1, so this is the second), and its status lists the node.
+    listed = face.run(face.Connection.with_tls(
+        ["127.0.0.1:1", address], ca=admin["ca_pem"], server_name=admin.get("server_name"),
+        user=cred["user"], password=cred["password"]))
+    status = face.run(listed.status())
+    assert [n["address"] for n in status["nodes"]] == [f"https://{address}"]
+    assert status["store_healthy"] and status["bus_healthy"]
+    with pytest.raises(errors.InvalidArgument, match="no address"):
+        face.run(face.Connection.with_tls([], ca=admin["ca_pem"]))
+
     # CA as a file, pinned fingerprint.
     ca_file = tmp_path / "ca.pem"
     ca_file.write_text(admin["ca_pem"])
