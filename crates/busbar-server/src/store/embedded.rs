@@ -601,13 +601,8 @@ impl Store for SqliteStore {
     }
 
     async fn create_resource(&self, new: NewResource<'_>) -> Result<ResourceRecord> {
-        let NewResource {
-            path,
-            kind,
-            owner,
-            parents,
-        } = new;
-        let (path, owner) = (path.to_string(), owner.to_string());
+        let (path, owner) = (new.path.to_string(), new.owner.to_string());
+        let (kind, parents) = (new.kind, new.parents);
         self.run(move |conn| {
             let tx = conn.transaction()?;
             let record = create_resource_in(&tx, &path, kind, &owner, parents)?;

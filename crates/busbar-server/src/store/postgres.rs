@@ -606,15 +606,9 @@ impl Store for PostgresStore {
     }
 
     async fn create_resource(&self, new: NewResource<'_>) -> Result<ResourceRecord> {
-        let NewResource {
-            path,
-            kind,
-            owner,
-            parents,
-        } = new;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let record = create_resource_in(&tx, path, kind, owner, parents).await?;
+        let record = create_resource_in(&tx, new.path, new.kind, new.owner, new.parents).await?;
         tx.commit().await?;
         Ok(record)
     }

@@ -2,7 +2,7 @@
 //! `synchronous = FULL`), so a push is on disk before it is acknowledged
 //! and a pop's removal commits before the message is handed over.
 
-use super::{Limits, Pushed, QueueEngine, Stored};
+use super::{Limits, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::{Error, Result};
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -113,16 +113,14 @@ impl QueueEngine for EmbeddedQueues {
         .await
     }
 
-    async fn push(
-        &self,
-        session: &str,
-        topic: &str,
-        payload: Bytes,
-        metadata: HashMap<String, String>,
-        limits: Limits,
-    ) -> Result<Pushed> {
-        let (session, topic) = (session.to_string(), topic.to_string());
+    async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed> {
+        let session = session.to_string();
         self.run(move |conn| {
+            let NewMessage {
+                topic,
+                payload,
+                metadata,
+            } = message;
             let tx = conn.transaction().map_err(storage)?;
             let (count, bytes): (i64, i64) = tx
                 .query_row(
@@ -276,6 +274,14 @@ impl QueueEngine for EmbeddedQueues {
 mod tests {
     use super::*;
 
+    fn message(text: &'static str) -> NewMessage {
+        NewMessage {
+            topic: "t".into(),
+            payload: Bytes::from(text),
+            metadata: HashMap::new(),
+        }
+    }
+
     #[tokio::test]
     async fn queues_are_fifo_bounded_and_leases_settle_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -285,17 +291,11 @@ mod tests {
             bytes: 1 << 20,
         };
         for text in ["a", "b"] {
-            let pushed = queues
-                .push("s", "t", Bytes::from(text), HashMap::new(), small)
-                .await
-                .unwrap();
+            let pushed = queues.push("s", message(text), small).await.unwrap();
             assert!(matches!(pushed, Pushed::Queued(_)));
         }
         assert_eq!(
-            queues
-                .push("s", "t", Bytes::from("c"), HashMap::new(), small)
-                .await
-                .unwrap(),
+            queues.push("s", message("c"), small).await.unwrap(),
             Pushed::Full
         );
         // Another topic is another queue.

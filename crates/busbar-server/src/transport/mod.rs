@@ -56,6 +56,14 @@ pub(crate) fn stale(receipt: &str) -> crate::error::Error {
     ))
 }
 
+/// A message to push.
+#[derive(Debug, Clone)]
+pub(crate) struct NewMessage {
+    pub topic: String,
+    pub payload: Bytes,
+    pub metadata: HashMap<String, String>,
+}
+
 /// What a push came to.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -75,14 +83,8 @@ pub(crate) trait QueueEngine: Send + Sync {
         session: &str,
         metadata: HashMap<String, String>,
     ) -> Result<HashMap<String, String>>;
-    async fn push(
-        &self,
-        session: &str,
-        topic: &str,
-        payload: Bytes,
-        metadata: HashMap<String, String>,
-        limits: Limits,
-    ) -> Result<Pushed>;
+    /// Appends `message` to its topic's queue, unless that is at `limits`.
+    async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed>;
     /// Takes the oldest visible message: removes it, or with `lease` hides
     /// it until then under a new receipt.
     async fn take(

@@ -6,7 +6,7 @@
 //! take different messages (`FOR UPDATE SKIP LOCKED`), and the pushes to one
 //! queue are serialized (an advisory lock) so its limits hold cluster-wide.
 
-use super::{Limits, Pushed, QueueEngine, Stored};
+use super::{Limits, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::Result;
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -133,14 +133,8 @@ impl QueueEngine for PostgresQueues {
         Ok(decode_metadata(row.get(0)))
     }
 
-    async fn push(
-        &self,
-        session: &str,
-        topic: &str,
-        payload: Bytes,
-        metadata: HashMap<String, String>,
-        limits: Limits,
-    ) -> Result<Pushed> {
+    async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed> {
+        let (topic, payload) = (&message.topic, &message.payload);
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // One pusher per queue at a time, on whichever node.
@@ -168,7 +162,7 @@ impl QueueEngine for PostgresQueues {
                     &session,
                     &topic,
                     &payload.as_ref(),
-                    &encode_metadata(&metadata),
+                    &encode_metadata(&message.metadata),
                     &now_ms(),
                 ],
             )

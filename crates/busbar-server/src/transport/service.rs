@@ -1,7 +1,7 @@
 //! `busbar.v1.Transport`: sessions, their rights, and waiting for messages
 //! and for room.
 
-use super::{LIMITS, Pushed, Stored, TRANSPORT_FOLDER};
+use super::{LIMITS, NewMessage, Pushed, Stored, TRANSPORT_FOLDER};
 use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::grpc::{Reply, reply};
@@ -175,6 +175,11 @@ impl Transport for TransportService {
         let until = Instant::now() + wait_for(&request, MAX_PUSH_WAIT, MAX_PUSH_WAIT);
         let r = request.into_inner();
         let waiter = self.node.transport_waiters.of(&session.id, &r.topic);
+        let message = NewMessage {
+            topic: r.topic.clone(),
+            payload: r.payload,
+            metadata: r.metadata,
+        };
         loop {
             let room = waiter.notify.notified();
             tokio::pin!(room);
@@ -182,13 +187,7 @@ impl Transport for TransportService {
             let pushed = self
                 .node
                 .transport
-                .push(
-                    &session.id,
-                    &r.topic,
-                    r.payload.clone(),
-                    r.metadata.clone(),
-                    LIMITS,
-                )
+                .push(&session.id, message.clone(), LIMITS)
                 .await?;
             match pushed {
                 Pushed::Queued(id) => {
