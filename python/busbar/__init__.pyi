@@ -213,13 +213,17 @@ class Database:
 
 _Time = Union[datetime.datetime, datetime.date, str, int, None]
 
-class TimeSeries:
-    """Time series (``conn.timeseries``): points are pyarrow tables of
-    utc_time (timestamp[ms, UTC]), flags (uint32) and value (float64)."""
+@type_check_only
+class _SeriesFlags:
+    """The flag bits of the ``flags`` column, on both faces' TimeSeries."""
     OK: int
     MISSING: int
     SUSPECT: int
     NOT_OK: int
+
+class TimeSeries(_SeriesFlags):
+    """Time series (``conn.timeseries``): points are pyarrow tables of
+    utc_time (timestamp[ms, UTC]), flags (uint32) and value (float64)."""
     connection: Connection
     def __init__(self, connection: Connection) -> None: ...
     def create(self, path: str, *, resolution: str, unit: str = ..., curve: str = ...,

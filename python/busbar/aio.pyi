@@ -7,7 +7,7 @@ from typing import (Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Dict
 import pyarrow
 
 # The blocking face's stub defines what both faces' stubs use alike.
-from . import (_F, _JSON, _T, _Params, _ProviderBase, _SessionBase, _Time,
+from . import (_F, _JSON, _T, _Params, _ProviderBase, _SeriesFlags, _SessionBase, _Time,
                _TransportMessageBase, _TransportSessionBase)
 from . import CallContext as CallContext
 from . import Room as Room
@@ -166,12 +166,8 @@ class Database:
     def drop_procedure(self, name: str, *, timeout: Optional[float] = ...) -> Awaitable[Empty]: ...
     def procedures(self, *, timeout: Optional[float] = ...) -> Awaitable[List[Procedure]]: ...
 
-class TimeSeries:
+class TimeSeries(_SeriesFlags):
     """Time series (``conn.timeseries``), awaited."""
-    OK: int
-    MISSING: int
-    SUSPECT: int
-    NOT_OK: int
     connection: Connection
     def __init__(self, connection: Connection) -> None: ...
     def create(self, path: str, *, resolution: str, unit: str = ..., curve: str = ...,
