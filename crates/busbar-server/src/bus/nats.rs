@@ -32,6 +32,10 @@ const LAST_HEADER: &str = "Busbar-Last";
 /// Messages NATS may hold for one subject of this node before it reports
 /// the node's subscription as slow (and drops what does not fit).
 const REMOTE_QUEUE: usize = 8192;
+/// How long a call waits on NATS (to subscribe, or to hand it a message)
+/// before it goes on without it: while NATS is away, a room or wire works
+/// within the node rather than hang.
+const NATS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct NatsBus {
     local: LocalBus,
@@ -95,18 +99,30 @@ impl NatsBus {
 
     /// Starts passing `subject`'s messages from other nodes to the local bus.
     async fn forward(&self, subject: &str) -> Option<tokio::task::JoinHandle<()>> {
-        let mut incoming = match self.client.subscribe(nats_subject(subject)).await {
-            Ok(incoming) => incoming,
-            Err(error) => {
-                tracing::warn!(%subject, "cannot subscribe on the bus (NATS): {error}; this subject hears only this node until it is subscribed again");
+        let subscribing = self.client.subscribe(nats_subject(subject));
+        let mut incoming = match tokio::time::timeout(NATS_WAIT, subscribing).await {
+            Ok(Ok(incoming)) => incoming,
+            failed => {
+                let why = match failed {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer".to_string(),
+                };
+                tracing::warn!(%subject, "cannot subscribe on the bus (NATS): {why}; this subject hears only this node until it is subscribed again");
                 return None;
             }
         };
         // The server has the subscription once it answers a ping: from then
         // on nothing another node publishes is missed (what `subscribe`
-        // promises).
-        if let Err(error) = self.client.flush().await {
-            tracing::warn!(%subject, "the bus (NATS) did not confirm a subscription: {error}");
+        // promises). While NATS is away the client holds the subscription
+        // and sends it again when NATS is back; the subscriber does not wait.
+        match tokio::time::timeout(NATS_WAIT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%subject, "the bus (NATS) did not confirm a subscription: {error}")
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "the bus (NATS) is not answering; this subject hears other nodes once it is back")
+            }
         }
         let local = self.local.clone();
         let subject = subject.to_string();
@@ -147,12 +163,17 @@ impl Bus for NatsBus {
         }
         let payload = message.payload.clone();
         let delivered = self.local.publish(subject, message, exclude).await;
-        if let Err(error) = self
+        let publishing = self
             .client
-            .publish_with_headers(nats_subject(subject), headers, payload)
-            .await
-        {
-            tracing::warn!(%subject, "a message reached only this node: the bus (NATS) refused it: {error}");
+            .publish_with_headers(nats_subject(subject), headers, payload);
+        match tokio::time::timeout(NATS_WAIT, publishing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%subject, "a message reached only this node: the bus (NATS) refused it: {error}")
+            }
+            Err(_) => {
+                tracing::warn!(%subject, "a message reached only this node: the bus (NATS) is not answering")
+            }
         }
         delivered
     }

@@ -51,17 +51,61 @@ fn postgres_bin() -> PathBuf {
     versions.pop().expect("a PostgreSQL version with initdb")
 }
 
+/// A CA and a certificate it issued for 127.0.0.1, as PEM files in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`), for the engines' TLS.
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn write(dir: &Path) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca = TestCa {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&ca.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&ca.cert, cert.pem()).unwrap();
+        std::fs::write(&ca.key, key.serialize_pem()).unwrap();
+        // PostgreSQL reads its key only when no one else may.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&ca.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        ca
+    }
+}
+
 pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    tls: Option<TestCa>,
 }
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// With `tls`, the server takes TLS connections only (`hostssl`), with
+    /// a certificate from a CA of the test's own ([`Postgres::tls`]).
+    pub fn start_with(tls: bool) -> Postgres {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("pg");
         std::fs::create_dir(&data).unwrap();
+        let tls = tls.then(|| TestCa::write(dir.path()));
         // Owned by whoever runs the server (postgres, under root).
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres"])
@@ -80,10 +124,19 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
+        if tls.is_some() {
+            let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path())
+            .status();
         let pg = Postgres {
             dir,
             bin,
             port: free_port(),
+            tls,
         };
         pg.ctl("start");
         wait_for_port(pg.port, "PostgreSQL");
@@ -103,11 +156,18 @@ impl Postgres {
 
     fn ctl(&self, action: &str) {
         let data = self.dir.path().join("pg");
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if let Some(tls) = &self.tls {
+            options += &format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.cert.display(),
+                tls.key.display()
+            );
+        }
         let mut command = as_postgres(&self.bin.join("pg_ctl"));
         command.arg("-D").arg(&data).args(["-w", "-m", "immediate"]);
         if action == "start" {
@@ -130,6 +190,11 @@ impl Postgres {
     pub fn url(&self) -> String {
         format!("postgres://busbar@127.0.0.1:{}/postgres", self.port)
     }
+
+    /// The CA of its certificate, when it serves TLS.
+    pub fn tls(&self) -> Option<&TestCa> {
+        self.tls.as_ref()
+    }
 }
 
 impl Drop for Postgres {
@@ -139,35 +204,78 @@ impl Drop for Postgres {
 }
 
 pub struct Nats {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
+    tls: Option<(tempfile::TempDir, TestCa)>,
 }
 
 impl Nats {
     pub fn start() -> Nats {
-        let port = free_port();
+        Nats::start_with(false)
+    }
+
+    /// With `tls`, clients must speak TLS, to a certificate from a CA of
+    /// the test's own ([`Nats::ca`]).
+    pub fn start_with(tls: bool) -> Nats {
+        let tls = tls.then(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let ca = TestCa::write(dir.path());
+            (dir, ca)
+        });
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            tls,
+        };
+        nats.restart();
+        nats
+    }
+
+    /// Starts it (again) on its port.
+    pub fn restart(&mut self) {
         let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .find(|path| Path::new(path).exists())
             .unwrap_or("nats-server");
-        let child = Command::new(program)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        let mut command = Command::new(program);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((_, ca)) = &self.tls {
+            command
+                .arg("--tlscert")
+                .arg(&ca.cert)
+                .arg("--tlskey")
+                .arg(&ca.key);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server is installed (make test-cluster installs it)");
-        wait_for_port(port, "nats-server");
-        Nats { child, port }
+        self.child = Some(child);
+        wait_for_port(self.port, "nats-server");
+    }
+
+    /// Kills it at once.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The CA of its certificate, when it serves TLS.
+    pub fn ca(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|(_, ca)| ca.ca.as_path())
     }
 }
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

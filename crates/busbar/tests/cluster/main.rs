@@ -21,7 +21,7 @@ use std::time::Duration;
 struct Cluster {
     nodes: Vec<Node>,
     pg: Postgres,
-    _nats: Nats,
+    nats: Nats,
 }
 
 impl Cluster {
@@ -32,11 +32,7 @@ impl Cluster {
         let nodes = (0..count)
             .map(|_| Node::start(&["--store", &store, "--bus", &bus]))
             .collect();
-        Cluster {
-            nodes,
-            pg,
-            _nats: nats,
-        }
+        Cluster { nodes, pg, nats }
     }
 
     /// The admin, logged in on node `n` with the first node's credential.
@@ -366,5 +362,118 @@ async fn transport_queues_are_shared_durable_and_wake_pops_on_other_nodes() {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn the_engines_are_reached_over_tls_and_credentials_are_never_printed() {
+    let pg = Postgres::start_with(true);
+    let nats = Nats::start_with(true);
+    let pg_ca = pg.tls().expect("TLS").ca.to_str().unwrap().to_string();
+    let nats_ca = nats.ca().expect("TLS").to_str().unwrap().to_string();
+    // A password in the URL (the server trusts loopback, so any will do).
+    let store = format!("postgres://busbar:s3cret-pw@127.0.0.1:{}/postgres", pg.port);
+
+    // Without TLS both engines turn the node away, and it says which.
+    let refused = |store: String, bus: String| {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(harness::BUSBAR)
+            .arg("serve")
+            .arg("--data")
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--store", &store, "--bus", &bus])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "the node must not start");
+        let said = String::from_utf8_lossy(&output.stderr).to_string()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !said.contains("s3cret-pw"),
+            "the password was printed: {said}"
+        );
+        said
+    };
+    let said = refused(
+        format!("{store}?sslmode=disable"),
+        format!("nats://127.0.0.1:{}", nats.port),
+    );
+    assert!(said.contains("store postgres://busbar@127.0.0.1"), "{said}");
+    let said = refused(
+        format!("{store}?sslmode=require"),
+        format!("nats://127.0.0.1:{}", nats.port),
+    );
+    assert!(said.contains("bus"), "{said}");
+
+    // With TLS and the engines' CAs it serves, and status says so.
+    let node = Node::start(&[
+        "--store",
+        &format!("{store}?sslmode=require"),
+        "--store-ca",
+        &pg_ca,
+        "--bus",
+        &nats.url(),
+        "--bus-ca",
+        &nats_ca,
+    ]);
+    assert!(!node.log().contains("s3cret-pw"), "the password was logged");
+    let admin = node.admin().await;
+    admin
+        .create_user("dana", "dana-password", false)
+        .await
+        .unwrap();
+    let status = admin.status().await.unwrap();
+    assert!(status.store_healthy && status.bus_healthy, "{status:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn rooms_span_nodes_again_after_nats_restarts() {
+    let mut cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.create("/home/admin/chat", ResourceKind::Room, false)
+        .await
+        .unwrap();
+    let mut on_b = b.join("/home/admin/chat").await.unwrap();
+
+    cluster.nats.stop();
+    // Within a node, rooms go on.
+    let mut on_a = a.join("/home/admin/chat").await.unwrap();
+    assert_eq!(
+        a.emit("/home/admin/chat", "alone", vec![]).await.unwrap(),
+        1
+    );
+    assert_eq!(next_event(&mut on_a).await.event, "alone");
+    let status = a.status().await.unwrap();
+    assert!(!status.bus_healthy, "{status:?}");
+
+    // NATS back on its port: the nodes reconnect and subscribe again by
+    // themselves, and events cross again.
+    cluster.nats.restart();
+    eventually("the bus healthy again", || async {
+        match a.status().await {
+            Ok(status) if status.bus_healthy => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // (What B hears first may be older: A's member joining, or the emit
+    // A's client held while NATS was away.)
+    let mut crossed = false;
+    for _ in 0..50 {
+        a.emit("/home/admin/chat", "again", vec![]).await.unwrap();
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(Duration::from_millis(200), on_b.next()).await
+        {
+            crossed |= event.event == "again";
+        }
+        if crossed {
+            break;
+        }
+    }
+    assert!(
+        crossed,
+        "an event from A reached B within 10 s of NATS's return"
     );
 }
