@@ -94,19 +94,26 @@ async fn open(client: &Client, path: &str) -> Result<Joined> {
     }
 }
 
-/// Joins again until it works or fails for good, backing off from 100 ms to 5 s.
+/// Joins again until it works or fails for good, backing off from 100 ms to
+/// 5 s, each wait drawn between half and all of the step: the members a
+/// lost node had do not all come back to the next one at the same instant.
 async fn rejoin(client: Client, path: String) -> Result<Joined> {
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
         match open(&client, &path).await {
             Ok(joined) => return Ok(joined),
             Err(error) if worth_rejoining(&error) => {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
             }
             Err(error) => return Err(error),
         }
     }
+}
+
+/// Somewhere between half of `step` and all of it.
+fn jittered(step: std::time::Duration) -> std::time::Duration {
+    step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 impl Client {
