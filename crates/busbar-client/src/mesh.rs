@@ -180,19 +180,36 @@ struct Running {
 
 /// A running provider. Dropping it cuts its stream at once (calls in flight
 /// fail at their callers with UNAVAILABLE); [`close`](Self::close) drains.
+///
+/// When its stream is lost without being closed (the node restarts, the
+/// connection moves to another node), the provider offers its services
+/// again by itself, backing off from 100 ms to 5 s with jitter, until the
+/// node takes them or refuses them for good (rights, a clashing
+/// definition, credentials no longer valid).
 pub struct Provided {
-    /// The provider's id on the node (`busbar service ls`).
+    /// The provider's id on the node when it first offered (a new offer
+    /// after a loss gets a new one: [`current_id`](Self::current_id)).
     pub id: String,
     /// The paths of the service resources.
     pub paths: Vec<String>,
-    /// The queue to the node. The stream ends, after what is queued has
-    /// gone, once this and the senders of calls still running are dropped
-    /// (the reader holds only a weak one).
+    link: Arc<Mutex<Link>>,
+    running: Arc<Mutex<Running>>,
+    /// Serves the stream in use, and offers again after a loss.
+    reader: JoinHandle<()>,
+}
+
+/// What the provider's streams share as one replaces another.
+struct Link {
+    /// The queue to the node of the stream in use. The stream ends, after
+    /// what is queued has gone, once this and the senders of calls still
+    /// running are dropped (the reader holds only a weak one).
     outbound: Option<mpsc::Sender<pb::FromProvider>>,
     /// Fires when the node has read the Drain: no call comes after.
     drained: Option<tokio::sync::oneshot::Receiver<()>>,
-    running: Arc<Mutex<Running>>,
-    reader: JoinHandle<()>,
+    /// The provider's id on the node of the stream in use.
+    id: String,
+    /// Closing or closed: a lost stream is not replaced.
+    closing: bool,
 }
 
 impl Provided {
@@ -201,12 +218,26 @@ impl Provided {
         self.running.lock().map(|r| r.calls.len()).unwrap_or(0)
     }
 
+    /// The provider's id on the node now.
+    pub fn current_id(&self) -> String {
+        self.link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .id
+            .clone()
+    }
+
     /// Stops taking calls (the node routes new ones elsewhere), lets those
     /// in flight finish for up to `grace`, then ends the stream. Calls the
     /// node routed here before it read the Drain count as in flight: close
     /// waits for the node's answer to the Drain before it counts.
     pub async fn close(mut self, grace: Duration) {
-        if let Some(outbound) = &self.outbound {
+        let (outbound, drained) = {
+            let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+            link.closing = true;
+            (link.outbound.clone(), link.drained.take())
+        };
+        if let Some(outbound) = outbound {
             let _ = outbound
                 .send(pb::FromProvider {
                     message: Some(from_provider::Message::Drain(pb::Drain {})),
@@ -214,14 +245,14 @@ impl Provided {
                 .await;
         }
         let until = Instant::now() + grace;
-        if let Some(drained) = self.drained.take() {
+        if let Some(drained) = drained {
             let _ = tokio::time::timeout_at(until.into(), drained).await;
         }
         while self.in_flight() > 0 && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Half-closes the stream; the node ends its side in turn.
-        self.outbound = None;
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).outbound = None;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
     }
 }
@@ -236,6 +267,133 @@ impl Drop for Provided {
     }
 }
 
+/// One Provide stream the node accepted: the queue to it, what it sends,
+/// and its answer to the offer.
+struct Stream {
+    outbound: mpsc::Sender<pb::FromProvider>,
+    inbound: tonic::Streaming<pb::ToProvider>,
+    offered: pb::Offered,
+}
+
+/// Opens a Provide stream and offers `offer` on it.
+async fn open_stream(client: &Client, offer: &Offer) -> Result<Stream> {
+    let (outbound, queued) = mpsc::channel(OUTBOUND);
+    outbound
+        .send(pb::FromProvider {
+            message: Some(from_provider::Message::Offer(pb::Offer {
+                services: offer.services.clone(),
+                file_descriptor_set: offer.file_descriptor_set.clone().into(),
+                concurrency: offer.concurrency,
+            })),
+        })
+        .await
+        .expect("a new channel has room");
+    let mut inbound = client
+        .mesh_client()
+        .provide(tokio_stream::wrappers::ReceiverStream::new(queued))
+        .await?
+        .into_inner();
+    match inbound.message().await? {
+        Some(pb::ToProvider {
+            message: Some(to_provider::Message::Offered(offered)),
+        }) => Ok(Stream {
+            outbound,
+            inbound,
+            offered,
+        }),
+        _ => Err(Error::new(
+            ErrorCode::Internal,
+            "the node did not answer the offer",
+        )),
+    }
+}
+
+/// Whether a stream that ended with `code` (or an offer refused with it)
+/// is worth offering again: not when the node refused the provider itself.
+fn worth_offering_again(code: ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::Unauthenticated
+            | ErrorCode::PermissionDenied
+            | ErrorCode::InvalidArgument
+            | ErrorCode::FailedPrecondition
+            | ErrorCode::NotFound
+    )
+}
+
+/// What every stream of a provider serves with.
+struct Serving<F> {
+    client: Client,
+    offer: Offer,
+    link: Arc<Mutex<Link>>,
+    running: Arc<Mutex<Running>>,
+    handler: Arc<F>,
+    concurrency: Arc<Semaphore>,
+    streaming: HashMap<String, bool>,
+}
+
+impl<F, Fut> Serving<F>
+where
+    F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    /// Serves `stream`, then each stream that replaces a lost one.
+    async fn run(self, mut stream: Stream, mut drained: tokio::sync::oneshot::Sender<()>) {
+        loop {
+            let outbound = stream.outbound.downgrade();
+            drop(stream.outbound);
+            let ended = serve(
+                stream.inbound,
+                outbound,
+                self.running.clone(),
+                self.handler.clone(),
+                self.concurrency.clone(),
+                self.streaming.clone(),
+                drained,
+            )
+            .await;
+            if self.closing() || ended.is_some_and(|code| !worth_offering_again(code)) {
+                return;
+            }
+            match self.offer_again().await {
+                Some((next, next_drained)) => (stream, drained) = (next, next_drained),
+                None => return,
+            }
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).closing
+    }
+
+    /// Offers again until the node takes the offer (the new stream) or
+    /// refuses it for good, or the provider is closed (`None`).
+    async fn offer_again(&self) -> Option<(Stream, tokio::sync::oneshot::Sender<()>)> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0)).await;
+            if self.closing() {
+                return None;
+            }
+            match open_stream(&self.client, &self.offer).await {
+                Ok(stream) => {
+                    let (drained_in, drained) = tokio::sync::oneshot::channel();
+                    let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+                    if link.closing {
+                        return None;
+                    }
+                    link.outbound = Some(stream.outbound.clone());
+                    link.drained = Some(drained);
+                    link.id = stream.offered.provider.clone();
+                    return Some((stream, drained_in));
+                }
+                Err(error) if !worth_offering_again(error.code()) => return None,
+                Err(_) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+            }
+        }
+    }
+}
+
 impl Client {
     /// Offers services to the node; every call routed to this provider runs
     /// `handler` on a task of its own (aborted when the caller cancels or
@@ -245,62 +403,43 @@ impl Client {
         F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
-        let (outbound, queued) = mpsc::channel(OUTBOUND);
-        let file_descriptor_set = offer.file_descriptor_set;
         let concurrency = Arc::new(Semaphore::new(match offer.concurrency {
             0 => 64,
             n => n as usize,
         }));
-        outbound
-            .send(pb::FromProvider {
-                message: Some(from_provider::Message::Offer(pb::Offer {
-                    services: offer.services,
-                    file_descriptor_set: file_descriptor_set.clone().into(),
-                    concurrency: offer.concurrency,
-                })),
-            })
-            .await
-            .expect("a new channel has room");
         // The stream lasts as long as the provider: a default deadline of
         // this handle's calls must not end it.
-        let streaming = Client {
+        let client = Client {
             timeout: None,
             ..self.clone()
         };
-        let mut inbound = streaming
-            .mesh_client()
-            .provide(tokio_stream::wrappers::ReceiverStream::new(queued))
-            .await?
-            .into_inner();
-        let offered = match inbound.message().await? {
-            Some(pb::ToProvider {
-                message: Some(to_provider::Message::Offered(offered)),
-            }) => offered,
-            _ => {
-                return Err(Error::new(
-                    ErrorCode::Internal,
-                    "the node did not answer the offer",
-                ));
-            }
-        };
-        let running = Arc::new(Mutex::new(Running::default()));
-        let handler = Arc::new(handler);
-        let streaming = server_streaming(&file_descriptor_set);
+        let stream = open_stream(&client, &offer).await?;
         let (drained_in, drained) = tokio::sync::oneshot::channel();
-        let reader = tokio::spawn(serve(
-            inbound,
-            outbound.downgrade(),
-            running.clone(),
-            handler,
-            concurrency,
-            streaming,
-            drained_in,
-        ));
-        Ok(Provided {
-            id: offered.provider,
-            paths: offered.paths,
-            outbound: Some(outbound),
+        let link = Arc::new(Mutex::new(Link {
+            outbound: Some(stream.outbound.clone()),
             drained: Some(drained),
+            id: stream.offered.provider.clone(),
+            closing: false,
+        }));
+        let running = Arc::new(Mutex::new(Running::default()));
+        let (id, paths) = (
+            stream.offered.provider.clone(),
+            stream.offered.paths.clone(),
+        );
+        let serving = Serving {
+            streaming: server_streaming(&offer.file_descriptor_set),
+            client,
+            offer,
+            link: link.clone(),
+            running: running.clone(),
+            handler: Arc::new(handler),
+            concurrency,
+        };
+        let reader = tokio::spawn(serving.run(stream, drained_in));
+        Ok(Provided {
+            id,
+            paths,
+            link,
             running,
             reader,
         })
@@ -318,7 +457,8 @@ impl Client {
     }
 }
 
-/// Reads the node's messages for this provider until its stream ends.
+/// Reads the node's messages for this provider until its stream ends;
+/// returns the code it ended with, if the node ended it with an error.
 async fn serve<F, Fut>(
     mut inbound: tonic::Streaming<pb::ToProvider>,
     outbound: mpsc::WeakSender<pb::FromProvider>,
@@ -327,12 +467,18 @@ async fn serve<F, Fut>(
     concurrency: Arc<Semaphore>,
     streaming: HashMap<String, bool>,
     drained: tokio::sync::oneshot::Sender<()>,
-) where
+) -> Option<ErrorCode>
+where
     F: Fn(ProviderCall) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let mut drained = Some(drained);
-    while let Some(Ok(message)) = inbound.next().await {
+    loop {
+        let message = match inbound.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(status)) => return Some(Error::from(status).code()),
+            None => return None,
+        };
         let Some(message) = message.message else {
             continue;
         };

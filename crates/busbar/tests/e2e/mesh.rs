@@ -3,7 +3,7 @@
 //! handler, balancing, a lost provider, idempotent retry, cancellation,
 //! rights and bad offers.
 
-use crate::harness::{Node, assert_code, assert_error};
+use crate::harness::{Node, assert_code, assert_error, eventually};
 use busbar_client::{Client, ErrorCode, MethodKind, Offer, Provided, ProviderCall, Right};
 use bytes::Bytes;
 use prost::Message;
@@ -605,4 +605,34 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("condition not met in 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_offers_again_by_itself_after_the_node_restarts() {
+    let (mut node, admin) = Node::start_with_admin(&[]).await;
+    let provider_client = node.admin().await;
+    let provided = provide(&provider_client, "back", Arc::new(Counters::default())).await;
+
+    node.restart(); // SIGKILL, then start again on the same data and port
+
+    // Once it has offered again, calls through the node reach it.
+    let say = format!("{ECHO}/Say");
+    let reply = eventually("a call reaching the provider again", || {
+        admin.call(&say, serde_json::json!({"text": "again"}))
+    })
+    .await;
+    assert!(
+        reply["text"].as_str().unwrap().starts_with("back: again"),
+        "{reply}"
+    );
+    // The restarted node numbers providers afresh, so this is its id there.
+    assert!(
+        provided.current_id().starts_with('p'),
+        "{}",
+        provided.current_id()
+    );
+
+    // Closed, it stays gone.
+    provided.close(Duration::from_secs(1)).await;
+    assert!(!provides(&admin, "admin").await);
 }
