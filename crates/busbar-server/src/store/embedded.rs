@@ -223,13 +223,7 @@ fn insert_resource(
     kind: ResourceKind,
     owner: &str,
 ) -> Result<ResourceRecord> {
-    let record = ResourceRecord {
-        id: new_id(),
-        path: path.to_string(),
-        kind,
-        owner: owner.to_string(),
-        created_ms: now_ms(),
-    };
+    let record = ResourceRecord::new(path, kind, owner);
     conn.execute(
         "INSERT INTO resources (id, path, kind, owner, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![

@@ -93,6 +93,19 @@ pub struct ResourceRecord {
     pub created_ms: i64,
 }
 
+impl ResourceRecord {
+    /// A new resource's record, under a fresh id.
+    pub fn new(path: &str, kind: ResourceKind, owner: &str) -> ResourceRecord {
+        ResourceRecord {
+            id: new_id(),
+            path: path.to_string(),
+            kind,
+            owner: owner.to_string(),
+            created_ms: now_ms(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRecord {
     /// Path of the resource the grant is set on.

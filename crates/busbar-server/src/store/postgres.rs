@@ -331,13 +331,7 @@ async fn create_resource_in(
         )
         .await?;
     }
-    let record = ResourceRecord {
-        id: new_id(),
-        path: path.to_string(),
-        kind,
-        owner: owner.to_string(),
-        created_ms: now_ms(),
-    };
+    let record = ResourceRecord::new(path, kind, owner);
     let inserted = db
         .execute(
             insert,

@@ -2,7 +2,7 @@
 //! `synchronous = FULL`), so a push is on disk before it is acknowledged
 //! and a pop's removal commits before the message is handed over.
 
-use super::{Limits, NewMessage, Pushed, QueueEngine, Stored};
+use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::{Error, Result};
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -89,11 +89,7 @@ fn stored(row: &rusqlite::Row) -> rusqlite::Result<Stored> {
 
 #[async_trait::async_trait]
 impl QueueEngine for EmbeddedQueues {
-    async fn open(
-        &self,
-        session: &str,
-        metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>> {
+    async fn open(&self, session: &str, metadata: Metadata) -> Result<Metadata> {
         let session = session.to_string();
         self.run(move |conn| {
             conn.execute(

@@ -36,6 +36,9 @@ pub(crate) const LIMITS: Limits = Limits {
     bytes: 64 << 20,
 };
 
+/// A session's or a message's metadata: string keys and values.
+pub(crate) type Metadata = HashMap<String, String>;
+
 /// A message as storage holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Stored {
@@ -78,11 +81,7 @@ pub(crate) enum Pushed {
 pub(crate) trait QueueEngine: Send + Sync {
     /// Records a session's metadata unless it has some; returns the
     /// session's metadata.
-    async fn open(
-        &self,
-        session: &str,
-        metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>>;
+    async fn open(&self, session: &str, metadata: Metadata) -> Result<Metadata>;
     /// Appends `message` to its topic's queue, unless that is at `limits`.
     async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed>;
     /// Takes the oldest visible message: removes it, or with `lease` hides

@@ -6,7 +6,7 @@
 //! take different messages (`FOR UPDATE SKIP LOCKED`), and the pushes to one
 //! queue are serialized (an advisory lock) so its limits hold cluster-wide.
 
-use super::{Limits, NewMessage, Pushed, QueueEngine, Stored};
+use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::Result;
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -111,11 +111,7 @@ impl PostgresQueues {
 
 #[async_trait::async_trait]
 impl QueueEngine for PostgresQueues {
-    async fn open(
-        &self,
-        session: &str,
-        metadata: HashMap<String, String>,
-    ) -> Result<HashMap<String, String>> {
+    async fn open(&self, session: &str, metadata: Metadata) -> Result<Metadata> {
         let client = self.pool.get().await?;
         client
             .execute(
