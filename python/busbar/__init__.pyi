@@ -51,9 +51,12 @@ class CallContext:
     #: The caller's deadline as ``time.time()`` seconds, or None.
     deadline: Optional[float]
     def __init__(self, method: str, caller: str, trace_id: str, metadata: Dict[str, str],
-                 time_left: Optional[float]) -> None: ...
+                 time_left: Optional[float], call: Any = ...) -> None: ...
     def time_left(self) -> Optional[float]:
         """Seconds until the caller's deadline (0 once passed), or None."""
+    def cancelled(self) -> bool:
+        """Whether the call was cancelled (caller, deadline, provider closing):
+        a plain handler checks it to stop early."""
 
 # Each private `_...Base` here holds what a class's two faces have alike (as at
 # runtime); the asyncio face's class in aio.pyi subclasses it too.

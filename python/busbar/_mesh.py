@@ -469,12 +469,14 @@ class CallContext:
     (authenticated by the node), the trace id, the caller's ``x-``
     metadata, and its deadline: ``deadline`` is the absolute time
     (``time.time()`` seconds) and ``time_left()`` the seconds left, both
-    None when the caller set none."""
+    None when the caller set none; ``cancelled()`` tells whether the call
+    was cancelled meanwhile."""
 
-    __slots__ = ("method", "caller", "trace_id", "metadata", "deadline", "_until")
+    __slots__ = ("method", "caller", "trace_id", "metadata", "deadline", "_until", "_call")
 
     def __init__(self, method: str, caller: str, trace_id: str, metadata: Dict[str, str],
-                 time_left: Optional[float]) -> None:
+                 time_left: Optional[float], call: Any = None) -> None:
+        self._call = call
         self.method = method
         self.caller = caller
         self.trace_id = trace_id
@@ -491,6 +493,14 @@ class CallContext:
         if self._until is None:
             return None
         return max(0.0, self._until - time.monotonic())
+
+    def cancelled(self) -> bool:
+        """Whether the caller cancelled the call, its deadline passed or the
+        provider is closing. An ``async def`` handler is cancelled at its
+        next await; a plain handler runs on its thread until it returns, so
+        a long one checks this to stop early (what it answers then is
+        dropped)."""
+        return self._call is not None and bool(self._call.cancelled)
 
     def __repr__(self) -> str:
         left = self.time_left()
@@ -516,7 +526,7 @@ def context() -> CallContext:
 def _context_of(call: Any) -> CallContext:
     given = call.context()
     return CallContext(given["method"], given["caller"], given["trace_id"],
-                       dict(given["metadata"]), given["time_left"])
+                       dict(given["metadata"]), given["time_left"], call)
 
 
 # --- providing ------------------------------------------------------------------------

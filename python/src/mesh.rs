@@ -318,6 +318,14 @@ impl CoreProviderCall {
         self.server_streaming
     }
 
+    /// Whether the call was cancelled (by its caller, its deadline or the
+    /// provider closing): what a plain handler, which runs to its end on
+    /// its thread, checks to stop early.
+    #[getter]
+    fn cancelled(&self) -> bool {
+        *self.stage.borrow() == Stage::Cancelled
+    }
+
     /// What the node told about the call: a dict with method, caller,
     /// trace_id, metadata and time_left (seconds until the caller's
     /// deadline, now; None without one).

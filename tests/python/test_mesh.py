@@ -671,6 +671,31 @@ def test_a_cancelled_call_stops_an_async_handler(aio_face_conn):
         close(face, provider)
 
 
+def test_a_plain_handler_sees_its_call_cancelled(face, conn):
+    name = unique("Probe")
+    Probe = declare_probe(name)
+    seen = []
+
+    class Impl(ProbeFailures, Probe):
+        def context(self, pause):
+            call = busbar.context()
+            assert not call.cancelled()
+            until = time.monotonic() + pause
+            while time.monotonic() < until and not call.cancelled():
+                time.sleep(0.01)
+            seen.append(call.cancelled())
+            return {}
+
+    provider = provide(face, conn, Impl())
+    try:
+        with pytest.raises(errors.Timeout):
+            face.run(conn.remote(Probe, timeout=0.3).context(30))
+        face.wait_until(lambda: seen, what="the handler to see its call cancelled")
+        assert seen == [True]
+    finally:
+        close(face, provider)
+
+
 @pytest.fixture
 def aio_face_conn(busbar_node):
     f = Face("async")
