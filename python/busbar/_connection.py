@@ -189,16 +189,21 @@ class _ConnectionBase:
     # --- calls ------------------------------------------------------------
 
     def call(self, method: str, request: Optional[Dict[str, Any]] = None, *,
-             timeout: Optional[float] = None) -> Any:
+             timeout: Optional[float] = None, trace_id: Optional[str] = None,
+             metadata: Optional[Dict[str, str]] = None) -> Any:
         """Calls the unary method ``method`` ("package.Service/Method") with a
-        dict; returns the reply as a dict (protocol field names)."""
-        return self._core.call(method, request, timeout)
+        dict; returns the reply as a dict (protocol field names). ``trace_id``
+        and ``metadata`` (``x-`` keys) travel with the call (a mesh handler
+        sees them in ``busbar.context()``)."""
+        return self._core.call(method, request, timeout, False, trace_id, metadata)
 
     def stream(self, method: str, request: Optional[Dict[str, Any]] = None, *,
-               timeout: Optional[float] = None) -> Any:
+               timeout: Optional[float] = None, trace_id: Optional[str] = None,
+               metadata: Optional[Dict[str, str]] = None) -> Any:
         """Starts a server-, client- or bidi-streaming call; returns a Call.
         ``request`` is the first message (required for server streaming)."""
-        return self._then(self._core.call(method, request, timeout, True), self._CALL)
+        return self._then(self._core.call(method, request, timeout, True, trace_id, metadata),
+                          self._CALL)
 
     # --- mesh -------------------------------------------------------------
 
@@ -215,13 +220,16 @@ class _ConnectionBase:
         opening = self._core.provide(offered.services, offered.descriptors, calls, timeout)
         return self._then(opening, lambda core: self._PROVIDER(core, offered, calls))
 
-    def remote(self, interface: Any, *, timeout: Optional[float] = None) -> Any:
+    def remote(self, interface: Any, *, timeout: Optional[float] = None,
+               trace_id: Optional[str] = None,
+               metadata: Optional[Dict[str, str]] = None) -> Any:
         """A reference to the service ``interface`` (a ``@busbar.interface``
         class) whose methods call it through the node, by name, with
-        ``timeout`` as each call's deadline. It is an instance of a subclass
-        of ``interface``; with the asyncio face its methods are awaited (and
+        ``timeout`` as each call's deadline and ``trace_id`` and ``metadata``
+        (``x-`` keys) sent with each. It is an instance of a subclass of
+        ``interface``; with the asyncio face its methods are awaited (and
         streaming ones are async iterators)."""
-        return _mesh.remote(self, interface, timeout, self._ASYNC)
+        return _mesh.remote(self, interface, timeout, self._ASYNC, trace_id, metadata)
 
     def services(self, path: str = "", *, timeout: Optional[float] = None) -> Any:
         """Live services at or below ``path`` (default ``/services``) with

@@ -859,7 +859,8 @@ async def _awaited(awaitable: Any) -> Any:
 
 
 def remote(connection: Any, interface_class: Any, timeout: Optional[float],
-           asyncio_face: bool) -> Any:
+           asyncio_face: bool, trace_id: Optional[str] = None,
+           metadata: Optional[Dict[str, str]] = None) -> Any:
     """A reference to ``interface_class`` whose methods call through the node."""
     declared = (vars(interface_class).get("__busbar_interface__")
                 if isinstance(interface_class, type) else None)
@@ -879,7 +880,8 @@ def remote(connection: Any, interface_class: Any, timeout: Optional[float],
         declared.remotes[asyncio_face] = made
     reference: Any = object.__new__(made)
     reference._busbar_connection = connection
-    reference._busbar_timeout = timeout
+    # What every call of the reference sends with it.
+    reference._busbar_call = {"timeout": timeout, "trace_id": trace_id, "metadata": metadata}
     return reference
 
 
@@ -888,7 +890,7 @@ def _caller(m: _Method) -> Callable[..., Any]:
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             items = m.stream_items(args, kwargs)
             stream = self._busbar_connection.stream(m.full_name, None,
-                                                    timeout=self._busbar_timeout)
+                                                    **self._busbar_call)
             if m.server_streaming:
                 threading.Thread(target=_send_all, args=(m, stream, items),
                                  name=f"busbar-send {m.full_name}", daemon=True).start()
@@ -900,13 +902,13 @@ def _caller(m: _Method) -> Callable[..., Any]:
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             request = m.request(args, kwargs)
             stream = self._busbar_connection.stream(m.full_name, request,
-                                                    timeout=self._busbar_timeout)
+                                                    **self._busbar_call)
             return _results(m, stream)
     else:
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:
             request = m.request(args, kwargs)
             reply = self._busbar_connection.call(m.full_name, request,
-                                                 timeout=self._busbar_timeout)
+                                                 **self._busbar_call)
             return m.result(reply)
     call.__name__ = m.pyname
     call.__doc__ = f"Calls {m.full_name} through the node."
@@ -948,12 +950,12 @@ def _async_caller(m: _Method) -> Callable[..., Any]:
             connection = self._busbar_connection
             if m.client_streaming:
                 items = m.stream_items(args, kwargs)
-                stream = await connection.stream(m.full_name, None, timeout=self._busbar_timeout)
+                stream = await connection.stream(m.full_name, None, **self._busbar_call)
                 sender = asyncio.ensure_future(_send_all_async(m, stream, items))
             else:
                 request = m.request(args, kwargs)
                 stream = await connection.stream(m.full_name, request,
-                                                 timeout=self._busbar_timeout)
+                                                 **self._busbar_call)
                 sender = None
             try:
                 async for reply in stream:
@@ -971,13 +973,13 @@ def _async_caller(m: _Method) -> Callable[..., Any]:
         connection = self._busbar_connection
         if m.client_streaming:
             items = m.stream_items(args, kwargs)
-            stream = await connection.stream(m.full_name, None, timeout=self._busbar_timeout)
+            stream = await connection.stream(m.full_name, None, **self._busbar_call)
             await _send_all_async(m, stream, items)
             replies = [reply async for reply in stream]
             return m.result(replies[0] if replies else {})
         request = m.request(args, kwargs)
         return m.result(await connection.call(m.full_name, request,
-                                              timeout=self._busbar_timeout))
+                                              **self._busbar_call))
 
     call.__name__ = m.pyname
     call.__doc__ = f"Calls {m.full_name} through the node (awaitable)."

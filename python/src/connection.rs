@@ -412,7 +412,9 @@ core_methods! {
 
         /// Calls `method` by name: a unary call's reply (a dict), or with
         /// `streaming` a started `CoreCall` (request: its first message).
-        #[pyo3(signature = (method, request=None, timeout=None, streaming=false))]
+        /// `trace_id` and `metadata` (`x-` keys) travel with the call.
+        #[pyo3(signature = (method, request=None, timeout=None, streaming=false, trace_id=None, metadata=None))]
+        #[allow(clippy::too_many_arguments)]
         fn call<'py>(
             &self,
             py: Python<'py>,
@@ -420,12 +422,28 @@ core_methods! {
             request: Option<Bound<'py, PyAny>>,
             timeout: Option<f64>,
             streaming: bool,
+            trace_id: Option<String>,
+            metadata: Option<std::collections::HashMap<String, String>>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let request = request.map(|r| py_to_json(&r)).transpose();
+            // Checked here, so bad ones fail before anything is sent.
+            let tagged = |c: Client| -> Result<Client, Error> {
+                let c = match &trace_id {
+                    Some(trace_id) => c.with_trace_id(trace_id)?,
+                    None => c,
+                };
+                match &metadata {
+                    Some(metadata) => c.with_metadata(metadata),
+                    None => Ok(c),
+                }
+            };
             if !streaming {
-                return self.run(py, timeout, Scope::Call, |c| async move {
-                    let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
-                    c.call(&method, request).await
+                return self.run(py, timeout, Scope::Call, |c| {
+                    let c = tagged(c);
+                    async move {
+                        let request = request?.unwrap_or_else(|| Value::Object(Default::default()));
+                        c?.call(&method, request).await
+                    }
                 });
             }
             let face = self.face;
@@ -433,9 +451,12 @@ core_methods! {
                 .ok()
                 .flatten()
                 .map(|limit| tokio::time::Instant::now() + limit);
-            self.run(py, timeout, Scope::Call, move |c| async move {
-                let call = c.stream(&method, request?).await?;
-                Ok(CoreCall::new(face, call, deadline))
+            self.run(py, timeout, Scope::Call, move |c| {
+                let c = tagged(c);
+                async move {
+                    let call = c?.stream(&method, request?).await?;
+                    Ok(CoreCall::new(face, call, deadline))
+                }
             })
         }
 

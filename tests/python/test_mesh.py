@@ -558,6 +558,19 @@ def test_busbar_context_shows_the_caller_trace_id_and_deadline(face, conn, busba
         # Without a deadline there is none.
         plain = face.run(carol.remote(Probe).context(0))
         assert plain["first"]["deadline"] is None and plain["first"]["time_left"] is None
+        # The caller's own trace id and x- metadata reach the handler.
+        tagged = face.run(carol.remote(Probe, trace_id="order-77",
+                                       metadata={"x-tenant": "acme"}).context(0))
+        assert tagged["first"]["trace_id"] == "order-77"
+        assert tagged["first"]["metadata"] == {"x-tenant": "acme"}
+        # By name too (the reply in the protocol's own JSON form).
+        by_name = face.run(carol.call(f"{name}/context", {"pause": 0}, trace_id="order-78"))
+        assert "order-78" in json.dumps(by_name) and "order-77" not in json.dumps(by_name)
+        for bad in ({"tenant": "acme"}, {"x-busbar-x": "1"}, {"x-ok": "\n"}):
+            with pytest.raises(errors.InvalidArgument, match="bad metadata"):
+                face.run(carol.remote(Probe, metadata=bad).context(0))
+        with pytest.raises(errors.InvalidArgument, match="bad trace id"):
+            face.run(carol.call(f"{name}/context", {"pause": 0}, trace_id=""))
         # An identity without read on the service may not call it.
         face.run(conn.revoke(f"/services/{name}", user))
         with pytest.raises(errors.PermissionDenied):

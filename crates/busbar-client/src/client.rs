@@ -349,7 +349,11 @@ pub struct CallContext {
     inner: Arc<Inner>,
     timeout: Option<Duration>,
     trace_id: Option<MetadataValue<Ascii>>,
+    metadata: Option<Arc<CallerMetadata>>,
 }
+
+/// `x-` metadata every call of a handle carries (see [`Client::with_metadata`]).
+type CallerMetadata = Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>;
 
 impl tonic::service::Interceptor for CallContext {
     fn call(
@@ -380,6 +384,9 @@ impl CallContext {
         if let Some(trace_id) = &self.trace_id {
             metadata.insert(TRACE_ID_KEY.clone(), trace_id.clone());
         }
+        for (key, value) in self.metadata.iter().flat_map(|given| given.iter()) {
+            metadata.insert(key.clone(), value.clone());
+        }
     }
 }
 
@@ -391,6 +398,7 @@ pub struct Client {
     pub(crate) inner: Arc<Inner>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) trace_id: Option<MetadataValue<Ascii>>,
+    pub(crate) metadata: Option<Arc<CallerMetadata>>,
     /// The data session data calls run in (see [`crate::Session`]).
     pub(crate) data_session: Option<Arc<str>>,
 }
@@ -664,6 +672,7 @@ impl Client {
             inner,
             timeout: options.timeout,
             trace_id: None,
+            metadata: None,
             data_session: None,
         };
         if client.inner.credential.is_some() {
@@ -717,6 +726,57 @@ impl Client {
         })
     }
 
+    /// A handle whose calls carry `metadata`: keys that start with `x-`
+    /// (lower case letters, digits, `-`, `_` and `.`; at most 16 pairs),
+    /// values of visible ASCII and spaces, at most 1 KiB each. A mesh
+    /// provider's handler sees them; `x-busbar-` keys are the node's own.
+    pub fn with_metadata<K, V>(&self, metadata: impl IntoIterator<Item = (K, V)>) -> Result<Client>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut pairs = CallerMetadata::new();
+        for (key, value) in metadata {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let key_ok = key.len() > 2
+                && key.starts_with("x-")
+                && !key.starts_with("x-busbar-")
+                && key != busbar_proto::TRACE_ID_METADATA_KEY
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+            let parsed_key = MetadataKey::from_bytes(key.as_bytes())
+                .ok()
+                .filter(|_| key_ok);
+            let value_ok =
+                value.len() <= 1024 && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic());
+            let parsed_value = MetadataValue::try_from(value).ok().filter(|_| value_ok);
+            match (parsed_key, parsed_value) {
+                (Some(key), Some(value)) => pairs.push((key, value)),
+                (None, _) => {
+                    return Err(Error::invalid_argument(format!(
+                        "bad metadata key {key:?}: use x- and lower case letters, digits, '-', '_' or '.' (not x-busbar- or x-trace-id)"
+                    )));
+                }
+                (_, None) => {
+                    return Err(Error::invalid_argument(format!(
+                        "bad metadata value for {key}: use at most 1024 visible ASCII characters or spaces"
+                    )));
+                }
+            }
+        }
+        if pairs.len() > 16 {
+            return Err(Error::invalid_argument(format!(
+                "{} metadata pairs: at most 16",
+                pairs.len()
+            )));
+        }
+        Ok(Client {
+            metadata: (!pairs.is_empty()).then(|| Arc::new(pairs)),
+            ..self.clone()
+        })
+    }
+
     /// The address this client dials.
     pub fn address(&self) -> &str {
         &self.inner.address
@@ -736,6 +796,7 @@ impl Client {
             inner: self.inner.clone(),
             timeout: self.timeout,
             trace_id: self.trace_id.clone(),
+            metadata: self.metadata.clone(),
         }
     }
 
@@ -870,6 +931,7 @@ async fn keep_session(inner: Weak<Inner>) {
                 inner,
                 timeout: None,
                 trace_id: None,
+                metadata: None,
                 data_session: None,
             };
             let remaining = client.session_expires_ms().unwrap_or(0) - now_ms();
@@ -881,6 +943,7 @@ async fn keep_session(inner: Weak<Inner>) {
             inner,
             timeout: Some(Duration::from_secs(30)),
             trace_id: None,
+            metadata: None,
             data_session: None,
         };
         let renewed = match client.refresh().await {
