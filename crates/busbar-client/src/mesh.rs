@@ -371,7 +371,7 @@ where
     async fn offer_again(&self) -> Option<(Stream, tokio::sync::oneshot::Sender<()>)> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            tokio::time::sleep(backoff / 2 + backoff.mul_f64(rand::random::<f64>() / 2.0)).await;
+            tokio::time::sleep(crate::rooms::jittered(backoff)).await;
             if self.closing() {
                 return None;
             }

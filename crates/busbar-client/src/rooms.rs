@@ -112,7 +112,7 @@ async fn rejoin(client: Client, path: String) -> Result<Joined> {
 }
 
 /// Somewhere between half of `step` and all of it.
-fn jittered(step: std::time::Duration) -> std::time::Duration {
+pub(crate) fn jittered(step: std::time::Duration) -> std::time::Duration {
     step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
 }
 

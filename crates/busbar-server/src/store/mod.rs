@@ -9,7 +9,7 @@ mod postgres;
 
 pub use embedded::SqliteStore;
 pub use postgres::PostgresStore;
-pub(crate) use postgres::SCHEMA_LOCK;
+pub(crate) use postgres::{SCHEMA_LOCK, cached};
 
 use crate::error::Result;
 use async_trait::async_trait;

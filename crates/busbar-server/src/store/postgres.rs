@@ -146,13 +146,20 @@ impl PostgresStore {
         let store = PostgresStore { pool };
         let mut client = store.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-            .await?;
+        tx.execute(
+            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
+            &[&SCHEMA_LOCK],
+        )
+        .await?;
         tx.batch_execute(SCHEMA).await?;
         for root in ["/", "/home"] {
             tx.execute(
-                "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
+                &cached(
+                    &tx,
+                    "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
                  VALUES ($1, $2, $3, '', $4) ON CONFLICT (path) DO NOTHING",
+                )
+                .await?,
                 &[&new_id(), &root, &(ResourceKind::Folder as i32), &now_ms()],
             )
             .await?;
@@ -179,7 +186,7 @@ impl PostgresStore {
         read: fn(&Row) -> T,
     ) -> Result<Option<T>> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let statement = cached(&client, sql).await?;
         Ok(client
             .query_opt(&statement, params)
             .await?
@@ -195,7 +202,7 @@ impl PostgresStore {
         read: fn(&Row) -> T,
     ) -> Result<Vec<T>> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let statement = cached(&client, sql).await?;
         Ok(client
             .query(&statement, params)
             .await?
@@ -211,9 +218,18 @@ impl PostgresStore {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let statement = cached(&client, sql).await?;
         Ok(client.execute(&statement, params).await?)
     }
+}
+
+/// `sql` through the pooled connection's statement cache: parsed once per
+/// connection instead of on every call (which costs a round trip each).
+pub(crate) async fn cached(
+    db: &impl GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement> {
+    Ok(db.prepare_cached(sql).await?)
 }
 
 fn identity_row(row: &Row) -> IdentityRecord {
@@ -269,7 +285,7 @@ const RESOURCE_COLUMNS: &str = "id, path, kind, owner, created_ms";
 async fn get_resource(db: &impl GenericClient, path: &str) -> Result<Option<ResourceRecord>> {
     let sql = format!("SELECT {RESOURCE_COLUMNS} FROM busbar.resources WHERE path = $1");
     Ok(db
-        .query_opt(&sql, &[&path])
+        .query_opt(&cached(db, &sql).await?, &[&path])
         .await?
         .as_ref()
         .map(resource_row))
@@ -294,7 +310,7 @@ async fn descendants(
         if lock { " FOR UPDATE" } else { "" }
     );
     Ok(db
-        .query(&sql, &[&low, &high])
+        .query(&cached(db, &sql).await?, &[&low, &high])
         .await?
         .iter()
         .map(resource_row)
@@ -326,7 +342,7 @@ async fn create_resource_in(
     for folder in missing.iter().rev() {
         let folder_kind = ResourceKind::Folder as i32;
         db.execute(
-            insert,
+            &cached(db, insert).await?,
             &[&new_id(), folder, &folder_kind, &owner, &now_ms()],
         )
         .await?;
@@ -334,7 +350,7 @@ async fn create_resource_in(
     let record = ResourceRecord::new(path, kind, owner);
     let inserted = db
         .execute(
-            insert,
+            &cached(db, insert).await?,
             &[
                 &record.id,
                 &record.path,
@@ -401,8 +417,12 @@ impl Store for PostgresStore {
         }
         if new.admin {
             tx.execute(
-                "INSERT INTO busbar.grants (path, principal, rights) VALUES ('/', $1, $2) \
+                &cached(
+                    &tx,
+                    "INSERT INTO busbar.grants (path, principal, rights) VALUES ('/', $1, $2) \
                  ON CONFLICT (path, principal) DO UPDATE SET rights = EXCLUDED.rights",
+                )
+                .await?,
                 &[&record.name, &(Right::Admin as i32)],
             )
             .await?;
@@ -445,7 +465,11 @@ impl Store for PostgresStore {
         let tx = client.transaction().await?;
         let id: Option<String> = tx
             .query_opt(
-                "UPDATE busbar.identities SET revoked = true WHERE name = $1 RETURNING id",
+                &cached(
+                    &tx,
+                    "UPDATE busbar.identities SET revoked = true WHERE name = $1 RETURNING id",
+                )
+                .await?,
                 &[&name],
             )
             .await?
@@ -634,10 +658,16 @@ impl Store for PostgresStore {
         doomed.reverse();
         doomed.push(found);
         for record in &doomed {
-            tx.execute("DELETE FROM busbar.resources WHERE id = $1", &[&record.id])
-                .await?;
-            tx.execute("DELETE FROM busbar.grants WHERE path = $1", &[&record.path])
-                .await?;
+            tx.execute(
+                &cached(&tx, "DELETE FROM busbar.resources WHERE id = $1").await?,
+                &[&record.id],
+            )
+            .await?;
+            tx.execute(
+                &cached(&tx, "DELETE FROM busbar.grants WHERE path = $1").await?,
+                &[&record.path],
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(doomed)
@@ -660,12 +690,12 @@ impl Store for PostgresStore {
         for record in &moving {
             let new_path = tree::moved_path(record, from, to);
             tx.execute(
-                "UPDATE busbar.resources SET path = $2 WHERE id = $1",
+                &cached(&tx, "UPDATE busbar.resources SET path = $2 WHERE id = $1").await?,
                 &[&record.id, &new_path],
             )
             .await?;
             tx.execute(
-                "UPDATE busbar.grants SET path = $2 WHERE path = $1",
+                &cached(&tx, "UPDATE busbar.grants SET path = $2 WHERE path = $1").await?,
                 &[&record.path, &new_path],
             )
             .await?;

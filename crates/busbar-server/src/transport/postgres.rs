@@ -8,7 +8,7 @@
 
 use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::Result;
-use crate::store::now_ms;
+use crate::store::{cached, now_ms};
 use bytes::Bytes;
 use deadpool_postgres::{GenericClient, Pool};
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ impl PostgresQueues {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
+            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
             &[&crate::store::SCHEMA_LOCK],
         )
         .await?;
@@ -85,7 +85,7 @@ impl PostgresQueues {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64> {
         let client = self.pool.get().await?;
-        Ok(client.execute(sql, params).await?)
+        Ok(client.execute(&cached(&client, sql).await?, params).await?)
     }
 
     /// A change to a live lease (`$1` session, `$2` receipt, `$3` now);
@@ -115,14 +115,22 @@ impl QueueEngine for PostgresQueues {
         let client = self.pool.get().await?;
         client
             .execute(
-                "INSERT INTO busbar.transport_sessions (session, metadata) VALUES ($1, $2) \
+                &cached(
+                    &client,
+                    "INSERT INTO busbar.transport_sessions (session, metadata) VALUES ($1, $2) \
                  ON CONFLICT (session) DO NOTHING",
+                )
+                .await?,
                 &[&session, &encode_metadata(&metadata)],
             )
             .await?;
         let row = client
             .query_one(
-                "SELECT metadata FROM busbar.transport_sessions WHERE session = $1",
+                &cached(
+                    &client,
+                    "SELECT metadata FROM busbar.transport_sessions WHERE session = $1",
+                )
+                .await?,
                 &[&session],
             )
             .await?;
@@ -135,14 +143,22 @@ impl QueueEngine for PostgresQueues {
         let tx = client.transaction().await?;
         // One pusher per queue at a time, on whichever node.
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+            &cached(
+                &tx,
+                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
+            )
+            .await?,
             &[&session, &topic],
         )
         .await?;
         let row = tx
             .query_one(
-                "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0)::BIGINT \
+                &cached(
+                    &tx,
+                    "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0)::BIGINT \
                  FROM busbar.transport_messages WHERE session = $1 AND topic = $2",
+                )
+                .await?,
                 &[&session, &topic],
             )
             .await?;
@@ -150,10 +166,8 @@ impl QueueEngine for PostgresQueues {
         if count as u64 >= limits.messages || bytes as u64 + payload.len() as u64 > limits.bytes {
             return Ok(Pushed::Full);
         }
-        let row = tx
-            .query_one(
-                "INSERT INTO busbar.transport_messages (session, topic, payload, metadata, pushed_ms) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        let row = tx.query_one(&cached(&tx, "INSERT INTO busbar.transport_messages (session, topic, payload, metadata, pushed_ms) \
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id").await?,
                 &[
                     &session,
                     &topic,
@@ -178,14 +192,17 @@ impl QueueEngine for PostgresQueues {
         let now = now_ms();
         // Another node's pop holds its row: this one takes the next.
         let locked = format!("{OLDEST_VISIBLE} FOR UPDATE SKIP LOCKED");
-        let Some(row) = tx.query_opt(&locked, &[&session, &topic, &now]).await? else {
+        let Some(row) = tx
+            .query_opt(&cached(&tx, &locked).await?, &[&session, &topic, &now])
+            .await?
+        else {
             return Ok(None);
         };
         let mut message = stored(&row);
         match lease {
             None => {
                 tx.execute(
-                    "DELETE FROM busbar.transport_messages WHERE id = $1",
+                    &cached(&tx, "DELETE FROM busbar.transport_messages WHERE id = $1").await?,
                     &[&(message.id as i64)],
                 )
                 .await?;
@@ -193,8 +210,7 @@ impl QueueEngine for PostgresQueues {
             Some(lease) => {
                 let receipt = hex::encode(crate::auth::random_bytes::<16>());
                 let until = now + lease.as_millis() as i64;
-                tx.execute(
-                    "UPDATE busbar.transport_messages SET receipt = $1, leased_until = $2 WHERE id = $3",
+                tx.execute(&cached(&tx, "UPDATE busbar.transport_messages SET receipt = $1, leased_until = $2 WHERE id = $3").await?,
                     &[&receipt, &until, &(message.id as i64)],
                 )
                 .await?;
@@ -209,7 +225,10 @@ impl QueueEngine for PostgresQueues {
     async fn peek(&self, session: &str, topic: &str) -> Result<Option<Stored>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt(OLDEST_VISIBLE, &[&session, &topic, &now_ms()])
+            .query_opt(
+                &cached(&client, OLDEST_VISIBLE).await?,
+                &[&session, &topic, &now_ms()],
+            )
             .await?;
         Ok(row.as_ref().map(stored))
     }
@@ -254,12 +273,20 @@ impl QueueEngine for PostgresQueues {
         let tx = client.transaction().await?;
         let dropped = tx
             .execute(
-                "DELETE FROM busbar.transport_messages WHERE session = $1",
+                &cached(
+                    &tx,
+                    "DELETE FROM busbar.transport_messages WHERE session = $1",
+                )
+                .await?,
                 &[&session],
             )
             .await?;
         tx.execute(
-            "DELETE FROM busbar.transport_sessions WHERE session = $1",
+            &cached(
+                &tx,
+                "DELETE FROM busbar.transport_sessions WHERE session = $1",
+            )
+            .await?,
             &[&session],
         )
         .await?;
