@@ -20,13 +20,29 @@ pub fn redacted(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // A password may also come as a query parameter (`?password=...`).
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| !pair.starts_with("password="))
+                .collect();
+            if kept.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_string(),
+    };
+    let host = match authority.rsplit_once('@') {
         Some((user_info, host)) => {
             let user = user_info.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}@{host}{tail}")
+            format!("{user}@{host}")
         }
-        None => url.to_string(),
-    }
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{host}{tail}")
 }
 
 /// The metadata store and transport queues `config` names.
@@ -109,5 +125,9 @@ mod tests {
         );
         assert_eq!(redacted("nats://a:b@h:4222"), "nats://a@h:4222");
         assert_eq!(redacted("nats://h:4222"), "nats://h:4222");
+        assert_eq!(
+            redacted("postgres://u@h/db?password=s3cret&sslmode=require"),
+            "postgres://u@h/db?sslmode=require"
+        );
     }
 }
