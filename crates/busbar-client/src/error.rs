@@ -201,8 +201,12 @@ impl From<tonic::Status> for Error {
             .and_then(ErrorCode::from_str_name)
             .unwrap_or_else(|| {
                 // tonic reports the client side of a passed deadline as
-                // CANCELLED, caused by its TimeoutExpired.
-                let timed_out = causes(&status).any(|error| error.is::<tonic::TimeoutExpired>());
+                // CANCELLED. Some paths keep its TimeoutExpired as the
+                // cause; others (tonic's `find_status_in_source_chain`)
+                // build a fresh status with only TimeoutExpired's text.
+                let timed_out = causes(&status).any(|error| error.is::<tonic::TimeoutExpired>())
+                    || (status.code() == tonic::Code::Cancelled
+                        && status.message() == tonic::TimeoutExpired(()).to_string());
                 if timed_out {
                     ErrorCode::Timeout
                 } else if lost {
@@ -243,5 +247,23 @@ impl From<tonic::Status> for Error {
             trace_id,
             transport,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_side_deadline_is_a_timeout_however_tonic_reports_it() {
+        // tonic rebuilds the status from TimeoutExpired's text alone.
+        let rebuilt = tonic::Status::cancelled(tonic::TimeoutExpired(()).to_string());
+        assert_eq!(Error::from(rebuilt).code(), ErrorCode::Timeout);
+        // A status whose cause is TimeoutExpired.
+        let caused = tonic::Status::from_error(Box::new(tonic::TimeoutExpired(())));
+        assert_eq!(Error::from(caused).code(), ErrorCode::Timeout);
+        // A cancellation from the server stays a cancellation.
+        let cancelled = tonic::Status::cancelled("the caller went away");
+        assert_eq!(Error::from(cancelled).code(), ErrorCode::Cancelled);
     }
 }
