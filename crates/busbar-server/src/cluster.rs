@@ -45,16 +45,25 @@ pub fn redacted(url: &str) -> String {
     format!("{scheme}://{host}{tail}")
 }
 
-/// The metadata store and transport queues `config` names.
-pub async fn open_store(
-    config: &ServerConfig,
-) -> Result<(Arc<dyn Store>, Arc<dyn crate::transport::QueueEngine>)> {
+/// The engines a node's jobs run on.
+pub struct Engines {
+    pub store: Arc<dyn Store>,
+    pub queues: Arc<dyn crate::transport::QueueEngine>,
+    pub sql: Arc<dyn crate::sql::SqlEngine>,
+    pub timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
+}
+
+/// The engines `config` names: embedded files under the data directory, or
+/// the cluster's PostgreSQL.
+pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
     let Some(url) = &config.store else {
-        let queues = crate::transport::embedded::EmbeddedQueues::open(&config.data_dir)?;
-        return Ok((
-            Arc::new(SqliteStore::open(&config.data_dir)?),
-            Arc::new(queues),
-        ));
+        let dir = &config.data_dir;
+        return Ok(Engines {
+            store: Arc::new(SqliteStore::open(dir)?),
+            queues: Arc::new(crate::transport::embedded::EmbeddedQueues::open(dir)?),
+            sql: Arc::new(crate::sql::SqlDatabases::new(dir)),
+            timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(dir)),
+        });
     };
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| {
         Error::invalid_argument(format!(
@@ -74,7 +83,14 @@ pub async fn open_store(
         .await
         .map_err(in_store)?;
     tracing::info!(store = %redacted(url), "metadata and transport queues in PostgreSQL");
-    Ok((Arc::new(store), Arc::new(queues)))
+    Ok(Engines {
+        store: Arc::new(store),
+        queues: Arc::new(queues),
+        // Refused on cluster nodes until their PostgreSQL engines land
+        // (`Node::refuse_in_cluster`).
+        sql: Arc::new(crate::sql::SqlDatabases::new(&config.data_dir)),
+        timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
+    })
 }
 
 fn pg_tls(ca: Option<&Path>) -> Result<PgTls> {

@@ -343,7 +343,12 @@ pub async fn serve(
             config.data_dir.display()
         ))
     })?;
-    let (store, queues) = crate::cluster::open_store(&config).await?;
+    let crate::cluster::Engines {
+        store,
+        queues,
+        sql,
+        timeseries,
+    } = crate::cluster::open_engines(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let drops = metrics.slow_consumer_drops.clone();
     let local_bus = LocalBus::new().with_slow_consumer_hook(Arc::new(move |subject: &str| {
@@ -428,8 +433,8 @@ pub async fn serve(
         certificates,
         lifecycle,
         members: Default::default(),
-        sql: Arc::new(crate::sql::SqlDatabases::new(&config.data_dir)),
-        timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
+        sql,
+        timeseries,
         sessions: Arc::new(crate::sessions::DataSessions::new(
             config.data_session_idle,
             config.max_data_sessions,

@@ -135,11 +135,11 @@ impl ResourcesService {
                 .into(),
                 ResourceKind::Wire => bytes::Bytes::new(),
                 ResourceKind::Database => {
-                    self.node.sql.remove(&record.id);
+                    self.node.sql.remove(&record.id).await;
                     continue;
                 }
                 ResourceKind::Timeseries => {
-                    self.node.timeseries.remove(&record.id);
+                    self.node.timeseries.remove(&record.id).await;
                     continue;
                 }
                 ResourceKind::Transport => {
@@ -295,8 +295,10 @@ impl Resources for ResourcesService {
             created => created?,
         };
         let made = match (kind, &series) {
-            (ResourceKind::Database, _) => self.node.sql.create(&record.id),
-            (ResourceKind::Timeseries, Some(spec)) => self.node.timeseries.create(&record.id, spec),
+            (ResourceKind::Database, _) => self.node.sql.create(&record.id).await,
+            (ResourceKind::Timeseries, Some(spec)) => {
+                self.node.timeseries.create(&record.id, spec).await
+            }
             _ => Ok(()),
         };
         if let Err(error) = made {

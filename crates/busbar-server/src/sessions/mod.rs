@@ -10,6 +10,7 @@
 //! timeout (5 s) and then get CONFLICT, while readers go on reading the last
 //! committed state.
 
+pub mod postgres;
 pub mod service;
 
 use crate::error::{Error, ErrorCode, Result};
@@ -26,6 +27,13 @@ pub trait Transaction: Send + 'static {
     fn rollback(self: Box<Self>);
     /// For the backend that made it, to reach its own type.
     fn as_any(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// What a session's transaction is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Database,
+    Series,
 }
 
 /// The open transactions of one session.
@@ -68,6 +76,37 @@ impl Work {
     /// The session's transaction on a series if it has one.
     pub fn series_if_open(&mut self, id: &str) -> Option<&mut dyn Transaction> {
         self.series.get_mut(id).map(|t| t.as_mut())
+    }
+
+    fn part(&mut self, part: Part) -> &mut HashMap<String, Box<dyn Transaction>> {
+        match part {
+            Part::Database => &mut self.databases,
+            Part::Series => &mut self.series,
+        }
+    }
+
+    /// The session's transaction on `id` if it has one (for backends that
+    /// begin transactions asynchronously, outside this lock: see [`Work::hold`]).
+    pub fn held(&mut self, part: Part, id: &str) -> Option<&mut dyn Transaction> {
+        self.part(part).get_mut(id).map(|t| t.as_mut())
+    }
+
+    /// Keeps `transaction` as the session's on `id`, begun while the lock
+    /// was not held. Should another call of the session have begun one in
+    /// the meantime, that one stays and this one is rolled back.
+    pub fn hold(
+        &mut self,
+        part: Part,
+        id: &str,
+        transaction: Box<dyn Transaction>,
+    ) -> &mut dyn Transaction {
+        let held = self.part(part);
+        if held.contains_key(id) {
+            transaction.rollback();
+        } else {
+            held.insert(id.to_string(), transaction);
+        }
+        held.get_mut(id).expect("inserted above").as_mut()
     }
 
     /// Commits every transaction, databases first. Each commits atomically;

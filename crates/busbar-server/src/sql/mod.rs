@@ -108,9 +108,9 @@ pub type Rows = mpsc::Sender<RecordBatch>;
 #[async_trait]
 pub trait SqlEngine: Send + Sync + 'static {
     /// Makes the storage of a new DATABASE resource.
-    fn create(&self, id: &str) -> Result<()>;
+    async fn create(&self, id: &str) -> Result<()>;
     /// Drops the storage of a deleted one.
-    fn remove(&self, id: &str);
+    async fn remove(&self, id: &str);
     /// Runs one statement, sending its rows to `rows`.
     async fn execute(
         &self,

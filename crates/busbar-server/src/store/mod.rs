@@ -8,7 +8,7 @@ pub(crate) mod embedded;
 mod postgres;
 
 pub use embedded::SqliteStore;
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, postgres_reason};
 pub(crate) use postgres::{SCHEMA_LOCK, cached};
 
 use crate::error::Result;

@@ -123,6 +123,18 @@ impl From<deadpool_postgres::PoolError> for Error {
     }
 }
 
+/// What PostgreSQL said, or why it could not be reached: the message of an
+/// error for a person.
+pub fn postgres_reason(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => format!("PostgreSQL cannot be reached: {error}"),
+    }
+}
+
 impl PostgresStore {
     /// Connects to `config` (its TLS already chosen by `tls`), creates the
     /// schema when missing and the root folders "/" and "/home".

@@ -47,9 +47,9 @@ pub type BatchSource =
 #[async_trait]
 pub trait SeriesEngine: Send + Sync + 'static {
     /// Makes the storage of a new TIMESERIES resource.
-    fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()>;
+    async fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()>;
     /// Drops the storage of a deleted one.
-    fn remove(&self, id: &str);
+    async fn remove(&self, id: &str);
     /// A series' definition.
     async fn spec(&self, id: &str) -> Result<Arc<SeriesSpec>>;
     /// How many points a series holds and where they start and end.

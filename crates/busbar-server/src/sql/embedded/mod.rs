@@ -617,11 +617,11 @@ impl SqlDatabases {
 
 #[async_trait]
 impl SqlEngine for SqlDatabases {
-    fn create(&self, id: &str) -> Result<()> {
+    async fn create(&self, id: &str) -> Result<()> {
         self.create_file(id)
     }
 
-    fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str) {
         self.remove_files(id)
     }
 

@@ -67,11 +67,11 @@ fn write_on(
 
 #[async_trait]
 impl SeriesEngine for TimeSeriesStore {
-    fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
+    async fn create(&self, id: &str, spec: &SeriesSpec) -> Result<()> {
         self.create_file(id, spec)
     }
 
-    fn remove(&self, id: &str) {
+    async fn remove(&self, id: &str) {
         self.remove_file(id)
     }
 

@@ -1,0 +1,93 @@
+//! A session's transaction on PostgreSQL: one connection, taken from a pool
+//! at the session's first use of a database or series and held, with its
+//! transaction open, until the session ends. Calls of the session take
+//! turns on it (the connection's async lock), so the session's own
+//! statements see its uncommitted work and nobody else does.
+
+use super::{DataSession, Part, Transaction};
+use crate::error::{Error, Result};
+use deadpool_postgres::Object;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// A session's connection, its transaction open.
+pub type Held = Arc<Mutex<Object>>;
+
+pub struct PgTransaction {
+    connection: Held,
+    runtime: tokio::runtime::Handle,
+}
+
+impl PgTransaction {
+    /// Wraps `connection`, on which the caller has just begun a transaction.
+    pub fn new(connection: Object) -> PgTransaction {
+        PgTransaction {
+            connection: Arc::new(Mutex::new(connection)),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl Transaction for PgTransaction {
+    fn commit(self: Box<Self>) -> Result<()> {
+        // Sessions end on a blocking thread (`DataSessions::end`), where
+        // waiting for the runtime is allowed.
+        let connection = self.connection.clone();
+        self.runtime.block_on(async move {
+            let connection = connection.lock().await;
+            connection.batch_execute("COMMIT").await.map_err(|error| {
+                Error::conflict(format!(
+                    "PostgreSQL did not commit the session's transaction, so none of it is kept: {}",
+                    crate::store::postgres_reason(&error)
+                ))
+            })
+        })
+    }
+
+    fn rollback(self: Box<Self>) {
+        // Rolled back off the caller's thread: the caller may be async code
+        // or the sweeper, and nothing waits for the answer.
+        let connection = self.connection;
+        self.runtime.spawn(async move {
+            let rolled_back = connection.lock().await.batch_execute("ROLLBACK").await;
+            if rolled_back.is_err() {
+                // Never pool a connection whose transaction may be open.
+                if let Some(connection) = Arc::into_inner(connection) {
+                    drop(Object::take(connection.into_inner()));
+                }
+            }
+        });
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// The session's connection on `id`, with its transaction open: the one it
+/// holds, or a new one from `begin` (which takes a connection and begins).
+pub async fn connection<F>(session: &DataSession, part: Part, id: &str, begin: F) -> Result<Held>
+where
+    F: Future<Output = Result<Object>>,
+{
+    if let Some(held) = held(session, part, id)? {
+        return Ok(held);
+    }
+    let begun = Box::new(PgTransaction::new(begin.await?));
+    let mut work = session.work()?;
+    let transaction = work.hold(part, id, begun);
+    Ok(ours(transaction).connection.clone())
+}
+
+fn held(session: &DataSession, part: Part, id: &str) -> Result<Option<Held>> {
+    let mut work = session.work()?;
+    Ok(work.held(part, id).map(|t| ours(t).connection.clone()))
+}
+
+fn ours(transaction: &mut dyn Transaction) -> &mut PgTransaction {
+    transaction
+        .as_any()
+        .downcast_mut::<PgTransaction>()
+        .expect("a cluster node's sessions hold only PostgreSQL transactions")
+}
