@@ -26,6 +26,10 @@ nats_port=$(free_port)
 if [ ! -d "$top/pg" ]; then
     as_pg mkdir "$top/pg"
     as_pg "$pg_bin/initdb" -D "$top/pg" -U busbar -A trust >/dev/null
+    # The node's user is trusted on loopback; the SQL databases' own roles
+    # log in with their passwords.
+    printf 'local all all trust\nhost all busbar 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n' |
+        as_pg tee "$top/pg/pg_hba.conf" >/dev/null
 fi
 as_pg "$pg_bin/pg_ctl" -D "$top/pg" -w -l "$top/pg.log" \
     -o "-p $pg_port -k $top -c listen_addresses=127.0.0.1" start >/dev/null

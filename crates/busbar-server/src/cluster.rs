@@ -76,7 +76,10 @@ pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
         code: e.code,
         message: format!("store {}: {}", redacted(url), e.message),
     };
-    let store = PostgresStore::open(pg_config, tls)
+    let store = PostgresStore::open(pg_config.clone(), tls.clone())
+        .await
+        .map_err(in_store)?;
+    let sql = crate::sql::postgres::PostgresSql::open(store.pool(), pg_config, tls, &store)
         .await
         .map_err(in_store)?;
     let queues = crate::transport::postgres::PostgresQueues::open(store.pool())
@@ -86,9 +89,9 @@ pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
     Ok(Engines {
         store: Arc::new(store),
         queues: Arc::new(queues),
-        // Refused on cluster nodes until their PostgreSQL engines land
+        sql: Arc::new(sql),
+        // Refused on cluster nodes until its PostgreSQL engine lands
         // (`Node::refuse_in_cluster`).
-        sql: Arc::new(crate::sql::SqlDatabases::new(&config.data_dir)),
         timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
     })
 }

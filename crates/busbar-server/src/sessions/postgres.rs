@@ -16,14 +16,18 @@ pub type Held = Arc<Mutex<Object>>;
 
 pub struct PgTransaction {
     connection: Held,
+    /// How it was begun (say, the role and rights it runs with): a later
+    /// call of the session that would begin it otherwise is refused.
+    label: String,
     runtime: tokio::runtime::Handle,
 }
 
 impl PgTransaction {
     /// Wraps `connection`, on which the caller has just begun a transaction.
-    pub fn new(connection: Object) -> PgTransaction {
+    pub fn new(connection: Object, label: &str) -> PgTransaction {
         PgTransaction {
             connection: Arc::new(Mutex::new(connection)),
+            label: label.to_string(),
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -66,23 +70,46 @@ impl Transaction for PgTransaction {
 }
 
 /// The session's connection on `id`, with its transaction open: the one it
-/// holds, or a new one from `begin` (which takes a connection and begins).
-pub async fn connection<F>(session: &DataSession, part: Part, id: &str, begin: F) -> Result<Held>
+/// holds, or a new one from `begin` (which takes a connection and begins
+/// it as `label` says). A held one begun under another label is refused.
+pub async fn connection<F>(
+    session: &DataSession,
+    part: Part,
+    id: &str,
+    label: &str,
+    begin: F,
+) -> Result<Held>
 where
     F: Future<Output = Result<Object>>,
 {
-    if let Some(held) = held(session, part, id)? {
+    if let Some(held) = held(session, part, id, label)? {
         return Ok(held);
     }
-    let begun = Box::new(PgTransaction::new(begin.await?));
+    let begun = Box::new(PgTransaction::new(begin.await?, label));
     let mut work = session.work()?;
-    let transaction = work.hold(part, id, begun);
-    Ok(ours(transaction).connection.clone())
+    let transaction = ours(work.hold(part, id, begun));
+    if transaction.label != label {
+        return Err(relabelled(&transaction.label, label));
+    }
+    Ok(transaction.connection.clone())
 }
 
-fn held(session: &DataSession, part: Part, id: &str) -> Result<Option<Held>> {
+fn held(session: &DataSession, part: Part, id: &str, label: &str) -> Result<Option<Held>> {
     let mut work = session.work()?;
-    Ok(work.held(part, id).map(|t| ours(t).connection.clone()))
+    match work.held(part, id).map(ours) {
+        Some(transaction) if transaction.label != label => {
+            Err(relabelled(&transaction.label, label))
+        }
+        Some(transaction) => Ok(Some(transaction.connection.clone())),
+        None => Ok(None),
+    }
+}
+
+fn relabelled(was: &str, now: &str) -> Error {
+    Error::failed_precondition(format!(
+        "this session began its transaction here with {was}, and this call has {now}; \
+         your rights changed during the session: commit or roll it back and open a new one"
+    ))
 }
 
 fn ours(transaction: &mut dyn Transaction) -> &mut PgTransaction {

@@ -76,6 +76,23 @@ impl Budget {
         None
     }
 
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Resolves, with the reason, once statements of this budget must stop:
+    /// at the deadline, or within a few milliseconds of the call going away.
+    pub async fn interrupted(&self) -> Error {
+        loop {
+            if let Some(why) = self.exhausted() {
+                return why;
+            }
+            let wait = self.remaining().min(Duration::from_millis(20));
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+
     /// An interrupted statement's error, replaced by why this budget stopped it.
     pub fn explain(&self, error: Error) -> Error {
         if error.code == ErrorCode::Cancelled && error.message.ends_with(INTERRUPTED) {

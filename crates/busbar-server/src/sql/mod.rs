@@ -9,6 +9,7 @@ mod budget;
 pub mod embedded;
 pub mod flight_sql;
 mod flight_statements;
+pub mod postgres;
 pub mod service;
 
 pub use budget::{Budget, StopOnDrop};
@@ -26,6 +27,20 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Rows per record batch of a result.
+pub(crate) const BATCH_ROWS: usize = 8192;
+/// Bytes of values after which a result's record batch goes out before it is full.
+pub(crate) const BATCH_BYTES: usize = 8 << 20;
+
+/// The error of a result past `max_result_bytes`.
+pub(crate) fn result_too_large(max_result_bytes: usize) -> Error {
+    Error::resource_exhausted(format!(
+        "the result is larger than this node returns for one call \
+         (max_result_bytes = {max_result_bytes}); narrow it with WHERE or LIMIT, or page \
+         through it"
+    ))
+}
 
 /// Parameters: by position (`?`, `?NNN`) or by name (`:name`, `@name`, `$name`).
 #[derive(Debug, Clone, Default)]

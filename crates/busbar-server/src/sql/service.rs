@@ -54,6 +54,29 @@ pub fn json_rows(batch: &RecordBatch) -> Vec<serde_json::Value> {
         .map(|_| serde_json::Map::new())
         .collect();
     for (column, field) in batch.columns().iter().zip(schema.fields()) {
+        // Narrower numbers widen, timestamps become milliseconds and dates
+        // text, so the match below sees one type of each kind.
+        let wider = match field.data_type() {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 => Some(DataType::Int64),
+            DataType::Float16 | DataType::Float32 => Some(DataType::Float64),
+            DataType::Timestamp(unit, zone) if *unit != arrow_schema::TimeUnit::Millisecond => {
+                Some(DataType::Timestamp(
+                    arrow_schema::TimeUnit::Millisecond,
+                    zone.clone(),
+                ))
+            }
+            DataType::Date32 | DataType::Date64 => Some(DataType::Utf8),
+            _ => None,
+        };
+        let (column, field) = match wider {
+            Some(kind) => {
+                let widened = arrow_cast::cast(column, &kind).unwrap_or_else(|_| column.clone());
+                let field =
+                    arrow_schema::Field::new(field.name(), widened.data_type().clone(), true);
+                (widened, std::sync::Arc::new(field))
+            }
+            None => (column.clone(), field.clone()),
+        };
         for (row, object) in rows.iter_mut().enumerate() {
             let value = if column.is_null(row) {
                 serde_json::Value::Null

@@ -124,10 +124,14 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
-        if tls.is_some() {
-            let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\n";
-            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
-        }
+        // The node's own user is trusted on loopback; every other role (the
+        // SQL databases' roles) logs in with its password, as in production.
+        let host = if tls.is_some() { "hostssl" } else { "host" };
+        let hba = format!(
+            "local all all trust\n{host} all busbar 127.0.0.1/32 trust\n\
+             {host} all all 127.0.0.1/32 scram-sha-256\n"
+        );
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(dir.path())

@@ -8,6 +8,7 @@ mod engines;
 #[allow(dead_code)]
 #[path = "../e2e/harness.rs"]
 mod harness;
+mod sql;
 
 use busbar_client::{Client, ErrorCode, ResourceKind, RoomEventKind};
 use bytes::Bytes;
@@ -205,7 +206,7 @@ async fn room_members_and_wire_subscribers_on_other_nodes_get_everything_once_in
 async fn what_a_cluster_does_not_share_yet_is_refused_and_a_killed_node_loses_nothing() {
     let mut cluster = Cluster::start(2);
     let a = cluster.admin_on(0).await;
-    for kind in [ResourceKind::Database, ResourceKind::Timeseries] {
+    for kind in [ResourceKind::Timeseries] {
         assert_error(
             a.create("/home/admin/data", kind, false).await,
             ErrorCode::FailedPrecondition,

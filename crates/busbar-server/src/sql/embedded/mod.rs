@@ -31,10 +31,7 @@ use tokio::sync::mpsc;
 use transaction::SqliteTransaction;
 use writers::{SharedWriter, WriterPool};
 
-/// Rows per record batch.
-const BATCH_ROWS: usize = 8192;
-/// Bytes of values after which a record batch goes out before it is full.
-const BATCH_BYTES: usize = 8 << 20;
+use crate::sql::{BATCH_BYTES, BATCH_ROWS};
 
 /// The SQL databases of a node, with their writer connections kept for
 /// reuse. Cheap to clone: clones share the writers.
@@ -465,11 +462,7 @@ pub(super) fn stream_rows(
             .map_err(|e| Error::internal(format!("building a record batch: {e}")))?;
         sent_bytes = sent_bytes.saturating_add(batch.get_array_memory_size());
         if sent_bytes > max_result_bytes {
-            return Err(Error::resource_exhausted(format!(
-                "the result is larger than this node returns for one call \
-                 (max_result_bytes = {max_result_bytes}); narrow it with WHERE or LIMIT, or page \
-                 through it"
-            )));
+            return Err(crate::sql::result_too_large(max_result_bytes));
         }
         sink.blocking_send(batch).map_err(|_| Error {
             code: crate::error::ErrorCode::Cancelled,

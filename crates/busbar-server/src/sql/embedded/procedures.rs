@@ -43,8 +43,9 @@ fn has_table(conn: &Connection) -> Result<bool> {
         .is_some())
 }
 
-/// Creates (or with `replace`, replaces) a procedure.
-pub fn create(conn: &Connection, procedure: &Procedure, replace: bool) -> Result<Procedure> {
+/// Refuses a procedure that is not well formed: its name, its parameters'
+/// names (each once), a body. Every engine checks this first.
+pub(crate) fn check_new(procedure: &Procedure) -> Result<()> {
     identifier("procedure name", &procedure.name)?;
     let mut seen = std::collections::HashSet::new();
     for param in &procedure.params {
@@ -60,6 +61,12 @@ pub fn create(conn: &Connection, procedure: &Procedure, replace: bool) -> Result
             "a procedure needs a body of SQL statements",
         ));
     }
+    Ok(())
+}
+
+/// Creates (or with `replace`, replaces) a procedure.
+pub fn create(conn: &Connection, procedure: &Procedure, replace: bool) -> Result<Procedure> {
+    check_new(procedure)?;
     conn.execute_batch(TABLE)?;
     let params = serde_json::to_string(&procedure.params).expect("strings serialize");
     let created_ms = now_ms();
@@ -120,7 +127,10 @@ fn find(conn: &Connection, name: &str) -> Result<Procedure> {
 }
 
 /// Values for each declared parameter, from positional or named arguments.
-fn bind_arguments(procedure: &Procedure, args: Arguments) -> Result<HashMap<String, SqlParam>> {
+pub(crate) fn bind_arguments(
+    procedure: &Procedure,
+    args: Arguments,
+) -> Result<HashMap<String, SqlParam>> {
     let Procedure { name, params, .. } = procedure;
     match (args.positional.is_empty(), args.named.is_empty()) {
         (false, false) => Err(Error::invalid_argument(

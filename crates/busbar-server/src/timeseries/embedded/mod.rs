@@ -183,7 +183,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TimeSeriesStore::new(dir.path());
         let spec = spec(Resolution::Breakpoint, None);
-        store.create("s", &spec).unwrap();
+        store.create_file("s", &spec).unwrap();
         let conn = store.open_writer("s").unwrap();
         (dir, store, conn, spec)
     }
@@ -424,7 +424,7 @@ mod tests {
         assert_eq!(store.lock_idle().count, IDLE_READERS_PER_SERIES);
         // A reader still lent when its series goes is closed, not kept.
         let lent = store.reader("s").unwrap();
-        store.remove("s");
+        store.remove_file("s");
         drop(lent);
         assert_eq!(store.lock_idle().count, 0);
     }

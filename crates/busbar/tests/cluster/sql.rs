@@ -1,0 +1,365 @@
+//! SQL databases on a cluster: PostgreSQL schemas reached through any node,
+//! in PostgreSQL's dialect, and user SQL held to its own schema: the
+//! security suite's attacks, repeated against PostgreSQL.
+
+use super::Cluster;
+use crate::harness::{assert_code, assert_denied, assert_error};
+use busbar_client::{Client, ErrorCode, ProcedureArgs, ResourceKind, Right, Statement};
+use std::time::{Duration, Instant};
+
+const DB: &str = "/home/admin/shop";
+
+async fn json(
+    client: &Client,
+    db: &str,
+    statement: impl Into<Statement>,
+) -> Vec<serde_json::Value> {
+    client
+        .sql_json(db, statement)
+        .await
+        .expect("the statement runs")
+        .0
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn sql_written_through_one_node_is_read_through_another_in_postgresqls_dialect() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.create(DB, ResourceKind::Database, false).await.unwrap();
+    a.sql(
+        DB,
+        "CREATE TABLE items (id bigserial PRIMARY KEY, name text NOT NULL, price numeric(10, 2), \
+         small int4, ok boolean, added timestamptz, day date, doc jsonb, key uuid, photo bytea, \
+         ratio float8)",
+    )
+    .await
+    .unwrap();
+    // :name parameters (the embedded node's spelling) and $n both bind;
+    // text is read as whatever the column is (numeric, date, jsonb, uuid).
+    let inserted = a
+        .sql(
+            DB,
+            Statement::new(
+                "INSERT INTO items (name, price, small, ok, added, day, doc, key, photo, ratio) \
+                 VALUES (:name, :price, :small, :ok, :added, :day, :doc, :key, :photo, :ratio) \
+                 RETURNING id",
+            )
+            .bind_named("name", "lamp")
+            .bind_named("price", "19.90")
+            .bind_named("small", 7i64)
+            .bind_named("ok", true)
+            .bind_named(
+                "added",
+                busbar_client::SqlParam::TimestampMs(1_700_000_000_123),
+            )
+            .bind_named("day", "2024-02-29")
+            .bind_named("doc", r#"{"color": "red"}"#)
+            .bind_named("key", "5f0e8c1a-9b7d-4c2e-8a6f-1d3b5c7e9f00")
+            .bind_named("photo", vec![0u8, 159, 146, 150])
+            .bind_named("ratio", 0.25),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted.summary.rows, 1);
+    a.sql(
+        DB,
+        Statement::new("INSERT INTO items (name, price) VALUES ($1, $2), ($3, NULL)")
+            .bind("desk")
+            .bind(120i64)
+            .bind("chair"),
+    )
+    .await
+    .unwrap();
+
+    // Read through the other node: the same rows, typed as Arrow.
+    let read = b.sql(DB, "SELECT * FROM items ORDER BY id").await.unwrap();
+    assert_eq!(read.summary.rows, 3);
+    let schema = read.schema.clone().expect("columns");
+    let types: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}:{}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "id:Int64",
+            "name:Utf8",
+            "price:Utf8",
+            "small:Int32",
+            "ok:Boolean",
+            "added:Timestamp(µs, \"UTC\")",
+            "day:Date32",
+            "doc:Utf8",
+            "key:Utf8",
+            "photo:Binary",
+            "ratio:Float64",
+        ]
+    );
+    let rows = json(
+        &b,
+        DB,
+        "SELECT name, price, small, ok, doc, key, ratio FROM items ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        rows[0],
+        serde_json::json!({"name": "lamp", "price": "19.90", "small": 7, "ok": true,
+            "doc": "{\"color\": \"red\"}", "key": "5f0e8c1a-9b7d-4c2e-8a6f-1d3b5c7e9f00", "ratio": 0.25})
+    );
+    assert_eq!(rows[1]["price"], "120.00");
+    assert!(rows[2]["price"].is_null());
+
+    // Bad input: clear errors, nothing changed.
+    assert_code(b.sql(DB, "SELEC 1").await, ErrorCode::InvalidArgument);
+    assert_error(
+        b.sql(DB, Statement::new("SELECT $1, $2").bind(1i64)).await,
+        ErrorCode::InvalidArgument,
+        "takes 2 parameters",
+    );
+    assert_error(
+        b.sql(DB, "SELECT 1; DELETE FROM items").await,
+        ErrorCode::InvalidArgument,
+        "one statement per call",
+    );
+    assert_error(
+        b.sql(DB, "SELECT '1 day'::interval AS span").await,
+        ErrorCode::InvalidArgument,
+        "cast it",
+    );
+    assert_code(
+        b.sql(DB, "INSERT INTO items (id, name) VALUES (1, 'again')")
+            .await,
+        ErrorCode::AlreadyExists,
+    );
+    // executemany is all or none: the third row fails, none are kept.
+    let many = b
+        .sql_many(
+            DB,
+            "INSERT INTO items (name) VALUES ($1)",
+            [
+                Statement::new("").bind("x"),
+                Statement::new("").bind("y"),
+                Statement::new("").bind(busbar_client::SqlParam::Null),
+            ],
+        )
+        .await;
+    assert_code(many, ErrorCode::FailedPrecondition);
+    assert_eq!(
+        json(&a, DB, "SELECT count(*) AS n FROM items").await[0]["n"],
+        3
+    );
+
+    // Procedures: made through one node, run through the other, atomic.
+    a.create_procedure(
+        DB,
+        "restock",
+        &["name", "price"],
+        "INSERT INTO items (name, price) VALUES (:name, :price);\n\
+         SELECT count(*) AS n, max(price) AS top FROM items WHERE name = :name",
+        false,
+    )
+    .await
+    .unwrap();
+    let ran = b
+        .run_procedure_json(
+            DB,
+            "restock",
+            ProcedureArgs::new()
+                .kwarg("name", "stool")
+                .kwarg("price", "5.50"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ran.0, [serde_json::json!({"n": 1, "top": "5.50"})]);
+    let failed = b
+        .run_procedure(
+            DB,
+            "restock",
+            ProcedureArgs::new()
+                .kwarg("name", "stool")
+                .kwarg("price", "not a number"),
+        )
+        .await;
+    assert_error(
+        failed,
+        ErrorCode::InvalidArgument,
+        "procedure restock statement 1",
+    );
+    assert_eq!(
+        json(&a, DB, "SELECT count(*) AS n FROM items").await[0]["n"],
+        4
+    );
+
+    // A session: its writes are its own until commit; a failed statement
+    // leaves its earlier work; rollback keeps nothing.
+    let session = b.session().await.unwrap();
+    session
+        .sql(DB, "INSERT INTO items (name) VALUES ('in session')")
+        .await
+        .unwrap();
+    assert_code(
+        session.sql(DB, "SELECT 1/0").await,
+        ErrorCode::InvalidArgument,
+    );
+    let seen = json(&session, DB, "SELECT count(*) AS n FROM items").await;
+    assert_eq!(seen[0]["n"], 5, "the session sees its own insert");
+    assert_eq!(
+        json(&a, DB, "SELECT count(*) AS n FROM items").await[0]["n"],
+        4
+    );
+    session.commit().await.unwrap();
+    assert_eq!(
+        json(&a, DB, "SELECT count(*) AS n FROM items").await[0]["n"],
+        5
+    );
+    let session = a.session().await.unwrap();
+    session.sql(DB, "DELETE FROM items").await.unwrap();
+    session.rollback().await.unwrap();
+    assert_eq!(
+        json(&b, DB, "SELECT count(*) AS n FROM items").await[0]["n"],
+        5
+    );
+
+    // Deleting the database drops its schema and roles.
+    let id = a.get(DB).await.unwrap().id;
+    let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+    a.rm(DB, false).await.unwrap();
+    a.create("/home/admin/other", ResourceKind::Database, false)
+        .await
+        .unwrap();
+    let left = json(
+        &b,
+        "/home/admin/other",
+        Statement::new(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE :roles) AS roles, \
+             (SELECT count(*) FROM pg_namespace WHERE nspname = :schema) AS schemas",
+        )
+        .bind_named("roles", format!("bb_{}%", hex.to_lowercase()))
+        .bind_named("schema", format!("db_{}", hex.to_lowercase())),
+    )
+    .await;
+    assert_eq!(left[0], serde_json::json!({"roles": 0, "schemas": 0}));
+}
+
+const MINE: &str = "/home/mallory/notes";
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn user_sql_on_postgresql_reaches_only_its_own_schema() {
+    let cluster = Cluster::start(1);
+    let admin = cluster.admin_on(0).await;
+    let node = &cluster.nodes[0];
+    let mallory = node.new_user(&admin, "mallory", "mallory-password").await;
+    mallory
+        .create(MINE, ResourceKind::Database, false)
+        .await
+        .unwrap();
+    mallory.sql(MINE, "CREATE TABLE t (x int)").await.unwrap();
+    let payroll = admin
+        .create("/home/admin/payroll", ResourceKind::Database, false)
+        .await
+        .unwrap();
+    admin
+        .sql(
+            "/home/admin/payroll",
+            "CREATE TABLE pay (who text, amount int)",
+        )
+        .await
+        .unwrap();
+    let theirs: String = payroll.id.chars().filter(char::is_ascii_hexdigit).collect();
+    let stolen = node.dir.path().join("stolen.txt");
+
+    let attacks = [
+        // The node's metadata and secrets.
+        "SELECT * FROM busbar.secrets".to_string(),
+        "SELECT * FROM busbar.identities".to_string(),
+        // Another identity's database.
+        format!("SELECT * FROM db_{}.pay", theirs.to_lowercase()),
+        // The server's files and programs.
+        "SELECT pg_read_file('/etc/passwd')".to_string(),
+        "SELECT pg_ls_dir('.')".to_string(),
+        "SELECT lo_import('/etc/passwd')".to_string(),
+        format!("COPY t TO '{}'", stolen.display()),
+        "COPY t FROM PROGRAM 'id'".to_string(),
+        // Other roles and privileges.
+        "SET ROLE busbar".to_string(),
+        "SET SESSION AUTHORIZATION busbar".to_string(),
+        "CREATE ROLE sneaky LOGIN SUPERUSER".to_string(),
+        "ALTER ROLE CURRENT_USER SUPERUSER".to_string(),
+        "CREATE SCHEMA elsewhere".to_string(),
+        // The node's transactions.
+        "BEGIN".to_string(),
+        "COMMIT".to_string(),
+        "ROLLBACK".to_string(),
+        "SAVEPOINT s".to_string(),
+    ];
+    let session = mallory.session().await.unwrap();
+    for attack in &attacks {
+        assert_denied(mallory.sql(MINE, attack.as_str()).await, "");
+        assert_denied(session.sql(MINE, attack.as_str()).await, "");
+    }
+    session.rollback().await.unwrap();
+    // RESET ROLE changes nothing either: the login role is the boundary.
+    mallory.sql(MINE, "RESET ROLE").await.unwrap();
+    assert_denied(mallory.sql(MINE, "SELECT * FROM busbar.secrets").await, "");
+    assert!(!stolen.exists(), "COPY wrote {}", stolen.display());
+    // Extensions that reach outside cannot be made.
+    assert!(mallory.sql(MINE, "CREATE EXTENSION dblink").await.is_err());
+    assert!(
+        mallory
+            .sql(MINE, "CREATE EXTENSION file_fdw")
+            .await
+            .is_err()
+    );
+
+    // Read rights are a role that cannot write, however the transaction is set.
+    let bob = node
+        .new_user_granted(&admin, "bob", "bob-password", MINE, Right::Read)
+        .await;
+    json(&bob, MINE, "SELECT count(*) AS n FROM t").await;
+    assert_denied(bob.sql(MINE, "INSERT INTO t VALUES (1)").await, "");
+    let bobs = bob.session().await.unwrap();
+    bobs.sql(MINE, "SET TRANSACTION READ WRITE").await.ok();
+    assert_denied(bobs.sql(MINE, "INSERT INTO t VALUES (1)").await, "");
+    assert_denied(bobs.sql(MINE, "DROP TABLE t").await, "");
+    drop(bobs);
+    assert_eq!(
+        json(&mallory, MINE, "SELECT count(*) AS n FROM t").await[0]["n"],
+        0
+    );
+
+    // A runaway statement stops at the call's deadline, even with
+    // statement_timeout switched off by the user, and PostgreSQL stops it.
+    mallory
+        .sql(MINE, "SET statement_timeout = 0")
+        .await
+        .unwrap();
+    let timed = mallory.with_timeout(Duration::from_secs(2));
+    for runaway in [
+        "SELECT pg_sleep(30)",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+    ] {
+        let started = Instant::now();
+        assert_code(timed.sql(MINE, runaway).await, ErrorCode::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(6), "{runaway}");
+    }
+    // Also when its caller goes away.
+    let caller = mallory.clone();
+    let running = tokio::spawn(async move { caller.sql(MINE, "SELECT pg_sleep(31)").await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    running.abort();
+    // The database's own role sees its own sessions in pg_stat_activity.
+    let still = "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE query LIKE 'SELECT pg_sleep(3%' AND state = 'active'";
+    crate::harness::eventually("PostgreSQL stops the abandoned statements", || async {
+        let n = json(&mallory, MINE, still).await[0]["n"].as_i64();
+        if n == Some(0) {
+            Ok(())
+        } else {
+            Err(format!("{n:?} still running"))
+        }
+    })
+    .await;
+}
