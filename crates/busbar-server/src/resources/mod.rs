@@ -249,7 +249,6 @@ impl Resources for ResourcesService {
         };
         match kind {
             ResourceKind::Database => self.node.refuse_in_cluster("SQL databases")?,
-            ResourceKind::Timeseries => self.node.refuse_in_cluster("time series")?,
             ResourceKind::Service => self.node.refuse_in_cluster("mesh services")?,
             _ => {}
         }

@@ -32,6 +32,8 @@ pub trait Transaction: Send + 'static {
 /// What a session's transaction is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    // Held on PostgreSQL once the cluster's SQL engine lands.
+    #[allow(dead_code)]
     Database,
     Series,
 }

@@ -80,7 +80,9 @@ where
     Ok(ours(transaction).connection.clone())
 }
 
-fn held(session: &DataSession, part: Part, id: &str) -> Result<Option<Held>> {
+/// The session's connection on `id` if it holds one (its transaction
+/// open), without beginning one: a read sees the session's writes there.
+pub fn held(session: &DataSession, part: Part, id: &str) -> Result<Option<Held>> {
     let mut work = session.work()?;
     Ok(work.held(part, id).map(|t| ours(t).connection.clone()))
 }

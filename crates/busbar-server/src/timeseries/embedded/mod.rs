@@ -22,13 +22,10 @@ use crate::sessions::DataSession;
 use crate::sql::embedded::transaction::SqliteTransaction;
 use crate::sql::embedded::writers::{SharedWriter, WriterPool};
 use crate::sql::embedded::{Held, in_session};
-use crate::timeseries::model::{
-    Extent, Grid, ResolutionGrid, SeriesSpec, WriteSummary, columns, row_error, show_time,
-};
+use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary};
 use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::RecordBatch;
 use async_trait::async_trait;
-use busbar_proto::v1::PointFlag;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -166,7 +163,7 @@ impl SeriesEngine for TimeSeriesStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timeseries::model::{Curve, Resolution};
+    use crate::timeseries::model::{Curve, Grid, Resolution};
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMillisecondType;
 
@@ -183,7 +180,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TimeSeriesStore::new(dir.path());
         let spec = spec(Resolution::Breakpoint, None);
-        store.create("s", &spec).unwrap();
+        store.create_file("s", &spec).unwrap();
         let conn = store.open_writer("s").unwrap();
         (dir, store, conn, spec)
     }
@@ -424,7 +421,7 @@ mod tests {
         assert_eq!(store.lock_idle().count, IDLE_READERS_PER_SERIES);
         // A reader still lent when its series goes is closed, not kept.
         let lent = store.reader("s").unwrap();
-        store.remove("s");
+        store.remove_file("s");
         drop(lent);
         assert_eq!(store.lock_idle().count, 0);
     }
