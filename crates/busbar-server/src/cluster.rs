@@ -85,14 +85,15 @@ pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
     let queues = crate::transport::postgres::PostgresQueues::open(store.pool())
         .await
         .map_err(in_store)?;
-    tracing::info!(store = %redacted(url), "metadata and transport queues in PostgreSQL");
+    let timeseries = crate::timeseries::postgres::PostgresSeries::open(store.pool())
+        .await
+        .map_err(in_store)?;
+    tracing::info!(store = %redacted(url), "metadata, transport queues and time series in PostgreSQL");
     Ok(Engines {
         store: Arc::new(store),
         queues: Arc::new(queues),
         sql: Arc::new(sql),
-        // Refused on cluster nodes until its PostgreSQL engine lands
-        // (`Node::refuse_in_cluster`).
-        timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(&config.data_dir)),
+        timeseries: Arc::new(timeseries),
     })
 }
 

@@ -158,8 +158,8 @@ impl Node {
     }
 
     /// Refuses a job that does not yet span a cluster's nodes (its data
-    /// would live on one node only and differ between them): SQL databases,
-    /// time series and mesh services. docs/cluster.md
+    /// would live on one node only and differ between them): SQL databases
+    /// and mesh services. docs/cluster.md
     /// says what a cluster serves today.
     pub fn refuse_in_cluster(&self, what: &str) -> Result<(), Error> {
         if self.config.store.is_none() {

@@ -247,10 +247,8 @@ impl Resources for ResourcesService {
                 .into());
             }
         };
-        match kind {
-            ResourceKind::Timeseries => self.node.refuse_in_cluster("time series")?,
-            ResourceKind::Service => self.node.refuse_in_cluster("mesh services")?,
-            _ => {}
+        if kind == ResourceKind::Service {
+            self.node.refuse_in_cluster("mesh services")?;
         }
         let series = match kind {
             ResourceKind::Timeseries => Some(crate::timeseries::service::spec_from_pb(r.series)?),

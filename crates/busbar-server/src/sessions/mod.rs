@@ -33,7 +33,6 @@ pub trait Transaction: Send + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     Database,
-    #[allow(dead_code)] // until the PostgreSQL series engine lands
     Series,
 }
 

@@ -82,7 +82,7 @@ pub async fn connection<F>(
 where
     F: Future<Output = Result<Object>>,
 {
-    if let Some(held) = held(session, part, id, label)? {
+    if let Some(held) = held_as(session, part, id, label)? {
         return Ok(held);
     }
     let begun = Box::new(PgTransaction::new(begin.await?, label));
@@ -94,7 +94,14 @@ where
     Ok(transaction.connection.clone())
 }
 
-fn held(session: &DataSession, part: Part, id: &str, label: &str) -> Result<Option<Held>> {
+/// The session's connection on `id` if it holds one (its transaction
+/// open), without beginning one: a read sees the session's writes there.
+pub fn held(session: &DataSession, part: Part, id: &str) -> Result<Option<Held>> {
+    let mut work = session.work()?;
+    Ok(work.held(part, id).map(|t| ours(t).connection.clone()))
+}
+
+fn held_as(session: &DataSession, part: Part, id: &str, label: &str) -> Result<Option<Held>> {
     let mut work = session.work()?;
     match work.held(part, id).map(ours) {
         Some(transaction) if transaction.label != label => {

@@ -4,12 +4,14 @@
 //! backend shares (a series' definition and grid, how points are checked).
 //! The embedded engine (`embedded`: one SQLite file per series, points in
 //! column chunks sent without another copy) is the only code that holds
-//! connections and transactions. A cluster's engine fills the same trait on
-//! PostgreSQL (docs/architecture.md).
+//! SQLite connections and transactions; a cluster's engine (`postgres`: a
+//! table per series in the shared PostgreSQL) fills the same trait, with
+//! the same checks (`model`) and the same message builders.
 
 pub mod embedded;
 pub mod flight;
 pub mod model;
+pub mod postgres;
 pub mod service;
 
 pub use embedded::{PointsColumns, PointsMessage, TimeSeriesStore};

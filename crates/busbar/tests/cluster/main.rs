@@ -9,6 +9,7 @@ mod engines;
 #[path = "../e2e/harness.rs"]
 mod harness;
 mod sql;
+mod timeseries;
 
 use busbar_client::{Client, ErrorCode, ResourceKind, RoomEventKind};
 use bytes::Bytes;
@@ -206,13 +207,12 @@ async fn room_members_and_wire_subscribers_on_other_nodes_get_everything_once_in
 async fn what_a_cluster_does_not_share_yet_is_refused_and_a_killed_node_loses_nothing() {
     let mut cluster = Cluster::start(2);
     let a = cluster.admin_on(0).await;
-    for kind in [ResourceKind::Timeseries] {
-        assert_error(
-            a.create("/home/admin/data", kind, false).await,
-            ErrorCode::FailedPrecondition,
-            "not yet shared by a cluster",
-        );
-    }
+    assert_error(
+        a.create("/services/shop.Orders", ResourceKind::Service, false)
+            .await,
+        ErrorCode::FailedPrecondition,
+        "not yet shared by a cluster",
+    );
     assert!(a.get("/home/admin/data").await.is_err(), "nothing was made");
 
     // Acknowledged writes through A outlive A (PostgreSQL has them).

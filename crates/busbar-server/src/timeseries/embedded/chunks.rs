@@ -28,7 +28,7 @@ impl Points {
 
     // Inline: a write pushes every point from write.rs, another module.
     #[inline]
-    pub(super) fn push(&mut self, time: i64, flags: u32, value: f64) {
+    pub(crate) fn push(&mut self, time: i64, flags: u32, value: f64) {
         self.times.push(time);
         self.flags.push(flags);
         self.values.push(value);

@@ -265,7 +265,7 @@ impl SeriesFiles {
 }
 
 /// A definition as a series file stores it.
-pub(super) fn spec_to_json(spec: &SeriesSpec) -> String {
+pub(crate) fn spec_to_json(spec: &SeriesSpec) -> String {
     serde_json::json!({
         "resolution": spec.resolution as i32,
         "unit": spec.unit,
@@ -276,7 +276,7 @@ pub(super) fn spec_to_json(spec: &SeriesSpec) -> String {
 }
 
 /// A definition from a series file.
-fn spec_from_json(text: &str) -> Option<SeriesSpec> {
+pub(crate) fn spec_from_json(text: &str) -> Option<SeriesSpec> {
     let value: serde_json::Value = serde_json::from_str(text).ok()?;
     Some(SeriesSpec {
         resolution: crate::store::known(value["resolution"].as_i64()? as i32)?,

@@ -22,13 +22,10 @@ use crate::sessions::DataSession;
 use crate::sql::embedded::transaction::SqliteTransaction;
 use crate::sql::embedded::writers::{SharedWriter, WriterPool};
 use crate::sql::embedded::{Held, in_session};
-use crate::timeseries::model::{
-    Extent, Grid, ResolutionGrid, SeriesSpec, WriteSummary, columns, row_error, show_time,
-};
+use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary};
 use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::RecordBatch;
 use async_trait::async_trait;
-use busbar_proto::v1::PointFlag;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -166,7 +163,7 @@ impl SeriesEngine for TimeSeriesStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timeseries::model::{Curve, Resolution};
+    use crate::timeseries::model::{Curve, Grid, Resolution};
     use arrow_array::cast::AsArray;
     use arrow_array::types::TimestampMillisecondType;
 

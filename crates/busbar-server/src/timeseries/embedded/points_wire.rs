@@ -14,7 +14,7 @@
 //! form writes such a column out into its message; the columns form sends
 //! the rule itself.
 
-use super::{CHUNK_POINTS, checked_step, corrupt};
+use super::{CHUNK_POINTS, Points, checked_step, corrupt, encode, regular_step, same_flags};
 use crate::error::Result;
 use crate::timeseries::model::POINTS_SCHEMA;
 use bytes::Bytes;
@@ -152,6 +152,17 @@ impl PointsMessage {
             message: Bytes::from(message),
             metadata_len: metadata.len(),
             body_at,
+        })
+    }
+
+    /// Points already in memory as one message, for a backend that does
+    /// not keep Arrow's layout in storage (PostgreSQL's rows).
+    pub(crate) fn from_points(points: &Points) -> Result<Self> {
+        PointsMessage::build(points.len(), |[t, f, v]| {
+            fill(t, points.times.iter().map(|time| time.to_le_bytes()));
+            fill(f, points.flags.iter().map(|flags| flags.to_le_bytes()));
+            fill(v, points.values.iter().map(|value| value.to_le_bytes()));
+            Ok(())
         })
     }
 
@@ -413,6 +424,27 @@ pub struct PointsColumns {
     pub flags: Column<u32>,
     /// Little-endian float64 values.
     pub values: Bytes,
+}
+
+impl PointsColumns {
+    /// Points already in memory in the columns form, with the same rules a
+    /// stored chunk keeps: regular times and flags all the same go as rules.
+    pub(crate) fn from_points(points: &Points) -> Self {
+        let times = match (regular_step(&points.times), points.times.first()) {
+            (Some(step_ms), Some(&first_ms)) => Column::Rule(TimeStep { first_ms, step_ms }),
+            _ => Column::Values(encode(&points.times, i64::to_le_bytes).into()),
+        };
+        let flags = match same_flags(&points.flags) {
+            Some(flags) => Column::Rule(flags),
+            None => Column::Values(encode(&points.flags, u32::to_le_bytes).into()),
+        };
+        PointsColumns {
+            rows: points.len(),
+            times,
+            flags,
+            values: encode(&points.values, f64::to_le_bytes).into(),
+        }
+    }
 }
 
 /// Reads the points in `[from, to)` (unbounded where `None`) in the columns

@@ -1,0 +1,512 @@
+//! Time series on cluster nodes: stored in the shared PostgreSQL, written
+//! through one node and read through another with the same points, the
+//! same Arrow and the same semantics as on one node (interval replace,
+//! half-open reads, sessions, rejected writes changing nothing).
+
+use crate::Cluster;
+use crate::harness::assert_error;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt32Type};
+use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, Schema};
+use busbar_client::{
+    Client, ErrorCode, Interval, Resolution, SeriesData, SeriesSpec, flags, points,
+};
+use futures::StreamExt;
+use std::sync::Arc;
+
+const HOUR: i64 = 3_600_000;
+/// 2026-01-01T00:00:00Z
+const T0: i64 = 1_767_225_600_000;
+
+/// Times, flags and values of a read, in order (NaN compared by its bits).
+fn rows(data: &SeriesData) -> Vec<(i64, u32, u64)> {
+    data.batches
+        .iter()
+        .flat_map(|b| {
+            let t = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let f = b.column(1).as_primitive::<UInt32Type>();
+            let v = b.column(2).as_primitive::<Float64Type>();
+            (0..b.num_rows())
+                .map(|i| (t.value(i), f.value(i), v.value(i).to_bits()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn times(data: &SeriesData) -> Vec<i64> {
+    rows(data).into_iter().map(|(t, _, _)| t).collect()
+}
+
+fn hourly(from_hour: i64, count: i64, value: f64) -> RecordBatch {
+    let times: Vec<i64> = (from_hour..from_hour + count)
+        .map(|h| T0 + h * HOUR)
+        .collect();
+    let n = times.len();
+    points(times, vec![flags::OK; n], vec![value; n]).unwrap()
+}
+
+async fn points_in(client: &Client, path: &str) -> usize {
+    client
+        .read_series(path, Interval::all())
+        .await
+        .unwrap()
+        .num_points()
+}
+
+/// A `TimeSeries/Read` by method name in the Arrow IPC form, as a generic
+/// gRPC client makes it: the header, then the IPC stream decoded.
+async fn read_ipc(client: &Client, path: &str) -> (serde_json::Value, Vec<RecordBatch>) {
+    let request = serde_json::json!({"paths": [path]});
+    let mut call = client
+        .stream("busbar.v1.TimeSeries/Read", Some(request))
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = call.next().await {
+        messages.push(message.unwrap());
+    }
+    use base64::Engine;
+    let ipc: Vec<u8> = messages[1..]
+        .iter()
+        .flat_map(|m| {
+            base64::engine::general_purpose::STANDARD
+                .decode(m["arrow_ipc"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    let batches = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (messages[0]["series"].clone(), batches)
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn timeseries_written_on_one_node_read_on_another_replace_intervals_half_open() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    let path = "/home/admin/power";
+    a.create_series(path, &SeriesSpec::new(Resolution::Hour).unit("MW"), false)
+        .await
+        .unwrap();
+    // The definition is the cluster's: B knows it, and exist_ok agrees.
+    b.ensure_series(path, &SeriesSpec::new(Resolution::Hour).unit("MW"), false)
+        .await
+        .unwrap();
+    assert_error(
+        b.ensure_series(path, &SeriesSpec::new(Resolution::Day), false)
+            .await,
+        ErrorCode::AlreadyExists,
+        "another definition",
+    );
+
+    // More points than one batch holds, a missing value and flags.
+    let many = 100_000i64;
+    let all_times: Vec<i64> = (0..many).map(|h| T0 + h * HOUR).collect();
+    let values: Vec<Option<f64>> = (0..many)
+        .map(|i| (i != 5).then_some(i as f64 * 0.5))
+        .collect();
+    let flag_column: Vec<u32> = (0..many).map(|i| (i % 7 == 0) as u32 * 2).collect();
+    let batch = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(
+                arrow_array::TimestampMillisecondArray::from(all_times.clone())
+                    .with_timezone("UTC"),
+            ) as ArrayRef,
+        ),
+        (
+            "flags",
+            Arc::new(UInt32Array::from(flag_column)) as ArrayRef,
+        ),
+        ("value", Arc::new(Float64Array::from(values)) as ArrayRef),
+    ])
+    .unwrap();
+    let written = a
+        .write_series(path, Interval::all(), vec![batch])
+        .await
+        .unwrap();
+    assert_eq!(
+        (written.points_written, written.start_ms, written.end_ms),
+        (many as u64, T0, T0 + (many - 1) * HOUR + 1)
+    );
+
+    // Read through the other node: the same points, the same extent.
+    let on_a = a.read_series(path, Interval::all()).await.unwrap();
+    let on_b = b.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(on_b.num_points(), many as usize);
+    assert_eq!(rows(&on_a), rows(&on_b));
+    assert_eq!(times(&on_b), all_times);
+    assert_eq!(on_b.info.points, many as u64);
+    assert_eq!(
+        (on_b.info.first_ms, on_b.info.last_ms),
+        (Some(T0), Some(T0 + (many - 1) * HOUR))
+    );
+    let missing = rows(&on_b)[5];
+    assert!(f64::from_bits(missing.2).is_nan(), "{missing:?}");
+    assert_eq!(missing.1 & flags::MISSING, flags::MISSING);
+    let described = b.describe_series(path).await.unwrap();
+    assert_eq!(described.points, many as u64);
+    assert_eq!(described.spec.unwrap().unit, "MW");
+
+    // The Arrow IPC form through B decodes to what the columns form gave.
+    let (header, ipc) = read_ipc(&b, path).await;
+    assert_eq!(header["path"], path);
+    let ipc_rows: Vec<(i64, u32, u64)> = ipc
+        .iter()
+        .flat_map(|b| {
+            let t = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let f = b.column(1).as_primitive::<UInt32Type>();
+            let v = b.column(2).as_primitive::<Float64Type>();
+            (0..b.num_rows())
+                .map(|i| (t.value(i), f.value(i), v.value(i).to_bits()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ipc_rows, rows(&on_b));
+    assert_eq!(ipc[0].schema(), on_b.batches[0].schema());
+
+    // Interval replace through B: [06:00, 12:00) becomes two points.
+    let two = points(
+        vec![T0 + 7 * HOUR, T0 + 9 * HOUR],
+        vec![flags::OK, flags::SUSPECT],
+        vec![7.0, 9.0],
+    )
+    .unwrap();
+    let replaced = b
+        .write_series(path, T0 + 6 * HOUR..T0 + 12 * HOUR, vec![two])
+        .await
+        .unwrap();
+    assert_eq!((replaced.points_written, replaced.points_deleted), (2, 6));
+    let window = a.read_series(path, T0..T0 + 14 * HOUR).await.unwrap();
+    let expected: Vec<i64> = (0..14)
+        .filter(|h| !(6..12).contains(h) || *h == 7 || *h == 9)
+        .map(|h| T0 + h * HOUR)
+        .collect();
+    assert_eq!(times(&window), expected);
+    assert_eq!(
+        window.info.points,
+        many as u64 - 4,
+        "the header is the whole series'"
+    );
+    // Half-open: [01:00, 03:00) is two points.
+    let half = a.read_series(path, T0 + HOUR..T0 + 3 * HOUR).await.unwrap();
+    assert_eq!(times(&half), vec![T0 + HOUR, T0 + 2 * HOUR]);
+    // An empty table with an interval deletes it; without one, it is refused.
+    let empty = points(vec![], vec![], vec![]).unwrap();
+    let deleted = a
+        .write_series(path, T0..T0 + 3 * HOUR, vec![empty.clone()])
+        .await
+        .unwrap();
+    assert_eq!((deleted.points_written, deleted.points_deleted), (0, 3));
+    assert_error(
+        b.write_series(path, Interval::all(), vec![empty]).await,
+        ErrorCode::InvalidArgument,
+        "start and end",
+    );
+    // A write without an interval replaces from its first point to its last.
+    let tail = b
+        .write_series(path, Interval::all(), vec![hourly(many - 10, 20, 1.0)])
+        .await
+        .unwrap();
+    assert_eq!((tail.points_written, tail.points_deleted), (20, 10));
+    let after = b.describe_series(path).await.unwrap();
+    assert_eq!(after.points, many as u64 - 7 + 10);
+    assert_eq!(after.last_ms, Some(T0 + (many + 9) * HOUR));
+    assert_eq!(points_in(&a, path).await as u64, after.points);
+
+    // Deleted through one node: gone for both, and its table with it.
+    b.rm(path, false).await.unwrap();
+    assert!(a.read_series(path, Interval::all()).await.is_err());
+    a.create_series(path, &SeriesSpec::new(Resolution::Hour), false)
+        .await
+        .unwrap();
+    assert_eq!(points_in(&b, path).await, 0, "a new series starts empty");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn timeseries_sessions_isolate_commit_roll_back_and_keep_work_past_a_bad_write() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    let path = "/home/admin/meter";
+    a.create_series(path, &SeriesSpec::new(Resolution::Breakpoint), false)
+        .await
+        .unwrap();
+    a.write_series(
+        path,
+        Interval::all(),
+        vec![points(vec![1, 2, 3], vec![0; 3], vec![1.0, 2.0, 3.0]).unwrap()],
+    )
+    .await
+    .unwrap();
+
+    let session = a.session().await.unwrap();
+    session
+        .write_series(
+            path,
+            Interval::new(0, 10),
+            vec![points(vec![5], vec![0], vec![5.0]).unwrap()],
+        )
+        .await
+        .unwrap();
+    // The session sees its own write; nobody else does, on either node.
+    assert_eq!(points_in(&session, path).await, 1);
+    assert_eq!(session.describe_series(path).await.unwrap().points, 1);
+    assert_eq!(points_in(&a, path).await, 3);
+    assert_eq!(points_in(&b, path).await, 3);
+    // Another writer waits for the session's series, then gets CONFLICT.
+    assert_error(
+        b.write_series(
+            path,
+            Interval::all(),
+            vec![points(vec![100], vec![0], vec![1.0]).unwrap()],
+        )
+        .await,
+        ErrorCode::Conflict,
+        "open session",
+    );
+    // A rejected write inside the session leaves its earlier work alone.
+    assert_error(
+        session
+            .write_series(
+                path,
+                Interval::all(),
+                vec![points(vec![9, 8], vec![0, 0], vec![0.0, 0.0]).unwrap()],
+            )
+            .await,
+        ErrorCode::InvalidArgument,
+        "row 2",
+    );
+    session
+        .write_series(
+            path,
+            Interval::new(6, 8),
+            vec![points(vec![6, 7], vec![0, 0], vec![6.0, 7.0]).unwrap()],
+        )
+        .await
+        .unwrap();
+    let own = session.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(times(&own), vec![5, 6, 7]);
+    let ended = session.commit().await.unwrap();
+    assert_eq!(ended.series, 1);
+    let committed = b.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(times(&committed), vec![5, 6, 7]);
+    assert_eq!(committed.info.points, 3);
+
+    // Rolled back: nothing of it is kept, and the series is free again.
+    let session = b.session().await.unwrap();
+    session
+        .write_series(
+            path,
+            Interval::all(),
+            vec![points(vec![50, 60], vec![0, 0], vec![1.0, 1.0]).unwrap()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(points_in(&session, path).await, 5);
+    session.rollback().await.unwrap();
+    assert_eq!(
+        times(&a.read_series(path, Interval::all()).await.unwrap()),
+        vec![5, 6, 7]
+    );
+    a.write_series(
+        path,
+        Interval::all(),
+        vec![points(vec![100], vec![0], vec![1.0]).unwrap()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.describe_series(path).await.unwrap().points, 4);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn timeseries_bad_writes_are_refused_and_change_nothing() {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    let path = "/home/admin/load";
+    let q = 15 * 60_000;
+    a.create_series(path, &SeriesSpec::new(Resolution::Min15), false)
+        .await
+        .unwrap();
+    let good = points(
+        (0..8).map(|i| T0 + i * q).collect(),
+        vec![0; 8],
+        vec![1.0; 8],
+    )
+    .unwrap();
+    a.write_series(path, Interval::all(), vec![good])
+        .await
+        .unwrap();
+    let before = b.read_series(path, Interval::all()).await.unwrap();
+
+    let batch = |times: Vec<i64>| {
+        let n = times.len();
+        vec![points(times, vec![0; n], vec![2.0; n]).unwrap()]
+    };
+    let int_times = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("utc_time", DataType::Int64, false),
+            Field::new("flags", DataType::UInt32, false),
+            Field::new("value", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![T0])),
+            Arc::new(UInt32Array::from(vec![0])),
+            Arc::new(Float64Array::from(vec![1.0])),
+        ],
+    )
+    .unwrap();
+    let two_columns = RecordBatch::try_from_iter([
+        (
+            "utc_time",
+            Arc::new(arrow_array::TimestampMillisecondArray::from(vec![T0])) as ArrayRef,
+        ),
+        ("value", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
+    ])
+    .unwrap();
+    // A bad row in a later batch, after a whole COPY chunk went in, still
+    // writes nothing.
+    let big = points(
+        (0..40_000).map(|i| T0 + 100 * q + i * q).collect(),
+        vec![0; 40_000],
+        vec![3.0; 40_000],
+    )
+    .unwrap();
+    let later = points(
+        vec![T0 + 50_000 * q, T0 + 49_999 * q],
+        vec![0, 0],
+        vec![3.0, 3.0],
+    )
+    .unwrap();
+
+    for (interval, batches, words) in [
+        (
+            Interval::all(),
+            batch(vec![T0, T0 + 2 * q, T0 + q]),
+            "row 3",
+        ),
+        (Interval::all(), batch(vec![T0, T0 + q, T0 + q]), "repeats"),
+        (
+            Interval::all(),
+            batch(vec![T0, T0 + 7 * 60_000]),
+            "15-minute grid",
+        ),
+        (
+            Interval::new(T0, T0 + 4 * q),
+            batch(vec![T0, T0 + 4 * q]),
+            "row 2",
+        ),
+        (Interval::new(T0 + q, T0), batch(vec![T0]), "empty"),
+        (Interval::all(), vec![int_times], "it must be a timestamp"),
+        (Interval::all(), vec![two_columns], "three"),
+        (Interval::all(), vec![big, later], "row 40002"),
+    ] {
+        for client in [&a, &b] {
+            assert_error(
+                client.write_series(path, interval, batches.clone()).await,
+                ErrorCode::InvalidArgument,
+                words,
+            );
+        }
+    }
+    let after = a.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(
+        rows(&after),
+        rows(&before),
+        "rejected writes changed nothing"
+    );
+    assert_eq!(after.info.points, 8);
+}
+
+/// A stock Arrow Flight client on node `n`, logged in as the admin.
+async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
+    use prost::Message;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let admin = cluster.nodes[0].admin_json();
+    let ca = admin["ca_pem"]
+        .as_str()
+        .expect("the cluster's CA in admin.json");
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[n].host_port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = arrow_flight::FlightClient::new(channel);
+    let credential = &admin["credential"];
+    let basic = arrow_flight::BasicAuth {
+        username: credential["user"].as_str().unwrap().into(),
+        password: credential["password"].as_str().unwrap().into(),
+    };
+    let token = client.handshake(basic.encode_to_vec()).await.unwrap();
+    let bearer = format!("Bearer {}", String::from_utf8(token.to_vec()).unwrap());
+    client.add_header("authorization", &bearer).unwrap();
+    client
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn timeseries_over_arrow_flight_on_either_node() {
+    use futures::TryStreamExt;
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    let path = "/home/admin/wind";
+    a.create_series(path, &SeriesSpec::new(Resolution::Hour), false)
+        .await
+        .unwrap();
+    a.write_series(path, Interval::all(), vec![hourly(0, 48, 2.5)])
+        .await
+        .unwrap();
+
+    // Read through B's Flight: the same points as A's native read.
+    let mut flight = flight_on(&cluster, 1).await;
+    let descriptor = arrow_flight::FlightDescriptor::new_path(vec![path.into()]);
+    let info = flight.get_flight_info(descriptor.clone()).await.unwrap();
+    assert_eq!(info.total_records, 48);
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let batches: Vec<RecordBatch> = flight
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let native = a.read_series(path, Interval::all()).await.unwrap();
+    let as_data = SeriesData {
+        info: native.info.clone(),
+        batches,
+    };
+    assert_eq!(rows(&as_data), rows(&native));
+
+    // Written through B's Flight, interval replaced, read natively on A.
+    let command = serde_json::json!({"path": path, "start": T0, "end": T0 + 24 * HOUR});
+    let put = arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(
+            command.to_string(),
+        )))
+        .build(futures::stream::iter([Ok(hourly(0, 12, 9.0))]));
+    let results: Vec<arrow_flight::PutResult> = flight
+        .do_put(put)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&results[0].app_metadata).unwrap();
+    assert_eq!(
+        (&summary["points_written"], &summary["points_deleted"]),
+        (&serde_json::json!(12), &serde_json::json!(24)),
+        "{summary}"
+    );
+    let after = a.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(after.num_points(), 36);
+    assert_eq!(b.describe_series(path).await.unwrap().points, 36);
+}
