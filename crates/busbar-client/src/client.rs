@@ -341,6 +341,9 @@ pub(crate) struct Inner {
     identity: RwLock<Option<pb::Identity>>,
     pub(crate) address: String,
     pub(crate) descriptors: crate::dynamic::DescriptorCache,
+    /// The node said at login that it keeps idempotency keys (a cluster
+    /// node): keyed writes whose outcome was lost may be sent again.
+    keys_honoured: std::sync::atomic::AtomicBool,
 }
 
 /// Adds the session token and the deadline to every outgoing call.
@@ -351,6 +354,9 @@ pub struct CallContext {
     trace_id: Option<MetadataValue<Ascii>>,
     metadata: Option<Arc<CallerMetadata>>,
 }
+
+/// Tries of a keyed write whose outcome was lost (see [`Client::keyed`]).
+pub const KEYED_TRIES: u32 = 4;
 
 /// `x-` metadata every call of a handle carries (see [`Client::with_metadata`]).
 type CallerMetadata = Vec<(MetadataKey<Ascii>, MetadataValue<Ascii>)>;
@@ -667,6 +673,7 @@ impl Client {
             identity: RwLock::new(None),
             address: address.clone(),
             descriptors: Default::default(),
+            keys_honoured: Default::default(),
         });
         let client = Client {
             inner,
@@ -775,6 +782,39 @@ impl Client {
             metadata: (!pairs.is_empty()).then(|| Arc::new(pairs)),
             ..self.clone()
         })
+    }
+
+    /// A handle whose writes carry `key` as their idempotency key, instead
+    /// of one made per call: for a program that keeps the key of a write
+    /// and sends the write again after it restarts. On a cluster the write
+    /// is applied once whichever node gets it, and every later send with
+    /// the key answers with the first outcome (keys are kept for a day);
+    /// the same key with a different request is refused. Use a new key for
+    /// each write: letters, digits, `-` and `_`, 1 to 128 of them.
+    pub fn with_idempotency_key(&self, key: &str) -> Result<Client> {
+        let valid = (1..=128).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(Error::invalid_argument(format!(
+                "bad idempotency key {key:?}: use 1 to 128 letters, digits, - and _"
+            )));
+        }
+        Ok(self.keyed_by(key))
+    }
+
+    fn keyed_by(&self, key: &str) -> Client {
+        let mut pairs: CallerMetadata = self.metadata.as_deref().cloned().unwrap_or_default();
+        pairs.retain(|(name, _)| name != busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY);
+        pairs.push((
+            MetadataKey::from_static(busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY),
+            MetadataValue::try_from(key).expect("checked keys are metadata"),
+        ));
+        Client {
+            metadata: Some(Arc::new(pairs)),
+            ..self.clone()
+        }
     }
 
     /// The address this client dials.
@@ -895,8 +935,55 @@ impl Client {
         if let Some(timeout) = self.timeout {
             request.set_timeout(timeout);
         }
-        let session = auth.login(request).await?.into_inner();
-        self.store_session(session)
+        let response = auth.login(request).await?;
+        let honoured = response
+            .metadata()
+            .contains_key(busbar_proto::IDEMPOTENCY_HONOURED_METADATA_KEY);
+        self.inner.keys_honoured.store(honoured, Ordering::Relaxed);
+        self.store_session(response.into_inner())
+    }
+
+    /// Runs a write that may be sent more than once: with a key made once
+    /// for it (`x-busbar-idempotency-key`), and, when its outcome is lost
+    /// with the connection (or no node could be reached), again with the
+    /// same key, up to [`KEYED_TRIES`] tries with jittered backoff, on
+    /// whichever node the client reaches next. A node that keeps keys (a
+    /// cluster node) applies it once and answers each try with the first
+    /// outcome. Against a node that does not, and in a data session (which
+    /// lives on one node), the call is made once: a lost outcome stays
+    /// UNAVAILABLE, saying it is unknown.
+    pub(crate) async fn keyed<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        if self.data_session.is_some() {
+            return call(self.clone()).await;
+        }
+        let given = self.metadata.as_deref().is_some_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(key, _)| key == busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY)
+        });
+        let keyed = if given {
+            self.clone()
+        } else {
+            self.keyed_by(&uuid::Uuid::new_v4().simple().to_string())
+        };
+        let mut backoff = Duration::from_millis(100);
+        for tries in 1.. {
+            let result = call(keyed.clone()).await;
+            let again = match &result {
+                Err(error) => error.may_retry_keyed(),
+                Ok(_) => false,
+            };
+            if !again || tries >= KEYED_TRIES || !self.inner.keys_honoured.load(Ordering::Relaxed) {
+                return result;
+            }
+            tokio::time::sleep(crate::rooms::jittered(backoff)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        unreachable!("the loop returns")
     }
 
     /// Renews the session now (the client also does this on its own).

@@ -15,6 +15,8 @@ pub struct Error {
     /// causes (their types, never their text), so a first call that fails
     /// can say why the node could not be reached.
     transport: Option<TransportFailure>,
+    /// The connection was lost between sending the call and its answer.
+    outcome_unknown: bool,
 }
 
 /// Why a connection failed below gRPC, as its causes' types tell.
@@ -41,12 +43,30 @@ impl Error {
             message: message.into(),
             trace_id: None,
             transport: None,
+            outcome_unknown: false,
         }
     }
 
     /// Why the connection failed below gRPC, if it did.
     pub(crate) fn transport(&self) -> Option<TransportFailure> {
         self.transport
+    }
+
+    /// Whether a keyed write that failed so may be sent again: its outcome
+    /// was lost with the connection, or no node could be reached at all
+    /// (nothing was sent).
+    pub(crate) fn may_retry_keyed(&self) -> bool {
+        self.outcome_unknown
+            || matches!(
+                self.transport,
+                Some(TransportFailure::Refused | TransportFailure::TimedOut)
+            )
+    }
+
+    /// Whether the call may or may not have taken effect: the connection
+    /// was lost after it was sent and before its answer came.
+    pub fn outcome_unknown(&self) -> bool {
+        self.outcome_unknown
     }
 
     pub fn code(&self) -> ErrorCode {
@@ -190,6 +210,7 @@ impl From<tonic::Status> for Error {
                 ),
                 trace_id: None,
                 transport: None,
+                outcome_unknown: false,
             };
         }
         let transport = transport_failure(&status);
@@ -246,6 +267,7 @@ impl From<tonic::Status> for Error {
             message,
             trace_id,
             transport,
+            outcome_unknown: lost && code == ErrorCode::Unavailable,
         }
     }
 }

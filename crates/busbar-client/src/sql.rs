@@ -183,13 +183,20 @@ impl Client {
     /// Runs one statement on the database at `database`; returns its rows as
     /// Arrow record batches. `statement` is SQL text or a [`Statement`] with
     /// bound parameters.
+    ///
+    /// Sent with an idempotency key: on a cluster, a statement whose
+    /// answer was lost with its node is sent again to the next node and
+    /// applied once (see [`Client::keyed`]).
     pub async fn sql(&self, database: &str, statement: impl Into<Statement>) -> Result<SqlResult> {
         let request =
             statement
                 .into()
                 .request(database, pb::ResultFormat::Arrow, self.session_id());
-        let responses = self.sql_request(request).await?;
-        collect_arrow(responses).await
+        self.keyed(|client| {
+            let request = request.clone();
+            async move { collect_arrow(client.sql_request(request).await?).await }
+        })
+        .await
     }
 
     /// Runs `sql` once per row of parameters (each a [`Statement`] of that
@@ -208,9 +215,15 @@ impl Client {
         if request.rows.is_empty() {
             return Ok(ExecuteSummary::default());
         }
-        Ok(collect_arrow(self.sql_request(request).await?)
-            .await?
-            .summary)
+        self.keyed(|client| {
+            let request = request.clone();
+            async move {
+                Ok(collect_arrow(client.sql_request(request).await?)
+                    .await?
+                    .summary)
+            }
+        })
+        .await
     }
 
     /// Creates a stored procedure: `body` holds one or more statements using
@@ -267,8 +280,11 @@ impl Client {
         args: ProcedureArgs,
     ) -> Result<SqlResult> {
         let request = self.procedure_request(database, name, args, pb::ResultFormat::Arrow);
-        let responses = self.sql_stream(RUN_PROCEDURE, request).await?;
-        collect_arrow(responses).await
+        self.keyed(|client| {
+            let request = request.clone();
+            async move { collect_arrow(client.sql_stream(RUN_PROCEDURE, request).await?).await }
+        })
+        .await
     }
 
     /// Runs a stored procedure and returns the rows as JSON objects.
@@ -279,8 +295,11 @@ impl Client {
         args: ProcedureArgs,
     ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
         let request = self.procedure_request(database, name, args, pb::ResultFormat::Json);
-        let responses = self.sql_stream(RUN_PROCEDURE, request).await?;
-        collect_json(responses).await
+        self.keyed(|client| {
+            let request = request.clone();
+            async move { collect_json(client.sql_stream(RUN_PROCEDURE, request).await?).await }
+        })
+        .await
     }
 
     fn procedure_request(
@@ -313,7 +332,11 @@ impl Client {
         let request = statement
             .into()
             .request(database, pb::ResultFormat::Json, self.session_id());
-        collect_json(self.sql_request(request).await?).await
+        self.keyed(|client| {
+            let request = request.clone();
+            async move { collect_json(client.sql_request(request).await?).await }
+        })
+        .await
     }
 }
 

@@ -30,6 +30,9 @@ impl Client {
     /// Appends `payload` to `topic`'s queue; acknowledged once on disk.
     /// Waits while the queue is full, up to this client's timeout (at most
     /// 30 s), then fails RESOURCE_EXHAUSTED. Returns the message's id.
+    /// Sent with an idempotency key: on a cluster, a push whose answer was
+    /// lost with its node is sent again and queued once (see
+    /// [`Client::with_idempotency_key`]).
     pub async fn transport_push(
         &self,
         session: &str,
@@ -37,17 +40,24 @@ impl Client {
         payload: Bytes,
         metadata: HashMap<String, String>,
     ) -> Result<u64> {
-        Ok(self
-            .transport_client()
-            .push(pb::PushRequest {
-                session: session.into(),
-                topic: topic.into(),
-                payload,
-                metadata,
-            })
-            .await?
-            .into_inner()
-            .id)
+        let request = pb::PushRequest {
+            session: session.into(),
+            topic: topic.into(),
+            payload,
+            metadata,
+        };
+        self.keyed(|client| {
+            let request = request.clone();
+            async move {
+                Ok(client
+                    .transport_client()
+                    .push(request)
+                    .await?
+                    .into_inner()
+                    .id)
+            }
+        })
+        .await
     }
 
     /// Takes the oldest message of `topic`, waiting up to `timeout` for one

@@ -19,6 +19,14 @@ pub const ERROR_CODE_METADATA_KEY: &str = "busbar-error-code";
 /// and echoes it in the response headers.
 pub const TRACE_ID_METADATA_KEY: &str = "x-trace-id";
 
+/// Request-metadata key of a write's idempotency key: made once per logical
+/// call by the client and sent again with each retry of it.
+pub const IDEMPOTENCY_KEY_METADATA_KEY: &str = "x-busbar-idempotency-key";
+
+/// Response-metadata key a node sets (to "1") when it honours idempotency
+/// keys, so a client knows an unknown outcome may be retried there.
+pub const IDEMPOTENCY_HONOURED_METADATA_KEY: &str = "x-busbar-idempotency";
+
 /// Request-metadata key carrying a session token as is, accepted like
 /// `authorization: Bearer <token>`. HTTP/2 header compression never indexes
 /// `authorization` (h2 and nghttp2 keep it out of the HPACK table), so that

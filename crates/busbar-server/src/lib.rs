@@ -9,6 +9,7 @@
 mod auth;
 mod bootstrap;
 mod bus;
+mod calls;
 mod cluster;
 pub mod config;
 pub mod error;

@@ -163,7 +163,16 @@ impl Auth for AuthService {
                 .into());
             }
         };
-        reply(self.session_pb(outcome).await?)
+        let mut response = tonic::Response::new(self.session_pb(outcome).await?);
+        if self.node.config.store.is_some() {
+            // A cluster node keeps idempotency keys (crate::calls): the
+            // client may retry a keyed write whose outcome it lost.
+            response.metadata_mut().insert(
+                busbar_proto::IDEMPOTENCY_HONOURED_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        Ok(response)
     }
 
     async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Reply<pb::Session> {

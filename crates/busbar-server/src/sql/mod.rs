@@ -98,11 +98,13 @@ pub struct Database {
 }
 
 /// Where a call's SQL runs: its database and, when the call names one, the
-/// data session whose transaction on that database it joins.
+/// data session whose transaction on that database it joins; and the
+/// call's idempotency key, when it carries one (`crate::calls`).
 #[derive(Clone)]
 pub struct On {
     pub database: Database,
     pub session: Option<Arc<DataSession>>,
+    pub key: Option<crate::calls::CallKey>,
 }
 
 impl From<Database> for On {
@@ -110,6 +112,7 @@ impl From<Database> for On {
         On {
             database,
             session: None,
+            key: None,
         }
     }
 }

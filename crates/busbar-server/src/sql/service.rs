@@ -210,6 +210,20 @@ fn params(
     })
 }
 
+/// The idempotency key a call of `Sql/<method>` carries, if any.
+fn call_key<M: prost::Message>(
+    request: &Request<M>,
+    caller: &Caller,
+    method: &str,
+) -> Result<Option<crate::calls::CallKey>> {
+    crate::calls::CallKey::from_metadata(
+        request.metadata(),
+        &caller.identity_id,
+        method,
+        &request.get_ref().encode_to_vec(),
+    )
+}
+
 fn procedure_pb(p: Procedure) -> pb::Procedure {
     pb::Procedure {
         name: p.name,
@@ -229,7 +243,11 @@ impl SqlService {
         } else {
             Some(self.node.sessions.get(session, &caller.identity_id)?)
         };
-        Ok(On { database, session })
+        Ok(On {
+            database,
+            session,
+            key: None,
+        })
     }
 
     /// `Execute` with `rows` (executemany): the statement once per row, in
@@ -291,8 +309,10 @@ impl Sql for SqlService {
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
+        let key = call_key(&request, &caller, "Execute")?;
         let r = request.into_inner();
-        let on = self.on(&caller, &r.database, &r.session).await?;
+        let mut on = self.on(&caller, &r.database, &r.session).await?;
+        on.key = key;
         if !r.rows.is_empty() {
             return self.execute_many(on, r, budget).await;
         }
@@ -352,8 +372,10 @@ impl Sql for SqlService {
     async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
+        let key = call_key(&request, &caller, "RunProcedure")?;
         let r = request.into_inner();
-        let on = self.on(&caller, &r.database, &r.session).await?;
+        let mut on = self.on(&caller, &r.database, &r.session).await?;
+        on.key = key;
         let given = params(r.args, r.kwargs)?;
         let args = Arguments {
             positional: given.positional,

@@ -75,6 +75,39 @@ CREATE TABLE IF NOT EXISTS busbar.grants (
     rights    INTEGER NOT NULL,
     PRIMARY KEY (path, principal)
 );
+-- Idempotency keys: the first outcome of each keyed write (crate::calls).
+CREATE TABLE IF NOT EXISTS busbar.calls (
+    scope      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    request    BYTEA NOT NULL,
+    outcome    BYTEA NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS calls_created ON busbar.calls (created_ms);
+-- Recording goes through this function only: it runs as the node's user
+-- (SECURITY DEFINER), so the SQL databases' roles record their writes'
+-- keys in the same transaction as the writes without reaching the table;
+-- the scope is the login role (session_user, which user SQL cannot
+-- change), so one database cannot see or take another's keys.
+CREATE SCHEMA IF NOT EXISTS busbar_calls;
+CREATE OR REPLACE FUNCTION busbar_calls.record(
+    call_key TEXT, call_request BYTEA, call_outcome BYTEA, at_ms BIGINT
+) RETURNS TABLE (fresh BOOLEAN, request BYTEA, outcome BYTEA)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO busbar.calls (scope, key, request, outcome, created_ms)
+    VALUES (session_user, call_key, call_request, call_outcome, at_ms)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        RETURN QUERY SELECT true, call_request, NULL::BYTEA;
+    ELSE
+        RETURN QUERY SELECT false, c.request, c.outcome FROM busbar.calls c
+            WHERE c.scope = session_user AND c.key = call_key;
+    END IF;
+END
+$$;
+GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 ";
 
 /// Any number that no other program's advisory lock on the same database
@@ -768,10 +801,16 @@ impl Store for PostgresStore {
             ],
         )
         .await?;
-        // Nodes gone for a minute are forgotten by whoever reports next.
+        // Nodes gone for a minute are forgotten by whoever reports next,
+        // and so are idempotency keys past their window.
         self.change(
             "DELETE FROM busbar.nodes WHERE seen_ms < $1",
             &[&(node.seen_ms - 60_000)],
+        )
+        .await?;
+        self.change(
+            "DELETE FROM busbar.calls WHERE created_ms < $1",
+            &[&(node.seen_ms - crate::calls::KEPT_FOR_MS)],
         )
         .await?;
         Ok(())

@@ -112,10 +112,12 @@ impl QueueEngine for EmbeddedQueues {
     async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed> {
         let session = session.to_string();
         self.run(move |conn| {
+            // One node has no other to retry on: keys are not kept here.
             let NewMessage {
                 topic,
                 payload,
                 metadata,
+                key: _,
             } = message;
             let tx = conn.transaction().map_err(storage)?;
             let (count, bytes): (i64, i64) = tx
@@ -275,6 +277,7 @@ mod tests {
             topic: "t".into(),
             payload: Bytes::from(text),
             metadata: HashMap::new(),
+            key: None,
         }
     }
 

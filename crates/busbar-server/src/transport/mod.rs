@@ -65,6 +65,8 @@ pub(crate) struct NewMessage {
     pub topic: String,
     pub payload: Bytes,
     pub metadata: HashMap<String, String>,
+    /// The push's idempotency key, if it carries one (`crate::calls`).
+    pub key: Option<crate::calls::CallKey>,
 }
 
 /// What a push came to.

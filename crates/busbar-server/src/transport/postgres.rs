@@ -164,6 +164,12 @@ impl QueueEngine for PostgresQueues {
             .await?;
         let (count, bytes): (i64, i64) = (row.get(0), row.get(1));
         if count as u64 >= limits.messages || bytes as u64 + payload.len() as u64 > limits.bytes {
+            // A retry of a push that went in finds the queue full of it.
+            if let Some(key) = &message.key
+                && let Some(earlier) = crate::calls::earlier::<u64>(&*tx, key).await?
+            {
+                return Ok(Pushed::Queued(earlier));
+            }
             return Ok(Pushed::Full);
         }
         let row = tx.query_one(&cached(&tx, "INSERT INTO busbar.transport_messages (session, topic, payload, metadata, pushed_ms) \
@@ -177,8 +183,12 @@ impl QueueEngine for PostgresQueues {
                 ],
             )
             .await?;
+        let mut id = row.get::<_, i64>(0) as u64;
+        if let Some(key) = &message.key {
+            id = crate::calls::settle(&*tx, key, id).await?;
+        }
         tx.commit().await?;
-        Ok(Pushed::Queued(row.get::<_, i64>(0) as u64))
+        Ok(Pushed::Queued(id))
     }
 
     async fn take(

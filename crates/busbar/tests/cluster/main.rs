@@ -342,6 +342,26 @@ async fn transport_queues_are_shared_durable_and_wake_pops_on_other_nodes() {
         "no live lease",
     );
 
+    // A keyed push sent again through the other node is queued once, and
+    // the retry answers with the first push's id.
+    let first = a
+        .with_idempotency_key("push-1")
+        .unwrap()
+        .transport_push("job", "keyed", Bytes::from("once"), HashMap::new())
+        .await
+        .unwrap();
+    let again = b
+        .with_idempotency_key("push-1")
+        .unwrap()
+        .transport_push("job", "keyed", Bytes::from("once"), HashMap::new())
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    let once = b.transport_pop("job", "keyed", Duration::ZERO, None).await;
+    assert_eq!(once.unwrap().expect("queued").payload, "once");
+    let twice = b.transport_pop("job", "keyed", Duration::ZERO, None).await;
+    assert!(twice.unwrap().is_none(), "the retry queued nothing more");
+
     // Pushed through A and acknowledged, then A is killed: B pops them all,
     // in order, once.
     for n in 0..10 {
@@ -516,7 +536,7 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
                     .await
                 {
                     Ok(_) => acknowledged.push(payload),
-                    // Outcome unknown (the node went mid-call): not counted.
+                    // Retried on the next node and still failed.
                     Err(_) => {
                         failed += 1;
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -559,6 +579,10 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
         assert_eq!(queued.get(payload), Some(&1), "{payload} once");
     }
     assert!(queued.values().all(|count| *count == 1), "nothing twice");
+    // Pushes carry idempotency keys: one whose node went mid-call was sent
+    // again to the next node, so none failed and none was queued twice.
+    assert_eq!(failed, 0, "no push that could be retried failed");
+    assert_eq!(queued.len(), acknowledged.len());
     eprintln!(
         "rolling restart: {} pushes acknowledged, {failed} failed with their outcome unknown, {} queued",
         acknowledged.len(),

@@ -363,3 +363,119 @@ async fn user_sql_on_postgresql_reaches_only_its_own_schema() {
     })
     .await;
 }
+
+/// The value of column `column` of the first row of a SQL result.
+fn first_i64(result: &busbar_client::SqlResult, column: usize) -> i64 {
+    use arrow_array::cast::AsArray;
+    result.batches[0]
+        .column(column)
+        .as_primitive::<arrow_array::types::Int64Type>()
+        .value(0)
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
+    let mut cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.create(DB, ResourceKind::Database, false).await.unwrap();
+    a.sql(DB, "CREATE TABLE t (id bigserial PRIMARY KEY, v int)")
+        .await
+        .unwrap();
+    let count = |client: Client| async move {
+        json(&client, DB, "SELECT count(*) AS n FROM t").await[0]["n"]
+            .as_i64()
+            .unwrap()
+    };
+
+    // One key, sent through each node: applied once, the first outcome
+    // (the id it made) given back each time.
+    let insert = "INSERT INTO t (v) VALUES (1) RETURNING id";
+    let first = a
+        .with_idempotency_key("order-1")
+        .unwrap()
+        .sql(DB, insert)
+        .await
+        .unwrap();
+    let again = b
+        .with_idempotency_key("order-1")
+        .unwrap()
+        .sql(DB, insert)
+        .await
+        .unwrap();
+    assert_eq!(first_i64(&first, 0), first_i64(&again, 0));
+    assert_eq!(again.summary.rows_affected, 1);
+    assert_eq!(count(a.clone()).await, 1);
+    // executemany and procedures likewise.
+    let many = || {
+        [1i64, 2, 3]
+            .into_iter()
+            .map(|v| Statement::new("").bind(v))
+            .collect::<Vec<_>>()
+    };
+    for client in [&a, &b] {
+        let summary = client
+            .with_idempotency_key("batch-1")
+            .unwrap()
+            .sql_many(DB, "INSERT INTO t (v) VALUES ($1)", many())
+            .await
+            .unwrap();
+        assert_eq!(summary.rows_affected, 3);
+    }
+    a.create_procedure(DB, "add", &["v"], "INSERT INTO t (v) VALUES (:v)", false)
+        .await
+        .unwrap();
+    for client in [&a, &b] {
+        client
+            .with_idempotency_key("proc-1")
+            .unwrap()
+            .run_procedure(DB, "add", ProcedureArgs::new().kwarg("v", 9i64))
+            .await
+            .unwrap();
+    }
+    assert_eq!(count(a.clone()).await, 5);
+    // The same key with another request is refused and changes nothing.
+    assert_error(
+        b.with_idempotency_key("order-1")
+            .unwrap()
+            .sql(DB, "INSERT INTO t (v) VALUES (2) RETURNING id")
+            .await,
+        ErrorCode::InvalidArgument,
+        "used for another call",
+    );
+    assert_eq!(count(a.clone()).await, 5);
+    // A key is its caller's own: another identity's same key is another call.
+    let bob = cluster.nodes[0]
+        .new_user_granted(&a, "bob", "bob-password", DB, Right::Write)
+        .await;
+    bob.with_idempotency_key("order-1")
+        .unwrap()
+        .sql(DB, insert)
+        .await
+        .unwrap();
+    assert_eq!(count(a.clone()).await, 6);
+    // Reads are not recorded: a key used for a read can still key a write.
+    let read = b.with_idempotency_key("read-then-write").unwrap();
+    json(&read, DB, "SELECT count(*) AS n FROM t").await;
+    read.sql(DB, insert).await.unwrap();
+    assert_eq!(count(a.clone()).await, 7);
+    // Bad keys are refused before anything is sent.
+    assert!(a.with_idempotency_key("has space").is_err());
+    assert!(a.with_idempotency_key("").is_err());
+
+    // A write in flight when its node dies: the client, given both nodes,
+    // sends it again to the other with the same key; applied once.
+    let mut config = cluster.nodes[0].admin_json();
+    config["addresses"] = serde_json::json!([cluster.nodes[1].address]);
+    let path = cluster.nodes[0].dir.path().join("both.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let client = Client::from_config_file(&path).await.unwrap();
+    let slow = "INSERT INTO t (v) SELECT 42 FROM pg_sleep(1.5) RETURNING id";
+    let writing = tokio::spawn(async move { client.sql(DB, slow).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.nodes[0].kill9();
+    let written = writing.await.unwrap().expect("retried on the other node");
+    assert_eq!(written.summary.rows, 1);
+    let fortytwo = json(&b, DB, "SELECT count(*) AS n FROM t WHERE v = 42").await;
+    assert_eq!(fortytwo[0]["n"], 1, "applied exactly once");
+}

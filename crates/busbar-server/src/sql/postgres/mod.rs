@@ -14,6 +14,7 @@ mod roles;
 pub mod text;
 mod values;
 
+use crate::calls::{CallKey, Replay, settle};
 use crate::cluster::PgTls;
 use crate::error::{Error, ErrorCode, Result};
 use crate::sessions::{DataSession, Part};
@@ -23,6 +24,7 @@ use crate::sql::{
     SqlSummary,
 };
 use crate::store::{Store, now_ms};
+use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use deadpool_postgres::{Object, Pool};
 use futures::StreamExt;
@@ -431,21 +433,31 @@ async fn prepare(
         .map_err(|e| sql_error(&e))
 }
 
+/// Where a statement's rows go.
+enum Sink<'a> {
+    /// Nowhere: only what it changed counts.
+    None,
+    /// To the caller as they come.
+    Send(&'a Rows),
+    /// Kept, to go out once the call's idempotency key is settled.
+    Keep(&'a mut Vec<RecordBatch>),
+}
+
 /// Runs one statement, sending its rows to `sink` in bounded batches (the
 /// first goes out even when empty: it carries the schema).
 async fn stream(
     client: &Client,
     sql: &str,
     values: &[SqlParam],
-    sink: Option<&Rows>,
+    mut sink: Sink<'_>,
     budget: &Budget,
 ) -> Result<SqlSummary> {
     let statement = prepare(client, sql, values).await?;
     let columns = statement.columns();
     let mut summary = SqlSummary::default();
-    let schema = match (sink, columns.is_empty()) {
-        (Some(_), false) => Some(values::schema(columns)?),
-        _ => None,
+    let schema = match (&sink, columns.is_empty()) {
+        (Sink::None, _) | (_, true) => None,
+        _ => Some(values::schema(columns)?),
     };
     if let Some(schema) = &schema {
         summary.columns = columns
@@ -465,7 +477,7 @@ async fn stream(
         .await
         .map_err(|e| sql_error(&e))?;
     tokio::pin!(rows);
-    let (Some(sink), Some(schema)) = (sink, schema) else {
+    let Some(schema) = schema else {
         while let Some(row) = rows.next().await {
             row.map_err(|e| sql_error(&e))?;
         }
@@ -474,30 +486,131 @@ async fn stream(
     };
     let mut batches = Batches::new(schema, columns);
     let mut sent = 0usize;
-    let mut send = async |batches: &mut Batches| -> Result<()> {
+    let mut send = async |batches: &mut Batches, sink: &mut Sink<'_>| -> Result<()> {
         let batch = batches.take()?;
         sent = sent.saturating_add(batch.get_array_memory_size());
         if sent > budget.max_result_bytes {
             return Err(crate::sql::result_too_large(budget.max_result_bytes));
         }
-        sink.send(batch)
-            .await
-            .map_err(|_| Error::cancelled("the caller went away"))
+        match sink {
+            Sink::Send(rows) => rows
+                .send(batch)
+                .await
+                .map_err(|_| Error::cancelled("the caller went away")),
+            Sink::Keep(kept) => {
+                kept.push(batch);
+                Ok(())
+            }
+            Sink::None => Ok(()),
+        }
     };
     let mut first = true;
     while let Some(row) = rows.next().await {
         batches.push(&row.map_err(|e| sql_error(&e))?)?;
         summary.rows += 1;
         if batches.full() {
-            send(&mut batches).await?;
+            send(&mut batches, &mut sink).await?;
             first = false;
         }
     }
     if first || batches.rows > 0 {
-        send(&mut batches).await?;
+        send(&mut batches, &mut sink).await?;
     }
     summary.rows_affected = rows.rows_affected().unwrap_or(0);
     Ok(summary)
+}
+
+/// A keyed call's outcome: its summary and the rows it returned.
+struct Kept {
+    summary: SqlSummary,
+    batches: Vec<RecordBatch>,
+}
+
+impl Kept {
+    /// Sends the rows to the caller; the summary is the call's answer.
+    async fn deliver(self, rows: &Rows) -> Result<SqlSummary> {
+        for batch in self.batches {
+            rows.send(batch)
+                .await
+                .map_err(|_| Error::cancelled("the caller went away"))?;
+        }
+        Ok(self.summary)
+    }
+}
+
+impl Replay for Kept {
+    fn encode(&self) -> Vec<u8> {
+        // A JSON header line (counts, column names and declared types),
+        // then the rows as one Arrow IPC stream (which carries the types).
+        let header = serde_json::json!({
+            "rows": self.summary.rows,
+            "rows_affected": self.summary.rows_affected,
+            "columns": self.summary.columns.iter().map(|(n, d, _)| [n, d]).collect::<Vec<_>>(),
+        });
+        let mut out = header.to_string().into_bytes();
+        out.push(b'\n');
+        if let Some(first) = self.batches.first() {
+            let written = arrow_ipc::writer::StreamWriter::try_new(&mut out, &first.schema())
+                .and_then(|mut writer| {
+                    for batch in &self.batches {
+                        writer.write(batch)?;
+                    }
+                    writer.finish()
+                });
+            if written.is_err() {
+                // Kept as too large: a retry learns the call was applied.
+                return vec![0; crate::calls::MAX_OUTCOME_BYTES + 1];
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Kept> {
+        let bad = || Error::internal("a kept outcome could not be read back");
+        let split = bytes.iter().position(|b| *b == b'\n').ok_or_else(bad)?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&bytes[..split]).map_err(|_| bad())?;
+        let batches = if bytes.len() > split + 1 {
+            arrow_ipc::reader::StreamReader::try_new(&bytes[split + 1..], None)
+                .map_err(|_| bad())?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| bad())?
+        } else {
+            Vec::new()
+        };
+        let types: Vec<arrow_schema::DataType> = batches
+            .first()
+            .map(|b| {
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let columns = header["columns"]
+            .as_array()
+            .ok_or_else(bad)?
+            .iter()
+            .zip(types)
+            .map(|(pair, kind)| {
+                (
+                    pair[0].as_str().unwrap_or_default().to_string(),
+                    pair[1].as_str().unwrap_or_default().to_string(),
+                    kind,
+                )
+            })
+            .collect();
+        Ok(Kept {
+            summary: SqlSummary {
+                rows: header["rows"].as_u64().ok_or_else(bad)?,
+                rows_affected: header["rows_affected"].as_u64().ok_or_else(bad)?,
+                last_insert_rowid: 0,
+                columns,
+            },
+            batches,
+        })
+    }
 }
 
 const PROCEDURES: &str = "CREATE TABLE IF NOT EXISTS busbar_procedures (
@@ -587,10 +700,26 @@ impl SqlEngine for PostgresSql {
         refuse_transaction_control(&sql)?;
         let (sql, values) = bind(&sql, &params)?;
         let budget_in = budget.clone();
-        self.run(&on, &budget, move |client| {
-            Box::pin(async move { stream(client, &sql, &values, Some(&rows), &budget_in).await })
-        })
-        .await
+        let Some(key) = keyed(&on) else {
+            return self
+                .run(&on, &budget, move |client| {
+                    Box::pin(async move {
+                        stream(client, &sql, &values, Sink::Send(&rows), &budget_in).await
+                    })
+                })
+                .await;
+        };
+        let kept = self
+            .run(&on, &budget, move |client| {
+                Box::pin(async move {
+                    let mut batches = Vec::new();
+                    let summary =
+                        stream(client, &sql, &values, Sink::Keep(&mut batches), &budget_in).await?;
+                    settle(client, &key, Kept { summary, batches }).await
+                })
+            })
+            .await?;
+        kept.deliver(&rows).await
     }
 
     async fn execute_each(
@@ -607,15 +736,19 @@ impl SqlEngine for PostgresSql {
             .map(|params| bind(&sql, params))
             .collect::<Result<Vec<_>>>()?;
         let budget_in = budget.clone();
+        let key = keyed(&on);
         self.run(&on, &budget, move |client| {
             Box::pin(async move {
                 let mut changed = 0;
                 for (sql, values) in &bound {
-                    changed += stream(client, sql, values, None, &budget_in)
+                    changed += stream(client, sql, values, Sink::None, &budget_in)
                         .await?
                         .rows_affected;
                 }
-                Ok(changed)
+                match &key {
+                    Some(key) => settle(client, key, changed).await,
+                    None => Ok(changed),
+                }
             })
         })
         .await
@@ -772,62 +905,84 @@ impl SqlEngine for PostgresSql {
         budget: Budget,
     ) -> Result<SqlSummary> {
         let budget_in = budget.clone();
-        self.run(&on, &budget, move |client| {
-            Box::pin(async move {
-                let procedure = procedures(client)
-                    .await?
-                    .into_iter()
-                    .find(|p| p.name == name)
-                    .ok_or_else(|| Error::not_found(format!("no procedure named {name}")))?;
-                let values = bind_arguments(&procedure, args)?;
-                let pieces = text::statements(&procedure.body)?;
-                let mut summary = SqlSummary::default();
-                let mut changed = 0;
-                for (number, piece) in pieces.iter().enumerate() {
-                    let at = |error: Error| Error {
-                        message: format!(
-                            "procedure {} statement {}: {}",
-                            procedure.name,
-                            number + 1,
-                            error.message
-                        ),
-                        ..error
-                    };
-                    refuse_transaction_control(piece).map_err(at)?;
-                    let given = SqlParams {
-                        positional: Vec::new(),
-                        named: text::number_names(piece)
-                            .map_err(at)?
-                            .1
-                            .into_iter()
-                            .map(|param| {
-                                let value = values.get(&param).cloned().ok_or_else(|| {
-                                    at(Error::invalid_argument(format!(
-                                        "parameter :{param} is not one of the procedure's ({})",
-                                        procedure.params.join(", ")
-                                    )))
-                                })?;
-                                Ok((param, value))
-                            })
-                            .collect::<Result<_>>()?,
-                    };
-                    let (sql, bound) = bind(piece, &given).map_err(at)?;
-                    let last = number + 1 == pieces.len();
-                    let sink = last.then_some(&rows);
-                    let ran = stream(client, &sql, &bound, sink, &budget_in)
-                        .await
-                        .map_err(at)?;
-                    changed += ran.rows_affected;
-                    if last {
-                        summary = ran;
+        let key = keyed(&on);
+        let sink = rows.clone();
+        let kept = self
+            .run(&on, &budget, move |client| {
+                Box::pin(async move {
+                    let procedure = procedures(client)
+                        .await?
+                        .into_iter()
+                        .find(|p| p.name == name)
+                        .ok_or_else(|| Error::not_found(format!("no procedure named {name}")))?;
+                    let values = bind_arguments(&procedure, args)?;
+                    let pieces = text::statements(&procedure.body)?;
+                    let mut summary = SqlSummary::default();
+                    let mut batches = Vec::new();
+                    let mut changed = 0;
+                    for (number, piece) in pieces.iter().enumerate() {
+                        let at = |error: Error| Error {
+                            message: format!(
+                                "procedure {} statement {}: {}",
+                                procedure.name,
+                                number + 1,
+                                error.message
+                            ),
+                            ..error
+                        };
+                        refuse_transaction_control(piece).map_err(at)?;
+                        let given = SqlParams {
+                            positional: Vec::new(),
+                            named: text::number_names(piece)
+                                .map_err(at)?
+                                .1
+                                .into_iter()
+                                .map(|param| {
+                                    let value = values.get(&param).cloned().ok_or_else(|| {
+                                        at(Error::invalid_argument(format!(
+                                            "parameter :{param} is not one of the procedure's ({})",
+                                            procedure.params.join(", ")
+                                        )))
+                                    })?;
+                                    Ok((param, value))
+                                })
+                                .collect::<Result<_>>()?,
+                        };
+                        let (sql, bound) = bind(piece, &given).map_err(at)?;
+                        let last = number + 1 == pieces.len();
+                        let sink = match (last, key.is_some()) {
+                            (false, _) => Sink::None,
+                            (true, false) => Sink::Send(&sink),
+                            (true, true) => Sink::Keep(&mut batches),
+                        };
+                        let ran = stream(client, &sql, &bound, sink, &budget_in)
+                            .await
+                            .map_err(at)?;
+                        changed += ran.rows_affected;
+                        if last {
+                            summary = ran;
+                        }
                     }
-                }
-                summary.rows_affected = changed;
-                Ok(summary)
+                    summary.rows_affected = changed;
+                    let kept = Kept { summary, batches };
+                    match &key {
+                        Some(key) => settle(client, key, kept).await,
+                        None => Ok(kept),
+                    }
+                })
             })
-        })
-        .await
+            .await?;
+        kept.deliver(&rows).await
     }
+}
+
+/// The key a call's write is recorded under: only for calls outside a
+/// session (a session lives on its node, so its calls are never retried
+/// elsewhere) by a caller that may write.
+fn keyed(on: &On) -> Option<CallKey> {
+    on.key
+        .clone()
+        .filter(|_| on.session.is_none() && !on.database.read_only)
 }
 
 /// Procedure bookkeeping is quick: a budget of its own (the call's future
