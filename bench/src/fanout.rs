@@ -132,10 +132,10 @@ async fn subscriber(
     result
 }
 
-struct RunResult {
-    rate: f64,
-    samples: Samples,
-    notes: Vec<String>,
+pub(crate) struct RunResult {
+    pub rate: f64,
+    pub samples: Samples,
+    pub notes: Vec<String>,
 }
 
 /// One run: warm up until every subscriber heard a marker, then `total`
@@ -268,7 +268,7 @@ fn nats_payload(stamp: u64, size: usize) -> Bytes {
 impl RunResult {
     /// The turn with the median rate, with every turn's latency samples and
     /// notes.
-    fn median(mut turns: Vec<RunResult>) -> RunResult {
+    pub(crate) fn median(mut turns: Vec<RunResult>) -> RunResult {
         turns.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         let rate = turns[turns.len() / 2].rate;
         let mut samples = Samples::default();
@@ -290,11 +290,11 @@ impl RunResult {
 }
 
 /// One configuration (payload size, message count, time cap) of the scenario.
-struct Run<'a> {
-    ctx: &'a Ctx,
-    size: usize,
-    total: u64,
-    cap: Duration,
+pub(crate) struct Run<'a> {
+    pub ctx: &'a Ctx,
+    pub size: usize,
+    pub total: u64,
+    pub cap: Duration,
 }
 
 impl Run<'_> {
@@ -305,8 +305,21 @@ impl Run<'_> {
         subscribers: &[busbar_client::Client],
         room: &str,
     ) -> Result<RunResult> {
+        self.busbar_with(&self.ctx.admin, publisher, subscribers, room)
+            .await
+    }
+
+    /// [`Run::busbar`] with the room made (and removed) by `admin`: a
+    /// cluster's, whose nodes the clients are connected to.
+    pub(crate) async fn busbar_with(
+        &self,
+        admin: &busbar_client::Client,
+        publisher: &busbar_client::Client,
+        subscribers: &[busbar_client::Client],
+        room: &str,
+    ) -> Result<RunResult> {
         let (ctx, size) = (self.ctx, self.size);
-        ctx.admin.create(room, ResourceKind::Room, false).await?;
+        admin.create(room, ResourceKind::Room, false).await?;
         let mut streams: Vec<Timestamps> = Vec::new();
         for client in subscribers {
             let membership = client.join(room).await?;
@@ -340,12 +353,12 @@ impl Run<'_> {
             })
         });
         let result = run_one(ctx, "busbar", streams, emit, self.total, self.cap).await;
-        ctx.admin.rm(room, false).await?;
+        admin.rm(room, false).await?;
         Ok(result)
     }
 
     /// One NATS turn: a fresh subject, subscribed by every subscriber.
-    async fn nats(
+    pub(crate) async fn nats(
         &self,
         publisher: &async_nats::Client,
         subscribers: &[async_nats::Client],

@@ -3,9 +3,10 @@
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster] [--busbar PATH] [--out DIR]
 //! ```
 
+mod cluster;
 mod ctx;
 mod fanout;
 mod mesh;
@@ -26,7 +27,7 @@ use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "unary",
     "mesh",
     "fanout",
@@ -36,6 +37,7 @@ const SCENARIOS: [&str; 9] = [
     "python",
     "rooms",
     "scale",
+    "cluster",
 ];
 
 struct Options {
@@ -45,7 +47,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -190,6 +192,7 @@ async fn run(options: Options) -> Result<()> {
             "sql" => sql::run(&ctx).await,
             "python" => python::run(&ctx).await,
             "rooms" => rooms::run(&ctx).await,
+            "cluster" => cluster::run(&ctx).await,
             _ => scale::run(&ctx, fd_limit).await,
         };
         match result {

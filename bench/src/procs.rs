@@ -101,13 +101,24 @@ pub struct Busbar {
 
 impl Busbar {
     pub fn start(binary: &Path, data: &Path) -> Result<Busbar> {
-        let log = std::fs::File::create(data.with_extension("log"))?;
+        Busbar::start_with(binary, data, "127.0.0.1:0", &[])
+    }
+
+    /// A node listening on `listen`, with `extra` flags (a cluster node's
+    /// `--store` and `--bus`); its log is appended to, so a node started
+    /// again on the same data keeps one log.
+    pub fn start_with(binary: &Path, data: &Path, listen: &str, extra: &[&str]) -> Result<Busbar> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))?;
         let mut command = Command::new(binary);
         command
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["--listen", listen, "--metrics-listen", "off"])
+            .args(extra)
             .args(["--grace", "0"])
             .env(
                 "RUST_LOG",

@@ -103,17 +103,21 @@ pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
             crate::store::postgres_reason(&e)
         ))
     };
-    let wrote: bool = client
-        .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
-        .await
-        .map_err(failed)?
-        .get(0);
-    if !wrote {
-        return Ok(outcome);
-    }
     let mut encoded = outcome.encode();
     if encoded.len() > MAX_OUTCOME_BYTES {
         encoded = TOO_LARGE.to_vec();
+    }
+    // `record` itself skips a transaction that wrote nothing; a large
+    // outcome is not sent to it before asking whether one wrote at all.
+    if encoded.len() > 64 << 10 {
+        let wrote: bool = client
+            .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
+            .await
+            .map_err(failed)?
+            .get(0);
+        if !wrote {
+            return Ok(outcome);
+        }
     }
     let row = client
         .query_one(

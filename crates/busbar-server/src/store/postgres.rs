@@ -96,6 +96,11 @@ CREATE OR REPLACE FUNCTION busbar_calls.record(
 ) RETURNS TABLE (fresh BOOLEAN, request BYTEA, outcome BYTEA)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- A transaction that wrote nothing (a read) needs no key.
+    IF pg_current_xact_id_if_assigned() IS NULL THEN
+        RETURN QUERY SELECT true, call_request, NULL::BYTEA;
+        RETURN;
+    END IF;
     INSERT INTO busbar.calls (scope, key, request, outcome, created_ms)
     VALUES (session_user, call_key, call_request, call_outcome, at_ms)
     ON CONFLICT DO NOTHING;

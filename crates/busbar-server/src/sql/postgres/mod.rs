@@ -126,23 +126,30 @@ impl PostgresSql {
     {
         let timeout = statement_timeout(budget);
         let Some(session) = &on.session else {
-            let connection = self.connect(&on.database, budget).await?;
+            let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
+            let client: &Client = ending.0.as_ref().expect("held until dropped");
             let begin = if on.database.read_only {
                 format!("BEGIN READ ONLY; {timeout}")
             } else {
                 format!("BEGIN; {timeout}")
             };
-            let client: &Client = &connection;
             let result = guarded(client, self.roles.tls(), budget, async {
-                client
-                    .batch_execute(&begin)
-                    .await
-                    .map_err(|e| sql_error(&e))?;
-                work(client).await
+                // BEGIN goes out with the work's first statement, in one
+                // round trip; PostgreSQL runs them in order.
+                let (begun, result) = tokio::join!(client.batch_execute(&begin), work(client));
+                begun.map_err(|e| sql_error(&e))?;
+                result
             })
             .await;
             let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let ended = client.batch_execute(end).await.map_err(|e| sql_error(&e));
+            let (ended, reset) = tokio::join!(
+                client.batch_execute(end),
+                client.batch_execute(roles::RESET)
+            );
+            let ended = ended.and(reset).map_err(|e| sql_error(&e));
+            if ended.is_ok() {
+                ending.finished();
+            }
             return result.and_then(|value| ended.map(|_| value));
         };
         let label = if on.database.read_only {
@@ -202,6 +209,24 @@ impl PostgresSql {
         }
         session.touch();
         result
+    }
+}
+
+/// A call's pooled connection: back to the pool once the call ended it
+/// cleanly (committed or rolled back, and reset), otherwise closed.
+struct Ending(Option<Object>);
+
+impl Ending {
+    fn finished(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.take() {
+            drop(Object::take(connection));
+        }
     }
 }
 
@@ -443,48 +468,82 @@ enum Sink<'a> {
     Keep(&'a mut Vec<RecordBatch>),
 }
 
-/// Runs one statement, sending its rows to `sink` in bounded batches (the
-/// first goes out even when empty: it carries the schema).
+/// Whether a statement that returned no rows may still have columns (so
+/// its empty result must carry a schema): writes without `RETURNING` and
+/// statements that never return rows do not.
+fn may_have_columns(sql: &str) -> bool {
+    let returning = sql.to_ascii_lowercase().contains("returning");
+    match first_word(sql).as_str() {
+        "insert" | "update" | "delete" | "merge" => returning,
+        "create" | "alter" | "drop" | "set" | "reset" | "grant" | "revoke" | "comment"
+        | "truncate" | "vacuum" | "analyze" | "do" | "lock" | "discard" | "listen" | "unlisten"
+        | "notify" | "prepare" | "deallocate" | "refresh" | "security" | "cluster" | "reindex"
+        | "checkpoint" | "load" => false,
+        _ => true,
+    }
+}
+
+/// A result's columns as a summary lists them: name, declared type, Arrow type.
+type Described = Vec<(String, String, arrow_schema::DataType)>;
+
+/// The Arrow batches of a result and the summary's column list, from the
+/// result's columns.
+fn result_of(columns: &[tokio_postgres::Column]) -> Result<(Batches, Described)> {
+    let schema = values::schema(columns)?;
+    let described = columns
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            (
+                c.name().to_string(),
+                c.type_().name().to_string(),
+                f.data_type().clone(),
+            )
+        })
+        .collect();
+    Ok((Batches::new(schema, columns), described))
+}
+
+/// Runs one statement in one round trip (parse, bind and execute together,
+/// parameters typed by their values), sending its rows to `sink` in bounded
+/// batches. The first batch goes out even when empty: it carries the
+/// schema (learnt, for an empty result, by describing the statement).
 async fn stream(
+    client: &Client,
+    sql: &str,
+    values: &[SqlParam],
+    sink: Sink<'_>,
+    budget: &Budget,
+) -> Result<SqlSummary> {
+    stream_noting_writes(client, sql, values, sink, budget, None).await
+}
+
+/// [`stream`], and with `wrote`, whether the transaction has written
+/// anything by the statement's end, asked in the same round trip (so a
+/// keyed call that only read needs no more).
+async fn stream_noting_writes(
     client: &Client,
     sql: &str,
     values: &[SqlParam],
     mut sink: Sink<'_>,
     budget: &Budget,
+    wrote: Option<&mut bool>,
 ) -> Result<SqlSummary> {
-    let statement = prepare(client, sql, values).await?;
-    let columns = statement.columns();
-    let mut summary = SqlSummary::default();
-    let schema = match (&sink, columns.is_empty()) {
-        (Sink::None, _) | (_, true) => None,
-        _ => Some(values::schema(columns)?),
-    };
-    if let Some(schema) = &schema {
-        summary.columns = columns
-            .iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                (
-                    c.name().to_string(),
-                    c.type_().name().to_string(),
-                    f.data_type().clone(),
-                )
-            })
-            .collect();
-    }
+    let typed = values.iter().map(|v| (Param(v), Param(v).declared()));
     let rows = client
-        .query_raw(&statement, values.iter().map(Param))
+        .query_typed_raw(sql, typed)
         .await
         .map_err(|e| sql_error(&e))?;
+    // Sent now, behind the statement; answered after its rows.
+    let mut asked = wrote.is_some().then(|| {
+        Box::pin(client.query_typed("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[]))
+    });
+    if let Some(asking) = &mut asked {
+        let _ = futures::poll!(asking.as_mut());
+    }
     tokio::pin!(rows);
-    let Some(schema) = schema else {
-        while let Some(row) = rows.next().await {
-            row.map_err(|e| sql_error(&e))?;
-        }
-        summary.rows_affected = rows.rows_affected().unwrap_or(0);
-        return Ok(summary);
-    };
-    let mut batches = Batches::new(schema, columns);
+    let mut summary = SqlSummary::default();
+    let mut batches: Option<Batches> = None;
     let mut sent = 0usize;
     let mut send = async |batches: &mut Batches, sink: &mut Sink<'_>| -> Result<()> {
         let batch = batches.take()?;
@@ -506,17 +565,46 @@ async fn stream(
     };
     let mut first = true;
     while let Some(row) = rows.next().await {
-        batches.push(&row.map_err(|e| sql_error(&e))?)?;
+        let row = row.map_err(|e| sql_error(&e))?;
         summary.rows += 1;
-        if batches.full() {
-            send(&mut batches, &mut sink).await?;
+        if matches!(sink, Sink::None) {
+            continue;
+        }
+        let filling = match &mut batches {
+            Some(filling) => filling,
+            None => {
+                let (filling, columns) = result_of(row.columns())?;
+                summary.columns = columns;
+                batches.insert(filling)
+            }
+        };
+        filling.push(&row)?;
+        if filling.full() {
+            send(filling, &mut sink).await?;
             first = false;
         }
     }
-    if first || batches.rows > 0 {
-        send(&mut batches, &mut sink).await?;
-    }
     summary.rows_affected = rows.rows_affected().unwrap_or(0);
+    if let (Some(wrote), Some(asking)) = (wrote, asked) {
+        let answer = asking.await.map_err(|e| sql_error(&e))?;
+        *wrote = answer.first().is_some_and(|row| row.get::<_, bool>(0));
+    }
+    if matches!(sink, Sink::None) {
+        return Ok(summary);
+    }
+    if batches.is_none() && may_have_columns(sql) {
+        let statement = prepare(client, sql, values).await?;
+        if !statement.columns().is_empty() {
+            let (filling, columns) = result_of(statement.columns())?;
+            summary.columns = columns;
+            batches = Some(filling);
+        }
+    }
+    if let Some(filling) = &mut batches
+        && (first || filling.rows > 0)
+    {
+        send(filling, &mut sink).await?;
+    }
     Ok(summary)
 }
 
@@ -712,10 +800,18 @@ impl SqlEngine for PostgresSql {
         let kept = self
             .run(&on, &budget, move |client| {
                 Box::pin(async move {
-                    let mut batches = Vec::new();
+                    let (mut batches, mut wrote) = (Vec::new(), false);
+                    let sink = Sink::Keep(&mut batches);
+                    let noted = Some(&mut wrote);
                     let summary =
-                        stream(client, &sql, &values, Sink::Keep(&mut batches), &budget_in).await?;
-                    settle(client, &key, Kept { summary, batches }).await
+                        stream_noting_writes(client, &sql, &values, sink, &budget_in, noted)
+                            .await?;
+                    let kept = Kept { summary, batches };
+                    // A statement that wrote nothing needs no key.
+                    if !wrote {
+                        return Ok(kept);
+                    }
+                    settle(client, &key, kept).await
                 })
             })
             .await?;

@@ -23,13 +23,13 @@ const POOL_SIZE: usize = 8;
 /// Connections PostgreSQL allows each role, over every node.
 const CONNECTION_LIMIT: u32 = 64;
 
-/// What a pooled connection goes through before another call gets it: a
-/// transaction the last call left open (or that a cancel left aborted) is
-/// rolled back, and whatever user SQL set on the session is undone
+/// What follows every call's COMMIT or ROLLBACK on a pooled connection, in
+/// the same round trip (its own message: it cannot run inside a
+/// transaction block): whatever user SQL set on the session is undone
 /// (settings, cursors, LISTEN, advisory locks, temp tables, prepared
-/// statements). A connection this fails on is closed, not reused.
-const RESET: &str = "ROLLBACK; CLOSE ALL; RESET ALL; UNLISTEN *; \
-    SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; DEALLOCATE ALL";
+/// statements), so nothing one caller set reaches the next. A connection
+/// whose call did not get this far is closed, never pooled (`Ending`).
+pub const RESET: &str = "DISCARD ALL";
 
 /// The PostgreSQL names of one database resource.
 pub struct Names {
@@ -142,7 +142,9 @@ impl Roles {
             config,
             self.tls.clone(),
             ManagerConfig {
-                recycling_method: RecyclingMethod::Custom(RESET.into()),
+                // Calls reset their connection as they end (RESET), and
+                // one that could not is closed rather than returned.
+                recycling_method: RecyclingMethod::Fast,
             },
         );
         Pool::builder(manager)
