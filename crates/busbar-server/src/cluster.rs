@@ -51,6 +51,8 @@ pub struct Engines {
     pub queues: Arc<dyn crate::transport::QueueEngine>,
     pub sql: Arc<dyn crate::sql::SqlEngine>,
     pub timeseries: Arc<dyn crate::timeseries::SeriesEngine>,
+    /// Which providers live on which node (a cluster's; none embedded).
+    pub mesh: Option<crate::mesh::cluster::Directory>,
 }
 
 /// The engines `config` names: embedded files under the data directory, or
@@ -63,6 +65,7 @@ pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
             queues: Arc::new(crate::transport::embedded::EmbeddedQueues::open(dir)?),
             sql: Arc::new(crate::sql::SqlDatabases::new(dir)),
             timeseries: Arc::new(crate::timeseries::TimeSeriesStore::new(dir)),
+            mesh: None,
         });
     };
     let pg_config: tokio_postgres::Config = url.parse().map_err(|e| {
@@ -88,12 +91,16 @@ pub async fn open_engines(config: &ServerConfig) -> Result<Engines> {
     let timeseries = crate::timeseries::postgres::PostgresSeries::open(store.pool())
         .await
         .map_err(in_store)?;
-    tracing::info!(store = %redacted(url), "metadata, transport queues and time series in PostgreSQL");
+    let mesh = crate::mesh::cluster::Directory::open(store.pool())
+        .await
+        .map_err(in_store)?;
+    tracing::info!(store = %redacted(url), "metadata, transport queues, time series and mesh providers in PostgreSQL");
     Ok(Engines {
         store: Arc::new(store),
         queues: Arc::new(queues),
         sql: Arc::new(sql),
         timeseries: Arc::new(timeseries),
+        mesh: Some(mesh),
     })
 }
 

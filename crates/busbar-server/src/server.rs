@@ -348,6 +348,7 @@ pub async fn serve(
         queues,
         sql,
         timeseries,
+        mesh: mesh_directory,
     } = crate::cluster::open_engines(&config).await?;
     let metrics = Arc::new(Metrics::default());
     let drops = metrics.slow_consumer_drops.clone();
@@ -421,13 +422,27 @@ pub async fn serve(
 
     crate::sql::embedded::sandbox::limit_memory(config.sql_memory_bytes);
     let (lifecycle, _) = tokio::sync::watch::channel(Lifecycle::Serving);
+    let node_id = uuid::Uuid::new_v4().to_string();
+    // On a cluster, provider ids name their node, so they are unique in it.
+    let provider_suffix = match &mesh_directory {
+        Some(_) => format!("@{}", &node_id[..8]),
+        None => String::new(),
+    };
+    let mesh_cluster = mesh_directory.map(|directory| {
+        Arc::new(crate::mesh::cluster::MeshCluster::new(
+            node_id.clone(),
+            bus.clone(),
+            directory,
+            config.max_message_bytes,
+        ))
+    });
     let node = Arc::new(Node {
         store,
         bus,
         access: access.clone(),
         auth: auth.clone(),
         metrics: metrics.clone(),
-        node_id: uuid::Uuid::new_v4().to_string(),
+        node_id,
         started: Instant::now(),
         started_ms: now_ms(),
         certificates,
@@ -443,13 +458,20 @@ pub async fn serve(
         transport: queues,
         transport_waiters: Default::default(),
         connections: Default::default(),
-        mesh: crate::mesh::Registry::new(crate::mesh::files::DescriptorFiles::own(&[
-            busbar_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ])?),
+        mesh: crate::mesh::Registry::new(
+            crate::mesh::files::DescriptorFiles::own(&[
+                busbar_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ])?,
+            provider_suffix,
+        ),
+        mesh_cluster,
     });
+    if let Some(cluster) = &node.mesh_cluster {
+        cluster.start(&node).await;
+    }
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // Health answers for the whole node ("") and for each busbar service by name.

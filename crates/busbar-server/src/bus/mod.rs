@@ -91,6 +91,11 @@ pub trait Bus: Send + Sync + 'static {
         true
     }
 
+    /// The largest message the bus carries between nodes, in bytes.
+    fn max_payload(&self) -> usize {
+        usize::MAX
+    }
+
     /// Delivers `message` to every subscriber of `subject` except the one
     /// tagged `exclude`; returns how many subscribers it reached on this node.
     async fn publish(&self, subject: &str, message: BusMessage, exclude: Option<&str>) -> usize;

@@ -153,6 +153,14 @@ impl Bus for NatsBus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    fn max_payload(&self) -> usize {
+        // NATS's default when the server has not said (1 MiB).
+        match self.client.server_info().max_payload {
+            0 => 1 << 20,
+            size => size,
+        }
+    }
+
     async fn publish(&self, subject: &str, message: BusMessage, exclude: Option<&str>) -> usize {
         let mut headers = HeaderMap::new();
         if let Some(tag) = exclude {

@@ -6,8 +6,11 @@
 //! - `provide`: `busbar.v1.Mesh` (a provider's stream, the listing);
 //! - `route`: calls to provided methods, forwarded as bytes with flow
 //!   control per call;
-//! - `reflection`: gRPC reflection over the node's own and the live files.
+//! - `reflection`: gRPC reflection over the node's own and the live files;
+//! - `cluster`: on a cluster node, the providers of the other nodes and the
+//!   calls forwarded to and from them over the bus.
 
+pub(crate) mod cluster;
 pub(crate) mod files;
 pub(crate) mod provide;
 pub(crate) mod reflection;

@@ -187,6 +187,9 @@ async fn serve_provider(
     let in_flight = provider.calls.lock().map(|c| c.len()).unwrap_or(0);
     tracing::info!(provider = %provider.id, identity = %provider.identity, in_flight, "provider gone: {reason}");
     node.mesh.remove(&provider, &files);
+    if let Some(cluster) = &node.mesh_cluster {
+        cluster.withdraw(&provider.id).await;
+    }
 }
 
 /// The messages queued to a provider, ending once `ended` fires and what
@@ -224,7 +227,6 @@ impl Mesh for MeshService {
         &self,
         request: Request<Streaming<pb::FromProvider>>,
     ) -> Reply<Self::ProvideStream> {
-        self.node.refuse_in_cluster("mesh services")?;
         let caller = caller(&request)?;
         let principal = request
             .extensions()
@@ -278,7 +280,15 @@ impl Mesh for MeshService {
             .outbound
             .try_send(Ok(answer))
             .expect("a new channel has room");
-        self.node.mesh.add(provider.clone(), offered)?;
+        match &self.node.mesh_cluster {
+            // Checked against every node's providers, and recorded for them.
+            Some(cluster) => {
+                cluster
+                    .offer(&self.node, provider.clone(), offered, &files)
+                    .await?
+            }
+            None => self.node.mesh.add(provider.clone(), offered)?,
+        }
         tracing::info!(provider = %provider.id, identity = %caller.name, services = ?provider.services, "provider offered services");
         // The stream to the provider ends with the stream from it (calls
         // still holding the provider keep its sender alive).
@@ -313,6 +323,9 @@ impl Mesh for MeshService {
                 .require(&caller, &path, Right::Read)
                 .await?;
         }
+        if let Some(cluster) = &self.node.mesh_cluster {
+            cluster.refresh_soon(&self.node).await;
+        }
         let mut services = Vec::new();
         for (shape, providers) in self.node.mesh.list(&path) {
             if self.node.access.right(&caller, &shape.path).await? < Some(Right::Read) {
@@ -324,17 +337,7 @@ impl Mesh for MeshService {
                 name: shape.name.clone(),
                 path: shape.path.clone(),
                 methods,
-                providers: providers
-                    .iter()
-                    .map(|p| pb::ProviderInfo {
-                        id: p.id.clone(),
-                        identity: p.identity.to_string(),
-                        since_unix_ms: p.since_ms,
-                        calls_in_flight: p.in_flight.load(Ordering::Relaxed),
-                        calls_served: p.served.load(Ordering::Relaxed),
-                        draining: p.is_draining(),
-                    })
-                    .collect(),
+                providers: providers.iter().map(|p| p.info()).collect(),
             });
         }
         reply(pb::ListServicesResponse { services })

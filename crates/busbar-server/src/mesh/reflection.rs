@@ -60,9 +60,15 @@ impl Reflection {
                 })
             }
             Some(MessageRequest::FileByFilename(name)) => {
+                if caller.is_some() && self.node.mesh.files().file(name).is_none() {
+                    self.refresh().await;
+                }
                 self.files(caller, Some(name.as_str()), name)
             }
             Some(MessageRequest::FileContainingSymbol(symbol)) => {
+                if caller.is_some() && self.node.mesh.files().defining(symbol).is_none() {
+                    self.refresh().await;
+                }
                 let files = self.node.mesh.files();
                 let name = files.defining(symbol).map(str::to_string);
                 drop(files);
@@ -86,6 +92,14 @@ impl Reflection {
             valid_host: request.host.clone(),
             original_request: Some(request),
             message_response: Some(message_response),
+        }
+    }
+
+    /// On a cluster node, reads the cluster's providers again (a lookup
+    /// may name what another node offered a moment ago).
+    async fn refresh(&self) {
+        if let Some(cluster) = &self.node.mesh_cluster {
+            cluster.refresh_soon(&self.node).await;
         }
     }
 

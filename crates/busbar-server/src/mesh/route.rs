@@ -7,8 +7,13 @@
 //! passes messages on. So a slow caller slows its provider, a slow
 //! provider slows its caller, and what the node holds for one call is
 //! bounded by the window (and each message by the node's message limit).
+//!
+//! On a cluster node the provider may be on another node: the call's
+//! messages then go there over the bus (`cluster`), with the same credit,
+//! and come back the same way; everything here is the same for both.
 
-use super::registry::{CallSlot, MethodShape, Provider, ProviderEvent};
+use super::cluster::CallLink;
+use super::registry::{CallSlot, MethodShape, ProviderEvent, Target};
 use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode};
 use crate::grpc::layer::{TraceId, UnlistedMethod};
@@ -52,7 +57,16 @@ pub(crate) async fn serve_call(
         }
         _ => return unlisted(Status::unimplemented("")),
     };
-    let shape = node.mesh.shape(&service);
+    let mut shape = node.mesh.shape(&service);
+    if shape.is_none()
+        && let Some(cluster) = &node.mesh_cluster
+        && request.extensions().get::<Caller>().is_some()
+    {
+        // Perhaps offered on another node a moment ago (asked only for a
+        // logged-in caller: no one else makes the node read its store).
+        cluster.refresh_soon(&node).await;
+        shape = node.mesh.shape(&service);
+    }
     let Some((shape, method_shape)) =
         shape.and_then(|s| s.methods.get(&method).copied().map(|m| (s, m)))
     else {
@@ -128,26 +142,24 @@ impl Opening {
         method: &str,
         message: Option<Bytes>,
         half_closed: bool,
-    ) -> pb::ToProvider {
+    ) -> ToMessage {
         let timeout_ms = self.deadline.map_or(0, |deadline| {
             (deadline
                 .saturating_duration_since(Instant::now())
                 .as_millis() as u64)
                 .max(1)
         });
-        pb::ToProvider {
-            message: Some(ToMessage::Start(pb::CallStart {
-                call,
-                method: method.to_string(),
-                timeout_ms,
-                caller: self.caller.to_string(),
-                trace_id: self.trace_id.clone(),
-                metadata: self.metadata.clone(),
-                message,
-                half_closed,
-                window: WINDOW,
-            })),
-        }
+        ToMessage::Start(pb::CallStart {
+            call,
+            method: method.to_string(),
+            timeout_ms,
+            caller: self.caller.to_string(),
+            trace_id: self.trace_id.clone(),
+            metadata: self.metadata.clone(),
+            message,
+            half_closed,
+            window: WINDOW,
+        })
     }
 }
 
@@ -216,6 +228,7 @@ async fn start(
     let mut flight = Flight {
         node,
         retry: first.clone().filter(|_| route.shape.idempotent),
+        first: first.clone(),
         route,
         opening,
         at: None,
@@ -242,12 +255,31 @@ async fn start(
 }
 
 /// Where a call runs: its provider, its id there and the request credit
-/// the provider grants (shared with the request pump).
+/// the provider grants (shared with the request pump); for a provider on
+/// another node, the link its messages go over.
 #[derive(Clone)]
 struct At {
-    provider: Arc<Provider>,
+    provider: Target,
     call: u64,
     requests: Arc<Semaphore>,
+    link: Option<Arc<CallLink>>,
+}
+
+impl At {
+    /// Sends a message of the call to its provider; `false` when it is gone.
+    async fn send(&self, message: ToMessage) -> bool {
+        match (&self.provider, &self.link) {
+            (Target::Local(provider), _) => provider
+                .outbound
+                .send(Ok(pb::ToProvider {
+                    message: Some(message),
+                }))
+                .await
+                .is_ok(),
+            (Target::Remote(_), Some(link)) => link.send(message).await,
+            (Target::Remote(_), None) => false,
+        }
+    }
 }
 
 /// A call in flight through the node.
@@ -257,6 +289,10 @@ struct Flight {
     opening: Opening,
     /// The request, when the call may be retried on another provider.
     retry: Option<Bytes>,
+    /// The request of a call that is not client streaming: sent again
+    /// elsewhere when a provider on another node turns out to have gone
+    /// before the call reached it (so it never ran).
+    first: Option<Bytes>,
     at: Option<At>,
     /// What the provider answers, while the call runs there.
     responses: Option<mpsc::Receiver<ProviderEvent>>,
@@ -285,28 +321,42 @@ impl Flight {
                 };
                 return Err(error.into());
             };
-            self.tried.push(provider.id.clone());
+            self.tried.push(provider.id().to_string());
             let call = self.node.mesh.call_id();
             let (sink, responses) = mpsc::channel(WINDOW as usize + 1);
             let requests = Arc::new(Semaphore::new(WINDOW as usize));
-            let slot = CallSlot {
-                responses: sink,
-                request_credit: requests.clone(),
+            let link = match &provider {
+                Target::Local(local) => {
+                    let slot = CallSlot {
+                        responses: sink,
+                        request_credit: requests.clone(),
+                    };
+                    if !local.add_call(call, slot) {
+                        continue;
+                    }
+                    None
+                }
+                Target::Remote(remote) => {
+                    let Some(cluster) = &self.node.mesh_cluster else {
+                        continue;
+                    };
+                    remote.in_flight.fetch_add(1, Ordering::Relaxed);
+                    Some(cluster.open_call(call, remote, sink, requests.clone()))
+                }
             };
-            if !provider.add_call(call, slot) {
-                continue;
-            }
             let half_closed = !self.route.shape.client_streaming;
             let start = self
                 .opening
                 .start(call, &self.route.method, first.clone(), half_closed);
-            self.at = Some(At {
-                provider: provider.clone(),
+            let at = At {
+                provider,
                 call,
                 requests,
-            });
+                link,
+            };
+            self.at = Some(at.clone());
             self.responses = Some(responses);
-            if provider.outbound.send(Ok(start)).await.is_err() {
+            if !at.send(start).await {
                 // Gone between the pick and the send.
                 self.leave(None);
                 continue;
@@ -322,23 +372,40 @@ impl Flight {
         let Some(at) = self.at.take() else {
             return;
         };
-        at.provider.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if at.provider.end_call(at.call)
-            && let Some(reason) = cancel
-        {
-            let message = pb::ToProvider {
-                message: Some(ToMessage::Cancel(pb::CallCancel {
-                    call: at.call,
-                    reason: reason.to_string(),
-                })),
-            };
-            if let Err(mpsc::error::TrySendError::Full(message)) =
-                at.provider.outbound.try_send(Ok(message))
-            {
-                let outbound = at.provider.outbound.clone();
-                tokio::spawn(async move {
-                    let _ = outbound.send(message).await;
-                });
+        let running = match (&at.provider, &at.link) {
+            (Target::Local(provider), _) => {
+                provider.in_flight.fetch_sub(1, Ordering::Relaxed);
+                provider.end_call(at.call)
+            }
+            (Target::Remote(provider), Some(link)) => {
+                provider.in_flight.fetch_sub(1, Ordering::Relaxed);
+                link.cluster().close_call(at.call)
+            }
+            (Target::Remote(_), None) => false,
+        };
+        if running && let Some(reason) = cancel {
+            match (&at.provider, &at.link) {
+                (Target::Local(provider), _) => {
+                    let message = pb::ToProvider {
+                        message: Some(ToMessage::Cancel(pb::CallCancel {
+                            call: at.call,
+                            reason: reason.to_string(),
+                        })),
+                    };
+                    if let Err(mpsc::error::TrySendError::Full(message)) =
+                        provider.outbound.try_send(Ok(message))
+                    {
+                        let outbound = provider.outbound.clone();
+                        tokio::spawn(async move {
+                            let _ = outbound.send(message).await;
+                        });
+                    }
+                }
+                (Target::Remote(_), Some(link)) => {
+                    let (link, reason) = (link.clone(), reason.to_string());
+                    tokio::spawn(async move { link.cancel(reason).await });
+                }
+                (Target::Remote(_), None) => {}
             }
         }
         if let Some(pump) = self.pump.take() {
@@ -356,7 +423,7 @@ impl Flight {
             .mesh_calls
             .get_or_create(&MeshLabels {
                 service: self.route.service.clone(),
-                provider: at.provider.identity.to_string(),
+                provider: at.provider.identity().to_string(),
                 code: code.to_string(),
             })
             .inc();
@@ -377,8 +444,12 @@ impl Flight {
                 .unwrap_or("UNKNOWN"),
         };
         self.count(code);
-        if let Some(at) = &self.at {
-            at.provider.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(At {
+            provider: Target::Local(provider),
+            ..
+        }) = &self.at
+        {
+            provider.served.fetch_add(1, Ordering::Relaxed);
         }
         self.leave(cancel);
         result.err().map(Err)
@@ -398,21 +469,23 @@ impl Flight {
                 Some(deadline) => tokio::time::timeout_at(deadline, responses.recv()).await,
                 None => Ok(responses.recv().await),
             };
-            let provider = &self.at.as_ref()?.provider;
+            self.at.as_ref()?;
             let event = match received {
                 Ok(event) => event,
                 Err(_) => {
+                    let provider = self.at.as_ref()?.provider.clone();
                     let status = Status::from(Error {
                         code: ErrorCode::Timeout,
                         message: format!(
                             "the call's deadline passed while {} (provider {}) was answering it",
-                            self.route.service, provider.id
+                            self.route.service,
+                            provider.id()
                         ),
                     });
                     return self.finish(Err(status), Some("the caller's deadline passed"));
                 }
             };
-            match event {
+            let lost = match event {
                 Some(ProviderEvent::Response(response)) => {
                     if let Some(end) = response.end {
                         self.pending_end = Some(end_status(end));
@@ -422,42 +495,76 @@ impl Flight {
                         self.grant().await;
                         return Some(Ok(message));
                     }
+                    continue;
                 }
                 Some(ProviderEvent::Broken(why)) => {
+                    let provider = self.at.as_ref()?.provider.clone();
                     let status = Status::from(Error::internal(format!(
                         "provider {} of {} broke the mesh protocol: {why}",
-                        provider.id, self.route.service
+                        provider.id(),
+                        self.route.service
                     )));
                     return self.finish(Err(status), Some("protocol violation"));
                 }
-                None => {
-                    // The provider is gone (its stream ended or was cut).
-                    if !self.answered
-                        && let Some(request) = self.retry.clone()
-                    {
-                        tracing::info!(service = %self.route.service, lost = %provider.id, "retrying an idempotent call on another provider");
-                        self.count("UNAVAILABLE");
-                        self.leave(None);
-                        if let Err(status) = self.begin(Some(request)).await {
-                            self.finished = true;
-                            return Some(Err(status));
-                        }
-                        continue;
+                Some(ProviderEvent::NotStarted(why)) => {
+                    let provider = self.at.as_ref()?.provider.clone();
+                    // It never ran there, so it may go elsewhere whatever
+                    // its kind (unless its requests have begun to stream).
+                    if let Target::Remote(remote) = &provider {
+                        remote.gone.store(true, Ordering::Relaxed);
                     }
-                    let status = Status::from(Error::unavailable(format!(
-                        "provider {} ({}) of {} was lost before the call ended; {}",
-                        provider.id,
-                        provider.identity,
-                        self.route.service,
-                        if self.answered {
-                            "part of the answer had already arrived, so it was not retried"
-                        } else {
-                            "the method is not declared idempotent, so it was not retried"
+                    self.leave(None);
+                    match self.first.clone() {
+                        Some(request) if !self.route.shape.client_streaming => {
+                            tracing::debug!(service = %self.route.service, provider = %provider.id(), "{why}; trying another provider");
+                            if let Err(status) = self.begin(Some(request)).await {
+                                self.finished = true;
+                                return Some(Err(status));
+                            }
+                            continue;
                         }
-                    )));
-                    return self.finish(Err(status), None);
+                        _ => {
+                            self.finished = true;
+                            return Some(Err(Error::unavailable(format!(
+                                "provider {} of {} had gone ({why}); retry",
+                                provider.id(),
+                                self.route.service
+                            ))
+                            .into()));
+                        }
+                    }
                 }
+                Some(ProviderEvent::Lost(why)) => Some(why),
+                None => None,
+            };
+            // The provider is gone (its stream ended or was cut; or, on
+            // another node, it or its node was lost).
+            let provider = self.at.as_ref()?.provider.clone();
+            if !self.answered
+                && let Some(request) = self.retry.clone()
+            {
+                tracing::info!(service = %self.route.service, lost = %provider.id(), "retrying an idempotent call on another provider");
+                self.count("UNAVAILABLE");
+                self.leave(None);
+                if let Err(status) = self.begin(Some(request)).await {
+                    self.finished = true;
+                    return Some(Err(status));
+                }
+                continue;
             }
+            let status = Status::from(Error::unavailable(format!(
+                "provider {} ({}) of {} was lost before the call ended{}; {}",
+                provider.id(),
+                provider.identity(),
+                self.route.service,
+                lost.map(|why| format!(": {why}")).unwrap_or_default(),
+                if self.answered {
+                    "part of the answer had already arrived, so it was not retried"
+                } else {
+                    "the method is not declared idempotent, so it was not retried"
+                }
+            )));
+            return self.finish(Err(status), None);
         }
     }
 
@@ -471,15 +578,12 @@ impl Flight {
         if self.consumed < WINDOW / 2 {
             return;
         }
-        let credit = pb::ToProvider {
-            message: Some(ToMessage::Credit(pb::Credit {
-                call: at.call,
-                messages: self.consumed,
-            })),
-        };
-        let outbound = at.provider.outbound.clone();
+        let credit = ToMessage::Credit(pb::Credit {
+            call: at.call,
+            messages: self.consumed,
+        });
         self.consumed = 0;
-        let _ = outbound.send(Ok(credit)).await;
+        at.send(credit).await;
     }
 }
 
@@ -529,14 +633,12 @@ async fn pump(mut inbound: Streaming<Bytes>, at: At) {
             // The caller's stream broke: the response side sees it too.
             Err(_) => return,
         };
-        let request = pb::ToProvider {
-            message: Some(ToMessage::Request(pb::CallRequest {
-                call: at.call,
-                message,
-                half_closed,
-            })),
-        };
-        if at.provider.outbound.send(Ok(request)).await.is_err() || half_closed {
+        let request = ToMessage::Request(pb::CallRequest {
+            call: at.call,
+            message,
+            half_closed,
+        });
+        if !at.send(request).await || half_closed {
             return;
         }
     }

@@ -57,6 +57,9 @@ pub struct Node {
     pub(crate) sessions: Arc<crate::sessions::DataSessions>,
     /// Live provided services and their providers.
     pub(crate) mesh: crate::mesh::Registry,
+    /// On a cluster node: the other nodes' providers, and the calls
+    /// forwarded between the nodes. None on an embedded node.
+    pub(crate) mesh_cluster: Option<Arc<crate::mesh::cluster::MeshCluster>>,
     /// Open connections, by socket pair.
     pub(crate) connections: Arc<connections::Connections>,
     /// Transport sessions' queues, and who waits on them here.
@@ -153,22 +156,14 @@ impl Node {
             if let Err(error) = self.store.report_node(report).await {
                 tracing::warn!("cannot report this node to the store: {}", error.message);
             }
+            if let Some(cluster) = &self.mesh_cluster {
+                cluster.report_seen().await;
+            }
+        }
+        if let Some(cluster) = &self.mesh_cluster {
+            cluster.forget().await;
         }
         let _ = self.store.forget_node(&self.node_id).await;
-    }
-
-    /// Refuses a job that does not yet span a cluster's nodes (its data
-    /// would live on one node only and differ between them): SQL databases
-    /// and mesh services. docs/cluster.md
-    /// says what a cluster serves today.
-    pub fn refuse_in_cluster(&self, what: &str) -> Result<(), Error> {
-        if self.config.store.is_none() {
-            return Ok(());
-        }
-        Err(Error::failed_precondition(format!(
-            "{what} are not yet shared by a cluster's nodes, so this node (--store, --bus) \
-             does not serve them; run them on an embedded node (docs/cluster.md)"
-        )))
     }
 
     /// What one call's SQL may spend: until the call's deadline (its

@@ -247,9 +247,6 @@ impl Resources for ResourcesService {
                 .into());
             }
         };
-        if kind == ResourceKind::Service {
-            self.node.refuse_in_cluster("mesh services")?;
-        }
         let series = match kind {
             ResourceKind::Timeseries => Some(crate::timeseries::service::spec_from_pb(r.series)?),
             _ if r.series.is_some() => {
