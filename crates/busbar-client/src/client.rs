@@ -792,11 +792,7 @@ impl Client {
     /// the same key with a different request is refused. Use a new key for
     /// each write: letters, digits, `-` and `_`, 1 to 128 of them.
     pub fn with_idempotency_key(&self, key: &str) -> Result<Client> {
-        let valid = (1..=128).contains(&key.len())
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
+        if !busbar_proto::is_idempotency_key(key) {
             return Err(Error::invalid_argument(format!(
                 "bad idempotency key {key:?}: use 1 to 128 letters, digits, - and _"
             )));

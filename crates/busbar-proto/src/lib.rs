@@ -23,6 +23,15 @@ pub const TRACE_ID_METADATA_KEY: &str = "x-trace-id";
 /// call by the client and sent again with each retry of it.
 pub const IDEMPOTENCY_KEY_METADATA_KEY: &str = "x-busbar-idempotency-key";
 
+/// Whether `key` may be an idempotency key: 1 to 128 letters, digits, `-`
+/// and `_` (a UUID, say). Client and node hold keys to the same rule.
+pub fn is_idempotency_key(key: &str) -> bool {
+    (1..=128).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// Response-metadata key a node sets (to "1") when it honours idempotency
 /// keys, so a client knows an unknown outcome may be retried there.
 pub const IDEMPOTENCY_HONOURED_METADATA_KEY: &str = "x-busbar-idempotency";

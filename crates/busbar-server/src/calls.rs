@@ -46,11 +46,7 @@ impl CallKey {
             return Ok(None);
         };
         let key = value.to_str().unwrap_or("");
-        let valid = (1..=128).contains(&key.len())
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
+        if !busbar_proto::is_idempotency_key(key) {
             return Err(Error::invalid_argument(format!(
                 "bad {}: use 1 to 128 letters, digits, - and _ (a UUID, say), made once per call",
                 busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY

@@ -9,7 +9,7 @@ mod postgres;
 
 pub use embedded::SqliteStore;
 pub use postgres::{PostgresStore, postgres_reason};
-pub(crate) use postgres::{SCHEMA_LOCK, cached};
+pub(crate) use postgres::{cached, ensure_schema};
 
 use crate::error::Result;
 use async_trait::async_trait;

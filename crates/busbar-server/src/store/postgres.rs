@@ -173,6 +173,22 @@ pub fn postgres_reason(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Runs `ddl` (statements that make tables when missing) in one
+/// transaction under the cluster's schema lock, so nodes starting at once
+/// do not race to make the same table.
+pub(crate) async fn ensure_schema(pool: &Pool, ddl: &str) -> Result<()> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
+        &[&SCHEMA_LOCK],
+    )
+    .await?;
+    tx.batch_execute(ddl).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 impl PostgresStore {
     /// Connects to `config` (its TLS already chosen by `tls`), creates the
     /// schema when missing and the root folders "/" and "/home".
@@ -193,30 +209,18 @@ impl PostgresStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| Error::invalid_argument(format!("bad store settings: {e}")))?;
-        let store = PostgresStore { pool };
-        let mut client = store.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
-            &[&SCHEMA_LOCK],
-        )
-        .await?;
-        tx.batch_execute(SCHEMA).await?;
+        let mut roots = String::new();
         for root in ["/", "/home"] {
-            tx.execute(
-                &cached(
-                    &tx,
-                    "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
-                 VALUES ($1, $2, $3, '', $4) ON CONFLICT (path) DO NOTHING",
-                )
-                .await?,
-                &[&new_id(), &root, &(ResourceKind::Folder as i32), &now_ms()],
-            )
-            .await?;
+            roots += &format!(
+                "INSERT INTO busbar.resources (id, path, kind, owner, created_ms) \
+                 VALUES ('{}', '{root}', {}, '', {}) ON CONFLICT (path) DO NOTHING;\n",
+                new_id(),
+                ResourceKind::Folder as i32,
+                now_ms()
+            );
         }
-        tx.commit().await?;
-        drop(client);
-        Ok(store)
+        ensure_schema(&pool, &format!("{SCHEMA}{roots}")).await?;
+        Ok(PostgresStore { pool })
     }
 
     /// The pool, for the cluster's other tables in the same database.

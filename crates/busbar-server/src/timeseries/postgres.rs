@@ -185,16 +185,7 @@ impl PostgresSeries {
     /// Series in the store's database (its pool); `busbar.series` made when
     /// missing.
     pub async fn open(pool: Pool) -> Result<PostgresSeries> {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            &crate::store::cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
-            &[&crate::store::SCHEMA_LOCK],
-        )
-        .await?;
-        tx.batch_execute(SCHEMA).await?;
-        tx.commit().await?;
-        drop(client);
+        crate::store::ensure_schema(&pool, SCHEMA).await?;
         Ok(PostgresSeries {
             pool,
             specs: Arc::default(),

@@ -65,16 +65,7 @@ fn stored(row: &Row) -> Stored {
 impl PostgresQueues {
     /// Queues in the store's database (its pool), the tables made when missing.
     pub async fn open(pool: Pool) -> Result<PostgresQueues> {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
-            &[&crate::store::SCHEMA_LOCK],
-        )
-        .await?;
-        tx.batch_execute(SCHEMA).await?;
-        tx.commit().await?;
-        drop(client);
+        crate::store::ensure_schema(&pool, SCHEMA).await?;
         Ok(PostgresQueues { pool })
     }
 

@@ -70,16 +70,7 @@ impl Directory {
     /// The directory in the store's database (its pool), the table made
     /// when missing.
     pub async fn open(pool: Pool) -> Result<Directory> {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
-            &[&crate::store::SCHEMA_LOCK],
-        )
-        .await?;
-        tx.batch_execute(SCHEMA).await?;
-        tx.commit().await?;
-        drop(client);
+        crate::store::ensure_schema(&pool, SCHEMA).await?;
         Ok(Directory { pool })
     }
 

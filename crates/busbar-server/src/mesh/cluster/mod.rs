@@ -109,8 +109,7 @@ struct Outgoing {
     link: Arc<CallLink>,
     responses: mpsc::Sender<ProviderEvent>,
     request_credit: Arc<Semaphore>,
-    expect: u64,
-    partial: Option<Partial>,
+    frames: Reassembly,
     /// When the provider's node last showed it has the call.
     confirmed: Instant,
     /// Its end has arrived (it waits to be read).
@@ -123,10 +122,46 @@ struct Incoming {
     provider: String,
     /// To the call's relay; none while its start is still arriving.
     input: Option<mpsc::Sender<relay::Input>>,
-    expect: u64,
-    partial: Option<Partial>,
+    frames: Reassembly,
     /// When the caller's node last showed it still waits on the call.
     confirmed: Instant,
+}
+
+/// One direction of a call's frames, checked for order and put back
+/// together.
+#[derive(Default)]
+struct Reassembly {
+    expect: u64,
+    partial: Option<Partial>,
+}
+
+/// What a frame came to.
+enum Taken {
+    /// A whole message.
+    Body(Body),
+    /// Nothing yet (a piece, or a frame with no message).
+    Nothing,
+    /// The call cannot go on: why.
+    Lost(String),
+}
+
+impl Reassembly {
+    fn take(&mut self, frame: Frame, max_message: usize, sender: &str) -> Taken {
+        if frame.seq != self.expect {
+            return Taken::Lost(
+                "frames of the call were lost between the nodes (the bus dropped them)".into(),
+            );
+        }
+        self.expect += 1;
+        let Some(body) = frame.body else {
+            return Taken::Nothing;
+        };
+        match frames::assemble(&mut self.partial, body, frame.more, max_message) {
+            Assembled::Whole(body) => Taken::Body(body),
+            Assembled::Waiting => Taken::Nothing,
+            Assembled::Broken(why) => Taken::Lost(format!("{sender} sent {why}")),
+        }
+    }
 }
 
 pub(crate) struct MeshCluster {
@@ -403,8 +438,7 @@ impl MeshCluster {
                 link: link.clone(),
                 responses,
                 request_credit,
-                expect: 0,
-                partial: None,
+                frames: Reassembly::default(),
                 confirmed: Instant::now(),
                 ended: false,
             },
@@ -448,26 +482,14 @@ impl MeshCluster {
             return;
         }
         entry.confirmed = Instant::now();
-        if frame.seq != entry.expect {
-            let entry = outgoing.remove(&frame.call).expect("there");
-            drop(outgoing);
-            lose(
-                entry,
-                "frames of the call were lost between the nodes (the bus dropped them)",
-            );
-            return;
-        }
-        entry.expect += 1;
-        let Some(body) = frame.body else {
-            return;
-        };
-        let body = match frames::assemble(&mut entry.partial, body, frame.more, self.max_message) {
-            Assembled::Whole(body) => body,
-            Assembled::Waiting => return,
-            Assembled::Broken(why) => {
-                let entry = outgoing.remove(&frame.call).expect("there");
+        let call = frame.call;
+        let body = match entry.frames.take(frame, self.max_message, "its node") {
+            Taken::Body(body) => body,
+            Taken::Nothing => return,
+            Taken::Lost(why) => {
+                let entry = outgoing.remove(&call).expect("there");
                 drop(outgoing);
-                lose(entry, &format!("its node sent {why}"));
+                lose(entry, &why);
                 return;
             }
         };
@@ -484,7 +506,7 @@ impl MeshCluster {
                 {
                     // Its channel holds the whole credit: full means the
                     // provider's node sent past it.
-                    let entry = outgoing.remove(&frame.call).expect("there");
+                    let entry = outgoing.remove(&call).expect("there");
                     drop(outgoing);
                     let _ = entry.responses.try_send(ProviderEvent::Broken(
                         "its node sent more responses than the call's credit".into(),
@@ -503,7 +525,7 @@ impl MeshCluster {
                 }
             }
             Body::Gone(gone) => {
-                let entry = outgoing.remove(&frame.call).expect("there");
+                let entry = outgoing.remove(&call).expect("there");
                 drop(outgoing);
                 let event = if gone.started {
                     ProviderEvent::Lost(gone.reason)
@@ -531,8 +553,7 @@ impl MeshCluster {
                 Incoming {
                     provider: String::new(),
                     input: None,
-                    expect: 0,
-                    partial: None,
+                    frames: Reassembly::default(),
                     confirmed: Instant::now(),
                 },
             );
@@ -541,28 +562,16 @@ impl MeshCluster {
             return; // over here already
         };
         entry.confirmed = Instant::now();
-        if frame.seq != entry.expect {
-            let entry = incoming.remove(&key).expect("there");
-            if let Some(input) = entry.input {
-                let _ = input.try_send(relay::Input::Broken(
-                    "frames of the call were lost between the nodes (the bus dropped them)".into(),
-                ));
-            }
-            return;
-        }
-        entry.expect += 1;
-        let Some(body) = frame.body else {
-            return;
-        };
-        let body = match frames::assemble(&mut entry.partial, body, frame.more, self.max_message) {
-            Assembled::Whole(body) => body,
-            Assembled::Waiting => return,
-            Assembled::Broken(why) => {
+        let body = match entry
+            .frames
+            .take(frame, self.max_message, "the caller's node")
+        {
+            Taken::Body(body) => body,
+            Taken::Nothing => return,
+            Taken::Lost(why) => {
                 let entry = incoming.remove(&key).expect("there");
                 if let Some(input) = entry.input {
-                    let _ = input.try_send(relay::Input::Broken(format!(
-                        "the caller's node sent {why}"
-                    )));
+                    let _ = input.try_send(relay::Input::Broken(why));
                 }
                 return;
             }

@@ -224,6 +224,22 @@ fn statements(body: &str) -> Vec<&str> {
     out
 }
 
+/// Puts which statement of a procedure failed in front of its error.
+pub(crate) fn at_statement(
+    procedure: &Procedure,
+    index: usize,
+) -> impl Fn(Error) -> Error + Copy + '_ {
+    move |error| Error {
+        message: format!(
+            "procedure {} statement {}: {}",
+            procedure.name,
+            index + 1,
+            error.message
+        ),
+        ..error
+    }
+}
+
 fn run_body(
     conn: &Connection,
     procedure: &Procedure,
@@ -235,15 +251,7 @@ fn run_body(
     let pieces = statements(&procedure.body);
     let mut summary = SqlSummary::default();
     for (number, text) in pieces.iter().enumerate() {
-        let at = |error: Error| Error {
-            message: format!(
-                "procedure {} statement {}: {}",
-                procedure.name,
-                number + 1,
-                error.message
-            ),
-            ..error
-        };
+        let at = at_statement(procedure, number);
         let mut stmt = sandbox::prepare(conn, text).map_err(at)?;
         for index in 1..=stmt.parameter_count() {
             let name = stmt.parameter_name(index).unwrap_or("?").to_string();

@@ -18,7 +18,7 @@ use crate::calls::{CallKey, Replay, settle};
 use crate::cluster::PgTls;
 use crate::error::{Error, ErrorCode, Result};
 use crate::sessions::{DataSession, Part};
-use crate::sql::embedded::procedures::{bind_arguments, check_new};
+use crate::sql::embedded::procedures::{at_statement, bind_arguments, check_new};
 use crate::sql::{
     Arguments, Budget, Database, Description, On, Procedure, Rows, SqlEngine, SqlParam, SqlParams,
     SqlSummary,
@@ -1017,15 +1017,7 @@ impl SqlEngine for PostgresSql {
                     let mut batches = Vec::new();
                     let mut changed = 0;
                     for (number, piece) in pieces.iter().enumerate() {
-                        let at = |error: Error| Error {
-                            message: format!(
-                                "procedure {} statement {}: {}",
-                                procedure.name,
-                                number + 1,
-                                error.message
-                            ),
-                            ..error
-                        };
+                        let at = at_statement(&procedure, number);
                         refuse_transaction_control(piece).map_err(at)?;
                         let given = SqlParams {
                             positional: Vec::new(),
