@@ -112,15 +112,7 @@ $(VENV)/.bench-installed: bench/requirements.txt
 
 ## Side-by-side benchmark: Busbar vs bare tonic, NATS and raw TCP on loopback, ratios
 ## printed and written to bench/results/latest.{json,png}. QUICK=1: small sizes (< 2 min).
-bench: $(VENV)/.bench-installed
-	@if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server) \
-	      || echo "bench: could not install nats-server; the NATS rows will be skipped"; \
-	  else \
-	    echo "bench: nats-server is missing and this is not root: install it with 'sudo apt-get install -y nats-server'; the NATS rows are skipped"; \
-	  fi; \
-	fi
+bench: $(VENV)/.bench-installed cluster-engines
 	$(CARGO) build --release -p busbar -p busbar-bench
 	$(PY_INSTALL)
 	./target/release/busbar-bench $(if $(QUICK),--quick,)
