@@ -170,6 +170,15 @@ class _ConnectionBase:
     def closed(self) -> bool:
         return self._core.closed
 
+    def with_idempotency_key(self, key: str) -> Any:
+        """The same connection, its writes (SQL statements, procedures,
+        transport pushes) carrying ``key`` as their idempotency key instead of
+        one made per call: keep the key of a write to send it again after a
+        restart, and a cluster applies it once, answering every send with the
+        first outcome (docs/cluster.md). ``key``: 1 to 128 letters, digits,
+        ``-`` and ``_``; a new one for each write."""
+        return type(self)(self._core.with_idempotency_key(key))
+
     def close(self) -> None:
         """Closes the connection; later calls raise FailedPrecondition."""
         self._core.close()

@@ -15,6 +15,7 @@ class Core:
     address: str
     closed: bool
     is_async: bool
+    def with_idempotency_key(self, key: str) -> "Core": ...
     def close(self) -> None: ...
     def call(self, method: str, request: Any = ..., timeout: Optional[float] = ...,
              streaming: bool = ..., trace_id: Optional[str] = ...,

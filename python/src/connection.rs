@@ -394,6 +394,20 @@ core_methods! {
             self.face == Face::Asyncio
         }
 
+        /// A handle on the same connection whose writes carry `key` as their
+        /// idempotency key (see `Client::with_idempotency_key`).
+        fn with_idempotency_key(&self, py: Python<'_>, key: String) -> PyResult<Core> {
+            let keyed = self
+                .client(None)
+                .and_then(|client| client.with_idempotency_key(&key))
+                .map_err(|e| crate::convert::to_pyerr(py, &e))?;
+            Ok(Core {
+                face: self.face,
+                client: RwLock::new(Some(keyed)),
+                home: self.home.clone(),
+            })
+        }
+
         /// Drops this handle's connection (streams still open keep theirs).
         fn close(&self) {
             self.client

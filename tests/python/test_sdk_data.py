@@ -63,6 +63,21 @@ def test_procedures_by_position_or_name_run_atomically(face, conn, home):
     assert names == ["transfer"]
 
 
+def test_a_handle_with_an_idempotency_key_writes_and_bad_keys_are_refused(face, conn, home):
+    db = bank(face, conn, home)
+    keyed = conn.with_idempotency_key("deposit-1")
+    assert type(keyed) is type(conn), "the same face"
+    face.run(keyed.sql(db.path).execute(
+        "UPDATE accounts SET balance = balance + 5 WHERE name = 'bob'"))
+    assert balances(face, db) == [100, 5]
+    # An embedded node keeps no keys (a cluster does, docs/cluster.md): the
+    # handle's writes still run, and its key is checked before anything goes.
+    for bad in ["", "has space", "x" * 129, "a/b"]:
+        with pytest.raises(errors.InvalidArgument, match="idempotency key"):
+            conn.with_idempotency_key(bad)
+    assert balances(face, db) == [100, 5]
+
+
 def test_sessions_isolate_commit_and_roll_back_on_exit(face, conn, home, busbar_node):
     db = bank(face, conn, home)
     series = f"{home}/meter"

@@ -42,7 +42,7 @@ pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
 pub use dynamic::{CallSender, DynamicCall, MethodKind};
 pub use error::{Error, ErrorCode, Result};
-pub use mesh::{CallContext, Offer, Provided, ProviderCall};
+pub use mesh::{CallContext, CallRequests, CallResponses, Offer, Provided, ProviderCall};
 pub use mesh_json::JsonCall;
 pub use mesh_schema::{
     FieldSchema, InterfaceSchema, MessageSchema, MethodSchema, REPLY_FIELD, TypeSchema,

@@ -91,13 +91,29 @@ impl CallContext {
 /// One call routed to this provider. The handler reads requests with
 /// [`next_request`](Self::next_request), answers with [`send`](Self::send)
 /// and ends the call by returning: `Ok(())` or the error the caller gets.
+/// A bidirectional handler that reads in one task while it answers in
+/// another [`split`](Self::split)s the call in two.
 pub struct ProviderCall {
     pub context: CallContext,
+    requests: CallRequests,
+    responses: CallResponses,
+}
+
+/// The reading half of a [`ProviderCall`].
+pub struct CallRequests {
     id: u64,
     requests: mpsc::Receiver<Bytes>,
     /// Request messages read since credit was last granted.
     read: u32,
     window: u32,
+    outbound: mpsc::Sender<pb::FromProvider>,
+}
+
+/// The answering half of a [`ProviderCall`]. The call ends when the
+/// handler returns, whichever half it still holds.
+pub struct CallResponses {
+    method: String,
+    id: u64,
     responses: Arc<Semaphore>,
     streaming_response: bool,
     /// A unary answer waits here to go out with the call's end, as one message.
@@ -106,6 +122,26 @@ pub struct ProviderCall {
 }
 
 impl ProviderCall {
+    /// The next request message; `None` once the caller has sent its last.
+    pub async fn next_request(&mut self) -> Option<Bytes> {
+        self.requests.next_request().await
+    }
+
+    /// Sends a response message (an encoded message of the method's output
+    /// type); waits while the caller is behind.
+    pub async fn send(&mut self, message: Bytes) -> Result<()> {
+        self.responses.send(message).await
+    }
+
+    /// The call's two halves, to read requests in one task while another
+    /// sends responses (a bidirectional stream that answers as it goes).
+    /// Flow control holds on each half as on the whole call.
+    pub fn split(self) -> (CallRequests, CallResponses) {
+        (self.requests, self.responses)
+    }
+}
+
+impl CallRequests {
     /// The next request message; `None` once the caller has sent its last.
     pub async fn next_request(&mut self) -> Option<Bytes> {
         let message = self.requests.recv().await?;
@@ -125,7 +161,9 @@ impl ProviderCall {
         }
         Some(message)
     }
+}
 
+impl CallResponses {
     /// Sends a response message (an encoded message of the method's output
     /// type); waits while the caller is behind.
     pub async fn send(&mut self, message: Bytes) -> Result<()> {
@@ -134,7 +172,7 @@ impl ProviderCall {
             if held.is_some() {
                 return Err(Error::invalid_argument(format!(
                     "{} answers with one message; this is a second",
-                    self.context.method
+                    self.method
                 )));
             }
             *held = Some(message);
@@ -496,6 +534,21 @@ where
                 let responses = Arc::new(Semaphore::new(window as usize));
                 let streaming_response = streaming.get(&start.method).copied().unwrap_or(true);
                 let call = ProviderCall {
+                    requests: CallRequests {
+                        id: start.call,
+                        requests,
+                        read: 0,
+                        window,
+                        outbound: outbound.clone(),
+                    },
+                    responses: CallResponses {
+                        method: start.method.clone(),
+                        id: start.call,
+                        responses: responses.clone(),
+                        streaming_response,
+                        held: Arc::default(),
+                        outbound,
+                    },
                     context: CallContext {
                         method: start.method,
                         caller: start.caller,
@@ -504,14 +557,6 @@ where
                         deadline: (start.timeout_ms > 0)
                             .then(|| Instant::now() + Duration::from_millis(start.timeout_ms)),
                     },
-                    id: start.call,
-                    requests,
-                    read: 0,
-                    window,
-                    responses: responses.clone(),
-                    streaming_response,
-                    held: Arc::default(),
-                    outbound,
                 };
                 let requests_in = (!start.half_closed).then_some(requests_in);
                 // Listed before the handler can end (and unlist itself).
@@ -574,9 +619,12 @@ async fn run<F, Fut>(
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let _permit = concurrency.acquire_owned().await;
-    let id = call.id;
-    let outbound = call.outbound.clone();
-    let held = call.held.clone();
+    let responses = &call.responses;
+    let (id, outbound, held) = (
+        responses.id,
+        responses.outbound.clone(),
+        responses.held.clone(),
+    );
     // A handler that panics ends its call with INTERNAL at once, rather
     // than leaving the caller to its deadline.
     let result = std::panic::AssertUnwindSafe(async { handler(call).await })
