@@ -361,18 +361,17 @@ async fn transport_queues_are_shared_durable_and_wake_pops_on_other_nodes() {
 
     // A keyed push sent again through the other node is queued once, and
     // the retry answers with the first push's id.
-    let first = a
-        .with_idempotency_key("push-1")
-        .unwrap()
-        .transport_push("job", "keyed", Bytes::from("once"), HashMap::new())
-        .await
-        .unwrap();
-    let again = b
-        .with_idempotency_key("push-1")
-        .unwrap()
-        .transport_push("job", "keyed", Bytes::from("once"), HashMap::new())
-        .await
-        .unwrap();
+    let push_once = |client: &Client| {
+        let keyed = client.with_idempotency_key("push-1").unwrap();
+        async move {
+            keyed
+                .transport_push("job", "keyed", Bytes::from("once"), HashMap::new())
+                .await
+                .unwrap()
+        }
+    };
+    let first = push_once(&a).await;
+    let again = push_once(&b).await;
     assert_eq!(first, again);
     let once = b.transport_pop("job", "keyed", Duration::ZERO, None).await;
     assert_eq!(once.unwrap().expect("queued").payload, "once");

@@ -3,94 +3,34 @@
 //! same Arrow and the same semantics as on one node (interval replace,
 //! half-open reads, sessions, rejected writes changing nothing).
 
+#[path = "../e2e/series_checks.rs"]
+mod checks;
+
 use crate::Cluster;
-use crate::harness::assert_error;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt32Type};
-use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, UInt32Array};
-use arrow_schema::{DataType, Field, Schema};
-use busbar_client::{
-    Client, ErrorCode, Interval, Resolution, SeriesData, SeriesSpec, flags, points,
+use crate::harness::{assert_error, points_in, tls_channel};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
+use busbar_client::{Client, ErrorCode, Interval, Resolution, SeriesSpec, flags, points};
+use checks::{
+    HOUR, Q, T0, bad_writes, check_empty_writes, check_half_open, hourly, hours_replaced,
+    ipc_batches, quarter_hours, read_by_name, replace_six_to_twelve, rows, times,
 };
-use futures::StreamExt;
 use std::sync::Arc;
 
-const HOUR: i64 = 3_600_000;
-/// 2026-01-01T00:00:00Z
-const T0: i64 = 1_767_225_600_000;
-
-/// Times, flags and values of a read, in order (NaN compared by its bits).
-fn rows(data: &SeriesData) -> Vec<(i64, u32, u64)> {
-    data.batches
-        .iter()
-        .flat_map(|b| {
-            let t = b.column(0).as_primitive::<TimestampMillisecondType>();
-            let f = b.column(1).as_primitive::<UInt32Type>();
-            let v = b.column(2).as_primitive::<Float64Type>();
-            (0..b.num_rows())
-                .map(|i| (t.value(i), f.value(i), v.value(i).to_bits()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn times(data: &SeriesData) -> Vec<i64> {
-    rows(data).into_iter().map(|(t, _, _)| t).collect()
-}
-
-fn hourly(from_hour: i64, count: i64, value: f64) -> RecordBatch {
-    let times: Vec<i64> = (from_hour..from_hour + count)
-        .map(|h| T0 + h * HOUR)
-        .collect();
-    let n = times.len();
-    points(times, vec![flags::OK; n], vec![value; n]).unwrap()
-}
-
-async fn points_in(client: &Client, path: &str) -> usize {
-    client
-        .read_series(path, Interval::all())
-        .await
-        .unwrap()
-        .num_points()
-}
-
-/// A `TimeSeries/Read` by method name in the Arrow IPC form, as a generic
-/// gRPC client makes it: the header, then the IPC stream decoded.
-async fn read_ipc(client: &Client, path: &str) -> (serde_json::Value, Vec<RecordBatch>) {
-    let request = serde_json::json!({"paths": [path]});
-    let mut call = client
-        .stream("busbar.v1.TimeSeries/Read", Some(request))
-        .await
-        .unwrap();
-    let mut messages = Vec::new();
-    while let Some(message) = call.next().await {
-        messages.push(message.unwrap());
-    }
-    use base64::Engine;
-    let ipc: Vec<u8> = messages[1..]
-        .iter()
-        .flat_map(|m| {
-            base64::engine::general_purpose::STANDARD
-                .decode(m["arrow_ipc"].as_str().unwrap())
-                .unwrap()
-        })
-        .collect();
-    let batches = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    (messages[0]["series"].clone(), batches)
+/// A cluster of two nodes and the admin on each, with a new series at
+/// `path` made through the first.
+async fn two_nodes_with_series(path: &str, spec: SeriesSpec) -> (Cluster, Client, Client) {
+    let cluster = Cluster::start(2);
+    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
+    a.create_series(path, &spec, false).await.unwrap();
+    (cluster, a, b)
 }
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_written_on_one_node_read_on_another_replace_intervals_half_open() {
-    let cluster = Cluster::start(2);
-    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
     let path = "/home/admin/power";
-    a.create_series(path, &SeriesSpec::new(Resolution::Hour).unit("MW"), false)
-        .await
-        .unwrap();
+    let (_cluster, a, b) =
+        two_nodes_with_series(path, SeriesSpec::new(Resolution::Hour).unit("MW")).await;
     // The definition is the cluster's: B knows it, and exist_ok agrees.
     b.ensure_series(path, &SeriesSpec::new(Resolution::Hour).unit("MW"), false)
         .await
@@ -137,14 +77,14 @@ async fn timeseries_written_on_one_node_read_on_another_replace_intervals_half_o
     let on_a = a.read_series(path, Interval::all()).await.unwrap();
     let on_b = b.read_series(path, Interval::all()).await.unwrap();
     assert_eq!(on_b.num_points(), many as usize);
-    assert_eq!(rows(&on_a), rows(&on_b));
+    assert_eq!(rows(&on_a.batches), rows(&on_b.batches));
     assert_eq!(times(&on_b), all_times);
     assert_eq!(on_b.info.points, many as u64);
     assert_eq!(
         (on_b.info.first_ms, on_b.info.last_ms),
         (Some(T0), Some(T0 + (many - 1) * HOUR))
     );
-    let missing = rows(&on_b)[5];
+    let missing = rows(&on_b.batches)[5];
     assert!(f64::from_bits(missing.2).is_nan(), "{missing:?}");
     assert_eq!(missing.1 & flags::MISSING, flags::MISSING);
     let described = b.describe_series(path).await.unwrap();
@@ -152,60 +92,25 @@ async fn timeseries_written_on_one_node_read_on_another_replace_intervals_half_o
     assert_eq!(described.spec.unwrap().unit, "MW");
 
     // The Arrow IPC form through B decodes to what the columns form gave.
-    let (header, ipc) = read_ipc(&b, path).await;
-    assert_eq!(header["path"], path);
-    let ipc_rows: Vec<(i64, u32, u64)> = ipc
-        .iter()
-        .flat_map(|b| {
-            let t = b.column(0).as_primitive::<TimestampMillisecondType>();
-            let f = b.column(1).as_primitive::<UInt32Type>();
-            let v = b.column(2).as_primitive::<Float64Type>();
-            (0..b.num_rows())
-                .map(|i| (t.value(i), f.value(i), v.value(i).to_bits()))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(ipc_rows, rows(&on_b));
+    let messages = read_by_name(&b, serde_json::json!({"paths": [path]})).await;
+    assert_eq!(messages[0]["series"]["path"], path);
+    let ipc = ipc_batches(&messages[1..]);
+    assert_eq!(rows(&ipc), rows(&on_b.batches));
     assert_eq!(ipc[0].schema(), on_b.batches[0].schema());
 
     // Interval replace through B: [06:00, 12:00) becomes two points.
-    let two = points(
-        vec![T0 + 7 * HOUR, T0 + 9 * HOUR],
-        vec![flags::OK, flags::SUSPECT],
-        vec![7.0, 9.0],
-    )
-    .unwrap();
-    let replaced = b
-        .write_series(path, T0 + 6 * HOUR..T0 + 12 * HOUR, vec![two])
-        .await
-        .unwrap();
-    assert_eq!((replaced.points_written, replaced.points_deleted), (2, 6));
+    replace_six_to_twelve(&b, path).await;
     let window = a.read_series(path, T0..T0 + 14 * HOUR).await.unwrap();
-    let expected: Vec<i64> = (0..14)
-        .filter(|h| !(6..12).contains(h) || *h == 7 || *h == 9)
-        .map(|h| T0 + h * HOUR)
-        .collect();
-    assert_eq!(times(&window), expected);
+    assert_eq!(times(&window), hours_replaced(14));
     assert_eq!(
         window.info.points,
         many as u64 - 4,
         "the header is the whole series'"
     );
     // Half-open: [01:00, 03:00) is two points.
-    let half = a.read_series(path, T0 + HOUR..T0 + 3 * HOUR).await.unwrap();
-    assert_eq!(times(&half), vec![T0 + HOUR, T0 + 2 * HOUR]);
+    check_half_open(&a, path).await;
     // An empty table with an interval deletes it; without one, it is refused.
-    let empty = points(vec![], vec![], vec![]).unwrap();
-    let deleted = a
-        .write_series(path, T0..T0 + 3 * HOUR, vec![empty.clone()])
-        .await
-        .unwrap();
-    assert_eq!((deleted.points_written, deleted.points_deleted), (0, 3));
-    assert_error(
-        b.write_series(path, Interval::all(), vec![empty]).await,
-        ErrorCode::InvalidArgument,
-        "start and end",
-    );
+    check_empty_writes(&a, &b, path).await;
     // A write without an interval replaces from its first point to its last.
     let tail = b
         .write_series(path, Interval::all(), vec![hourly(many - 10, 20, 1.0)])
@@ -229,12 +134,9 @@ async fn timeseries_written_on_one_node_read_on_another_replace_intervals_half_o
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_sessions_isolate_commit_roll_back_and_keep_work_past_a_bad_write() {
-    let cluster = Cluster::start(2);
-    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
     let path = "/home/admin/meter";
-    a.create_series(path, &SeriesSpec::new(Resolution::Breakpoint), false)
-        .await
-        .unwrap();
+    let (_cluster, a, b) =
+        two_nodes_with_series(path, SeriesSpec::new(Resolution::Breakpoint)).await;
     a.write_series(
         path,
         Interval::all(),
@@ -325,86 +227,33 @@ async fn timeseries_sessions_isolate_commit_roll_back_and_keep_work_past_a_bad_w
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_bad_writes_are_refused_and_change_nothing() {
-    let cluster = Cluster::start(2);
-    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
     let path = "/home/admin/load";
-    let q = 15 * 60_000;
-    a.create_series(path, &SeriesSpec::new(Resolution::Min15), false)
-        .await
-        .unwrap();
-    let good = points(
-        (0..8).map(|i| T0 + i * q).collect(),
-        vec![0; 8],
-        vec![1.0; 8],
-    )
-    .unwrap();
-    a.write_series(path, Interval::all(), vec![good])
+    let (_cluster, a, b) = two_nodes_with_series(path, SeriesSpec::new(Resolution::Min15)).await;
+    a.write_series(path, Interval::all(), vec![quarter_hours()])
         .await
         .unwrap();
     let before = b.read_series(path, Interval::all()).await.unwrap();
 
-    let batch = |times: Vec<i64>| {
-        let n = times.len();
-        vec![points(times, vec![0; n], vec![2.0; n]).unwrap()]
-    };
-    let int_times = RecordBatch::try_new(
-        Arc::new(Schema::new(vec![
-            Field::new("utc_time", DataType::Int64, false),
-            Field::new("flags", DataType::UInt32, false),
-            Field::new("value", DataType::Float64, false),
-        ])),
-        vec![
-            Arc::new(Int64Array::from(vec![T0])),
-            Arc::new(UInt32Array::from(vec![0])),
-            Arc::new(Float64Array::from(vec![1.0])),
-        ],
-    )
-    .unwrap();
-    let two_columns = RecordBatch::try_from_iter([
-        (
-            "utc_time",
-            Arc::new(arrow_array::TimestampMillisecondArray::from(vec![T0])) as ArrayRef,
-        ),
-        ("value", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
-    ])
-    .unwrap();
     // A bad row in a later batch, after a whole COPY chunk went in, still
     // writes nothing.
     let big = points(
-        (0..40_000).map(|i| T0 + 100 * q + i * q).collect(),
+        (0..40_000).map(|i| T0 + 100 * Q + i * Q).collect(),
         vec![0; 40_000],
         vec![3.0; 40_000],
     )
     .unwrap();
     let later = points(
-        vec![T0 + 50_000 * q, T0 + 49_999 * q],
+        vec![T0 + 50_000 * Q, T0 + 49_999 * Q],
         vec![0, 0],
         vec![3.0, 3.0],
     )
     .unwrap();
 
-    for (interval, batches, words) in [
-        (
-            Interval::all(),
-            batch(vec![T0, T0 + 2 * q, T0 + q]),
-            "row 3",
-        ),
-        (Interval::all(), batch(vec![T0, T0 + q, T0 + q]), "repeats"),
-        (
-            Interval::all(),
-            batch(vec![T0, T0 + 7 * 60_000]),
-            "15-minute grid",
-        ),
-        (
-            Interval::new(T0, T0 + 4 * q),
-            batch(vec![T0, T0 + 4 * q]),
-            "row 2",
-        ),
-        (Interval::new(T0 + q, T0), batch(vec![T0]), "empty"),
-        (Interval::all(), vec![int_times], "it must be a timestamp"),
-        (Interval::all(), vec![two_columns], "three"),
-        (Interval::all(), vec![big, later], "row 40002"),
-    ] {
+    for (interval, batches, words) in
+        bad_writes()
+            .into_iter()
+            .chain([(Interval::all(), vec![big, later], "row 40002")])
+    {
         for client in [&a, &b] {
             assert_error(
                 client.write_series(path, interval, batches.clone()).await,
@@ -415,8 +264,8 @@ async fn timeseries_bad_writes_are_refused_and_change_nothing() {
     }
     let after = a.read_series(path, Interval::all()).await.unwrap();
     assert_eq!(
-        rows(&after),
-        rows(&before),
+        rows(&after.batches),
+        rows(&before.batches),
         "rejected writes changed nothing"
     );
     assert_eq!(after.info.points, 8);
@@ -425,21 +274,11 @@ async fn timeseries_bad_writes_are_refused_and_change_nothing() {
 /// A stock Arrow Flight client on node `n`, logged in as the admin.
 async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
     use prost::Message;
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
     let admin = cluster.nodes[0].admin_json();
     let ca = admin["ca_pem"]
         .as_str()
         .expect("the cluster's CA in admin.json");
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .domain_name("localhost");
-    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[n].host_port()))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tls_channel(ca, format!("https://{}", cluster.nodes[n].host_port())).await;
     let mut client = arrow_flight::FlightClient::new(channel);
     let credential = &admin["credential"];
     let basic = arrow_flight::BasicAuth {
@@ -456,12 +295,8 @@ async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_over_arrow_flight_on_either_node() {
     use futures::TryStreamExt;
-    let cluster = Cluster::start(2);
-    let (a, b) = (cluster.admin_on(0).await, cluster.admin_on(1).await);
     let path = "/home/admin/wind";
-    a.create_series(path, &SeriesSpec::new(Resolution::Hour), false)
-        .await
-        .unwrap();
+    let (cluster, a, b) = two_nodes_with_series(path, SeriesSpec::new(Resolution::Hour)).await;
     a.write_series(path, Interval::all(), vec![hourly(0, 48, 2.5)])
         .await
         .unwrap();
@@ -480,11 +315,7 @@ async fn timeseries_over_arrow_flight_on_either_node() {
         .await
         .unwrap();
     let native = a.read_series(path, Interval::all()).await.unwrap();
-    let as_data = SeriesData {
-        info: native.info.clone(),
-        batches,
-    };
-    assert_eq!(rows(&as_data), rows(&native));
+    assert_eq!(rows(&batches), rows(&native.batches));
 
     // Written through B's Flight, interval replaced, read natively on A.
     let command = serde_json::json!({"path": path, "start": T0, "end": T0 + 24 * HOUR});

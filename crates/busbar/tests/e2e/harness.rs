@@ -327,3 +327,34 @@ pub async fn next_event(member: &mut busbar_client::RoomMembership) -> busbar_cl
         .expect("the membership goes on")
         .expect("no error")
 }
+
+/// Asserts that less than `limit` has passed since `started`.
+#[track_caller]
+pub fn assert_within(started: std::time::Instant, limit: Duration) {
+    let elapsed = started.elapsed();
+    assert!(elapsed < limit, "{elapsed:?}");
+}
+
+/// A TLS channel to the node at `address` (`https://host:port`) trusting
+/// `ca_pem`, as a stock tonic client makes it.
+pub async fn tls_channel(ca_pem: &str, address: String) -> tonic::transport::Channel {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    tonic::transport::Endpoint::from_shared(address)
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// How many points a read of the whole series at `path` gives.
+pub async fn points_in(client: &Client, path: &str) -> usize {
+    client
+        .read_series(path, busbar_client::Interval::all())
+        .await
+        .unwrap()
+        .num_points()
+}

@@ -3,170 +3,18 @@
 //! handler, balancing, a lost provider, idempotent retry, cancellation,
 //! rights and bad offers.
 
-use crate::harness::{Node, assert_code, assert_error, eventually};
-use busbar_client::{Client, ErrorCode, MethodKind, Offer, Provided, ProviderCall, Right};
+#[path = "mesh_echo.rs"]
+mod echo;
+
+use crate::harness::{Node, assert_code, assert_error, assert_within, eventually, tls_channel};
+use busbar_client::{Client, ErrorCode, Offer, Provided, ProviderCall, Right};
 use bytes::Bytes;
-use prost::Message;
-use prost_types::{
-    DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
-    MethodDescriptorProto, MethodOptions, ServiceDescriptorProto, field_descriptor_proto,
-    method_options::IdempotencyLevel,
+use echo::{
+    Counters, ECHO, check_chat, check_collect, check_provider_error, check_say_context, count,
+    descriptors, encode, provide, spawn_slow, text, wait_for,
 };
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-const ECHO: &str = "mesh.test.Echo";
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct Text {
-    #[prost(string, tag = "1")]
-    text: String,
-}
-
-/// `mesh.test.Echo` with one method of each kind; `Say` is idempotent.
-/// `say_output` names Say's output type (another one redefines it).
-fn descriptors(say_output: &str) -> Vec<u8> {
-    let method = |name: &str, client: bool, server: bool, output: &str| MethodDescriptorProto {
-        name: Some(name.into()),
-        input_type: Some(".mesh.test.Text".into()),
-        output_type: Some(output.into()),
-        client_streaming: Some(client),
-        server_streaming: Some(server),
-        options: (name == "Say").then(|| MethodOptions {
-            idempotency_level: Some(IdempotencyLevel::Idempotent as i32),
-            ..Default::default()
-        }),
-    };
-    let text = |name: &str| DescriptorProto {
-        name: Some(name.into()),
-        field: vec![FieldDescriptorProto {
-            name: Some("text".into()),
-            number: Some(1),
-            label: Some(field_descriptor_proto::Label::Optional as i32),
-            r#type: Some(field_descriptor_proto::Type::String as i32),
-            json_name: Some("text".into()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let file = FileDescriptorProto {
-        name: Some("mesh/test/echo.proto".into()),
-        package: Some("mesh.test".into()),
-        message_type: vec![text("Text"), text("Other")],
-        service: vec![ServiceDescriptorProto {
-            name: Some("Echo".into()),
-            method: vec![
-                method("Say", false, false, say_output),
-                method("Count", false, true, ".mesh.test.Text"),
-                method("Collect", true, false, ".mesh.test.Text"),
-                method("Chat", true, true, ".mesh.test.Text"),
-                method("Slow", false, false, ".mesh.test.Text"),
-            ],
-            options: None,
-        }],
-        syntax: Some("proto3".into()),
-        ..Default::default()
-    };
-    FileDescriptorSet { file: vec![file] }.encode_to_vec()
-}
-
-fn text(message: &Bytes) -> String {
-    Text::decode(message.clone()).expect("a Text").text
-}
-
-fn encode(text: String) -> Bytes {
-    Text { text }.encode_to_vec().into()
-}
-
-/// Counts handlers that were dropped before they finished (cancelled).
-#[derive(Default)]
-struct Counters {
-    cancelled: AtomicUsize,
-    calls: AtomicUsize,
-}
-
-struct CancelGuard(Arc<Counters>, bool);
-impl Drop for CancelGuard {
-    fn drop(&mut self) {
-        if !self.1 {
-            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// A provider of Echo named `name`: Say answers "<name>: <text> from
-/// <caller> trace <id> deadline <yes/no>"; Count streams three copies;
-/// Collect joins what it is sent; Chat echoes each message; Slow sleeps.
-async fn provide(client: &Client, name: &'static str, counters: Arc<Counters>) -> Provided {
-    client
-        .provide(
-            Offer::new([ECHO], descriptors(".mesh.test.Text")),
-            move |mut call: ProviderCall| {
-                let counters = counters.clone();
-                async move {
-                    counters.calls.fetch_add(1, Ordering::SeqCst);
-                    let mut guard = CancelGuard(counters, false);
-                    let method = call.context.method.rsplit('/').next().unwrap().to_string();
-                    match method.as_str() {
-                        "Say" => {
-                            let request = call.next_request().await.unwrap();
-                            if text(&request) == "fail" {
-                                return Err(busbar_client::Error::new(
-                                    ErrorCode::NotFound,
-                                    format!("{name} found nothing to say"),
-                                ));
-                            }
-                            let context = &call.context;
-                            let in_time = context.time_left().is_some_and(|left| {
-                                left > Duration::ZERO && left <= Duration::from_secs(30)
-                            });
-                            let tenant =
-                                context.metadata.get("x-tenant").map_or("-", String::as_str);
-                            let reply = format!(
-                                "{name}: {} from {} trace {} deadline {in_time} tenant {tenant}",
-                                text(&request),
-                                context.caller,
-                                context.trace_id,
-                            );
-                            call.send(encode(reply)).await?;
-                        }
-                        "Count" => {
-                            let request = text(&call.next_request().await.unwrap());
-                            for i in 0..3 {
-                                call.send(encode(format!("{request} {i}"))).await?;
-                            }
-                        }
-                        "Collect" => {
-                            let mut all = Vec::new();
-                            while let Some(message) = call.next_request().await {
-                                all.push(text(&message));
-                            }
-                            call.send(encode(all.join(","))).await?;
-                        }
-                        "Chat" => {
-                            while let Some(message) = call.next_request().await {
-                                call.send(encode(format!("re: {}", text(&message)))).await?;
-                            }
-                        }
-                        "Slow" => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                        }
-                        _ => {
-                            return Err(busbar_client::Error::new(
-                                ErrorCode::NotFound,
-                                format!("{name} has nothing called {method}"),
-                            ));
-                        }
-                    }
-                    guard.1 = true;
-                    Ok(())
-                }
-            },
-        )
-        .await
-        .expect("the offer is accepted")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() {
@@ -175,72 +23,25 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
     let provider_client = node.admin().await;
     // A default deadline of the provider's handle does not end its stream.
     let provider_client = provider_client.with_timeout(Duration::from_millis(300));
-    let provided = provide(&provider_client, "one", counters.clone()).await;
+    let provided = provide(&provider_client, ECHO, "one", counters.clone()).await;
     assert_eq!(provided.paths, vec![format!("/services/{ECHO}")]);
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Unary, by name with JSON, found through reflection; the handler sees
     // the caller, the trace id and the time left.
-    let caller = admin
-        .with_trace_id("trace-mesh-1")
-        .unwrap()
-        .with_timeout(Duration::from_secs(20));
-    let reply = caller
-        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "hi"}))
-        .await
-        .unwrap();
-    assert_eq!(
-        reply["text"],
-        "one: hi from admin trace trace-mesh-1 deadline true tenant -"
-    );
+    check_say_context(&admin, ECHO, "trace-mesh-1").await;
 
     // Server streaming.
-    let mut call = admin
-        .stream(
-            &format!("{ECHO}/Count"),
-            Some(serde_json::json!({"text": "n"})),
-        )
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    while let Some(message) = call.next_message().await {
-        got.push(message.unwrap()["text"].as_str().unwrap().to_string());
-    }
-    assert_eq!(got, ["n 0", "n 1", "n 2"]);
+    assert_eq!(count(&admin, ECHO, "n").await, ["n 0", "n 1", "n 2"]);
 
     // Client streaming: more messages than the window, so credit flows.
-    let mut call = admin
-        .stream(&format!("{ECHO}/Collect"), None)
-        .await
-        .unwrap();
-    assert_eq!(call.kind(), MethodKind::ClientStreaming);
-    for i in 0..40 {
-        call.send(serde_json::json!({"text": i.to_string()}))
-            .await
-            .unwrap();
-    }
-    call.close_send();
-    let joined = call.next_message().await.unwrap().unwrap();
-    let expected: Vec<String> = (0..40).map(|i| i.to_string()).collect();
-    assert_eq!(joined["text"], expected.join(","));
+    check_collect(&admin, ECHO, 40).await;
 
     // Bidirectional: each message answered in turn.
-    let mut call = admin.stream(&format!("{ECHO}/Chat"), None).await.unwrap();
-    for word in ["a", "b", "c"] {
-        call.send(serde_json::json!({"text": word})).await.unwrap();
-        let answer = call.next_message().await.unwrap().unwrap();
-        assert_eq!(answer["text"], format!("re: {word}"));
-    }
-    call.close_send();
-    assert!(call.next_message().await.is_none());
+    check_chat(&admin, ECHO).await;
 
     // A provider's error reaches the caller with its code and message.
-    let error = admin
-        .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "fail"}))
-        .await
-        .unwrap_err();
-    assert_eq!(error.code(), ErrorCode::NotFound, "{error}");
-    assert_eq!(error.message(), "one found nothing to say");
+    check_provider_error(&admin, ECHO, "one").await;
     // A method the descriptor lacks is refused by the node.
     assert_code(
         admin
@@ -276,19 +77,8 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
         )
         .await
         .unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(
-            config["ca_pem"].as_str().unwrap(),
-        ))
-        .domain_name("localhost");
     let address = config["address"].as_str().unwrap().to_string();
-    let channel = tonic::transport::Endpoint::from_shared(address)
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tls_channel(config["ca_pem"].as_str().unwrap(), address).await;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let mut request = tonic::Request::new(encode("stock".into()));
@@ -331,10 +121,10 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
     assert!(status.message().contains("panicked"), "{status:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_within(started, Duration::from_secs(10));
 
     // A caller whose deadline passes cancels the handler.
-    let before = counters.cancelled.load(Ordering::SeqCst);
+    let before = counters.cancelled();
     assert_code(
         admin
             .with_timeout(Duration::from_millis(300))
@@ -342,7 +132,7 @@ async fn every_call_kind_reaches_a_provider_through_the_node_with_its_context() 
             .await,
         ErrorCode::Timeout,
     );
-    wait_for(|| counters.cancelled.load(Ordering::SeqCst) > before).await;
+    wait_for("the handler cancelled", || counters.cancelled() > before).await;
 
     // Metrics count calls per service and provider identity.
     let metrics = node.metrics_text();
@@ -372,8 +162,8 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
     let (a, b) = (Arc::new(Counters::default()), Arc::new(Counters::default()));
     let client_a = node.admin().await;
     let client_b = node.admin().await;
-    let provider_a = provide(&client_a, "a", a.clone()).await;
-    let provider_b = provide(&client_b, "b", b.clone()).await;
+    let provider_a = provide(&client_a, ECHO, "a", a.clone()).await;
+    let provider_b = provide(&client_b, ECHO, "b", b.clone()).await;
     for i in 0..40 {
         admin
             .call(
@@ -383,10 +173,7 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
             .await
             .unwrap();
     }
-    let (served_a, served_b) = (
-        a.calls.load(Ordering::SeqCst),
-        b.calls.load(Ordering::SeqCst),
-    );
+    let (served_a, served_b) = (a.calls(), b.calls());
     assert_eq!(served_a + served_b, 40);
     assert!(
         served_a >= 10 && served_b >= 10,
@@ -395,16 +182,12 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
 
     // A call in flight at a provider that disappears fails UNAVAILABLE
     // (Slow is not idempotent), naming the loss.
-    let slow = {
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            admin
-                .call(&format!("{ECHO}/Slow"), serde_json::json!({}))
-                .await
-        })
-    };
-    wait_for(|| a.calls.load(Ordering::SeqCst) + b.calls.load(Ordering::SeqCst) > 40).await;
-    let lost_a = a.calls.load(Ordering::SeqCst) > served_a;
+    let slow = spawn_slow(&admin, ECHO);
+    wait_for("the Slow call reached a provider", || {
+        a.calls() + b.calls() > 40
+    })
+    .await;
+    let lost_a = a.calls() > served_a;
     let (gone, stays, stays_counters) = if lost_a {
         (provider_a, provider_b, b.clone())
     } else {
@@ -414,14 +197,14 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
     assert_error(slow.await.unwrap(), ErrorCode::Unavailable, "was lost");
 
     // Every Say now lands on the provider that stays.
-    let before = stays_counters.calls.load(Ordering::SeqCst);
+    let before = stays_counters.calls();
     for _ in 0..5 {
         admin
             .call(&format!("{ECHO}/Say"), serde_json::json!({"text": "x"}))
             .await
             .unwrap();
     }
-    assert_eq!(stays_counters.calls.load(Ordering::SeqCst), before + 5);
+    assert_eq!(stays_counters.calls(), before + 5);
     drop(stays);
 }
 
@@ -432,7 +215,7 @@ async fn an_idempotent_call_moves_to_another_provider_when_its_own_is_lost() {
     let stuck_client = node.admin().await;
     let stuck = stuck_client
         .provide(
-            Offer::new([ECHO], descriptors(".mesh.test.Text")),
+            Offer::new([ECHO], descriptors(ECHO, "Text")),
             |_call: ProviderCall| async move {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 Ok(())
@@ -454,7 +237,7 @@ async fn an_idempotent_call_moves_to_another_provider_when_its_own_is_lost() {
     })
     .await;
     let good_client = node.admin().await;
-    let good = provide(&good_client, "good", Arc::new(Counters::default())).await;
+    let good = provide(&good_client, ECHO, "good", Arc::new(Counters::default())).await;
     drop(stuck);
     let reply = call.await.unwrap().unwrap();
     assert!(
@@ -470,7 +253,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
 
     // Eve may not create a service (no write on /services)...
     assert_error(
-        offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await,
+        offer(&eve, &[ECHO], descriptors(ECHO, "Text")).await,
         ErrorCode::NotFound,
         "busbar service create",
     );
@@ -478,9 +261,9 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
 
     // ...nor provide one that exists without write on it.
     let counters = Arc::new(Counters::default());
-    let provider = provide(&admin, "admin", counters).await;
+    let provider = provide(&admin, ECHO, "admin", counters).await;
     assert_code(
-        offer(&eve, &[ECHO], descriptors(".mesh.test.Text")).await,
+        offer(&eve, &[ECHO], descriptors(ECHO, "Text")).await,
         ErrorCode::PermissionDenied,
     );
 
@@ -506,7 +289,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
 
     // Another definition of a live service is refused, naming both.
     assert_error(
-        offer(&admin, &[ECHO], descriptors(".mesh.test.Other")).await,
+        offer(&admin, &[ECHO], descriptors(ECHO, "Other")).await,
         ErrorCode::FailedPrecondition,
         "is live with other methods",
     );
@@ -517,24 +300,20 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
         (vec![ECHO], vec![0xff, 0xff], "not an encoded"),
         (
             vec!["mesh.test.Missing"],
-            descriptors(".mesh.test.Text"),
+            descriptors(ECHO, "Text"),
             "defines no service",
         ),
         (
             vec!["busbar.v1.Node"],
-            descriptors(".mesh.test.Text"),
+            descriptors(ECHO, "Text"),
             "keeps for its own",
         ),
         (
             vec!["bad name"],
-            descriptors(".mesh.test.Text"),
+            descriptors(ECHO, "Text"),
             "bad service name",
         ),
-        (
-            vec![],
-            descriptors(".mesh.test.Text"),
-            "at least one service",
-        ),
+        (vec![], descriptors(ECHO, "Text"), "at least one service"),
     ] {
         assert_error(
             offer(&admin, &services, set).await,
@@ -551,7 +330,7 @@ async fn rights_and_bad_offers_are_refused_and_change_nothing() {
     let prov = node
         .new_user_granted(&admin, "prov", "prov-password", "/services", Right::Write)
         .await;
-    let provided = provide(&prov, "prov", Arc::new(Counters::default())).await;
+    let provided = provide(&prov, ECHO, "prov", Arc::new(Counters::default())).await;
     wait_for_async(|| provides(&admin, "prov")).await;
     admin.revoke_identity("prov").await.unwrap();
     wait_for_async(|| async { !provides(&admin, "prov").await }).await;
@@ -583,16 +362,6 @@ async fn provides(admin: &Client, identity: &str) -> bool {
         .any(|s| s.providers.iter().any(|p| p.identity == identity))
 }
 
-async fn wait_for(mut condition: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not met in 5 s");
-}
-
 async fn wait_for_async<F, Fut>(mut condition: F)
 where
     F: FnMut() -> Fut,
@@ -611,7 +380,13 @@ where
 async fn a_provider_offers_again_by_itself_after_the_node_restarts() {
     let (mut node, admin) = Node::start_with_admin(&[]).await;
     let provider_client = node.admin().await;
-    let provided = provide(&provider_client, "back", Arc::new(Counters::default())).await;
+    let provided = provide(
+        &provider_client,
+        ECHO,
+        "back",
+        Arc::new(Counters::default()),
+    )
+    .await;
 
     node.restart(); // SIGKILL, then start again on the same data and port
 

@@ -1,7 +1,7 @@
 //! Stored procedures and data sessions: arguments by position or name,
 //! atomic runs, isolation between sessions, commit, rollback, expiry.
 
-use crate::harness::{Node, assert_denied, assert_error};
+use crate::harness::{Node, assert_denied, assert_error, points_in};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use busbar_client::{
@@ -31,14 +31,6 @@ async fn balances(client: &Client) -> Vec<i64> {
         .iter()
         .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
         .collect()
-}
-
-async fn points_in(client: &Client, series: &str) -> usize {
-    client
-        .read_series(series, Interval::all())
-        .await
-        .unwrap()
-        .num_points()
 }
 
 async fn create_total(admin: &Client) {

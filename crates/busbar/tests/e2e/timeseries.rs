@@ -2,47 +2,28 @@
 //! grids, many series in one read, a 10-million-point round trip, the CLI
 //! with its file formats, and durability across kill -9.
 
+#[path = "series_checks.rs"]
+mod checks;
+
 use crate::harness::{Node, assert_error};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt32Type};
-use arrow_array::{
-    ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray, UInt32Array,
-};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_array::{ArrayRef, Float64Array, RecordBatch, TimestampNanosecondArray, UInt32Array};
+use arrow_schema::DataType;
 use busbar_client::{
     Client, ErrorCode, Interval, Resolution, SeriesData, SeriesSpec, flags, points,
 };
+use checks::{
+    HOUR, Q, T0, bad_writes, base64, check_empty_writes, check_half_open, hourly, hours_replaced,
+    ipc_batches, quarter_hours, read_by_name, replace_six_to_twelve, rewrite, times,
+};
 use std::sync::Arc;
-
-const HOUR: i64 = 3_600_000;
-/// 2026-01-01T00:00:00Z
-const T0: i64 = 1_767_225_600_000;
-
-fn times(data: &SeriesData) -> Vec<i64> {
-    data.batches
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<TimestampMillisecondType>()
-                .values()
-                .to_vec()
-        })
-        .collect()
-}
 
 fn values(data: &SeriesData) -> Vec<f64> {
     data.batches
         .iter()
         .flat_map(|b| b.column(2).as_primitive::<Float64Type>().values().to_vec())
         .collect()
-}
-
-fn hourly(from_hour: i64, count: i64, value: f64) -> RecordBatch {
-    let times: Vec<i64> = (from_hour..from_hour + count)
-        .map(|h| T0 + h * HOUR)
-        .collect();
-    let n = times.len();
-    points(times, vec![flags::OK; n], vec![value; n]).unwrap()
 }
 
 async fn series(client: &Client, path: &str, spec: SeriesSpec) {
@@ -71,54 +52,18 @@ async fn writes_replace_their_interval_and_reads_are_half_open() {
     );
 
     // Replace [06:00, 12:00) with two points: the other four hours there go.
-    let two = points(
-        vec![T0 + 7 * HOUR, T0 + 9 * HOUR],
-        vec![flags::OK, flags::SUSPECT],
-        vec![7.0, 9.0],
-    )
-    .unwrap();
-    let replaced = admin
-        .write_series(path, T0 + 6 * HOUR..T0 + 12 * HOUR, vec![two])
-        .await
-        .unwrap();
-    assert_eq!((replaced.points_written, replaced.points_deleted), (2, 6));
+    replace_six_to_twelve(&admin, path).await;
     let all = admin.read_series(path, Interval::all()).await.unwrap();
-    let expected: Vec<i64> = (0..24)
-        .filter(|h| !(6..12).contains(h) || *h == 7 || *h == 9)
-        .map(|h| T0 + h * HOUR)
-        .collect();
-    assert_eq!(times(&all), expected);
+    assert_eq!(times(&all), hours_replaced(24));
     assert_eq!(all.info.points, 20);
     assert_eq!(all.info.spec.as_ref().unwrap().unit, "MW");
 
     // Half-open: [01:00, 03:00) is two points; the end is excluded.
-    let window = admin
-        .read_series(path, T0 + HOUR..T0 + 3 * HOUR)
-        .await
-        .unwrap();
-    assert_eq!(times(&window), vec![T0 + HOUR, T0 + 2 * HOUR]);
+    check_half_open(&admin, path).await;
 
-    // An empty table with an interval deletes that interval.
-    let empty = points(vec![], vec![], vec![]).unwrap();
-    let deleted = admin
-        .write_series(path, T0..T0 + 3 * HOUR, vec![empty.clone()])
-        .await
-        .unwrap();
-    assert_eq!((deleted.points_written, deleted.points_deleted), (0, 3));
-    assert_eq!(
-        admin
-            .read_series(path, T0..T0 + 3 * HOUR)
-            .await
-            .unwrap()
-            .num_points(),
-        0
-    );
-    // Without an interval, an empty table is an error, not a silent no-op.
-    assert_error(
-        admin.write_series(path, Interval::all(), vec![empty]).await,
-        ErrorCode::InvalidArgument,
-        "start and end",
-    );
+    // An empty table with an interval deletes that interval; without one,
+    // it is an error, not a silent no-op.
+    check_empty_writes(&admin, &admin, path).await;
 
     // Several series in one call come back in request order.
     let other = "/home/admin/price";
@@ -142,28 +87,6 @@ async fn writes_replace_their_interval_and_reads_are_half_open() {
         .collect();
     assert_eq!(order, vec![(other, 3), (path, 17), (other, 3)]);
     assert_eq!(values(&both[0]), vec![50.0; 3]);
-}
-
-/// The messages of one `TimeSeries/Read` made by method name, as a generic
-/// gRPC client makes it.
-async fn read_by_name(client: &Client, request: serde_json::Value) -> Vec<serde_json::Value> {
-    use futures::StreamExt;
-    let mut call = client
-        .stream("busbar.v1.TimeSeries/Read", Some(request))
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    while let Some(message) = call.next().await {
-        out.push(message.unwrap());
-    }
-    out
-}
-
-fn base64(value: &serde_json::Value) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(value.as_str().unwrap())
-        .unwrap()
 }
 
 fn as_i64(value: &serde_json::Value) -> i64 {
@@ -196,15 +119,7 @@ async fn generic_clients_read_arrow_ipc_and_busbars_reads_send_regular_columns_a
     // any Arrow library reads and which holds what Busbar's client reads.
     let messages = read_by_name(&admin, serde_json::json!({"paths": [ragged]})).await;
     assert_eq!(messages[0]["series"]["path"], ragged, "{}", messages[0]);
-    let ipc: Vec<u8> = messages[1..]
-        .iter()
-        .flat_map(|m| base64(&m["arrow_ipc"]))
-        .collect();
-    let batches: Vec<RecordBatch> =
-        arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None)
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+    let batches = ipc_batches(&messages[1..]);
     let native = admin.read_series(ragged, Interval::all()).await.unwrap();
     assert_eq!(batches, native.batches);
     assert_eq!(native.num_points(), 22);
@@ -263,45 +178,15 @@ async fn generic_clients_read_arrow_ipc_and_busbars_reads_send_regular_columns_a
 async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothing() {
     let path = "/home/admin/load";
     let (_node, admin) = node_with_series(path, SeriesSpec::new(Resolution::Min15)).await;
-    let q = 15 * 60_000;
-    let good = points(
-        (0..8).map(|i| T0 + i * q).collect(),
-        vec![0; 8],
-        vec![1.0; 8],
-    )
-    .unwrap();
     admin
-        .write_series(path, Interval::all(), vec![good])
+        .write_series(path, Interval::all(), vec![quarter_hours()])
         .await
         .unwrap();
     let before = admin.read_series(path, Interval::all()).await.unwrap();
 
-    // Values unlike the good write's, so a write that got through would show.
-    let batch = |times: Vec<i64>| {
-        let n = times.len();
-        vec![points(times, vec![0; n], vec![2.0; n]).unwrap()]
-    };
-
-    // Wrong schemas: a missing column, a wrong type, nulls.
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("utc_time", DataType::Int64, false),
-        Field::new("flags", DataType::UInt32, false),
-        Field::new("value", DataType::Float64, false),
-    ]));
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(vec![T0])),
-        Arc::new(UInt32Array::from(vec![0])),
-        Arc::new(Float64Array::from(vec![1.0])),
-    ];
-    let int_times = RecordBatch::try_new(schema, columns).unwrap();
-    let two_columns = RecordBatch::try_from_iter([
-        (
-            "utc_time",
-            Arc::new(TimestampNanosecondArray::from(vec![T0 * 1_000_000])) as ArrayRef,
-        ),
-        ("value", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef),
-    ])
-    .unwrap();
+    // Bad rows and wrong schemas (a missing column, a wrong type) as on
+    // every store, then more: unsorted named, a row before the interval,
+    // nulls.
     let with_null = RecordBatch::try_from_iter([
         (
             "utc_time",
@@ -318,49 +203,22 @@ async fn every_bad_write_is_rejected_naming_its_first_bad_row_and_changes_nothin
     ])
     .unwrap();
     // A bad row in a later batch of a multi-batch write still writes nothing.
-    let later = points(vec![T0 + 10 * q, T0 + 9 * q], vec![0, 0], vec![3.0, 3.0]).unwrap();
+    let later = points(vec![T0 + 10 * Q, T0 + 9 * Q], vec![0, 0], vec![3.0, 3.0]).unwrap();
 
-    for (interval, batches, words) in [
+    for (interval, batches, words) in bad_writes().into_iter().chain([
         (
             Interval::all(),
-            batch(vec![T0, T0 + 2 * q, T0 + q]),
-            "row 3",
-        ),
-        (
-            Interval::all(),
-            batch(vec![T0, T0 + 2 * q, T0 + q]),
+            rewrite(vec![T0, T0 + 2 * Q, T0 + Q]),
             "sorted",
         ),
         (
-            Interval::all(),
-            batch(vec![T0, T0 + q, T0 + q]),
-            "row 3: 2026-01-01T00:15:00Z repeats",
-        ),
-        (
-            Interval::all(),
-            batch(vec![T0, T0 + 7 * 60_000]),
-            "row 2: 2026-01-01T00:07:00Z is not on the series' 15-minute grid",
-        ),
-        (
-            Interval::new(T0, T0 + 4 * q),
-            batch(vec![T0, T0 + 4 * q]),
-            "row 2",
-        ),
-        (
-            Interval::new(T0, T0 + q),
-            batch(vec![T0 - q]),
+            Interval::new(T0, T0 + Q),
+            rewrite(vec![T0 - Q]),
             "before the interval's start",
         ),
-        (Interval::new(T0 + q, T0), batch(vec![T0]), "empty"),
-        (
-            Interval::all(),
-            vec![int_times],
-            "utc_time is Int64; it must be a timestamp",
-        ),
-        (Interval::all(), vec![two_columns], "three"),
         (Interval::all(), vec![with_null], "row 2: utc_time is null"),
         (Interval::all(), vec![hourly(0, 1, 3.0), later], "row 3"),
-    ] {
+    ]) {
         assert_error(
             admin.write_series(path, interval, batches).await,
             ErrorCode::InvalidArgument,
