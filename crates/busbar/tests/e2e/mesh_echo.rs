@@ -187,9 +187,23 @@ pub async fn provide_with(
                             call.send(encode(all.join(","))).await?;
                         }
                         "Chat" => {
-                            while let Some(message) = call.next_request().await {
-                                call.send(encode(format!("re: {}", text(&message)))).await?;
+                            // Reads in a task of its own while this one
+                            // answers: the call split in two halves.
+                            let (mut requests, mut responses) = call.split();
+                            let (heard, mut unanswered) = tokio::sync::mpsc::channel(16);
+                            let reader = tokio::spawn(async move {
+                                while let Some(message) = requests.next_request().await {
+                                    if heard.send(message).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            });
+                            while let Some(message) = unanswered.recv().await {
+                                responses
+                                    .send(encode(format!("re: {}", text(&message))))
+                                    .await?;
                             }
+                            reader.await.expect("the reader ends with the requests");
                         }
                         "Slow" => tokio::time::sleep(Duration::from_secs(60)).await,
                         _ => unreachable!("the node routes only declared methods"),
