@@ -479,3 +479,59 @@ async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
     let fortytwo = json(&b, DB, "SELECT count(*) AS n FROM t WHERE v = 42").await;
     assert_eq!(fortytwo[0]["n"], 1, "applied exactly once");
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn flight_sql_reaches_a_cluster_database_through_either_node() {
+    use futures::TryStreamExt;
+    let cluster = Cluster::start(2);
+    let a = cluster.admin_on(0).await;
+    a.create(DB, ResourceKind::Database, false).await.unwrap();
+    a.sql(DB, "CREATE TABLE t (id bigint PRIMARY KEY, name text)")
+        .await
+        .unwrap();
+    let admin = cluster.nodes[0].admin_json();
+    let ca = admin["ca_pem"].as_str().expect("the cluster's CA");
+    let credential = &admin["credential"];
+    let (user, password) = (
+        credential["user"].as_str().unwrap(),
+        credential["password"].as_str().unwrap(),
+    );
+    for n in 0..2 {
+        // A stock Flight SQL client (arrow-flight's), as ADBC drives it.
+        let channel =
+            crate::harness::tls_channel(ca, format!("https://{}", cluster.nodes[n].host_port()))
+                .await;
+        let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+        client.handshake(user, password).await.unwrap();
+        client.set_header("x-busbar-database", DB);
+        let inserted = client
+            .execute_update(
+                format!("INSERT INTO t VALUES ({n}, 'through node {n}')"),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(inserted, 1);
+        let info = client
+            .execute("SELECT id, name FROM t ORDER BY id".into(), None)
+            .await
+            .unwrap();
+        let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+        let batches: Vec<_> = client
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, n + 1, "what either node wrote, through node {n}");
+        // Bad SQL is a clear error and changes nothing.
+        let bad = client
+            .execute_update("INSERT INTO nowhere VALUES (1)".into(), None)
+            .await;
+        assert!(bad.is_err(), "an unknown table is refused");
+    }
+    assert_eq!(json(&a, DB, "SELECT count(*) AS n FROM t").await[0]["n"], 2);
+}
