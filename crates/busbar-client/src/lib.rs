@@ -61,7 +61,7 @@ pub use timeseries::{
 };
 pub use tls::NewCertificate;
 pub use transport::{TransportMessage, TransportSession};
-pub use wires::PublishSummary;
+pub use wires::{PublishSummary, RESUMING_QUEUE, WireEvent};
 
 /// The generated protocol types, for fields this API does not wrap.
 pub use busbar_proto::v1 as proto;

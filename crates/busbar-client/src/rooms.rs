@@ -63,7 +63,7 @@ struct Joined {
 /// A failure after which joining again can work: the node stopped or the
 /// connection broke. Errors the server chose (a slow consumer, a missing
 /// right, an unknown room) are final.
-fn worth_rejoining(error: &Error) -> bool {
+pub(crate) fn worth_rejoining(error: &Error) -> bool {
     match error.code() {
         ErrorCode::Unavailable => true,
         ErrorCode::Internal | ErrorCode::Cancelled => error.trace_id().is_none(),
@@ -94,14 +94,23 @@ async fn open(client: &Client, path: &str) -> Result<Joined> {
     }
 }
 
-/// Joins again until it works or fails for good, backing off from 100 ms to
-/// 5 s, each wait drawn between half and all of the step: the members a
-/// lost node had do not all come back to the next one at the same instant.
+/// Joins again until it works or fails for good (see [`again`]).
 async fn rejoin(client: Client, path: String) -> Result<Joined> {
+    again(|| open(&client, &path)).await
+}
+
+/// Runs `attempt` until it works or fails for good, backing off from 100 ms
+/// to 5 s, each wait drawn between half and all of the step: the streams a
+/// lost node had do not all come back to the next one at the same instant.
+pub(crate) async fn again<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
     let mut backoff = std::time::Duration::from_millis(100);
     loop {
-        match open(&client, &path).await {
-            Ok(joined) => return Ok(joined),
+        match attempt().await {
+            Ok(done) => return Ok(done),
             Err(error) if worth_rejoining(&error) => {
                 tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_secs(5));

@@ -286,6 +286,17 @@ async fn postgresql_down_fails_calls_clearly_and_the_cluster_recovers_by_itself(
     );
 }
 
+/// The next event of a resuming wire subscription, within 10 s.
+async fn next_wire_event(
+    pipe: &mut busbar_client::BoxStream<busbar_client::WireEvent>,
+) -> busbar_client::WireEvent {
+    tokio::time::timeout(Duration::from_secs(10), pipe.next())
+        .await
+        .expect("in time")
+        .expect("still open")
+        .expect("no error")
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn a_client_given_every_node_moves_on_when_its_node_dies() {
@@ -303,8 +314,28 @@ async fn a_client_given_every_node_moves_on_when_its_node_dies() {
     let client = Client::from_config_file(&path).await.unwrap();
     let mut member = client.join("/home/admin/chat").await.unwrap();
     let before = member.member_id().to_string();
+    on_b.create("/home/admin/pipe", ResourceKind::Wire, false)
+        .await
+        .unwrap();
+    let mut pipe = client.subscribe_resuming("/home/admin/pipe").await.unwrap();
 
     cluster.nodes[0].kill9();
+
+    // The wire subscription opens again through B and says what it missed.
+    assert_eq!(
+        next_wire_event(&mut pipe).await,
+        busbar_client::WireEvent::Resubscribed
+    );
+    on_b.publish(
+        "/home/admin/pipe",
+        futures::stream::iter([Bytes::from("after the move")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_wire_event(&mut pipe).await,
+        busbar_client::WireEvent::Chunk(Bytes::from("after the move"))
+    );
 
     // The membership goes on through B, announced as a rejoin.
     let rejoined = next_event(&mut member).await;
