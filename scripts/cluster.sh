@@ -54,7 +54,7 @@ addresses=""
 for n in 1 2 3; do
     mkdir -p "$top/node$n"
     "$busbar" serve --data "$top/node$n/data" --listen 127.0.0.1:0 \
-        --metrics-listen off --store "$store" --bus "$bus" \
+        --metrics-listen off --ws-listen 127.0.0.1:0 --store "$store" --bus "$bus" \
         >"$top/node$n/stdout" 2>"$top/node$n/log" &
     pids="$pids $!"
     # One after another: the first makes the cluster's admin and CA.

@@ -117,7 +117,14 @@ impl Busbar {
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--listen", listen, "--metrics-listen", "off"])
+            .args([
+                "--listen",
+                listen,
+                "--metrics-listen",
+                "off",
+                "--ws-listen",
+                "off",
+            ])
             .args(extra)
             .args(["--grace", "0"])
             .env(

@@ -117,6 +117,7 @@ def run_node(data_dir: Path, log_dir: Path | None = None,
         "--data", str(data_dir),
         "--listen", listen,
         "--metrics-listen", "127.0.0.1:0",
+        "--ws-listen", "127.0.0.1:0",
         "--grace", "0.2",
         *args,
     ]

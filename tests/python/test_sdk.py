@@ -129,7 +129,8 @@ def test_insecure_constructor_talks_plaintext(face, tmp_path):
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [str(busbar_bin()), "serve", "--insecure", "--data", str(data), "--listen",
-         f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0", "--grace", "0.1"],
+         f"127.0.0.1:{port}", "--metrics-listen", "127.0.0.1:0", "--ws-listen", "127.0.0.1:0",
+         "--grace", "0.1"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=clean_env())
     try:
         for line in proc.stdout:

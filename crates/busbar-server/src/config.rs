@@ -87,6 +87,26 @@ pub struct Settings {
     pub bus: Option<String>,
     /// PEM file of the CA that signed NATS's certificate (TLS to NATS).
     pub bus_ca: Option<PathBuf>,
+    /// Address of the WebSocket gateway for browsers (docs/websocket.md),
+    /// or "off" (default `127.0.0.1:7072`).
+    pub ws_listen: Option<String>,
+    /// Origins whose pages may open a gateway socket, e.g.
+    /// `https://console.example.com:8443` (default: the gateway's own
+    /// origins only: its address, and localhost and each hostname at its port).
+    pub ws_origins: Option<Vec<String>>,
+    /// Open gateway sockets beyond which new ones are refused (default 1024).
+    pub ws_max_sockets: Option<usize>,
+    /// Calls in flight on one gateway socket beyond which a new one is
+    /// refused with RESOURCE_EXHAUSTED (default 256).
+    pub ws_max_calls: Option<usize>,
+    /// Bytes queued to one gateway socket; a producer waits while it is full
+    /// (default 8 MiB).
+    pub ws_queue_bytes: Option<usize>,
+    /// Seconds the queue of a socket may stay full before the socket is cut
+    /// as a slow consumer (default 10).
+    pub ws_stall_seconds: Option<f64>,
+    /// Seconds a gateway socket has to log in before it is closed (default 10).
+    pub ws_login_timeout_seconds: Option<f64>,
 }
 
 impl Settings {
@@ -134,6 +154,15 @@ impl Settings {
                 .or(weaker.connection_window_bytes),
             store: self.store.or(weaker.store),
             store_ca: self.store_ca.or(weaker.store_ca),
+            ws_listen: self.ws_listen.or(weaker.ws_listen),
+            ws_origins: self.ws_origins.or(weaker.ws_origins),
+            ws_max_sockets: self.ws_max_sockets.or(weaker.ws_max_sockets),
+            ws_max_calls: self.ws_max_calls.or(weaker.ws_max_calls),
+            ws_queue_bytes: self.ws_queue_bytes.or(weaker.ws_queue_bytes),
+            ws_stall_seconds: self.ws_stall_seconds.or(weaker.ws_stall_seconds),
+            ws_login_timeout_seconds: self
+                .ws_login_timeout_seconds
+                .or(weaker.ws_login_timeout_seconds),
             bus: self.bus.or(weaker.bus),
             bus_ca: self.bus_ca.or(weaker.bus_ca),
         }
@@ -172,6 +201,21 @@ pub struct ServerConfig {
     /// NATS URL of a cluster's bus (None: in-process).
     pub bus: Option<String>,
     pub bus_ca: Option<PathBuf>,
+    /// The WebSocket gateway (docs/websocket.md); `None`: off.
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// The WebSocket gateway's settings, checked.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Allowed `Origin`s as given; `None`: the gateway's own origins.
+    pub origins: Option<Vec<String>>,
+    pub max_sockets: usize,
+    pub max_calls: usize,
+    pub queue_bytes: usize,
+    pub stall: Duration,
+    pub login_timeout: Duration,
 }
 
 /// See [`Settings::framing`].
@@ -248,6 +292,22 @@ fn count(
         )));
     }
     Ok(value)
+}
+
+/// An allowed origin as browsers send it: `scheme://host[:port]`, no path,
+/// lower case (an origin is compared as a whole).
+fn gateway_origin(value: &str) -> Result<String> {
+    let origin = value.trim().trim_end_matches('/').to_ascii_lowercase();
+    let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+        && origin.split_once("://").is_some_and(|(_, rest)| {
+            !rest.is_empty() && !rest.contains(['/', '?', '#', '@', ' ', '*'])
+        });
+    if !valid {
+        return Err(Error::invalid_argument(format!(
+            "bad ws_origins entry {value:?}: use scheme://host[:port], e.g. https://console.example.com:8443"
+        )));
+    }
+    Ok(origin)
 }
 
 fn address(name: &str, value: &str) -> Result<SocketAddr> {
@@ -338,14 +398,65 @@ impl ServerConfig {
                 crate::cluster::redacted(url)
             )));
         }
+        let client_certs = ClientCerts::parse(settings.client_certs.as_deref(), insecure)?;
+        let ws_listen = settings.ws_listen.as_deref();
+        let gateway = match ws_listen.unwrap_or("127.0.0.1:7072") {
+            "off" | "" => None,
+            // A browser has no client certificate to present, and the
+            // gateway's loopback calls would need one: the two exclude each
+            // other, so the gateway is off unless asked for, and then refused.
+            _ if client_certs == ClientCerts::Required && ws_listen.is_none() => None,
+            _ if client_certs == ClientCerts::Required => {
+                return Err(Error::invalid_argument(
+                    "ws_listen needs client_certs optional or off: browsers present no \
+                     client certificate (use --ws-listen off with --client-certs required)",
+                ));
+            }
+            value => Some(GatewayConfig {
+                listen: address("ws_listen", value)?,
+                origins: match settings.ws_origins {
+                    Some(origins) => Some(
+                        origins
+                            .into_iter()
+                            .map(|origin| gateway_origin(&origin))
+                            .collect::<Result<_>>()?,
+                    ),
+                    None => None,
+                },
+                max_sockets: count("ws_max_sockets", settings.ws_max_sockets, 1024, 1, 1 << 20)?,
+                max_calls: count("ws_max_calls", settings.ws_max_calls, 256, 1, 1 << 16)?,
+                queue_bytes: count(
+                    "ws_queue_bytes",
+                    settings.ws_queue_bytes,
+                    8 << 20,
+                    64 << 10,
+                    1 << 30,
+                )?,
+                stall: seconds(
+                    "ws_stall_seconds",
+                    settings.ws_stall_seconds,
+                    10.0,
+                    0.01,
+                    3600.0,
+                )?,
+                login_timeout: seconds(
+                    "ws_login_timeout_seconds",
+                    settings.ws_login_timeout_seconds,
+                    10.0,
+                    0.1,
+                    600.0,
+                )?,
+            }),
+        };
         Ok(ServerConfig {
+            gateway,
             store,
             store_ca: settings.store_ca,
             bus,
             bus_ca: settings.bus_ca,
             stream_window_bytes: stream_window_bytes as u32,
             connection_window_bytes: connection_window_bytes as u32,
-            client_certs: ClientCerts::parse(settings.client_certs.as_deref(), insecure)?,
+            client_certs,
             framing: Framing::parse(settings.framing.as_deref())?,
             data_dir: settings
                 .data
@@ -472,6 +583,13 @@ mod tests {
                 "bad framing \"fast\": use zero-copy or tonic",
             ),
             ("stream_window_bytes = 1024", "stream_window_bytes"),
+            ("ws_listen = \"nowhere\"", "ws_listen"),
+            ("ws_origins = [\"https://a/b\"]", "bad ws_origins entry"),
+            ("ws_queue_bytes = 10", "ws_queue_bytes"),
+            (
+                "client_certs = \"required\"\nws_listen = \"127.0.0.1:0\"",
+                "ws_listen needs client_certs optional or off",
+            ),
             ("store = \"postgres://u@h/db\"", "store and bus go together"),
             (
                 "store = \"mysql://u:pw@h/db\"\nbus = \"nats://h:4222\"",

@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod gateway;
 mod grpc;
 mod mesh;
 mod metrics;
@@ -30,6 +31,6 @@ pub mod tls;
 mod transport;
 mod wires;
 
-pub use config::{ServerConfig, Settings};
+pub use config::{GatewayConfig, ServerConfig, Settings};
 pub use error::{Error, ErrorCode, Result};
 pub use server::{Started, serve};

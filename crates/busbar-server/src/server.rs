@@ -48,6 +48,8 @@ pub struct Started {
     pub bound: SocketAddr,
     pub admin_config: PathBuf,
     pub metrics: Option<SocketAddr>,
+    /// The WebSocket gateway's URL, e.g. `wss://127.0.0.1:7072/`, when on.
+    pub gateway: Option<String>,
 }
 
 /// An accepted connection: counted in the `busbar_connections` gauge while
@@ -445,7 +447,7 @@ pub async fn serve(
         node_id,
         started: Instant::now(),
         started_ms: now_ms(),
-        certificates,
+        certificates: certificates.clone(),
         lifecycle,
         members: Default::default(),
         sql,
@@ -609,6 +611,59 @@ pub async fn serve(
         }
     });
 
+    // The WebSocket gateway: bound before the node says it started, so a
+    // busy port stops the start as the other listeners do.
+    let gateway = match &config.gateway {
+        Some(settings) => {
+            let listener = listen(settings.listen).map_err(io_error(format!(
+                "cannot listen for the WebSocket gateway on {} (use --ws-listen off to disable)",
+                settings.listen
+            )))?;
+            let bound = listener
+                .local_addr()
+                .map_err(io_error("gateway address".into()))?;
+            // Browsers offer http/1.1 for WebSockets, and present no client
+            // certificate: the gateway asks for none.
+            let tls = match (&tls_material, &certificates) {
+                (Some(material), Some(certificates)) => {
+                    let mut rustls_config = tls::server_config(
+                        material,
+                        crate::config::ClientCerts::Off,
+                        certificates,
+                    )?;
+                    rustls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    Some(tokio_rustls::TlsAcceptor::from(Arc::new(rustls_config)))
+                }
+                _ => None,
+            };
+            let url = format!(
+                "{}{}",
+                bootstrap::dial_address(bound, tls.is_some())
+                    .replacen("https://", "wss://", 1)
+                    .replacen("http://", "ws://", 1),
+                crate::gateway::PATH
+            );
+            let gateway = Arc::new(crate::gateway::Gateway {
+                origins: settings.origins.clone().unwrap_or_else(|| {
+                    crate::gateway::own_origins(bound, tls.is_some(), &config.hostnames)
+                }),
+                config: settings.clone(),
+                node_address: address.clone(),
+                ca_pem: tls_material.as_ref().map(|m| m.ca_pem.clone()),
+                tls,
+                max_message_bytes: config.max_message_bytes,
+                handshake_timeout: config.handshake_timeout,
+                idle_timeout: config.idle_timeout,
+                metrics: metrics.clone(),
+                lifecycle: node.lifecycle(),
+                sockets: Arc::new(tokio::sync::Semaphore::new(settings.max_sockets)),
+            });
+            tokio::spawn(gateway.run(listener));
+            Some(url)
+        }
+        None => None,
+    };
+
     let acceptor = Acceptor {
         listener,
         metrics: metrics.clone(),
@@ -625,6 +680,7 @@ pub async fn serve(
         bound,
         admin_config,
         metrics: metrics_bound,
+        gateway,
     });
     tracing::info!(%bound, node_id = %node.node_id, "serving");
 

@@ -86,6 +86,27 @@ pub struct ServeArgs {
     /// Framing of time-series reads and room events: zero-copy or tonic [default: zero-copy]
     #[arg(long, env = "BUSBAR_FRAMING")]
     framing: Option<String>,
+    /// WebSocket gateway for browsers (docs/websocket.md), or "off" [default: 127.0.0.1:7072]
+    #[arg(long, env = "BUSBAR_WS_LISTEN")]
+    ws_listen: Option<String>,
+    /// Origins whose pages may open gateway sockets; repeat or comma-separate [default: the gateway's own]
+    #[arg(long = "ws-origins", env = "BUSBAR_WS_ORIGINS", value_delimiter = ',')]
+    ws_origins: Vec<String>,
+    /// Open gateway sockets beyond which new ones are refused [default: 1024]
+    #[arg(long, env = "BUSBAR_WS_MAX_SOCKETS")]
+    ws_max_sockets: Option<usize>,
+    /// Calls in flight per gateway socket [default: 256]
+    #[arg(long, env = "BUSBAR_WS_MAX_CALLS")]
+    ws_max_calls: Option<usize>,
+    /// Bytes queued to one gateway socket before its calls wait [default: 8388608]
+    #[arg(long, env = "BUSBAR_WS_QUEUE_BYTES")]
+    ws_queue_bytes: Option<usize>,
+    /// Seconds a gateway socket's queue may stay full before it is cut [default: 10]
+    #[arg(long = "ws-stall", env = "BUSBAR_WS_STALL_SECONDS")]
+    ws_stall_seconds: Option<f64>,
+    /// Seconds a gateway socket has to log in [default: 10]
+    #[arg(long = "ws-login-timeout", env = "BUSBAR_WS_LOGIN_TIMEOUT_SECONDS")]
+    ws_login_timeout_seconds: Option<f64>,
     /// TOML file with the same settings (flags and BUSBAR_* variables win).
     #[arg(long, env = "BUSBAR_CONFIG_FILE")]
     config_file: Option<PathBuf>,
@@ -137,6 +158,13 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         store_ca: args.store_ca,
         bus: args.bus,
         bus_ca: args.bus_ca,
+        ws_listen: args.ws_listen,
+        ws_origins: (!args.ws_origins.is_empty()).then_some(args.ws_origins),
+        ws_max_sockets: args.ws_max_sockets,
+        ws_max_calls: args.ws_max_calls,
+        ws_queue_bytes: args.ws_queue_bytes,
+        ws_stall_seconds: args.ws_stall_seconds,
+        ws_login_timeout_seconds: args.ws_login_timeout_seconds,
     };
     let from_file = match &args.config_file {
         Some(path) => Settings::from_file(path).map_err(|e| e.message)?,
@@ -160,6 +188,9 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         println!("admin config: {}", started.admin_config.display());
         if let Some(metrics) = started.metrics {
             println!("metrics: http://{metrics}/metrics");
+        }
+        if let Some(gateway) = &started.gateway {
+            println!("websocket: {gateway}");
         }
         println!(
             "try: busbar --config {} status",

@@ -450,7 +450,14 @@ async fn the_engines_are_reached_over_tls_and_credentials_are_never_printed() {
             .arg("serve")
             .arg("--data")
             .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--ws-listen",
+                "off",
+            ])
             .args(["--store", &store, "--bus", &bus])
             .output()
             .unwrap();

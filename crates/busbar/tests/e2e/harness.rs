@@ -15,6 +15,8 @@ pub struct Node {
     pub address: String,
     pub admin_config: PathBuf,
     pub metrics: String,
+    /// The WebSocket gateway's URL (`wss://127.0.0.1:PORT/ws`), when on.
+    pub websocket: String,
     listen: String,
     extra: Vec<String>,
 }
@@ -29,6 +31,7 @@ impl Node {
             address: String::new(),
             admin_config: PathBuf::new(),
             metrics: String::new(),
+            websocket: String::new(),
             listen: "127.0.0.1:0".into(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -52,6 +55,19 @@ impl Node {
             } else {
                 &["--grace", "0.3"][..]
             })
+            // A free port for the gateway, unless the test picks one (or
+            // requires client certificates, which turns it off).
+            .args(
+                if self
+                    .extra
+                    .iter()
+                    .any(|a| a == "--ws-listen" || a == "required")
+                {
+                    &[][..]
+                } else {
+                    &["--ws-listen", "127.0.0.1:0"][..]
+                },
+            )
             .args(&self.extra)
             .env("RUST_LOG", "info")
             // A panic in a node shows where in its log (and a caught one
@@ -81,6 +97,8 @@ impl Node {
                 self.admin_config = PathBuf::from(path);
             } else if let Some(url) = line.strip_prefix("metrics: ") {
                 self.metrics = url.to_string();
+            } else if let Some(url) = line.strip_prefix("websocket: ") {
+                self.websocket = url.to_string();
             } else if line.starts_with("try: ") {
                 break;
             }

@@ -4,6 +4,7 @@
 mod auth;
 mod authorization;
 mod blocking;
+mod gateway;
 mod harness;
 mod lifecycle;
 mod mesh;

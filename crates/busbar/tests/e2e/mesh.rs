@@ -4,7 +4,7 @@
 //! rights and bad offers.
 
 #[path = "mesh_echo.rs"]
-mod echo;
+pub mod echo;
 
 use crate::harness::{Node, assert_code, assert_error, assert_within, eventually, tls_channel};
 use busbar_client::{Client, ErrorCode, Offer, Provided, ProviderCall, Right};

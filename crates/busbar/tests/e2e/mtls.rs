@@ -351,7 +351,14 @@ async fn client_cert_settings_are_checked_at_start() {
             .arg("serve")
             .arg("--data")
             .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "off",
+                "--ws-listen",
+                "off",
+            ])
             .args(flags)
             .output()
             .unwrap();

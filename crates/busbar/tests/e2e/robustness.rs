@@ -236,7 +236,7 @@ fn bad_configuration_stops_the_server_with_a_message() {
             .arg("serve")
             .arg("--data")
             .arg(&data)
-            .args(["--metrics-listen", "off"])
+            .args(["--metrics-listen", "off", "--ws-listen", "off"])
             .args(args)
             .output()
             .unwrap()
