@@ -11,26 +11,41 @@ use tokio::sync::mpsc;
 /// Largest Arrow IPC piece per message; receivers concatenate pieces.
 pub const MAX_PIECE: usize = 1 << 20;
 
+/// Room left in a message for what carries a piece (its field's tag and
+/// length, the message around it).
+const PIECE_FRAMING: usize = 64;
+
 /// Writes one Arrow IPC stream, handing out its bytes as they are made.
-#[derive(Default)]
 pub struct IpcPieces {
     writer: Option<StreamWriter<Vec<u8>>>,
+    piece: usize,
 }
 
 fn ipc_error(e: arrow_schema::ArrowError) -> Error {
     Error::internal(format!("Arrow IPC: {e}"))
 }
 
-/// Slices of one buffer: no copy per piece.
-fn split(buffer: Vec<u8>) -> Vec<Bytes> {
+/// Slices of one buffer of at most `piece` bytes each: no copy per piece.
+fn split(buffer: Vec<u8>, piece: usize) -> Vec<Bytes> {
     let bytes = Bytes::from(buffer);
     (0..bytes.len())
-        .step_by(MAX_PIECE)
-        .map(|start| bytes.slice(start..bytes.len().min(start + MAX_PIECE)))
+        .step_by(piece)
+        .map(|start| bytes.slice(start..bytes.len().min(start + piece)))
         .collect()
 }
 
 impl IpcPieces {
+    /// Pieces that fit, with what carries them, in messages of at most
+    /// `max_message_bytes` (the node's limit), and never over [`MAX_PIECE`].
+    pub fn within(max_message_bytes: usize) -> IpcPieces {
+        IpcPieces {
+            writer: None,
+            piece: max_message_bytes
+                .saturating_sub(PIECE_FRAMING)
+                .clamp(1, MAX_PIECE),
+        }
+    }
+
     fn writer(&mut self, schema: &Schema) -> Result<&mut StreamWriter<Vec<u8>>> {
         if self.writer.is_none() {
             self.writer = Some(StreamWriter::try_new(Vec::new(), schema).map_err(ipc_error)?);
@@ -40,16 +55,18 @@ impl IpcPieces {
 
     /// The pieces of one batch (the first batch also carries the schema).
     pub fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<Bytes>> {
+        let piece = self.piece;
         let writer = self.writer(&batch.schema())?;
         writer.write(batch).map_err(ipc_error)?;
-        Ok(split(std::mem::take(writer.get_mut())))
+        Ok(split(std::mem::take(writer.get_mut()), piece))
     }
 
     /// The end of the stream; a stream without batches still carries `schema`.
     pub fn finish(&mut self, schema: &Schema) -> Result<Vec<Bytes>> {
+        let piece = self.piece;
         let writer = self.writer(schema)?;
         writer.finish().map_err(ipc_error)?;
-        Ok(split(std::mem::take(writer.get_mut())))
+        Ok(split(std::mem::take(writer.get_mut()), piece))
     }
 }
 

@@ -137,6 +137,7 @@ async fn respond(
     mut batches: mpsc::Receiver<RecordBatch>,
     json: bool,
     stop: StopOnDrop,
+    max_message_bytes: usize,
 ) -> Reply<Responses> {
     let first = batches.recv().await;
     if first.is_none() {
@@ -148,7 +149,7 @@ async fn respond(
     let (out, responses) = mpsc::channel::<Result<pb::ExecuteResponse, Status>>(BATCH_QUEUE);
     tokio::spawn(async move {
         let _stop = stop;
-        let mut pieces = IpcPieces::default();
+        let mut pieces = IpcPieces::within(max_message_bytes);
         let mut schema = None;
         let mut next = first;
         while let Some(batch) = next {
@@ -328,7 +329,14 @@ impl Sql for SqlService {
         let engine = self.node.sql.clone();
         let running =
             tokio::spawn(async move { engine.execute(on, r.sql, params, sink, budget).await });
-        respond(running, batches, json, stop).await
+        respond(
+            running,
+            batches,
+            json,
+            stop,
+            self.node.config.max_message_bytes,
+        )
+        .await
     }
 
     async fn create_procedure(
@@ -392,6 +400,13 @@ impl Sql for SqlService {
         let engine = self.node.sql.clone();
         let running =
             tokio::spawn(async move { engine.run_procedure(on, r.name, args, sink, budget).await });
-        respond(running, batches, json, stop).await
+        respond(
+            running,
+            batches,
+            json,
+            stop,
+            self.node.config.max_message_bytes,
+        )
+        .await
     }
 }

@@ -305,3 +305,23 @@ async fn a_slow_reader_does_not_hold_up_writers() {
         .unwrap();
     assert_eq!(rows[0]["n"], 1);
 }
+
+#[tokio::test]
+async fn results_larger_than_the_message_limit_arrive_in_pieces_within_it() {
+    // 64 KiB messages: a result of about 1.5 MiB goes out in many pieces,
+    // each (with what carries it) within the node's limit.
+    let node = Node::start(&["--max-message-bytes", "65536"]);
+    let admin = node.admin_with_database(DB, &[]).await;
+    let result = admin
+        .sql(
+            DB,
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 20000) \
+             SELECT x, printf('%070d', x) AS padded FROM c",
+        )
+        .await
+        .unwrap();
+    assert_eq!(result.summary.rows, 20_000);
+    let last = result.batches.last().unwrap();
+    let xs = last.column(0).as_primitive::<Int64Type>();
+    assert_eq!(xs.value(xs.len() - 1), 20_000);
+}
