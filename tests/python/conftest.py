@@ -112,12 +112,16 @@ def run_node(data_dir: Path, log_dir: Path | None = None,
     log_dir = Path(log_dir) if log_dir else data_dir.parent
     log_dir.mkdir(parents=True, exist_ok=True)
     stderr_path = log_dir / f"{data_dir.name}.stderr.log"
+    # The gateway cannot run where every client must show a certificate
+    # (browsers show none): such a node is started without it.
+    wants_certs = any(arg == "required" and args[i - 1] == "--client-certs"
+                      for i, arg in enumerate(args) if i > 0)
     cmd = [
         str(busbar_bin()), "serve",
         "--data", str(data_dir),
         "--listen", listen,
         "--metrics-listen", "127.0.0.1:0",
-        "--ws-listen", "127.0.0.1:0",
+        "--ws-listen", "off" if wants_certs else "127.0.0.1:0",
         "--grace", "0.2",
         *args,
     ]
