@@ -297,6 +297,19 @@ impl SqlService {
         ))])))
     }
 
+    /// Runs `work` on the engine with a sink for its rows, and streams them
+    /// back as the call's reply (see [`respond`]).
+    async fn rows<F, Fut>(&self, json: bool, stop: StopOnDrop, work: F) -> Reply<Responses>
+    where
+        F: FnOnce(Arc<dyn crate::sql::SqlEngine>, crate::sql::Rows) -> Fut,
+        Fut: std::future::Future<Output = Result<SqlSummary>> + Send + 'static,
+    {
+        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
+        let running = tokio::spawn(work(self.node.sql.clone(), sink));
+        let max_message_bytes = self.node.config.max_message_bytes;
+        respond(running, batches, json, stop, max_message_bytes).await
+    }
+
     /// Where a procedure change runs: it needs write on the database.
     async fn writable(&self, caller: &Caller, database: &str) -> Result<On> {
         let on = self.on(caller, database, "").await?;
@@ -325,17 +338,9 @@ impl Sql for SqlService {
         }
         let params = params(r.params, r.named)?;
         let json = r.format == pb::ResultFormat::Json as i32;
-        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
-        let engine = self.node.sql.clone();
-        let running =
-            tokio::spawn(async move { engine.execute(on, r.sql, params, sink, budget).await });
-        respond(
-            running,
-            batches,
-            json,
-            stop,
-            self.node.config.max_message_bytes,
-        )
+        self.rows(json, stop, move |engine, sink| async move {
+            engine.execute(on, r.sql, params, sink, budget).await
+        })
         .await
     }
 
@@ -396,17 +401,9 @@ impl Sql for SqlService {
             named: given.named.into_iter().collect(),
         };
         let json = r.format == pb::ResultFormat::Json as i32;
-        let (sink, batches) = mpsc::channel::<RecordBatch>(BATCH_QUEUE);
-        let engine = self.node.sql.clone();
-        let running =
-            tokio::spawn(async move { engine.run_procedure(on, r.name, args, sink, budget).await });
-        respond(
-            running,
-            batches,
-            json,
-            stop,
-            self.node.config.max_message_bytes,
-        )
+        self.rows(json, stop, move |engine, sink| async move {
+            engine.run_procedure(on, r.name, args, sink, budget).await
+        })
         .await
     }
 }
