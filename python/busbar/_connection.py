@@ -378,13 +378,18 @@ class Wire:
     def __repr__(self) -> str:
         return f"<busbar.Wire {self.path}>"
 
-    def subscribe(self, *, create: bool = False, timeout: Optional[float] = None) -> Any:
+    def subscribe(self, *, create: bool = False, resume: bool = False,
+                  timeout: Optional[float] = None) -> Any:
         """Subscribes; with ``create`` the wire is made first unless it exists
-        (for code that owns its resources)."""
+        (for code that owns its resources). With ``resume`` the subscription
+        is opened again when its connection is lost (on the next of the
+        connection's addresses, or the same node back), and its
+        ``resubscribed`` count says how often chunks may have been missed."""
         conn = self.connection
 
         def subscribed() -> Any:
-            return conn._then(conn._core.open("wire", self.path, timeout), conn._SUBSCRIPTION)
+            return conn._then(conn._core.open("wire", self.path, timeout, resume),
+                              conn._SUBSCRIPTION)
 
         if not create:
             return subscribed()

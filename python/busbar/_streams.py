@@ -296,11 +296,26 @@ async def run_async_handler(handler: Callable[..., Any], *args: Any) -> None:
         log.exception("busbar handler %r failed", handler)
 
 
-class Subscription:
-    """A wire subscription (blocking face): iterate it for byte chunks."""
+class _Subscribed:
+    """What both faces of a wire subscription share."""
 
     def __init__(self, core: Any) -> None:
         self._core = core
+
+    @property
+    def resubscribed(self) -> int:
+        """How often a resuming subscription (``subscribe(resume=True)``) was
+        opened again after a lost connection: chunks published meanwhile
+        were missed."""
+        return int(self._core.resubscribed)
+
+    def close(self) -> None:
+        """Ends the subscription; iteration stops."""
+        self._core.close()
+
+
+class Subscription(_Subscribed):
+    """A wire subscription (blocking face): iterate it for byte chunks."""
 
     def __iter__(self) -> "Subscription":
         return self
@@ -311,10 +326,6 @@ class Subscription:
             raise StopIteration
         return chunk
 
-    def close(self) -> None:
-        """Ends the subscription; iteration stops."""
-        self._core.close()
-
     def __enter__(self) -> "Subscription":
         return self
 
@@ -322,11 +333,8 @@ class Subscription:
         self.close()
 
 
-class AsyncSubscription:
+class AsyncSubscription(_Subscribed):
     """A wire subscription (asyncio face): ``async for`` byte chunks."""
-
-    def __init__(self, core: Any) -> None:
-        self._core = core
 
     def __aiter__(self) -> "AsyncSubscription":
         return self
@@ -336,10 +344,6 @@ class AsyncSubscription:
         if chunk is None:
             raise StopAsyncIteration
         return chunk
-
-    def close(self) -> None:
-        """Ends the subscription; iteration stops."""
-        self._core.close()
 
     async def __aenter__(self) -> "AsyncSubscription":
         return self

@@ -476,13 +476,14 @@ core_methods! {
 
         /// Opens a stream of the resource at `path`: joins a "room" (a
         /// `CoreMembership`) or subscribes to a "wire" (a `CoreSubscription`).
-        #[pyo3(signature = (kind, path, timeout=None))]
+        #[pyo3(signature = (kind, path, timeout=None, resume=false))]
         fn open<'py>(
             &self,
             py: Python<'py>,
             kind: &str,
             path: String,
             timeout: Option<f64>,
+            resume: bool,
         ) -> PyResult<Bound<'py, PyAny>> {
             let face = self.face;
             match kind {
@@ -500,8 +501,8 @@ core_methods! {
                     }))
                 }),
                 _ => self.run(py, timeout, Scope::Opening, move |client| async move {
-                    let chunks = Pull::new(client.subscribe(&path).await?);
-                    Ok(Opened::Wire(CoreSubscription { face, chunks }))
+                    let subscription = CoreSubscription::open(face, &client, &path, resume).await?;
+                    Ok(Opened::Wire(subscription))
                 }),
             }
         }

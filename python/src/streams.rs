@@ -184,10 +184,56 @@ impl CoreCall {
 pub(crate) struct CoreSubscription {
     pub(crate) face: Face,
     pub(crate) chunks: Arc<Pull<BoxStream<Bytes>>>,
+    /// How often a resuming subscription was opened again after a lost
+    /// connection (chunks published meanwhile were missed).
+    pub(crate) resubscribed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CoreSubscription {
+    /// A subscription's chunks: as they come, or (with `resume`) kept
+    /// across lost connections, each new start counted in `resubscribed`.
+    pub(crate) async fn open(
+        face: Face,
+        client: &busbar_client::Client,
+        path: &str,
+        resume: bool,
+    ) -> busbar_client::Result<CoreSubscription> {
+        let resubscribed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let chunks: BoxStream<Bytes> = if resume {
+            let counted = resubscribed.clone();
+            let events = client.subscribe_resuming(path).await?;
+            Box::pin(events.filter_map(move |event| {
+                let counted = counted.clone();
+                async move {
+                    match event {
+                        Ok(busbar_client::WireEvent::Chunk(chunk)) => Some(Ok(chunk)),
+                        Ok(busbar_client::WireEvent::Resubscribed) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Err(error) => Some(Err(error)),
+                    }
+                }
+            }))
+        } else {
+            client.subscribe(path).await?
+        };
+        Ok(CoreSubscription {
+            face,
+            chunks: Pull::new(chunks),
+            resubscribed,
+        })
+    }
 }
 
 #[pymethods]
 impl CoreSubscription {
+    /// How often the subscription was opened again after a lost connection.
+    #[getter]
+    fn resubscribed(&self) -> u64 {
+        self.resubscribed.load(Ordering::Relaxed)
+    }
+
     /// The next chunk (bytes) or None when the subscription ended.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let chunks = self.chunks.clone();

@@ -487,6 +487,36 @@ def test_room_rejoins_after_node_restart(face, restartable_node):
     other.close()
 
 
+def test_a_resuming_wire_subscription_outlives_a_node_restart(face, restartable_node):
+    import threading
+
+    conn = face.connect(restartable_node.node)
+    path = "/home/admin/restart-pipe"
+    subscription = face.run(conn.wire(path).subscribe(create=True, resume=True))
+    assert subscription.resubscribed == 0
+    restartable_node.kill()
+    restartable_node.start()
+    # A blocking connection publishes until the subscription, open again on
+    # the node that came back, hears it (what was sent before that is lost).
+    heard = threading.Event()
+
+    def publish() -> None:
+        with busbar.Connection.from_config(restartable_node.node.data_dir / "admin.json") as pub:
+            while not heard.wait(0.2):
+                pub.wire(path).publish([b"after the restart"])
+
+    publisher = threading.Thread(target=publish, daemon=True)
+    publisher.start()
+    try:
+        assert face.next(face.iterate(subscription)) == b"after the restart"
+    finally:
+        heard.set()
+        publisher.join(10)
+    assert subscription.resubscribed == 1, "the move is counted"
+    subscription.close()
+    conn.close()
+
+
 # --- wires ------------------------------------------------------------------
 
 def test_wire_publish_and_subscribe(face, conn, home):
