@@ -3,12 +3,13 @@
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway] [--busbar PATH] [--out DIR]
 //! ```
 
 mod cluster;
 mod ctx;
 mod fanout;
+mod gateway;
 mod mesh;
 mod peers;
 mod procs;
@@ -27,7 +28,7 @@ use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "unary",
     "mesh",
     "fanout",
@@ -38,6 +39,7 @@ const SCENARIOS: [&str; 10] = [
     "rooms",
     "scale",
     "cluster",
+    "gateway",
 ];
 
 struct Options {
@@ -47,7 +49,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -193,6 +195,7 @@ async fn run(options: Options) -> Result<()> {
             "python" => python::run(&ctx).await,
             "rooms" => rooms::run(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
+            "gateway" => gateway::run(&ctx).await,
             _ => scale::run(&ctx, fd_limit).await,
         };
         match result {

@@ -97,6 +97,8 @@ pub struct Busbar {
     pub guard: Guard,
     pub address: String,
     pub admin_config: PathBuf,
+    /// The WebSocket gateway's URL, when `extra` turned it on.
+    pub websocket: Option<String>,
 }
 
 impl Busbar {
@@ -117,14 +119,13 @@ impl Busbar {
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args([
-                "--listen",
-                listen,
-                "--metrics-listen",
-                "off",
-                "--ws-listen",
-                "off",
-            ])
+            .args(["--listen", listen, "--metrics-listen", "off"])
+            // The gateway is off unless a scenario asks for it.
+            .args(if extra.contains(&"--ws-listen") {
+                &[][..]
+            } else {
+                &["--ws-listen", "off"][..]
+            })
             .args(extra)
             .args(["--grace", "0"])
             .env(
@@ -151,17 +152,21 @@ impl Busbar {
         let lines = lines?;
         let mut address = None;
         let mut admin_config = None;
+        let mut websocket = None;
         for line in &lines {
             if let Some(rest) = line.split(" serving on ").nth(1) {
                 address = rest.split_whitespace().next().map(str::to_string);
             } else if let Some(path) = line.strip_prefix("admin config: ") {
                 admin_config = Some(PathBuf::from(path));
+            } else if let Some(url) = line.strip_prefix("websocket: ") {
+                websocket = Some(url.trim().to_string());
             }
         }
         Ok(Busbar {
             guard,
             address: address.ok_or("busbar serve printed no address")?,
             admin_config: admin_config.ok_or("busbar serve printed no admin config")?,
+            websocket,
         })
     }
 }

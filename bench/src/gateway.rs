@@ -1,0 +1,150 @@
+//! Scenario: the WebSocket gateway (issue 25's first row). One call at a
+//! time, `busbar.v1.Node/Status` with JSON, over a WebSocket (TLS, the
+//! node's CA; `docs/websocket.md` framing) against the same call by its
+//! name over gRPC with the Rust client's dynamic JSON `call`, which is what
+//! the gateway itself makes on the node's behalf. Both against one node.
+
+use crate::ctx::Ctx;
+use crate::procs::{self, Result};
+use crate::report::{Better, Row, Target};
+use crate::stats::Samples;
+use busbar_client::{ClientConfig, ConnectOptions};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+
+const METHOD: &str = "busbar.v1.Node/Status";
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn next_json(socket: &mut Socket) -> Result<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .map_err(|_| "no frame from the gateway within 10 s")?;
+        match frame {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
+            Some(Ok(Message::Close(_))) | None => {
+                return Err("the gateway closed the socket".into());
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.into()),
+        }
+    }
+}
+
+/// A logged-in socket to the gateway at `url`.
+async fn open(url: &str, config: &ClientConfig, token: &str) -> Result<Socket> {
+    let host_port = url
+        .trim_start_matches("wss://")
+        .trim_end_matches("/ws")
+        .to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    let ca = config
+        .ca_pem
+        .as_deref()
+        .ok_or("the node's config has no CA")?;
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(certificate?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&host_port).await?;
+    tcp.set_nodelay(true)?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let request = url.into_client_request()?;
+    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+    let hello = next_json(&mut socket).await?;
+    if hello["op"] != "hello" {
+        return Err(format!("the gateway began with {hello}").into());
+    }
+    let login = json!({"op": "login", "id": "l", "credential": {"kind": "token", "token": token}});
+    socket.send(Message::text(login.to_string())).await?;
+    let answer = next_json(&mut socket).await?;
+    if answer["op"] != "logged_in" {
+        return Err(format!("the gateway refused the login: {answer}").into());
+    }
+    Ok(socket)
+}
+
+/// One unary call over the socket, to its `end`.
+async fn call(socket: &mut Socket, id: u64) -> Result<()> {
+    let frame = json!({"op": "call", "id": id.to_string(), "method": METHOD, "message": {}});
+    socket.send(Message::text(frame.to_string())).await?;
+    loop {
+        let got = next_json(socket).await?;
+        match got["op"].as_str() {
+            Some("message") => continue,
+            Some("end") => return Ok(()),
+            _ => return Err(format!("the call failed: {got}").into()),
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
+    let calls = ctx.pick(2_000u64, 10_000);
+    let data = ctx.work_dir.join("gateway");
+    let node = procs::Busbar::start_with(
+        &ctx.busbar_binary,
+        &data,
+        "127.0.0.1:0",
+        &["--ws-listen", "127.0.0.1:0"],
+    )?;
+    let url = node
+        .websocket
+        .clone()
+        .ok_or("busbar serve printed no websocket URL")?;
+    let config = ClientConfig::from_file(&node.admin_config)?;
+    let admin = busbar_client::Client::from_config_file(&node.admin_config).await?;
+    let (token, _) = admin.create_token("bench-gateway", None).await?;
+    let grpc = ConnectOptions::from_config(&config)?
+        .token(token.clone())
+        .connect()
+        .await?;
+    let mut socket = open(&url, &config, &token).await?;
+
+    // Warm both paths (descriptors, connections), then take turns.
+    for n in 0..200 {
+        call(&mut socket, n).await?;
+        grpc.call(METHOD, json!({})).await?;
+    }
+    let (mut over_ws, mut over_grpc) = (Samples::default(), Samples::default());
+    for n in 0..calls {
+        let started = Instant::now();
+        call(&mut socket, 1_000 + n).await?;
+        over_ws.push(started.elapsed());
+        let started = Instant::now();
+        grpc.call(METHOD, json!({})).await?;
+        over_grpc.push(started.elapsed());
+    }
+    let note = format!(
+        "gateway: {METHOD} with JSON, one call at a time, {calls} calls each, turns alternating; WebSocket (TLS, docs/websocket.md framing) vs the Rust client's dynamic JSON call over gRPC to the same node"
+    );
+    let mut rows = Vec::new();
+    for (figure, p) in [("p50", 50.0), ("p99", 99.0)] {
+        rows.push(
+            Row::new(
+                format!("gateway unary Status over WebSocket, 1 in flight: {figure} latency"),
+                "µs",
+                Better::Lower,
+                over_ws.percentile_us(p),
+            )
+            .peer("grpc", Some(over_grpc.percentile_us(p)))
+            .target(Target::ratio_at_most("grpc", 1.5))
+            .note(note.clone()),
+        );
+    }
+    drop(node);
+    Ok(rows)
+}
