@@ -9,7 +9,7 @@ mod postgres;
 
 pub use embedded::SqliteStore;
 pub use postgres::{PostgresStore, postgres_reason};
-pub(crate) use postgres::{cached, ensure_schema};
+pub(crate) use postgres::{cached, ensure_schema, row_lock};
 
 use crate::error::Result;
 use async_trait::async_trait;

@@ -75,6 +75,11 @@ CREATE TABLE IF NOT EXISTS busbar.grants (
     rights    INTEGER NOT NULL,
     PRIMARY KEY (path, principal)
 );
+-- Locks the nodes take on each other (see `row_lock`): rows, not advisory
+-- locks, which any PostgreSQL role could take too.
+CREATE TABLE IF NOT EXISTS busbar.locks (
+    name TEXT PRIMARY KEY
+);
 -- Idempotency keys: the first outcome of each keyed write (crate::calls).
 CREATE TABLE IF NOT EXISTS busbar.calls (
     scope      TEXT NOT NULL,
@@ -171,6 +176,24 @@ pub fn postgres_reason(error: &tokio_postgres::Error) -> String {
         },
         None => format!("PostgreSQL cannot be reached: {error}"),
     }
+}
+
+/// Holds the lock `name` until the end of `tx`: a row of `busbar.locks`,
+/// which only the nodes' own user can reach. (PostgreSQL's advisory locks
+/// have no owner: user SQL on a cluster database could take the same key
+/// and hold the nodes up.)
+pub(crate) async fn row_lock(tx: &deadpool_postgres::Transaction<'_>, name: &str) -> Result<()> {
+    tx.execute(
+        &cached(
+            tx,
+            "INSERT INTO busbar.locks (name) VALUES ($1) \
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name",
+        )
+        .await?,
+        &[&name],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs `ddl` (statements that make tables when missing) in one

@@ -4,7 +4,8 @@
 //! writes have been lost in independent crash tests; a push here is
 //! acknowledged once PostgreSQL committed it. Pops on several nodes at once
 //! take different messages (`FOR UPDATE SKIP LOCKED`), and the pushes to one
-//! queue are serialized (an advisory lock) so its limits hold cluster-wide.
+//! queue are serialized (a row lock of `busbar.locks`, which user SQL cannot
+//! reach) so its limits hold cluster-wide.
 
 use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::Result;
@@ -32,6 +33,12 @@ CREATE TABLE IF NOT EXISTS busbar.transport_messages (
 );
 CREATE INDEX IF NOT EXISTS transport_messages_queue ON busbar.transport_messages (session, topic, id);
 ";
+
+/// The name of the lock a queue's pushes take (see `store::row_lock`); with
+/// an empty topic, the prefix of every queue of `session`.
+fn queue_lock(session: &str, topic: &str) -> String {
+    format!("transport/{session}/{topic}")
+}
 
 /// The oldest message of a queue that no live lease hides.
 const OLDEST_VISIBLE: &str = "SELECT id, topic, payload, metadata, pushed_ms \
@@ -133,15 +140,7 @@ impl QueueEngine for PostgresQueues {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // One pusher per queue at a time, on whichever node.
-        tx.execute(
-            &cached(
-                &tx,
-                "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))",
-            )
-            .await?,
-            &[&session, &topic],
-        )
-        .await?;
+        crate::store::row_lock(&tx, &queue_lock(session, topic)).await?;
         let row = tx
             .query_one(
                 &cached(
@@ -289,6 +288,11 @@ impl QueueEngine for PostgresQueues {
             )
             .await?,
             &[&session],
+        )
+        .await?;
+        tx.execute(
+            &cached(&tx, "DELETE FROM busbar.locks WHERE starts_with(name, $1)").await?,
+            &[&queue_lock(session, "")],
         )
         .await?;
         tx.commit().await?;

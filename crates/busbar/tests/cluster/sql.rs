@@ -275,6 +275,9 @@ async fn user_sql_on_postgresql_reaches_only_its_own_schema() {
         // The node's metadata and secrets.
         "SELECT * FROM busbar.secrets".to_string(),
         "SELECT * FROM busbar.identities".to_string(),
+        // The nodes' locks (row locks, not advisory ones any role could hold).
+        "LOCK TABLE busbar.locks".to_string(),
+        "SELECT * FROM busbar.locks FOR UPDATE".to_string(),
         // Another identity's database.
         format!("SELECT * FROM db_{}.pay", theirs.to_lowercase()),
         // The server's files and programs.

@@ -29,8 +29,8 @@ CREATE TABLE IF NOT EXISTS busbar.mesh_providers (
 ";
 
 /// Held (per transaction) while an offer is checked against every node's
-/// providers and recorded ("busbarm" in ASCII; the schema's lock is "busbar").
-const OFFER_LOCK: i64 = 0x0062_7573_6261_726d;
+/// providers and recorded (a row of `busbar.locks`: `store::row_lock`).
+const OFFER_LOCK: &str = "mesh/offers";
 
 /// Rows not seen for this long are deleted by whichever node reports next.
 const FORGOTTEN_AFTER_MS: i64 = 60_000;
@@ -98,11 +98,7 @@ impl Directory {
     ) -> Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(
-            &cached(&tx, "SELECT pg_advisory_xact_lock($1)").await?,
-            &[&OFFER_LOCK],
-        )
-        .await?;
+        crate::store::row_lock(&tx, OFFER_LOCK).await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM busbar.mesh_providers WHERE seen_ms >= $1 AND node_id <> $2"
         );
