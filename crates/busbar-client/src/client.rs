@@ -953,14 +953,17 @@ impl Client {
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        if self.data_session.is_some() {
-            return call(self.clone()).await;
-        }
+        let honoured = self.inner.keys_honoured.load(Ordering::Relaxed);
         let given = self.metadata.as_deref().is_some_and(|pairs| {
             pairs
                 .iter()
                 .any(|(key, _)| key == busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY)
         });
+        // A node that keeps no keys (an embedded one) gets none made for it,
+        // and a session's calls are never sent twice.
+        if self.data_session.is_some() || !(honoured || given) {
+            return call(self.clone()).await;
+        }
         let keyed = if given {
             self.clone()
         } else {
@@ -973,7 +976,7 @@ impl Client {
                 Err(error) => error.may_retry_keyed(),
                 Ok(_) => false,
             };
-            if !again || tries >= KEYED_TRIES || !self.inner.keys_honoured.load(Ordering::Relaxed) {
+            if !again || tries >= KEYED_TRIES || !honoured {
                 return result;
             }
             tokio::time::sleep(crate::rooms::jittered(backoff)).await;

@@ -33,6 +33,25 @@ pub struct CallKey {
 }
 
 impl CallKey {
+    /// The key a call of `method` carries, on a node that keeps keys (a
+    /// cluster's); an embedded node spends nothing on them.
+    pub fn of<M: prost::Message>(
+        node: &crate::node::Node,
+        request: &tonic::Request<M>,
+        caller: &crate::auth::access::Caller,
+        method: &str,
+    ) -> Result<Option<CallKey>> {
+        if node.config.store.is_none() {
+            return Ok(None);
+        }
+        CallKey::from_metadata(
+            request.metadata(),
+            &caller.identity_id,
+            method,
+            &request.get_ref().encode_to_vec(),
+        )
+    }
+
     /// The key a request carries, if any: checked (1 to 128 characters of
     /// letters, digits, `-` and `_`) and scoped to `identity`; `request`
     /// is what the call asks (method and message), digested.
@@ -82,7 +101,7 @@ impl Replay for u64 {
 }
 
 /// The outcome kept in place of one too large to keep.
-const TOO_LARGE: &[u8] = b"busbar: outcome too large to keep";
+pub const TOO_LARGE: &[u8] = b"busbar: outcome too large to keep";
 
 /// Records `key` with `outcome` in the transaction open on `client`, if
 /// that transaction wrote anything (a call that only read needs no key).

@@ -211,26 +211,6 @@ fn params(
     })
 }
 
-/// The idempotency key a call of `Sql/<method>` carries, if any, on a node
-/// that keeps keys (a cluster's: `crate::calls`); an embedded node spends
-/// nothing on them.
-fn call_key<M: prost::Message>(
-    node: &Node,
-    request: &Request<M>,
-    caller: &Caller,
-    method: &str,
-) -> Result<Option<crate::calls::CallKey>> {
-    if node.config.store.is_none() {
-        return Ok(None);
-    }
-    crate::calls::CallKey::from_metadata(
-        request.metadata(),
-        &caller.identity_id,
-        method,
-        &request.get_ref().encode_to_vec(),
-    )
-}
-
 fn procedure_pb(p: Procedure) -> pb::Procedure {
     pb::Procedure {
         name: p.name,
@@ -329,7 +309,7 @@ impl Sql for SqlService {
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
-        let key = call_key(&self.node, &request, &caller, "Execute")?;
+        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "Execute")?;
         let r = request.into_inner();
         let mut on = self.on(&caller, &r.database, &r.session).await?;
         on.key = key;
@@ -391,7 +371,7 @@ impl Sql for SqlService {
     async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
         let caller = caller(&request)?;
         let (budget, stop) = self.node.sql_budget(request.metadata());
-        let key = call_key(&self.node, &request, &caller, "RunProcedure")?;
+        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "RunProcedure")?;
         let r = request.into_inner();
         let mut on = self.on(&caller, &r.database, &r.session).await?;
         on.key = key;

@@ -173,16 +173,7 @@ impl Transport for TransportService {
             .await?;
         check_metadata(&request.get_ref().metadata)?;
         let until = Instant::now() + wait_for(&request, MAX_PUSH_WAIT, MAX_PUSH_WAIT);
-        // Kept by cluster nodes only (crate::calls).
-        let key = match &self.node.config.store {
-            Some(_) => crate::calls::CallKey::from_metadata(
-                request.metadata(),
-                &caller.identity_id,
-                "Push",
-                &prost::Message::encode_to_vec(request.get_ref()),
-            )?,
-            None => None,
-        };
+        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "Push")?;
         let r = request.into_inner();
         let waiter = self.node.transport_waiters.of(&session.id, &r.topic);
         let message = NewMessage {

@@ -38,6 +38,22 @@ impl Cluster {
         Cluster { nodes, pg, nats }
     }
 
+    /// A plain gRPC channel to node `n` (TLS, the cluster's CA), for stock
+    /// clients, and the admin's user and password to log them in.
+    async fn channel_to(&self, n: usize) -> (tonic::transport::Channel, String, String) {
+        let admin = self.nodes[0].admin_json();
+        let ca = admin["ca_pem"]
+            .as_str()
+            .expect("the cluster's CA in admin.json");
+        let address = format!("https://{}", self.nodes[n].host_port());
+        let credential = &admin["credential"];
+        (
+            harness::tls_channel(ca, address).await,
+            credential["user"].as_str().unwrap().to_string(),
+            credential["password"].as_str().unwrap().to_string(),
+        )
+    }
+
     /// The admin, logged in on node `n` with the first node's credential.
     async fn admin_on(&self, n: usize) -> Client {
         let credential = self.nodes[0].admin_json()["credential"].clone();
@@ -445,25 +461,7 @@ async fn the_engines_are_reached_over_tls_and_credentials_are_never_printed() {
 
     // Without TLS both engines turn the node away, and it says which.
     let refused = |store: String, bus: String| {
-        let dir = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new(harness::BUSBAR)
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.path())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--ws-listen",
-                "off",
-            ])
-            .args(["--store", &store, "--bus", &bus])
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "the node must not start");
-        let said = String::from_utf8_lossy(&output.stderr).to_string()
-            + &String::from_utf8_lossy(&output.stdout);
+        let said = harness::serve_refused(&["--store", &store, "--bus", &bus]);
         assert!(
             !said.contains("s3cret-pw"),
             "the password was printed: {said}"

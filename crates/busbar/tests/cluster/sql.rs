@@ -493,20 +493,11 @@ async fn flight_sql_reaches_a_cluster_database_through_either_node() {
     a.sql(DB, "CREATE TABLE t (id bigint PRIMARY KEY, name text)")
         .await
         .unwrap();
-    let admin = cluster.nodes[0].admin_json();
-    let ca = admin["ca_pem"].as_str().expect("the cluster's CA");
-    let credential = &admin["credential"];
-    let (user, password) = (
-        credential["user"].as_str().unwrap(),
-        credential["password"].as_str().unwrap(),
-    );
     for n in 0..2 {
         // A stock Flight SQL client (arrow-flight's), as ADBC drives it.
-        let channel =
-            crate::harness::tls_channel(ca, format!("https://{}", cluster.nodes[n].host_port()))
-                .await;
+        let (channel, user, password) = cluster.channel_to(n).await;
         let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
-        client.handshake(user, password).await.unwrap();
+        client.handshake(&user, &password).await.unwrap();
         client.set_header("x-busbar-database", DB);
         let inserted = client
             .execute_update(

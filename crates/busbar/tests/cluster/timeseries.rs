@@ -7,7 +7,7 @@
 mod checks;
 
 use crate::Cluster;
-use crate::harness::{assert_error, points_in, tls_channel};
+use crate::harness::{assert_error, points_in};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use busbar_client::{Client, ErrorCode, Interval, Resolution, SeriesSpec, flags, points};
 use checks::{
@@ -274,17 +274,9 @@ async fn timeseries_bad_writes_are_refused_and_change_nothing() {
 /// A stock Arrow Flight client on node `n`, logged in as the admin.
 async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
     use prost::Message;
-    let admin = cluster.nodes[0].admin_json();
-    let ca = admin["ca_pem"]
-        .as_str()
-        .expect("the cluster's CA in admin.json");
-    let channel = tls_channel(ca, format!("https://{}", cluster.nodes[n].host_port())).await;
+    let (channel, username, password) = cluster.channel_to(n).await;
     let mut client = arrow_flight::FlightClient::new(channel);
-    let credential = &admin["credential"];
-    let basic = arrow_flight::BasicAuth {
-        username: credential["user"].as_str().unwrap().into(),
-        password: credential["password"].as_str().unwrap().into(),
-    };
+    let basic = arrow_flight::BasicAuth { username, password };
     let token = client.handshake(basic.encode_to_vec()).await.unwrap();
     let bearer = format!("Bearer {}", String::from_utf8(token.to_vec()).unwrap());
     client.add_header("authorization", &bearer).unwrap();

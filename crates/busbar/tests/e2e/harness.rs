@@ -282,6 +282,26 @@ impl Drop for Node {
 
 /// Runs `command` (made from `args`), which must succeed; its stdout.
 #[track_caller]
+/// Runs `busbar serve` with `flags` on a fresh data directory (loopback,
+/// no metrics, no gateway), which must refuse to start; what it printed.
+pub fn serve_refused(flags: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BUSBAR)
+        .arg("serve")
+        .arg("--data")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--ws-listen", "off"])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "busbar serve {flags:?} must not start"
+    );
+    String::from_utf8_lossy(&output.stderr).to_string() + &String::from_utf8_lossy(&output.stdout)
+}
+
 pub fn succeeded(args: &[&str], mut command: Command) -> String {
     let output = command.output().expect("the CLI runs");
     assert!(

@@ -346,25 +346,8 @@ async fn client_cert_settings_are_checked_at_start() {
             "needs TLS",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let output = std::process::Command::new(crate::harness::BUSBAR)
-            .arg("serve")
-            .arg("--data")
-            .arg(dir.path())
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--ws-listen",
-                "off",
-            ])
-            .args(flags)
-            .output()
-            .unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+        let said = crate::harness::serve_refused(flags);
+        assert!(said.contains(says), "{flags:?}: {said}");
     }
     // A plaintext node has no CA to issue from.
     let (_node, admin) = Node::start_with_admin(&["--insecure"]).await;

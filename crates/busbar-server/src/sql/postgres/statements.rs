@@ -261,7 +261,7 @@ impl Replay for Kept {
                 });
             if written.is_err() {
                 // Kept as too large: a retry learns the call was applied.
-                return vec![0; crate::calls::MAX_OUTCOME_BYTES + 1];
+                return crate::calls::TOO_LARGE.to_vec();
             }
         }
         out
