@@ -221,13 +221,7 @@ async fn serve_peer(args: PeerArgs) -> Result<()> {
         nats.flush().await?;
         println!("nats ready");
     }
-    println!("ready");
-    tokio::task::spawn_blocking(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    })
-    .await?;
-    Ok(())
+    crate::peers::serve_until_stdin_closes().await
 }
 
 /// A tonic channel with TLS trusting `ca_pem` for `domain`.

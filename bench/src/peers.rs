@@ -199,9 +199,13 @@ async fn serve(args: PeerArgs) -> Result<()> {
             Err(error) => eprintln!("peer-server: NATS responder not started: {error}"),
         }
     }
-    println!("ready");
+    serve_until_stdin_closes().await
+}
 
-    // Serve until the parent closes our stdin (or dies).
+/// Says `ready` to the parent, then serves until it closes our stdin (or
+/// dies): how every helper process of the bench ends.
+pub async fn serve_until_stdin_closes() -> Result<()> {
+    println!("ready");
     tokio::task::spawn_blocking(|| {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);

@@ -103,15 +103,29 @@ class _Handlers:
         return list(self._handlers["end"])
 
 
-class Call(_Handlers):
+class _CallEnds(_Handlers):
+    """What both faces' streaming calls do the same: end the request side,
+    cancel the whole call (neither waits)."""
+
+    def __init__(self, core: Any) -> None:
+        super().__init__()
+        self._core = core
+
+    def end(self) -> None:
+        self._core.end()
+
+    def cancel(self) -> None:
+        self._core.cancel()
+
+
+class Call(_CallEnds):
     """A streaming call (blocking face): iterate it for responses, or attach
     ``.on("data" | "error" | "end")`` handlers, which run on a thread of
     their own. ``send`` more requests, ``end()`` the request side,
     ``cancel()`` the whole call."""
 
     def __init__(self, core: Any) -> None:
-        super().__init__()
-        self._core = core
+        super().__init__(core)
         # Reentrant: a handler may attach another. Held messages are replayed
         # under it, so the pump's next message waits for the replay.
         self._lock = threading.RLock()
@@ -119,12 +133,6 @@ class Call(_Handlers):
 
     def send(self, message: Dict[str, Any]) -> None:
         self._core.send(message)
-
-    def end(self) -> None:
-        self._core.end()
-
-    def cancel(self) -> None:
-        self._core.cancel()
 
     def __iter__(self) -> "Call":
         self._claim("iterate")
@@ -193,13 +201,12 @@ class Call(_Handlers):
         self._raise_unhandled()
 
 
-class AsyncCall(_Handlers):
+class AsyncCall(_CallEnds):
     """A streaming call (asyncio face): ``async for`` over it, or attach
     ``.on(...)`` handlers (plain or ``async def``), run by a task."""
 
     def __init__(self, core: Any) -> None:
-        super().__init__()
-        self._core = core
+        super().__init__(core)
         self._task: Optional["asyncio.Task[None]"] = None
         self._replay: Optional["asyncio.Task[None]"] = None
         # Made by an awaited conn.stream(): handlers run on that loop.
@@ -207,12 +214,6 @@ class AsyncCall(_Handlers):
 
     async def send(self, message: Dict[str, Any]) -> None:
         await self._core.send(message)
-
-    def end(self) -> None:
-        self._core.end()
-
-    def cancel(self) -> None:
-        self._core.cancel()
 
     def __aiter__(self) -> "AsyncCall":
         self._claim("iterate")

@@ -89,12 +89,19 @@ pub(crate) enum Face {
     Asyncio,
 }
 
+/// The work behind a Python call: a future a runtime thread can take.
+pub(crate) trait Work<T>: Future<Output = Result<T, Error>> + Send + 'static {}
+impl<T, F: Future<Output = Result<T, Error>> + Send + 'static> Work<T> for F {}
+
+/// What that work gives back: a value Python gets.
+pub(crate) trait Value: ToPython + Send + 'static {}
+impl<T: ToPython + Send + 'static> Value for T {}
+
+/// A Python call's answer: its result (blocking face) or an awaitable.
+pub(crate) type Answer<'py> = PyResult<Bound<'py, PyAny>>;
+
 /// Runs `work` for `face`: the result itself (blocking) or an awaitable.
-pub(crate) fn finish<'py, T, F>(py: Python<'py>, face: Face, work: F) -> PyResult<Bound<'py, PyAny>>
-where
-    T: ToPython + Send + 'static,
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
+pub(crate) fn finish<T: Value>(py: Python<'_>, face: Face, work: impl Work<T>) -> Answer<'_> {
     finish_from(py, face, work, Start::OnRuntime)
 }
 
@@ -102,29 +109,14 @@ where
 /// caller never spins, since the wait ends when the far end catches up and
 /// spinning would take a CPU from it (a publisher faster than its
 /// subscribers spun the whole time and slowed their delivery).
-pub(crate) fn finish_send<'py, F>(
-    py: Python<'py>,
-    face: Face,
-    work: F,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    F: Future<Output = Result<(), Error>> + Send + 'static,
-{
+pub(crate) fn finish_send(py: Python<'_>, face: Face, work: impl Work<()>) -> Answer<'_> {
     finish_from(py, face, work, Start::Queued)
 }
 
 /// `finish` for reading a stream's next item, which is often buffered
 /// already: the asyncio face then returns it without handing the read to a
 /// runtime thread and back (the blocking face always looks first).
-pub(crate) fn finish_read<'py, T, F>(
-    py: Python<'py>,
-    face: Face,
-    work: F,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: ToPython + Send + 'static,
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
+pub(crate) fn finish_read<T: Value>(py: Python<'_>, face: Face, work: impl Work<T>) -> Answer<'_> {
     finish_from(py, face, work, Start::HereFirst)
 }
 
@@ -145,16 +137,12 @@ enum Start {
     Queued,
 }
 
-fn finish_from<'py, T, F>(
+fn finish_from<'py, T: Value>(
     py: Python<'py>,
     face: Face,
-    work: F,
+    work: impl Work<T>,
     start: Start,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: ToPython + Send + 'static,
-    F: Future<Output = Result<T, Error>> + Send + 'static,
-{
+) -> Answer<'py> {
     match face {
         Face::Blocking => {
             let outcome = py.detach(|| {

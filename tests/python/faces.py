@@ -76,6 +76,15 @@ class Face:
         else:
             time.sleep(seconds)
 
+    def database(self, conn: Any, path: str, *statements: str) -> Any:
+        """Creates the database `path`, runs `statements` in it and returns
+        its handle: the setup of most SQL tests."""
+        self.run(conn.create(path, "database"))
+        db = conn.sql(path)
+        for statement in statements:
+            self.run(db.execute(statement))
+        return db
+
     def wait_until(self, condition: Callable[[], bool], timeout: float = 15.0,
                    what: str = "condition") -> None:
         deadline = time.monotonic() + timeout

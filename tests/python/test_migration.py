@@ -128,10 +128,7 @@ def test_creating_can_be_idempotent(face, conn, home, busbar_node):
 def test_numpy_scalars_and_dates_are_sql_parameters(face, conn, home):
     import numpy as np
 
-    path = f"{home}/db"
-    face.run(conn.create(path, "database"))
-    db = conn.sql(path)
-    face.run(db.execute("CREATE TABLE t (b, i, f, s, d, ts, absent)"))
+    db = face.database(conn, f"{home}/db", "CREATE TABLE t (b, i, f, s, d, ts, absent)")
     face.run(db.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)",
                         [np.bool_(True), np.int64(7), np.float32(1.5), np.str_("x"),
                          dt.date(2026, 3, 29), np.datetime64("2026-03-29T01:00"),
@@ -146,9 +143,7 @@ def test_numpy_scalars_and_dates_are_sql_parameters(face, conn, home):
 
 def test_executemany_is_one_round_trip_and_one_transaction(face, conn, home):
     path = f"{home}/many"
-    face.run(conn.create(path, "database"))
-    db = conn.sql(path)
-    face.run(db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)"))
+    db = face.database(conn, path, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
     summary = face.run(db.executemany("INSERT INTO t VALUES (?, ?)",
                                       [(i, f"v{i}") for i in range(2000)]))
     assert int(summary["rows_affected"]) == 2000

@@ -666,10 +666,8 @@ def test_calls_work_with_spinning_off_and_on(face, conn):
 
 def test_sql_to_pyarrow(face, conn, home):
     path = f"{home}/shop"
-    face.run(conn.create(path, "database"))
-    db = conn.sql(path)
-    face.run(db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, "
-                        "data BLOB, added TIMESTAMP, ok BOOLEAN)"))
+    db = face.database(conn, path, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, "
+                       "price REAL, data BLOB, added TIMESTAMP, ok BOOLEAN)")
     naive = dt.datetime(2026, 1, 2, 3, 4, 5, 6000)
     aware = dt.datetime(2026, 1, 2, 5, 4, 5, 6000, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     inserted = face.run(db.execute(

@@ -26,13 +26,11 @@ from test_sdk import home  # noqa: F401  (shared fixtures; face and conn are in 
 
 
 def bank(face, conn, home):
-    path = f"{home}/bank"
-    face.run(conn.create(path, "database"))
-    db = conn.sql(path)
-    face.run(db.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY, "
-                        "balance INTEGER NOT NULL CHECK (balance >= 0))"))
-    face.run(db.execute("INSERT INTO accounts VALUES ('alice', 100), ('bob', 0)"))
-    return db
+    return face.database(
+        conn, f"{home}/bank",
+        "CREATE TABLE accounts (name TEXT PRIMARY KEY, "
+        "balance INTEGER NOT NULL CHECK (balance >= 0))",
+        "INSERT INTO accounts VALUES ('alice', 100), ('bob', 0)")
 
 
 def balances(face, db):

@@ -8,7 +8,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::bus::{Bus, BusMessage, Overflow, SubscribeOptions};
 use crate::error::{Error, Result};
 use crate::resources::paths;
-use crate::store::{LowerName, ResourceRecord, Right, Store};
+use crate::store::{LowerName, ResourceKind, ResourceRecord, Right, Store};
 use bytes::Bytes;
 /// The caches hash on every call (a session token, paths): foldhash, seeded
 /// per map, is several times faster than the default SipHash on such keys,
@@ -366,5 +366,25 @@ impl AccessControl {
         self.resource(path)
             .await?
             .ok_or_else(|| Error::not_found(format!("{path} does not exist")))
+    }
+
+    /// [`require_resource`](Self::require_resource), for a resource that
+    /// must be a `kind`: FAILED_PRECONDITION says what it is instead.
+    pub async fn require_kind(
+        &self,
+        caller: &Caller,
+        path: &str,
+        needed: Right,
+        kind: ResourceKind,
+    ) -> Result<Arc<ResourceRecord>> {
+        let record = self.require_resource(caller, path, needed).await?;
+        if record.kind != kind {
+            return Err(Error::failed_precondition(format!(
+                "{path} is a {}, not a {}",
+                record.kind.name(),
+                crate::store::noun(kind)
+            )));
+        }
+        Ok(record)
     }
 }

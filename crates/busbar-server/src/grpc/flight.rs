@@ -58,6 +58,19 @@ impl BusbarFlight {
     }
 }
 
+/// Whether a Flight SQL command asks about the catalog (answered the same
+/// way by GetFlightInfo and DoGet).
+fn is_catalog(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+            | Command::CommandGetTableTypes(_)
+            | Command::CommandGetSqlInfo(_)
+    )
+}
+
 /// The Flight SQL command in `bytes`, if they hold one (an `Any` whose type
 /// is in the Flight SQL package); `None` for anything else.
 fn sql_command(bytes: &[u8]) -> Result<Option<Command>> {
@@ -260,11 +273,7 @@ impl FlightService for BusbarFlight {
             Command::CommandPreparedStatementQuery(query) => {
                 sql.prepared_query_info(query, request).await?
             }
-            Command::CommandGetCatalogs(_)
-            | Command::CommandGetDbSchemas(_)
-            | Command::CommandGetTables(_)
-            | Command::CommandGetTableTypes(_)
-            | Command::CommandGetSqlInfo(_) => sql.catalog_info(command, request).await?,
+            catalog if is_catalog(&catalog) => sql.catalog_info(catalog, request).await?,
             other => return Err(unsupported(&other).into()),
         };
         Ok(Response::new(info))
@@ -302,11 +311,7 @@ impl FlightService for BusbarFlight {
         let sql = &self.sql;
         let stream = match command {
             Command::TicketStatementQuery(ticket) => sql.run_ticket(ticket, request).await?,
-            Command::CommandGetCatalogs(_)
-            | Command::CommandGetDbSchemas(_)
-            | Command::CommandGetTables(_)
-            | Command::CommandGetTableTypes(_)
-            | Command::CommandGetSqlInfo(_) => sql.catalog_data(command, request).await?,
+            catalog if is_catalog(&catalog) => sql.catalog_data(catalog, request).await?,
             other => return Err(unsupported(&other).into()),
         };
         Ok(Response::new(stream))

@@ -51,6 +51,11 @@ fn open_to_anyone(path: &str) -> bool {
 #[derive(Clone)]
 pub(crate) struct TraceId(pub String);
 
+/// When the call's headers arrived: its `grpc-timeout` counts from about
+/// then, while a handler starts only once the request's body is in.
+#[derive(Clone, Copy)]
+pub(crate) struct Arrived(pub std::time::Instant);
+
 /// Marks a response to a method the node does not serve, so the call
 /// metrics count it under one label instead of the name the caller chose.
 #[derive(Clone, Copy)]
@@ -205,9 +210,9 @@ where
         // message, so lines a handler logs without the span (a storage
         // failure) still meet their trace id there.
         let span = tracing::debug_span!("call", method = %method, trace_id = %trace_id);
-        request
-            .extensions_mut()
-            .insert(TraceId(trace_id.to_string()));
+        let extensions = request.extensions_mut();
+        extensions.insert(TraceId(trace_id.to_string()));
+        extensions.insert(Arrived(std::time::Instant::now()));
         Box::pin(
             async move {
                 let mut response = match layer.authenticate(&mut request).await {

@@ -231,6 +231,32 @@ struct Live {
     remote: HashMap<String, Arc<RemoteProvider>>,
 }
 
+impl Live {
+    /// Adds `provider` to the live service `shape` describes, making the
+    /// service live if it was not.
+    fn offer(&mut self, shape: ServiceShape, provider: Target) {
+        let service = (self.services.entry(shape.name.clone())).or_insert_with(|| LiveService {
+            shape: Arc::new(shape),
+            providers: Vec::new(),
+            turn: 0,
+        });
+        service.providers.push(provider);
+    }
+
+    /// Takes the provider `this` picks out of each of `services`; a service
+    /// left with none is no longer live.
+    fn withdraw(&mut self, services: &[String], this: impl Fn(&Target) -> bool) {
+        for name in services {
+            if let Some(service) = self.services.get_mut(name) {
+                service.providers.retain(|p| !this(p));
+                if service.providers.is_empty() {
+                    self.services.remove(name);
+                }
+            }
+        }
+    }
+}
+
 /// The node's mesh registry.
 pub(crate) struct Registry {
     live: Mutex<Live>,
@@ -295,15 +321,7 @@ impl Registry {
             files.add(&offered.files)?;
         }
         for shape in offered.shapes {
-            let entry = live
-                .services
-                .entry(shape.name.clone())
-                .or_insert_with(|| LiveService {
-                    shape: Arc::new(shape),
-                    providers: Vec::new(),
-                    turn: 0,
-                });
-            entry.providers.push(Target::Local(provider.clone()));
+            live.offer(shape, Target::Local(provider.clone()));
         }
         live.local.insert(provider.id.clone(), provider);
         Ok(())
@@ -312,16 +330,8 @@ impl Registry {
     /// Removes a provider whose stream ended; its calls fail.
     pub fn remove(&self, provider: &Provider, file_names: &[String]) {
         let mut live = self.live();
-        for name in &provider.services {
-            if let Some(service) = live.services.get_mut(name) {
-                service
-                    .providers
-                    .retain(|p| !matches!(p, Target::Local(p) if p.id == provider.id));
-                if service.providers.is_empty() {
-                    live.services.remove(name);
-                }
-            }
-        }
+        let this = |p: &Target| matches!(p, Target::Local(p) if p.id == provider.id);
+        live.withdraw(&provider.services, this);
         live.local.remove(&provider.id);
         self.files
             .write()
@@ -488,16 +498,8 @@ impl Registry {
         for provider in gone {
             live.remote.remove(&provider.id);
             provider.gone.store(true, Ordering::Relaxed);
-            for name in &provider.services {
-                if let Some(service) = live.services.get_mut(name) {
-                    service
-                        .providers
-                        .retain(|p| !matches!(p, Target::Remote(p) if p.id == provider.id));
-                    if service.providers.is_empty() {
-                        live.services.remove(name);
-                    }
-                }
-            }
+            let this = |p: &Target| matches!(p, Target::Remote(p) if p.id == provider.id);
+            live.withdraw(&provider.services, this);
             self.files
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -542,15 +544,7 @@ impl Registry {
                 gone: AtomicBool::new(false),
             });
             for shape in offered.shapes {
-                let entry =
-                    live.services
-                        .entry(shape.name.clone())
-                        .or_insert_with(|| LiveService {
-                            shape: Arc::new(shape),
-                            providers: Vec::new(),
-                            turn: 0,
-                        });
-                entry.providers.push(Target::Remote(provider.clone()));
+                live.offer(shape, Target::Remote(provider.clone()));
             }
             live.remote.insert(provider.id.clone(), provider);
         }

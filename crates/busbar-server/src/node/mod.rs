@@ -237,6 +237,14 @@ pub fn caller_and_message<T>(request: tonic::Request<T>) -> Result<(Caller, T), 
     Ok((caller, request.into_inner()))
 }
 
+/// The time a call has left now: its `grpc-timeout` less the time since
+/// its headers arrived (the body of a large request takes a while).
+pub fn time_left<T>(request: &tonic::Request<T>) -> Option<std::time::Duration> {
+    let timeout = call_timeout(request.metadata())?;
+    let arrived = request.extensions().get::<crate::grpc::layer::Arrived>();
+    Some(timeout.saturating_sub(arrived.map_or(Default::default(), |a| a.0.elapsed())))
+}
+
 /// The time a call has left, from its `grpc-timeout` header (1 to 8 digits
 /// and a unit: H, M, S, m, u or n); `None` when it has none or a bad one
 /// (tonic refuses a bad one before a service sees the call).

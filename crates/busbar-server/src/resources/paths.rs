@@ -182,11 +182,6 @@ mod tests {
             ("/a/../b", "'..'"),
             ("/a/./b", "'.'"),
             ("/a/\u{7}", "control character"),
-        ] {
-            let err = normalize(bad).unwrap_err();
-            assert!(err.message.contains(why), "{bad:?}: {}", err.message);
-        }
-        for (bad, why) in [
             ("/a/b\u{200B}", "invisible"),
             ("/a/\u{202E}cod.exe", "invisible"),
             ("/a/\u{FEFF}b", "invisible"),

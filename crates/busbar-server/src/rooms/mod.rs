@@ -10,7 +10,7 @@ use crate::grpc::zero_copy::OneMethod;
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
 use crate::resources::subject;
-use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
+use crate::store::{ResourceKind, Right};
 use busbar_proto::v1::{
     self as pb, room_event::Kind, rooms_server::Rooms, rooms_server::RoomsServer,
 };
@@ -77,18 +77,6 @@ pub struct RoomsService {
 }
 
 const MAX_EVENT_NAME_BYTES: usize = 255;
-
-fn check_room(record: Arc<ResourceRecord>) -> Result<Arc<ResourceRecord>> {
-    if record.kind == ResourceKind::Room {
-        Ok(record)
-    } else {
-        Err(Error::failed_precondition(format!(
-            "{} is a {}, not a room",
-            record.path,
-            record.kind.name()
-        )))
-    }
-}
 
 /// Room events as encoded `RoomEvent` messages: what the bus carries is sent
 /// to each member as is, with no decoding or re-encoding per member.
@@ -181,12 +169,10 @@ impl RoomsService {
     ) -> Result<EncodedEvents, Status> {
         let caller = caller(request)?;
         let path = self.node.path(&request.get_ref().path).await?;
-        let room = check_room(
-            self.node
-                .access
-                .require_resource(&caller, &path, Right::Read)
-                .await?,
-        )?;
+        let access = &self.node.access;
+        let room = access
+            .require_kind(&caller, &path, Right::Read, ResourceKind::Room)
+            .await?;
         let member_id = uuid::Uuid::new_v4().to_string();
         let subscription = self
             .node
@@ -277,12 +263,12 @@ impl RoomsService {
         };
         check_emit_fields(&r)?;
         if let Some(path) = path {
-            let room = check_room(
-                self.node
-                    .access
-                    .require_resource(caller, &path, Right::Write)
-                    .await?,
-            )?;
+            let kind = ResourceKind::Room;
+            let room = self
+                .node
+                .access
+                .require_kind(caller, &path, Right::Write, kind)
+                .await?;
             let fixed = pb::RoomEvent {
                 kind: Kind::Emit as i32,
                 room: room.id.clone(),

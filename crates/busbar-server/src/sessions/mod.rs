@@ -44,38 +44,19 @@ pub struct Work {
 }
 
 impl Work {
-    fn begin<'w>(
-        map: &'w mut HashMap<String, Box<dyn Transaction>>,
+    /// The session's transaction on `id`, begun with `begin` on first use
+    /// (for backends that begin transactions synchronously, under the lock).
+    pub fn begun(
+        &mut self,
+        part: Part,
         id: &str,
         begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
-    ) -> Result<&'w mut dyn Transaction> {
-        if !map.contains_key(id) {
-            map.insert(id.to_string(), begin()?);
+    ) -> Result<&mut dyn Transaction> {
+        let held = self.part(part);
+        if !held.contains_key(id) {
+            held.insert(id.to_string(), begin()?);
         }
-        Ok(map.get_mut(id).expect("inserted above").as_mut())
-    }
-
-    /// The session's transaction on a database, begun with `begin` on first use.
-    pub fn database(
-        &mut self,
-        id: &str,
-        begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
-    ) -> Result<&mut dyn Transaction> {
-        Self::begin(&mut self.databases, id, begin)
-    }
-
-    /// The session's transaction on a series, begun with `begin` on first use.
-    pub fn series(
-        &mut self,
-        id: &str,
-        begin: impl FnOnce() -> Result<Box<dyn Transaction>>,
-    ) -> Result<&mut dyn Transaction> {
-        Self::begin(&mut self.series, id, begin)
-    }
-
-    /// The session's transaction on a series if it has one.
-    pub fn series_if_open(&mut self, id: &str) -> Option<&mut dyn Transaction> {
-        self.series.get_mut(id).map(|t| t.as_mut())
+        Ok(held.get_mut(id).expect("inserted above").as_mut())
     }
 
     fn part(&mut self, part: Part) -> &mut HashMap<String, Box<dyn Transaction>> {

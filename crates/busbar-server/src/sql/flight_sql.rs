@@ -15,7 +15,7 @@ use crate::grpc::flight::{
     FlightDataStream, caller_of, checked_flight_data, encode, flight_error, info,
 };
 use crate::node::Node;
-use crate::sql::{Budget, Database, Description, SqlParam, SqlParams};
+use crate::sql::{Budget, Database, Description, Query, SqlParam, SqlParams};
 use arrow_array::{Array, ArrayRef, RecordBatch, cast::AsArray, types};
 use arrow_cast::{CastOptions, cast_with_options};
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -341,9 +341,7 @@ impl FlightSql {
                 .sql
                 .execute_each(
                     target.clone().into(),
-                    sql.clone(),
-                    vec![params.clone()],
-                    budget,
+                    Query::new(sql.clone(), vec![params.clone()], budget),
                 )
                 .await?;
         }
@@ -385,7 +383,10 @@ impl FlightSql {
         let description = self
             .node
             .sql
-            .describe(&target, query.query.clone(), None, budget.clone())
+            .describe(
+                &target,
+                Query::new(query.query.clone(), None, budget.clone()),
+            )
             .await?;
         if !description.parameters.is_empty() {
             return Err(Error::invalid_argument(format!(
@@ -436,9 +437,7 @@ impl FlightSql {
             .sql
             .describe(
                 &target,
-                prepared.sql.clone(),
-                Some(params.clone()),
-                budget.clone(),
+                Query::new(prepared.sql.clone(), Some(params.clone()), budget.clone()),
             )
             .await?;
         self.statement_info(
@@ -470,7 +469,7 @@ impl FlightSql {
         let databases = self.node.sql.clone();
         let running = tokio::spawn(async move {
             databases
-                .execute(target.into(), ticket.sql, params, sink, budget)
+                .execute(target.into(), Query::new(ticket.sql, params, budget), sink)
                 .await
         });
         // Errors before the first batch (rights, SQL) fail the call itself.
@@ -522,9 +521,7 @@ impl FlightSql {
             .sql
             .execute_each(
                 target.clone().into(),
-                update.query,
-                vec![SqlParams::default()],
-                budget,
+                Query::new(update.query, vec![SqlParams::default()], budget),
             )
             .await?;
         Ok(changed as i64)
@@ -540,7 +537,7 @@ impl FlightSql {
         let description = self
             .node
             .sql
-            .describe(&target, create.query.clone(), None, budget)
+            .describe(&target, Query::new(create.query.clone(), None, budget))
             .await?;
         Self::refuse_writes(&target, &description)?;
         let parameter_schema = Schema::new(
@@ -648,7 +645,10 @@ impl FlightSql {
         let changed = self
             .node
             .sql
-            .execute_each(target.clone().into(), prepared.sql, rows, budget)
+            .execute_each(
+                target.clone().into(),
+                Query::new(prepared.sql, rows, budget),
+            )
             .await?;
         Ok(changed as i64)
     }
@@ -707,7 +707,7 @@ impl FlightSql {
                     let schema = if include_schema {
                         let sql = format!("SELECT * FROM \"{}\"", name.replace('"', "\"\""));
                         let description = (self.node.sql)
-                            .describe(&target, sql, None, budget.clone())
+                            .describe(&target, Query::new(sql, None, budget.clone()))
                             .await?;
                         schema_of(&description.columns)
                     } else {

@@ -17,10 +17,10 @@ pub use busbar_types::SqlParam;
 pub use embedded::SqlDatabases;
 
 use crate::auth::access::Caller;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::node::Node;
 use crate::sessions::DataSession;
-use crate::store::{LowerName, ResourceKind, Right};
+use crate::store::{ResourceKind, Right};
 use arrow_array::RecordBatch;
 use arrow_schema::DataType;
 use async_trait::async_trait;
@@ -117,6 +117,35 @@ impl From<Database> for On {
     }
 }
 
+/// A statement as a call gives it: its text, its parameters (one set,
+/// several rows of them, none yet, or a procedure's arguments) and the
+/// budget it runs under.
+pub struct Query<P = SqlParams> {
+    /// The statement's text; for a procedure run, the procedure's name.
+    pub sql: String,
+    pub params: P,
+    pub budget: Budget,
+}
+
+impl<P> Query<P> {
+    pub fn new(sql: String, params: P, budget: Budget) -> Query<P> {
+        Query {
+            sql,
+            params,
+            budget,
+        }
+    }
+
+    /// Text, parameters and budget, to be used apart.
+    pub fn parts(self) -> (String, P, Budget) {
+        (self.sql, self.params, self.budget)
+    }
+}
+
+/// A statement whose parameters may not be known yet: Flight SQL describes
+/// a prepared statement before it is bound.
+pub type MaybeBound = Query<Option<SqlParams>>;
+
 /// Where result batches go, as the engine fills them.
 pub type Rows = mpsc::Sender<RecordBatch>;
 
@@ -130,52 +159,21 @@ pub trait SqlEngine: Send + Sync + 'static {
     /// Drops the storage of a deleted one.
     async fn remove(&self, id: &str);
     /// Runs one statement, sending its rows to `rows`.
-    async fn execute(
-        &self,
-        on: On,
-        sql: String,
-        params: SqlParams,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary>;
+    async fn execute(&self, on: On, query: Query, rows: Rows) -> Result<SqlSummary>;
     /// Runs one statement once per parameter row, all or none (in a
     /// session, the session's earlier work is kept if a row fails).
     /// Returns the rows changed in total.
-    async fn execute_each(
-        &self,
-        on: On,
-        sql: String,
-        rows: Vec<SqlParams>,
-        budget: Budget,
-    ) -> Result<u64>;
+    async fn execute_each(&self, on: On, query: Query<Vec<SqlParams>>) -> Result<u64>;
     /// A statement's columns and parameters; with `params`, a statement that
     /// does not write may be run a little to type expression columns.
-    async fn describe(
-        &self,
-        database: &Database,
-        sql: String,
-        params: Option<SqlParams>,
-        budget: Budget,
-    ) -> Result<Description>;
+    async fn describe(&self, db: &Database, query: MaybeBound) -> Result<Description>;
     /// The user's tables and views: name and "table" or "view".
     async fn tables(&self, database: &Database, budget: Budget) -> Result<Vec<(String, String)>>;
-    async fn create_procedure(
-        &self,
-        on: On,
-        procedure: Procedure,
-        replace: bool,
-    ) -> Result<Procedure>;
+    async fn create_procedure(&self, on: On, given: Procedure, replace: bool) -> Result<Procedure>;
     async fn drop_procedure(&self, on: On, name: String) -> Result<()>;
     async fn list_procedures(&self, on: On) -> Result<Vec<Procedure>>;
     /// Runs a procedure atomically, sending the rows of its last statement.
-    async fn run_procedure(
-        &self,
-        on: On,
-        name: String,
-        args: Arguments,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary>;
+    async fn run_procedure(&self, on: On, run: Query<Arguments>, rows: Rows) -> Result<SqlSummary>;
 }
 
 /// The database `given` names (a path or `id:<uuid>`), if `caller` may read
@@ -183,16 +181,17 @@ pub trait SqlEngine: Send + Sync + 'static {
 /// the message when the resource is not a database.
 pub async fn open(node: &Node, caller: &Caller, given: &str, hint: &str) -> Result<Database> {
     let path = node.path(given).await?;
-    let record = node
+    let kind = ResourceKind::Database;
+    let record = (node
         .access
-        .require_resource(caller, &path, Right::Read)
-        .await?;
-    if record.kind != ResourceKind::Database {
-        return Err(Error::failed_precondition(format!(
-            "{path} is a {}, not a database{hint}",
-            record.kind.name()
-        )));
-    }
+        .require_kind(caller, &path, Right::Read, kind)
+        .await)
+        .map_err(|mut error| {
+            if error.code == ErrorCode::FailedPrecondition {
+                error.message.push_str(hint);
+            }
+            error
+        })?;
     let read_only = node.access.right(caller, &path).await? < Some(Right::Write);
     Ok(Database {
         id: record.id.clone(),

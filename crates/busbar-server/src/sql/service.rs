@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use crate::grpc::ipc::IpcPieces;
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
-use crate::sql::{Arguments, Budget, On, Procedure, SqlParam, SqlParams, SqlSummary, StopOnDrop};
+use crate::sql::{
+    Arguments, Budget, On, Procedure, Query, SqlParam, SqlParams, SqlSummary, StopOnDrop,
+};
 use arrow_array::{Array, RecordBatch, cast::AsArray, types};
 use arrow_schema::DataType;
 use base64::Engine;
@@ -266,7 +268,7 @@ impl SqlService {
         let changed = self
             .node
             .sql
-            .execute_each(on, request.sql, rows, budget)
+            .execute_each(on, Query::new(request.sql, rows, budget))
             .await?;
         let summary = SqlSummary {
             rows_affected: changed,
@@ -319,7 +321,8 @@ impl Sql for SqlService {
         let params = params(r.params, r.named)?;
         let json = r.format == pb::ResultFormat::Json as i32;
         self.rows(json, stop, move |engine, sink| async move {
-            engine.execute(on, r.sql, params, sink, budget).await
+            let query = Query::new(r.sql, params, budget);
+            engine.execute(on, query, sink).await
         })
         .await
     }
@@ -382,7 +385,8 @@ impl Sql for SqlService {
         };
         let json = r.format == pb::ResultFormat::Json as i32;
         self.rows(json, stop, move |engine, sink| async move {
-            engine.run_procedure(on, r.name, args, sink, budget).await
+            let run = Query::new(r.name, args, budget);
+            engine.run_procedure(on, run, sink).await
         })
         .await
     }

@@ -9,7 +9,7 @@ mod postgres;
 
 pub use embedded::SqliteStore;
 pub use postgres::{PostgresStore, postgres_reason};
-pub(crate) use postgres::{cached, ensure_schema, row_lock};
+pub(crate) use postgres::{cached, ensure_schema, execute_cached, row_lock};
 
 use crate::error::Result;
 use async_trait::async_trait;
@@ -38,6 +38,20 @@ impl LowerName for Right {
 impl LowerName for ResourceKind {
     fn name(self) -> String {
         self.as_str_name().to_lowercase()
+    }
+}
+
+/// What a kind of resource is called in prose ("time series").
+pub fn noun(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Timeseries => "time series",
+        ResourceKind::Transport => "transport session",
+        ResourceKind::Folder => "folder",
+        ResourceKind::Database => "database",
+        ResourceKind::Room => "room",
+        ResourceKind::Wire => "wire",
+        ResourceKind::Service => "service",
+        _ => "resource",
     }
 }
 

@@ -309,6 +309,16 @@ pub(crate) async fn cached(
     Ok(db.prepare_cached(sql).await?)
 }
 
+/// Runs `sql`, prepared once per connection, with `params`: the rows it
+/// changed.
+pub(crate) async fn execute_cached(
+    db: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64> {
+    Ok(db.execute(&cached(db, sql).await?, params).await?)
+}
+
 fn identity_row(row: &Row) -> IdentityRecord {
     IdentityRecord {
         id: row.get(0),

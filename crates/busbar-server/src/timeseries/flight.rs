@@ -21,7 +21,7 @@ use crate::grpc::flight::{caller_of, checked_flight_data, flight_error, info};
 use crate::node::Node;
 use crate::store::{ResourceKind, ResourceRecord, Right};
 use crate::timeseries::model::{POINTS_SCHEMA, parse_time};
-use crate::timeseries::{PointsSink, SeriesRead};
+use crate::timeseries::{PointsSink, SeriesInterval};
 use arrow_array::RecordBatch;
 use arrow_flight::flight_descriptor::DescriptorType;
 use arrow_flight::{
@@ -170,7 +170,7 @@ pub async fn do_get(
     let caller = caller_of(&request)?;
     let points = Points::from_json(&request.get_ref().ticket, "ticket")?;
     let record = resolve(node, &caller, &points.path, Right::Read).await?;
-    let read = SeriesRead {
+    let read = SeriesInterval {
         session: None,
         id: record.id,
         range: points.range(),
@@ -229,7 +229,12 @@ pub async fn do_put(
                 }
                 Ok(())
             });
-            node.timeseries.write(None, &record.id, range, source).await
+            let interval = SeriesInterval {
+                session: None,
+                id: record.id,
+                range,
+            };
+            node.timeseries.write(interval, source).await
         })
     };
     while let Some(item) = batches.try_next().await.map_err(flight_error).transpose() {

@@ -24,10 +24,10 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// One series' points to read: which, through which session (whose
-/// uncommitted writes it then sees), and the interval `[start, end)`.
+/// An interval `[start, end)` of one series, to read or to replace, and
+/// the session it goes through (whose uncommitted writes a read then sees).
 #[derive(Clone)]
-pub struct SeriesRead {
+pub struct SeriesInterval {
     pub session: Option<Arc<DataSession>>,
     pub id: String,
     pub range: (Option<i64>, Option<i64>),
@@ -39,6 +39,9 @@ pub enum PointsSink {
     Ipc(mpsc::Sender<PointsMessage>),
     Columns(mpsc::Sender<PointsColumns>),
 }
+
+/// Where a read sends its extent before its points, when the caller asks.
+pub type ExtentFirst = Option<oneshot::Sender<Extent>>;
 
 /// Hands a write's record batches, in order, to the function it is given;
 /// called once, on the engine's blocking thread.
@@ -59,20 +62,9 @@ pub trait SeriesEngine: Send + Sync + 'static {
     /// Reads points into `sink` in one snapshot; `header`, when given,
     /// first gets the extent from that same snapshot (so it agrees with the
     /// points even while writers commit). Returns how many points were read.
-    async fn read(
-        &self,
-        read: SeriesRead,
-        header: Option<oneshot::Sender<Extent>>,
-        sink: PointsSink,
-    ) -> Result<u64>;
+    async fn read(&self, of: SeriesInterval, header: ExtentFirst, sink: PointsSink) -> Result<u64>;
     /// Replaces `range` of a series with the points `source` hands over,
     /// all or nothing: in a transaction of its own, or inside `session`
     /// (where a rejected write leaves the session's earlier work alone).
-    async fn write(
-        &self,
-        session: Option<Arc<DataSession>>,
-        id: &str,
-        range: (Option<i64>, Option<i64>),
-        source: BatchSource,
-    ) -> Result<WriteSummary>;
+    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary>;
 }

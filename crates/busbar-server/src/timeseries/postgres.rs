@@ -32,7 +32,7 @@ use crate::timeseries::embedded::{
     CHUNK_POINTS, Points, PointsColumns, PointsMessage, spec_from_json, spec_to_json,
 };
 use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary, time_zone_of};
-use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
+use crate::timeseries::{BatchSource, ExtentFirst, PointsSink, SeriesEngine, SeriesInterval};
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Object, Pool};
@@ -307,18 +307,13 @@ impl SeriesEngine for PostgresSeries {
         extent_on(&client, id, &table).await
     }
 
-    async fn read(
-        &self,
-        read: SeriesRead,
-        header: Option<oneshot::Sender<Extent>>,
-        sink: PointsSink,
-    ) -> Result<u64> {
-        let table = table_of(&read.id)?;
-        if let Some(held) = held(read.session.as_deref(), &read.id)? {
+    async fn read(&self, of: SeriesInterval, header: ExtentFirst, sink: PointsSink) -> Result<u64> {
+        let table = table_of(&of.id)?;
+        if let Some(held) = held(of.session.as_deref(), &of.id)? {
             // The session's transaction holds the series' lock: its
             // statements see one state of it, its own.
             let client = held.lock().await;
-            return read_on(&client, &read, &table, header, sink).await;
+            return read_on(&client, &of, &table, header, sink).await;
         }
         let client = match header {
             // Extent and points from one snapshot.
@@ -332,7 +327,7 @@ impl SeriesEngine for PostgresSeries {
             None => self.client().await?,
         };
         let in_transaction = header.is_some();
-        match read_on(&client, &read, &table, header, sink).await {
+        match read_on(&client, &of, &table, header, sink).await {
             Ok(points) if in_transaction => end(client, true).await.map(|()| points),
             Ok(points) => Ok(points),
             Err(error) => {
@@ -345,22 +340,17 @@ impl SeriesEngine for PostgresSeries {
         }
     }
 
-    async fn write(
-        &self,
-        session: Option<Arc<DataSession>>,
-        id: &str,
-        range: (Option<i64>, Option<i64>),
-        source: BatchSource,
-    ) -> Result<WriteSummary> {
-        let table = table_of(id)?;
-        let spec = self.spec(id).await?;
+    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary> {
+        let SeriesInterval { session, id, range } = interval;
+        let table = table_of(&id)?;
+        let spec = self.spec(&id).await?;
         // An empty interval or a bad time zone is refused before anything.
         let check = WriteCheck::new(&spec, range.0, range.1)?;
         let start = check.start();
         let (chunks, received) = mpsc::channel(2);
         let producing = tokio::task::spawn_blocking(move || produce(check, source, chunks));
         let replace = Replace {
-            id: id.to_string(),
+            id,
             table,
             start,
             received,
@@ -396,7 +386,7 @@ impl SeriesEngine for PostgresSeries {
 /// caller chose), first the extent into `header` when asked.
 async fn read_on(
     client: &Client,
-    read: &SeriesRead,
+    read: &SeriesInterval,
     table: &str,
     header: Option<oneshot::Sender<Extent>>,
     sink: PointsSink,

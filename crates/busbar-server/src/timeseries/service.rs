@@ -10,10 +10,10 @@ use crate::grpc::zero_copy::{self, LoneBytes};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
 use crate::sessions::DataSession;
-use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
+use crate::store::{ResourceKind, ResourceRecord, Right};
 use crate::timeseries::embedded::points_wire;
 use crate::timeseries::model::{Curve, Resolution, SeriesSpec};
-use crate::timeseries::{PointsColumns, PointsMessage, PointsSink, SeriesRead};
+use crate::timeseries::{PointsColumns, PointsMessage, PointsSink, SeriesInterval};
 use arrow_array::RecordBatch;
 use busbar_proto::v1::{
     self as pb,
@@ -119,13 +119,8 @@ pub(super) async fn resolve(
     right: Right,
 ) -> Result<ResourceRecord> {
     let path = node.path(path).await?;
-    let record = node.access.require_resource(caller, &path, right).await?;
-    if record.kind != ResourceKind::Timeseries {
-        return Err(Error::failed_precondition(format!(
-            "{path} is a {}, not a time series",
-            record.kind.name()
-        )));
-    }
+    let kind = ResourceKind::Timeseries;
+    let record = node.access.require_kind(caller, &path, right, kind).await?;
     Ok(Arc::unwrap_or_clone(record))
 }
 
@@ -181,7 +176,7 @@ type Out = mpsc::Sender<Result<pb::ReadSeriesResponse, Status>>;
 /// `header`, the extent from the same snapshot comes first.
 pub(super) fn start_read<M: Send + 'static>(
     node: &Arc<Node>,
-    read: SeriesRead,
+    read: SeriesInterval,
     header: Option<oneshot::Sender<crate::timeseries::Extent>>,
     to_sink: ToSink<M>,
 ) -> (mpsc::Receiver<M>, tokio::task::JoinHandle<Result<u64>>) {
@@ -245,7 +240,7 @@ fn columns_framing() -> Framing<PointsColumns, impl Iterator<Item = ReadPart>> {
 /// `Ok(false)` when the caller went away.
 async fn send_series<M, P>(
     node: &Arc<Node>,
-    reading: SeriesRead,
+    reading: SeriesInterval,
     record: ResourceRecord,
     framing: Framing<M, P>,
     out: &Out,
@@ -315,7 +310,7 @@ impl TimeSeries for TimeSeriesService {
         let (out, responses) = mpsc::channel(QUEUE);
         tokio::spawn(async move {
             for record in records {
-                let reading = SeriesRead {
+                let reading = SeriesInterval {
                     session: session.clone(),
                     id: record.id.clone(),
                     range,
@@ -374,9 +369,12 @@ impl TimeSeries for TimeSeriesService {
             let source = Box::new(move |take: &mut dyn FnMut(&RecordBatch) -> Result<()>| {
                 read_batches(reader, limit, take)
             });
-            node.timeseries
-                .write(session, &record.id, range, source)
-                .await
+            let interval = SeriesInterval {
+                session,
+                id: record.id,
+                range,
+            };
+            node.timeseries.write(interval, source).await
         });
         while let Some(message) = inbound.next().await {
             let piece = match message {

@@ -2,7 +2,7 @@
 //! `synchronous = FULL`), so a push is on disk before it is acknowledged
 //! and a pop's removal commits before the message is handed over.
 
-use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
+use super::{Lease, Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::{Error, Result};
 use crate::store::now_ms;
 use bytes::Bytes;
@@ -68,6 +68,21 @@ impl EmbeddedQueues {
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
         crate::store::embedded::run_locked(&self.conn, work).await
+    }
+
+    /// A change to a live lease (`?1` session, `?2` receipt, `?3` now);
+    /// NOT_FOUND when no live lease has `receipt` any more.
+    async fn settle(&self, session: &str, receipt: &str, sql: &'static str) -> Result<()> {
+        let (session, receipt) = (session.to_string(), receipt.to_string());
+        self.run(move |conn| {
+            let changed =
+                (conn.execute(sql, params![session, receipt, now_ms()])).map_err(storage)?;
+            if changed == 0 {
+                return Err(super::stale(&receipt));
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -144,12 +159,7 @@ impl QueueEngine for EmbeddedQueues {
         .await
     }
 
-    async fn take(
-        &self,
-        session: &str,
-        topic: &str,
-        lease: Option<Duration>,
-    ) -> Result<Option<Stored>> {
+    async fn take(&self, session: &str, topic: &str, lease: Lease) -> Result<Option<Stored>> {
         let (session, topic) = (session.to_string(), topic.to_string());
         self.run(move |conn| {
             let tx = conn.transaction().map_err(storage)?;
@@ -198,38 +208,14 @@ impl QueueEngine for EmbeddedQueues {
     }
 
     async fn ack(&self, session: &str, receipt: &str) -> Result<()> {
-        let (session, receipt) = (session.to_string(), receipt.to_string());
-        self.run(move |conn| {
-            let removed = conn
-                .execute(
-                    "DELETE FROM messages WHERE session = ?1 AND receipt = ?2 AND leased_until > ?3",
-                    params![session, receipt, now_ms()],
-                )
-                .map_err(storage)?;
-            if removed == 0 {
-                return Err(super::stale(&receipt));
-            }
-            Ok(())
-        })
-        .await
+        let sql = "DELETE FROM messages WHERE session = ?1 AND receipt = ?2 AND leased_until > ?3";
+        self.settle(session, receipt, sql).await
     }
 
     async fn nak(&self, session: &str, receipt: &str) -> Result<()> {
-        let (session, receipt) = (session.to_string(), receipt.to_string());
-        self.run(move |conn| {
-            let changed = conn
-                .execute(
-                    "UPDATE messages SET receipt = NULL, leased_until = 0
-                     WHERE session = ?1 AND receipt = ?2 AND leased_until > ?3",
-                    params![session, receipt, now_ms()],
-                )
-                .map_err(storage)?;
-            if changed == 0 {
-                return Err(super::stale(&receipt));
-            }
-            Ok(())
-        })
-        .await
+        let sql = "UPDATE messages SET receipt = NULL, leased_until = 0
+                   WHERE session = ?1 AND receipt = ?2 AND leased_until > ?3";
+        self.settle(session, receipt, sql).await
     }
 
     async fn extend(&self, session: &str, receipt: &str, lease: Duration) -> Result<i64> {

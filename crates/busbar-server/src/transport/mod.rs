@@ -77,6 +77,10 @@ pub(crate) enum Pushed {
     Full,
 }
 
+/// How long a taken message stays hidden awaiting its ack; `None` takes it
+/// for good.
+pub(crate) type Lease = Option<Duration>;
+
 /// The seam to the queues' storage. Sessions are keyed by their
 /// resource's id (it survives moves).
 #[async_trait::async_trait]
@@ -88,12 +92,7 @@ pub(crate) trait QueueEngine: Send + Sync {
     async fn push(&self, session: &str, message: NewMessage, limits: Limits) -> Result<Pushed>;
     /// Takes the oldest visible message: removes it, or with `lease` hides
     /// it until then under a new receipt.
-    async fn take(
-        &self,
-        session: &str,
-        topic: &str,
-        lease: Option<Duration>,
-    ) -> Result<Option<Stored>>;
+    async fn take(&self, session: &str, topic: &str, lease: Lease) -> Result<Option<Stored>>;
     async fn peek(&self, session: &str, topic: &str) -> Result<Option<Stored>>;
     /// Removes a leased message; NOT_FOUND for a receipt that is not (or
     /// no longer) a live lease.

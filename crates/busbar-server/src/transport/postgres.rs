@@ -7,7 +7,7 @@
 //! queue are serialized (a row lock of `busbar.locks`, which user SQL cannot
 //! reach) so its limits hold cluster-wide.
 
-use super::{Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
+use super::{Lease, Limits, Metadata, NewMessage, Pushed, QueueEngine, Stored};
 use crate::error::Result;
 use crate::store::{cached, now_ms};
 use bytes::Bytes;
@@ -181,12 +181,7 @@ impl QueueEngine for PostgresQueues {
         Ok(Pushed::Queued(id))
     }
 
-    async fn take(
-        &self,
-        session: &str,
-        topic: &str,
-        lease: Option<Duration>,
-    ) -> Result<Option<Stored>> {
+    async fn take(&self, session: &str, topic: &str, lease: Lease) -> Result<Option<Stored>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let now = now_ms();

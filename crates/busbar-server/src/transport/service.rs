@@ -5,8 +5,8 @@ use super::{LIMITS, NewMessage, Pushed, Stored, TRANSPORT_FOLDER};
 use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode, Result};
 use crate::grpc::{Reply, reply};
-use crate::node::{Node, call_timeout, caller, caller_and_message};
-use crate::store::{LowerName, NewResource, ResourceKind, ResourceRecord, Right};
+use crate::node::{Node, caller, caller_and_message, time_left};
+use crate::store::{NewResource, ResourceKind, ResourceRecord, Right};
 use busbar_proto::v1::{self as pb, transport_server::Transport};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -85,7 +85,7 @@ fn released(session: &str) -> Error {
 /// deadline (a little before it, so the answer still arrives in time).
 fn wait_for<T>(request: &Request<T>, asked: Duration, most: Duration) -> Duration {
     let mut wait = asked.min(most);
-    if let Some(left) = call_timeout(request.metadata()) {
+    if let Some(left) = time_left(request) {
         wait = wait.min(left.saturating_sub(Duration::from_millis(50)));
     }
     wait
@@ -103,7 +103,7 @@ impl TransportService {
         let record = self
             .node
             .access
-            .require_resource(caller, &path, needed)
+            .require_kind(caller, &path, needed, ResourceKind::Transport)
             .await
             .map_err(|error| match error.code {
                 ErrorCode::NotFound => Error::not_found(format!(
@@ -111,12 +111,6 @@ impl TransportService {
                 )),
                 _ => error,
             })?;
-        if record.kind != ResourceKind::Transport {
-            return Err(Error::failed_precondition(format!(
-                "{path} is a {}, not a transport session",
-                record.kind.name()
-            )));
-        }
         Ok(record)
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, stopped};
 use crate::resources::subject;
-use crate::store::{LowerName, ResourceKind, ResourceRecord, Right};
+use crate::store::{ResourceKind, Right};
 use busbar_proto::v1::{self as pb, wires_server::Wires};
 use futures::Stream;
 use std::pin::Pin;
@@ -16,18 +16,6 @@ use tonic::{Request, Status, Streaming};
 
 pub struct WiresService {
     pub node: Arc<Node>,
-}
-
-fn check_wire(record: Arc<ResourceRecord>) -> Result<Arc<ResourceRecord>> {
-    if record.kind == ResourceKind::Wire {
-        Ok(record)
-    } else {
-        Err(Error::failed_precondition(format!(
-            "{} is a {}, not a wire",
-            record.path,
-            record.kind.name()
-        )))
-    }
 }
 
 struct Subscriber {
@@ -76,12 +64,12 @@ impl Wires for WiresService {
             return reply(pb::PublishSummary::default());
         };
         let path = self.node.path(&first.path).await?;
-        let wire = check_wire(
-            self.node
-                .access
-                .require_resource(&caller, &path, Right::Write)
-                .await?,
-        )?;
+        let kind = ResourceKind::Wire;
+        let wire = self
+            .node
+            .access
+            .require_kind(&caller, &path, Right::Write, kind)
+            .await?;
         let subject = subject(ResourceKind::Wire, &wire.id);
         let mut summary = pb::PublishSummary::default();
         let mut next = Some(first);
@@ -115,12 +103,10 @@ impl Wires for WiresService {
     ) -> Reply<Self::SubscribeStream> {
         let caller = caller(&request)?;
         let path = self.node.path(&request.get_ref().path).await?;
-        let wire = check_wire(
-            self.node
-                .access
-                .require_resource(&caller, &path, Right::Read)
-                .await?,
-        )?;
+        let access = &self.node.access;
+        let wire = access
+            .require_kind(&caller, &path, Right::Read, ResourceKind::Wire)
+            .await?;
         let subscription = self
             .node
             .bus

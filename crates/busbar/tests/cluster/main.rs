@@ -20,6 +20,14 @@ use harness::{Node, assert_error, eventually, next_event};
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// Everything a stream of results (a Flight read's batches, a put's
+/// results) yields; the first error fails the test.
+async fn collected<T, E: std::fmt::Debug>(
+    stream: impl futures::Stream<Item = Result<T, E>>,
+) -> Vec<T> {
+    futures::TryStreamExt::try_collect(stream).await.unwrap()
+}
+
 /// PostgreSQL, NATS and `count` nodes on them; the first node made the admin.
 struct Cluster {
     nodes: Vec<Node>,

@@ -12,7 +12,7 @@ use crate::harness::{assert_code, assert_error, assert_within, eventually};
 use busbar_client::{ErrorCode, Offer};
 use echo::{
     Counters, ECHO, check_chat, check_collect, check_provider_error, check_say_context, count,
-    descriptors, provide, provide_with, spawn_slow, wait_for,
+    descriptors, provide, provide_with, say_times, spawn_slow, wait_for,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,15 +144,7 @@ async fn calls_are_balanced_over_the_providers_of_every_node() {
     // Callers on either node: both providers get a share of each node's calls.
     for caller in [&on_a, &on_b] {
         let before = (a.calls(), b.calls());
-        for i in 0..40 {
-            caller
-                .call(
-                    &format!("{ECHO}/Say"),
-                    serde_json::json!({"text": i.to_string()}),
-                )
-                .await
-                .unwrap();
-        }
+        say_times(caller, 40).await;
         let served = (a.calls() - before.0, b.calls() - before.1);
         assert_eq!(served.0 + served.1, 40);
         assert!(

@@ -2,8 +2,8 @@
 //! in PostgreSQL's dialect, and user SQL held to its own schema: the
 //! security suite's attacks, repeated against PostgreSQL.
 
-use super::Cluster;
-use crate::harness::{assert_code, assert_denied, assert_error};
+use super::{Cluster, collected};
+use crate::harness::{MALLORYS as MINE, assert_code, assert_denied, assert_error, payroll};
 use busbar_client::{Client, ErrorCode, ProcedureArgs, ResourceKind, Right, Statement};
 use std::time::{Duration, Instant};
 
@@ -243,31 +243,13 @@ async fn sql_written_through_one_node_is_read_through_another_in_postgresqls_dia
     assert_eq!(left[0], serde_json::json!({"roles": 0, "schemas": 0}));
 }
 
-const MINE: &str = "/home/mallory/notes";
-
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn user_sql_on_postgresql_reaches_only_its_own_schema() {
     let cluster = Cluster::start(1);
-    let admin = cluster.admin_on(0).await;
     let node = &cluster.nodes[0];
-    let mallory = node.new_user(&admin, "mallory", "mallory-password").await;
-    mallory
-        .create(MINE, ResourceKind::Database, false)
-        .await
-        .unwrap();
-    mallory.sql(MINE, "CREATE TABLE t (x int)").await.unwrap();
-    let payroll = admin
-        .create("/home/admin/payroll", ResourceKind::Database, false)
-        .await
-        .unwrap();
-    admin
-        .sql(
-            "/home/admin/payroll",
-            "CREATE TABLE pay (who text, amount int)",
-        )
-        .await
-        .unwrap();
+    let (admin, mallory) = node.mallory().await;
+    let payroll = payroll(&admin).await;
     let theirs: String = payroll.id.chars().filter(char::is_ascii_hexdigit).collect();
     let stolen = node.dir.path().join("stolen.txt");
 
@@ -394,19 +376,13 @@ async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
     // One key, sent through each node: applied once, the first outcome
     // (the id it made) given back each time.
     let insert = "INSERT INTO t (v) VALUES (1) RETURNING id";
-    let first = a
-        .with_idempotency_key("order-1")
-        .unwrap()
-        .sql(DB, insert)
-        .await
-        .unwrap();
-    let again = b
-        .with_idempotency_key("order-1")
-        .unwrap()
-        .sql(DB, insert)
-        .await
-        .unwrap();
-    assert_eq!(first_i64(&first, 0), first_i64(&again, 0));
+    let mut outcomes = Vec::new();
+    for node in [&a, &b] {
+        let keyed = node.with_idempotency_key("order-1").unwrap();
+        outcomes.push(keyed.sql(DB, insert).await.unwrap());
+    }
+    let (first, again) = (&outcomes[0], &outcomes[1]);
+    assert_eq!(first_i64(first, 0), first_i64(again, 0));
     assert_eq!(again.summary.rows_affected, 1);
     assert_eq!(count(a.clone()).await, 1);
     // executemany and procedures likewise.
@@ -486,7 +462,6 @@ async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn flight_sql_reaches_a_cluster_database_through_either_node() {
-    use futures::TryStreamExt;
     let cluster = Cluster::start(2);
     let a = cluster.admin_on(0).await;
     a.create(DB, ResourceKind::Database, false).await.unwrap();
@@ -512,13 +487,7 @@ async fn flight_sql_reaches_a_cluster_database_through_either_node() {
             .await
             .unwrap();
         let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
-        let batches: Vec<_> = client
-            .do_get(ticket)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches = collected(client.do_get(ticket).await.unwrap()).await;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!(rows, n + 1, "what either node wrote, through node {n}");
         // Bad SQL is a clear error and changes nothing.

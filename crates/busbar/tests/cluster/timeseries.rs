@@ -6,8 +6,8 @@
 #[path = "../e2e/series_checks.rs"]
 mod checks;
 
-use crate::Cluster;
-use crate::harness::{assert_error, points_in};
+use crate::harness::{assert_error, assert_unordered_points_refused, points_in};
+use crate::{Cluster, collected};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt32Array};
 use busbar_client::{Client, ErrorCode, Interval, Resolution, SeriesSpec, flags, points};
 use checks::{
@@ -171,17 +171,7 @@ async fn timeseries_sessions_isolate_commit_roll_back_and_keep_work_past_a_bad_w
         "open session",
     );
     // A rejected write inside the session leaves its earlier work alone.
-    assert_error(
-        session
-            .write_series(
-                path,
-                Interval::all(),
-                vec![points(vec![9, 8], vec![0, 0], vec![0.0, 0.0]).unwrap()],
-            )
-            .await,
-        ErrorCode::InvalidArgument,
-        "row 2",
-    );
+    assert_unordered_points_refused(&session, path).await;
     session
         .write_series(
             path,
@@ -286,7 +276,6 @@ async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_over_arrow_flight_on_either_node() {
-    use futures::TryStreamExt;
     let path = "/home/admin/wind";
     let (cluster, a, b) = two_nodes_with_series(path, SeriesSpec::new(Resolution::Hour)).await;
     a.write_series(path, Interval::all(), vec![hourly(0, 48, 2.5)])
@@ -299,13 +288,7 @@ async fn timeseries_over_arrow_flight_on_either_node() {
     let info = flight.get_flight_info(descriptor.clone()).await.unwrap();
     assert_eq!(info.total_records, 48);
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<RecordBatch> = flight
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches: Vec<RecordBatch> = collected(flight.do_get(ticket).await.unwrap()).await;
     let native = a.read_series(path, Interval::all()).await.unwrap();
     assert_eq!(rows(&batches), rows(&native.batches));
 
@@ -316,13 +299,7 @@ async fn timeseries_over_arrow_flight_on_either_node() {
             command.to_string(),
         )))
         .build(futures::stream::iter([Ok(hourly(0, 12, 9.0))]));
-    let results: Vec<arrow_flight::PutResult> = flight
-        .do_put(put)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let results: Vec<arrow_flight::PutResult> = collected(flight.do_put(put).await.unwrap()).await;
     let summary: serde_json::Value = serde_json::from_slice(&results[0].app_metadata).unwrap();
     assert_eq!(
         (&summary["points_written"], &summary["points_deleted"]),

@@ -27,11 +27,7 @@ struct Socket {
 
 /// Opens a socket to `node`'s gateway, sending `origin` if given.
 async fn open(node: &Node, origin: Option<&str>) -> Result<Socket, tungstenite::Error> {
-    let host_port = node
-        .websocket
-        .trim_start_matches("wss://")
-        .trim_end_matches("/ws")
-        .to_string();
+    let host_port = node.websocket_host_port().to_string();
     let ca = node.admin_json()["ca_pem"].as_str().unwrap().to_string();
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
@@ -344,12 +340,7 @@ async fn one_socket_carries_calls_of_every_kind_with_grpc_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origins_are_checked_at_the_handshake() {
     let node = Node::start(&[]);
-    let port = node
-        .websocket
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/ws");
+    let port = node.websocket_host_port().rsplit(':').next().unwrap();
     // The node's own origins are allowed, a program without one too.
     open(&node, Some(&format!("https://localhost:{port}")))
         .await
@@ -376,12 +367,7 @@ async fn origins_are_checked_at_the_handshake() {
     open(&node, Some("https://console.example:8443"))
         .await
         .unwrap();
-    let port = node
-        .websocket
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches("/ws");
+    let port = node.websocket_host_port().rsplit(':').next().unwrap();
     let own = format!("https://localhost:{port}");
     assert_eq!(refused_status(open(&node, Some(&own)).await), 403);
 }

@@ -9,6 +9,20 @@ use std::time::Duration;
 
 pub const BUSBAR: &str = env!("CARGO_BIN_EXE_busbar");
 
+/// Mallory's own database (see [`Node::mallory`]).
+pub const MALLORYS: &str = "/home/mallory/notes";
+
+/// The admin's database `/home/admin/payroll`, holding a table `pay`: what
+/// the attack lists try to reach from mallory's.
+pub async fn payroll(admin: &Client) -> busbar_client::Resource {
+    let path = "/home/admin/payroll";
+    let kind = busbar_client::ResourceKind::Database;
+    let payroll = admin.create(path, kind, false).await.unwrap();
+    let table = "CREATE TABLE pay (who TEXT, amount INTEGER)";
+    admin.sql(path, table).await.unwrap();
+    payroll
+}
+
 pub struct Node {
     child: Option<Child>,
     pub dir: tempfile::TempDir,
@@ -112,6 +126,12 @@ impl Node {
         self.address.rsplit("://").next().expect("host:port")
     }
 
+    /// The gateway's `host:port` (from `wss://host:port/ws`).
+    pub fn websocket_host_port(&self) -> &str {
+        let url = self.websocket.split("://").nth(1).expect("a websocket URL");
+        url.trim_end_matches("/ws")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -156,6 +176,20 @@ impl Node {
             admin.sql(path, *statement).await.unwrap();
         }
         admin
+    }
+
+    /// The attack lists' cast: the admin, and mallory, an ordinary user (no
+    /// admin, no grants) who owns the database [`MALLORYS`] with a table `t`.
+    pub async fn mallory(&self) -> (Client, Client) {
+        let admin = self.admin().await;
+        let mallory = self.new_user(&admin, "mallory", "mallory-password").await;
+        let kind = busbar_client::ResourceKind::Database;
+        mallory.create(MALLORYS, kind, false).await.unwrap();
+        mallory
+            .sql(MALLORYS, "CREATE TABLE t (x INTEGER)")
+            .await
+            .unwrap();
+        (admin, mallory)
     }
 
     /// Creates a password user (as `admin`) and connects as it.
@@ -395,4 +429,16 @@ pub async fn points_in(client: &Client, path: &str) -> usize {
         .await
         .unwrap()
         .num_points()
+}
+
+/// Points out of time order written to the series at `path` through
+/// `client` (a session, often) are refused, naming the row, and nothing
+/// of them is kept.
+pub async fn assert_unordered_points_refused(client: &Client, path: &str) {
+    let before = points_in(client, path).await;
+    let unordered = busbar_client::points(vec![9, 8], vec![0, 0], vec![0.0, 0.0]).unwrap();
+    let all = busbar_client::Interval::all();
+    let written = client.write_series(path, all, vec![unordered]).await;
+    assert_error(written, busbar_client::ErrorCode::InvalidArgument, "row 2");
+    assert_eq!(points_in(client, path).await, before);
 }

@@ -11,7 +11,7 @@ use busbar_client::{Client, ErrorCode, Offer, Provided, ProviderCall, Right};
 use bytes::Bytes;
 use echo::{
     Counters, ECHO, check_chat, check_collect, check_provider_error, check_say_context, count,
-    descriptors, encode, provide, spawn_slow, text, wait_for,
+    descriptors, encode, provide, say_times, spawn_slow, text, wait_for,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,15 +164,7 @@ async fn calls_spread_over_providers_and_a_lost_one_fails_or_retries_its_calls()
     let client_b = node.admin().await;
     let provider_a = provide(&client_a, ECHO, "a", a.clone()).await;
     let provider_b = provide(&client_b, ECHO, "b", b.clone()).await;
-    for i in 0..40 {
-        admin
-            .call(
-                &format!("{ECHO}/Say"),
-                serde_json::json!({"text": i.to_string()}),
-            )
-            .await
-            .unwrap();
-    }
+    say_times(&admin, 40).await;
     let (served_a, served_b) = (a.calls(), b.calls());
     assert_eq!(served_a + served_b, 40);
     assert!(

@@ -77,6 +77,14 @@ pub fn descriptors(service: &str, say_output: &str) -> Vec<u8> {
 }
 
 /// The text of an encoded Text.
+/// Calls `{ECHO}/Say` `n` times, one after another.
+pub async fn say_times(caller: &Client, n: usize) {
+    for i in 0..n {
+        let request = serde_json::json!({"text": i.to_string()});
+        caller.call(&format!("{ECHO}/Say"), request).await.unwrap();
+    }
+}
+
 pub fn text(message: &Bytes) -> String {
     Text::decode(message.clone()).expect("a Text").text
 }

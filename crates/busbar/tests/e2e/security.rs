@@ -2,23 +2,9 @@
 //! own /home): the attacks of docs/security.md's threat model, each run
 //! against a real node. Before the sandbox every one of these succeeded.
 
-use crate::harness::{Node, assert_denied, assert_error};
+use crate::harness::{MALLORYS as DB, Node, assert_denied, assert_error, payroll};
 use busbar_client::{Client, ErrorCode, ProcedureArgs, ResourceKind};
 use std::time::{Duration, Instant};
-
-const DB: &str = "/home/mallory/notes";
-
-/// A node, its admin, and mallory (an ordinary user) with a database of her own.
-async fn mallory(node: &Node) -> (Client, Client) {
-    let admin = node.admin().await;
-    let mallory = node.new_user(&admin, "mallory", "mallory-password").await;
-    mallory
-        .create(DB, ResourceKind::Database, false)
-        .await
-        .unwrap();
-    mallory.sql(DB, "CREATE TABLE t (x INTEGER)").await.unwrap();
-    (admin, mallory)
-}
 
 /// Every spelling of a path to the node's metadata store or another
 /// identity's database that an ATTACH could use.
@@ -42,18 +28,8 @@ fn targets(node: &Node, other_db_id: &str) -> Vec<String> {
 #[tokio::test]
 async fn sql_cannot_reach_the_nodes_secrets_or_another_identitys_database() {
     let node = Node::start(&[]);
-    let (admin, mallory) = mallory(&node).await;
-    let private = admin
-        .create("/home/admin/payroll", ResourceKind::Database, false)
-        .await
-        .unwrap();
-    admin
-        .sql(
-            "/home/admin/payroll",
-            "CREATE TABLE pay (who TEXT, amount INTEGER)",
-        )
-        .await
-        .unwrap();
+    let (admin, mallory) = node.mallory().await;
+    let private = payroll(&admin).await;
 
     let session = mallory.session().await.unwrap();
     for target in targets(&node, &private.id) {
@@ -84,7 +60,7 @@ async fn sql_cannot_reach_the_nodes_secrets_or_another_identitys_database() {
 #[tokio::test]
 async fn sql_cannot_write_files_or_take_the_nodes_transactions() {
     let node = Node::start(&[]);
-    let (_admin, mallory) = mallory(&node).await;
+    let (_admin, mallory) = node.mallory().await;
     let outside = node.dir.path().join("stolen.db");
     let vacuum = format!("VACUUM INTO '{}'", outside.display());
     assert_denied(mallory.sql(DB, vacuum.as_str()).await, "VACUUM");
@@ -173,7 +149,7 @@ async fn assert_idle(node: &Node, what: &str) {
 #[tokio::test]
 async fn a_runaway_statement_stops_when_its_call_ends() {
     let node = Node::start(&[]);
-    let (_admin, mallory) = mallory(&node).await;
+    let (_admin, mallory) = node.mallory().await;
 
     // At the call's deadline.
     let started = Instant::now();
@@ -257,7 +233,7 @@ async fn the_node_bounds_every_statement_and_result() {
         "--max-result-bytes",
         "200000",
     ]);
-    let (_admin, mallory) = mallory(&node).await;
+    let (_admin, mallory) = node.mallory().await;
     // No deadline from the caller: the node's ceiling stops it.
     assert_error(
         mallory.sql(DB, RUNAWAY).await,

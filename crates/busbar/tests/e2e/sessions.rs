@@ -1,7 +1,9 @@
 //! Stored procedures and data sessions: arguments by position or name,
 //! atomic runs, isolation between sessions, commit, rollback, expiry.
 
-use crate::harness::{Node, assert_denied, assert_error, points_in};
+use crate::harness::{
+    Node, assert_denied, assert_error, assert_unordered_points_refused, points_in,
+};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use busbar_client::{
@@ -246,17 +248,7 @@ async fn sessions_isolate_commit_and_roll_back_sql_and_series_together() {
         )
         .await
         .unwrap();
-    assert_error(
-        session
-            .write_series(
-                series,
-                Interval::all(),
-                vec![points(vec![9, 8], vec![0, 0], vec![0.0, 0.0]).unwrap()],
-            )
-            .await,
-        ErrorCode::InvalidArgument,
-        "row 2",
-    );
+    assert_unordered_points_refused(&session, series).await;
     assert_eq!(points_in(&session, series).await, 1);
     let id = session.id().to_string();
     session.rollback().await.unwrap();

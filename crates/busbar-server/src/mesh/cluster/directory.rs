@@ -11,7 +11,7 @@
 
 use crate::error::Result;
 use crate::node::LISTED_FOR_MS;
-use crate::store::{cached, now_ms};
+use crate::store::{cached, execute_cached, now_ms};
 use deadpool_postgres::Pool;
 
 const SCHEMA: &str = "
@@ -117,16 +117,7 @@ impl Directory {
     /// Deletes a provider that went.
     pub async fn withdraw(&self, node: &str, provider: &str) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                &cached(
-                    &client,
-                    "DELETE FROM busbar.mesh_providers WHERE node_id = $1 AND provider = $2",
-                )
-                .await?,
-                &[&node, &provider],
-            )
-            .await?;
+        execute_cached(&client, DELETE_PROVIDER, &[&node, &provider]).await?;
         Ok(())
     }
 
@@ -137,60 +128,37 @@ impl Directory {
         let client = self.pool.get().await?;
         let now = now_ms();
         let ids: Vec<&str> = live.iter().map(|r| r.provider.as_str()).collect();
-        client
-            .execute(
-                &cached(
-                    &client,
-                    "DELETE FROM busbar.mesh_providers WHERE node_id = $1 AND NOT (provider = ANY($2))",
-                )
-                .await?,
-                &[&node, &ids],
-            )
-            .await?;
-        let marked = client
-            .execute(
-                &cached(
-                    &client,
-                    "UPDATE busbar.mesh_providers SET seen_ms = $2 WHERE node_id = $1",
-                )
-                .await?,
-                &[&node, &now],
-            )
-            .await?;
+        execute_cached(&client, DELETE_GONE, &[&node, &ids]).await?;
+        let marked = execute_cached(&client, MARK_SEEN, &[&node, &now]).await?;
         if (marked as usize) < live.len() {
             for provider in live {
                 insert(&client, provider).await?;
             }
         }
-        client
-            .execute(
-                &cached(
-                    &client,
-                    "DELETE FROM busbar.mesh_providers WHERE seen_ms < $1",
-                )
-                .await?,
-                &[&(now - FORGOTTEN_AFTER_MS)],
-            )
-            .await?;
+        execute_cached(&client, DELETE_FORGOTTEN, &[&(now - FORGOTTEN_AFTER_MS)]).await?;
         Ok(())
     }
 
     /// Deletes every row of a node that stops.
     pub async fn forget(&self, node: &str) -> Result<()> {
         let client = self.pool.get().await?;
-        client
-            .execute(
-                &cached(
-                    &client,
-                    "DELETE FROM busbar.mesh_providers WHERE node_id = $1",
-                )
-                .await?,
-                &[&node],
-            )
-            .await?;
+        execute_cached(&client, DELETE_NODE, &[&node]).await?;
         Ok(())
     }
 }
+
+/// One provider of a node.
+const DELETE_PROVIDER: &str =
+    "DELETE FROM busbar.mesh_providers WHERE node_id = $1 AND provider = $2";
+/// A node's providers but those listed (`$2`).
+const DELETE_GONE: &str =
+    "DELETE FROM busbar.mesh_providers WHERE node_id = $1 AND NOT (provider = ANY($2))";
+/// Marks a node's providers seen at `$2`.
+const MARK_SEEN: &str = "UPDATE busbar.mesh_providers SET seen_ms = $2 WHERE node_id = $1";
+/// Rows nobody has marked seen since `$1`.
+const DELETE_FORGOTTEN: &str = "DELETE FROM busbar.mesh_providers WHERE seen_ms < $1";
+/// Every provider of a node.
+const DELETE_NODE: &str = "DELETE FROM busbar.mesh_providers WHERE node_id = $1";
 
 /// Inserts (or marks seen) one provider's row.
 async fn insert(db: &impl deadpool_postgres::GenericClient, new: &ProviderRow) -> Result<()> {

@@ -10,10 +10,10 @@ pub mod transaction;
 pub(crate) mod writers;
 
 use crate::error::{Error, Result};
-use crate::sessions::DataSession;
+use crate::sessions::{DataSession, Part};
 use crate::sql::{
-    Arguments, Budget, Database, Description, On, Procedure, Rows, SqlEngine, SqlParam, SqlParams,
-    SqlSummary,
+    Arguments, Budget, Database, Description, MaybeBound, On, Procedure, Query, Rows, SqlEngine,
+    SqlParam, SqlParams, SqlSummary,
 };
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
@@ -544,7 +544,7 @@ fn with_connection<T>(
         let connect = || databases.connect(&database.id);
         return in_session(
             session,
-            Held::Database,
+            Part::Database,
             &database.id,
             !database.read_only,
             connect,
@@ -559,19 +559,13 @@ fn with_connection<T>(
     work(&conn)
 }
 
-/// What a session's transaction is on.
-pub(crate) enum Held {
-    Database,
-    Series,
-}
-
 /// Runs `work` inside `session`'s transaction on the file `id` (a database
 /// or a series), begun with a connection from `connect` on first use. A
 /// statement that ended the transaction (SQLite rolls back a write it
 /// stopped) loses the whole session, which says so.
 pub(crate) fn in_session<T>(
     session: &DataSession,
-    held_as: Held,
+    part: Part,
     id: &str,
     write: bool,
     connect: impl FnOnce() -> Result<Connection>,
@@ -579,10 +573,7 @@ pub(crate) fn in_session<T>(
 ) -> Result<T> {
     let mut held = session.work()?;
     let begin = || SqliteTransaction::begin(connect()?, write);
-    let transaction = match held_as {
-        Held::Database => held.database(id, begin)?,
-        Held::Series => held.series(id, begin)?,
-    };
+    let transaction = held.begun(part, id, begin)?;
     let conn = SqliteTransaction::connection(transaction);
     let result = work(conn);
     if conn.is_autocommit() {
@@ -618,14 +609,8 @@ impl SqlEngine for SqlDatabases {
         self.remove_files(id)
     }
 
-    async fn execute(
-        &self,
-        on: On,
-        sql: String,
-        params: SqlParams,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary> {
+    async fn execute(&self, on: On, query: Query, rows: Rows) -> Result<SqlSummary> {
+        let (sql, params, budget) = query.parts();
         if on.session.is_none() {
             return self
                 .execute_alone(
@@ -645,13 +630,8 @@ impl SqlEngine for SqlDatabases {
         .await
     }
 
-    async fn execute_each(
-        &self,
-        on: On,
-        sql: String,
-        rows: Vec<SqlParams>,
-        budget: Budget,
-    ) -> Result<u64> {
+    async fn execute_each(&self, on: On, query: Query<Vec<SqlParams>>) -> Result<u64> {
+        let (sql, rows, budget) = query.parts();
         if on.session.is_none() {
             return self
                 .execute_each_alone(&on.database.id, sql, rows, on.database.read_only, budget)
@@ -671,14 +651,9 @@ impl SqlEngine for SqlDatabases {
         .await
     }
 
-    async fn describe(
-        &self,
-        database: &Database,
-        sql: String,
-        params: Option<SqlParams>,
-        budget: Budget,
-    ) -> Result<Description> {
-        self.describe_on(&database.id, sql, params, budget).await
+    async fn describe(&self, db: &Database, query: MaybeBound) -> Result<Description> {
+        self.describe_on(&db.id, query.sql, query.params, query.budget)
+            .await
     }
 
     async fn tables(&self, database: &Database, budget: Budget) -> Result<Vec<(String, String)>> {
@@ -700,16 +675,9 @@ impl SqlEngine for SqlDatabases {
         .await?
     }
 
-    async fn create_procedure(
-        &self,
-        on: On,
-        procedure: Procedure,
-        replace: bool,
-    ) -> Result<Procedure> {
-        self.on_connection(on, move |conn| {
-            procedures::create(conn, &procedure, replace)
-        })
-        .await
+    async fn create_procedure(&self, on: On, given: Procedure, replace: bool) -> Result<Procedure> {
+        self.on_connection(on, move |conn| procedures::create(conn, &given, replace))
+            .await
     }
 
     async fn drop_procedure(&self, on: On, name: String) -> Result<()> {
@@ -721,14 +689,8 @@ impl SqlEngine for SqlDatabases {
         self.on_connection(on, procedures::list).await
     }
 
-    async fn run_procedure(
-        &self,
-        on: On,
-        name: String,
-        args: Arguments,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary> {
+    async fn run_procedure(&self, on: On, run: Query<Arguments>, rows: Rows) -> Result<SqlSummary> {
+        let (name, args, budget) = run.parts();
         self.on_connection(on, move |conn| {
             procedures::run(conn, &name, args, &rows, &budget)
         })

@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 use crate::sessions::Part;
 use crate::sql::embedded::procedures::{at_statement, bind_arguments, check_new};
 use crate::sql::{
-    Arguments, Budget, Database, Description, On, Procedure, Rows, SqlEngine, SqlParams, SqlSummary,
+    Arguments, Budget, Database, Description, MaybeBound, On, Procedure, Query, Rows, SqlEngine,
+    SqlParams, SqlSummary,
 };
 use crate::store::{Store, now_ms};
 use async_trait::async_trait;
@@ -290,14 +291,8 @@ impl SqlEngine for PostgresSql {
         }
     }
 
-    async fn execute(
-        &self,
-        on: On,
-        sql: String,
-        params: SqlParams,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary> {
+    async fn execute(&self, on: On, query: Query, rows: Rows) -> Result<SqlSummary> {
+        let (sql, params, budget) = query.parts();
         text::one_statement(&sql)?;
         refuse_transaction_control(&sql)?;
         let (sql, values) = bind(&sql, &params)?;
@@ -332,13 +327,8 @@ impl SqlEngine for PostgresSql {
         kept.deliver(&rows).await
     }
 
-    async fn execute_each(
-        &self,
-        on: On,
-        sql: String,
-        rows: Vec<SqlParams>,
-        budget: Budget,
-    ) -> Result<u64> {
+    async fn execute_each(&self, on: On, query: Query<Vec<SqlParams>>) -> Result<u64> {
+        let (sql, rows, budget) = query.parts();
         text::one_statement(&sql)?;
         refuse_transaction_control(&sql)?;
         let bound = rows
@@ -364,20 +354,15 @@ impl SqlEngine for PostgresSql {
         .await
     }
 
-    async fn describe(
-        &self,
-        database: &Database,
-        sql: String,
-        params: Option<SqlParams>,
-        budget: Budget,
-    ) -> Result<Description> {
+    async fn describe(&self, db: &Database, query: MaybeBound) -> Result<Description> {
+        let (sql, params, budget) = query.parts();
         text::one_statement(&sql)?;
         let (numbered, names) = text::number_names(&sql)?;
         let values = match &params {
             Some(params) => bind(&sql, params)?.1,
             None => Vec::new(),
         };
-        let on = On::from(database.clone());
+        let on = On::from(db.clone());
         let (columns, count) = self
             .run(&on, &budget, move |client| {
                 Box::pin(async move {
@@ -432,22 +417,17 @@ impl SqlEngine for PostgresSql {
         .await
     }
 
-    async fn create_procedure(
-        &self,
-        on: On,
-        procedure: Procedure,
-        replace: bool,
-    ) -> Result<Procedure> {
-        check_new(&procedure)?;
-        for statement in text::statements(&procedure.body)? {
+    async fn create_procedure(&self, on: On, given: Procedure, replace: bool) -> Result<Procedure> {
+        check_new(&given)?;
+        for statement in text::statements(&given.body)? {
             refuse_transaction_control(statement)?;
         }
         let (budget, _stop) = procedure_budget();
         let created_ms = now_ms();
-        let params = serde_json::to_string(&procedure.params).expect("strings serialize");
+        let params = serde_json::to_string(&given.params).expect("strings serialize");
         let saved = Procedure {
             created_ms,
-            ..procedure
+            ..given
         };
         let row = saved.clone();
         self.run(&on, &budget, move |client| {
@@ -470,7 +450,7 @@ impl SqlEngine for PostgresSql {
                 match inserted {
                     Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
                         Err(Error::already_exists(format!(
-                            "a procedure named {} exists; replace it or drop it first",
+                            "a given named {} exists; replace it or drop it first",
                             row.name
                         )))
                     }
@@ -506,14 +486,8 @@ impl SqlEngine for PostgresSql {
             .await
     }
 
-    async fn run_procedure(
-        &self,
-        on: On,
-        name: String,
-        args: Arguments,
-        rows: Rows,
-        budget: Budget,
-    ) -> Result<SqlSummary> {
+    async fn run_procedure(&self, on: On, run: Query<Arguments>, rows: Rows) -> Result<SqlSummary> {
+        let (name, args, budget) = run.parts();
         let budget_in = budget.clone();
         let key = keyed(&on);
         let sink = rows.clone();

@@ -18,19 +18,18 @@ pub use write::*;
 pub use points_wire::{PointsColumns, PointsMessage};
 
 use crate::error::{Error, Result};
-use crate::sessions::DataSession;
+use crate::sessions::{DataSession, Part};
+use crate::sql::embedded::in_session;
 use crate::sql::embedded::transaction::SqliteTransaction;
 use crate::sql::embedded::writers::{SharedWriter, WriterPool};
-use crate::sql::embedded::{Held, in_session};
 use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary};
-use crate::timeseries::{BatchSource, PointsSink, SeriesEngine, SeriesRead};
+use crate::timeseries::{BatchSource, ExtentFirst, PointsSink, SeriesEngine, SeriesInterval};
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
 
 /// Runs `work` on a connection that sees the session's changes when
 /// `session` holds this series, or on a fresh reader otherwise. Blocks.
@@ -42,7 +41,7 @@ fn with_reader<T>(
 ) -> Result<T> {
     if let Some(session) = session {
         let mut held = session.work()?;
-        if let Some(transaction) = held.series_if_open(id) {
+        if let Some(transaction) = held.held(Part::Series, id) {
             return work(SqliteTransaction::connection(transaction));
         }
     }
@@ -87,16 +86,11 @@ impl SeriesEngine for TimeSeriesStore {
             .await?
     }
 
-    async fn read(
-        &self,
-        read: SeriesRead,
-        header: Option<oneshot::Sender<Extent>>,
-        sink: PointsSink,
-    ) -> Result<u64> {
+    async fn read(&self, of: SeriesInterval, header: ExtentFirst, sink: PointsSink) -> Result<u64> {
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let gone = || Error::cancelled("the caller went away");
-            with_reader(&store, read.session.as_deref(), &read.id, |conn| {
+            with_reader(&store, of.session.as_deref(), &of.id, |conn| {
                 // A session's connection already reads in its transaction.
                 let _snapshot = match conn.is_autocommit() {
                     true => Some(conn.unchecked_transaction()?),
@@ -106,7 +100,7 @@ impl SeriesEngine for TimeSeriesStore {
                     // Nobody waiting for it means the caller went away.
                     header.send(extent(conn)?).map_err(|_| gone())?;
                 }
-                let (from, to) = read.range;
+                let (from, to) = of.range;
                 match sink {
                     PointsSink::Ipc(sink) => points_wire::read(conn, from, to, &mut |message| {
                         sink.blocking_send(message).map_err(|_| gone())
@@ -122,20 +116,15 @@ impl SeriesEngine for TimeSeriesStore {
         .await?
     }
 
-    async fn write(
-        &self,
-        session: Option<Arc<DataSession>>,
-        id: &str,
-        range: (Option<i64>, Option<i64>),
-        source: BatchSource,
-    ) -> Result<WriteSummary> {
-        let (store, id) = (self.clone(), id.to_string());
+    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary> {
+        let SeriesInterval { session, id, range } = interval;
+        let store = self.clone();
         tokio::task::spawn_blocking(move || {
             let spec = store.spec_of(&id)?;
             match session {
                 Some(session) => {
                     let connect = || store.open_writer(&id);
-                    in_session(&session, Held::Series, &id, true, connect, |conn| {
+                    in_session(&session, Part::Series, &id, true, connect, |conn| {
                         conn.execute_batch("SAVEPOINT series_write")?;
                         let result = write_on(conn, &spec, range, source);
                         if result.is_err() {
@@ -185,6 +174,21 @@ mod tests {
         (dir, store, conn, spec)
     }
 
+    /// [`series`], written with 100,000 points ten milliseconds apart
+    /// (which it returns too).
+    fn series_of_many() -> (
+        tempfile::TempDir,
+        TimeSeriesStore,
+        Connection,
+        SeriesSpec,
+        Vec<i64>,
+    ) {
+        let (dir, store, conn, spec) = series();
+        let many: Vec<i64> = (0..100_000).map(|i| i * 10).collect();
+        write(&conn, &spec, (None, None), &many).unwrap();
+        (dir, store, conn, spec, many)
+    }
+
     fn points(times: &[i64]) -> RecordBatch {
         Points {
             times: times.to_vec(),
@@ -227,9 +231,7 @@ mod tests {
 
     #[test]
     fn writes_replace_their_interval_and_keep_chunks_large() {
-        let (_dir, _store, conn, spec) = series();
-        let many: Vec<i64> = (0..100_000).map(|i| i * 10).collect();
-        write(&conn, &spec, (None, None), &many).unwrap();
+        let (_dir, _store, conn, spec, many) = series_of_many();
         assert_eq!(all(&conn), many);
         // Replace [100, 200) with two points: eight old ones go.
         let summary = write(&conn, &spec, (Some(100), Some(200)), &[105, 150]).unwrap();
@@ -309,9 +311,7 @@ mod tests {
 
     #[test]
     fn the_columns_form_sends_rules_for_regular_chunks_and_the_same_points() {
-        let (_dir, _store, conn, spec) = series();
-        let many: Vec<i64> = (0..100_000).map(|i| i * 10).collect();
-        write(&conn, &spec, (None, None), &many).unwrap();
+        let (_dir, _store, conn, spec, _many) = series_of_many();
         // One chunk turns irregular, and one gets a flag.
         write(&conn, &spec, (Some(100), Some(200)), &[105, 150]).unwrap();
         let tx = conn.unchecked_transaction().unwrap();
