@@ -338,6 +338,7 @@ impl Client {
             .transpose()?;
         let mut grpc = self.grpc().await?;
         let (responses_tx, responses) = mpsc::channel::<Result<serde_json::Value>>(STREAM_BUFFER);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
         let mut sender = None;
         let request = match kind {
             MethodKind::Unary => {
@@ -368,7 +369,10 @@ impl Client {
                 Outgoing::Many(request) => grpc.streaming(request, path, codec).await,
             };
             let mut stream = match started {
-                Ok(response) => response.into_inner(),
+                Ok(response) => {
+                    let _ = started_tx.send(());
+                    response.into_inner()
+                }
                 Err(status) => {
                     let _ = responses_tx.send(Err(status.into())).await;
                     return;
@@ -392,6 +396,7 @@ impl Client {
             input,
             sender,
             responses,
+            started: Some(started),
             task,
         })
     }
@@ -438,6 +443,8 @@ pub struct DynamicCall {
     input: MessageDescriptor,
     sender: Option<mpsc::Sender<DynamicMessage>>,
     responses: mpsc::Receiver<Result<serde_json::Value>>,
+    /// Fired when the server's response headers arrive.
+    started: Option<tokio::sync::oneshot::Receiver<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -473,6 +480,13 @@ impl DynamicCall {
     /// Tells the server no more requests come (ends the request stream).
     pub fn close_send(&mut self) {
         self.sender = None;
+    }
+
+    /// Moves out what resolves once the server has accepted the call (its
+    /// response headers came): for a subscription, that it is in place.
+    /// It fails instead if the call ended before; `None` if taken already.
+    pub fn take_started(&mut self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.started.take()
     }
 
     /// Cancels the call at once.

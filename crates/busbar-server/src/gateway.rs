@@ -795,6 +795,7 @@ async fn run_call(
             _ => first,
         };
         let mut call = client.stream(&method, first).await?;
+        let mut started = call.take_started();
         let mut sender = matches!(
             kind,
             MethodKind::ClientStreaming | MethodKind::BidiStreaming
@@ -817,8 +818,22 @@ async fn run_call(
                     }
                     None => sender = None,
                 },
+                accepted = async { started.as_mut().expect("checked").await }, if started.is_some() => {
+                    started = None;
+                    if accepted.is_ok() && !announce_started(&out, &id).await {
+                        return Ok(());
+                    }
+                }
                 response = call.next_message() => match response {
                     Some(response) => {
+                        // The headers came before any response: `started`
+                        // goes first even when both were ready at once.
+                        if let Some(mut pending) = started.take()
+                            && pending.try_recv().is_ok()
+                            && !announce_started(&out, &id).await
+                        {
+                            return Ok(());
+                        }
                         if !deliver(&out, &id, response?, binary).await {
                             return Ok(());
                         }
@@ -833,6 +848,12 @@ async fn run_call(
         Ok(()) => json!({"op": "end", "id": id}),
         Err(error) => error_frame(Some(&id), &error),
     }
+}
+
+/// Tells the client its streaming call was accepted (docs/websocket.md,
+/// `started`): a subscription is in place once this is sent.
+async fn announce_started(out: &Out, id: &str) -> bool {
+    out.json(json!({"op": "started", "id": id})).await
 }
 
 /// Sends one response: Arrow IPC bytes (a message whose only field is

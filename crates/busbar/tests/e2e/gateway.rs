@@ -3,6 +3,7 @@
 
 use crate::harness::Node;
 use crate::mesh::echo::{Counters, ECHO, provide};
+use busbar_client::ResourceKind;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -126,7 +127,8 @@ impl Socket {
         self.rest(id).await
     }
 
-    /// The messages of call `id` until its ending frame.
+    /// The messages of call `id` until its ending frame; a `started`
+    /// frame, if any, must come before them all.
     async fn rest(&mut self, id: &str) -> (Vec<Value>, Value) {
         let mut messages = Vec::new();
         loop {
@@ -134,7 +136,18 @@ impl Socket {
             assert_eq!(frame["id"], id, "{frame}");
             match frame["op"].as_str().unwrap() {
                 "message" => messages.push(frame["message"].clone()),
+                "started" => assert!(messages.is_empty(), "started after a message"),
                 _ => return (messages, frame),
+            }
+        }
+    }
+
+    /// The next frame that is not a call's `started`.
+    async fn past_started(&mut self) -> Value {
+        loop {
+            let frame = self.json().await;
+            if frame["op"] != "started" {
+                return frame;
             }
         }
     }
@@ -208,7 +221,7 @@ async fn one_socket_carries_calls_of_every_kind_with_grpc_errors() {
     for word in ["x", "y"] {
         ws.send(json!({"op": "send", "id": "chat", "message": {"text": word}}))
             .await;
-        let answer = ws.json().await;
+        let answer = ws.past_started().await;
         assert_eq!(answer["op"], "message");
         assert_eq!(answer["message"]["text"], format!("re: {word}"));
     }
@@ -272,6 +285,7 @@ async fn one_socket_carries_calls_of_every_kind_with_grpc_errors() {
     }))
     .await;
     let mut ipc = Vec::new();
+    assert_eq!(ws.json().await["op"], "started");
     loop {
         match ws.next().await {
             Got::Binary(frame) => {
@@ -499,4 +513,36 @@ async fn limits_close_or_refuse_and_leave_the_node_and_other_sockets_unharmed() 
     after.login(admin_password(&node)).await;
     let (_, ending) = after.call("z", "busbar.v1.Node/Status", json!({})).await;
     assert_eq!(ending["op"], "end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_in_place_once_its_call_has_started() {
+    let wire = "/home/admin/pipe";
+    let (node, admin) = Node::start_with(&[], wire, ResourceKind::Wire).await;
+    let mut ws = open(&node, None).await.unwrap();
+    ws.login(admin_password(&node)).await;
+    ws.send(json!({"op": "call", "id": "sub", "method": "busbar.v1.Wires/Subscribe", "message": {"path": wire}}))
+        .await;
+    // Nothing is published before `started`: the chunk sent right after it
+    // is the subscription's first message.
+    let started = ws.json().await;
+    assert_eq!(
+        (&started["op"], &started["id"]),
+        (&json!("started"), &json!("sub"))
+    );
+    let chunk = bytes::Bytes::from_static(b"first");
+    admin
+        .publish(wire, futures::stream::iter([chunk]))
+        .await
+        .unwrap();
+    let got = ws.json().await;
+    assert_eq!(got["op"], "message", "{got}");
+    assert_eq!(got["message"]["data"], "Zmlyc3Q=", "base64 of the chunk");
+    ws.send(json!({"op": "cancel", "id": "sub"})).await;
+    assert_eq!(ws.rest("sub").await.1["code"], "CANCELLED");
+    // A unary call has no `started`: its answer, then its end.
+    ws.send(json!({"op": "call", "id": "u", "method": "busbar.v1.Node/Status"}))
+        .await;
+    assert_eq!(ws.json().await["op"], "message");
+    assert_eq!(ws.json().await["op"], "end");
 }
