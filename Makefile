@@ -6,10 +6,10 @@ PYTHON  ?= python3
 VENV    ?= .venv
 ARGS    ?=
 
-.PHONY: run build test test-rust test-python test-cluster cluster cluster-engines python-package lint fmt codegen check-codegen examples clean bench chaos fuzz
+.PHONY: run build web test-browser test test-rust test-python test-typescript test-cluster cluster cluster-engines python-package lint fmt codegen check-codegen examples clean bench chaos fuzz
 
 ## Build a release binary and start a node (TLS, auth, ./busbar-data). Pass flags with ARGS="...".
-run:
+run: web
 	$(CARGO) build --release -p busbar
 	./target/release/busbar serve $(ARGS)
 
@@ -20,7 +20,7 @@ build:
 ## tests, and the cluster tests on real PostgreSQL and NATS.
 test: check-codegen test-rust test-python test-cluster
 
-test-rust:
+test-rust: web
 	$(CARGO) build -p busbar
 	$(CARGO) test --workspace --all-targets
 
@@ -46,6 +46,32 @@ test-cluster: cluster-engines
 	$(CARGO) build -p busbar
 	$(CARGO) test -p busbar --test cluster -- --ignored
 
+## The web console (web/), bundled with the TypeScript client's source into web/dist/, which
+## the node embeds when it is compiled. npm ci fetches esbuild and the client's packages from
+## the npm registry; dist/ is rebuilt only when a source is newer.
+WEB_SOURCES = $(wildcard web/src/*.ts web/src/pages/*.ts web/static/* clients/typescript/src/*.ts) web/build.mjs
+web: web/dist/index.html
+
+web/node_modules/.installed: web/package-lock.json clients/typescript/package-lock.json
+	cd clients/typescript && npm ci --no-audit --no-fund
+	cd web && npm ci --no-audit --no-fund
+	touch $@
+
+web/dist/index.html: $(WEB_SOURCES) web/node_modules/.installed
+	cd web && npm run build
+
+## The console in a real browser (tests/browser): Debian's chromium (installed when missing,
+## as root or through sudo) driven by playwright-core against a node that serves the console.
+test-browser: web python-package
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium from Debian's packages"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; \
+	fi
+	$(CARGO) build -p busbar
+	cd tests/browser && npm ci --no-audit --no-fund && \
+	  BUSBAR_BIN=$${BUSBAR_BIN:-$(CURDIR)/target/debug/busbar} BUSBAR_PYTHON=$(CURDIR)/$(VENV)/bin/python npm test
+
 $(VENV)/.installed: tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
@@ -64,6 +90,13 @@ test-python: python-package
 	$(CARGO) build -p busbar
 	$(CARGO) build -p busbar-client --examples
 	BUSBAR_BIN=$(CURDIR)/target/debug/busbar $(VENV)/bin/pytest -q tests/python
+
+## The TypeScript client (clients/typescript): npm ci, then `npm test` (tsc, node --test) against
+## real nodes; the mesh test uses the Python SDK in .venv as a provider when it is installed.
+test-typescript:
+	$(CARGO) build -p busbar
+	cd clients/typescript && npm ci --no-audit --no-fund && \
+	  BUSBAR_BIN=$${BUSBAR_BIN:-$(CURDIR)/target/debug/busbar} BUSBAR_PYTHON=$(CURDIR)/$(VENV)/bin/python npm test
 
 ## kill -9 the node at random moments under write load, CYCLES times, and check
 ## every acknowledged write after each restart (tests/python/chaos.py).

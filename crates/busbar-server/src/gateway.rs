@@ -134,12 +134,30 @@ impl Gateway {
             let gateway = self.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let permit = gateway.sockets.clone().try_acquire_owned().ok();
-                let opened = tokio::time::timeout(gateway.handshake_timeout, async {
+                let deadline = tokio::time::Instant::now() + gateway.handshake_timeout;
+                // The listener also serves the web console: plain HTTP
+                // requests go there, WebSocket handshakes on (console.rs).
+                let routed = tokio::time::timeout_at(deadline, async {
                     let io: Box<dyn Io> = match &gateway.tls {
                         Some(tls) => Box::new(tls.accept(tcp).await.ok()?),
                         None => Box::new(tcp),
                     };
+                    crate::console::route(io, PATH).await
+                })
+                .await;
+                let io: Box<dyn Io> = match routed {
+                    Ok(Some(crate::console::Route::WebSocket(io))) => Box::new(io),
+                    Ok(Some(crate::console::Route::Console(io))) => {
+                        let tls = gateway.tls.is_some();
+                        return crate::console::serve(io, tls, gateway.origins.clone()).await;
+                    }
+                    _ => {
+                        tracing::debug!(%peer, "gateway connection closed before a request");
+                        return;
+                    }
+                };
+                let permit = gateway.sockets.clone().try_acquire_owned().ok();
+                let opened = tokio::time::timeout_at(deadline, async {
                     let full = permit.is_none();
                     #[allow(clippy::result_large_err)]
                     let check = |request: &Request, response: Response| {

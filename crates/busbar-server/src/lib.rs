@@ -12,6 +12,7 @@ mod bus;
 mod calls;
 mod cluster;
 pub mod config;
+mod console;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -191,6 +191,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         }
         if let Some(gateway) = &started.gateway {
             println!("websocket: {gateway}");
+            println!("console: {}", console_url(gateway));
         }
         println!(
             "try: busbar --config {} status",
@@ -199,4 +200,31 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())
+}
+
+/// The web console's URL from the gateway's (`wss://HOST:PORT/ws` ->
+/// `https://HOST:PORT/`): the gateway's listener serves both.
+fn console_url(gateway: &str) -> String {
+    let page = gateway
+        .replacen("wss://", "https://", 1)
+        .replacen("ws://", "http://", 1);
+    match page.strip_suffix("/ws") {
+        Some(origin) => format!("{origin}/"),
+        None => page,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_console_is_at_the_root_of_the_gateways_origin() {
+        assert_eq!(
+            super::console_url("wss://127.0.0.1:7072/ws"),
+            "https://127.0.0.1:7072/"
+        );
+        assert_eq!(
+            super::console_url("ws://[::1]:7072/ws"),
+            "http://[::1]:7072/"
+        );
+    }
 }
