@@ -17,8 +17,9 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## Every test: codegen up to date, Rust unit and end-to-end tests, examples, Python e2e
-## tests, and the cluster tests on real PostgreSQL and NATS.
-test: check-codegen test-rust test-python test-cluster
+## tests, the TypeScript client's tests, the web console in a real browser, and the
+## cluster tests on real PostgreSQL and NATS.
+test: check-codegen test-rust test-python test-typescript test-browser test-cluster
 
 test-rust: web
 	$(CARGO) build -p busbar
@@ -58,6 +59,7 @@ web/node_modules/.installed: web/package-lock.json clients/typescript/package-lo
 	touch $@
 
 web/dist/index.html: $(WEB_SOURCES) web/node_modules/.installed
+	cd web && ../clients/typescript/node_modules/.bin/tsc -p tsconfig.json
 	cd web && npm run build
 
 ## The console in a real browser (tests/browser): Debian's chromium (installed when missing,
@@ -93,7 +95,7 @@ test-python: python-package
 
 ## The TypeScript client (clients/typescript): npm ci, then `npm test` (tsc, node --test) against
 ## real nodes; the mesh test uses the Python SDK in .venv as a provider when it is installed.
-test-typescript:
+test-typescript: python-package
 	$(CARGO) build -p busbar
 	cd clients/typescript && npm ci --no-audit --no-fund && \
 	  BUSBAR_BIN=$${BUSBAR_BIN:-$(CURDIR)/target/debug/busbar} BUSBAR_PYTHON=$(CURDIR)/$(VENV)/bin/python npm test
@@ -136,7 +138,7 @@ check-codegen: codegen
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) web/dist web/node_modules clients/typescript/node_modules tests/browser/node_modules
 
 $(VENV)/.bench-installed: bench/requirements.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)

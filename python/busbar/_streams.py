@@ -139,6 +139,14 @@ class Call(_CallEnds):
         return self
 
     def __next__(self) -> Dict[str, Any]:
+        message = self._read()
+        if message is None:
+            raise StopIteration
+        return message
+
+    def _read(self) -> Optional[Dict[str, Any]]:
+        """The next response; None at the end. The end, or a failure
+        (raised), is first told to the handlers."""
         try:
             message = self._core.next()
         except BusbarError as error:
@@ -146,7 +154,6 @@ class Call(_CallEnds):
             raise
         if message is None:
             self._finish(None)
-            raise StopIteration
         return message
 
     def _finish(self, error: Optional[BaseException]) -> None:
@@ -174,12 +181,10 @@ class Call(_CallEnds):
     def _pump(self) -> None:
         while True:
             try:
-                message = self._core.next()
-            except BusbarError as error:
-                self._finish(error)
+                message = self._read()
+            except BusbarError:
                 return
             if message is None:
-                self._finish(None)
                 return
             with self._lock:
                 handlers = list(self._handlers["data"])
@@ -220,6 +225,14 @@ class AsyncCall(_CallEnds):
         return self
 
     async def __anext__(self) -> Dict[str, Any]:
+        message = await self._read()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def _read(self) -> Optional[Dict[str, Any]]:
+        """The next response; None at the end. The end, or a failure
+        (raised), is first told to the handlers."""
         try:
             message = await self._core.next()
         except BusbarError as error:
@@ -227,7 +240,6 @@ class AsyncCall(_CallEnds):
             raise
         if message is None:
             await self._finish(None)
-            raise StopAsyncIteration
         return message
 
     async def _finish(self, error: Optional[BaseException]) -> None:
@@ -253,12 +265,10 @@ class AsyncCall(_CallEnds):
     async def _pump(self) -> None:
         while True:
             try:
-                message = await self._core.next()
-            except BusbarError as error:
-                await self._finish(error)
+                message = await self._read()
+            except BusbarError:
                 return
             if message is None:
-                await self._finish(None)
                 return
             if self._replay is not None:  # held messages go first
                 await self._replay

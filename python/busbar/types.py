@@ -41,7 +41,7 @@ class NodeStatus(TypedDict):
     #: "local" (embedded) or "nats".
     bus: str
     tls: bool
-    #: Client streams of node events open now.
+    #: Client connections open now.
     connections: int
     #: The nodes sharing this node's store that reported in the last 15 s
     #: (this node alone when embedded).
@@ -49,6 +49,9 @@ class NodeStatus(TypedDict):
     #: Whether this node reaches its store and its bus right now.
     store_healthy: bool
     bus_healthy: bool
+    #: Calls this node finished since it started, and those that failed.
+    calls_total: int
+    call_errors_total: int
 
 
 class Identity(TypedDict):

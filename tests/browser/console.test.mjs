@@ -73,6 +73,8 @@ step('logs in with the admin password and keeps no credential in storage', async
   await page.click('#login-submit');
   await textMatches('#identity', /admin/);
   await textMatches('#status-facts', /node id/);
+  // The node's own call counters (its login and status calls at least).
+  await textMatches('dd[data-fact="calls"]', /^[1-9]\d* \(\d+ failed\)$/);
   // The status charts draw from the first poll on.
   await page.waitForSelector('figure[data-metric="connections"] path[d^="M"]', { state: 'attached' });
   const stored = await page.evaluate(() => ({ local: localStorage.length, session: sessionStorage.length, cookie: document.cookie }));

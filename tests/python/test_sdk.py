@@ -74,6 +74,13 @@ def test_constructors_and_credentials(face, busbar_node, tmp_path):
     status = face.run(listed.status())
     assert [n["address"] for n in status["nodes"]] == [f"https://{address}"]
     assert status["store_healthy"] and status["bus_healthy"]
+    # This very call is not finished yet; the login and earlier calls are.
+    assert status["calls_total"] >= 1 and 0 <= status["call_errors_total"] <= status["calls_total"]
+    with pytest.raises(errors.NotFound):
+        face.run(listed.get("/no/such/resource"))
+    after = face.run(listed.status())
+    assert after["call_errors_total"] >= status["call_errors_total"] + 1
+    assert after["calls_total"] >= status["calls_total"] + 2
     with pytest.raises(errors.InvalidArgument, match="no address"):
         face.run(face.Connection.with_tls([], ca=admin["ca_pem"]))
 

@@ -50,26 +50,3 @@ export async function connect(credential: Credential): Promise<ConnectionLike> {
   const connection = await connectClient(gatewayUrl(), credential, { reconnect: true, timeoutMs: 30_000 });
   return connection as unknown as ConnectionLike;
 }
-
-/** Calls this console made and those that failed, since it loaded. */
-export const traffic = { calls: 0, errors: 0 };
-
-const METERED = new Set(['call', 'sql', 'readSeries', 'status']);
-
-/** `connection` with its request–response calls counted in `traffic`. */
-export function metered(connection: ConnectionLike): ConnectionLike {
-  return new Proxy(connection, {
-    get(target, property, receiver) {
-      const value = Reflect.get(target, property, receiver);
-      if (typeof value !== 'function') return value;
-      if (typeof property !== 'string' || !METERED.has(property)) return value.bind(target);
-      return (...args: unknown[]) => {
-        traffic.calls++;
-        return Promise.resolve(value.apply(target, args)).catch((error: unknown) => {
-          traffic.errors++;
-          throw error;
-        });
-      };
-    },
-  });
-}

@@ -2,7 +2,7 @@
 // connection lives in this module's memory only; logging out or closing the
 // page forgets it (nothing is written to storage or cookies).
 
-import { connect, metered, type ConnectionLike, type Credential } from './client';
+import { connect, type ConnectionLike, type Credential } from './client';
 import { byId, describeError, h, replace } from './dom';
 import type { Page, PageFactory } from './page';
 import { statusPage } from './pages/status';
@@ -49,7 +49,7 @@ async function logIn(form: HTMLFormElement): Promise<void> {
   submit.disabled = true;
   error.textContent = '';
   try {
-    const connection = metered(await connect(credential));
+    const connection = await connect(credential);
     // The form's secrets are not needed again: clear them from the page.
     password.value = '';
     token.value = '';

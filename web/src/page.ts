@@ -3,6 +3,7 @@
 // streams).
 
 import type { ConnectionLike } from './client';
+import { busy, h, type Child } from './dom';
 
 export interface Page {
   /** Used in ids and the tab's data-tab attribute. */
@@ -47,4 +48,55 @@ export function fillDatalist(list: HTMLDataListElement, paths: string[]): void {
       return option;
     }),
   );
+}
+
+/** A tab's panel: a section with the tab's heading, then `children`. */
+export function panel(id: string, title: string, ...children: Child[]): HTMLElement {
+  return h('section', { id: `page-${id}` }, h('h2', {}, title), ...children);
+}
+
+/** A form whose submit runs `action` with `button` disabled (a slow call
+ * is not started twice) instead of reloading the page. */
+export function actionForm(
+  layout: 'inline' | 'stacked',
+  button: HTMLButtonElement,
+  action: () => Promise<unknown>,
+  ...children: Child[]
+): HTMLFormElement {
+  const submit = (event: Event) => (event.preventDefault(), void busy(button, action));
+  return h('form', { class: layout, onsubmit: submit }, ...children);
+}
+
+/** A tab with a resource picker: each time it is shown, `picker` is filled
+ * with the paths of the resources of `kind` the user can see. */
+export function pickerPage(
+  connection: ConnectionLike,
+  tab: { id: string; title: string; element: HTMLElement; kind: string; picker: HTMLDataListElement; dispose?: () => void | Promise<void> },
+): Page {
+  const fill = (found: ResourceInfo[]) => fillDatalist(tab.picker, found.map((r) => r.path));
+  return {
+    id: tab.id,
+    title: tab.title,
+    element: tab.element,
+    shown: () => void resourcesOfKind(connection, tab.kind).then(fill, () => undefined),
+    dispose: tab.dispose ?? (() => {}),
+  };
+}
+
+/** A tab that lists its content the first time it is shown (its list
+ * button lists again). */
+export function listingPage(tab: { id: string; title: string; element: HTMLElement; list: () => Promise<void> }): Page {
+  let listed = false;
+  return {
+    id: tab.id,
+    title: tab.title,
+    element: tab.element,
+    shown: () => {
+      if (!listed) {
+        listed = true;
+        void tab.list();
+      }
+    },
+    dispose: () => {},
+  };
 }

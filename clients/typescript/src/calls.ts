@@ -102,6 +102,7 @@ export async function startCall(
     else sink.end();
   };
   const id = socket.startCall(frame, {
+    started: () => !settled && sink.started?.(),
     message: (m) => !settled && sink.message(m),
     binary: (b) => !settled && sink.binary(b),
     end: () => finish(null, false),

@@ -203,7 +203,14 @@ export class Room implements AsyncIterable<RoomEvent> {
   async leave(): Promise<void> {
     if (this.ended) return;
     const done = this.wait();
-    await this.connection.call('busbar.v1.Rooms/Leave', { member_id: this.memberId });
+    try {
+      await this.connection.call('busbar.v1.Rooms/Leave', { member_id: this.memberId });
+    } catch (error) {
+      // The Leave's own failure is the answer; how the membership ends
+      // later must not surface as an unhandled rejection.
+      done.catch(() => undefined);
+      throw error;
+    }
     await done;
   }
 

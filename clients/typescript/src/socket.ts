@@ -31,6 +31,9 @@ export interface GatewayLimits {
 
 /** What a call hears from the node; exactly one of end/fail comes last. */
 export interface CallSink {
+  /** The node accepted a streaming call (its `started` frame): a
+   * subscription is in place from here on. */
+  started?(): void;
   message(message: any): void;
   binary(bytes: Uint8Array): void;
   end(): void;
@@ -219,6 +222,9 @@ export class GatewaySocket {
       case 'logged_in':
         this.pendingLogin?.resolve(frame.identity as Identity);
         this.pendingLogin = null;
+        return;
+      case 'started':
+        if (id) this.calls.get(id)?.started?.();
         return;
       case 'message':
         if (id) this.calls.get(id)?.message(frame.message);

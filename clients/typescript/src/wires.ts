@@ -18,8 +18,9 @@ export interface PublishSummary {
 /**
  * The chunks of a wire from now on. Holds at most 1024 chunks not yet read;
  * past that the subscription is closed and the iterator throws
- * SLOW_CONSUMER. The gateway does not confirm a subscription: chunks
- * published in the moment after `subscribe()` resolves may be missed.
+ * SLOW_CONSUMER. `subscribe()` resolves once the node says the
+ * subscription is in place (`started`): every chunk published after that
+ * arrives.
  */
 export class Subscription implements AsyncIterable<Uint8Array> {
   /** How many times it was opened again after a reconnect (chunks published meanwhile were missed). */
@@ -59,26 +60,33 @@ export class Subscription implements AsyncIterable<Uint8Array> {
   }
 
   private async open(): Promise<void> {
-    // The node sends nothing when a subscription starts, so its refusals (no
-    // such wire, no right) could come after this resolved: asking for the
-    // wire first (Get needs the same read right) makes them come here.
-    await this.connection.call('busbar.v1.Resources/Get', { path: this.path });
+    // Resolves at the node's `started` frame (the subscription is in place,
+    // so a chunk published after this resolves arrives), or fails with the
+    // node's refusal (no such wire, no right) if that comes first.
+    let accepted!: () => void;
+    let refused!: (error: BusbarError) => void;
+    const started = new Promise<void>((resolve, reject) => {
+      accepted = resolve;
+      refused = reject;
+    });
     const { socket, id } = await startCall(this.connection, 'busbar.v1.Wires/Subscribe', { path: this.path }, {}, {
+      started: () => accepted(),
       message: (chunk: any) => {
         const data = typeof chunk?.data === 'string' ? fromBase64(chunk.data) : new Uint8Array();
         if (!this.queue.push(data)) this.close();
       },
       binary: () => undefined,
-      end: () => this.end(null),
+      end: () => {
+        refused(new BusbarError('UNAVAILABLE', `the subscription to ${this.path} ended before it started`));
+        this.end(null);
+      },
       fail: (error) => {
+        refused(error);
         if (!this.connection.willResume(error)) this.end(error);
       },
     });
     this.current = { cancel: () => socket.follow('cancel', id) };
-    // A round trip behind the Subscribe call, so that it has most likely
-    // taken hold when this resolves; the best this side can do.
-    await this.connection.call('busbar.v1.Auth/WhoAmI', {});
-    if (this.failure) throw this.failure;
+    await started;
   }
 
   private end(error: BusbarError | null): void {

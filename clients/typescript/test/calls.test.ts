@@ -114,14 +114,8 @@ describe('calls', () => {
 
 describe('connecting', () => {
   let node: TestNode;
-
-  before(async () => {
-    node = await TestNode.start();
-  });
-
-  after(async () => {
-    await node?.stop();
-  });
+  before(async () => (node = await TestNode.start()));
+  after(async () => node?.stop());
 
   test('a wrong password fails UNAUTHENTICATED', async () => {
     await assert.rejects(

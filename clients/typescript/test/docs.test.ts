@@ -49,7 +49,7 @@ test('the examples of docs/typescript.md compile and run against a node', async 
     });
     assert.equal(run.status, 0, `the examples failed:\n--- stdout ---\n${run.stdout}\n--- stderr ---\n${run.stderr}\n${node.log()}`);
     // What the comments in the document say they print.
-    for (const line of ['admin', 'CANCELLED', 'chat: hello', "chat [ 'hello' ] admin", "2 [ 'tea', 'coffee' ]", 'no such resource']) {
+    for (const line of ['admin', 'CANCELLED', '1 0', 'first chunk', 'chat: hello', "chat [ 'hello' ] admin", "2 [ 'tea', 'coffee' ]", 'no such resource']) {
       assert.ok(run.stdout.split('\n').includes(line), `"${line}" not printed:\n${run.stdout}`);
     }
   } finally {

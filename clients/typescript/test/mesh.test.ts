@@ -1,8 +1,8 @@
 // Mesh: a provider's methods called by name through the gateway. The
 // provider is the Python SDK's (a provider needs the bidirectional
 // Mesh/Provide stream with binary descriptors, which this client does not
-// offer); the test is skipped when no Python with `busbar` is at hand
-// ($BUSBAR_PYTHON, else the repo's .venv).
+// offer). $BUSBAR_PYTHON names the Python (it must have `busbar`); without
+// it the repo's .venv is tried, and the test is skipped when that has none.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,7 +13,13 @@ import { connect, type Connection } from '../src/index.js';
 import { PACKAGE_ROOT, REPO_ROOT, TestNode, cleanEnv } from './node.js';
 
 function python(): string | null {
-  const candidates = [process.env.BUSBAR_PYTHON, join(REPO_ROOT, '.venv', 'bin', 'python')];
+  const asked = process.env.BUSBAR_PYTHON;
+  // Named explicitly (as `make test-typescript` does), it must work: the
+  // test then fails rather than skips.
+  if (asked && spawnSync(asked, ['-c', 'import busbar'], { env: cleanEnv() }).status !== 0) {
+    throw new Error(`BUSBAR_PYTHON=${asked} cannot import busbar: run \`make python-package\``);
+  }
+  const candidates = [asked, join(REPO_ROOT, '.venv', 'bin', 'python')];
   for (const candidate of candidates) {
     if (!candidate || !existsSync(candidate)) continue;
     if (spawnSync(candidate, ['-c', 'import busbar'], { env: cleanEnv() }).status === 0) return candidate;

@@ -19,14 +19,8 @@ function once(conn: Connection, event: 'connected' | 'disconnected' | 'reconnect
 
 describe('reconnect', () => {
   let node: TestNode;
-
-  before(async () => {
-    node = await TestNode.start();
-  });
-
-  after(async () => {
-    await node?.stop();
-  });
+  before(async () => (node = await TestNode.start()));
+  after(async () => node?.stop());
 
   test('after a crash and restart the room is rejoined and hears emits again', async () => {
     const login = { user: 'admin', password: node.password };

@@ -68,6 +68,9 @@ pub struct CallCounters {
     /// Grows by one entry per method that was ever called: the caller passes
     /// a shared name for methods that do not exist.
     methods: RwLock<HashMap<Box<str>, MethodCounters, foldhash::fast::RandomState>>,
+    /// Every call, and those that failed, whatever their method.
+    total: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl CallCounters {
@@ -79,6 +82,11 @@ impl CallCounters {
         } else {
             GRPC_UNKNOWN
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.fetch_add(1, Relaxed);
+        if code != 0 {
+            self.failed.fetch_add(1, Relaxed);
+        }
         let count = |counters: &MethodCounters| {
             counters[code]
                 .get_or_init(|| {
@@ -102,6 +110,12 @@ impl CallCounters {
         }
         let mut methods = self.methods.write().unwrap_or_else(|p| p.into_inner());
         count(methods.entry(method.into()).or_default());
+    }
+
+    /// Calls finished so far, and those of them that failed.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.total.load(Relaxed), self.failed.load(Relaxed))
     }
 }
 

@@ -1,8 +1,8 @@
 // Mesh: the services providers offer (busbar.v1.Mesh/ListServices) and a
 // form to call one of their methods with a JSON request.
 
-import { busy, h, replace, statusLine } from '../dom';
-import type { Page, PageFactory } from '../page';
+import { h, replace, statusLine } from '../dom';
+import { actionForm, listingPage, panel, type PageFactory } from '../page';
 
 export const meshPage: PageFactory = (connection) => {
   const folder = h('input', { id: 'mesh-path', value: '/services', size: 30 });
@@ -84,30 +84,16 @@ export const meshPage: PageFactory = (connection) => {
     }
   };
 
-  const element = h(
-    'section',
-    { id: 'page-mesh' },
-    h('h2', {}, 'Mesh services'),
-    h('form', { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(listButton, list)) }, h('label', {}, 'Below ', folder), listButton),
+  const element = panel(
+    'mesh',
+    'Mesh services',
+    actionForm('inline', listButton, list, h('label', {}, 'Below ', folder), listButton),
     listed.element,
     services,
     h('h3', {}, 'Call a method'),
-    h('form', { class: 'stacked', onsubmit: (event: Event) => (event.preventDefault(), void busy(callButton, call)) }, method, request, h('div', {}, callButton)),
+    actionForm('stacked', callButton, call, method, request, h('div', {}, callButton)),
     called.element,
     response,
   );
-  let listedOnce = false;
-  const page: Page = {
-    id: 'mesh',
-    title: 'Mesh',
-    element,
-    shown: () => {
-      if (!listedOnce) {
-        listedOnce = true;
-        void list();
-      }
-    },
-    dispose: () => {},
-  };
-  return page;
+  return listingPage({ id: 'mesh', title: 'Mesh', element, list });
 };

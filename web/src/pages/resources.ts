@@ -2,7 +2,7 @@
 // and deleting resources (busbar.v1.Resources).
 
 import { busy, h, replace, statusLine } from '../dom';
-import { KINDS, MAX_LISTED, type Page, type PageFactory, type ResourceInfo } from '../page';
+import { KINDS, MAX_LISTED, listingPage, panel, type PageFactory, type ResourceInfo } from '../page';
 
 const RIGHTS = ['READ', 'WRITE', 'ADMIN'];
 const RESOLUTIONS = ['BREAKPOINT', 'MIN1', 'MIN5', 'MIN10', 'MIN15', 'MIN30', 'HOUR', 'DAY', 'WEEK', 'MONTH', 'YEAR'];
@@ -217,10 +217,9 @@ export const resourcesPage: PageFactory = (connection) => {
   );
 
   listButton.addEventListener('click', () => void busy(listButton, list));
-  const element = h(
-    'section',
-    { id: 'page-resources' },
-    h('h2', {}, 'Resources'),
+  const element = panel(
+    'resources',
+    'Resources',
     h('div', { class: 'inline' }, h('label', {}, 'Below ', root), listButton),
     listed.element,
     h('div', { class: 'columns' }, tree, details),
@@ -228,18 +227,5 @@ export const resourcesPage: PageFactory = (connection) => {
     createForm,
     created.element,
   );
-  let listedOnce = false;
-  const page: Page = {
-    id: 'resources',
-    title: 'Resources',
-    element,
-    shown: () => {
-      if (!listedOnce) {
-        listedOnce = true;
-        void list();
-      }
-    },
-    dispose: () => {},
-  };
-  return page;
+  return listingPage({ id: 'resources', title: 'Resources', element, list });
 };

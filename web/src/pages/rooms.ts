@@ -3,7 +3,7 @@
 
 import { busy, h, replace, statusLine } from '../dom';
 import type { RoomEventLike, RoomLike } from '../client';
-import { fillDatalist, resourcesOfKind, type Page, type PageFactory } from '../page';
+import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 /** Events kept in the list; older ones drop off the end. */
 const MAX_EVENTS = 200;
@@ -102,22 +102,23 @@ export const roomsPage: PageFactory = (connection) => {
     await leave();
     joined.ok('left');
   }));
-  const element = h(
-    'section',
-    { id: 'page-rooms' },
-    h('h2', {}, 'Rooms'),
+  const element = panel(
+    'rooms',
+    'Rooms',
     rooms,
-    h(
-      'form',
-      { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(joinButton, join)) },
+    actionForm(
+      'inline',
+      joinButton,
+      join,
       h('label', {}, 'Room ', path),
       joinButton,
       leaveButton,
     ),
     joined.element,
-    h(
-      'form',
-      { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(emitButton, emit)) },
+    actionForm(
+      'inline',
+      emitButton,
+      emit,
       eventName,
       eventArgs,
       emitButton,
@@ -126,17 +127,5 @@ export const roomsPage: PageFactory = (connection) => {
     h('h3', {}, `Events (newest first, the last ${MAX_EVENTS})`),
     events,
   );
-  const page: Page = {
-    id: 'rooms',
-    title: 'Rooms',
-    element,
-    shown: () => {
-      resourcesOfKind(connection, 'ROOM').then(
-        (found) => fillDatalist(rooms, found.map((r) => r.path)),
-        () => undefined,
-      );
-    },
-    dispose: leave,
-  };
-  return page;
+  return pickerPage(connection, { id: 'rooms', title: 'Rooms', element, kind: 'ROOM', picker: rooms, dispose: leave });
 };

@@ -1,9 +1,9 @@
 // Time series: pick a series and an interval, see its points plotted.
 
 import { plotSeries, MAX_MARKERS, type PlotPoint } from '../charts';
-import { busy, h, replace, statusLine } from '../dom';
+import { h, replace, statusLine } from '../dom';
 import { cellText, type ArrowTableLike } from '../table';
-import { fillDatalist, resourcesOfKind, type Page, type PageFactory } from '../page';
+import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 const HOUR = 3_600_000;
 const INTERVALS: [string, string, number][] = [
@@ -58,14 +58,14 @@ export const seriesPage: PageFactory = (connection) => {
     }
   };
 
-  const element = h(
-    'section',
-    { id: 'page-series' },
-    h('h2', {}, 'Time series'),
+  const element = panel(
+    'series',
+    'Time series',
     seriesList,
-    h(
-      'form',
-      { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(plotButton, draw)) },
+    actionForm(
+      'inline',
+      plotButton,
+      draw,
       h('label', {}, 'Series ', path),
       h('label', {}, 'Interval ', interval),
       from,
@@ -75,19 +75,7 @@ export const seriesPage: PageFactory = (connection) => {
     outcome.element,
     plot,
   );
-  const page: Page = {
-    id: 'series',
-    title: 'Time series',
-    element,
-    shown: () => {
-      resourcesOfKind(connection, 'TIMESERIES').then(
-        (found) => fillDatalist(seriesList, found.map((r) => r.path)),
-        () => undefined,
-      );
-    },
-    dispose: () => {},
-  };
-  return page;
+  return pickerPage(connection, { id: 'series', title: 'Time series', element, kind: 'TIMESERIES', picker: seriesList });
 };
 
 /** A table of utc_time, flags, value as plot points. */

@@ -3,7 +3,7 @@
 
 import { busy, h, replace, statusLine } from '../dom';
 import { download, MAX_SHOWN_ROWS, renderTable, toCsv, type ArrowTableLike } from '../table';
-import { fillDatalist, resourcesOfKind, type Page, type PageFactory } from '../page';
+import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 export const sqlPage: PageFactory = (connection) => {
   const databases = h('datalist', { id: 'sql-databases' });
@@ -44,14 +44,14 @@ export const sqlPage: PageFactory = (connection) => {
   csvButton.addEventListener('click', () => {
     if (last) download('result.csv', toCsv(last));
   });
-  const element = h(
-    'section',
-    { id: 'page-sql' },
-    h('h2', {}, 'SQL'),
+  const element = panel(
+    'sql',
+    'SQL',
     databases,
-    h(
-      'form',
-      { class: 'stacked', onsubmit: (event: Event) => (event.preventDefault(), void busy(runButton, run)) },
+    actionForm(
+      'stacked',
+      runButton,
+      run,
       h('label', {}, 'Database ', database),
       text,
       h('div', {}, runButton, ' ', csvButton),
@@ -59,17 +59,5 @@ export const sqlPage: PageFactory = (connection) => {
     outcome.element,
     result,
   );
-  const page: Page = {
-    id: 'sql',
-    title: 'SQL',
-    element,
-    shown: () => {
-      resourcesOfKind(connection, 'DATABASE').then(
-        (found) => fillDatalist(databases, found.map((r) => r.path)),
-        () => undefined,
-      );
-    },
-    dispose: () => {},
-  };
-  return page;
+  return pickerPage(connection, { id: 'sql', title: 'SQL', element, kind: 'DATABASE', picker: databases });
 };

@@ -3,7 +3,6 @@
 
 import { Sparkline } from '../charts';
 import { h, replace, statusLine } from '../dom';
-import { traffic } from '../client';
 import type { Page, PageFactory } from '../page';
 
 const POLL_MS = 2000;
@@ -15,8 +14,8 @@ export const statusPage: PageFactory = (connection) => {
   const charts = {
     connections: new Sparkline('connections', ''),
     roundTrip: new Sparkline('status round trip', 'ms'),
-    callsPerSecond: new Sparkline('console calls/s', ''),
-    errors: new Sparkline('console errors per poll', ''),
+    callsPerSecond: new Sparkline('calls/s', ''),
+    errors: new Sparkline('errors/s', ''),
     nodes: new Sparkline('cluster nodes', ''),
   };
   const element = h(
@@ -29,16 +28,14 @@ export const statusPage: PageFactory = (connection) => {
     h(
       'p',
       { class: 'note' },
-      'Calls/s and errors count this console’s own calls; the node-wide counters are on its Prometheus endpoint (the “metrics:” line of busbar serve).',
+      'Calls/s and errors/s are the whole node’s, from its call counters; by method and code they are on its Prometheus endpoint (the “metrics:” line of busbar serve).',
     ),
     h('h3', {}, 'Nodes sharing the store'),
     nodes,
   );
 
-  // This console's own traffic (client.ts meters it), sampled per poll.
-  let lastSample = performance.now();
-  let lastCalls = traffic.calls;
-  let lastErrors = traffic.errors;
+  // The node's call counters at the last poll: rates are their growth.
+  let last: { at: number; calls: number; errors: number } | null = null;
 
   let inFlight = false;
   const poll = async () => {
@@ -52,16 +49,17 @@ export const statusPage: PageFactory = (connection) => {
       charts.connections.push(Number(status.connections ?? 0));
       charts.roundTrip.push(roundTrip);
       charts.nodes.push((status.nodes ?? []).length);
+      const sample = { at: performance.now(), calls: Number(status.calls_total ?? 0), errors: Number(status.call_errors_total ?? 0) };
+      if (last) {
+        const seconds = Math.max(sample.at - last.at, 1) / 1000;
+        charts.callsPerSecond.push((sample.calls - last.calls) / seconds);
+        charts.errors.push((sample.errors - last.errors) / seconds);
+      }
+      last = sample;
       outcome.clear();
     } catch (error) {
       outcome.fail(error);
     } finally {
-      const now = performance.now();
-      charts.callsPerSecond.push(((traffic.calls - lastCalls) * 1000) / Math.max(now - lastSample, 1));
-      charts.errors.push(traffic.errors - lastErrors);
-      lastCalls = traffic.calls;
-      lastErrors = traffic.errors;
-      lastSample = now;
       inFlight = false;
     }
   };
@@ -75,6 +73,7 @@ export const statusPage: PageFactory = (connection) => {
       ['bus', `${status.bus} (${status.bus_healthy ? 'healthy' : 'UNREACHABLE'})`],
       ['TLS', status.tls ? 'yes' : 'no'],
       ['connections', String(status.connections)],
+      ['calls', `${status.calls_total} (${status.call_errors_total} failed)`],
     ];
     replace(facts, ...rows.flatMap(([name, value]) => [h('dt', {}, name), h('dd', { 'data-fact': name }, value)]));
     const cluster = (status.nodes ?? []) as any[];

@@ -1,9 +1,9 @@
 // Wires: subscribe to one wire and watch its chunks (the last MAX_CHUNKS),
 // and publish text into it.
 
-import { busy, h, replace, statusLine } from '../dom';
+import { h, replace, statusLine } from '../dom';
 import type { SubscriptionLike } from '../client';
-import { fillDatalist, resourcesOfKind, type Page, type PageFactory } from '../page';
+import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 const MAX_CHUNKS = 200;
 /** Bytes of a chunk shown; the size says how long it was. */
@@ -92,35 +92,23 @@ export const wiresPage: PageFactory = (connection) => {
     stop();
     subscribed.ok('stopped');
   });
-  const element = h(
-    'section',
-    { id: 'page-wires' },
-    h('h2', {}, 'Wires'),
+  const element = panel(
+    'wires',
+    'Wires',
     wires,
-    h(
-      'form',
-      { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(subscribeButton, subscribe)) },
+    actionForm(
+      'inline',
+      subscribeButton,
+      subscribe,
       h('label', {}, 'Wire ', path),
       subscribeButton,
       stopButton,
     ),
     subscribed.element,
-    h('form', { class: 'inline', onsubmit: (event: Event) => (event.preventDefault(), void busy(publishButton, publish)) }, text, publishButton),
+    actionForm('inline', publishButton, publish, text, publishButton),
     published.element,
     h('h3', {}, `Chunks (newest first, the last ${MAX_CHUNKS})`),
     chunks,
   );
-  const page: Page = {
-    id: 'wires',
-    title: 'Wires',
-    element,
-    shown: () => {
-      resourcesOfKind(connection, 'WIRE').then(
-        (found) => fillDatalist(wires, found.map((r) => r.path)),
-        () => undefined,
-      );
-    },
-    dispose: stop,
-  };
-  return page;
+  return pickerPage(connection, { id: 'wires', title: 'Wires', element, kind: 'WIRE', picker: wires, dispose: stop });
 };

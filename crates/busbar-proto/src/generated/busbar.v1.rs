@@ -2482,7 +2482,7 @@ pub struct NodeStatus {
     pub bus: ::prost::alloc::string::String,
     #[prost(bool, tag = "7")]
     pub tls: bool,
-    /// currently open client streams of node events
+    /// client connections open now (TCP, TLS or not)
     #[prost(uint64, tag = "8")]
     pub connections: u64,
     /// The nodes sharing this node's store that reported in the last 15 s (a
@@ -2494,6 +2494,12 @@ pub struct NodeStatus {
     pub store_healthy: bool,
     #[prost(bool, tag = "11")]
     pub bus_healthy: bool,
+    /// calls finished since the node started (by method: /metrics)
+    #[prost(uint64, tag = "12")]
+    pub calls_total: u64,
+    /// of those, the ones that ended with an error (any code but OK)
+    #[prost(uint64, tag = "13")]
+    pub call_errors_total: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ClusterNode {

@@ -22,7 +22,10 @@ impl node_server::Node for NodeService {
             Ok(nodes) => (nodes, true),
             Err(_) => (Vec::new(), false),
         };
+        let (calls_total, call_errors_total) = node.metrics.calls.totals();
         reply(pb::NodeStatus {
+            calls_total,
+            call_errors_total,
             nodes: nodes
                 .into_iter()
                 .map(|n| pb::ClusterNode {

@@ -138,19 +138,17 @@ pub fn is_within(path: &str, ancestor: &str) -> bool {
         || (path.starts_with(ancestor) && path.as_bytes().get(ancestor.len()) == Some(&b'/'))
 }
 
+/// Whether `name` is 1 to `max` ASCII letters, digits, '_', '-' and '.':
+/// a name that stands in paths, subjects and SQL identifiers as it is.
+pub fn is_plain_name(name: &str, max: usize) -> bool {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    (1..=max).contains(&name.len()) && name.chars().all(plain)
+}
+
 /// Identity and group names: 1 to 64 of letters, digits, '_', '-', '.',
 /// starting with a letter or digit.
 pub fn validate_identity_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
+    if is_plain_name(name, 64) && name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         Ok(())
     } else {
         Err(Error::invalid_argument(format!(

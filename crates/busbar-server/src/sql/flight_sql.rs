@@ -410,11 +410,9 @@ impl FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
-        let caller = caller_of(&request)?;
         let (budget, _stop) = self.node.sql_budget(request.metadata());
-        let (prepared, target) = self
-            .prepared_target(&caller, &query.prepared_statement_handle)
-            .await?;
+        let handle = &query.prepared_statement_handle;
+        let (prepared, target) = self.prepared_target(&caller_of(&request)?, handle).await?;
         let params = match prepared.bound.as_slice() {
             [] if prepared.parameters.is_empty() => SqlParams::default(),
             [] => {
@@ -624,11 +622,9 @@ impl FlightSql {
         update: CommandPreparedStatementUpdate,
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
-        let caller = caller_of(&request)?;
         let (budget, _stop) = self.node.sql_budget(request.metadata());
-        let (prepared, target) = self
-            .prepared_target(&caller, &update.prepared_statement_handle)
-            .await?;
+        let handle = &update.prepared_statement_handle;
+        let (prepared, target) = self.prepared_target(&caller_of(&request)?, handle).await?;
         let mut rows = Self::rows(request, &prepared).await?;
         if rows.is_empty() {
             rows = prepared.bound.clone();

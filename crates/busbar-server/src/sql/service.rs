@@ -239,6 +239,24 @@ impl SqlService {
         })
     }
 
+    /// What a call that runs statements starts from: where they run (with
+    /// the call's idempotency key), its budget, and the guard that stops
+    /// its statement when the call goes away.
+    async fn run_on<M: prost::Message>(
+        &self,
+        request: &Request<M>,
+        method: &str,
+        database: &str,
+        session: &str,
+    ) -> std::result::Result<(On, Budget, StopOnDrop), Status> {
+        let caller = caller(request)?;
+        let key = crate::calls::CallKey::of(&self.node, request, &caller, method)?;
+        let mut on = self.on(&caller, database, session).await?;
+        on.key = key;
+        let (budget, stop) = self.node.sql_budget(request.metadata());
+        Ok((on, budget, stop))
+    }
+
     /// `Execute` with `rows` (executemany): the statement once per row, in
     /// one transaction; a session's earlier work is kept if a row fails.
     async fn execute_many(
@@ -307,14 +325,12 @@ impl SqlService {
 #[tonic::async_trait]
 impl Sql for SqlService {
     type ExecuteStream = Responses;
+    type RunProcedureStream = Responses;
 
     async fn execute(&self, request: Request<pb::ExecuteRequest>) -> Reply<Responses> {
-        let caller = caller(&request)?;
-        let (budget, stop) = self.node.sql_budget(request.metadata());
-        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "Execute")?;
+        let (database, session) = (&request.get_ref().database, &request.get_ref().session);
+        let (on, budget, stop) = self.run_on(&request, "Execute", database, session).await?;
         let r = request.into_inner();
-        let mut on = self.on(&caller, &r.database, &r.session).await?;
-        on.key = key;
         if !r.rows.is_empty() {
             return self.execute_many(on, r, budget).await;
         }
@@ -369,15 +385,13 @@ impl Sql for SqlService {
         })
     }
 
-    type RunProcedureStream = Responses;
-
     async fn run_procedure(&self, request: Request<pb::RunProcedureRequest>) -> Reply<Responses> {
-        let caller = caller(&request)?;
-        let (budget, stop) = self.node.sql_budget(request.metadata());
-        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "RunProcedure")?;
+        let message = request.get_ref();
+        let (database, session) = (&message.database, &message.session);
+        let (on, budget, stop) = self
+            .run_on(&request, "RunProcedure", database, session)
+            .await?;
         let r = request.into_inner();
-        let mut on = self.on(&caller, &r.database, &r.session).await?;
-        on.key = key;
         let given = params(r.args, r.kwargs)?;
         let args = Arguments {
             positional: given.positional,

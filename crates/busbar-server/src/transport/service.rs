@@ -31,14 +31,7 @@ pub struct TransportService {
 }
 
 fn check_session_id(id: &str) -> Result<()> {
-    let valid = !id.is_empty()
-        && id.len() <= 128
-        && id != "."
-        && id != ".."
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if crate::resources::paths::is_plain_name(id, 128) && id != "." && id != ".." {
         Ok(())
     } else {
         Err(Error::invalid_argument(format!(
