@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Most messages the publisher may be ahead of the slowest subscriber.
-const WINDOW: u64 = 256;
+pub(crate) const WINDOW: u64 = 256;
 /// Concurrent emits (Busbar) / publishing tasks (NATS).
-const EMITTERS: usize = 64;
+pub(crate) const EMITTERS: usize = 64;
 /// Payload timestamp 0 marks a warm-up message, not measured.
 const WARM_UP: u64 = 0;
 
@@ -80,9 +80,10 @@ impl Progress {
 }
 
 /// A subscriber's messages as send timestamps.
-type Timestamps = BoxStream<'static, std::result::Result<u64, String>>;
+pub(crate) type Timestamps = BoxStream<'static, std::result::Result<u64, String>>;
 /// Sends one message carrying a timestamp.
-type Emit = Arc<dyn Fn(u64) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
+pub(crate) type Emit =
+    Arc<dyn Fn(u64) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync>;
 
 struct SubscriberResult {
     samples: Samples,
@@ -140,7 +141,7 @@ pub(crate) struct RunResult {
 
 /// One run: warm up until every subscriber heard a marker, then `total`
 /// messages from [`EMITTERS`] tasks, paced by the window.
-async fn run_one(
+pub(crate) async fn run_one(
     ctx: &Ctx,
     system: &str,
     streams: Vec<Timestamps>,
@@ -252,17 +253,47 @@ async fn run_one(
     }
 }
 
-fn busbar_payload(stamp: u64, size: usize) -> String {
+/// A Busbar event argument: the send time as 16 hex digits, padded to `size`.
+pub(crate) fn busbar_payload(stamp: u64, size: usize) -> String {
     let mut text = format!("{stamp:016x}");
     text.push_str(&"x".repeat(size.saturating_sub(16)));
     text
 }
 
+/// A NATS payload: the send time as 8 little-endian bytes, padded to `size`.
 fn nats_payload(stamp: u64, size: usize) -> Bytes {
     let mut buf = BytesMut::with_capacity(size);
     buf.put_u64_le(stamp);
     buf.resize(size.max(8), b'x');
     buf.freeze()
+}
+
+/// Emits `size`-byte events to `room` over one `Rooms/EmitStream` of
+/// `publisher`: no round trip per event, like a NATS publish; the emit
+/// tasks share it without a lock, as they share the NATS client.
+pub(crate) fn busbar_emit(publisher: &busbar_client::Client, room: &str, size: usize) -> Emit {
+    let emitter = Arc::new(publisher.emitter(room));
+    Arc::new(move |stamp| {
+        let emitter = emitter.clone();
+        Box::pin(async move {
+            let args = vec![serde_json::Value::String(busbar_payload(stamp, size))];
+            emitter.emit("m", args).await.map_err(|e| e.to_string())
+        })
+    })
+}
+
+/// Publishes `size`-byte messages to `subject` on `publisher`.
+pub(crate) fn nats_emit(publisher: &async_nats::Client, subject: String, size: usize) -> Emit {
+    let client = publisher.clone();
+    Arc::new(move |stamp| {
+        let (client, subject) = (client.clone(), subject.clone());
+        Box::pin(async move {
+            client
+                .publish(subject, nats_payload(stamp, size))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }
 
 impl RunResult {
@@ -341,17 +372,7 @@ impl Run<'_> {
                 }
             })));
         }
-        // One emit stream (Rooms/EmitStream): no round trip per event, like
-        // a NATS publish; the emit tasks share it without a lock, as they
-        // share the NATS client.
-        let emitter = Arc::new(publisher.emitter(room));
-        let emit: Emit = Arc::new(move |stamp| {
-            let emitter = emitter.clone();
-            Box::pin(async move {
-                let args = vec![serde_json::Value::String(busbar_payload(stamp, size))];
-                emitter.emit("m", args).await.map_err(|e| e.to_string())
-            })
-        });
+        let emit = busbar_emit(publisher, room, size);
         let result = run_one(ctx, "busbar", streams, emit, self.total, self.cap).await;
         admin.rm(room, false).await?;
         Ok(result)
@@ -373,16 +394,7 @@ impl Run<'_> {
                 Ok(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
             })));
         }
-        let client = publisher.clone();
-        let emit: Emit = Arc::new(move |stamp| {
-            let (client, subject) = (client.clone(), subject.clone());
-            Box::pin(async move {
-                client
-                    .publish(subject, nats_payload(stamp, size))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
+        let emit = nats_emit(publisher, subject, size);
         Ok(run_one(self.ctx, "nats", streams, emit, self.total, self.cap).await)
     }
 }

@@ -13,14 +13,20 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
 
 const METHOD: &str = "busbar.v1.Node/Status";
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-async fn next_json(socket: &mut Socket) -> Result<Value> {
+/// Largest WebSocket message (and frame) the bench accepts: far above what
+/// any scenario receives, so only a runaway peer hits it.
+const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// The next text frame as JSON.
+pub(crate) async fn next_json(socket: &mut Socket) -> Result<Value> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
             .await
@@ -36,21 +42,21 @@ async fn next_json(socket: &mut Socket) -> Result<Value> {
     }
 }
 
-/// A logged-in socket to the gateway at `url`.
-async fn open(url: &str, config: &ClientConfig, token: &str) -> Result<Socket> {
-    let host_port = url
-        .trim_start_matches("wss://")
-        .trim_end_matches("/ws")
-        .to_string();
-    let mut roots = rustls::RootCertStore::empty();
+/// Trust roots holding the certificates in `pem`.
+pub(crate) fn roots_from_pem(pem: &[u8]) -> Result<rustls::RootCertStore> {
     use rustls::pki_types::pem::PemObject;
-    let ca = config
-        .ca_pem
-        .as_deref()
-        .ok_or("the node's config has no CA")?;
-    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
         roots.add(certificate?)?;
     }
+    Ok(roots)
+}
+
+/// A WebSocket over TLS (server name `localhost`, trusting `roots`) to
+/// `url` (`wss://HOST:PORT[/path]`), handshake done.
+pub(crate) async fn connect(url: &str, roots: rustls::RootCertStore) -> Result<Socket> {
+    let without_scheme = url.strip_prefix("wss://").ok_or("not a wss:// URL")?;
+    let host_port = without_scheme.split('/').next().unwrap_or(without_scheme);
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -58,13 +64,27 @@ async fn open(url: &str, config: &ClientConfig, token: &str) -> Result<Socket> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&host_port).await?;
+    let tcp = tokio::net::TcpStream::connect(host_port).await?;
     tcp.set_nodelay(true)?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect("localhost".try_into()?, tcp)
         .await?;
     let request = url.into_client_request()?;
-    let (mut socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE_BYTES))
+        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+    let (socket, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(limits)).await?;
+    Ok(socket)
+}
+
+/// A logged-in socket to the gateway at `url`.
+pub(crate) async fn open(url: &str, config: &ClientConfig, token: &str) -> Result<Socket> {
+    let ca = config
+        .ca_pem
+        .as_deref()
+        .ok_or("the node's config has no CA")?;
+    let mut socket = connect(url, roots_from_pem(ca.as_bytes())?).await?;
     let hello = next_json(&mut socket).await?;
     if hello["op"] != "hello" {
         return Err(format!("the gateway began with {hello}").into());

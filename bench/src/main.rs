@@ -3,7 +3,7 @@
 //! ratios and writes `bench/results/latest.json`. See bench/README.md.
 //!
 //! ```text
-//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway] [--busbar PATH] [--out DIR]
+//! busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway,wsfanout] [--busbar PATH] [--out DIR]
 //! ```
 
 mod cluster;
@@ -23,12 +23,13 @@ mod timeseries;
 mod tls;
 mod unary;
 mod wire;
+mod ws_fanout;
 
 use procs::Result;
 use std::path::PathBuf;
 use std::time::Instant;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "unary",
     "mesh",
     "fanout",
@@ -40,6 +41,7 @@ const SCENARIOS: [&str; 11] = [
     "scale",
     "cluster",
     "gateway",
+    "wsfanout",
 ];
 
 struct Options {
@@ -49,7 +51,7 @@ struct Options {
     out: PathBuf,
 }
 
-const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway] [--busbar PATH] [--out DIR]";
+const USAGE: &str = "usage: busbar-bench [--quick] [--only unary,mesh,fanout,wire,timeseries,sql,python,rooms,scale,cluster,gateway,wsfanout] [--busbar PATH] [--out DIR]";
 
 fn parse_options(args: &[String]) -> Result<Options> {
     let exe = std::env::current_exe()?;
@@ -196,6 +198,7 @@ async fn run(options: Options) -> Result<()> {
             "rooms" => rooms::run(&ctx).await,
             "cluster" => cluster::run(&ctx).await,
             "gateway" => gateway::run(&ctx).await,
+            "wsfanout" => ws_fanout::run(&ctx).await,
             _ => scale::run(&ctx, fd_limit).await,
         };
         match result {

@@ -191,13 +191,41 @@ pub fn free_port() -> Result<u16> {
 pub struct Nats {
     pub guard: Guard,
     pub url: String,
+    /// The WebSocket listener's URL (`wss://127.0.0.1:PORT`), when asked for.
+    pub websocket: Option<String>,
 }
 
 impl Nats {
     pub fn start(binary: &Path, tls: &crate::tls::Files, log: &Path) -> Result<Nats> {
+        Nats::start_inner(binary, tls, log, false)
+    }
+
+    /// [`Nats::start`] plus a WebSocket listener with TLS (the same
+    /// certificate) on another free loopback port. The listener can only be
+    /// set in a configuration file, written next to `log`.
+    pub fn start_with_websocket(
+        binary: &Path,
+        tls: &crate::tls::Files,
+        log: &Path,
+    ) -> Result<Nats> {
+        Nats::start_inner(binary, tls, log, true)
+    }
+
+    fn start_inner(
+        binary: &Path,
+        tls: &crate::tls::Files,
+        log: &Path,
+        websocket: bool,
+    ) -> Result<Nats> {
         let port = free_port()?;
-        let log = std::fs::File::create(log)?;
+        let websocket_port = if websocket { Some(free_port()?) } else { None };
         let mut command = Command::new(binary);
+        if let Some(websocket_port) = websocket_port {
+            let config = log.with_extension("conf");
+            std::fs::write(&config, websocket_config(websocket_port, tls))?;
+            command.arg("-c").arg(&config);
+        }
+        let log = std::fs::File::create(log)?;
         command
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .arg("--tls")
@@ -215,20 +243,40 @@ impl Nats {
             child: Some(child),
             _stdin: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err(
-                    format!("nats-server did not listen on 127.0.0.1:{port} within 10 s").into(),
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        for listening in std::iter::once(port).chain(websocket_port) {
+            wait_for_listener("nats-server", listening, Duration::from_secs(10))?;
         }
         Ok(Nats {
             guard,
             url: format!("tls://127.0.0.1:{port}"),
+            websocket: websocket_port.map(|p| format!("wss://127.0.0.1:{p}")),
         })
     }
+}
+
+/// nats-server's configuration for a WebSocket listener on `port` with TLS.
+/// The paths are written as quoted strings (`{:?}`), which the
+/// configuration's syntax reads the same way.
+fn websocket_config(port: u16, tls: &crate::tls::Files) -> String {
+    format!(
+        "websocket {{\n  listen: \"127.0.0.1:{port}\"\n  tls {{\n    cert_file: {:?}\n    key_file: {:?}\n  }}\n}}\n",
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    )
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+fn wait_for_listener(name: &str, port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(
+                format!("{name} did not listen on 127.0.0.1:{port} within {timeout:?}").into(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// This binary's `peer-server` child: the bare tonic server and, when NATS
