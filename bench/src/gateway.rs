@@ -112,27 +112,49 @@ async fn call(socket: &mut Socket, id: u64) -> Result<()> {
     }
 }
 
+/// A node of its own with its gateway on, its admin, an API token, and a
+/// gRPC client logged in with that token.
+pub struct GatewayNode {
+    /// Stops when it drops, after the scenario.
+    pub node: procs::Busbar,
+    pub url: String,
+    pub config: ClientConfig,
+    pub token: String,
+    pub admin: busbar_client::Client,
+    pub client: busbar_client::Client,
+}
+
+impl GatewayNode {
+    /// Starts it with its data in the run's `name` folder.
+    pub async fn start(ctx: &Ctx, name: &str) -> Result<GatewayNode> {
+        let node = procs::Busbar::start_with(
+            &ctx.busbar_binary,
+            &ctx.work_dir.join(name),
+            "127.0.0.1:0",
+            &["--ws-listen", "127.0.0.1:0"],
+        )?;
+        let url = (node.websocket.clone()).ok_or("busbar serve printed no websocket URL")?;
+        let config = ClientConfig::from_file(&node.admin_config)?;
+        let admin = busbar_client::Client::from_config_file(&node.admin_config).await?;
+        let (token, _) = admin.create_token(&format!("bench-{name}"), None).await?;
+        let options = ConnectOptions::from_config(&config)?.token(token.clone());
+        let client = options.connect().await?;
+        Ok(GatewayNode {
+            node,
+            url,
+            config,
+            token,
+            admin,
+            client,
+        })
+    }
+}
+
 pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let calls = ctx.pick(2_000u64, 10_000);
-    let data = ctx.work_dir.join("gateway");
-    let node = procs::Busbar::start_with(
-        &ctx.busbar_binary,
-        &data,
-        "127.0.0.1:0",
-        &["--ws-listen", "127.0.0.1:0"],
-    )?;
-    let url = node
-        .websocket
-        .clone()
-        .ok_or("busbar serve printed no websocket URL")?;
-    let config = ClientConfig::from_file(&node.admin_config)?;
-    let admin = busbar_client::Client::from_config_file(&node.admin_config).await?;
-    let (token, _) = admin.create_token("bench-gateway", None).await?;
-    let grpc = ConnectOptions::from_config(&config)?
-        .token(token.clone())
-        .connect()
-        .await?;
-    let mut socket = open(&url, &config, &token).await?;
+    let node = GatewayNode::start(ctx, "gateway").await?;
+    let grpc = &node.client;
+    let mut socket = open(&node.url, &node.config, &node.token).await?;
 
     // Warm both paths (descriptors, connections), then take turns.
     for n in 0..200 {

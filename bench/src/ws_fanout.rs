@@ -23,7 +23,7 @@ use crate::fanout::{self, RunResult, Timestamps};
 use crate::gateway::{self, Socket};
 use crate::procs::{self, Result};
 use crate::report::{Better, Row, Target};
-use busbar_client::{ClientConfig, ConnectOptions, ResourceKind};
+use busbar_client::ResourceKind;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -65,7 +65,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     if let Some(reason) = &nats_skipped {
         eprintln!("bench: {reason}");
     }
-    busbar.admin.mkdir(FOLDER, true).await?;
+    busbar.gateway.admin.mkdir(FOLDER, true).await?;
     let mut rows = Vec::new();
     for subscribers in COUNTS {
         let measured = take_turns(ctx, &busbar, nats.as_ref(), subscribers).await?;
@@ -73,7 +73,7 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
         notes.extend(nats_skipped.iter().cloned());
         rows.extend(measured.rows(subscribers, notes));
     }
-    let _ = busbar.admin.rm(FOLDER, true).await;
+    let _ = busbar.gateway.admin.rm(FOLDER, true).await;
     Ok(rows)
 }
 
@@ -243,44 +243,16 @@ async fn with_cpu(
     (result, cpu)
 }
 
-/// Busbar's side: a node with its gateway, its admin and a publisher.
+/// Busbar's side: a node with its gateway, its admin and a publisher (the
+/// token's gRPC client).
 struct BusbarSide {
-    /// Stops when it drops, after the scenario.
-    node: procs::Busbar,
-    url: String,
-    config: ClientConfig,
-    token: String,
-    admin: busbar_client::Client,
-    publisher: busbar_client::Client,
+    gateway: gateway::GatewayNode,
 }
 
 impl BusbarSide {
     async fn start(ctx: &Ctx) -> Result<BusbarSide> {
-        let node = procs::Busbar::start_with(
-            &ctx.busbar_binary,
-            &ctx.work_dir.join("wsfanout"),
-            "127.0.0.1:0",
-            &["--ws-listen", "127.0.0.1:0"],
-        )?;
-        let url = node
-            .websocket
-            .clone()
-            .ok_or("busbar serve printed no websocket URL")?;
-        let config = ClientConfig::from_file(&node.admin_config)?;
-        let admin = busbar_client::Client::from_config_file(&node.admin_config).await?;
-        let (token, _) = admin.create_token("bench-wsfanout", None).await?;
-        let publisher = ConnectOptions::from_config(&config)?
-            .token(token.clone())
-            .connect()
-            .await?;
-        Ok(BusbarSide {
-            node,
-            url,
-            config,
-            token,
-            admin,
-            publisher,
-        })
+        let gateway = gateway::GatewayNode::start(ctx, "wsfanout").await?;
+        Ok(BusbarSide { gateway })
     }
 
     /// One turn: a fresh room joined by `subscribers` fresh sockets.
@@ -292,32 +264,33 @@ impl BusbarSide {
         total: u64,
         cap: Duration,
     ) -> Result<(RunResult, CpuUse)> {
-        self.admin.create(room, ResourceKind::Room, false).await?;
-        let mut streams = Vec::with_capacity(subscribers);
-        for _ in 0..subscribers {
-            let subscriber = tokio::time::timeout(SETUP_TIMEOUT, self.subscriber(room));
-            streams.push(
-                subscriber
-                    .await
-                    .map_err(|_| "a gateway subscriber's setup timed out")??,
-            );
-        }
-        let emit = fanout::busbar_emit(&self.publisher, room, SIZE);
+        self.gateway
+            .admin
+            .create(room, ResourceKind::Room, false)
+            .await?;
+        let streams =
+            each_within_setup_time(subscribers, "gateway", || self.subscriber(room)).await?;
+        let emit = fanout::busbar_emit(&self.gateway.client, room, SIZE);
         let deliveries = total * subscribers as u64;
         let run = fanout::run_one(ctx, "busbar-ws", streams, emit, total, cap);
-        let measured = with_cpu(self.node.guard.pid(), deliveries, run).await;
-        self.admin.rm(room, false).await?;
+        let measured = with_cpu(self.gateway.node.guard.pid(), deliveries, run).await;
+        self.gateway.admin.rm(room, false).await?;
         Ok(measured)
     }
 
     /// A logged-in socket that has joined `room`, as its events' send times.
     async fn subscriber(&self, room: &str) -> Result<Timestamps> {
-        let mut socket = gateway::open(&self.url, &self.config, &self.token).await?;
+        let gateway = &self.gateway;
+        let mut socket = gateway::open(&gateway.url, &gateway.config, &gateway.token).await?;
         let join = json!({"op": "call", "id": "j", "method": "busbar.v1.Rooms/Join", "message": {"path": room}});
         socket.send(Message::text(join.to_string())).await?;
         // The member stream starts with JOINED: from then on the socket
         // hears every event.
-        let first = gateway::next_json(&mut socket).await?;
+        let mut first = gateway::next_json(&mut socket).await?;
+        if first["op"] == "started" {
+            // The call was accepted; JOINED is its first message.
+            first = gateway::next_json(&mut socket).await?;
+        }
         if first["op"] != "message" || first["message"]["kind"] != "JOINED" {
             return Err(format!("the join began with {first}").into());
         }
@@ -389,15 +362,9 @@ impl NatsSide {
         total: u64,
         cap: Duration,
     ) -> Result<(RunResult, CpuUse)> {
-        let mut streams = Vec::with_capacity(subscribers);
-        for _ in 0..subscribers {
-            let subscriber = tokio::time::timeout(SETUP_TIMEOUT, self.subscriber(&subject));
-            streams.push(
-                subscriber
-                    .await
-                    .map_err(|_| "a NATS WebSocket subscriber's setup timed out")??,
-            );
-        }
+        let streams =
+            each_within_setup_time(subscribers, "NATS WebSocket", || self.subscriber(&subject))
+                .await?;
         let emit = fanout::nats_emit(&self.publisher, subject, SIZE);
         let deliveries = total * subscribers as u64;
         let run = fanout::run_one(ctx, PEER, streams, emit, total, cap);
@@ -555,6 +522,25 @@ fn take_op(buffer: &mut BytesMut) -> Result<Option<NatsOp>> {
         "-ERR" => NatsOp::Error(text.trim_start_matches("-ERR").trim().to_string()),
         _ => NatsOp::Other,
     }))
+}
+
+/// `count` subscribers made one after another by `make`, each given
+/// [`SETUP_TIMEOUT`] to log in and subscribe.
+async fn each_within_setup_time<F, Fut>(
+    count: usize,
+    what: &str,
+    make: F,
+) -> Result<Vec<Timestamps>>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Timestamps>>,
+{
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        let made = tokio::time::timeout(SETUP_TIMEOUT, make()).await;
+        streams.push(made.map_err(|_| format!("a {what} subscriber's setup timed out"))??);
+    }
+    Ok(streams)
 }
 
 #[cfg(test)]

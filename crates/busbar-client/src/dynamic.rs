@@ -77,16 +77,33 @@ fn json_options() -> SerializeOptions {
         .skip_default_fields(false)
 }
 
-fn to_json(message: &DynamicMessage) -> Result<serde_json::Value> {
-    message
-        .serialize_with_options(serde_json::value::Serializer, &json_options())
-        .map_err(|e| {
-            Error::new(
-                ErrorCode::Internal,
-                format!("cannot express the response as JSON: {e}"),
-            )
-        })
+fn unexpressible(e: serde_json::Error) -> Error {
+    Error::new(
+        ErrorCode::Internal,
+        format!("cannot express the response as JSON: {e}"),
+    )
 }
+
+fn to_json(message: &DynamicMessage) -> Result<serde_json::Value> {
+    let value = message.serialize_with_options(serde_json::value::Serializer, &json_options());
+    value.map_err(unexpressible)
+}
+
+/// A response as JSON text, in the same mapping as the JSON values of
+/// [`Client::call`] (proto field names, every field, 64-bit integers as
+/// numbers), written straight from the message without a
+/// `serde_json::Value` in between.
+pub fn to_json_text(message: &DynamicMessage) -> Result<String> {
+    let mut text = Vec::with_capacity(256);
+    let mut serializer = serde_json::Serializer::new(&mut text);
+    (message.serialize_with_options(&mut serializer, &json_options())).map_err(unexpressible)?;
+    Ok(String::from_utf8(text).expect("serde_json writes UTF-8"))
+}
+
+/// How a dynamic call hands over each response, made from the decoded
+/// message: a JSON value by default ([`Client::call`], [`Client::stream`]),
+/// or the caller's own form ([`Client::call_as`], [`Client::stream_as`]).
+pub type Responder<T> = fn(&DynamicMessage) -> Result<T>;
 
 fn from_json(
     descriptor: &MessageDescriptor,
@@ -296,6 +313,16 @@ impl Client {
         method: &str,
         request: serde_json::Value,
     ) -> Result<serde_json::Value> {
+        self.call_as(method, request, to_json).await
+    }
+
+    /// [`call`](Self::call), the response handed over as `respond` makes it.
+    pub async fn call_as<T>(
+        &self,
+        method: &str,
+        request: serde_json::Value,
+        respond: Responder<T>,
+    ) -> Result<T> {
         let descriptor = self.describe(method).await?;
         if kind_of(&descriptor) != MethodKind::Unary {
             return Err(Error::invalid_argument(format!(
@@ -313,7 +340,7 @@ impl Client {
             .await?
             .unary(self.request(message), path, codec)
             .await?;
-        to_json(response.get_ref())
+        respond(response.get_ref())
     }
 
     /// Starts a streaming call (server, client or bidirectional). `request` is
@@ -326,6 +353,17 @@ impl Client {
         method: &str,
         request: Option<serde_json::Value>,
     ) -> Result<DynamicCall> {
+        self.stream_as(method, request, to_json).await
+    }
+
+    /// [`stream`](Self::stream), each response handed over as `respond`
+    /// makes it (on the call's own task, as it arrives).
+    pub async fn stream_as<T: Send + 'static>(
+        &self,
+        method: &str,
+        request: Option<serde_json::Value>,
+        respond: Responder<T>,
+    ) -> Result<DynamicCall<T>> {
         let descriptor = self.describe(method).await?;
         let kind = kind_of(&descriptor);
         let input = descriptor.input();
@@ -337,7 +375,7 @@ impl Client {
             .map(|value| from_json(&input, value, method))
             .transpose()?;
         let mut grpc = self.grpc().await?;
-        let (responses_tx, responses) = mpsc::channel::<Result<serde_json::Value>>(STREAM_BUFFER);
+        let (responses_tx, responses) = mpsc::channel::<Result<T>>(STREAM_BUFFER);
         let (started_tx, started) = tokio::sync::oneshot::channel();
         let mut sender = None;
         let request = match kind {
@@ -380,7 +418,7 @@ impl Client {
             };
             loop {
                 let item = match stream.message().await {
-                    Ok(Some(message)) => to_json(&message),
+                    Ok(Some(message)) => respond(&message),
                     Ok(None) => return,
                     Err(status) => Err(status.into()),
                 };
@@ -436,19 +474,20 @@ enum Outgoing {
     Many(tonic::Request<tokio_stream::wrappers::ReceiverStream<DynamicMessage>>),
 }
 
-/// A streaming call by method name. Dropping it cancels the call.
-pub struct DynamicCall {
+/// A streaming call by method name, its responses as JSON values or in the
+/// form a [`Responder`] makes. Dropping it cancels the call.
+pub struct DynamicCall<T = serde_json::Value> {
     method: String,
     kind: MethodKind,
     input: MessageDescriptor,
     sender: Option<mpsc::Sender<DynamicMessage>>,
-    responses: mpsc::Receiver<Result<serde_json::Value>>,
+    responses: mpsc::Receiver<Result<T>>,
     /// Fired when the server's response headers arrive.
     started: Option<tokio::sync::oneshot::Receiver<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl DynamicCall {
+impl<T> DynamicCall<T> {
     pub fn kind(&self) -> MethodKind {
         self.kind
     }
@@ -495,22 +534,22 @@ impl DynamicCall {
     }
 }
 
-impl Drop for DynamicCall {
+impl<T> Drop for DynamicCall<T> {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-impl Stream for DynamicCall {
-    type Item = Result<serde_json::Value>;
+impl<T> Stream for DynamicCall<T> {
+    type Item = Result<T>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.responses.poll_recv(cx)
     }
 }
 
-impl DynamicCall {
+impl<T> DynamicCall<T> {
     /// The next response, or `None` when the call ended.
-    pub async fn next_message(&mut self) -> Option<Result<serde_json::Value>> {
+    pub async fn next_message(&mut self) -> Option<Result<T>> {
         self.next().await
     }
 }

@@ -40,7 +40,7 @@ pub use api::{
 pub use busbar_proto::v1::{ProviderInfo, ServiceInfo};
 pub use client::{Client, ConnectOptions, Credential, Io, Transport};
 pub use config::{ClientCertificateConfig, ClientConfig, CredentialConfig};
-pub use dynamic::{CallSender, DynamicCall, MethodKind};
+pub use dynamic::{CallSender, DynamicCall, MethodKind, Responder, to_json_text};
 pub use error::{Error, ErrorCode, Result};
 pub use mesh::{CallContext, CallRequests, CallResponses, Offer, Provided, ProviderCall};
 pub use mesh_json::JsonCall;

@@ -802,9 +802,8 @@ async fn run_call(
             (true, true) => MethodKind::BidiStreaming,
         };
         if kind == MethodKind::Unary {
-            let response = client
-                .call(&method, first.unwrap_or_else(|| json!({})))
-                .await?;
+            let request = first.unwrap_or_else(|| json!({}));
+            let response = client.call_as(&method, request, reply_of).await?;
             deliver(&out, &id, response, binary).await;
             return Ok(());
         }
@@ -812,7 +811,7 @@ async fn run_call(
             MethodKind::ServerStreaming => Some(first.unwrap_or_else(|| json!({}))),
             _ => first,
         };
-        let mut call = client.stream(&method, first).await?;
+        let mut call = client.stream_as(&method, first, reply_of).await?;
         let mut started = call.take_started();
         let mut sender = matches!(
             kind,
@@ -874,16 +873,37 @@ async fn announce_started(out: &Out, id: &str) -> bool {
     out.json(json!({"op": "started", "id": id})).await
 }
 
-/// Sends one response: Arrow IPC bytes (a message whose only field is
-/// `arrow_ipc`) as a binary frame, anything else as a `message` frame.
-async fn deliver(out: &Out, id: &str, response: Value, binary: bool) -> bool {
-    if binary
-        && let Some(object) = response.as_object()
-        && object.len() == 1
-        && let Some(Value::String(encoded)) = object.get("arrow_ipc")
+/// A response as a socket sends it, made on the call's own task straight
+/// from the decoded message: no JSON value in between, and Arrow bytes
+/// never base64-encoded only to be decoded again.
+enum Reply {
+    /// The `arrow_ipc` bytes of a message that has only that field.
+    Arrow(bytes::Bytes),
+    /// The message as JSON text (the dynamic `call`'s mapping).
+    Json(String),
+}
+
+fn reply_of(message: &prost_reflect::DynamicMessage) -> busbar_client::Result<Reply> {
+    use prost_reflect::ReflectMessage;
+    // The fields its JSON shows: those without presence always, the others
+    // (a oneof's members, messages, `optional`) when set.
+    let descriptor = message.descriptor();
+    let mut fields = (descriptor.fields())
+        .filter(|field| !field.supports_presence() || message.has_field(field));
+    if let (Some(only), None) = (fields.next(), fields.next())
+        && only.name() == "arrow_ipc"
+        && let prost_reflect::Value::Bytes(bytes) = message.get_field(&only).as_ref()
     {
-        use base64::Engine;
-        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(encoded) {
+        return Ok(Reply::Arrow(bytes.clone()));
+    }
+    busbar_client::to_json_text(message).map(Reply::Json)
+}
+
+/// Sends one response: Arrow IPC bytes as a binary frame (unless the call
+/// asked for none), anything else as a `message` frame.
+async fn deliver(out: &Out, id: &str, response: Reply, binary: bool) -> bool {
+    let text = match response {
+        Reply::Arrow(bytes) if binary => {
             let mut frame = Vec::with_capacity(2 + id.len() + bytes.len());
             frame.push(1u8);
             frame.push(id.len() as u8);
@@ -891,9 +911,18 @@ async fn deliver(out: &Out, id: &str, response: Value, binary: bool) -> bool {
             frame.extend_from_slice(&bytes);
             return out.send(Message::binary(frame)).await;
         }
-    }
-    out.json(json!({"op": "message", "id": id, "message": response}))
-        .await
+        Reply::Arrow(bytes) => {
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            json!({ "arrow_ipc": encoded }).to_string()
+        }
+        Reply::Json(text) => text,
+    };
+    // The frame around the message's own text: the id is JSON-escaped, the
+    // message is JSON already.
+    let id = Value::from(id).to_string();
+    let frame = format!(r#"{{"op":"message","id":{id},"message":{text}}}"#);
+    out.send(Message::text(frame)).await
 }
 
 #[cfg(test)]

@@ -304,6 +304,7 @@ async fn one_socket_carries_calls_of_every_kind_with_grpc_errors() {
             other => panic!("{other:?}"),
         }
     }
+    let ipc_bytes = ipc.clone();
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc), None).unwrap();
     let mut values = Vec::new();
     for batch in reader {
@@ -316,6 +317,25 @@ async fn one_socket_carries_calls_of_every_kind_with_grpc_errors() {
         values.extend(column.values().iter().copied());
     }
     assert_eq!(values, [1, 2, 3]);
+    // With `binary: false` the same bytes come base64 in message frames.
+    ws.send(json!({
+        "op": "call", "id": "q2", "method": "busbar.v1.Sql/Execute", "binary": false,
+        "message": {"database": database, "sql": "SELECT x FROM t ORDER BY x"},
+    }))
+    .await;
+    let (messages, ending) = ws.rest("q2").await;
+    assert_eq!(ending["op"], "end", "{ending}");
+    use base64::Engine;
+    let as_text: Vec<u8> = (messages.iter())
+        .filter_map(|m| m["arrow_ipc"].as_str())
+        .flat_map(|b64| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(as_text, ipc_bytes, "the same Arrow stream either way");
+    assert!(messages.last().unwrap().get("summary").is_some());
 
     // An API token logs in too; a user without rights is refused with
     // PERMISSION_DENIED, as over gRPC.
