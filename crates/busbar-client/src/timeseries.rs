@@ -460,15 +460,23 @@ impl Client {
         Ok(self.timeseries_client().write(messages).await?.into_inner())
     }
 
-    /// Replaces `interval` of a series with the points of `batches`.
+    /// Replaces `interval` of a series with the points of `batches`. On a
+    /// cluster the write carries an idempotency key and is sent again to
+    /// the next node when its outcome is lost: applied once, answered with
+    /// its first outcome ([`write_series_stream`](Self::write_series_stream)
+    /// cannot be sent again, so it is not retried).
     pub async fn write_series(
         &self,
         path: &str,
         interval: impl Into<Interval>,
         batches: Vec<RecordBatch>,
     ) -> Result<WriteSeriesResponse> {
-        self.write_series_stream(path, interval, futures::stream::iter(batches))
-            .await
+        let interval = interval.into();
+        self.keyed(|client| {
+            let points = futures::stream::iter(batches.clone());
+            async move { client.write_series_stream(path, interval, points).await }
+        })
+        .await
     }
 }
 

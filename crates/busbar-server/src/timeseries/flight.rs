@@ -229,12 +229,11 @@ pub async fn do_put(
                 }
                 Ok(())
             });
-            let interval = SeriesInterval {
-                session: None,
-                id: record.id,
-                range,
-            };
-            node.timeseries.write(interval, source).await
+            // Flight clients have no way to send an idempotency key.
+            let interval = SeriesInterval::new(None, record.id, range);
+            node.timeseries
+                .write(interval.replaced_by(source, None))
+                .await
         })
     };
     while let Some(item) = batches.try_next().await.map_err(flight_error).transpose() {

@@ -43,6 +43,41 @@ pub enum PointsSink {
 /// Where a read sends its extent before its points, when the caller asks.
 pub type ExtentFirst = Option<oneshot::Sender<Extent>>;
 
+impl SeriesInterval {
+    pub fn new(
+        session: Option<Arc<DataSession>>,
+        id: String,
+        range: (Option<i64>, Option<i64>),
+    ) -> Self {
+        SeriesInterval { session, id, range }
+    }
+
+    /// The write that replaces this interval with the points of `source`,
+    /// under `key` when it has one.
+    pub fn replaced_by(
+        self,
+        source: BatchSource,
+        key: Option<oneshot::Receiver<crate::calls::CallKey>>,
+    ) -> IntervalWrite {
+        IntervalWrite {
+            interval: self,
+            source,
+            key,
+        }
+    }
+}
+
+/// A write: the interval it replaces, the points, and on a cluster node its
+/// idempotency key (`crate::calls`), known only once its last point came in
+/// (its digest covers them all). A write with a key records it with its
+/// outcome in its own transaction; a write in a data session takes none
+/// (a session lives on one node, so its calls are never retried elsewhere).
+pub struct IntervalWrite {
+    pub interval: SeriesInterval,
+    pub source: BatchSource,
+    pub key: Option<oneshot::Receiver<crate::calls::CallKey>>,
+}
+
 /// Hands a write's record batches, in order, to the function it is given;
 /// called once, on the engine's blocking thread.
 pub type BatchSource =
@@ -66,5 +101,5 @@ pub trait SeriesEngine: Send + Sync + 'static {
     /// Replaces `range` of a series with the points `source` hands over,
     /// all or nothing: in a transaction of its own, or inside `session`
     /// (where a rejected write leaves the session's earlier work alone).
-    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary>;
+    async fn write(&self, write: IntervalWrite) -> Result<WriteSummary>;
 }

@@ -32,7 +32,9 @@ use crate::timeseries::embedded::{
     CHUNK_POINTS, Points, PointsColumns, PointsMessage, spec_from_json, spec_to_json,
 };
 use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary, time_zone_of};
-use crate::timeseries::{BatchSource, ExtentFirst, PointsSink, SeriesEngine, SeriesInterval};
+use crate::timeseries::{
+    BatchSource, ExtentFirst, IntervalWrite, PointsSink, SeriesEngine, SeriesInterval,
+};
 use async_trait::async_trait;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Object, Pool};
@@ -340,7 +342,12 @@ impl SeriesEngine for PostgresSeries {
         }
     }
 
-    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary> {
+    async fn write(&self, write: IntervalWrite) -> Result<WriteSummary> {
+        let IntervalWrite {
+            interval,
+            source,
+            key,
+        } = write;
         let SeriesInterval { session, id, range } = interval;
         let table = table_of(&id)?;
         let spec = self.spec(&id).await?;
@@ -364,7 +371,13 @@ impl SeriesEngine for PostgresSeries {
                 Some(session) => replace.in_session(&pool, &session).await,
                 None => {
                     let client = begin(pool, "BEGIN").await?;
-                    let result = replace.run(&client).await;
+                    let result = match replace.run(&client).await {
+                        Ok(summary) => match key {
+                            Some(key) => settle_write(&client, key, summary).await,
+                            None => Ok(summary),
+                        },
+                        failed => failed,
+                    };
                     let committed = end(client, result.is_ok()).await;
                     let summary = result?;
                     committed.map_err(|error| Error {
@@ -379,6 +392,51 @@ impl SeriesEngine for PostgresSeries {
             }
         })
         .await?
+    }
+}
+
+/// Records a keyed write's key with its outcome, in its transaction:
+/// `summary` if this try is the first, else the first try's (this one's
+/// points rolled back).
+async fn settle_write(
+    client: &Client,
+    key: oneshot::Receiver<crate::calls::CallKey>,
+    summary: WriteSummary,
+) -> Result<WriteSummary> {
+    let key = key
+        .await
+        .map_err(|_| Error::cancelled("the write's stream ended before its key was known"))?;
+    crate::calls::settle(client, &key, summary).await
+}
+
+impl crate::calls::Replay for WriteSummary {
+    fn encode(&self) -> Vec<u8> {
+        let fields = [
+            self.written as i64,
+            self.deleted as i64,
+            self.start_ms,
+            self.end_ms,
+        ];
+        fields.iter().flat_map(|f| f.to_be_bytes()).collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<WriteSummary> {
+        let field = |n: usize| -> Option<i64> {
+            Some(i64::from_be_bytes(
+                bytes.get(n * 8..n * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        match (bytes.len(), field(0), field(1), field(2), field(3)) {
+            (32, Some(written), Some(deleted), Some(start_ms), Some(end_ms)) => Ok(WriteSummary {
+                written: written as u64,
+                deleted: deleted as u64,
+                start_ms,
+                end_ms,
+            }),
+            _ => Err(Error::internal(
+                "a kept write outcome is not the summary it should be",
+            )),
+        }
     }
 }
 

@@ -277,6 +277,55 @@ where
     }
 }
 
+/// A streamed write's idempotency key on a cluster node: checked when the
+/// call starts, and bound to everything the stream carries (its header and
+/// every Arrow piece, each with its length) when it ends.
+struct WriteKey {
+    metadata: tonic::metadata::MetadataMap,
+    identity: String,
+    digest: sha2::Sha256,
+}
+
+impl WriteKey {
+    const METHOD: &str = "TimeSeries/Write";
+
+    fn of<T>(node: &Node, request: &Request<T>, caller: &Caller) -> Result<Option<WriteKey>> {
+        let metadata = request.metadata();
+        let identity = &caller.identity_id;
+        // Refused at once when bad (nothing is written), and only kept by
+        // nodes that keep keys.
+        if node.config.store.is_none()
+            || crate::calls::CallKey::from_metadata(metadata, identity, Self::METHOD, b"")?
+                .is_none()
+        {
+            return Ok(None);
+        }
+        Ok(Some(WriteKey {
+            metadata: metadata.clone(),
+            identity: identity.to_string(),
+            digest: sha2::Sha256::default(),
+        }))
+    }
+
+    fn digest(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.digest.update((bytes.len() as u64).to_be_bytes());
+        self.digest.update(bytes);
+    }
+
+    fn finish(self) -> Result<crate::calls::CallKey> {
+        use sha2::Digest;
+        let request = self.digest.finalize();
+        let key = crate::calls::CallKey::from_metadata(
+            &self.metadata,
+            &self.identity,
+            Self::METHOD,
+            &request,
+        )?;
+        Ok(key.expect("checked present when the call started"))
+    }
+}
+
 #[tonic::async_trait]
 impl TimeSeries for TimeSeriesService {
     async fn describe(&self, request: Request<pb::DescribeSeriesRequest>) -> Reply<pb::SeriesInfo> {
@@ -346,6 +395,7 @@ impl TimeSeries for TimeSeriesService {
         request: Request<Streaming<pb::WriteSeriesRequest>>,
     ) -> Reply<pb::WriteSeriesResponse> {
         let caller = caller(&request)?;
+        let mut key = WriteKey::of(&self.node, &request, &caller)?;
         let mut inbound = request.into_inner();
         let header = match inbound.next().await {
             Some(Ok(pb::WriteSeriesRequest {
@@ -361,6 +411,17 @@ impl TimeSeries for TimeSeriesService {
         };
         let record = resolve(&self.node, &caller, &header.path, Right::Write).await?;
         let session = self.session(&caller, &header.session)?;
+        if session.is_some() {
+            key = None;
+        }
+        let (key_known, key_promise) = match &mut key {
+            Some(key) => {
+                key.digest(&prost::Message::encode_to_vec(&header));
+                let (known, promise) = tokio::sync::oneshot::channel();
+                (Some(known), Some(promise))
+            }
+            None => (None, None),
+        };
         let (pieces, reader) = mpsc::channel::<Piece>(QUEUE);
         let node = self.node.clone();
         let range = (header.start_ms, header.end_ms);
@@ -369,12 +430,10 @@ impl TimeSeries for TimeSeriesService {
             let source = Box::new(move |take: &mut dyn FnMut(&RecordBatch) -> Result<()>| {
                 read_batches(reader, limit, take)
             });
-            let interval = SeriesInterval {
-                session,
-                id: record.id,
-                range,
-            };
-            node.timeseries.write(interval, source).await
+            let interval = SeriesInterval::new(session, record.id, range);
+            node.timeseries
+                .write(interval.replaced_by(source, key_promise))
+                .await
         });
         while let Some(message) = inbound.next().await {
             let piece = match message {
@@ -390,12 +449,20 @@ impl TimeSeries for TimeSeriesService {
                 ))),
             };
             let failed = piece.is_err();
+            if let (Some(key), Ok(bytes)) = (&mut key, &piece) {
+                key.digest(bytes);
+            }
             // The writer stops reading once it has failed; its error wins.
             if pieces.send(piece).await.is_err() || failed {
                 break;
             }
         }
         drop(pieces);
+        // Every point is in: the key, digest and all, for the writer to
+        // record (a broken stream drops it, and the write fails anyway).
+        if let (Some(key), Some(known)) = (key, key_known) {
+            let _ = known.send(key.finish()?);
+        }
         let summary = writing.await.map_err(Error::from)??;
         reply(pb::WriteSeriesResponse {
             points_written: summary.written,

@@ -275,6 +275,42 @@ async fn flight_on(cluster: &Cluster, n: usize) -> arrow_flight::FlightClient {
 
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
+async fn a_keyed_series_write_sent_again_through_another_node_is_applied_once() {
+    let path = "/home/admin/meter";
+    let (_cluster, a, b) = two_nodes_with_series(path, SeriesSpec::new(Resolution::Hour)).await;
+    let day = || vec![hourly(0, 24, 1.5)];
+    // The first try, then the same call (its outcome lost, say) through the
+    // other node: the second answers with the first outcome. Applied again,
+    // it would have reported the 24 points it replaced as deleted.
+    let first = (a.with_idempotency_key("meter-day-1").unwrap())
+        .write_series(path, Interval::all(), day())
+        .await
+        .unwrap();
+    let again = (b.with_idempotency_key("meter-day-1").unwrap())
+        .write_series(path, Interval::all(), day())
+        .await
+        .unwrap();
+    assert_eq!((first.points_written, first.points_deleted), (24, 0));
+    assert_eq!(again, first);
+    assert_eq!(points_in(&a, path).await, 24);
+    // The same key with other points is refused, and changes nothing.
+    let other = (b.with_idempotency_key("meter-day-1").unwrap())
+        .write_series(path, Interval::all(), vec![hourly(0, 2, 9.0)])
+        .await;
+    assert_error(other, ErrorCode::InvalidArgument, "used for another call");
+    let kept = a.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(rows(&kept.batches), rows(&day()));
+    // Writes without a key of their own get one made per call: a new
+    // write is applied as usual (an open interval spans its own points).
+    let replaced = b
+        .write_series(path, Interval::all(), vec![hourly(0, 2, 9.0)])
+        .await
+        .unwrap();
+    assert_eq!((replaced.points_written, replaced.points_deleted), (2, 2));
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn timeseries_over_arrow_flight_on_either_node() {
     let path = "/home/admin/wind";
     let (cluster, a, b) = two_nodes_with_series(path, SeriesSpec::new(Resolution::Hour)).await;

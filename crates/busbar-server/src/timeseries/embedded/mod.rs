@@ -23,7 +23,9 @@ use crate::sql::embedded::in_session;
 use crate::sql::embedded::transaction::SqliteTransaction;
 use crate::sql::embedded::writers::{SharedWriter, WriterPool};
 use crate::timeseries::model::{Extent, SeriesSpec, WriteCheck, WriteSummary};
-use crate::timeseries::{BatchSource, ExtentFirst, PointsSink, SeriesEngine, SeriesInterval};
+use crate::timeseries::{
+    BatchSource, ExtentFirst, IntervalWrite, PointsSink, SeriesEngine, SeriesInterval,
+};
 use arrow_array::RecordBatch;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -116,7 +118,11 @@ impl SeriesEngine for TimeSeriesStore {
         .await?
     }
 
-    async fn write(&self, interval: SeriesInterval, source: BatchSource) -> Result<WriteSummary> {
+    async fn write(&self, write: IntervalWrite) -> Result<WriteSummary> {
+        // An embedded node keeps no keys (no other node to retry on).
+        let IntervalWrite {
+            interval, source, ..
+        } = write;
         let SeriesInterval { session, id, range } = interval;
         let store = self.clone();
         tokio::task::spawn_blocking(move || {
