@@ -2,7 +2,7 @@
 // connection lives in this module's memory only; logging out or closing the
 // page forgets it (nothing is written to storage or cookies).
 
-import { connect, type ConnectionLike, type Credential } from './client';
+import { connect, type Connection, type Credentials } from './client';
 import { byId, describeError, h, replace } from './dom';
 import type { Page, PageFactory } from './page';
 import { statusPage } from './pages/status';
@@ -16,7 +16,7 @@ import { meshPage } from './pages/mesh';
 const PAGES: PageFactory[] = [statusPage, resourcesPage, roomsPage, wiresPage, sqlPage, seriesPage, meshPage];
 
 interface Session {
-  connection: ConnectionLike;
+  connection: Connection;
   pages: Page[];
 }
 
@@ -37,7 +37,7 @@ async function logIn(form: HTMLFormElement): Promise<void> {
   const token = byId<HTMLInputElement>('login-token');
   const error = byId('login-error');
   const submit = byId<HTMLButtonElement>('login-submit');
-  const credential: Credential | null = token.value
+  const credential: Credentials | null = token.value
     ? { token: token.value }
     : user.value && password.value
       ? { user: user.value, password: password.value }
@@ -62,7 +62,7 @@ async function logIn(form: HTMLFormElement): Promise<void> {
   }
 }
 
-function open(connection: ConnectionLike): void {
+function open(connection: Connection): void {
   const state = byId('connection-state');
   connection.on('disconnected', () => {
     state.className = 'warning';

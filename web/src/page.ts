@@ -2,7 +2,7 @@
 // when it is shown, and disposed of at logout (stopping its timers and
 // streams).
 
-import type { ConnectionLike } from './client';
+import type { Connection } from './client';
 import { busy, h, type Child } from './dom';
 
 export interface Page {
@@ -15,7 +15,7 @@ export interface Page {
   dispose(): void | Promise<void>;
 }
 
-export type PageFactory = (connection: ConnectionLike) => Page;
+export type PageFactory = (connection: Connection) => Page;
 
 /** Resource kinds as the node names them (busbar.v1.ResourceKind). */
 export const KINDS = ['FOLDER', 'ROOM', 'WIRE', 'DATABASE', 'TIMESERIES', 'SERVICE', 'TRANSPORT'] as const;
@@ -33,7 +33,7 @@ export interface ResourceInfo {
 }
 
 /** Every resource of `kind` below `/` the user can see, for pickers. */
-export async function resourcesOfKind(connection: ConnectionLike, kind: string): Promise<ResourceInfo[]> {
+export async function resourcesOfKind(connection: Connection, kind: string): Promise<ResourceInfo[]> {
   const listing = await connection.call('busbar.v1.Resources/List', { path: '/', recursive: true });
   const resources: ResourceInfo[] = listing.resources ?? [];
   return resources.filter((resource) => resource.kind === kind).slice(0, MAX_LISTED);
@@ -70,7 +70,7 @@ export function actionForm(
 /** A tab with a resource picker: each time it is shown, `picker` is filled
  * with the paths of the resources of `kind` the user can see. */
 export function pickerPage(
-  connection: ConnectionLike,
+  connection: Connection,
   tab: { id: string; title: string; element: HTMLElement; kind: string; picker: HTMLDataListElement; dispose?: () => void | Promise<void> },
 ): Page {
   const fill = (found: ResourceInfo[]) => fillDatalist(tab.picker, found.map((r) => r.path));

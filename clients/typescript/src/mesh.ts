@@ -8,7 +8,14 @@ export interface ServiceInfo {
   name: string;
   path: string;
   methods: string[];
-  providers: Array<{ id: string; identity: string; calls_in_flight: number; calls_served: number; draining: boolean }>;
+  providers: Array<{
+    id: string;
+    identity: string;
+    since_unix_ms: number;
+    calls_in_flight: number;
+    calls_served: number;
+    draining: boolean;
+  }>;
 }
 
 /** `remote('pkg.Service').Method(request, options?)` calls `pkg.Service/Method`. */

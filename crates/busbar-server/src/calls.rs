@@ -52,34 +52,46 @@ impl CallKey {
         )
     }
 
-    /// The key a request carries, if any: checked (1 to 128 characters of
-    /// letters, digits, `-` and `_`) and scoped to `identity`; `request`
-    /// is what the call asks (method and message), digested.
+    /// The key a request carries, if any ([`key_in`]), bound to `request`:
+    /// what the call asks (method and message).
     pub fn from_metadata(
         metadata: &tonic::metadata::MetadataMap,
         identity: &str,
         method: &str,
         request: &[u8],
     ) -> Result<Option<CallKey>> {
-        let Some(value) = metadata.get(busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY) else {
-            return Ok(None);
-        };
-        let key = value.to_str().unwrap_or("");
-        if !busbar_proto::is_idempotency_key(key) {
-            return Err(Error::invalid_argument(format!(
-                "bad {}: use 1 to 128 letters, digits, - and _ (a UUID, say), made once per call",
-                busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY
-            )));
-        }
+        let key = key_in(metadata, identity)?;
+        Ok(key.map(|key| CallKey::bound(key, method, request)))
+    }
+
+    /// A scoped key ([`key_in`]) bound to what its call asks, digested.
+    pub fn bound(key: String, method: &str, request: &[u8]) -> CallKey {
         let mut digest = Sha256::new();
         digest.update(method.as_bytes());
         digest.update([0]);
         digest.update(request);
-        Ok(Some(CallKey {
-            key: format!("{identity}/{key}"),
+        CallKey {
+            key,
             request: digest.finalize().to_vec(),
-        }))
+        }
     }
+}
+
+/// The key a request carries, if any: checked (1 to 128 characters of
+/// letters, digits, `-` and `_`) and scoped to `identity`, not yet bound to
+/// a request (a streamed call's digest is known only at its end).
+pub fn key_in(metadata: &tonic::metadata::MetadataMap, identity: &str) -> Result<Option<String>> {
+    let Some(value) = metadata.get(busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("");
+    if !busbar_proto::is_idempotency_key(key) {
+        return Err(Error::invalid_argument(format!(
+            "bad {}: use 1 to 128 letters, digits, - and _ (a UUID, say), made once per call",
+            busbar_proto::IDEMPOTENCY_KEY_METADATA_KEY
+        )));
+    }
+    Ok(Some(format!("{identity}/{key}")))
 }
 
 /// An outcome that can be kept with its key and given again.

@@ -68,9 +68,6 @@ pub struct CallCounters {
     /// Grows by one entry per method that was ever called: the caller passes
     /// a shared name for methods that do not exist.
     methods: RwLock<HashMap<Box<str>, MethodCounters, foldhash::fast::RandomState>>,
-    /// Every call, and those that failed, whatever their method.
-    total: std::sync::atomic::AtomicU64,
-    failed: std::sync::atomic::AtomicU64,
 }
 
 impl CallCounters {
@@ -82,11 +79,6 @@ impl CallCounters {
         } else {
             GRPC_UNKNOWN
         };
-        use std::sync::atomic::Ordering::Relaxed;
-        self.total.fetch_add(1, Relaxed);
-        if code != 0 {
-            self.failed.fetch_add(1, Relaxed);
-        }
         let count = |counters: &MethodCounters| {
             counters[code]
                 .get_or_init(|| {
@@ -112,10 +104,19 @@ impl CallCounters {
         count(methods.entry(method.into()).or_default());
     }
 
-    /// Calls finished so far, and those of them that failed.
+    /// Calls finished so far, and those of them that failed: summed from
+    /// the per-method counters when asked (a status call), so the call path
+    /// counts each call once.
     pub fn totals(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.total.load(Relaxed), self.failed.load(Relaxed))
+        let methods = self.methods.read().unwrap_or_else(|p| p.into_inner());
+        let mut by_code = [0u64; GRPC_CODE_NAMES.len()];
+        for counters in methods.values() {
+            for (code, counter) in counters.iter().enumerate() {
+                by_code[code] += counter.get().map_or(0, |c| c.get());
+            }
+        }
+        let failed = by_code[1..].iter().sum();
+        (by_code[0] + failed, failed)
     }
 }
 

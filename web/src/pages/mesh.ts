@@ -17,8 +17,7 @@ export const meshPage: PageFactory = (connection) => {
 
   const list = async () => {
     try {
-      const reply = await connection.call('busbar.v1.Mesh/ListServices', { path: folder.value.trim() });
-      const found = (reply.services ?? []) as any[];
+      const found = await connection.services(folder.value.trim());
       replace(
         services,
         h(
@@ -33,14 +32,14 @@ export const meshPage: PageFactory = (connection) => {
                 'tr',
                 { 'data-service': String(service.name) },
                 h('td', {}, String(service.name), h('br'), h('small', {}, String(service.path))),
-                h('td', {}, ((service.methods ?? []) as string[]).join(', ')),
+                h('td', {}, service.methods.join(', ')),
                 h(
                   'td',
                   {},
                   h(
                     'ul',
                     {},
-                    ...((service.providers ?? []) as any[]).map((provider) =>
+                    ...service.providers.map((provider) =>
                       h(
                         'li',
                         {},
@@ -57,7 +56,7 @@ export const meshPage: PageFactory = (connection) => {
       );
       replace(
         method,
-        ...found.flatMap((service) => ((service.methods ?? []) as string[]).map((name) => h('option', { value: `${service.name}/${name}` }, `${service.name}/${name}`))),
+        ...found.flatMap((service) => service.methods.map((name) => h('option', { value: `${service.name}/${name}` }, `${service.name}/${name}`))),
       );
       listed.ok(`${found.length} service(s) with live providers`);
     } catch (error) {

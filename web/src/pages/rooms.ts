@@ -2,7 +2,7 @@
 // emit events into it.
 
 import { busy, h, replace, statusLine } from '../dom';
-import type { RoomEventLike, RoomLike } from '../client';
+import type { RoomEvent, Room } from '../client';
 import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 /** Events kept in the list; older ones drop off the end. */
@@ -20,10 +20,10 @@ export const roomsPage: PageFactory = (connection) => {
   const emitButton = h('button', { id: 'room-emit', type: 'submit', disabled: true }, 'Emit');
   const emitted = statusLine('room-emitted');
 
-  let room: RoomLike | null = null;
+  let room: Room | null = null;
   let received = 0;
 
-  const show = (event: RoomEventLike) => {
+  const show = (event: RoomEvent) => {
     received++;
     const args = Array.isArray(event.args) ? event.args : [];
     events.prepend(

@@ -2,7 +2,7 @@
 // and publish text into it.
 
 import { h, replace, statusLine } from '../dom';
-import type { SubscriptionLike } from '../client';
+import type { Subscription } from '../client';
 import { actionForm, panel, pickerPage, type PageFactory } from '../page';
 
 const MAX_CHUNKS = 200;
@@ -20,7 +20,7 @@ export const wiresPage: PageFactory = (connection) => {
   const publishButton = h('button', { id: 'wire-publish', type: 'submit' }, 'Publish');
   const published = statusLine('wire-published');
 
-  let subscription: SubscriptionLike | null = null;
+  let subscription: Subscription | null = null;
   let count = 0;
   let bytes = 0;
   const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -52,7 +52,7 @@ export const wiresPage: PageFactory = (connection) => {
     const current = subscription;
     subscription = null;
     stopButton.disabled = true;
-    (current?.close ?? current?.cancel)?.call(current);
+    current?.close();
   };
 
   const subscribe = async () => {

@@ -18,7 +18,7 @@ use crate::auth::access::Caller;
 use crate::error::{Error, ErrorCode};
 use crate::grpc::layer::{TraceId, UnlistedMethod};
 use crate::metrics::MeshLabels;
-use crate::node::{Node, call_timeout};
+use crate::node::{Node, time_left};
 use crate::store::Right;
 use busbar_proto::v1::{self as pb, to_provider::Message as ToMessage};
 use bytes::Bytes;
@@ -206,7 +206,7 @@ async fn start(
             .map(|t| t.0.clone())
             .unwrap_or_default(),
         metadata: forwarded_metadata(request.metadata()),
-        deadline: call_timeout(request.metadata()).map(|t| Instant::now() + t),
+        deadline: time_left(&request).map(|t| Instant::now() + t),
     };
     let mut inbound = request.into_inner();
     // A single request message comes with the call; it is kept for a

@@ -166,13 +166,13 @@ impl Node {
         let _ = self.store.forget_node(&self.node_id).await;
     }
 
-    /// What one call's SQL may spend: until the call's deadline (its
-    /// `grpc-timeout`) or the node's `max_statement_seconds`, whichever comes
-    /// first, and at most `max_result_bytes` of result. Hold the
+    /// What one call's SQL may spend: until the call's deadline
+    /// ([`time_left`]) or the node's `max_statement_seconds`, whichever
+    /// comes first, and at most `max_result_bytes` of result. Hold the
     /// [`StopOnDrop`] for as long as the call lives.
-    pub fn sql_budget(&self, metadata: &tonic::metadata::MetadataMap) -> (Budget, StopOnDrop) {
+    pub fn sql_budget<T>(&self, request: &tonic::Request<T>) -> (Budget, StopOnDrop) {
         Budget::new(
-            call_timeout(metadata),
+            time_left(request),
             self.config.max_statement,
             self.config.max_result_bytes,
         )
@@ -248,7 +248,7 @@ pub fn time_left<T>(request: &tonic::Request<T>) -> Option<std::time::Duration> 
 /// The time a call has left, from its `grpc-timeout` header (1 to 8 digits
 /// and a unit: H, M, S, m, u or n); `None` when it has none or a bad one
 /// (tonic refuses a bad one before a service sees the call).
-pub fn call_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+fn call_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
     use std::time::Duration;
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);

@@ -378,7 +378,7 @@ impl FlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let (_, target) = self.target(&request).await?;
         let description = self
             .node
@@ -410,7 +410,7 @@ impl FlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo> {
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let handle = &query.prepared_statement_handle;
         let (prepared, target) = self.prepared_target(&caller_of(&request)?, handle).await?;
         let params = match prepared.bound.as_slice() {
@@ -455,7 +455,7 @@ impl FlightSql {
         request: Request<Ticket>,
     ) -> Result<BoxStream<'static, Result<FlightData, Status>>> {
         let caller = caller_of(&request)?;
-        let (budget, stop) = self.node.sql_budget(request.metadata());
+        let (budget, stop) = self.node.sql_budget(&request);
         let ticket = ParsedTicket::decode(&ticket.statement_handle)?;
         let target = self.open(&caller, &ticket.database).await?;
         let (columns, params) = (ticket.columns, ticket.params);
@@ -512,7 +512,7 @@ impl FlightSql {
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
         let (caller, path) = (caller_of(&request)?, database_path(&request)?);
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let target = self.open(&caller, &path).await?;
         let changed = self
             .node
@@ -530,7 +530,7 @@ impl FlightSql {
         create: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult> {
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let (caller, target) = self.target(&request).await?;
         let description = self
             .node
@@ -622,7 +622,7 @@ impl FlightSql {
         update: CommandPreparedStatementUpdate,
         request: Request<FlightDataStream>,
     ) -> Result<i64> {
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let handle = &update.prepared_statement_handle;
         let (prepared, target) = self.prepared_target(&caller_of(&request)?, handle).await?;
         let mut rows = Self::rows(request, &prepared).await?;
@@ -677,7 +677,7 @@ impl FlightSql {
         command: Command,
         request: Request<Ticket>,
     ) -> Result<BoxStream<'static, Result<FlightData, Status>>> {
-        let (budget, _stop) = self.node.sql_budget(request.metadata());
+        let (budget, _stop) = self.node.sql_budget(&request);
         let built = match command {
             Command::CommandGetCatalogs(c) => {
                 let mut builder = c.into_builder();

@@ -253,7 +253,7 @@ impl SqlService {
         let key = crate::calls::CallKey::of(&self.node, request, &caller, method)?;
         let mut on = self.on(&caller, database, session).await?;
         on.key = key;
-        let (budget, stop) = self.node.sql_budget(request.metadata());
+        let (budget, stop) = self.node.sql_budget(request);
         Ok((on, budget, stop))
     }
 

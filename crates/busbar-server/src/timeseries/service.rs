@@ -281,28 +281,22 @@ where
 /// call starts, and bound to everything the stream carries (its header and
 /// every Arrow piece, each with its length) when it ends.
 struct WriteKey {
-    metadata: tonic::metadata::MetadataMap,
-    identity: String,
+    key: String,
     digest: sha2::Sha256,
 }
 
 impl WriteKey {
     const METHOD: &str = "TimeSeries/Write";
 
+    /// Refused at once when bad (nothing is written), and only kept by
+    /// nodes that keep keys.
     fn of<T>(node: &Node, request: &Request<T>, caller: &Caller) -> Result<Option<WriteKey>> {
-        let metadata = request.metadata();
-        let identity = &caller.identity_id;
-        // Refused at once when bad (nothing is written), and only kept by
-        // nodes that keep keys.
-        if node.config.store.is_none()
-            || crate::calls::CallKey::from_metadata(metadata, identity, Self::METHOD, b"")?
-                .is_none()
-        {
+        if node.config.store.is_none() {
             return Ok(None);
         }
-        Ok(Some(WriteKey {
-            metadata: metadata.clone(),
-            identity: identity.to_string(),
+        let key = crate::calls::key_in(request.metadata(), &caller.identity_id)?;
+        Ok(key.map(|key| WriteKey {
+            key,
             digest: sha2::Sha256::default(),
         }))
     }
@@ -313,16 +307,9 @@ impl WriteKey {
         self.digest.update(bytes);
     }
 
-    fn finish(self) -> Result<crate::calls::CallKey> {
+    fn finish(self) -> crate::calls::CallKey {
         use sha2::Digest;
-        let request = self.digest.finalize();
-        let key = crate::calls::CallKey::from_metadata(
-            &self.metadata,
-            &self.identity,
-            Self::METHOD,
-            &request,
-        )?;
-        Ok(key.expect("checked present when the call started"))
+        crate::calls::CallKey::bound(self.key, Self::METHOD, &self.digest.finalize())
     }
 }
 
@@ -461,7 +448,7 @@ impl TimeSeries for TimeSeriesService {
         // Every point is in: the key, digest and all, for the writer to
         // record (a broken stream drops it, and the write fails anyway).
         if let (Some(key), Some(known)) = (key, key_known) {
-            let _ = known.send(key.finish()?);
+            let _ = known.send(key.finish());
         }
         let summary = writing.await.map_err(Error::from)??;
         reply(pb::WriteSeriesResponse {
