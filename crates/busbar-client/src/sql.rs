@@ -340,6 +340,20 @@ impl Client {
     }
 }
 
+/// Reads a response stream past its summary to its end. Dropping it
+/// there instead would make the client reset the call's HTTP/2 stream
+/// while the node's trailers are on the way; h2 counts frames that then
+/// arrive for streams it no longer tracks, and past about a thousand of
+/// them on one connection it closes the connection as abusive
+/// (`too_many_internal_resets`), failing every call on it.
+async fn ended(mut responses: Responses) -> Result<()> {
+    match responses.next().await {
+        None => Ok(()),
+        Some(Err(error)) => Err(error),
+        Some(Ok(_)) => Err(protocol("a message after the summary")),
+    }
+}
+
 async fn collect_json(
     mut responses: Responses,
 ) -> Result<(Vec<serde_json::Value>, ExecuteSummary)> {
@@ -354,7 +368,10 @@ async fn collect_json(
             },
             Piece::Message(pb::ExecuteResponse {
                 part: Some(Part::Summary(summary)),
-            }) => return Ok((rows, summary)),
+            }) => {
+                ended(responses).await?;
+                return Ok((rows, summary));
+            }
             _ => return Err(protocol("Arrow data in a JSON result")),
         }
     }
@@ -378,6 +395,7 @@ async fn collect_arrow(mut responses: Responses) -> Result<SqlResult> {
                 if schema.is_some() {
                     batches.extend(decoder.finish().map_err(arrow)?);
                 }
+                ended(responses).await?;
                 return Ok(SqlResult {
                     schema,
                     batches,

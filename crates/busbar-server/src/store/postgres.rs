@@ -117,6 +117,18 @@ BEGIN
     END IF;
 END
 $$;
+-- Sent behind a keyed call's statement that was expected only to read,
+-- with the COMMIT right after it (one round trip): a statement that wrote
+-- after all aborts the transaction here, so the COMMIT rolls it back and
+-- the node runs the call again on the path that records its key.
+CREATE OR REPLACE FUNCTION busbar_calls.wrote_nothing() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RAISE EXCEPTION 'the statement wrote' USING ERRCODE = 'BBW01';
+    END IF;
+END
+$$;
 GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 ";
 

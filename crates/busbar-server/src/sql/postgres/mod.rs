@@ -23,7 +23,7 @@ use crate::sessions::Part;
 use crate::sql::embedded::procedures::{at_statement, bind_arguments, check_new};
 use crate::sql::{
     Arguments, Budget, Database, Description, MaybeBound, On, Procedure, Query, Rows, SqlEngine,
-    SqlParams, SqlSummary,
+    SqlParam, SqlParams, SqlSummary,
 };
 use crate::store::{Store, now_ms};
 use async_trait::async_trait;
@@ -132,11 +132,7 @@ impl PostgresSql {
         let Some(session) = &on.session else {
             let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
             let client: &Client = ending.0.as_ref().expect("held until dropped");
-            let begin = if on.database.read_only {
-                format!("BEGIN READ ONLY; {timeout}")
-            } else {
-                format!("BEGIN; {timeout}")
-            };
+            let begin = begin(on, budget);
             let result = guarded(client, self.roles.tls(), budget, async {
                 // BEGIN goes out with the work's first statement, in one
                 // round trip; PostgreSQL runs them in order.
@@ -213,6 +209,57 @@ impl PostgresSql {
         }
         session.touch();
         result
+    }
+
+    /// One statement outside a session in one round trip: `BEGIN`, the
+    /// statement, the read guard (when asked), `COMMIT` and the connection's
+    /// reset go out together, in that order, and PostgreSQL runs them in
+    /// order (a failed statement or guard turns the `COMMIT` into a
+    /// rollback). `Ok(None)`: the statement wrote, so `read_guard` rolled
+    /// it back, and nothing went to `sink`'s caller when `sink` keeps.
+    ///
+    /// The order on the wire is the order of first polls: tokio-postgres
+    /// sends each request when its future is first polled, and the
+    /// statement's future (`stream`) does nothing before sending it.
+    /// `a_statement_runs_inside_its_own_transaction` checks it.
+    async fn run_one(
+        &self,
+        on: &On,
+        budget: &Budget,
+        (sql, values): (&str, &[SqlParam]),
+        sink: Sink<'_>,
+        read_guard: bool,
+    ) -> Result<Option<SqlSummary>> {
+        let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
+        let client: &Client = ending.0.as_ref().expect("held until dropped");
+        let begin = begin(on, budget);
+        let ran = guarded(client, self.roles.tls(), budget, async {
+            let guard = async {
+                match read_guard {
+                    true => client.batch_execute(WROTE_NOTHING).await,
+                    false => Ok(()),
+                }
+            };
+            Ok(tokio::join!(
+                client.batch_execute(&begin),
+                stream(client, sql, values, sink, budget),
+                guard,
+                client.batch_execute("COMMIT"),
+                client.batch_execute(roles::RESET),
+            ))
+        })
+        .await;
+        let (begun, result, guard, ended, reset) = ran?;
+        let ended = begun.and(ended).and(reset).map_err(|e| sql_error(&e));
+        if ended.is_ok() {
+            ending.finished();
+        }
+        let summary = result?;
+        match guard {
+            Err(error) if error.code().is_some_and(|c| c.code() == WROTE) => return Ok(None),
+            other => other.map_err(|e| sql_error(&e))?,
+        }
+        ended.map(|()| Some(summary))
     }
 }
 
@@ -296,8 +343,24 @@ impl SqlEngine for PostgresSql {
         text::one_statement(&sql)?;
         refuse_transaction_control(&sql)?;
         let (sql, values) = bind(&sql, &params)?;
+        let key = keyed(&on);
+        if on.session.is_none() {
+            let statement = (sql.as_str(), values.as_slice());
+            if key.is_none() {
+                let sink = Sink::Send(&rows);
+                let summary = self.run_one(&on, &budget, statement, sink, false).await?;
+                return summary.ok_or_else(|| Error::internal("a call without a key was guarded"));
+            }
+            if expected_to_read(&sql) {
+                let mut batches = Vec::new();
+                let sink = Sink::Keep(&mut batches);
+                if let Some(summary) = self.run_one(&on, &budget, statement, sink, true).await? {
+                    return Kept { summary, batches }.deliver(&rows).await;
+                }
+            }
+        }
         let budget_in = budget.clone();
-        let Some(key) = keyed(&on) else {
+        let Some(key) = key else {
             return self
                 .run(&on, &budget, move |client| {
                     Box::pin(async move {
@@ -565,4 +628,31 @@ fn keyed(on: &On) -> Option<CallKey> {
 /// holds the [`StopOnDrop`], so a caller going away still stops it).
 fn procedure_budget() -> (Budget, crate::sql::StopOnDrop) {
     Budget::new(None, std::time::Duration::from_secs(30), 1 << 20)
+}
+
+/// What opens a call's own transaction: read only for a caller holding
+/// read, with the call's deadline as PostgreSQL's statement timeout.
+fn begin(on: &On, budget: &Budget) -> String {
+    let mode = if on.database.read_only {
+        " READ ONLY"
+    } else {
+        ""
+    };
+    format!("BEGIN{mode}; {}", statement_timeout(budget))
+}
+
+/// Aborts the transaction if it wrote (the store's schema makes it).
+const WROTE_NOTHING: &str = "SELECT busbar_calls.wrote_nothing()";
+/// The SQLSTATE it aborts with.
+const WROTE: &str = "BBW01";
+
+/// Whether a statement is expected only to read, by its first word: such a
+/// keyed call goes out in one round trip behind [`WROTE_NOTHING`] (and runs
+/// again, keyed, if it wrote after all); any other goes the keyed way at
+/// once.
+fn expected_to_read(sql: &str) -> bool {
+    matches!(
+        first_word(sql).as_str(),
+        "select" | "values" | "table" | "with" | "show" | "explain"
+    )
 }

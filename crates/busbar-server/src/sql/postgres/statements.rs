@@ -144,17 +144,22 @@ pub(super) async fn stream_noting_writes(
     wrote: Option<&mut bool>,
 ) -> Result<SqlSummary> {
     let typed = values.iter().map(|v| (Param(v), Param(v).declared()));
-    let rows = client
-        .query_typed_raw(sql, typed)
-        .await
-        .map_err(|e| sql_error(&e))?;
-    // Sent now, behind the statement; answered after its rows.
+    // tokio-postgres sends a request when its future is first polled: the
+    // question goes out right behind the statement, in the same round
+    // trip, and is answered after its rows.
+    let mut rows = Box::pin(client.query_typed_raw(sql, typed));
+    let first = futures::poll!(rows.as_mut());
     let mut asked = wrote.is_some().then(|| {
         Box::pin(client.query_typed("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[]))
     });
     if let Some(asking) = &mut asked {
         let _ = futures::poll!(asking.as_mut());
     }
+    let rows = match first {
+        std::task::Poll::Ready(rows) => rows,
+        std::task::Poll::Pending => rows.await,
+    }
+    .map_err(|e| sql_error(&e))?;
     tokio::pin!(rows);
     let mut summary = SqlSummary::default();
     let mut batches: Option<Batches> = None;
