@@ -632,7 +632,17 @@ impl Client {
                 .initial_connection_window_size(connection_window)
                 .http2_keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(10))
-                .keep_alive_while_idle(true);
+                .keep_alive_while_idle(true)
+                // A call the application stops (its deadline passed, its
+                // stream dropped) is reset while the node may still be
+                // answering it. h2 ignores frames for streams it remembers
+                // as reset and counts any others against the node, closing
+                // the connection after 1024 of them; by default it
+                // remembers 50 for 1 s, which bursts of cancellations
+                // outrun. Remembering more for longer keeps ordinary
+                // cancelling from ever costing the connection.
+                .http2_max_concurrent_reset_streams(1024)
+                .http2_reset_stream_duration(Duration::from_secs(30));
         if let Some(transport) = &options.transport {
             endpoint = endpoint.executor(TransportExecutor(transport.clone()));
         }

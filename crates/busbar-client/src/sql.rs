@@ -346,10 +346,12 @@ impl Client {
 /// arrive for streams it no longer tracks, and past about a thousand of
 /// them on one connection it closes the connection as abusive
 /// (`too_many_internal_resets`), failing every call on it.
+///
+/// The summary is the call's outcome: a status that fails after it (the
+/// deadline passing between the two) does not undo a write it reported.
 async fn ended(mut responses: Responses) -> Result<()> {
     match responses.next().await {
-        None => Ok(()),
-        Some(Err(error)) => Err(error),
+        None | Some(Err(_)) => Ok(()),
         Some(Ok(_)) => Err(protocol("a message after the summary")),
     }
 }
