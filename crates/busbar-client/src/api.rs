@@ -159,6 +159,12 @@ impl Client {
     }
 
     /// Creates an API token for the caller; returns its secret (shown once) and info.
+    ///
+    /// Sent with an idempotency key: on a cluster, a call whose answer was
+    /// lost with its node is sent again to the next node, which revokes the
+    /// token the lost try made (its secret never reached anyone) and makes
+    /// this one in its place, so the caller ends with one live token whose
+    /// secret it holds.
     pub async fn create_token(
         &self,
         name: &str,
@@ -169,8 +175,18 @@ impl Client {
             ttl_seconds: ttl.map_or(0, |ttl| ttl.as_secs().max(1) as i64),
             identity: String::new(),
         };
-        let response = self.auth_client().create_token(request).await?.into_inner();
-        Ok((response.token, response.info.unwrap_or_default()))
+        self.keyed(|client| {
+            let request = request.clone();
+            async move {
+                let response = client
+                    .auth_client()
+                    .create_token(request)
+                    .await?
+                    .into_inner();
+                Ok((response.token, response.info.unwrap_or_default()))
+            }
+        })
+        .await
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {

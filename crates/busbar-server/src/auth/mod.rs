@@ -471,13 +471,16 @@ impl Authenticator {
         }
     }
 
-    /// Creates an API token for `identity`; returns the secret (shown once).
+    /// Creates an API token for `identity`; its secret is shown once. With
+    /// an idempotency key, a repeat replaces the token an earlier try of the
+    /// call made ([`Store::create_token_keyed`]).
     pub async fn create_token(
         &self,
         identity: &IdentityRecord,
         name: &str,
         ttl: Option<Duration>,
-    ) -> Result<(String, TokenRecord)> {
+        key: Option<&crate::calls::CallKey>,
+    ) -> Result<MadeToken> {
         crate::resources::paths::validate_identity_name(name).map_err(|_| {
             Error::invalid_argument(format!(
                 "bad token name {name:?}: use 1 to 64 letters, digits, '_', '-' or '.'"
@@ -497,8 +500,18 @@ impl Authenticator {
             expires_ms: ttl.map_or(0, |ttl| now + ttl.as_millis() as i64),
             revoked: false,
         };
-        self.store.create_token(record.clone()).await?;
-        Ok((secret, record))
+        let replaced = match key {
+            Some(key) => self.store.create_token_keyed(record.clone(), key).await?,
+            None => {
+                self.store.create_token(record.clone()).await?;
+                false
+            }
+        };
+        Ok(MadeToken {
+            secret,
+            record,
+            replaced,
+        })
     }
 
     pub async fn create_user(
@@ -636,4 +649,12 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("bad signature"), "{}", err.message);
     }
+}
+
+/// A token just made: its secret (shown this once), its record, and
+/// whether it replaced the token an earlier try of the same call made.
+pub struct MadeToken {
+    pub secret: String,
+    pub record: TokenRecord,
+    pub replaced: bool,
 }

@@ -1,6 +1,7 @@
 //! `busbar.v1.Auth`: login, sessions, identities, API tokens, groups.
 
 use crate::auth::access::{Caller, CallerInfo};
+use crate::calls::CallKey;
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
@@ -385,7 +386,9 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Reply<pb::CreateTokenResponse> {
-        let (caller, r) = caller_and_message(request)?;
+        let caller = caller(&request)?;
+        let key = CallKey::of(&self.node, &request, &caller, "CreateToken")?;
+        let r = request.into_inner();
         if r.ttl_seconds < 0 {
             return Err(Error::invalid_argument(
                 "ttl_seconds must be 0 (never expires) or positive",
@@ -394,11 +397,21 @@ impl Auth for AuthService {
         }
         let owner = self.token_owner(&caller, &r.identity).await?;
         let ttl = (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds as u64));
-        let (token, record) = self.node.auth.create_token(&owner, &r.name, ttl).await?;
-        reply(pb::CreateTokenResponse {
-            token,
-            info: Some(token_pb(record, &owner.name)),
-        })
+        let made = self
+            .node
+            .auth
+            .create_token(&owner, &r.name, ttl, key.as_ref())
+            .await?;
+        let response = pb::CreateTokenResponse {
+            token: made.secret,
+            info: Some(token_pb(made.record, &owner.name)),
+        };
+        if made.replaced {
+            // The token the call's earlier try made is revoked: every node
+            // forgets it at once.
+            return reply(self.node.access.changed(response).await);
+        }
+        reply(response)
     }
 
     async fn list_tokens(

@@ -220,6 +220,21 @@ pub trait Store: Send + Sync + 'static {
     async fn groups_of(&self, identity: &str) -> Result<Vec<String>>;
 
     async fn create_token(&self, token: TokenRecord) -> Result<()>;
+    /// Creates `token` under a call's idempotency key. A repeat of the key
+    /// (its client never saw the first answer, so never had the first
+    /// secret) revokes the token its earlier try made and creates this one
+    /// in its place, in one transaction: the caller ends with one live
+    /// token, whose secret it holds. `Ok(true)` when an earlier token was
+    /// revoked. A store that keeps no keys (the embedded one: no other node
+    /// to retry on) creates the token.
+    async fn create_token_keyed(
+        &self,
+        token: TokenRecord,
+        key: &crate::calls::CallKey,
+    ) -> Result<bool> {
+        let _ = key;
+        self.create_token(token).await.map(|()| false)
+    }
     async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>>;
     async fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>>;
     async fn list_tokens(&self, identity_id: &str) -> Result<Vec<TokenRecord>>;

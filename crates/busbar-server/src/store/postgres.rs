@@ -6,6 +6,7 @@
 //! give one success and one ALREADY_EXISTS.
 
 use super::*;
+use crate::calls::CallKey;
 use crate::error::{Error, ErrorCode};
 use crate::resources::paths;
 use deadpool_postgres::GenericClient;
@@ -131,6 +132,16 @@ END
 $$;
 GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 ";
+
+/// The scope of keyed token creations in `busbar.calls` (SQL's keys are
+/// scoped to their database's login role, which cannot be this).
+const KEYED_TOKENS: &str = "busbar: tokens";
+
+fn token_exists(name: &str) -> Error {
+    Error::already_exists(format!(
+        "a token named {name} already exists; revoke it or pick another name"
+    ))
+}
 
 /// Any number that no other program's advisory lock on the same database
 /// is likely to use ("busbar" in ASCII).
@@ -619,14 +630,95 @@ impl Store for PostgresStore {
             &token.expires_ms,
         ];
         match self.change(&sql, &params).await {
-            Err(error) if error.code == ErrorCode::AlreadyExists => {
-                Err(Error::already_exists(format!(
-                    "a token named {} already exists; revoke it or pick another name",
-                    token.name
-                )))
-            }
+            Err(error) if error.code == ErrorCode::AlreadyExists => Err(token_exists(&token.name)),
             other => other.map(drop),
         }
+    }
+
+    async fn create_token_keyed(&self, token: TokenRecord, key: &CallKey) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let at = crate::store::now_ms();
+        let id = token.id.as_bytes();
+        let fresh = tx
+            .execute(
+                &cached(
+                    &tx,
+                    "INSERT INTO busbar.calls (scope, key, request, outcome, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+                &[&KEYED_TOKENS, &key.key, &key.request, &id, &at],
+            )
+            .await?
+            == 1;
+        let mut replaced = false;
+        if !fresh {
+            // Locked, so two repeats of one key take turns.
+            let row = tx
+                .query_one(
+                    &cached(
+                        &tx,
+                        "SELECT request, outcome FROM busbar.calls \
+                         WHERE scope = $1 AND key = $2 FOR UPDATE",
+                    )
+                    .await?,
+                    &[&KEYED_TOKENS, &key.key],
+                )
+                .await?;
+            if row.get::<_, Vec<u8>>(0) != key.request {
+                return Err(Error::invalid_argument(
+                    "this idempotency key was used for another call (a different method or \
+                     request); make a new key for each call",
+                ));
+            }
+            let earlier = String::from_utf8(row.get(1)).unwrap_or_default();
+            replaced = tx
+                .execute(
+                    &cached(
+                        &tx,
+                        "UPDATE busbar.tokens SET revoked = true \
+                         WHERE id = $1 AND identity_id = $2 AND NOT revoked",
+                    )
+                    .await?,
+                    &[&earlier, &token.identity_id],
+                )
+                .await?
+                > 0;
+            tx.execute(
+                &cached(
+                    &tx,
+                    "UPDATE busbar.calls SET outcome = $3 WHERE scope = $1 AND key = $2",
+                )
+                .await?,
+                &[&KEYED_TOKENS, &key.key, &id],
+            )
+            .await?;
+        }
+        let sql = format!(
+            "INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)"
+        );
+        let inserted = tx
+            .execute(
+                &cached(&tx, &sql).await?,
+                &[
+                    &token.id,
+                    &token.identity_id,
+                    &token.name,
+                    &token.hash,
+                    &token.created_ms,
+                    &token.expires_ms,
+                ],
+            )
+            .await;
+        match inserted.map_err(Error::from) {
+            Err(error) if error.code == ErrorCode::AlreadyExists => {
+                return Err(token_exists(&token.name));
+            }
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(replaced)
     }
 
     async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<TokenRecord>> {

@@ -136,6 +136,59 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
     })
     .await;
 
+    // A token made under a key whose answer was lost, made again through
+    // the other node with the same key: the lost one (whose secret nobody
+    // saw) is revoked on every node, the new one works, and bob has one
+    // live token of that name. The key with another request is refused.
+    let lost = bob_on_a
+        .with_idempotency_key("deploy-token-1")
+        .unwrap()
+        .create_token("deploy", None)
+        .await
+        .unwrap();
+    let made = bob_on_b
+        .with_idempotency_key("deploy-token-1")
+        .unwrap()
+        .create_token("deploy", None)
+        .await
+        .unwrap();
+    assert_ne!(lost.0, made.0, "a new secret");
+    let login = |n: usize, secret: &str| {
+        cluster.nodes[n].config_with(
+            "bob-deploy",
+            serde_json::json!({"kind": "token", "token": secret}),
+        )
+    };
+    for n in [0, 1] {
+        let with_made = Client::from_config_file(login(n, &made.0)).await.unwrap();
+        assert_eq!(with_made.whoami().await.unwrap().name, "bob");
+        eventually("the lost try's token refused", || async {
+            match Client::from_config_file(login(n, &lost.0)).await {
+                Err(error) if error.code() == ErrorCode::Unauthenticated => Ok(()),
+                Err(error) => Err(error.to_string()),
+                Ok(_) => Err("still logs in".to_string()),
+            }
+        })
+        .await;
+    }
+    let live: Vec<_> = bob_on_a
+        .tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name == "deploy" && !t.revoked)
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_error(
+        bob_on_a
+            .with_idempotency_key("deploy-token-1")
+            .unwrap()
+            .create_token("other", None)
+            .await,
+        ErrorCode::InvalidArgument,
+        "used for another call",
+    );
+
     // The tree: moved and deleted through one node, seen so through the other.
     a.create("/home/admin/t/x/y", ResourceKind::Room, true)
         .await
