@@ -572,6 +572,14 @@ impl Authenticator {
     }
 }
 
+/// A token just made: its secret (shown this once), its record, and
+/// whether it replaced the token an earlier try of the same call made.
+pub struct MadeToken {
+    pub secret: String,
+    pub record: TokenRecord,
+    pub replaced: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,12 +657,4 @@ mod tests {
             .unwrap_err();
         assert!(err.message.contains("bad signature"), "{}", err.message);
     }
-}
-
-/// A token just made: its secret (shown this once), its record, and
-/// whether it replaced the token an earlier try of the same call made.
-pub struct MadeToken {
-    pub secret: String,
-    pub record: TokenRecord,
-    pub replaced: bool,
 }
