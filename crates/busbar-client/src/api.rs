@@ -17,11 +17,10 @@ pub(crate) fn error_stream<T: Send + 'static>(stream: tonic::Streaming<T>) -> Bo
 
 impl Client {
     pub async fn status(&self) -> Result<NodeStatus> {
-        Ok(self
-            .node_client()
-            .status(pb::StatusRequest {})
-            .await?
-            .into_inner())
+        self.again(pb::StatusRequest {}, async |client, request| {
+            Ok(client.node_client().status(request).await?.into_inner())
+        })
+        .await
     }
 
     /// Node events: READY first, SHUTTING_DOWN with its grace period when the
@@ -36,11 +35,10 @@ impl Client {
     }
 
     pub async fn whoami(&self) -> Result<Identity> {
-        Ok(self
-            .auth_client()
-            .who_am_i(pb::WhoAmIRequest {})
-            .await?
-            .into_inner())
+        self.again(pb::WhoAmIRequest {}, async |client, request| {
+            Ok(client.auth_client().who_am_i(request).await?.into_inner())
+        })
+        .await
     }
 
     pub async fn create_user(&self, name: &str, password: &str, admin: bool) -> Result<Identity> {
@@ -58,8 +56,11 @@ impl Client {
             name: name.into(),
             password: password.into(),
         };
-        self.auth_client().set_password(request).await?;
-        Ok(())
+        self.again(request, async |client, request| {
+            client.auth_client().set_password(request).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Registers a key identity from its Ed25519 public key (standard base64).
@@ -78,12 +79,11 @@ impl Client {
     }
 
     pub async fn identities(&self) -> Result<Vec<Identity>> {
-        Ok(self
-            .auth_client()
-            .list_identities(pb::ListIdentitiesRequest {})
-            .await?
-            .into_inner()
-            .identities)
+        self.again(pb::ListIdentitiesRequest {}, async |client, request| {
+            let listed = client.auth_client().list_identities(request).await?;
+            Ok(listed.into_inner().identities)
+        })
+        .await
     }
 
     pub async fn revoke_identity(&self, name: &str) -> Result<()> {
@@ -141,12 +141,11 @@ impl Client {
         let request = pb::ListCertificatesRequest {
             identity: identity.into(),
         };
-        Ok(self
-            .auth_client()
-            .list_certificates(request)
-            .await?
-            .into_inner()
-            .certificates)
+        self.again(request, async |client, request| {
+            let listed = client.auth_client().list_certificates(request).await?;
+            Ok(listed.into_inner().certificates)
+        })
+        .await
     }
 
     /// Revokes a client certificate by its hex SHA-256 fingerprint.
@@ -190,12 +189,11 @@ impl Client {
     }
 
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
-        Ok(self
-            .auth_client()
-            .list_tokens(pb::ListTokensRequest::default())
-            .await?
-            .into_inner()
-            .tokens)
+        self.again(pb::ListTokensRequest::default(), async |client, request| {
+            let listed = client.auth_client().list_tokens(request).await?;
+            Ok(listed.into_inner().tokens)
+        })
+        .await
     }
 
     pub async fn revoke_token(&self, name: &str) -> Result<()> {
@@ -212,8 +210,11 @@ impl Client {
             group: group.into(),
             identity: identity.into(),
         };
-        self.auth_client().add_group_member(request).await?;
-        Ok(())
+        self.again(request, async |client, request| {
+            client.auth_client().add_group_member(request).await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn remove_group_member(&self, group: &str, identity: &str) -> Result<()> {
@@ -226,11 +227,11 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> Result<Resource> {
-        Ok(self
-            .resources_client()
-            .get(pb::GetResourceRequest { path: path.into() })
-            .await?
-            .into_inner())
+        let request = pb::GetResourceRequest { path: path.into() };
+        self.again(request, async |client, request| {
+            Ok(client.resources_client().get(request).await?.into_inner())
+        })
+        .await
     }
 
     /// Children of a folder (or everything below it with `recursive`).
@@ -239,12 +240,11 @@ impl Client {
             path: path.into(),
             recursive,
         };
-        Ok(self
-            .resources_client()
-            .list(request)
-            .await?
-            .into_inner()
-            .resources)
+        self.again(request, async |client, request| {
+            let listed = client.resources_client().list(request).await?;
+            Ok(listed.into_inner().resources)
+        })
+        .await
     }
 
     /// Creates a resource of `kind`; with `parents`, missing folders too.
@@ -277,11 +277,22 @@ impl Client {
         .await
     }
 
+    /// Creates a resource; `exist_ok` makes the call safe to send again.
     pub(crate) async fn create_resource(
         &self,
         request: pb::CreateResourceRequest,
     ) -> Result<Resource> {
-        Ok(self.resources_client().create(request).await?.into_inner())
+        if !request.exist_ok {
+            return Ok(self.resources_client().create(request).await?.into_inner());
+        }
+        self.again(request, async |client, request| {
+            Ok(client
+                .resources_client()
+                .create(request)
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Resource> {
@@ -317,12 +328,15 @@ impl Client {
             principal: principal.into(),
             right: right as i32,
         };
-        Ok(self
-            .resources_client()
-            .grant(request)
-            .await?
-            .into_inner()
-            .grants)
+        self.again(request, async |client, request| {
+            Ok(client
+                .resources_client()
+                .grant(request)
+                .await?
+                .into_inner()
+                .grants)
+        })
+        .await
     }
 
     /// Removes the grant set on `path` for `principal`.
@@ -346,11 +360,23 @@ impl Client {
             path: path.into(),
             effective,
         };
-        Ok(self
-            .resources_client()
-            .list_grants(request)
-            .await?
-            .into_inner()
-            .grants)
+        self.again(request, async |client, request| {
+            let listed = client.resources_client().list_grants(request).await?;
+            Ok(listed.into_inner().grants)
+        })
+        .await
+    }
+}
+
+impl Client {
+    /// `call` with `request`, sent again as it is when its outcome is lost
+    /// ([`Client::repeatable`]): for calls that are safe to repeat.
+    pub(crate) async fn again<R, T, F>(&self, request: R, call: F) -> Result<T>
+    where
+        R: Clone,
+        F: AsyncFn(Client, R) -> Result<T>,
+    {
+        self.repeatable(|client| call(client, request.clone()))
+            .await
     }
 }

@@ -979,14 +979,40 @@ impl Client {
         } else {
             self.keyed_by(&uuid::Uuid::new_v4().simple().to_string())
         };
+        keyed.tried(honoured, call).await
+    }
+
+    /// Runs a call that is safe to send again as it is: a read, or a write
+    /// that sets rather than adds (a grant, a password, `ensure`). Like a
+    /// keyed write, it is sent again when its outcome is lost with the
+    /// connection or no node could be reached, on whichever node the
+    /// client reaches next, on a cluster and outside a data session.
+    pub(crate) async fn repeatable<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let cluster = self.inner.keys_honoured.load(Ordering::Relaxed);
+        self.tried(cluster && self.data_session.is_none(), call)
+            .await
+    }
+
+    /// `call` with this client, sent again (when `again` allows) while its
+    /// outcome is lost or no node answers, up to [`KEYED_TRIES`] tries with
+    /// jittered backoff.
+    async fn tried<T, F, Fut>(&self, again: bool, call: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut backoff = Duration::from_millis(100);
         for tries in 1.. {
-            let result = call(keyed.clone()).await;
-            let again = match &result {
+            let result = call(self.clone()).await;
+            let lost = match &result {
                 Err(error) => error.may_retry_keyed(),
                 Ok(_) => false,
             };
-            if !again || tries >= KEYED_TRIES || !honoured {
+            if !lost || tries >= KEYED_TRIES || !again {
                 return result;
             }
             tokio::time::sleep(crate::rooms::jittered(backoff)).await;

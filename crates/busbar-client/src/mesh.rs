@@ -486,12 +486,12 @@ impl Client {
     /// Live services at or below `path` ("/services" when empty), with
     /// their providers.
     pub async fn services(&self, path: &str) -> Result<Vec<pb::ServiceInfo>> {
-        Ok(self
-            .mesh_client()
-            .list_services(pb::ListServicesRequest { path: path.into() })
-            .await?
-            .into_inner()
-            .services)
+        let request = pb::ListServicesRequest { path: path.into() };
+        self.again(request, async |client, request| {
+            let listed = client.mesh_client().list_services(request).await?;
+            Ok(listed.into_inner().services)
+        })
+        .await
     }
 }
 

@@ -377,6 +377,13 @@ impl Client {
         paths: &[&str],
         interval: impl Into<Interval>,
     ) -> Result<Vec<SeriesData>> {
+        let interval = interval.into();
+        // A read whose connection was lost is read again whole.
+        self.repeatable(|client| async move { client.collect_series(paths, interval).await })
+            .await
+    }
+
+    async fn collect_series(&self, paths: &[&str], interval: Interval) -> Result<Vec<SeriesData>> {
         let mut chunks = self.read_series_stream(paths, interval).await?;
         let mut out: Vec<SeriesData> = Vec::with_capacity(paths.len());
         while let Some(chunk) = chunks.next().await {

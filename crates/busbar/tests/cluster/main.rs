@@ -623,8 +623,12 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
     // pushing numbered messages; what each saw acknowledged is recorded.
     let addresses: Vec<String> = cluster.nodes.iter().map(|n| n.address.clone()).collect();
     let credential = cluster.nodes[0].admin_json()["credential"].clone();
+    admin
+        .create("/home/admin/read-me", ResourceKind::Folder, false)
+        .await
+        .unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut writers = Vec::new();
+    let (mut writers, mut readers) = (Vec::new(), Vec::new());
     for w in 0..3 {
         let mut config = cluster.nodes[0].admin_json();
         config["credential"] = credential.clone();
@@ -638,6 +642,22 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
         std::fs::write(&path, config.to_string()).unwrap();
         let client = Client::from_config_file(&path).await.unwrap();
         let stop = stop.clone();
+        // A reader beside each writer: reads are safe to send again, so one
+        // whose node went mid-call is read again on the next node.
+        let (reading, reader_stop) = (client.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let (mut read, mut failed) = (0usize, Vec::new());
+            while !reader_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match reading.get("/home/admin/read-me").await {
+                    Ok(_) => read += 1,
+                    Err(error) => {
+                        failed.push(error.to_string());
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (read, failed)
+        }));
         writers.push(tokio::spawn(async move {
             let (mut acknowledged, mut failed) = (Vec::new(), 0usize);
             let mut n = 0u64;
@@ -674,6 +694,11 @@ async fn a_rolling_restart_under_write_load_loses_no_acknowledged_write() {
         assert!(!done.is_empty(), "every writer got writes through");
         acknowledged.extend(done);
         failed += lost;
+    }
+    for reader in readers {
+        let (read, failed) = reader.await.unwrap();
+        assert!(read > 0, "every reader read");
+        assert!(failed.is_empty(), "no read failed: {failed:?}");
     }
 
     // Everything acknowledged is there exactly once.
