@@ -137,6 +137,22 @@ GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 /// scoped to their database's login role, which cannot be this).
 const KEYED_TOKENS: &str = "busbar: tokens";
 
+fn insert_token() -> String {
+    format!("INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)")
+}
+
+/// A new token's values, in [`insert_token`]'s order.
+fn token_values(token: &TokenRecord) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+    [
+        &token.id,
+        &token.identity_id,
+        &token.name,
+        &token.hash,
+        &token.created_ms,
+        &token.expires_ms,
+    ]
+}
+
 fn token_exists(name: &str) -> Error {
     Error::already_exists(format!(
         "a token named {name} already exists; revoke it or pick another name"
@@ -618,18 +634,7 @@ impl Store for PostgresStore {
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)"
-        );
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &token.id,
-            &token.identity_id,
-            &token.name,
-            &token.hash,
-            &token.created_ms,
-            &token.expires_ms,
-        ];
-        match self.change(&sql, &params).await {
+        match self.change(&insert_token(), &token_values(&token)).await {
             Err(error) if error.code == ErrorCode::AlreadyExists => Err(token_exists(&token.name)),
             other => other.map(drop),
         }
@@ -695,21 +700,8 @@ impl Store for PostgresStore {
             )
             .await?;
         }
-        let sql = format!(
-            "INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)"
-        );
         let inserted = tx
-            .execute(
-                &cached(&tx, &sql).await?,
-                &[
-                    &token.id,
-                    &token.identity_id,
-                    &token.name,
-                    &token.hash,
-                    &token.created_ms,
-                    &token.expires_ms,
-                ],
-            )
+            .execute(&cached(&tx, &insert_token()).await?, &token_values(&token))
             .await;
         match inserted.map_err(Error::from) {
             Err(error) if error.code == ErrorCode::AlreadyExists => {

@@ -492,12 +492,7 @@ async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn a_statement_runs_inside_its_own_transaction() {
-    let cluster = Cluster::start(1);
-    let admin = cluster.admin_on(0).await;
-    admin
-        .create(DB, ResourceKind::Database, false)
-        .await
-        .unwrap();
+    let (cluster, admin) = one_node_with_a_database().await;
     let reader = cluster.nodes[0]
         .new_user_granted(&admin, "rita", "rita-password", DB, Right::Read)
         .await;
@@ -580,12 +575,7 @@ async fn flight_sql_reaches_a_cluster_database_through_either_node() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL and NATS: make test-cluster"]
 async fn thousands_of_concurrent_statements_share_one_connection_to_the_end() {
-    let cluster = Cluster::start(1);
-    let admin = cluster.admin_on(0).await;
-    admin
-        .create(DB, ResourceKind::Database, false)
-        .await
-        .unwrap();
+    let (_cluster, admin) = one_node_with_a_database().await;
     let callers = (0..8i64).map(|caller| {
         let admin = admin.clone();
         tokio::spawn(async move {
@@ -604,4 +594,15 @@ async fn thousands_of_concurrent_statements_share_one_connection_to_the_end() {
     for caller in futures::future::join_all(callers).await {
         caller.unwrap();
     }
+}
+
+/// One node, and its admin with the database at [`DB`].
+async fn one_node_with_a_database() -> (Cluster, Client) {
+    let cluster = Cluster::start(1);
+    let admin = cluster.admin_on(0).await;
+    admin
+        .create(DB, ResourceKind::Database, false)
+        .await
+        .unwrap();
+    (cluster, admin)
 }
