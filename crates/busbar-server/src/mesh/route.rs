@@ -22,7 +22,7 @@ use crate::node::{Node, time_left};
 use crate::store::Right;
 use busbar_proto::v1::{self as pb, to_provider::Message as ToMessage};
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -247,10 +247,24 @@ async fn start(
             flight.at.as_ref().expect("begun").clone(),
         )));
     }
-    let stream = futures::stream::unfold(flight, |mut flight| async move {
+    // A unary call's response headers wait for its answer, so headers,
+    // message and status leave in one write and the caller wakes once (an
+    // error before any message goes as a trailers-only response). Streaming
+    // calls get their headers at once: a caller may wait for them before it
+    // sends, or before the provider's first message.
+    let mut answer = None;
+    if !flight.route.shape.client_streaming && !flight.route.shape.server_streaming {
+        match flight.next().await {
+            Some(Err(status)) => return Err(status),
+            Some(Ok(message)) => answer = Some(Ok(message)),
+            None => {}
+        }
+    }
+    let rest = futures::stream::unfold(flight, |mut flight| async move {
         let item = flight.next().await?;
         Some((item, flight))
     });
+    let stream = futures::stream::iter(answer).chain(rest);
     Ok(Response::new(Box::pin(stream)))
 }
 
