@@ -277,22 +277,24 @@ impl Client {
         .await
     }
 
-    /// Creates a resource; `exist_ok` makes the call safe to send again.
+    /// Creates a resource. With `exist_ok` the call is safe to send again
+    /// as it is; without, it is keyed (on a cluster, a repeat whose first
+    /// try was applied answers with its outcome).
     pub(crate) async fn create_resource(
         &self,
         request: pb::CreateResourceRequest,
     ) -> Result<Resource> {
-        if !request.exist_ok {
-            return Ok(self.resources_client().create(request).await?.into_inner());
-        }
-        self.again(request, async |client, request| {
+        let create = async |client: Client, request| {
             Ok(client
                 .resources_client()
                 .create(request)
                 .await?
                 .into_inner())
-        })
-        .await
+        };
+        if request.exist_ok {
+            return self.again(request, create).await;
+        }
+        self.keyed_with(request, create).await
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Resource> {
@@ -305,20 +307,31 @@ impl Client {
             path: path.into(),
             recursive,
         };
-        Ok(self
-            .resources_client()
-            .delete(request)
-            .await?
-            .into_inner()
-            .deleted)
+        self.keyed_with(request, async |client, request| {
+            Ok(client
+                .resources_client()
+                .delete(request)
+                .await?
+                .into_inner()
+                .deleted)
+        })
+        .await
     }
 
+    /// Moves a resource and everything below it, with their grants.
     pub async fn mv(&self, from: &str, to: &str) -> Result<Resource> {
         let request = pb::MoveResourceRequest {
             from: from.into(),
             to: to.into(),
         };
-        Ok(self.resources_client().r#move(request).await?.into_inner())
+        self.keyed_with(request, async |client, request| {
+            Ok(client
+                .resources_client()
+                .r#move(request)
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Grants `right` on `path` to an identity name or `group:<name>`.
@@ -378,5 +391,15 @@ impl Client {
     {
         self.repeatable(|client| call(client, request.clone()))
             .await
+    }
+
+    /// `call` with `request`, keyed ([`Client::keyed`]): for writes that
+    /// must not be applied twice.
+    pub(crate) async fn keyed_with<R, T, F>(&self, request: R, call: F) -> Result<T>
+    where
+        R: Clone,
+        F: AsyncFn(Client, R) -> Result<T>,
+    {
+        self.keyed(|client| call(client, request.clone())).await
     }
 }

@@ -183,7 +183,9 @@ pub async fn earlier<T: Replay>(
         .transpose()
 }
 
-fn replay<T: Replay>(key: &CallKey, request: Vec<u8>, earlier: Vec<u8>) -> Result<T> {
+/// The first outcome of `key`, given again; refused when the key was made
+/// for another request.
+pub(crate) fn replay<T: Replay>(key: &CallKey, request: Vec<u8>, earlier: Vec<u8>) -> Result<T> {
     if request != key.request {
         return Err(Error::invalid_argument(
             "this idempotency key was used for another call (a different method or request); \

@@ -4,6 +4,7 @@ pub mod paths;
 
 use crate::auth::access::Caller;
 use crate::bus::BusMessage;
+use crate::calls::{CallKey, Replay};
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
@@ -218,7 +219,9 @@ impl Resources for ResourcesService {
     }
 
     async fn create(&self, request: Request<pb::CreateResourceRequest>) -> Reply<pb::Resource> {
-        let (caller, r) = caller_and_message(request)?;
+        let caller = caller(&request)?;
+        let key = CallKey::of(&self.node, &request, &caller, "CreateResource")?;
+        let r = request.into_inner();
         let path = self.node.path(&r.path).await?;
         let kind = match known::<ResourceKind>(r.kind) {
             Some(
@@ -277,16 +280,23 @@ impl Resources for ResourcesService {
             .access
             .require(&caller, parent, Right::Write)
             .await?;
-        let record = match self
-            .node
-            .store
-            .create_resource(NewResource::new(&path, kind, &caller.name).parents(r.parents))
-            .await
-        {
+        let new = NewResource::new(&path, kind, &caller.name).parents(r.parents);
+        let created = match &key {
+            Some(key) => self.node.store.create_resource_keyed(new, key).await,
+            None => self
+                .node
+                .store
+                .create_resource(new)
+                .await
+                .map(|r| (r, true)),
+        };
+        let record = match created {
             Err(error) if r.exist_ok && error.code == crate::error::ErrorCode::AlreadyExists => {
                 return self.existing(&caller, &path, kind, series.as_ref()).await;
             }
-            created => created?,
+            // A repeat of a keyed create: the first try made its file too.
+            Ok((record, false)) => return reply(self.resource_pb(record).await),
+            created => created?.0,
         };
         let made = match (kind, &series) {
             (ResourceKind::Database, _) => self.node.sql.create(&record.id).await,
@@ -296,8 +306,12 @@ impl Resources for ResourcesService {
             _ => Ok(()),
         };
         if let Err(error) = made {
-            // No resource without its file: undo the entry, report the cause.
+            // No resource without its file: undo the entry (and its key's
+            // record, so a repeat makes it again), report the cause.
             let _ = self.node.store.delete_resource(&path, false).await;
+            if let Some(key) = &key {
+                let _ = self.node.store.forget_call(key).await;
+            }
             return Err(error.into());
         }
         let answer = self.resource_pb(record).await;
@@ -309,13 +323,22 @@ impl Resources for ResourcesService {
         request: Request<pb::DeleteResourceRequest>,
     ) -> Reply<pb::DeleteResourceResponse> {
         let caller = caller(&request)?;
+        let key = CallKey::of(&self.node, &request, &caller, "DeleteResource")?;
         let path = self.node.path(&request.get_ref().path).await?;
+        let recursive = request.get_ref().recursive;
+        // A repeat of a keyed delete finds the path gone: the first
+        // outcome answers it.
+        if let Some(deleted) = earlier::<Vec<ResourceRecord>>(&self.node, &key).await? {
+            return reply(pb::DeleteResourceResponse {
+                deleted: deleted.len() as u64,
+            });
+        }
         self.require_removable(&caller, &path).await?;
-        let deleted = self
-            .node
-            .store
-            .delete_resource(&path, request.get_ref().recursive)
-            .await?;
+        let store = &self.node.store;
+        let deleted = match &key {
+            Some(key) => store.delete_resource_keyed(&path, recursive, key).await?.0,
+            None => store.delete_resource(&path, recursive).await?,
+        };
         self.node.access.invalidate().await;
         self.announce_deleted(&deleted).await;
         reply(pb::DeleteResourceResponse {
@@ -325,14 +348,29 @@ impl Resources for ResourcesService {
 
     async fn r#move(&self, request: Request<pb::MoveResourceRequest>) -> Reply<pb::Resource> {
         let caller = caller(&request)?;
+        let key = CallKey::of(&self.node, &request, &caller, "MoveResource")?;
         let from = self.node.path(&request.get_ref().from).await?;
         let to = self.node.path(&request.get_ref().to).await?;
+        // A repeat of a keyed move finds `from` gone: the first outcome
+        // answers it.
+        if let Some(moved) = earlier::<ResourceRecord>(&self.node, &key).await? {
+            return reply(self.resource_pb(moved).await);
+        }
         self.require_removable(&caller, &from).await?;
         self.node
             .access
             .require(&caller, paths::parent(&to).unwrap_or("/"), Right::Write)
             .await?;
-        let record = self.node.store.move_resource(&from, &to).await?;
+        let record = match &key {
+            Some(key) => {
+                self.node
+                    .store
+                    .move_resource_keyed(&from, &to, key)
+                    .await?
+                    .0
+            }
+            None => self.node.store.move_resource(&from, &to).await?,
+        };
         let answer = self.resource_pb(record).await;
         reply(self.node.access.changed(answer).await)
     }
@@ -381,5 +419,17 @@ impl Resources for ResourcesService {
             .require_resource(&caller, &path, Right::Read)
             .await?;
         reply(self.grants(&path, request.get_ref().effective).await?)
+    }
+}
+
+/// The first outcome of a keyed call whose first try committed, if `key`
+/// has one.
+async fn earlier<T: Replay>(node: &Node, key: &Option<CallKey>) -> Result<Option<T>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    match node.store.earlier_call(key).await? {
+        Some((request, outcome)) => crate::calls::replay(key, request, outcome).map(Some),
+        None => Ok(None),
     }
 }

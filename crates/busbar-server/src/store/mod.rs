@@ -249,6 +249,55 @@ pub trait Store: Send + Sync + 'static {
     /// (an expired one is refused for its dates anyway).
     async fn revoked_certificates(&self) -> Result<Vec<Vec<u8>>>;
 
+    /// [`Store::create_resource`], [`Store::delete_resource`] and
+    /// [`Store::move_resource`] under a call's idempotency key: the change
+    /// and the key's record commit together, and a repeat of the key answers
+    /// with the first outcome and changes nothing (`false` beside the
+    /// outcome: it is a repeat's, so whatever followed the first try's
+    /// change is not done again). A store that keeps no keys (the embedded
+    /// one: no other node to retry on) makes the change.
+    async fn create_resource_keyed(
+        &self,
+        new: NewResource<'_>,
+        key: &crate::calls::CallKey,
+    ) -> Result<(ResourceRecord, bool)> {
+        let _ = key;
+        Ok((self.create_resource(new).await?, true))
+    }
+    async fn delete_resource_keyed(
+        &self,
+        path: &str,
+        recursive: bool,
+        key: &crate::calls::CallKey,
+    ) -> Result<(Vec<ResourceRecord>, bool)> {
+        let _ = key;
+        Ok((self.delete_resource(path, recursive).await?, true))
+    }
+    async fn move_resource_keyed(
+        &self,
+        from: &str,
+        to: &str,
+        key: &crate::calls::CallKey,
+    ) -> Result<(ResourceRecord, bool)> {
+        let _ = key;
+        Ok((self.move_resource(from, to).await?, true))
+    }
+    /// The request digest and first outcome recorded under a keyed
+    /// change's key, once its first try committed.
+    async fn earlier_call(
+        &self,
+        key: &crate::calls::CallKey,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let _ = key;
+        Ok(None)
+    }
+    /// Forgets a keyed change's record: the change was undone after it
+    /// committed (a resource whose file could not be made).
+    async fn forget_call(&self, key: &crate::calls::CallKey) -> Result<()> {
+        let _ = key;
+        Ok(())
+    }
+
     async fn resource(&self, path: &str) -> Result<Option<ResourceRecord>>;
     /// The path of the resource with this id (ids survive moves).
     async fn resource_path(&self, id: &str) -> Result<Option<String>>;
@@ -376,4 +425,61 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+impl ResourceRecord {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "path": self.path,
+            "kind": self.kind as i32,
+            "owner": self.owner,
+            "created_ms": self.created_ms,
+        })
+    }
+
+    fn from_json(value: &serde_json::Value) -> Option<ResourceRecord> {
+        Some(ResourceRecord {
+            id: value["id"].as_str()?.to_string(),
+            path: value["path"].as_str()?.to_string(),
+            kind: ResourceKind::try_from(i32::try_from(value["kind"].as_i64()?).ok()?).ok()?,
+            owner: value["owner"].as_str()?.to_string(),
+            created_ms: value["created_ms"].as_i64()?,
+        })
+    }
+}
+
+fn unreadable() -> crate::error::Error {
+    crate::error::Error::internal("a kept outcome is not the resource record it should be")
+}
+
+/// A keyed create's or move's outcome, kept as JSON.
+impl crate::calls::Replay for ResourceRecord {
+    fn encode(&self) -> Vec<u8> {
+        self.to_json().to_string().into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<ResourceRecord> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| unreadable())?;
+        ResourceRecord::from_json(&value).ok_or_else(unreadable)
+    }
+}
+
+/// A keyed delete's outcome: the records deleted.
+impl crate::calls::Replay for Vec<ResourceRecord> {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::Value::Array(self.iter().map(ResourceRecord::to_json).collect())
+            .to_string()
+            .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Vec<ResourceRecord>> {
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| unreadable())?;
+        value
+            .as_array()
+            .ok_or_else(unreadable)?
+            .iter()
+            .map(|one| ResourceRecord::from_json(one).ok_or_else(unreadable))
+            .collect()
+    }
 }

@@ -137,6 +137,9 @@ GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 /// scoped to their database's login role, which cannot be this).
 const KEYED_TOKENS: &str = "busbar: tokens";
 
+/// The scope of keyed changes to the resource tree in `busbar.calls`.
+const KEYED_METADATA: &str = "busbar: metadata";
+
 fn insert_token() -> String {
     format!("INSERT INTO busbar.tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, false)")
 }
@@ -292,6 +295,63 @@ impl PostgresStore {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Runs `change` in a transaction that also records `key` with its
+    /// outcome. The key is claimed first: a repeat whose first try is still
+    /// open waits for it, and one whose first try committed answers with
+    /// the first outcome and changes nothing. A change that fails records
+    /// nothing. `true` with the outcome of a first try, `false` with a
+    /// repeat's.
+    async fn keyed<T, F>(&self, key: &CallKey, change: F) -> Result<(T, bool)>
+    where
+        T: crate::calls::Replay + Send,
+        F: for<'t> FnOnce(
+                &'t deadpool_postgres::Transaction<'t>,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
+            > + Send,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let at = crate::store::now_ms();
+        let claimed = tx
+            .execute(
+                &cached(
+                    &tx,
+                    "INSERT INTO busbar.calls (scope, key, request, outcome, created_ms) \
+                     VALUES ($1, $2, $3, ''::bytea, $4) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+                &[&KEYED_METADATA, &key.key, &key.request, &at],
+            )
+            .await?
+            == 1;
+        if !claimed {
+            let row = tx
+                .query_one(
+                    &cached(
+                        &tx,
+                        "SELECT request, outcome FROM busbar.calls WHERE scope = $1 AND key = $2",
+                    )
+                    .await?,
+                    &[&KEYED_METADATA, &key.key],
+                )
+                .await?;
+            return crate::calls::replay(key, row.get(0), row.get(1)).map(|first| (first, false));
+        }
+        let outcome = change(&tx).await?;
+        tx.execute(
+            &cached(
+                &tx,
+                "UPDATE busbar.calls SET outcome = $3 WHERE scope = $1 AND key = $2",
+            )
+            .await?,
+            &[&KEYED_METADATA, &key.key, &outcome.encode()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((outcome, true))
     }
 
     /// The row `sql` finds with `params`, if any.
@@ -833,25 +893,7 @@ impl Store for PostgresStore {
         tree::check_delete(path, 0, recursive)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let found = get_resource(&tx, path)
-            .await?
-            .ok_or_else(|| tree::missing(path))?;
-        let mut doomed = descendants(&tx, path, true).await?;
-        tree::check_delete(path, doomed.len(), recursive)?;
-        doomed.reverse();
-        doomed.push(found);
-        for record in &doomed {
-            tx.execute(
-                &cached(&tx, "DELETE FROM busbar.resources WHERE id = $1").await?,
-                &[&record.id],
-            )
-            .await?;
-            tx.execute(
-                &cached(&tx, "DELETE FROM busbar.grants WHERE path = $1").await?,
-                &[&record.path],
-            )
-            .await?;
-        }
+        let doomed = delete_resource_in(&tx, path, recursive).await?;
         tx.commit().await?;
         Ok(doomed)
     }
@@ -860,34 +902,69 @@ impl Store for PostgresStore {
         tree::check_move(from, to)?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let moved_root = get_resource(&tx, from)
-            .await?
-            .ok_or_else(|| tree::missing(from))?;
-        if get_resource(&tx, to).await?.is_some() {
-            return Err(Error::already_exists(format!("{to} already exists")));
-        }
-        let parent = paths::parent(to).unwrap_or("/");
-        tree::check_move_parent(parent, get_resource(&tx, parent).await?.as_ref())?;
-        let mut moving = descendants(&tx, from, true).await?;
-        moving.insert(0, moved_root);
-        for record in &moving {
-            let new_path = tree::moved_path(record, from, to);
-            tx.execute(
-                &cached(&tx, "UPDATE busbar.resources SET path = $2 WHERE id = $1").await?,
-                &[&record.id, &new_path],
-            )
-            .await?;
-            tx.execute(
-                &cached(&tx, "UPDATE busbar.grants SET path = $2 WHERE path = $1").await?,
-                &[&record.path, &new_path],
-            )
-            .await?;
-        }
-        let moved = get_resource(&tx, to)
-            .await?
-            .ok_or_else(|| Error::internal(format!("{to} missing after its move")))?;
+        let moved = move_resource_in(&tx, from, to).await?;
         tx.commit().await?;
         Ok(moved)
+    }
+
+    async fn create_resource_keyed(
+        &self,
+        new: NewResource<'_>,
+        key: &CallKey,
+    ) -> Result<(ResourceRecord, bool)> {
+        let (path, owner) = (new.path.to_string(), new.owner.to_string());
+        let (kind, parents) = (new.kind, new.parents);
+        self.keyed(key, move |tx| {
+            Box::pin(async move { create_resource_in(tx, &path, kind, &owner, parents).await })
+        })
+        .await
+    }
+
+    async fn delete_resource_keyed(
+        &self,
+        path: &str,
+        recursive: bool,
+        key: &CallKey,
+    ) -> Result<(Vec<ResourceRecord>, bool)> {
+        tree::check_delete(path, 0, recursive)?;
+        let path = path.to_string();
+        self.keyed(key, move |tx| {
+            Box::pin(async move { delete_resource_in(tx, &path, recursive).await })
+        })
+        .await
+    }
+
+    async fn move_resource_keyed(
+        &self,
+        from: &str,
+        to: &str,
+        key: &CallKey,
+    ) -> Result<(ResourceRecord, bool)> {
+        tree::check_move(from, to)?;
+        let (from, to) = (from.to_string(), to.to_string());
+        self.keyed(key, move |tx| {
+            Box::pin(async move { move_resource_in(tx, &from, &to).await })
+        })
+        .await
+    }
+
+    async fn earlier_call(&self, key: &CallKey) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        // A claim not yet committed has no outcome to give.
+        let sql = "SELECT request, outcome FROM busbar.calls \
+                   WHERE scope = $1 AND key = $2 AND outcome <> ''::bytea";
+        self.one(sql, &[&KEYED_METADATA, &key.key], |row| {
+            (row.get(0), row.get(1))
+        })
+        .await
+    }
+
+    async fn forget_call(&self, key: &CallKey) -> Result<()> {
+        self.change(
+            "DELETE FROM busbar.calls WHERE scope = $1 AND key = $2",
+            &[&KEYED_METADATA, &key.key],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn set_grant(&self, path: &str, principal: &str, right: Right) -> Result<()> {
@@ -972,4 +1049,64 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+}
+
+/// Deletes `path` (and, with `recursive`, everything below it) with their
+/// grants, in `tx`; the records deleted, deepest first.
+async fn delete_resource_in(
+    tx: &impl GenericClient,
+    path: &str,
+    recursive: bool,
+) -> Result<Vec<ResourceRecord>> {
+    let found = get_resource(tx, path)
+        .await?
+        .ok_or_else(|| tree::missing(path))?;
+    let mut doomed = descendants(tx, path, true).await?;
+    tree::check_delete(path, doomed.len(), recursive)?;
+    doomed.reverse();
+    doomed.push(found);
+    for record in &doomed {
+        tx.execute(
+            &cached(tx, "DELETE FROM busbar.resources WHERE id = $1").await?,
+            &[&record.id],
+        )
+        .await?;
+        tx.execute(
+            &cached(tx, "DELETE FROM busbar.grants WHERE path = $1").await?,
+            &[&record.path],
+        )
+        .await?;
+    }
+    Ok(doomed)
+}
+
+/// Moves `from` (and everything below it, with their grants) to `to`, in
+/// `tx`; the moved record.
+async fn move_resource_in(tx: &impl GenericClient, from: &str, to: &str) -> Result<ResourceRecord> {
+    let moved_root = get_resource(tx, from)
+        .await?
+        .ok_or_else(|| tree::missing(from))?;
+    if get_resource(tx, to).await?.is_some() {
+        return Err(Error::already_exists(format!("{to} already exists")));
+    }
+    let parent = paths::parent(to).unwrap_or("/");
+    tree::check_move_parent(parent, get_resource(tx, parent).await?.as_ref())?;
+    let mut moving = descendants(tx, from, true).await?;
+    moving.insert(0, moved_root);
+    for record in &moving {
+        let new_path = tree::moved_path(record, from, to);
+        tx.execute(
+            &cached(tx, "UPDATE busbar.resources SET path = $2 WHERE id = $1").await?,
+            &[&record.id, &new_path],
+        )
+        .await?;
+        tx.execute(
+            &cached(tx, "UPDATE busbar.grants SET path = $2 WHERE path = $1").await?,
+            &[&record.path, &new_path],
+        )
+        .await?;
+    }
+    get_resource(tx, to)
+        .await?
+        .ok_or_else(|| Error::internal(format!("{to} missing after its move")))
 }

@@ -189,6 +189,57 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
         "used for another call",
     );
 
+    // Changes to the tree under a key: a repeat through the other node
+    // answers with the first outcome (the same resource, the same count
+    // deleted) instead of ALREADY_EXISTS or NOT_FOUND, and applies nothing.
+    let keyed = |client: &Client, key: &str| client.with_idempotency_key(key).unwrap();
+    let mut made = Vec::new();
+    for client in [&a, &b] {
+        let client = keyed(client, "make-room");
+        let room = client.create("/home/admin/k", ResourceKind::Room, false);
+        made.push(room.await.unwrap());
+    }
+    assert_eq!(made[0].id, made[1].id);
+    let mut moved = Vec::new();
+    for client in [&a, &b] {
+        moved.push(
+            keyed(client, "move-room")
+                .mv("/home/admin/k", "/home/admin/k2")
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        (moved[0].id.as_str(), moved[1].path.as_str()),
+        (made[0].id.as_str(), "/home/admin/k2")
+    );
+    for client in [&a, &b] {
+        assert_eq!(
+            keyed(client, "remove-room")
+                .rm("/home/admin/k2", false)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    assert_error(
+        keyed(&b, "remove-room")
+            .rm("/home/admin/other", false)
+            .await,
+        ErrorCode::InvalidArgument,
+        "used for another call",
+    );
+    // A database made again under its key is the first one, and works (the
+    // repeat does not make, or undo, its schema).
+    for client in [&a, &b] {
+        let client = keyed(client, "make-db");
+        let db = client.create("/home/admin/kdb", ResourceKind::Database, false);
+        db.await.unwrap();
+    }
+    b.sql("/home/admin/kdb", "CREATE TABLE t (x int)")
+        .await
+        .unwrap();
+
     // The tree: moved and deleted through one node, seen so through the other.
     a.create("/home/admin/t/x/y", ResourceKind::Room, true)
         .await
