@@ -47,7 +47,14 @@ impl Client {
             password: password.into(),
             admin,
         };
-        Ok(self.auth_client().create_user(request).await?.into_inner())
+        self.keyed_with(request, async |client, request| {
+            Ok(client
+                .auth_client()
+                .create_user(request)
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Sets `name`'s password (an empty name means the caller).
@@ -75,7 +82,14 @@ impl Client {
             public_key: public_key_base64.into(),
             admin,
         };
-        Ok(self.auth_client().register_key(request).await?.into_inner())
+        self.keyed_with(request, async |client, request| {
+            Ok(client
+                .auth_client()
+                .register_key(request)
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     pub async fn identities(&self) -> Result<Vec<Identity>> {

@@ -128,7 +128,7 @@ pub async fn ensure_admin(
             .encode(crate::auth::random_bytes::<24>());
         match admin {
             None => {
-                auth.create_user(ADMIN_NAME, &password, true).await?;
+                auth.create_user(ADMIN_NAME, &password, true, None).await?;
             }
             Some(_) => {
                 tracing::warn!(path = %path.display(), "admin.json was missing; issued a new admin password");

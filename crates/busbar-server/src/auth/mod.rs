@@ -514,24 +514,37 @@ impl Authenticator {
         })
     }
 
+    /// Makes a user; with an idempotency key, a repeat answers with the
+    /// user its first try made ([`Store::create_identity_keyed`]).
     pub async fn create_user(
         &self,
         name: &str,
         password: &str,
         admin: bool,
+        key: Option<&crate::calls::CallKey>,
     ) -> Result<IdentityRecord> {
         crate::resources::paths::validate_identity_name(name)?;
         let password = password.to_string();
         let hash = tokio::task::spawn_blocking(move || hash_password(&password)).await??;
-        self.store
-            .create_identity(NewIdentity {
-                name: name.to_string(),
-                kind: IdentityKind::User,
-                password_hash: Some(hash),
-                public_key: None,
-                admin,
-            })
-            .await
+        let new = NewIdentity {
+            name: name.to_string(),
+            kind: IdentityKind::User,
+            password_hash: Some(hash),
+            public_key: None,
+            admin,
+        };
+        self.create_identity(new, key).await
+    }
+
+    async fn create_identity(
+        &self,
+        new: NewIdentity,
+        key: Option<&crate::calls::CallKey>,
+    ) -> Result<IdentityRecord> {
+        match key {
+            Some(key) => self.store.create_identity_keyed(new, key).await,
+            None => self.store.create_identity(new).await,
+        }
     }
 
     pub async fn register_key(
@@ -539,6 +552,7 @@ impl Authenticator {
         name: &str,
         public_key_b64: &str,
         admin: bool,
+        call_key: Option<&crate::calls::CallKey>,
     ) -> Result<IdentityRecord> {
         crate::resources::paths::validate_identity_name(name)?;
         let key = STANDARD
@@ -554,15 +568,14 @@ impl Authenticator {
                     "bad public key: expected standard base64 of a 32-byte Ed25519 public key",
                 )
             })?;
-        self.store
-            .create_identity(NewIdentity {
-                name: name.to_string(),
-                kind: IdentityKind::Key,
-                password_hash: None,
-                public_key: Some(key),
-                admin,
-            })
-            .await
+        let new = NewIdentity {
+            name: name.to_string(),
+            kind: IdentityKind::Key,
+            password_hash: None,
+            public_key: Some(key),
+            admin,
+        };
+        self.create_identity(new, call_key).await
     }
 
     pub async fn set_password(&self, name: &str, password: &str) -> Result<()> {
@@ -600,7 +613,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_verify_and_tampering_fails() {
         let (_dir, auth) = authenticator().await;
-        auth.create_user("bob", "correct horse", false)
+        auth.create_user("bob", "correct horse", false, None)
             .await
             .unwrap();
         let (_, session, _) = auth
@@ -630,7 +643,9 @@ mod tests {
         let (_dir, auth) = authenticator().await;
         let key = ed25519_dalek::SigningKey::from_bytes(&random_bytes::<32>());
         let public = STANDARD.encode(key.verifying_key().as_bytes());
-        auth.register_key("robot", &public, false).await.unwrap();
+        auth.register_key("robot", &public, false, None)
+            .await
+            .unwrap();
         let (nonce, _) = auth.challenge("robot");
         let signature = key.sign(&nonce).to_bytes();
         auth.login_key("robot", &nonce, &signature).await.unwrap();

@@ -79,6 +79,16 @@ impl AuthService {
         Ok(request.into_inner())
     }
 
+    /// The idempotency key a call of `method` carries, if any.
+    fn key<T: prost::Message>(
+        &self,
+        request: &Request<T>,
+        method: &str,
+    ) -> std::result::Result<Option<CallKey>, tonic::Status> {
+        let caller = caller(request)?;
+        Ok(CallKey::of(&self.node, request, &caller, method)?)
+    }
+
     async fn identity_named(&self, name: &str) -> Result<IdentityRecord> {
         self.node
             .store
@@ -192,11 +202,12 @@ impl Auth for AuthService {
     }
 
     async fn create_user(&self, request: Request<pb::CreateUserRequest>) -> Reply<pb::Identity> {
+        let key = self.key(&request, "CreateUser")?;
         let r = self.admin_request(request, "creating users").await?;
         let record = self
             .node
             .auth
-            .create_user(&r.name, &r.password, r.admin)
+            .create_user(&r.name, &r.password, r.admin, key.as_ref())
             .await?;
         let identity = self.identity_pb(record).await?;
         reply(self.node.access.changed(identity).await)
@@ -222,13 +233,14 @@ impl Auth for AuthService {
     }
 
     async fn register_key(&self, request: Request<pb::RegisterKeyRequest>) -> Reply<pb::Identity> {
+        let key = self.key(&request, "RegisterKey")?;
         let r = self
             .admin_request(request, "registering key identities")
             .await?;
         let record = self
             .node
             .auth
-            .register_key(&r.name, &r.public_key, r.admin)
+            .register_key(&r.name, &r.public_key, r.admin, key.as_ref())
             .await?;
         let identity = self.identity_pb(record).await?;
         reply(self.node.access.changed(identity).await)
@@ -387,7 +399,7 @@ impl Auth for AuthService {
         request: Request<pb::CreateTokenRequest>,
     ) -> Reply<pb::CreateTokenResponse> {
         let caller = caller(&request)?;
-        let key = CallKey::of(&self.node, &request, &caller, "CreateToken")?;
+        let key = self.key(&request, "CreateToken")?;
         let r = request.into_inner();
         if r.ttl_seconds < 0 {
             return Err(Error::invalid_argument(

@@ -208,6 +208,17 @@ pub trait Store: Send + Sync + 'static {
     async fn secret(&self, name: &str, make: fn() -> Vec<u8>) -> Result<Vec<u8>>;
 
     async fn create_identity(&self, new: NewIdentity) -> Result<IdentityRecord>;
+    /// [`Store::create_identity`] under a call's idempotency key (see
+    /// [`Store::create_resource_keyed`]): a repeat answers with the
+    /// identity the first try made.
+    async fn create_identity_keyed(
+        &self,
+        new: NewIdentity,
+        key: &crate::calls::CallKey,
+    ) -> Result<IdentityRecord> {
+        let _ = key;
+        self.create_identity(new).await
+    }
     async fn identity_by_name(&self, name: &str) -> Result<Option<IdentityRecord>>;
     async fn identity_by_id(&self, id: &str) -> Result<Option<IdentityRecord>>;
     async fn list_identities(&self) -> Result<Vec<IdentityRecord>>;
@@ -481,5 +492,40 @@ impl crate::calls::Replay for Vec<ResourceRecord> {
             .iter()
             .map(|one| ResourceRecord::from_json(one).ok_or_else(unreadable))
             .collect()
+    }
+}
+
+/// A keyed identity creation's outcome. Its password hash is not kept
+/// with the key (a repeat's answer never shows it).
+impl crate::calls::Replay for IdentityRecord {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::json!({
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind as i32,
+            "public_key": self.public_key.as_deref().map(hex::encode),
+            "created_ms": self.created_ms,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<IdentityRecord> {
+        let bad =
+            || crate::error::Error::internal("a kept outcome is not the identity it should be");
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let kind = i32::try_from(value["kind"].as_i64().ok_or_else(bad)?).map_err(|_| bad())?;
+        Ok(IdentityRecord {
+            id: value["id"].as_str().ok_or_else(bad)?.to_string(),
+            name: value["name"].as_str().ok_or_else(bad)?.to_string(),
+            kind: IdentityKind::try_from(kind).map_err(|_| bad())?,
+            password_hash: None,
+            public_key: match value["public_key"].as_str() {
+                Some(text) => Some(hex::decode(text).map_err(|_| bad())?),
+                None => None,
+            },
+            created_ms: value["created_ms"].as_i64().ok_or_else(bad)?,
+            revoked: false,
+        })
     }
 }

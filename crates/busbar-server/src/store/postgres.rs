@@ -577,44 +577,20 @@ impl Store for PostgresStore {
     async fn create_identity(&self, new: NewIdentity) -> Result<IdentityRecord> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let record = new.record();
-        let inserted = tx
-            .execute(
-                &format!(
-                    "INSERT INTO busbar.identities ({IDENTITY_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, false) ON CONFLICT (name) DO NOTHING"
-                ),
-                &[
-                    &record.id,
-                    &record.name,
-                    &(record.kind as i32),
-                    &record.password_hash,
-                    &record.public_key,
-                    &record.created_ms,
-                ],
-            )
-            .await?;
-        if inserted == 0 {
-            return Err(new.taken());
-        }
-        let home = format!("/home/{}", record.name);
-        if get_resource(&tx, &home).await?.is_none() {
-            create_resource_in(&tx, &home, ResourceKind::Folder, &record.name, true).await?;
-        }
-        if new.admin {
-            tx.execute(
-                &cached(
-                    &tx,
-                    "INSERT INTO busbar.grants (path, principal, rights) VALUES ('/', $1, $2) \
-                 ON CONFLICT (path, principal) DO UPDATE SET rights = EXCLUDED.rights",
-                )
-                .await?,
-                &[&record.name, &(Right::Admin as i32)],
-            )
-            .await?;
-        }
+        let record = create_identity_in(&tx, &new).await?;
         tx.commit().await?;
         Ok(record)
+    }
+
+    async fn create_identity_keyed(
+        &self,
+        new: NewIdentity,
+        key: &CallKey,
+    ) -> Result<IdentityRecord> {
+        let made = self.keyed(key, move |tx| {
+            Box::pin(async move { create_identity_in(tx, &new).await })
+        });
+        Ok(made.await?.0)
     }
 
     async fn identity_by_name(&self, name: &str) -> Result<Option<IdentityRecord>> {
@@ -1049,6 +1025,48 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+}
+
+/// Makes an identity, its home folder and (for an admin) its grant on `/`,
+/// in `tx`.
+async fn create_identity_in(tx: &impl GenericClient, new: &NewIdentity) -> Result<IdentityRecord> {
+    let record = new.record();
+    let inserted = tx
+        .execute(
+            &format!(
+                "INSERT INTO busbar.identities ({IDENTITY_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, false) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[
+                &record.id,
+                &record.name,
+                &(record.kind as i32),
+                &record.password_hash,
+                &record.public_key,
+                &record.created_ms,
+            ],
+        )
+        .await?;
+    if inserted == 0 {
+        return Err(new.taken());
+    }
+    let home = format!("/home/{}", record.name);
+    if get_resource(tx, &home).await?.is_none() {
+        create_resource_in(tx, &home, ResourceKind::Folder, &record.name, true).await?;
+    }
+    if new.admin {
+        tx.execute(
+            &cached(
+                tx,
+                "INSERT INTO busbar.grants (path, principal, rights) VALUES ('/', $1, $2) \
+                 ON CONFLICT (path, principal) DO UPDATE SET rights = EXCLUDED.rights",
+            )
+            .await?,
+            &[&record.name, &(Right::Admin as i32)],
+        )
+        .await?;
+    }
+    Ok(record)
 }
 
 /// Deletes `path` (and, with `recursive`, everything below it) with their

@@ -229,6 +229,22 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
         ErrorCode::InvalidArgument,
         "used for another call",
     );
+    // A user made again under its key is the first one.
+    let mut users = Vec::new();
+    for client in [&a, &b] {
+        let client = keyed(client, "make-carol");
+        users.push(
+            client
+                .create_user("carol", "carol-password", false)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(users[0].id, users[1].id);
+    cluster.nodes[1]
+        .user("carol", "carol-password")
+        .await
+        .unwrap();
     // A database made again under its key is the first one, and works (the
     // repeat does not make, or undo, its schema).
     for client in [&a, &b] {
