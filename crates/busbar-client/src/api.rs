@@ -101,10 +101,13 @@ impl Client {
     }
 
     pub async fn revoke_identity(&self, name: &str) -> Result<()> {
-        self.auth_client()
-            .revoke_identity(pb::RevokeIdentityRequest { name: name.into() })
-            .await?;
-        Ok(())
+        let request = pb::RevokeIdentityRequest { name: name.into() };
+        self.removal(request, async |client, request| {
+            client.auth_client().revoke_identity(request).await?;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     /// Has the node's CA sign a client certificate over the holder's public
@@ -167,8 +170,12 @@ impl Client {
         let request = pb::RevokeCertificateRequest {
             fingerprint: fingerprint.into(),
         };
-        self.auth_client().revoke_certificate(request).await?;
-        Ok(())
+        self.removal(request, async |client, request| {
+            client.auth_client().revoke_certificate(request).await?;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     /// Creates an API token for the caller; returns its secret (shown once) and info.
@@ -215,8 +222,12 @@ impl Client {
             name: name.into(),
             identity: String::new(),
         };
-        self.auth_client().revoke_token(request).await?;
-        Ok(())
+        self.removal(request, async |client, request| {
+            client.auth_client().revoke_token(request).await?;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn add_group_member(&self, group: &str, identity: &str) -> Result<()> {
@@ -236,8 +247,12 @@ impl Client {
             group: group.into(),
             identity: identity.into(),
         };
-        self.auth_client().remove_group_member(request).await?;
-        Ok(())
+        self.removal(request, async |client, request| {
+            client.auth_client().remove_group_member(request).await?;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn get(&self, path: &str) -> Result<Resource> {
@@ -373,12 +388,20 @@ impl Client {
             principal: principal.into(),
             right: 0,
         };
-        Ok(self
-            .resources_client()
-            .revoke(request)
-            .await?
-            .into_inner()
-            .grants)
+        let revoke = async |client: Client, request| {
+            Ok(client
+                .resources_client()
+                .revoke(request)
+                .await?
+                .into_inner()
+                .grants)
+        };
+        match self.removal(request, revoke).await {
+            // A repeat found the grant gone (its first try removed it): the
+            // grants set on the path now.
+            Ok(None) => self.grants(path, false).await,
+            other => other.map(Option::unwrap_or_default),
+        }
     }
 
     /// Grants set on `path`; with `effective`, also those inherited from its ancestors.
@@ -407,6 +430,31 @@ impl Client {
             .await
     }
 
+    /// A removal (a revocation, a group member or grant removed), sent again
+    /// as it is when its outcome is lost: its end state is the same either
+    /// way. A repeat that finds the thing gone (`NOT_FOUND`) after a try
+    /// whose outcome was lost means that try removed it: done, `None`.
+    pub(crate) async fn removal<R, T, F>(&self, request: R, call: F) -> Result<Option<T>>
+    where
+        R: Clone,
+        F: AsyncFn(Client, R) -> Result<T>,
+    {
+        let lost = std::sync::atomic::AtomicBool::new(false);
+        let (call, lost) = (&call, &lost);
+        self.repeatable(|client| {
+            let earlier_lost = lost.load(std::sync::atomic::Ordering::Relaxed);
+            let request = request.clone();
+            async move {
+                let result = call(client, request).await;
+                if result.as_ref().is_err_and(Error::outcome_unknown) {
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                removed(result, earlier_lost)
+            }
+        })
+        .await
+    }
+
     /// `call` with `request`, keyed ([`Client::keyed`]): for writes that
     /// must not be applied twice.
     pub(crate) async fn keyed_with<R, T, F>(&self, request: R, call: F) -> Result<T>
@@ -415,5 +463,34 @@ impl Client {
         F: AsyncFn(Client, R) -> Result<T>,
     {
         self.keyed(|client| call(client, request.clone())).await
+    }
+}
+
+/// A removal's answer: `NOT_FOUND` after an earlier try whose outcome was
+/// lost means that try removed it (`None`); otherwise the answer as it is.
+fn removed<T>(result: Result<T>, earlier_lost: bool) -> Result<Option<T>> {
+    match result {
+        Err(error) if earlier_lost && error.code() == crate::ErrorCode::NotFound => Ok(None),
+        other => other.map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn a_removal_found_gone_is_done_only_after_a_try_whose_outcome_was_lost() {
+        let gone = || Err::<(), _>(Error::new(ErrorCode::NotFound, "no live token named ci"));
+        assert!(matches!(removed(gone(), true), Ok(None)));
+        assert_eq!(
+            removed(gone(), false).unwrap_err().code(),
+            ErrorCode::NotFound,
+            "never sent before: the thing was not there"
+        );
+        assert!(matches!(removed(Ok(7), true), Ok(Some(7))));
+        let refused = Err::<(), _>(Error::new(ErrorCode::PermissionDenied, "no"));
+        assert!(removed(refused, true).is_err());
     }
 }
