@@ -244,11 +244,18 @@ impl Client {
             body: body.into(),
             replace,
         };
-        Ok(self
-            .sql_client()
-            .create_procedure(request)
-            .await?
-            .into_inner())
+        let create = async |client: Client, request| {
+            Ok(client
+                .sql_client()
+                .create_procedure(request)
+                .await?
+                .into_inner())
+        };
+        if replace {
+            // Sets the procedure, whatever was there: safe to send again.
+            return self.again(request, create).await;
+        }
+        create(self.clone(), request).await
     }
 
     pub async fn drop_procedure(&self, database: &str, name: &str) -> Result<()> {
@@ -256,8 +263,12 @@ impl Client {
             database: database.into(),
             name: name.into(),
         };
-        self.sql_client().drop_procedure(request).await?;
-        Ok(())
+        self.removal(request, async |client, request| {
+            client.sql_client().drop_procedure(request).await?;
+            Ok(())
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn procedures(&self, database: &str) -> Result<Vec<Procedure>> {
