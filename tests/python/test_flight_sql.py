@@ -116,11 +116,12 @@ def test_bad_credentials_are_refused(node):
 
 
 def test_api_token_in_the_authorization_header(node):
+    cli(node, "sql", DB, "INSERT INTO items (name) VALUES ('token-row')")
     token = cli(node, "token", "create", "flight-test").strip()
     with connect(node, **{DatabaseOptions.AUTHORIZATION_HEADER.value: f"Bearer {token}"}) as conn:
         with conn.cursor() as cur:
-            cur.execute("SELECT name FROM items WHERE name = ?", ("apple",))
-            assert cur.fetchall() == [("apple",)]
+            cur.execute("SELECT name FROM items WHERE name = ?", ("token-row",))
+            assert cur.fetchall() == [("token-row",)]
 
 
 def test_catalog_commands(node):
