@@ -183,15 +183,21 @@ pub async fn earlier<T: Replay>(
         .transpose()
 }
 
-/// The first outcome of `key`, given again; refused when the key was made
-/// for another request.
-pub(crate) fn replay<T: Replay>(key: &CallKey, request: Vec<u8>, earlier: Vec<u8>) -> Result<T> {
-    if request != key.request {
+/// Refuses a key recorded for another request than the one it came with.
+pub(crate) fn same_request(key: &CallKey, recorded: &[u8]) -> Result<()> {
+    if recorded != key.request {
         return Err(Error::invalid_argument(
             "this idempotency key was used for another call (a different method or request); \
              make a new key for each call",
         ));
     }
+    Ok(())
+}
+
+/// The first outcome of `key`, given again; refused when the key was made
+/// for another request.
+pub(crate) fn replay<T: Replay>(key: &CallKey, request: Vec<u8>, earlier: Vec<u8>) -> Result<T> {
+    same_request(key, &request)?;
     if earlier == TOO_LARGE {
         return Err(Error::failed_precondition(
             "this call was applied by an earlier try with the same idempotency key; its result \

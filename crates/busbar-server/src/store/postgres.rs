@@ -314,42 +314,11 @@ impl PostgresStore {
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let at = crate::store::now_ms();
-        let claimed = tx
-            .execute(
-                &cached(
-                    &tx,
-                    "INSERT INTO busbar.calls (scope, key, request, outcome, created_ms) \
-                     VALUES ($1, $2, $3, ''::bytea, $4) ON CONFLICT DO NOTHING",
-                )
-                .await?,
-                &[&KEYED_METADATA, &key.key, &key.request, &at],
-            )
-            .await?
-            == 1;
-        if !claimed {
-            let row = tx
-                .query_one(
-                    &cached(
-                        &tx,
-                        "SELECT request, outcome FROM busbar.calls WHERE scope = $1 AND key = $2",
-                    )
-                    .await?,
-                    &[&KEYED_METADATA, &key.key],
-                )
-                .await?;
-            return crate::calls::replay(key, row.get(0), row.get(1)).map(|first| (first, false));
+        if let Some(first) = claim(&tx, KEYED_METADATA, key).await? {
+            return Ok((T::decode(&first)?, false));
         }
         let outcome = change(&tx).await?;
-        tx.execute(
-            &cached(
-                &tx,
-                "UPDATE busbar.calls SET outcome = $3 WHERE scope = $1 AND key = $2",
-            )
-            .await?,
-            &[&KEYED_METADATA, &key.key, &outcome.encode()],
-        )
-        .await?;
+        record_outcome(&tx, KEYED_METADATA, key, &outcome.encode()).await?;
         tx.commit().await?;
         Ok((outcome, true))
     }
@@ -679,43 +648,11 @@ impl Store for PostgresStore {
     async fn create_token_keyed(&self, token: TokenRecord, key: &CallKey) -> Result<bool> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let at = crate::store::now_ms();
-        let id = token.id.as_bytes();
-        let fresh = tx
-            .execute(
-                &cached(
-                    &tx,
-                    "INSERT INTO busbar.calls (scope, key, request, outcome, created_ms) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .await?,
-                &[&KEYED_TOKENS, &key.key, &key.request, &id, &at],
-            )
-            .await?
-            == 1;
-        let mut replaced = false;
-        if !fresh {
-            // Locked, so two repeats of one key take turns.
-            let row = tx
-                .query_one(
-                    &cached(
-                        &tx,
-                        "SELECT request, outcome FROM busbar.calls \
-                         WHERE scope = $1 AND key = $2 FOR UPDATE",
-                    )
-                    .await?,
-                    &[&KEYED_TOKENS, &key.key],
-                )
-                .await?;
-            if row.get::<_, Vec<u8>>(0) != key.request {
-                return Err(Error::invalid_argument(
-                    "this idempotency key was used for another call (a different method or \
-                     request); make a new key for each call",
-                ));
-            }
-            let earlier = String::from_utf8(row.get(1)).unwrap_or_default();
-            replaced = tx
-                .execute(
+        let replaced = match claim(&tx, KEYED_TOKENS, key).await? {
+            // A repeat: the token its earlier try made goes.
+            Some(earlier) => {
+                let earlier = String::from_utf8(earlier).unwrap_or_default();
+                tx.execute(
                     &cached(
                         &tx,
                         "UPDATE busbar.tokens SET revoked = true \
@@ -725,17 +662,11 @@ impl Store for PostgresStore {
                     &[&earlier, &token.identity_id],
                 )
                 .await?
-                > 0;
-            tx.execute(
-                &cached(
-                    &tx,
-                    "UPDATE busbar.calls SET outcome = $3 WHERE scope = $1 AND key = $2",
-                )
-                .await?,
-                &[&KEYED_TOKENS, &key.key, &id],
-            )
-            .await?;
-        }
+                    > 0
+            }
+            None => false,
+        };
+        record_outcome(&tx, KEYED_TOKENS, key, token.id.as_bytes()).await?;
         let inserted = tx
             .execute(&cached(&tx, &insert_token()).await?, &token_values(&token))
             .await;
@@ -1025,6 +956,62 @@ impl Store for PostgresStore {
             .await?;
         Ok(())
     }
+}
+
+/// Claims `key` under `scope` in `tx`: `None` when this try is the first
+/// (its outcome to be recorded with [`record_outcome`] before `tx`
+/// commits), or the first try's outcome. A repeat whose first try is still
+/// open waits for it here, and repeats of one key take turns (the row is
+/// locked). A key recorded for another request is refused.
+async fn claim(tx: &impl GenericClient, scope: &str, key: &CallKey) -> Result<Option<Vec<u8>>> {
+    let at = crate::store::now_ms();
+    let claimed = tx
+        .execute(
+            &cached(
+                tx,
+                "INSERT INTO busbar.calls (scope, key, request, outcome, created_ms) \
+                 VALUES ($1, $2, $3, ''::bytea, $4) ON CONFLICT DO NOTHING",
+            )
+            .await?,
+            &[&scope, &key.key, &key.request, &at],
+        )
+        .await?
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let row = tx
+        .query_one(
+            &cached(
+                tx,
+                "SELECT request, outcome FROM busbar.calls \
+                 WHERE scope = $1 AND key = $2 FOR UPDATE",
+            )
+            .await?,
+            &[&scope, &key.key],
+        )
+        .await?;
+    crate::calls::same_request(key, &row.get::<_, Vec<u8>>(0))?;
+    Ok(Some(row.get(1)))
+}
+
+/// Records the outcome of the call that claimed `key`.
+async fn record_outcome(
+    tx: &impl GenericClient,
+    scope: &str,
+    key: &CallKey,
+    outcome: &[u8],
+) -> Result<()> {
+    tx.execute(
+        &cached(
+            tx,
+            "UPDATE busbar.calls SET outcome = $3 WHERE scope = $1 AND key = $2",
+        )
+        .await?,
+        &[&scope, &key.key, &outcome],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Makes an identity, its home folder and (for an admin) its grant on `/`,

@@ -448,10 +448,7 @@ impl SqlEngine for PostgresSql {
         // PostgreSQL cannot say whether a statement writes without running
         // it; this reading of its first word only decides when Flight SQL
         // runs it, never what it may do (the read role cannot write).
-        let read_only = matches!(
-            first_word(&sql).as_str(),
-            "select" | "values" | "table" | "show" | "explain"
-        );
+        let read_only = reads_by_first_word(&sql);
         Ok(Description {
             columns,
             parameters,
@@ -651,8 +648,13 @@ const WROTE: &str = "BBW01";
 /// again, keyed, if it wrote after all); any other goes the keyed way at
 /// once.
 fn expected_to_read(sql: &str) -> bool {
+    reads_by_first_word(sql) || first_word(sql) == "with"
+}
+
+/// Statements whose first word says they read (a `WITH` may still write).
+fn reads_by_first_word(sql: &str) -> bool {
     matches!(
         first_word(sql).as_str(),
-        "select" | "values" | "table" | "with" | "show" | "explain"
+        "select" | "values" | "table" | "show" | "explain"
     )
 }
