@@ -117,11 +117,14 @@ impl Client {
         &self,
         request: pb::IssueCertificateRequest,
     ) -> Result<pb::IssueCertificateResponse> {
-        Ok(self
-            .auth_client()
-            .issue_certificate(request)
-            .await?
-            .into_inner())
+        self.keyed_with(request, async |client, request| {
+            Ok(client
+                .auth_client()
+                .issue_certificate(request)
+                .await?
+                .into_inner())
+        })
+        .await
     }
 
     /// Makes a key pair here (the private key never leaves this process)

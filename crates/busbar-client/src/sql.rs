@@ -255,7 +255,7 @@ impl Client {
             // Sets the procedure, whatever was there: safe to send again.
             return self.again(request, create).await;
         }
-        create(self.clone(), request).await
+        self.keyed_with(request, create).await
     }
 
     pub async fn drop_procedure(&self, database: &str, name: &str) -> Result<()> {

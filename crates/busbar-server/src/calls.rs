@@ -162,14 +162,15 @@ pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
 }
 
 /// The first outcome of `key`, if a try of it was recorded already (for a
-/// retry that cannot reach the point where it would record: a full queue).
+/// retry that cannot reach the point where it would record: a full queue,
+/// a name its first try took). Any role may ask, for its own keys only.
 pub async fn earlier<T: Replay>(
     client: &(impl tokio_postgres::GenericClient + Sync),
     key: &CallKey,
 ) -> Result<Option<T>> {
     let row = client
         .query_opt(
-            "SELECT request, outcome FROM busbar.calls WHERE scope = session_user AND key = $1",
+            "SELECT request, outcome FROM busbar_calls.earlier($1)",
             &[&key.key],
         )
         .await
@@ -181,6 +182,23 @@ pub async fn earlier<T: Replay>(
         })?;
     row.map(|row| replay(key, row.get(0), row.get(1)))
         .transpose()
+}
+
+/// The first outcome of a keyed change to the node's own records (the
+/// tree, identities, certificates) whose first try committed, if `key` has
+/// one: asked before the change's checks, which its first try's change
+/// would now fail (the path is taken, the name exists).
+pub(crate) async fn first_outcome<T: Replay>(
+    node: &crate::node::Node,
+    key: &Option<CallKey>,
+) -> Result<Option<T>> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    match node.store.earlier_call(key).await? {
+        Some((request, outcome)) => replay(key, request, outcome).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Refuses a key recorded for another request than the one it came with.

@@ -1,12 +1,15 @@
 //! `busbar.v1.Auth`: login, sessions, identities, API tokens, groups.
 
 use crate::auth::access::{Caller, CallerInfo};
-use crate::calls::CallKey;
+use crate::calls::{CallKey, first_outcome};
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
 use crate::resources::paths::validate_identity_name;
-use crate::store::{CertificateRecord, IdentityKind, IdentityRecord, NewIdentity, TokenRecord};
+use crate::store::{
+    CertificateHolder, CertificateRecord, IdentityKind, IdentityRecord, IssuedCertificate,
+    NewIdentity, TokenRecord,
+};
 use base64::Engine;
 use busbar_proto::v1::{self as pb, auth_server::Auth, login_request::Credential};
 use std::sync::Arc;
@@ -87,6 +90,21 @@ impl AuthService {
     ) -> std::result::Result<Option<CallKey>, tonic::Status> {
         let caller = caller(request)?;
         Ok(CallKey::of(&self.node, request, &caller, method)?)
+    }
+
+    /// `IssueCertificate`'s answer for a recorded certificate.
+    async fn issued_pb(
+        &self,
+        issued: IssuedCertificate,
+        ca_pem: &str,
+    ) -> Result<pb::IssueCertificateResponse> {
+        let info = certificate_pb(issued.certificate, &issued.identity.name);
+        Ok(pb::IssueCertificateResponse {
+            certificate_pem: issued.pem,
+            ca_pem: ca_pem.to_string(),
+            info: Some(info),
+            identity: Some(self.identity_pb(issued.identity).await?),
+        })
     }
 
     async fn identity_named(&self, name: &str) -> Result<IdentityRecord> {
@@ -288,15 +306,21 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Reply<pb::IssueCertificateResponse> {
+        let key = self.key(&request, "IssueCertificate")?;
         let r = self
             .admin_request(request, "issuing client certificates")
             .await?;
         let certificates = self.certificates()?;
         validate_identity_name(&r.name)?;
+        // A repeat of a keyed issue whose first try committed: the same
+        // certificate again (its identity, made by that try, exists now).
+        if let Some(first) = first_outcome::<IssuedCertificate>(&self.node, &key).await? {
+            return reply(self.issued_pb(first, &certificates.ca_pem).await?);
+        }
         // Everything is checked before anything is written: a bad key or
         // validity creates no identity.
         let issued = certificates.issue(&r.name, &r.public_key, r.days)?;
-        let identity = match self.node.store.identity_by_name(&r.name).await? {
+        let holder = match self.node.store.identity_by_name(&r.name).await? {
             Some(identity) if identity.revoked => {
                 return Err(Error::failed_precondition(format!(
                     "identity {} has been revoked; it gets no new certificates",
@@ -311,19 +335,14 @@ impl Auth for AuthService {
                 ))
                 .into());
             }
-            Some(identity) => identity,
-            None if r.create => {
-                self.node
-                    .store
-                    .create_identity(NewIdentity {
-                        name: r.name.clone(),
-                        kind: IdentityKind::Certificate,
-                        password_hash: None,
-                        public_key: None,
-                        admin: r.admin,
-                    })
-                    .await?
-            }
+            Some(identity) => CertificateHolder::Existing(identity),
+            None if r.create => CertificateHolder::New(NewIdentity {
+                name: r.name.clone(),
+                kind: IdentityKind::Certificate,
+                password_hash: None,
+                public_key: None,
+                admin: r.admin,
+            }),
             None => {
                 return Err(Error::not_found(format!(
                     "no identity named {}; create it with the certificate (create = true, or `busbar identity new {} --cert`)",
@@ -334,19 +353,18 @@ impl Auth for AuthService {
         };
         let record = CertificateRecord {
             fingerprint: issued.fingerprint,
-            identity_id: identity.id.clone(),
+            identity_id: String::new(),
             serial: issued.serial,
             created_ms: issued.created_ms,
             expires_ms: issued.expires_ms,
             revoked: false,
         };
-        self.node.store.create_certificate(record.clone()).await?;
-        let answer = pb::IssueCertificateResponse {
-            certificate_pem: issued.pem,
-            ca_pem: certificates.ca_pem.clone(),
-            info: Some(certificate_pb(record, &identity.name)),
-            identity: Some(self.identity_pb(identity).await?),
-        };
+        let (recorded, _) = self
+            .node
+            .store
+            .record_certificate(holder, record, issued.pem, key.as_ref())
+            .await?;
+        let answer = self.issued_pb(recorded, &certificates.ca_pem).await?;
         reply(self.node.access.changed(answer).await)
     }
 

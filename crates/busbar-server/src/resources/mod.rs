@@ -4,7 +4,7 @@ pub mod paths;
 
 use crate::auth::access::Caller;
 use crate::bus::BusMessage;
-use crate::calls::{CallKey, Replay};
+use crate::calls::{CallKey, first_outcome};
 use crate::error::{Error, Result};
 use crate::grpc::{Reply, reply};
 use crate::node::{Node, caller, caller_and_message};
@@ -164,6 +164,21 @@ impl ResourcesService {
         }
     }
 
+    /// The storage behind a new database or series.
+    async fn make_file(
+        &self,
+        record: &ResourceRecord,
+        series: Option<&crate::timeseries::SeriesSpec>,
+    ) -> Result<()> {
+        match (record.kind, series) {
+            (ResourceKind::Database, _) => self.node.sql.create(&record.id).await,
+            (ResourceKind::Timeseries, Some(spec)) => {
+                self.node.timeseries.create(&record.id, spec).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn grants(&self, path: &str, effective: bool) -> Result<pb::GrantsResponse> {
         let lineage = if effective {
             paths::lineage(path)
@@ -294,18 +309,19 @@ impl Resources for ResourcesService {
             Err(error) if r.exist_ok && error.code == crate::error::ErrorCode::AlreadyExists => {
                 return self.existing(&caller, &path, kind, series.as_ref()).await;
             }
-            // A repeat of a keyed create: the first try made its file too.
-            Ok((record, false)) => return reply(self.resource_pb(record).await),
+            // A repeat of a keyed create. The first try made the file too,
+            // unless its node died between the two: made again here (both
+            // engines make it only when missing) while the resource stands.
+            Ok((record, false)) => {
+                let standing = self.node.store.resource(&record.path).await?;
+                if standing.is_some_and(|now| now.id == record.id) {
+                    self.make_file(&record, series.as_ref()).await?;
+                }
+                return reply(self.resource_pb(record).await);
+            }
             created => created?.0,
         };
-        let made = match (kind, &series) {
-            (ResourceKind::Database, _) => self.node.sql.create(&record.id).await,
-            (ResourceKind::Timeseries, Some(spec)) => {
-                self.node.timeseries.create(&record.id, spec).await
-            }
-            _ => Ok(()),
-        };
-        if let Err(error) = made {
+        if let Err(error) = self.make_file(&record, series.as_ref()).await {
             // No resource without its file: undo the entry (and its key's
             // record, so a repeat makes it again), report the cause.
             let _ = self.node.store.delete_resource(&path, false).await;
@@ -328,7 +344,7 @@ impl Resources for ResourcesService {
         let recursive = request.get_ref().recursive;
         // A repeat of a keyed delete finds the path gone: the first
         // outcome answers it.
-        if let Some(deleted) = earlier::<Vec<ResourceRecord>>(&self.node, &key).await? {
+        if let Some(deleted) = first_outcome::<Vec<ResourceRecord>>(&self.node, &key).await? {
             return reply(pb::DeleteResourceResponse {
                 deleted: deleted.len() as u64,
             });
@@ -353,7 +369,7 @@ impl Resources for ResourcesService {
         let to = self.node.path(&request.get_ref().to).await?;
         // A repeat of a keyed move finds `from` gone: the first outcome
         // answers it.
-        if let Some(moved) = earlier::<ResourceRecord>(&self.node, &key).await? {
+        if let Some(moved) = first_outcome::<ResourceRecord>(&self.node, &key).await? {
             return reply(self.resource_pb(moved).await);
         }
         self.require_removable(&caller, &from).await?;
@@ -419,17 +435,5 @@ impl Resources for ResourcesService {
             .require_resource(&caller, &path, Right::Read)
             .await?;
         reply(self.grants(&path, request.get_ref().effective).await?)
-    }
-}
-
-/// The first outcome of a keyed call whose first try committed, if `key`
-/// has one.
-async fn earlier<T: Replay>(node: &Node, key: &Option<CallKey>) -> Result<Option<T>> {
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    match node.store.earlier_call(key).await? {
-        Some((request, outcome)) => crate::calls::replay(key, request, outcome).map(Some),
-        None => Ok(None),
     }
 }

@@ -80,6 +80,31 @@ pub struct Procedure {
     pub created_ms: i64,
 }
 
+impl crate::calls::Replay for Procedure {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::json!({
+            "name": self.name,
+            "params": self.params,
+            "body": self.body,
+            "created_ms": self.created_ms,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Procedure> {
+        let unreadable = || Error::internal("a kept procedure's outcome cannot be read");
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| unreadable())?;
+        let text = |field: &str| value[field].as_str().map(str::to_string);
+        Ok(Procedure {
+            name: text("name").ok_or_else(unreadable)?,
+            params: serde_json::from_value(value["params"].clone()).map_err(|_| unreadable())?,
+            body: text("body").ok_or_else(unreadable)?,
+            created_ms: value["created_ms"].as_i64().ok_or_else(unreadable)?,
+        })
+    }
+}
+
 /// Arguments of a procedure run: by position or by name.
 #[derive(Debug, Clone, Default)]
 pub struct Arguments {

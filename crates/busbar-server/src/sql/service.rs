@@ -347,8 +347,11 @@ impl Sql for SqlService {
         &self,
         request: Request<pb::CreateProcedureRequest>,
     ) -> Reply<pb::Procedure> {
-        let (caller, r) = caller_and_message(request)?;
-        let on = self.writable(&caller, &r.database).await?;
+        let caller = caller(&request)?;
+        let key = crate::calls::CallKey::of(&self.node, &request, &caller, "CreateProcedure")?;
+        let r = request.into_inner();
+        let mut on = self.writable(&caller, &r.database).await?;
+        on.key = key;
         let procedure = Procedure {
             name: r.name,
             params: r.params,

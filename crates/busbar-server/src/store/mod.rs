@@ -84,6 +84,61 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// Who a certificate being recorded is for.
+pub enum CertificateHolder {
+    Existing(IdentityRecord),
+    /// A CERTIFICATE identity made with it.
+    New(NewIdentity),
+}
+
+/// A recorded certificate: what `IssueCertificate` answers (and a repeat of
+/// its key answers again).
+#[derive(Debug, Clone)]
+pub struct IssuedCertificate {
+    pub identity: IdentityRecord,
+    pub certificate: CertificateRecord,
+    pub pem: String,
+}
+
+impl crate::calls::Replay for IssuedCertificate {
+    fn encode(&self) -> Vec<u8> {
+        let identity: serde_json::Value =
+            serde_json::from_slice(&self.identity.encode()).expect("an identity encodes to JSON");
+        let c = &self.certificate;
+        serde_json::json!({
+            "identity": identity,
+            "fingerprint": hex::encode(&c.fingerprint),
+            "serial": c.serial,
+            "created_ms": c.created_ms,
+            "expires_ms": c.expires_ms,
+            "pem": self.pem,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<IssuedCertificate> {
+        let bad =
+            || crate::error::Error::internal("a kept outcome is not the certificate it should be");
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad())?;
+        let identity = IdentityRecord::decode(value["identity"].to_string().as_bytes())?;
+        let text = |field: &str| value[field].as_str().ok_or_else(bad);
+        let number = |field: &str| value[field].as_i64().ok_or_else(bad);
+        Ok(IssuedCertificate {
+            certificate: CertificateRecord {
+                fingerprint: hex::decode(text("fingerprint")?).map_err(|_| bad())?,
+                identity_id: identity.id.clone(),
+                serial: text("serial")?.to_string(),
+                created_ms: number("created_ms")?,
+                expires_ms: number("expires_ms")?,
+                revoked: false,
+            },
+            pem: text("pem")?.to_string(),
+            identity,
+        })
+    }
+}
+
 /// A client certificate the node's CA issued (mTLS).
 #[derive(Debug, Clone)]
 pub struct CertificateRecord {
@@ -252,6 +307,35 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, identity_id: &str, name: &str) -> Result<()>;
 
     async fn create_certificate(&self, certificate: CertificateRecord) -> Result<()>;
+    /// Records a certificate the node's CA signed for `holder` (made first
+    /// when new; `certificate.identity_id` is then filled in), with the PEM
+    /// its caller gets. Under a call's key the whole is one change (see
+    /// [`Store::create_resource_keyed`]): a repeat answers with the first
+    /// try's certificate and PEM (`false`) and records nothing.
+    async fn record_certificate(
+        &self,
+        holder: CertificateHolder,
+        certificate: CertificateRecord,
+        pem: String,
+        key: Option<&crate::calls::CallKey>,
+    ) -> Result<(IssuedCertificate, bool)> {
+        let _ = key;
+        let identity = match holder {
+            CertificateHolder::Existing(identity) => identity,
+            CertificateHolder::New(new) => self.create_identity(new).await?,
+        };
+        let certificate = CertificateRecord {
+            identity_id: identity.id.clone(),
+            ..certificate
+        };
+        self.create_certificate(certificate.clone()).await?;
+        let issued = IssuedCertificate {
+            identity,
+            certificate,
+            pem,
+        };
+        Ok((issued, true))
+    }
     async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>>;
     async fn list_certificates(&self, identity_id: &str) -> Result<Vec<CertificateRecord>>;
     /// Marks a certificate revoked; NOT_FOUND if no certificate has that fingerprint.
@@ -265,7 +349,8 @@ pub trait Store: Send + Sync + 'static {
     /// and the key's record commit together, and a repeat of the key answers
     /// with the first outcome and changes nothing (`false` beside the
     /// outcome: it is a repeat's, so whatever followed the first try's
-    /// change is not done again). A store that keeps no keys (the embedded
+    /// change is not done again, beyond making storage the first try may
+    /// not have lived to make). A store that keeps no keys (the embedded
     /// one: no other node to retry on) makes the change.
     async fn create_resource_keyed(
         &self,

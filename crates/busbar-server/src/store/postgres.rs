@@ -118,6 +118,15 @@ BEGIN
     END IF;
 END
 $$;
+-- The first outcome recorded under a key, for a repeat that cannot get as
+-- far as recording (its own change was refused: a name taken by the first
+-- try, a full queue); the same scope as `record`.
+CREATE OR REPLACE FUNCTION busbar_calls.earlier(call_key TEXT)
+RETURNS TABLE (request BYTEA, outcome BYTEA)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.request, c.outcome FROM busbar.calls c
+    WHERE c.scope = session_user AND c.key = call_key
+$$;
 -- Sent behind a keyed call's statement that was expected only to read,
 -- with the COMMIT right after it (one round trip): a statement that wrote
 -- after all aborts the transaction here, so the COMMIT rolls it back and
@@ -312,13 +321,35 @@ impl PostgresStore {
                 Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
             > + Send,
     {
+        self.change_in_transaction(Some(key), change).await
+    }
+
+    /// Runs `change` in a transaction of its own; with `key`, as
+    /// [`PostgresStore::keyed`] does.
+    async fn change_in_transaction<T, F>(
+        &self,
+        key: Option<&CallKey>,
+        change: F,
+    ) -> Result<(T, bool)>
+    where
+        T: crate::calls::Replay + Send,
+        F: for<'t> FnOnce(
+                &'t deadpool_postgres::Transaction<'t>,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
+            > + Send,
+    {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if let Some(first) = claim(&tx, KEYED_METADATA, key).await? {
+        if let Some(key) = key
+            && let Some(first) = claim(&tx, KEYED_METADATA, key).await?
+        {
             return Ok((T::decode(&first)?, false));
         }
         let outcome = change(&tx).await?;
-        record_outcome(&tx, KEYED_METADATA, key, &outcome.encode()).await?;
+        if let Some(key) = key {
+            record_outcome(&tx, KEYED_METADATA, key, &outcome.encode()).await?;
+        }
         tx.commit().await?;
         Ok((outcome, true))
     }
@@ -712,22 +743,35 @@ impl Store for PostgresStore {
     }
 
     async fn create_certificate(&self, certificate: CertificateRecord) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO busbar.certificates ({CERTIFICATE_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, false)"
-        );
-        self.change(
-            &sql,
-            &[
-                &certificate.fingerprint,
-                &certificate.identity_id,
-                &certificate.serial,
-                &certificate.created_ms,
-                &certificate.expires_ms,
-            ],
-        )
-        .await?;
-        Ok(())
+        create_certificate_in(&self.client().await?, &certificate).await
+    }
+
+    async fn record_certificate(
+        &self,
+        holder: CertificateHolder,
+        certificate: CertificateRecord,
+        pem: String,
+        key: Option<&CallKey>,
+    ) -> Result<(IssuedCertificate, bool)> {
+        self.change_in_transaction(key, move |tx| {
+            Box::pin(async move {
+                let identity = match holder {
+                    CertificateHolder::Existing(identity) => identity,
+                    CertificateHolder::New(new) => create_identity_in(tx, &new).await?,
+                };
+                let certificate = CertificateRecord {
+                    identity_id: identity.id.clone(),
+                    ..certificate
+                };
+                create_certificate_in(tx, &certificate).await?;
+                Ok(IssuedCertificate {
+                    identity,
+                    certificate,
+                    pem,
+                })
+            })
+        })
+        .await
     }
 
     async fn certificate(&self, fingerprint: &[u8]) -> Result<Option<CertificateRecord>> {
@@ -1016,6 +1060,28 @@ async fn record_outcome(
 
 /// Makes an identity, its home folder and (for an admin) its grant on `/`,
 /// in `tx`.
+async fn create_certificate_in(
+    db: &impl GenericClient,
+    certificate: &CertificateRecord,
+) -> Result<()> {
+    let sql = format!(
+        "INSERT INTO busbar.certificates ({CERTIFICATE_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, false)"
+    );
+    db.execute(
+        &sql,
+        &[
+            &certificate.fingerprint,
+            &certificate.identity_id,
+            &certificate.serial,
+            &certificate.created_ms,
+            &certificate.expires_ms,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 async fn create_identity_in(tx: &impl GenericClient, new: &NewIdentity) -> Result<IdentityRecord> {
     let record = new.record();
     let inserted = tx

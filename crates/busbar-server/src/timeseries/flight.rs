@@ -14,7 +14,7 @@
 //!   `PutResult` carries the write summary as JSON.
 //! - `ListFlights` lists every series the caller may read.
 
-use super::service::{resolve, start_read};
+use super::service::{WriteKey, resolve, start_read};
 use crate::error::{Error, Result};
 use crate::grpc::flight::FlightDataStream;
 use crate::grpc::flight::{caller_of, checked_flight_data, flight_error, info};
@@ -211,11 +211,33 @@ pub async fn do_put(
     data: Request<FlightDataStream>,
 ) -> Result<Response<BoxStream<'static, Result<PutResult, Status>>>> {
     let caller = caller_of(&data)?;
+    // A Flight client sends the key as a call header, as Busbar's own do.
+    let key = WriteKey::of(node, &data, &caller, "FlightService/DoPut")?;
     let points = Points::from_descriptor(&descriptor)?;
     let record = resolve(node, &caller, &points.path, Right::Write).await?;
-    let mut batches = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
-        checked_flight_data(data.into_inner()),
-    );
+    // The key is bound to all the call carries: its descriptor and every
+    // Flight message (header and body), as they pass.
+    let key = key.map(|mut key| {
+        key.digest(&prost::Message::encode_to_vec(&descriptor));
+        Arc::new(std::sync::Mutex::new(key))
+    });
+    let digesting = key.clone();
+    let flight_data = checked_flight_data(data.into_inner()).inspect(move |message| {
+        if let (Some(key), Ok(message)) = (&digesting, message) {
+            let mut key = key.lock().unwrap_or_else(|p| p.into_inner());
+            key.digest(&message.data_header);
+            key.digest(&message.data_body);
+        }
+    });
+    let mut batches =
+        arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight_data);
+    let (key_known, key_promise) = match key {
+        Some(_) => {
+            let (known, promise) = tokio::sync::oneshot::channel();
+            (Some(known), Some(promise))
+        }
+        None => (None, None),
+    };
     // Decoding here, checking and storing in a blocking thread; a bounded
     // queue between them, and a decode error ends the write (rolled back).
     let (queue, mut received) = mpsc::channel::<Result<RecordBatch>>(4);
@@ -229,10 +251,9 @@ pub async fn do_put(
                 }
                 Ok(())
             });
-            // Flight clients have no way to send an idempotency key.
             let interval = SeriesInterval::new(None, record.id, range);
             node.timeseries
-                .write(interval.replaced_by(source, None))
+                .write(interval.replaced_by(source, key_promise))
                 .await
         })
     };
@@ -243,6 +264,15 @@ pub async fn do_put(
         }
     }
     drop(queue);
+    // Every message is in: the key, digest and all, for the writer to record.
+    drop(batches);
+    if let (Some(key), Some(known)) = (key, key_known) {
+        let key = match Arc::try_unwrap(key) {
+            Ok(key) => key.into_inner().unwrap_or_else(|p| p.into_inner()),
+            Err(_) => return Err(Error::internal("a write's key is still being digested")),
+        };
+        let _ = known.send(key.finish());
+    }
     let summary = writing.await??;
     let result = serde_json::json!({
         "points_written": summary.written,

@@ -280,36 +280,42 @@ where
 /// A streamed write's idempotency key on a cluster node: checked when the
 /// call starts, and bound to everything the stream carries (its header and
 /// every Arrow piece, each with its length) when it ends.
-struct WriteKey {
+pub(crate) struct WriteKey {
     key: String,
+    method: &'static str,
     digest: sha2::Sha256,
 }
 
 impl WriteKey {
-    const METHOD: &str = "TimeSeries/Write";
-
     /// Refused at once when bad (nothing is written), and only kept by
-    /// nodes that keep keys.
-    fn of<T>(node: &Node, request: &Request<T>, caller: &Caller) -> Result<Option<WriteKey>> {
+    /// nodes that keep keys. `method` names the kind of write (a key used
+    /// for another kind is another request).
+    pub(crate) fn of<T>(
+        node: &Node,
+        request: &Request<T>,
+        caller: &Caller,
+        method: &'static str,
+    ) -> Result<Option<WriteKey>> {
         if node.config.store.is_none() {
             return Ok(None);
         }
         let key = crate::calls::key_in(request.metadata(), &caller.identity_id)?;
         Ok(key.map(|key| WriteKey {
             key,
+            method,
             digest: sha2::Sha256::default(),
         }))
     }
 
-    fn digest(&mut self, bytes: &[u8]) {
+    pub(crate) fn digest(&mut self, bytes: &[u8]) {
         use sha2::Digest;
         self.digest.update((bytes.len() as u64).to_be_bytes());
         self.digest.update(bytes);
     }
 
-    fn finish(self) -> crate::calls::CallKey {
+    pub(crate) fn finish(self) -> crate::calls::CallKey {
         use sha2::Digest;
-        crate::calls::CallKey::bound(self.key, Self::METHOD, &self.digest.finalize())
+        crate::calls::CallKey::bound(self.key, self.method, &self.digest.finalize())
     }
 }
 
@@ -382,7 +388,7 @@ impl TimeSeries for TimeSeriesService {
         request: Request<Streaming<pb::WriteSeriesRequest>>,
     ) -> Reply<pb::WriteSeriesResponse> {
         let caller = caller(&request)?;
-        let mut key = WriteKey::of(&self.node, &request, &caller)?;
+        let mut key = WriteKey::of(&self.node, &request, &caller, "TimeSeries/Write")?;
         let mut inbound = request.into_inner();
         let header = match inbound.next().await {
             Some(Ok(pb::WriteSeriesRequest {

@@ -147,6 +147,30 @@ impl Postgres {
         pg
     }
 
+    /// Runs `sql` as the node's PostgreSQL user over the server's socket
+    /// (for a test to play a node that died halfway through something).
+    pub fn psql(&self, sql: &str) {
+        let out = as_postgres(&self.bin.join("psql"))
+            .arg("-h")
+            .arg(self.dir.path())
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "busbar",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Stops the server at once (as a crash would), keeping its data.
     pub fn stop(&self) {
         self.ctl("stop");

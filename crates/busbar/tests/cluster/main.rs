@@ -245,6 +245,37 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
         .user("carol", "carol-password")
         .await
         .unwrap();
+    // A certificate issued again under its key (with its identity) is the
+    // first one; a new key for the same name meets the identity it made.
+    use rcgen::PublicKeyData;
+    let public_key = rcgen::KeyPair::generate()
+        .unwrap()
+        .subject_public_key_info();
+    let request = busbar_client::proto::IssueCertificateRequest {
+        name: "laptop".into(),
+        public_key: public_key.into(),
+        days: 0,
+        create: true,
+        admin: false,
+    };
+    let mut issued = Vec::new();
+    for client in [&a, &b] {
+        let answer = keyed(client, "cert-laptop")
+            .issue_certificate(request.clone())
+            .await
+            .unwrap();
+        issued.push(answer);
+    }
+    assert_eq!(issued[0].certificate_pem, issued[1].certificate_pem);
+    assert_eq!(issued[0].identity, issued[1].identity);
+    assert_eq!(a.certificates("laptop").await.unwrap().len(), 1);
+    assert_error(
+        keyed(&b, "cert-laptop-2")
+            .issue_certificate(request.clone())
+            .await,
+        ErrorCode::AlreadyExists,
+        "already exists",
+    );
     // A database made again under its key is the first one, and works (the
     // repeat does not make, or undo, its schema).
     for client in [&a, &b] {
@@ -252,6 +283,26 @@ async fn every_node_sees_one_world_and_revocations_reach_all_at_once() {
         let db = client.create("/home/admin/kdb", ResourceKind::Database, false);
         db.await.unwrap();
     }
+    b.sql("/home/admin/kdb", "CREATE TABLE t (x int)")
+        .await
+        .unwrap();
+    // A node that died after the resource's commit and before its schema:
+    // played by dropping the schema and roles behind the cluster's back.
+    // The key's repeat makes them again, and the database works.
+    let id = a.get("/home/admin/kdb").await.unwrap().id;
+    let hex: String = id.chars().filter(char::is_ascii_hexdigit).collect();
+    cluster.pg.psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE usename IN ('bb_{hex}_w', 'bb_{hex}_r');\
+         DROP SCHEMA db_{hex} CASCADE; DROP ROLE bb_{hex}_w; DROP ROLE bb_{hex}_r;"
+    ));
+    let gone = b.sql("/home/admin/kdb", "SELECT 1").await;
+    assert!(gone.is_err(), "the schema is gone: {gone:?}");
+    let again = keyed(&b, "make-db")
+        .create("/home/admin/kdb", ResourceKind::Database, false)
+        .await
+        .unwrap();
+    assert_eq!(again.id, id, "the first try's database");
     b.sql("/home/admin/kdb", "CREATE TABLE t (x int)")
         .await
         .unwrap();

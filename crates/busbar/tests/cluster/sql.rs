@@ -401,9 +401,25 @@ async fn a_keyed_write_is_applied_once_whichever_node_gets_it_again() {
             .unwrap();
         assert_eq!(summary.rows_affected, 3);
     }
-    a.create_procedure(DB, "add", &["v"], "INSERT INTO t (v) VALUES (:v)", false)
-        .await
-        .unwrap();
+    // A procedure made again under its key through the other node is the
+    // first one; under another key the name is taken.
+    let mut made = Vec::new();
+    for client in [&a, &b] {
+        let procedure = client
+            .with_idempotency_key("make-add")
+            .unwrap()
+            .create_procedure(DB, "add", &["v"], "INSERT INTO t (v) VALUES (:v)", false)
+            .await
+            .unwrap();
+        made.push(procedure.created_ms);
+    }
+    assert_eq!(made[0], made[1], "the first try's procedure");
+    assert_error(
+        b.create_procedure(DB, "add", &["v"], "SELECT :v", false)
+            .await,
+        ErrorCode::AlreadyExists,
+        "a procedure named add exists",
+    );
     for client in [&a, &b] {
         client
             .with_idempotency_key("proc-1")

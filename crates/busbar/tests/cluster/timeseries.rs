@@ -345,4 +345,50 @@ async fn timeseries_over_arrow_flight_on_either_node() {
     let after = a.read_series(path, Interval::all()).await.unwrap();
     assert_eq!(after.num_points(), 36);
     assert_eq!(b.describe_series(path).await.unwrap().points, 36);
+
+    // A Flight client's keyed write (the key as a call header), sent again
+    // through the other node: applied once, the first summary given again
+    // (applied twice, the second would report its own 6 points deleted, not
+    // the 12 the first replaced).
+    let keyed_put = |points: RecordBatch| {
+        let command = serde_json::json!({"path": path, "start": T0, "end": T0 + 24 * HOUR});
+        arrow_flight::encode::FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(arrow_flight::FlightDescriptor::new_cmd(
+                command.to_string(),
+            )))
+            .build(futures::stream::iter([Ok(points)]))
+    };
+    let mut summaries = Vec::new();
+    for n in [0, 1] {
+        let mut flight = flight_on(&cluster, n).await;
+        flight
+            .add_header("x-busbar-idempotency-key", "wind-put-1")
+            .unwrap();
+        let put = flight.do_put(keyed_put(hourly(0, 6, 7.0))).await.unwrap();
+        let results: Vec<arrow_flight::PutResult> = collected(put).await;
+        let summary: serde_json::Value = serde_json::from_slice(&results[0].app_metadata).unwrap();
+        summaries.push(summary);
+    }
+    assert_eq!(summaries[0], summaries[1]);
+    assert_eq!(summaries[0]["points_deleted"], 12, "{}", summaries[0]);
+    // The same key with other points is refused, and changes nothing.
+    let mut flight = flight_on(&cluster, 1).await;
+    flight
+        .add_header("x-busbar-idempotency-key", "wind-put-1")
+        .unwrap();
+    let other = match flight.do_put(keyed_put(hourly(0, 6, 1.0))).await {
+        Ok(put) => futures::TryStreamExt::try_collect::<Vec<_>>(put)
+            .await
+            .map(drop),
+        Err(error) => Err(error),
+    };
+    let refused = other.expect_err("another write under a used key");
+    assert!(
+        refused.to_string().contains("used for another call"),
+        "{refused}"
+    );
+    let kept = a.read_series(path, Interval::all()).await.unwrap();
+    assert_eq!(kept.num_points(), 30);
+    let first_hours = &rows(&kept.batches)[..6];
+    assert!(first_hours.iter().all(|&(_, _, v)| v == 7.0f64.to_bits()));
 }

@@ -39,7 +39,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 
 /// Role pools one node keeps open; past this the least recently used closes.
 const MAX_POOLS: usize = 64;
@@ -302,6 +301,19 @@ impl SqlEngine for PostgresSql {
         let names = Names::of(id);
         let mut admin = self.admin.get().await?;
         let transaction = admin.transaction().await?;
+        // Made already: a keyed create's repeat finishes what a node that
+        // died after the resource's commit left undone, and finds the rest
+        // done (schema and roles are made in one transaction, so all or none).
+        let made = transaction
+            .query_opt(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                &[&names.schema],
+            )
+            .await
+            .map_err(|e| sql_error(&e))?;
+        if made.is_some() {
+            return Ok(());
+        }
         transaction
             .batch_execute(&self.roles.create_statements(&names))
             .await
@@ -489,7 +501,9 @@ impl SqlEngine for PostgresSql {
             created_ms,
             ..given
         };
-        let row = saved.clone();
+        // With `replace` the call sets the procedure: sent again as it is,
+        // it needs no key.
+        let key = keyed(&on).filter(|_| !replace);
         self.run(&on, &budget, move |client| {
             Box::pin(async move {
                 client
@@ -502,24 +516,32 @@ impl SqlEngine for PostgresSql {
                      params = excluded.params, body = excluded.body, created_ms = excluded.created_ms"
                 } else {
                     "INSERT INTO busbar_procedures (name, params, body, created_ms) \
-                     VALUES ($1, $2, $3, $4)"
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING"
                 };
                 let inserted = client
-                    .execute(sql, &[&row.name, &params, &row.body, &row.created_ms])
-                    .await;
-                match inserted {
-                    Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        Err(Error::already_exists(format!(
-                            "a given named {} exists; replace it or drop it first",
-                            row.name
-                        )))
+                    .execute(sql, &[&saved.name, &params, &saved.body, &saved.created_ms])
+                    .await
+                    .map_err(|e| sql_error(&e))?;
+                if inserted == 0 {
+                    // The name is taken: by this call's own first try (this
+                    // is a repeat of its key), or by someone else.
+                    if let Some(key) = &key
+                        && let Some(first) = crate::calls::earlier(client, key).await?
+                    {
+                        return Ok(first);
                     }
-                    other => other.map(|_| ()).map_err(|e| sql_error(&e)),
+                    return Err(Error::already_exists(format!(
+                        "a procedure named {} exists; replace it or drop it first",
+                        saved.name
+                    )));
+                }
+                match &key {
+                    Some(key) => settle(client, key, saved).await,
+                    None => Ok(saved),
                 }
             })
         })
-        .await?;
-        Ok(saved)
+        .await
     }
 
     async fn drop_procedure(&self, on: On, name: String) -> Result<()> {
