@@ -115,8 +115,7 @@ impl Replay for u64 {
 /// The outcome kept in place of one too large to keep.
 pub const TOO_LARGE: &[u8] = b"busbar: outcome too large to keep";
 
-/// Records `key` with `outcome` in the transaction open on `client`, if
-/// that transaction wrote anything (a call that only read needs no key).
+/// Records `key` with `outcome` in the transaction open on `client`.
 /// Returns `outcome` when this try is the first, or the first try's
 /// outcome after rolling this transaction back.
 pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
@@ -133,18 +132,6 @@ pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
     let mut encoded = outcome.encode();
     if encoded.len() > MAX_OUTCOME_BYTES {
         encoded = TOO_LARGE.to_vec();
-    }
-    // `record` itself skips a transaction that wrote nothing; a large
-    // outcome is not sent to it before asking whether one wrote at all.
-    if encoded.len() > 64 << 10 {
-        let wrote: bool = client
-            .query_one("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[])
-            .await
-            .map_err(failed)?
-            .get(0);
-        if !wrote {
-            return Ok(outcome);
-        }
     }
     let row = client
         .query_one(

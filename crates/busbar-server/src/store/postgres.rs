@@ -102,11 +102,8 @@ CREATE OR REPLACE FUNCTION busbar_calls.record(
 ) RETURNS TABLE (fresh BOOLEAN, request BYTEA, outcome BYTEA)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- A transaction that wrote nothing (a read) needs no key.
-    IF pg_current_xact_id_if_assigned() IS NULL THEN
-        RETURN QUERY SELECT true, call_request, NULL::BYTEA;
-        RETURN;
-    END IF;
+    -- Recorded even when the call wrote no row: a sequence's nextval
+    -- changes what a repeat would get without taking a transaction id.
     INSERT INTO busbar.calls (scope, key, request, outcome, created_ms)
     VALUES (session_user, call_key, call_request, call_outcome, at_ms)
     ON CONFLICT DO NOTHING;
@@ -126,18 +123,6 @@ RETURNS TABLE (request BYTEA, outcome BYTEA)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.request, c.outcome FROM busbar.calls c
     WHERE c.scope = session_user AND c.key = call_key
-$$;
--- Sent behind a keyed call's statement that was expected only to read,
--- with the COMMIT right after it (one round trip): a statement that wrote
--- after all aborts the transaction here, so the COMMIT rolls it back and
--- the node runs the call again on the path that records its key.
-CREATE OR REPLACE FUNCTION busbar_calls.wrote_nothing() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RAISE EXCEPTION 'the statement wrote' USING ERRCODE = 'BBW01';
-    END IF;
-END
 $$;
 GRANT USAGE ON SCHEMA busbar_calls TO PUBLIC;
 ";

@@ -112,6 +112,16 @@ pub(super) async fn guarded<T>(
     })
 }
 
+/// How a statement refused by a read-only transaction is told to its
+/// caller (SQLSTATE 25006).
+const READ_ONLY_REFUSAL: &str = "the caller holds only read on this database";
+
+/// Whether `error` is [`sql_error`]'s answer to a statement that a
+/// read-only transaction refused (one that would have written).
+pub(super) fn is_read_only_refusal(error: &Error) -> bool {
+    error.code == ErrorCode::PermissionDenied && error.message.ends_with(READ_ONLY_REFUSAL)
+}
+
 /// A PostgreSQL error as the caller should see it.
 pub(super) fn sql_error(error: &tokio_postgres::Error) -> Error {
     let Some(db) = error.as_db_error() else {
@@ -130,9 +140,7 @@ pub(super) fn sql_error(error: &tokio_postgres::Error) -> Error {
             return Error::permission_denied(format!("PostgreSQL refused: {message}"));
         }
         SqlState::READ_ONLY_SQL_TRANSACTION => {
-            return Error::permission_denied(format!(
-                "{message}: the caller holds only read on this database"
-            ));
+            return Error::permission_denied(format!("{message}: {READ_ONLY_REFUSAL}"));
         }
         SqlState::QUERY_CANCELED => {
             return Error {

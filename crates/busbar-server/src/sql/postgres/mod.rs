@@ -28,12 +28,12 @@ use crate::sql::{
 use crate::store::{Store, now_ms};
 use async_trait::async_trait;
 use calls::{
-    Ending, SessionCall, first_word, guarded, refuse_transaction_control, sql_error,
-    statement_timeout,
+    Ending, SessionCall, first_word, guarded, is_read_only_refusal, refuse_transaction_control,
+    sql_error, statement_timeout,
 };
 use deadpool_postgres::{Object, Pool};
 use roles::{Names, Roles};
-use statements::{Kept, Sink, bind, prepare, stream, stream_noting_writes};
+use statements::{Kept, Sink, bind, prepare, stream};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -131,7 +131,7 @@ impl PostgresSql {
         let Some(session) = &on.session else {
             let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
             let client: &Client = ending.0.as_ref().expect("held until dropped");
-            let begin = begin(on, budget);
+            let begin = begin(on.database.read_only, budget);
             let result = guarded(client, self.roles.tls(), budget, async {
                 // BEGIN goes out with the work's first statement, in one
                 // round trip; PostgreSQL runs them in order.
@@ -211,11 +211,12 @@ impl PostgresSql {
     }
 
     /// One statement outside a session in one round trip: `BEGIN`, the
-    /// statement, the read guard (when asked), `COMMIT` and the connection's
-    /// reset go out together, in that order, and PostgreSQL runs them in
-    /// order (a failed statement or guard turns the `COMMIT` into a
-    /// rollback). `Ok(None)`: the statement wrote, so `read_guard` rolled
-    /// it back, and nothing went to `sink`'s caller when `sink` keeps.
+    /// statement, `COMMIT` and the connection's reset go out together,
+    /// in that order, and PostgreSQL runs them in order (a failed statement
+    /// turns the `COMMIT` into a rollback). With `read_guard` the
+    /// transaction is read only, so a statement that would write fails
+    /// instead: `Ok(None)`, nothing kept, and nothing went to `sink`'s
+    /// caller when `sink` keeps.
     ///
     /// The order on the wire is the order of first polls: tokio-postgres
     /// sends each request when its future is first polled, and the
@@ -231,33 +232,28 @@ impl PostgresSql {
     ) -> Result<Option<SqlSummary>> {
         let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
         let client: &Client = ending.0.as_ref().expect("held until dropped");
-        let begin = begin(on, budget);
+        let begin = begin(on.database.read_only || read_guard, budget);
         let ran = guarded(client, self.roles.tls(), budget, async {
-            let guard = async {
-                match read_guard {
-                    true => client.batch_execute(WROTE_NOTHING).await,
-                    false => Ok(()),
-                }
-            };
             Ok(tokio::join!(
                 client.batch_execute(&begin),
                 stream(client, sql, values, sink, budget),
-                guard,
+                // A failed statement leaves the transaction aborted, and
+                // PostgreSQL answers this COMMIT by rolling it back.
                 client.batch_execute("COMMIT"),
                 client.batch_execute(roles::RESET),
             ))
         })
         .await;
-        let (begun, result, guard, ended, reset) = ran?;
+        let (begun, result, ended, reset) = ran?;
         let ended = begun.and(ended).and(reset).map_err(|e| sql_error(&e));
         if ended.is_ok() {
             ending.finished();
         }
-        let summary = result?;
-        match guard {
-            Err(error) if error.code().is_some_and(|c| c.code() == WROTE) => return Ok(None),
-            other => other.map_err(|e| sql_error(&e))?,
-        }
+        let summary = match result {
+            // A writer's statement met the read guard: it would have written.
+            Err(error) if read_guard && is_read_only_refusal(&error) => return Ok(None),
+            other => other?,
+        };
         ended.map(|()| Some(summary))
     }
 }
@@ -381,21 +377,15 @@ impl SqlEngine for PostgresSql {
                 })
                 .await;
         };
+        // Recorded whatever the statement changed: one that wrote no row
+        // may still have changed something (a sequence's `nextval`).
         let kept = self
             .run(&on, &budget, move |client| {
                 Box::pin(async move {
-                    let (mut batches, mut wrote) = (Vec::new(), false);
+                    let mut batches = Vec::new();
                     let sink = Sink::Keep(&mut batches);
-                    let noted = Some(&mut wrote);
-                    let summary =
-                        stream_noting_writes(client, &sql, &values, sink, &budget_in, noted)
-                            .await?;
-                    let kept = Kept { summary, batches };
-                    // A statement that wrote nothing needs no key.
-                    if !wrote {
-                        return Ok(kept);
-                    }
-                    settle(client, &key, kept).await
+                    let summary = stream(client, &sql, &values, sink, &budget_in).await?;
+                    settle(client, &key, Kept { summary, batches }).await
                 })
             })
             .await?;
@@ -650,25 +640,19 @@ fn procedure_budget() -> (Budget, crate::sql::StopOnDrop) {
 }
 
 /// What opens a call's own transaction: read only for a caller holding
-/// read, with the call's deadline as PostgreSQL's statement timeout.
-fn begin(on: &On, budget: &Budget) -> String {
-    let mode = if on.database.read_only {
-        " READ ONLY"
-    } else {
-        ""
-    };
+/// read (and for a writer's statement expected only to read), with the
+/// call's deadline as PostgreSQL's statement timeout.
+fn begin(read_only: bool, budget: &Budget) -> String {
+    let mode = if read_only { " READ ONLY" } else { "" };
     format!("BEGIN{mode}; {}", statement_timeout(budget))
 }
 
-/// Aborts the transaction if it wrote (the store's schema makes it).
-const WROTE_NOTHING: &str = "SELECT busbar_calls.wrote_nothing()";
-/// The SQLSTATE it aborts with.
-const WROTE: &str = "BBW01";
-
 /// Whether a statement is expected only to read, by its first word: such a
-/// keyed call goes out in one round trip behind [`WROTE_NOTHING`] (and runs
-/// again, keyed, if it wrote after all); any other goes the keyed way at
-/// once.
+/// keyed call goes out in one round trip in a read-only transaction (and
+/// runs again, keyed, if it would have written after all: a data-modifying
+/// `WITH`, a function that writes, `nextval`, `FOR UPDATE`); any other goes
+/// the keyed way at once. A read-only transaction cannot be made writable
+/// once a query has run in it, and one statement is all a call holds.
 fn expected_to_read(sql: &str) -> bool {
     reads_by_first_word(sql) || first_word(sql) == "with"
 }

@@ -126,40 +126,16 @@ pub(super) async fn stream(
     client: &Client,
     sql: &str,
     values: &[SqlParam],
-    sink: Sink<'_>,
-    budget: &Budget,
-) -> Result<SqlSummary> {
-    stream_noting_writes(client, sql, values, sink, budget, None).await
-}
-
-/// [`stream`], and with `wrote`, whether the transaction has written
-/// anything by the statement's end, asked in the same round trip (so a
-/// keyed call that only read needs no more).
-pub(super) async fn stream_noting_writes(
-    client: &Client,
-    sql: &str,
-    values: &[SqlParam],
     mut sink: Sink<'_>,
     budget: &Budget,
-    wrote: Option<&mut bool>,
 ) -> Result<SqlSummary> {
     let typed = values.iter().map(|v| (Param(v), Param(v).declared()));
-    // tokio-postgres sends a request when its future is first polled: the
-    // question goes out right behind the statement, in the same round
-    // trip, and is answered after its rows.
-    let mut rows = Box::pin(client.query_typed_raw(sql, typed));
-    let first = futures::poll!(rows.as_mut());
-    let mut asked = wrote.is_some().then(|| {
-        Box::pin(client.query_typed("SELECT pg_current_xact_id_if_assigned() IS NOT NULL", &[]))
-    });
-    if let Some(asking) = &mut asked {
-        let _ = futures::poll!(asking.as_mut());
-    }
-    let rows = match first {
-        std::task::Poll::Ready(rows) => rows,
-        std::task::Poll::Pending => rows.await,
-    }
-    .map_err(|e| sql_error(&e))?;
+    // Sent when first polled: a caller that starts this future beside
+    // others (`run_one`) fixes the order on the wire by polling it first.
+    let rows = client
+        .query_typed_raw(sql, typed)
+        .await
+        .map_err(|e| sql_error(&e))?;
     tokio::pin!(rows);
     let mut summary = SqlSummary::default();
     let mut batches: Option<Batches> = None;
@@ -204,10 +180,6 @@ pub(super) async fn stream_noting_writes(
         }
     }
     summary.rows_affected = rows.rows_affected().unwrap_or(0);
-    if let (Some(wrote), Some(asking)) = (wrote, asked) {
-        let answer = asking.await.map_err(|e| sql_error(&e))?;
-        *wrote = answer.first().is_some_and(|row| row.get::<_, bool>(0));
-    }
     if matches!(sink, Sink::None) {
         return Ok(summary);
     }
