@@ -129,10 +129,7 @@ pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
             crate::store::postgres_reason(&e)
         ))
     };
-    let mut encoded = outcome.encode();
-    if encoded.len() > MAX_OUTCOME_BYTES {
-        encoded = TOO_LARGE.to_vec();
-    }
+    let encoded = kept(&outcome);
     let row = client
         .query_one(
             "SELECT fresh, request, outcome FROM busbar_calls.record($1, $2, $3, $4)",
@@ -147,6 +144,19 @@ pub async fn settle<T: Replay, C: tokio_postgres::GenericClient + Sync>(
     client.batch_execute("ROLLBACK").await.map_err(failed)?;
     replay(key, row.get(1), row.get(2))
 }
+
+/// What is kept of `outcome` with its key: all of it, up to
+/// [`MAX_OUTCOME_BYTES`].
+pub fn kept<T: Replay>(outcome: &T) -> Vec<u8> {
+    let encoded = outcome.encode();
+    if encoded.len() > MAX_OUTCOME_BYTES {
+        return TOO_LARGE.to_vec();
+    }
+    encoded
+}
+
+/// The SQLSTATE `busbar_calls.record_first` aborts a repeat with.
+pub const REPEATED: &str = "BBK01";
 
 /// The first outcome of `key`, if a try of it was recorded already (for a
 /// retry that cannot reach the point where it would record: a full queue,

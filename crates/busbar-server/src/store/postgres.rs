@@ -115,6 +115,23 @@ BEGIN
     END IF;
 END
 $$;
+-- `record` for a call that sends its COMMIT in the same round trip: a
+-- repeat (the key is there already) aborts the transaction instead of
+-- answering, so that COMMIT rolls the repeat's work back; the node then
+-- reads the first outcome with `earlier`.
+CREATE OR REPLACE FUNCTION busbar_calls.record_first(
+    call_key TEXT, call_request BYTEA, call_outcome BYTEA, at_ms BIGINT
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO busbar.calls (scope, key, request, outcome, created_ms)
+    VALUES (session_user, call_key, call_request, call_outcome, at_ms)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'an earlier try of this call was applied' USING ERRCODE = 'BBK01';
+    END IF;
+END
+$$;
 -- The first outcome recorded under a key, for a repeat that cannot get as
 -- far as recording (its own change was refused: a name taken by the first
 -- try, a full queue); the same scope as `record`.

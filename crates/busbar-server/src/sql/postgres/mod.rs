@@ -16,7 +16,7 @@ mod statements;
 pub mod text;
 mod values;
 
-use crate::calls::{CallKey, settle};
+use crate::calls::{CallKey, Replay, settle};
 use crate::cluster::PgTls;
 use crate::error::{Error, Result};
 use crate::sessions::Part;
@@ -210,6 +210,82 @@ impl PostgresSql {
         result
     }
 
+    /// [`PostgresSql::run`] for a call that may carry a key (`keyed`): once
+    /// `work` succeeds, the key's record goes out with the `COMMIT` and the
+    /// reset, in one round trip. A repeat's record aborts the transaction
+    /// (so the `COMMIT` rolls its work back) and the first try's outcome,
+    /// read back, is the answer.
+    async fn run_keyed<T, F>(
+        &self,
+        on: &On,
+        budget: &Budget,
+        key: Option<CallKey>,
+        work: F,
+    ) -> Result<T>
+    where
+        T: Replay + Send,
+        F: for<'c> FnOnce(&'c Client) -> Work<'c, T> + Send,
+    {
+        let Some(key) = key.filter(|_| on.session.is_none()) else {
+            return self.run(on, budget, work).await;
+        };
+        let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
+        let client: &Client = ending.0.as_ref().expect("held until dropped");
+        let begin = begin(on.database.read_only, budget);
+        let result = guarded(client, self.roles.tls(), budget, async {
+            let (begun, result) = tokio::join!(client.batch_execute(&begin), work(client));
+            begun.map_err(|e| sql_error(&e))?;
+            result
+        })
+        .await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let ended = tokio::join!(
+                    client.batch_execute("ROLLBACK"),
+                    client.batch_execute(roles::RESET)
+                );
+                if ended.0.is_ok() && ended.1.is_ok() {
+                    ending.finished();
+                }
+                return Err(error);
+            }
+        };
+        let kept = crate::calls::kept(&outcome);
+        let now = now_ms();
+        use tokio_postgres::types::{ToSql, Type};
+        let record: [(&(dyn ToSql + Sync), Type); 4] = [
+            (&key.key, Type::TEXT),
+            (&key.request, Type::BYTEA),
+            (&kept, Type::BYTEA),
+            (&now, Type::INT8),
+        ];
+        let (recorded, ended, reset) = tokio::join!(
+            client.query_typed("SELECT busbar_calls.record_first($1, $2, $3, $4)", &record),
+            client.batch_execute("COMMIT"),
+            client.batch_execute(roles::RESET),
+        );
+        let ended = ended.and(reset).map_err(|e| sql_error(&e));
+        if ended.is_ok() {
+            ending.finished();
+        }
+        match recorded {
+            Ok(_) => ended.map(|()| outcome),
+            Err(error) if error.code().is_some_and(|c| c.code() == crate::calls::REPEATED) => {
+                // This try's work was rolled back: the first outcome answers.
+                ended?;
+                let client = self.connect(&on.database, budget).await?;
+                crate::calls::earlier(&**client, &key).await?.ok_or_else(|| {
+                    Error::unavailable("an earlier try of this call was recorded, then vanished; retry")
+                })
+            }
+            Err(error) => Err(Error::unavailable(format!(
+                "recording the call's idempotency key: {}",
+                crate::store::postgres_reason(&error)
+            ))),
+        }
+    }
+
     /// One statement outside a session in one round trip: `BEGIN`, the
     /// statement, `COMMIT` and the connection's reset go out together,
     /// in that order, and PostgreSQL runs them in order (a failed statement
@@ -380,12 +456,12 @@ impl SqlEngine for PostgresSql {
         // Recorded whatever the statement changed: one that wrote no row
         // may still have changed something (a sequence's `nextval`).
         let kept = self
-            .run(&on, &budget, move |client| {
+            .run_keyed(&on, &budget, Some(key), move |client| {
                 Box::pin(async move {
                     let mut batches = Vec::new();
                     let sink = Sink::Keep(&mut batches);
                     let summary = stream(client, &sql, &values, sink, &budget_in).await?;
-                    settle(client, &key, Kept { summary, batches }).await
+                    Ok(Kept { summary, batches })
                 })
             })
             .await?;
@@ -402,7 +478,7 @@ impl SqlEngine for PostgresSql {
             .collect::<Result<Vec<_>>>()?;
         let budget_in = budget.clone();
         let key = keyed(&on);
-        self.run(&on, &budget, move |client| {
+        self.run_keyed(&on, &budget, key, move |client| {
             Box::pin(async move {
                 let mut changed = 0;
                 for (sql, values) in &bound {
@@ -410,10 +486,7 @@ impl SqlEngine for PostgresSql {
                         .await?
                         .rows_affected;
                 }
-                match &key {
-                    Some(key) => settle(client, key, changed).await,
-                    None => Ok(changed),
-                }
+                Ok(changed)
             })
         })
         .await
@@ -564,7 +637,7 @@ impl SqlEngine for PostgresSql {
         let key = keyed(&on);
         let sink = rows.clone();
         let kept = self
-            .run(&on, &budget, move |client| {
+            .run_keyed(&on, &budget, key.clone(), move |client| {
                 Box::pin(async move {
                     let procedure = procedures(client)
                         .await?
@@ -612,11 +685,7 @@ impl SqlEngine for PostgresSql {
                         }
                     }
                     summary.rows_affected = changed;
-                    let kept = Kept { summary, batches };
-                    match &key {
-                        Some(key) => settle(client, key, kept).await,
-                        None => Ok(kept),
-                    }
+                    Ok(Kept { summary, batches })
                 })
             })
             .await?;
