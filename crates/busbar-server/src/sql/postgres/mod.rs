@@ -271,13 +271,21 @@ impl PostgresSql {
         }
         match recorded {
             Ok(_) => ended.map(|()| outcome),
-            Err(error) if error.code().is_some_and(|c| c.code() == crate::calls::REPEATED) => {
+            Err(error)
+                if error
+                    .code()
+                    .is_some_and(|c| c.code() == crate::calls::REPEATED) =>
+            {
                 // This try's work was rolled back: the first outcome answers.
                 ended?;
                 let client = self.connect(&on.database, budget).await?;
-                crate::calls::earlier(&**client, &key).await?.ok_or_else(|| {
-                    Error::unavailable("an earlier try of this call was recorded, then vanished; retry")
-                })
+                crate::calls::earlier(&**client, &key)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::unavailable(
+                            "an earlier try of this call was recorded, then vanished; retry",
+                        )
+                    })
             }
             Err(error) => Err(Error::unavailable(format!(
                 "recording the call's idempotency key: {}",
