@@ -308,31 +308,13 @@ impl PostgresStore {
         Ok(self.pool.get().await?)
     }
 
-    /// Runs `change` in a transaction that also records `key` with its
-    /// outcome. The key is claimed first: a repeat whose first try is still
-    /// open waits for it, and one whose first try committed answers with
-    /// the first outcome and changes nothing. A change that fails records
-    /// nothing. `true` with the outcome of a first try, `false` with a
-    /// repeat's.
-    async fn keyed<T, F>(&self, key: &CallKey, change: F) -> Result<(T, bool)>
-    where
-        T: crate::calls::Replay + Send,
-        F: for<'t> FnOnce(
-                &'t deadpool_postgres::Transaction<'t>,
-            ) -> std::pin::Pin<
-                Box<dyn std::future::Future<Output = Result<T>> + Send + 't>,
-            > + Send,
-    {
-        self.change_in_transaction(Some(key), change).await
-    }
-
-    /// Runs `change` in a transaction of its own; with `key`, as
-    /// [`PostgresStore::keyed`] does.
-    async fn change_in_transaction<T, F>(
-        &self,
-        key: Option<&CallKey>,
-        change: F,
-    ) -> Result<(T, bool)>
+    /// Runs `change` in a transaction of its own; with `key`, one that also
+    /// records the key with its outcome. The key is claimed first: a repeat
+    /// whose first try is still open waits for it, and one whose first try
+    /// committed answers with the first outcome and changes nothing. A
+    /// change that fails records nothing. `true` with the outcome of a
+    /// first try, `false` with a repeat's.
+    async fn keyed<T, F>(&self, key: Option<&CallKey>, change: F) -> Result<(T, bool)>
     where
         T: crate::calls::Replay + Send,
         F: for<'t> FnOnce(
@@ -589,7 +571,7 @@ impl Store for PostgresStore {
         new: NewIdentity,
         key: &CallKey,
     ) -> Result<IdentityRecord> {
-        let made = self.keyed(key, move |tx| {
+        let made = self.keyed(Some(key), move |tx| {
             Box::pin(async move { create_identity_in(tx, &new).await })
         });
         Ok(made.await?.0)
@@ -755,7 +737,7 @@ impl Store for PostgresStore {
         pem: String,
         key: Option<&CallKey>,
     ) -> Result<(IssuedCertificate, bool)> {
-        self.change_in_transaction(key, move |tx| {
+        self.keyed(key, move |tx| {
             Box::pin(async move {
                 let identity = match holder {
                     CertificateHolder::Existing(identity) => identity,
@@ -867,7 +849,7 @@ impl Store for PostgresStore {
     ) -> Result<(ResourceRecord, bool)> {
         let (path, owner) = (new.path.to_string(), new.owner.to_string());
         let (kind, parents) = (new.kind, new.parents);
-        self.keyed(key, move |tx| {
+        self.keyed(Some(key), move |tx| {
             Box::pin(async move { create_resource_in(tx, &path, kind, &owner, parents).await })
         })
         .await
@@ -881,7 +863,7 @@ impl Store for PostgresStore {
     ) -> Result<(Vec<ResourceRecord>, bool)> {
         tree::check_delete(path, 0, recursive)?;
         let path = path.to_string();
-        self.keyed(key, move |tx| {
+        self.keyed(Some(key), move |tx| {
             Box::pin(async move { delete_resource_in(tx, &path, recursive).await })
         })
         .await
@@ -895,7 +877,7 @@ impl Store for PostgresStore {
     ) -> Result<(ResourceRecord, bool)> {
         tree::check_move(from, to)?;
         let (from, to) = (from.to_string(), to.to_string());
-        self.keyed(key, move |tx| {
+        self.keyed(Some(key), move |tx| {
             Box::pin(async move { move_resource_in(tx, &from, &to).await })
         })
         .await

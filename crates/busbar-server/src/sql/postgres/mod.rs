@@ -46,6 +46,13 @@ const MAX_POOLS: usize = 64;
 /// Work on a call's connection, borrowing it.
 type Work<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
 
+/// How a call outside a session ended ([`PostgresSql::alone`]).
+enum Alone<T> {
+    Done(T),
+    /// Its key was recorded by an earlier try; this one was rolled back.
+    Repeat,
+}
+
 pub struct PostgresSql {
     /// The node's own connections: for making and dropping schemas and roles.
     admin: Pool,
@@ -129,27 +136,10 @@ impl PostgresSql {
     {
         let timeout = statement_timeout(budget);
         let Some(session) = &on.session else {
-            let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
-            let client: &Client = ending.0.as_ref().expect("held until dropped");
-            let begin = begin(on.database.read_only, budget);
-            let result = guarded(client, self.roles.tls(), budget, async {
-                // BEGIN goes out with the work's first statement, in one
-                // round trip; PostgreSQL runs them in order.
-                let (begun, result) = tokio::join!(client.batch_execute(&begin), work(client));
-                begun.map_err(|e| sql_error(&e))?;
-                result
-            })
-            .await;
-            let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-            let (ended, reset) = tokio::join!(
-                client.batch_execute(end),
-                client.batch_execute(roles::RESET)
-            );
-            let ended = ended.and(reset).map_err(|e| sql_error(&e));
-            if ended.is_ok() {
-                ending.finished();
-            }
-            return result.and_then(|value| ended.map(|_| value));
+            return match self.alone(on, budget, None, work).await? {
+                Alone::Done(value) => Ok(value),
+                Alone::Repeat => Err(Error::internal("a call without a key was a repeat")),
+            };
         };
         let label = if on.database.read_only {
             "read rights"
@@ -229,6 +219,42 @@ impl PostgresSql {
         let Some(key) = key.filter(|_| on.session.is_none()) else {
             return self.run(on, budget, work).await;
         };
+        match self
+            .alone(on, budget, Some((&key, crate::calls::kept::<T>)), work)
+            .await?
+        {
+            Alone::Done(value) => Ok(value),
+            // This try's work was rolled back: the first outcome answers.
+            Alone::Repeat => {
+                let client = self.connect(&on.database, budget).await?;
+                let first = crate::calls::earlier(&**client, &key).await?;
+                first.ok_or_else(|| {
+                    Error::unavailable(
+                        "an earlier try of this call was recorded, then vanished; retry",
+                    )
+                })
+            }
+        }
+    }
+
+    /// A call outside a session, on a pooled connection of its own: `BEGIN`
+    /// goes out with the work's first statement, in one round trip
+    /// (PostgreSQL runs them in order); then the `COMMIT` (or `ROLLBACK`)
+    /// and the connection's reset, with `key`'s record (of the outcome as
+    /// `kept` encodes it) before them once the work succeeded, in one more.
+    /// `Alone::Repeat`: the key was recorded already, so the record aborted
+    /// the transaction and that `COMMIT` rolled this try back.
+    async fn alone<T, F>(
+        &self,
+        on: &On,
+        budget: &Budget,
+        key: Option<(&CallKey, fn(&T) -> Vec<u8>)>,
+        work: F,
+    ) -> Result<Alone<T>>
+    where
+        T: Send,
+        F: for<'c> FnOnce(&'c Client) -> Work<'c, T> + Send,
+    {
         let mut ending = Ending(Some(self.connect(&on.database, budget).await?));
         let client: &Client = ending.0.as_ref().expect("held until dropped");
         let begin = begin(on.database.read_only, budget);
@@ -241,27 +267,40 @@ impl PostgresSql {
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
-                let ended = tokio::join!(
+                let (ended, reset) = tokio::join!(
                     client.batch_execute("ROLLBACK"),
                     client.batch_execute(roles::RESET)
                 );
-                if ended.0.is_ok() && ended.1.is_ok() {
+                if ended.is_ok() && reset.is_ok() {
                     ending.finished();
                 }
                 return Err(error);
             }
         };
-        let kept = crate::calls::kept(&outcome);
-        let now = now_ms();
         use tokio_postgres::types::{ToSql, Type};
-        let record: [(&(dyn ToSql + Sync), Type); 4] = [
-            (&key.key, Type::TEXT),
-            (&key.request, Type::BYTEA),
-            (&kept, Type::BYTEA),
-            (&now, Type::INT8),
-        ];
+        let (kept, now) = (key.map(|(_, kept)| kept(&outcome)), now_ms());
+        let record: Option<[(&(dyn ToSql + Sync), Type); 4]> =
+            key.zip(kept.as_ref()).map(|((key, _), kept)| {
+                [
+                    (&key.key as &(dyn ToSql + Sync), Type::TEXT),
+                    (&key.request, Type::BYTEA),
+                    (kept, Type::BYTEA),
+                    (&now, Type::INT8),
+                ]
+            });
+        // Sent in this order: each request goes out when first polled.
+        let recording = async {
+            match &record {
+                Some(record) => Some(
+                    client
+                        .query_typed("SELECT busbar_calls.record_first($1, $2, $3, $4)", record)
+                        .await,
+                ),
+                None => None,
+            }
+        };
         let (recorded, ended, reset) = tokio::join!(
-            client.query_typed("SELECT busbar_calls.record_first($1, $2, $3, $4)", &record),
+            recording,
             client.batch_execute("COMMIT"),
             client.batch_execute(roles::RESET),
         );
@@ -270,24 +309,15 @@ impl PostgresSql {
             ending.finished();
         }
         match recorded {
-            Ok(_) => ended.map(|()| outcome),
-            Err(error)
+            None | Some(Ok(_)) => ended.map(|()| Alone::Done(outcome)),
+            Some(Err(error))
                 if error
                     .code()
                     .is_some_and(|c| c.code() == crate::calls::REPEATED) =>
             {
-                // This try's work was rolled back: the first outcome answers.
-                ended?;
-                let client = self.connect(&on.database, budget).await?;
-                crate::calls::earlier(&**client, &key)
-                    .await?
-                    .ok_or_else(|| {
-                        Error::unavailable(
-                            "an earlier try of this call was recorded, then vanished; retry",
-                        )
-                    })
+                ended.map(|()| Alone::Repeat)
             }
-            Err(error) => Err(Error::unavailable(format!(
+            Some(Err(error)) => Err(Error::unavailable(format!(
                 "recording the call's idempotency key: {}",
                 crate::store::postgres_reason(&error)
             ))),
