@@ -46,6 +46,9 @@ const MAX_POOLS: usize = 64;
 /// Work on a call's connection, borrowing it.
 type Work<'c, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'c>>;
 
+/// What is kept of a keyed call's outcome with its key.
+type Keep<T> = fn(&T) -> Vec<u8>;
+
 /// How a call outside a session ended ([`PostgresSql::alone`]).
 enum Alone<T> {
     Done(T),
@@ -248,7 +251,7 @@ impl PostgresSql {
         &self,
         on: &On,
         budget: &Budget,
-        key: Option<(&CallKey, fn(&T) -> Vec<u8>)>,
+        key: Option<(&CallKey, Keep<T>)>,
         work: F,
     ) -> Result<Alone<T>>
     where
