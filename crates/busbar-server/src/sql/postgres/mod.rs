@@ -16,7 +16,7 @@ mod statements;
 pub mod text;
 mod values;
 
-use crate::calls::{CallKey, Replay, settle};
+use crate::calls::{CallKey, Replay};
 use crate::cluster::PgTls;
 use crate::error::{Error, Result};
 use crate::sessions::Part;
@@ -608,7 +608,8 @@ impl SqlEngine for PostgresSql {
         // With `replace` the call sets the procedure: sent again as it is,
         // it needs no key.
         let key = keyed(&on).filter(|_| !replace);
-        self.run(&on, &budget, move |client| {
+        let asking = key.clone();
+        self.run_keyed(&on, &budget, key, move |client| {
             Box::pin(async move {
                 client
                     .batch_execute(PROCEDURES)
@@ -628,8 +629,10 @@ impl SqlEngine for PostgresSql {
                     .map_err(|e| sql_error(&e))?;
                 if inserted == 0 {
                     // The name is taken: by this call's own first try (this
-                    // is a repeat of its key), or by someone else.
-                    if let Some(key) = &key
+                    // is a repeat of its key: its record, sent next, finds
+                    // the key and the first outcome answers), or by someone
+                    // else.
+                    if let Some(key) = &asking
                         && let Some(first) = crate::calls::earlier(client, key).await?
                     {
                         return Ok(first);
@@ -639,10 +642,7 @@ impl SqlEngine for PostgresSql {
                         saved.name
                     )));
                 }
-                match &key {
-                    Some(key) => settle(client, key, saved).await,
-                    None => Ok(saved),
-                }
+                Ok(saved)
             })
         })
         .await
@@ -676,9 +676,10 @@ impl SqlEngine for PostgresSql {
         let (name, args, budget) = run.parts();
         let budget_in = budget.clone();
         let key = keyed(&on);
+        let keeping = key.is_some();
         let sink = rows.clone();
         let kept = self
-            .run_keyed(&on, &budget, key.clone(), move |client| {
+            .run_keyed(&on, &budget, key, move |client| {
                 Box::pin(async move {
                     let procedure = procedures(client)
                         .await?
@@ -712,7 +713,7 @@ impl SqlEngine for PostgresSql {
                         };
                         let (sql, bound) = bind(piece, &given).map_err(at)?;
                         let last = number + 1 == pieces.len();
-                        let sink = match (last, key.is_some()) {
+                        let sink = match (last, keeping) {
                             (false, _) => Sink::None,
                             (true, false) => Sink::Send(&sink),
                             (true, true) => Sink::Keep(&mut batches),
