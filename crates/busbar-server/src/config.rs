@@ -69,6 +69,12 @@ pub struct Settings {
     /// members) or "tonic" (every message encoded by tonic's generated
     /// server). A switch for measuring the trick and for ruling it out.
     pub framing: Option<String>,
+    /// Microseconds a worker thread with nothing to do polls for new work
+    /// before it sleeps (default 200; 0 turns it off). Waking a sleeping
+    /// thread costs tens of microseconds on virtual machines, more than a
+    /// short call; the window adapts, so a quiet node does not spin. See the
+    /// README's "How it behaves".
+    pub idle_spin_microseconds: Option<u64>,
     /// HTTP/2 flow-control window per stream: bytes a client may send on one
     /// call before the node has read them (default 1 MiB).
     pub stream_window_bytes: Option<usize>,
@@ -148,6 +154,9 @@ impl Settings {
             idle_timeout_seconds: self.idle_timeout_seconds.or(weaker.idle_timeout_seconds),
             client_certs: self.client_certs.or(weaker.client_certs),
             framing: self.framing.or(weaker.framing),
+            idle_spin_microseconds: self
+                .idle_spin_microseconds
+                .or(weaker.idle_spin_microseconds),
             stream_window_bytes: self.stream_window_bytes.or(weaker.stream_window_bytes),
             connection_window_bytes: self
                 .connection_window_bytes
@@ -193,6 +202,8 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub client_certs: ClientCerts,
     pub framing: Framing,
+    /// How long an idle worker polls before it sleeps (zero: it never does).
+    pub idle_spin: Duration,
     pub stream_window_bytes: u32,
     pub connection_window_bytes: u32,
     /// PostgreSQL URL of a cluster's store (None: embedded).
@@ -266,6 +277,20 @@ impl ClientCerts {
         }
         Ok(mode)
     }
+}
+
+/// `idle_spin_microseconds`: 200 (haltpoll's default) unless set; at most
+/// the client's spin limit (beyond it a wait is not "soon", and spinning
+/// only burns a core).
+fn idle_spin(value: Option<u64>) -> Result<Duration> {
+    let most = busbar_client::spin::MAX_LIMIT.as_micros() as u64;
+    let micros = value.unwrap_or(busbar_client::spin::DEFAULT_LIMIT.as_micros() as u64);
+    if micros > most {
+        return Err(Error::invalid_argument(format!(
+            "bad idle_spin_microseconds: {micros}; use 0 (off) to {most}"
+        )));
+    }
+    Ok(Duration::from_micros(micros))
 }
 
 fn seconds(name: &str, value: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration> {
@@ -458,6 +483,7 @@ impl ServerConfig {
             connection_window_bytes: connection_window_bytes as u32,
             client_certs,
             framing: Framing::parse(settings.framing.as_deref())?,
+            idle_spin: idle_spin(settings.idle_spin_microseconds)?,
             data_dir: settings
                 .data
                 .unwrap_or_else(|| PathBuf::from("busbar-data")),
@@ -565,6 +591,7 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.grace_period, Duration::from_secs(2));
         assert_eq!(config.room_queue, 1024);
+        assert_eq!(config.idle_spin, Duration::from_micros(200));
         assert!(!config.insecure);
     }
 
@@ -583,6 +610,10 @@ mod tests {
                 "bad framing \"fast\": use zero-copy or tonic",
             ),
             ("stream_window_bytes = 1024", "stream_window_bytes"),
+            (
+                "idle_spin_microseconds = 10001",
+                "bad idle_spin_microseconds: 10001; use 0 (off) to 10000",
+            ),
             ("ws_listen = \"nowhere\"", "ws_listen"),
             ("ws_origins = [\"https://a/b\"]", "bad ws_origins entry"),
             ("ws_queue_bytes = 10", "ws_queue_bytes"),

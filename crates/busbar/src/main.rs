@@ -2,6 +2,7 @@
 
 mod commands;
 mod data;
+mod idle_spin;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -154,10 +155,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match idle_spin::runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("busbar: error: cannot start the runtime: {error}");

@@ -86,6 +86,9 @@ pub struct ServeArgs {
     /// Framing of time-series reads and room events: zero-copy or tonic [default: zero-copy]
     #[arg(long, env = "BUSBAR_FRAMING")]
     framing: Option<String>,
+    /// Microseconds an idle worker polls for work before it sleeps; 0 turns it off [default: 200]
+    #[arg(long, env = "BUSBAR_IDLE_SPIN_MICROSECONDS")]
+    idle_spin_microseconds: Option<u64>,
     /// WebSocket gateway for browsers (docs/websocket.md), or "off" [default: 127.0.0.1:7072]
     #[arg(long, env = "BUSBAR_WS_LISTEN")]
     ws_listen: Option<String>,
@@ -152,6 +155,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         idle_timeout_seconds: args.idle_timeout_seconds,
         client_certs: args.client_certs,
         framing: args.framing,
+        idle_spin_microseconds: args.idle_spin_microseconds,
         stream_window_bytes: args.stream_window_bytes,
         connection_window_bytes: args.connection_window_bytes,
         store: args.store,
@@ -173,6 +177,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let config = busbar_server::ServerConfig::from_settings(from_flags.or(from_file))
         .map_err(|e| e.message)?;
     let data = config.data_dir.clone();
+    crate::idle_spin::set_limit(config.idle_spin);
     busbar_server::serve(config, shutdown_signal(), |started| {
         let tls = if started.address.starts_with("https") {
             "TLS"
@@ -199,7 +204,10 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
         );
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    let (spins, with_work) = crate::idle_spin::counts();
+    tracing::info!("idle spinning: {spins} spins, {with_work} of them ended by new work");
+    Ok(())
 }
 
 /// The web console's URL from the gateway's (`wss://HOST:PORT/ws` ->

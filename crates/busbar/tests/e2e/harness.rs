@@ -314,8 +314,6 @@ impl Drop for Node {
     }
 }
 
-/// Runs `command` (made from `args`), which must succeed; its stdout.
-#[track_caller]
 /// Runs `busbar serve` with `flags` on a fresh data directory (loopback,
 /// no metrics, no gateway), which must refuse to start; what it printed.
 pub fn serve_refused(flags: &[&str]) -> String {
@@ -336,6 +334,8 @@ pub fn serve_refused(flags: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).to_string() + &String::from_utf8_lossy(&output.stdout)
 }
 
+/// Runs `command` (made from `args`), which must succeed; its stdout.
+#[track_caller]
 pub fn succeeded(args: &[&str], mut command: Command) -> String {
     let output = command.output().expect("the CLI runs");
     assert!(

@@ -7,6 +7,27 @@ use busbar_client::{Client, ErrorCode, ResourceKind, Right};
 use futures::StreamExt;
 use std::time::{Duration, Instant};
 
+/// Idle spinning is on by default (every other test runs with it); off,
+/// the node serves the same; a limit out of range stops it at start.
+#[tokio::test]
+async fn idle_spinning_turns_off_and_a_bad_limit_is_refused() {
+    for (flag, says) in [
+        (
+            "10001",
+            "bad idle_spin_microseconds: 10001; use 0 (off) to 10000",
+        ),
+        ("-1", "-1"),
+        ("soon", "soon"),
+    ] {
+        let said = crate::harness::serve_refused(&["--idle-spin-microseconds", flag]);
+        assert!(said.contains(says), "{flag}: {said}");
+    }
+    let (_node, admin) = Node::start_with_admin(&["--idle-spin-microseconds", "0"]).await;
+    for _ in 0..20 {
+        admin.whoami().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn kill_9_and_restart_keeps_everything_acknowledged() {
     let (mut node, admin) = Node::start_with_admin(&[]).await;
