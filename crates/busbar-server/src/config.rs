@@ -69,11 +69,11 @@ pub struct Settings {
     /// members) or "tonic" (every message encoded by tonic's generated
     /// server). A switch for measuring the trick and for ruling it out.
     pub framing: Option<String>,
-    /// Microseconds a worker thread with nothing to do polls for new work
-    /// before it sleeps (default 200; 0 turns it off). Waking a sleeping
-    /// thread costs tens of microseconds on virtual machines, more than a
-    /// short call; the window adapts, so a quiet node does not spin. See the
-    /// README's "How it behaves".
+    /// Microseconds the thread waiting for I/O polls for events before it
+    /// sleeps (default 200; 0 turns it off). Waking a sleeping thread costs
+    /// tens of microseconds on virtual machines, more than a short call; the
+    /// window adapts, so a quiet node does not spin. See the README's "How
+    /// it behaves".
     pub idle_spin_microseconds: Option<u64>,
     /// HTTP/2 flow-control window per stream: bytes a client may send on one
     /// call before the node has read them (default 1 MiB).
@@ -202,7 +202,7 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     pub client_certs: ClientCerts,
     pub framing: Framing,
-    /// How long an idle worker polls before it sleeps (zero: it never does).
+    /// How long a wait for I/O polls before it sleeps (zero: it never does).
     pub idle_spin: Duration,
     pub stream_window_bytes: u32,
     pub connection_window_bytes: u32,

@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Framing of time-series reads and room events: zero-copy or tonic [default: zero-copy]
     #[arg(long, env = "BUSBAR_FRAMING")]
     framing: Option<String>,
-    /// Microseconds an idle worker polls for work before it sleeps; 0 turns it off [default: 200]
+    /// Microseconds a wait for I/O polls before it sleeps; 0 turns it off [default: 200]
     #[arg(long, env = "BUSBAR_IDLE_SPIN_MICROSECONDS")]
     idle_spin_microseconds: Option<u64>,
     /// WebSocket gateway for browsers (docs/websocket.md), or "off" [default: 127.0.0.1:7072]
@@ -206,7 +206,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let (spins, with_work) = crate::idle_spin::counts();
-    tracing::info!("idle spinning: {spins} spins, {with_work} of them ended by new work");
+    tracing::info!("idle spinning: {spins} spins, {with_work} of them ended by events");
     Ok(())
 }
 
