@@ -55,9 +55,12 @@ pub fn counts() -> (u64, u64) {
 }
 
 /// `epoll_wait(2)`, spinning first (see the module's documentation).
+/// Linux only: elsewhere tokio waits in kqueue or IOCP, and the setting
+/// changes nothing.
 ///
 /// # Safety
 /// As `epoll_wait(2)`: `events` must have room for `max_events` entries.
+#[cfg(target_os = "linux")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn epoll_wait(
     epoll: libc::c_int,
@@ -116,7 +119,7 @@ pub unsafe extern "C" fn epoll_wait(
     ready
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
