@@ -111,8 +111,11 @@ pub unsafe extern "C" fn epoll_wait(
             }
             ready
         }
+        // What is left of the timeout, rounded up as mio rounds it: a wait
+        // never ends before its timeout.
         None => wait(timeout.map_or(-1, |timeout| {
-            timeout.saturating_sub(started.elapsed()).as_millis() as libc::c_int
+            let left = timeout.saturating_sub(started.elapsed());
+            left.as_micros().div_ceil(1000) as libc::c_int
         })),
     };
     SPIN.finished(started.elapsed());
