@@ -181,7 +181,9 @@ mod tests {
             let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
             assert!(epoll >= 0);
             let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
-            for limit_us in [0, 10_000] {
+            // Off; a window shorter than the timeout (a spin, then the rest
+            // in the kernel); one longer (the whole wait spins).
+            for limit_us in [0, 1_000, 10_000] {
                 set_limit(Duration::from_micros(limit_us));
                 // Grow the window to the limit, as a busy node's would.
                 for _ in 0..20 {
