@@ -37,13 +37,10 @@ static SPIN: SpinWait = SpinWait::new(Duration::ZERO);
 static SPINS: AtomicU64 = AtomicU64::new(0);
 static SPINS_WITH_EVENTS: AtomicU64 = AtomicU64::new(0);
 
-/// Sets how long a wait for I/O may spin; zero turns spinning off.
-pub fn set_limit(limit: Duration) {
-    if let Err(error) = SPIN.set_limit(limit) {
-        // The configuration checks the same bound.
-        tracing::warn!("idle spinning is off: {}", error.message());
-        let _ = SPIN.set_limit(Duration::ZERO);
-    }
+/// Sets how long a wait for I/O may spin; zero turns spinning off. A limit
+/// over `SpinWait`'s largest is refused and changes nothing.
+pub fn set_limit(limit: Duration) -> busbar_client::Result<()> {
+    SPIN.set_limit(limit)
 }
 
 /// Spins begun, and of those the ones that ended because events came.
@@ -141,7 +138,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        set_limit(busbar_client::spin::MAX_LIMIT);
+        set_limit(busbar_client::spin::MAX_LIMIT).unwrap();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -164,7 +161,7 @@ mod tests {
             std::thread::sleep(Duration::from_micros(500));
         }
         let (spins_after, with_events_after) = counts();
-        set_limit(Duration::ZERO);
+        set_limit(Duration::ZERO).unwrap();
         assert!(spins_after > spins, "the driver's waits spun");
         assert!(
             with_events_after > with_events,
@@ -184,7 +181,7 @@ mod tests {
             // Off; a window shorter than the timeout (a spin, then the rest
             // in the kernel); one longer (the whole wait spins).
             for limit_us in [0, 1_000, 10_000] {
-                set_limit(Duration::from_micros(limit_us));
+                set_limit(Duration::from_micros(limit_us)).unwrap();
                 // Grow the window to the limit, as a busy node's would.
                 for _ in 0..20 {
                     SPIN.finished(Duration::from_micros(limit_us / 2));
@@ -197,7 +194,7 @@ mod tests {
                     "limit {limit_us} µs: {took:?}"
                 );
             }
-            set_limit(Duration::ZERO);
+            set_limit(Duration::ZERO).unwrap();
             libc::close(epoll);
         }
     }

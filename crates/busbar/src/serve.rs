@@ -177,7 +177,7 @@ pub async fn run(args: ServeArgs) -> Result<(), String> {
     let config = busbar_server::ServerConfig::from_settings(from_flags.or(from_file))
         .map_err(|e| e.message)?;
     let data = config.data_dir.clone();
-    crate::idle_spin::set_limit(config.idle_spin);
+    crate::idle_spin::set_limit(config.idle_spin).map_err(|e| e.message().to_string())?;
     busbar_server::serve(config, shutdown_signal(), |started| {
         let tls = if started.address.starts_with("https") {
             "TLS"
